@@ -1,0 +1,24 @@
+//! layerfs: a userspace union filesystem for container image layers.
+//!
+//! See README.md for the user-facing story. Module map:
+//! - `config`: the fuse-overlayfs compatible command line and `-o` option parsing (pure).
+//! - `name`, `whiteout`, `merge`: the union rules as pure functions.
+//! - `sys`: the only place with `unsafe` and raw syscalls.
+//! - `layer`: layer roots and per-layer probes (fd-relative, never following a symlink).
+//! - `fs`: `OverlayFs`, the union filesystem façade (one method per operation).
+//! - `fuse`: the thin adapter from fuser's `Filesystem` trait to `OverlayFs`.
+//! - `mount`: daemonising, mounting, signal handling.
+//! - `oci`: OCI/Docker layer tar tooling (unpack, diff, digest, store).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod layer;
+pub mod merge;
+pub mod mount;
+pub mod name;
+pub mod oci;
+pub mod sys;
+pub mod whiteout;

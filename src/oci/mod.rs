@@ -1,0 +1,1 @@
+//! OCI/Docker layer tar tooling (placeholder: being written).
