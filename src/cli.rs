@@ -1,0 +1,66 @@
+//! Command-line entry: the fuse-overlayfs compatible mount form, and the subcommands.
+
+use std::ffi::OsString;
+
+use crate::config::{self, MountConfig};
+
+pub const USAGE: &str = "\
+usage: layerfs [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT
+       layerfs unpack|diff|digest|store ...   (layer tar tools; see layerfs SUBCOMMAND --help)
+
+Mounts lowerdir layers (leftmost is the top) under one writable upperdir, like overlayfs.
+
+options (-o, comma-separated, may repeat):
+  lowerdir=A:B:...     read-only layers, top first (\\: and \\, escape)
+  upperdir=DIR         writable layer (needs workdir)
+  workdir=DIR          scratch dir on the same filesystem as upperdir
+  whiteout=auto|chardev|wh   whiteout form written (auto: char device 0/0 when mknod works)
+  timeout=SECS         kernel entry/attribute cache time (default 1000000)
+  fsync=0|1, volatile  skip fsync when 0 / volatile
+  static_nlink         directories report nlink 1
+  squash_to_root, squash_to_uid=N, squash_to_gid=N   report these owners
+  noxattrs=1           xattr calls fail with ENOSYS
+  threads=N            worker threads (default: CPU count)
+  ro, rw, allow_other, allow_root, default_permissions, auto_unmount, suid, nosuid,
+  dev, nodev, exec, noexec, atime, noatime, fsname=, subtype=
+  accepted for fuse-overlayfs compatibility: uidmapping=, gidmapping=, noacl,
+  xattr_permissions=, writeback=, threaded=, context=, fast_ino=, xino=, plugins=,
+  redirect_dir=off
+flags:
+  -f        stay in the foreground
+  -d        debug: log every FUSE request (implies -f)
+  -h        this help
+  -V        version
+";
+
+/// Runs the program; returns the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        if matches!(first, "unpack" | "diff" | "digest" | "store") {
+            return crate::oci::cli::main(args[1..].to_vec());
+        }
+    }
+    match mount_main(&args[1.min(args.len())..]) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("layerfs: {e}");
+            1
+        }
+    }
+}
+
+/// The mount form (arguments after the program name).
+pub fn mount_main(args: &[OsString]) -> Result<(), String> {
+    let argv = config::parse_argv(args)?;
+    if argv.help {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    if argv.version {
+        println!("layerfs {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let cfg = MountConfig::from_argv(&argv)?;
+    let source = argv.source.as_ref().and_then(|s| s.to_str().map(str::to_owned));
+    crate::mount::run(cfg, source.as_deref())
+}

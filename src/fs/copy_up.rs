@@ -1,0 +1,260 @@
+//! Copy-up (kernel `copy_up.c`): the first change to a lower object copies it into upper.
+//!
+//! Hard parts, and where they are handled:
+//! 1. Parents first: [`OverlayFs::ensure_upper_dir`] copies up the missing ancestors, topmost
+//!    first (by recursion through the node's parent).
+//! 2. Atomic: the copy is built under a temporary name in `WORKDIR/work` with all its data,
+//!    xattrs, owner, mode and times, then renamed into place with `RENAME_NOREPLACE`; a guard
+//!    removes the temporary entry on any error, so a failure (ENOSPC, EIO) leaves upper as it was
+//!    and a crash leaves only workdir litter, which the next mount removes.
+//! 3. Holes: data is copied extent by extent (`SEEK_DATA`/`SEEK_HOLE`) with `copy_file_range`,
+//!    after trying a whole-file reflink (`FICLONE`); a plain read/write loop is the last resort.
+//! 4. Concurrency: the node's `copy_lock` serialises copy-ups of one object; the parent's
+//!    `dir_lock` is taken only for the final rename, so other files keep being served while a
+//!    big file is copied.
+//! 5. `O_TRUNC` and truncate-to-zero copy up without data (the kernel does the same).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::FileType;
+
+use super::{Node, OverlayFs, remove_tree_at};
+use crate::error::{Error, Result};
+use crate::layer::{self, Loc};
+use crate::sys::{self, SetTime};
+use crate::whiteout;
+
+/// Removes a temporary workdir entry unless disarmed.
+pub(crate) struct TmpGuard<'a> {
+    pub dir: &'a OwnedFd,
+    pub name: CString,
+    pub armed: bool,
+}
+
+impl Drop for TmpGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = remove_tree_at(self.dir, &self.name) {
+                log::warn!("could not remove workdir entry {:?}: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// Copies `len` bytes of file data, keeping holes. Returns how the data was copied.
+pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, len: u64) -> std::io::Result<&'static str> {
+    if len == 0 {
+        return Ok("empty");
+    }
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok("reflink");
+    }
+    let mut off: u64 = 0;
+    let mut how = "copy_file_range";
+    while off < len {
+        let data = match sys::lseek(src, off as i64, sys::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => off, // no SEEK_DATA: all data
+            Err(e) => return Err(e),
+        };
+        let hole = match sys::lseek(src, data as i64, sys::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(len),
+            Err(_) => len,
+        };
+        let mut pos = data;
+        while pos < hole {
+            let chunk = ((hole - pos).min(1 << 30)) as usize;
+            let n = match sys::copy_file_range(src, pos, dst, pos, chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    how = "read/write";
+                    copy_rw(src, dst, pos, hole - pos)?
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+        }
+        off = hole.max(pos);
+    }
+    Ok(how)
+}
+
+fn copy_rw(src: BorrowedFd, dst: BorrowedFd, start: u64, len: u64) -> std::io::Result<usize> {
+    let mut buf = vec![0u8; (1usize << 20).min(len as usize).max(1)];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(buf.len());
+        let n = sys::pread(src, &mut buf[..want], start + done)?;
+        if n == 0 {
+            break;
+        }
+        let mut w = 0;
+        while w < n {
+            w += sys::pwrite(dst, &buf[w..n], start + done + w as u64)?;
+        }
+        done += n as u64;
+    }
+    Ok(done as usize)
+}
+
+/// Copies every xattr but the overlay-private ones.
+pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
+    let list = match src.listxattr() {
+        Ok(l) => l,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => return Ok(()),
+        Err(e) => return Err(Error::io(e, "copy-up listxattr")),
+    };
+    for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if whiteout::is_private_xattr(n) {
+            continue;
+        }
+        let Ok(cn) = CString::new(n) else { continue };
+        let v = match src.getxattr(&cn) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(Error::io(e, "copy-up getxattr")),
+        };
+        match dst.setxattr(&cn, &v, 0) {
+            Ok(()) => {}
+            // Some namespaces cannot be written here (security.* without privilege, trusted.*
+            // rootless): like fuse-overlayfs and the kernel, skip those rather than fail.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EACCES)) => {
+                log::debug!("copy-up: xattr {} not copied: {e}", String::from_utf8_lossy(n));
+            }
+            Err(e) => return Err(Error::io(e, "copy-up setxattr")),
+        }
+    }
+    Ok(())
+}
+
+impl OverlayFs {
+    /// Makes sure a directory node exists in upper; returns its upper fd.
+    pub(crate) fn ensure_upper_dir(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
+        self.check_writable()?;
+        if !node.has_upper.load(Ordering::Acquire) {
+            self.copy_up(node, true)?;
+        }
+        let s = node.state.lock();
+        match &s.upper {
+            Some(Loc::Dir(fd)) => Ok(fd.clone()),
+            _ => Err(Error::errno(libc::ENOTDIR)),
+        }
+    }
+
+    /// Copies a node up (with its data unless `with_data` is false: O_TRUNC, truncate to 0).
+    pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Result<()> {
+        if node.has_upper.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let _c = node.copy_lock.lock();
+        if node.has_upper.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (parent, name, kind, src) = {
+            let s = node.state.lock();
+            (s.parent.clone(), s.name.clone(), s.kind, super::top_loc_of(&s))
+        };
+        let parent = parent.ok_or(Error::new(libc::EIO, "copy-up of a node without parent"))?;
+        let src = src.ok_or(Error::new(libc::ESTALE, "copy-up source"))?;
+        let pfd = self.ensure_upper_dir(&parent)?;
+        let st = src.stat().map_err(|e| Error::io(e, "copy-up stat"))?;
+        let work = self.work_fd()?;
+        let tmp = self.tmp_name();
+        let mut guard = TmpGuard { dir: work, name: tmp.clone(), armed: true };
+        let perm = st.st_mode & 0o7777;
+        let tloc = match kind {
+            FileType::Directory => {
+                sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
+                let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up"))?;
+                Loc::Dir(Arc::new(fd))
+            }
+            FileType::RegularFile => {
+                let dst = sys::openat(
+                    work.as_fd(),
+                    &tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )
+                .map_err(|e| Error::io(e, "copy-up create"))?;
+                if with_data && st.st_size > 0 {
+                    let sfd = src.open(libc::O_RDONLY).map_err(|e| Error::io(e, "copy-up open"))?;
+                    let how = copy_data(sfd.as_fd(), dst.as_fd(), st.st_size as u64)
+                        .map_err(|e| Error::io(e, "copy-up data"))?;
+                    sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;
+                    log::debug!("copy-up {:?}: {} bytes by {how}", name, st.st_size);
+                }
+                if self.opts.fsync {
+                    sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
+                }
+                Loc::At(work.clone(), Arc::new(tmp.clone()))
+            }
+            FileType::Symlink => {
+                let target = src.readlink().map_err(|e| Error::io(e, "copy-up readlink"))?;
+                let t = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
+                sys::symlinkat(&t, work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up symlink"))?;
+                Loc::At(work.clone(), Arc::new(tmp.clone()))
+            }
+            _ => {
+                sys::mknodat(work.as_fd(), &tmp, (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)
+                    .map_err(|e| Error::io(e, "copy-up mknod"))?;
+                Loc::At(work.clone(), Arc::new(tmp.clone()))
+            }
+        };
+        copy_xattrs(&src, &tloc)?;
+        if self.can_chown {
+            tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
+        }
+        if kind != FileType::Symlink {
+            tloc.chmod(perm).map_err(|e| Error::io(e, "copy-up chmod"))?;
+        }
+        tloc.utimes(
+            SetTime::At(st.st_atime, st.st_atime_nsec),
+            SetTime::At(st.st_mtime, st.st_mtime_nsec),
+        )
+        .map_err(|e| Error::io(e, "copy-up utimes"))?;
+        let new_loc = {
+            let _pl = parent.dir_lock.write();
+            match sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {
+                Ok(()) => {
+                    guard.armed = false;
+                    match tloc {
+                        Loc::Dir(fd) => Loc::Dir(fd),
+                        _ => Loc::At(pfd.clone(), name.clone()),
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && kind == FileType::Directory => {
+                    // Another node object for the same directory copied it up already.
+                    let fd = layer::open_dir_at(pfd.as_fd(), &name).map_err(|e| Error::io(e, "copy-up"))?;
+                    Loc::Dir(Arc::new(fd))
+                }
+                Err(e) => return Err(Error::io(e, "copy-up rename")),
+            }
+        };
+        drop(guard);
+        if let Ok(ust) = new_loc.stat() {
+            let key = self.layers[0].ino_base ^ ust.st_ino;
+            if key != node.ino {
+                self.upper_ids.lock().insert(key, node.ino);
+            }
+        }
+        let mut s = node.state.lock();
+        s.upper = Some(new_loc);
+        s.lower = s.lower.take(); // kept for st_ino history; data now comes from upper
+        node.has_upper.store(true, Ordering::Release);
+        Ok(())
+    }
+}

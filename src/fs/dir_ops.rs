@@ -1,0 +1,626 @@
+//! Namespace operations on the union (kernel `dir.c`): create, mkdir, mknod, symlink, link,
+//! unlink, rmdir, rename.
+//!
+//! Hard parts, and where they are handled:
+//! 1. Creating where a whiteout stands: the new object is built in workdir and renamed over the
+//!    char-device whiteout (a directory by `RENAME_EXCHANGE`, then the whiteout is removed); a
+//!    `.wh.NAME` whiteout is removed after the object exists. A new directory there is made
+//!    opaque first, so nothing from below ever shows through ([`OverlayFs::create_upper`]).
+//! 2. Removing: a whiteout is left only when a lower layer still has the name
+//!    ([`OverlayFs::lower_positive`]); with char-device whiteouts the object is swapped for the
+//!    whiteout in one `RENAME_WHITEOUT` ([`OverlayFs::replace_with_whiteout`]).
+//! 3. rmdir sees the merged directory: ENOTEMPTY if any entry is visible; an upper directory
+//!    holding only whiteouts is cleared by moving it to workdir first.
+//! 4. Renaming a directory with lower content is EXDEV (the kernel's answer without
+//!    redirect_dir), so mv(1) falls back to copying. A directory moved onto a name a lower layer
+//!    has becomes opaque.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::{FileAttr, FileType};
+use parking_lot::RwLockWriteGuard;
+
+use super::copy_up::TmpGuard;
+use super::{DirMarks, Node, NodeState, OverlayFs, cname, kind_of, remove_tree_at};
+use crate::error::{Error, Result};
+use crate::layer::{self, Loc};
+use crate::merge::{Probe, Resolution, Resolver};
+use crate::name;
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, WhiteoutStyle};
+
+/// What to create.
+pub(crate) enum NewObj<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Special { mode: u32, rdev: u64 },
+    Symlink { target: &'a CStr },
+    Link { src: Loc },
+}
+
+/// The caller's identity, for the owner of what it creates.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What the upper directory holds under a name, seen raw.
+struct UpperSlot {
+    /// The raw object, if any (may itself be a whiteout).
+    st: Option<Stat>,
+    /// The raw object is a whiteout (0/0 char device or xattr whiteout).
+    is_whiteout: bool,
+    /// A `.wh.NAME` file exists beside it.
+    wh_file: bool,
+}
+
+impl OverlayFs {
+    fn upper_slot(&self, pfd: &Arc<OwnedFd>, name: &[u8], cn: &CString) -> Result<UpperSlot> {
+        let st = match sys::fstatat(pfd.as_fd(), cn) {
+            Ok(st) => Some(st),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(Error::io(e, "lookup upper")),
+        };
+        let is_whiteout = st.is_some_and(|st| {
+            whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
+                || ((st.st_mode & libc::S_IFMT) == libc::S_IFREG
+                    && st.st_size == 0
+                    && layer::has_whiteout_xattr(pfd, cn))
+        });
+        let wh_file = match name::whiteout_name(name).and_then(|w| CString::new(w).ok()) {
+            Some(w) => sys::exists_at(pfd.as_fd(), &w).unwrap_or(false),
+            None => false,
+        };
+        Ok(UpperSlot { st, is_whiteout, wh_file })
+    }
+
+    /// Does `name` resolve to something in the parent's lower layers? (kernel
+    /// `ovl_lower_positive`): then removing it needs a whiteout.
+    pub(crate) fn lower_positive(&self, pnode: &Node, name: &[u8]) -> Result<bool> {
+        let lowers = pnode.state.lock().lower_dirs.clone();
+        if lowers.is_empty() {
+            return Ok(false);
+        }
+        let cn = cname(name)?;
+        let mut r = Resolver::new();
+        for ld in &lowers {
+            let bottom = self.layers[ld.layer].is_bottom;
+            let (p, _) = self.probe(&ld.fd, ld.marks, name, &cn, bottom)?;
+            if !r.feed(p) {
+                break;
+            }
+        }
+        Ok(!matches!(r.finish(), Resolution::Negative))
+    }
+
+    /// Marks an upper directory opaque, in the form this mount writes.
+    pub(crate) fn set_opaque(&self, loc: &Loc) -> Result<()> {
+        if self.trusted_xattrs {
+            loc.setxattr(c"trusted.overlay.opaque", b"y", 0).map_err(|e| Error::io(e, "set opaque"))?;
+            return Ok(());
+        }
+        if let Err(e) = loc.setxattr(c"user.overlay.opaque", b"y", 0) {
+            log::debug!("user.overlay.opaque not set ({e}); the .wh..wh..opq marker alone marks it");
+        }
+        if let Some(fd) = loc.dir_fd() {
+            let marker = CString::new(name::OPAQUE_MARKER).unwrap_or_default();
+            match sys::openat(fd.as_fd(), &marker, libc::O_WRONLY | libc::O_CREAT, 0o600) {
+                Ok(_) => {}
+                Err(e) => return Err(Error::io(e, "opaque marker")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the owner of a new object: the caller, with the group of a setgid parent.
+    fn set_owner(&self, loc: &Loc, caller: Caller, pst: &Stat, mode: Option<u32>) -> Result<()> {
+        if !self.can_chown {
+            return Ok(());
+        }
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { caller.gid };
+        loc.chown(caller.uid, gid).map_err(|e| Error::io(e, "chown new"))?;
+        // chown clears setuid/setgid on non-directories: put the asked-for mode back.
+        if let Some(m) = mode {
+            if m & 0o6000 != 0 {
+                loc.chmod(m & 0o7777).map_err(|e| Error::io(e, "chmod new"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a whiteout for `name` in an upper directory where the name is free.
+    pub(crate) fn make_whiteout(&self, pfd: &Arc<OwnedFd>, name: &[u8]) -> Result<()> {
+        let work = self.work_fd()?;
+        let tmp = self.tmp_name();
+        let mut guard = TmpGuard { dir: work, name: tmp.clone(), armed: true };
+        match self.whiteout_style {
+            WhiteoutStyle::CharDev => {
+                sys::mknodat(work.as_fd(), &tmp, libc::S_IFCHR, 0).map_err(|e| Error::io(e, "whiteout"))?;
+                let cn = cname(name)?;
+                sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &cn, sys::RENAME_NOREPLACE)
+                    .map_err(|e| Error::io(e, "whiteout rename"))?;
+            }
+            WhiteoutStyle::WhFile => {
+                let wn = name::whiteout_name(name).ok_or(Error::errno(libc::ENAMETOOLONG))?;
+                let wn = cname(&wn)?;
+                drop(
+                    sys::openat(work.as_fd(), &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o000)
+                        .map_err(|e| Error::io(e, "whiteout"))?,
+                );
+                sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &wn, 0).map_err(|e| Error::io(e, "whiteout"))?;
+            }
+        }
+        guard.armed = false;
+        Ok(())
+    }
+
+    /// Removes the upper object `name` (a file, or a directory holding only whiteouts).
+    fn remove_upper(&self, pfd: &Arc<OwnedFd>, cn: &CString, is_dir: bool) -> Result<()> {
+        if !is_dir {
+            return sys::unlinkat(pfd.as_fd(), cn, false).map_err(|e| Error::io(e, "unlink"));
+        }
+        match sys::unlinkat(pfd.as_fd(), cn, true) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                // Only whiteouts and markers are left inside: move it away, then clear it.
+                let work = self.work_fd()?;
+                let tmp = self.tmp_name();
+                sys::renameat2(pfd.as_fd(), cn, work.as_fd(), &tmp, 0).map_err(|e| Error::io(e, "rmdir"))?;
+                remove_tree_at(work, &tmp).map_err(|e| Error::io(e, "rmdir cleanup"))
+            }
+            Err(e) => Err(Error::io(e, "rmdir")),
+        }
+    }
+
+    /// Replaces the upper object `name` with a whiteout.
+    fn replace_with_whiteout(&self, pfd: &Arc<OwnedFd>, name: &[u8], is_dir: bool) -> Result<()> {
+        let cn = cname(name)?;
+        let work = self.work_fd()?;
+        if self.whiteout_style == WhiteoutStyle::CharDev {
+            let tmp = self.tmp_name();
+            match sys::renameat2(pfd.as_fd(), &cn, work.as_fd(), &tmp, sys::RENAME_WHITEOUT) {
+                Ok(()) => {
+                    return remove_tree_at(work, &tmp).map_err(|e| Error::io(e, "whiteout cleanup"));
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)) => {
+                    log::debug!("RENAME_WHITEOUT refused ({e}); removing, then whiting out");
+                }
+                Err(e) => return Err(Error::io(e, "rename whiteout")),
+            }
+            self.remove_upper(pfd, &cn, is_dir)?;
+            return self.make_whiteout(pfd, name);
+        }
+        // `.wh.` form: whiteout first (the upper object still shows meanwhile), then remove.
+        self.make_whiteout(pfd, name)?;
+        self.remove_upper(pfd, &cn, is_dir)
+    }
+
+    /// Creates a new object under `pnode`, in upper; returns its node (one kernel reference
+    /// taken) and, for files, the open fd.
+    pub(crate) fn create_upper(
+        &self,
+        pnode: &Arc<Node>,
+        name: &OsStr,
+        obj: NewObj<'_>,
+        caller: Caller,
+    ) -> Result<(Arc<Node>, Option<OwnedFd>)> {
+        self.check_writable()?;
+        let name = name.as_bytes();
+        name::validate_new(name).map_err(|e| Error::errno(e.errno()))?;
+        if let NewObj::Special { mode, rdev } = obj {
+            if whiteout::is_chardev_whiteout(mode, rdev) {
+                // As the kernel: a whiteout cannot be made through the mount.
+                return Err(Error::errno(libc::EPERM));
+            }
+        }
+        let pfd = self.ensure_upper_dir(pnode)?;
+        let _g = pnode.dir_lock.write();
+        if self.lookup_locked(pnode, name)?.is_some() {
+            return Err(Error::errno(libc::EEXIST));
+        }
+        let cn = Arc::new(cname(name)?);
+        let slot = self.upper_slot(&pfd, name, &cn)?;
+        if slot.st.is_some() && !slot.is_whiteout {
+            // An upper object hidden by nothing cannot be negative: a layer was changed under us.
+            return Err(Error::new(libc::EIO, "upper entry exists but is not visible"));
+        }
+        let is_dir = matches!(obj, NewObj::Dir { .. });
+        let opaque = is_dir && (slot.is_whiteout || slot.wh_file || self.lower_positive(pnode, name)?);
+        let pst = sys::fstat(pfd.as_fd()).map_err(|e| Error::io(e, "stat parent"))?;
+        let via_work = slot.is_whiteout || opaque;
+        let work = self.work_fd()?;
+        let (dir, at): (&Arc<OwnedFd>, Arc<CString>) =
+            if via_work { (work, Arc::new(self.tmp_name())) } else { (&pfd, cn.clone()) };
+        let mut guard = TmpGuard { dir: work, name: (*at).clone(), armed: via_work };
+        let mut file_fd = None;
+        let mode_for_owner;
+        let loc = match &obj {
+            NewObj::File { mode, flags } => {
+                let acc = flags & libc::O_ACCMODE;
+                let extra = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
+                let fd = sys::openat(dir.as_fd(), &at, acc | extra | libc::O_CREAT | libc::O_EXCL, *mode & 0o7777)
+                    .map_err(|e| Error::io(e, "create"))?;
+                file_fd = Some(fd);
+                mode_for_owner = Some(*mode);
+                Loc::At(dir.clone(), at.clone())
+            }
+            NewObj::Dir { mode } => {
+                let mut m = *mode & 0o7777;
+                if pst.st_mode & libc::S_ISGID != 0 {
+                    m |= libc::S_ISGID;
+                }
+                sys::mkdirat(dir.as_fd(), &at, m).map_err(|e| Error::io(e, "mkdir"))?;
+                let fd = layer::open_dir_at(dir.as_fd(), &at).map_err(|e| Error::io(e, "mkdir"))?;
+                let l = Loc::Dir(Arc::new(fd));
+                if via_work && m & libc::S_ISGID != 0 {
+                    l.chmod(m).map_err(|e| Error::io(e, "mkdir"))?;
+                }
+                mode_for_owner = None;
+                l
+            }
+            NewObj::Special { mode, rdev } => {
+                sys::mknodat(dir.as_fd(), &at, *mode, *rdev).map_err(|e| Error::io(e, "mknod"))?;
+                mode_for_owner = Some(*mode);
+                Loc::At(dir.clone(), at.clone())
+            }
+            NewObj::Symlink { target } => {
+                sys::symlinkat(target, dir.as_fd(), &at).map_err(|e| Error::io(e, "symlink"))?;
+                mode_for_owner = None;
+                Loc::At(dir.clone(), at.clone())
+            }
+            NewObj::Link { src } => {
+                match src {
+                    Loc::At(sdir, sname) => sys::linkat(sdir.as_fd(), sname, dir.as_fd(), &at),
+                    Loc::Dir(fd) => sys::link_fd(fd.as_fd(), dir.as_fd(), &at),
+                }
+                .map_err(|e| Error::io(e, "link"))?;
+                mode_for_owner = None;
+                Loc::At(dir.clone(), at.clone())
+            }
+        };
+        if !matches!(obj, NewObj::Link { .. }) {
+            if let Err(e) = self.set_owner(&loc, caller, &pst, mode_for_owner) {
+                if !via_work {
+                    let _ = remove_tree_at(&pfd, &cn);
+                }
+                return Err(e);
+            }
+        }
+        if opaque {
+            self.set_opaque(&loc)?;
+        }
+        if via_work {
+            if slot.is_whiteout {
+                if is_dir {
+                    sys::renameat2(work.as_fd(), &at, pfd.as_fd(), &cn, sys::RENAME_EXCHANGE)
+                        .map_err(|e| Error::io(e, "create over whiteout"))?;
+                    // `at` in workdir is now the old whiteout; the guard removes it.
+                } else {
+                    sys::renameat2(work.as_fd(), &at, pfd.as_fd(), &cn, 0)
+                        .map_err(|e| Error::io(e, "create over whiteout"))?;
+                    guard.armed = false;
+                }
+            } else {
+                sys::renameat2(work.as_fd(), &at, pfd.as_fd(), &cn, sys::RENAME_NOREPLACE)
+                    .map_err(|e| Error::io(e, "create"))?;
+                guard.armed = false;
+            }
+        }
+        drop(guard);
+        if slot.wh_file {
+            if let Some(w) = name::whiteout_name(name).and_then(|w| CString::new(w).ok()) {
+                let _ = sys::unlinkat(pfd.as_fd(), &w, false);
+            }
+        }
+        let final_loc = match loc {
+            Loc::Dir(fd) => Loc::Dir(fd),
+            Loc::At(..) => Loc::At(pfd.clone(), cn.clone()),
+        };
+        let st = final_loc.stat().map_err(|e| Error::io(e, "stat new"))?;
+        let node = match obj {
+            NewObj::Link { .. } => None,
+            _ => Some(()),
+        };
+        let id = self.ino_for(0, st.st_ino);
+        let state = NodeState {
+            parent: Some(pnode.clone()),
+            name: cn.clone(),
+            kind: kind_of(st.st_mode),
+            upper: Some(final_loc),
+            upper_marks: DirMarks { opaque, xattr_whiteouts: false },
+            lower_dirs: Vec::new(),
+            lower: None,
+            children: Default::default(),
+            unlinked: false,
+        };
+        let n = if node.is_none() {
+            // A new name for an existing node: keep the node, add the name.
+            let n = self.nodes.read().get(&id).cloned();
+            match n {
+                Some(n) => {
+                    pnode.state.lock().children.insert(name.to_vec(), id);
+                    n
+                }
+                None => self.install(pnode, name, id, state),
+            }
+        } else {
+            self.install(pnode, name, id, state)
+        };
+        n.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok((n, file_fd))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
+        let p = self.node(parent)?;
+        let (n, _) = self.create_upper(&p, name, NewObj::Dir { mode }, caller)?;
+        self.node_attr(&n)
+    }
+
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Result<FileAttr> {
+        let p = self.node(parent)?;
+        let obj = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            NewObj::File { mode: mode & 0o7777, flags: libc::O_WRONLY }
+        } else {
+            NewObj::Special { mode, rdev }
+        };
+        let (n, _) = self.create_upper(&p, name, obj, caller)?;
+        self.node_attr(&n)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: Caller) -> Result<FileAttr> {
+        let p = self.node(parent)?;
+        let t = cname(target.as_bytes())?;
+        let (n, _) = self.create_upper(&p, name, NewObj::Symlink { target: &t }, caller)?;
+        self.node_attr(&n)
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr> {
+        self.check_writable()?;
+        let src = self.node(ino)?;
+        if src.is_dir() {
+            return Err(Error::errno(libc::EPERM));
+        }
+        self.copy_up(&src, true)?;
+        let loc = src.state.lock().upper.clone().ok_or(Error::errno(libc::EIO))?;
+        let p = self.node(newparent)?;
+        let caller = Caller { uid: 0, gid: 0 };
+        let (n, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
+        self.node_attr(&n)
+    }
+
+    /// unlink (`dir == false`) and rmdir (`dir == true`).
+    pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        self.check_writable()?;
+        let name = name.as_bytes();
+        name::validate(name).map_err(|e| Error::errno(e.errno()))?;
+        if name::is_reserved(name) {
+            return Err(Error::errno(libc::ENOENT));
+        }
+        let pnode = self.node(parent)?;
+        let pfd = self.ensure_upper_dir(&pnode)?;
+        let _g = pnode.dir_lock.write();
+        let child = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
+        let (kind, upper) = {
+            let s = child.state.lock();
+            (s.kind, s.upper.clone())
+        };
+        let is_dir = kind == FileType::Directory;
+        if dir && !is_dir {
+            return Err(Error::errno(libc::ENOTDIR));
+        }
+        if !dir && is_dir {
+            return Err(Error::errno(libc::EISDIR));
+        }
+        if is_dir {
+            let _cg = child.dir_lock.write();
+            if self.list_merged(&child)?.len() > 2 {
+                return Err(Error::errno(libc::ENOTEMPTY));
+            }
+        }
+        let need_wh = self.lower_positive(&pnode, name)?;
+        let cn = cname(name)?;
+        // Keep a node that has other names (hard links) reachable by pinning its object.
+        let pin = match &upper {
+            Some(l @ Loc::At(..)) => match l.stat() {
+                Ok(st) if st.st_nlink > 1 => l.open(libc::O_PATH).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        match (&upper, need_wh) {
+            (Some(_), true) => self.replace_with_whiteout(&pfd, name, is_dir)?,
+            (Some(_), false) => self.remove_upper(&pfd, &cn, is_dir)?,
+            (None, _) => self.make_whiteout(&pfd, name)?,
+        }
+        let mut ps = pnode.state.lock();
+        ps.children.remove(name);
+        drop(ps);
+        let mut s = child.state.lock();
+        match pin {
+            Some(fd) => s.upper = Some(Loc::Dir(Arc::new(fd))),
+            None => s.unlinked = true,
+        }
+        Ok(())
+    }
+
+    fn lock_two<'a>(
+        a: &'a Arc<Node>,
+        b: &'a Arc<Node>,
+    ) -> (RwLockWriteGuard<'a, ()>, Option<RwLockWriteGuard<'a, ()>>) {
+        if Arc::ptr_eq(a, b) {
+            return (a.dir_lock.write(), None);
+        }
+        if a.ino < b.ino {
+            let g1 = a.dir_lock.write();
+            (g1, Some(b.dir_lock.write()))
+        } else {
+            let g2 = b.dir_lock.write();
+            (a.dir_lock.write(), Some(g2))
+        }
+    }
+
+    fn has_lower_content(node: &Node) -> bool {
+        let s = node.state.lock();
+        s.kind == FileType::Directory && !s.lower_dirs.is_empty()
+    }
+
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
+    pub fn rename(&self, oldp: u64, oname: &OsStr, newp: u64, nname: &OsStr, flags: u32) -> Result<()> {
+        self.check_writable()?;
+        let (oname, nname) = (oname.as_bytes(), nname.as_bytes());
+        name::validate(oname).map_err(|e| Error::errno(e.errno()))?;
+        name::validate_new(nname).map_err(|e| Error::errno(e.errno()))?;
+        if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0
+            || (flags & sys::RENAME_NOREPLACE != 0 && flags & sys::RENAME_EXCHANGE != 0)
+        {
+            return Err(Error::errno(libc::EINVAL));
+        }
+        let exchange = flags & sys::RENAME_EXCHANGE != 0;
+        let opn = self.node(oldp)?;
+        let npn = self.node(newp)?;
+        let src = {
+            let _g = opn.dir_lock.read();
+            self.lookup_locked(&opn, oname)?
+        }
+        .ok_or(Error::errno(libc::ENOENT))?;
+        if Self::has_lower_content(&src) {
+            return Err(Error::errno(libc::EXDEV));
+        }
+        let dst0 = {
+            let _g = npn.dir_lock.read();
+            self.lookup_locked(&npn, nname)?
+        };
+        if exchange {
+            let d = dst0.as_ref().ok_or(Error::errno(libc::ENOENT))?;
+            if Self::has_lower_content(d) {
+                return Err(Error::errno(libc::EXDEV));
+            }
+            self.copy_up(d, true)?;
+        }
+        self.copy_up(&src, true)?;
+        let opfd = self.ensure_upper_dir(&opn)?;
+        let npfd = self.ensure_upper_dir(&npn)?;
+        let (_g1, _g2) = Self::lock_two(&opn, &npn);
+        // Re-check under the locks: the names may have changed meanwhile.
+        let src2 = self.lookup_locked(&opn, oname)?.ok_or(Error::errno(libc::ENOENT))?;
+        if !Arc::ptr_eq(&src, &src2) || !src.has_upper.load(Ordering::Acquire) {
+            return Err(Error::new(libc::EAGAIN, "rename raced"));
+        }
+        let dst = self.lookup_locked(&npn, nname)?;
+        let ocn = Arc::new(cname(oname)?);
+        let ncn = Arc::new(cname(nname)?);
+        let src_dir = src.is_dir();
+        if let Some(d) = &dst {
+            if Arc::ptr_eq(d, &src) && !exchange {
+                // Two names of one object (or the same name): nothing to do.
+                return Ok(());
+            }
+        }
+        if exchange {
+            let d = dst.ok_or(Error::errno(libc::ENOENT))?;
+            if !d.has_upper.load(Ordering::Acquire) {
+                return Err(Error::new(libc::EAGAIN, "rename raced"));
+            }
+            sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_EXCHANGE)
+                .map_err(|e| Error::io(e, "rename exchange"))?;
+            for (n, p, pfd, nm, cn) in [(&src, &npn, &npfd, nname, &ncn), (&d, &opn, &opfd, oname, &ocn)] {
+                self.moved(n, p, pfd, nm, cn)?;
+            }
+            return Ok(());
+        }
+        if let Some(d) = &dst {
+            if flags & sys::RENAME_NOREPLACE != 0 {
+                return Err(Error::errno(libc::EEXIST));
+            }
+            let d_dir = d.is_dir();
+            if d_dir && !src_dir {
+                return Err(Error::errno(libc::EISDIR));
+            }
+            if !d_dir && src_dir {
+                return Err(Error::errno(libc::ENOTDIR));
+            }
+            if d_dir {
+                let _dg = d.dir_lock.write();
+                if self.list_merged(d)?.len() > 2 {
+                    return Err(Error::errno(libc::ENOTEMPTY));
+                }
+            }
+        }
+        let need_wh_old = self.lower_positive(&opn, oname)?;
+        let slot = self.upper_slot(&npfd, nname, &ncn)?;
+        if let Some(st) = slot.st {
+            let raw_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            if raw_dir && src_dir {
+                // The replaced directory may hold whiteouts: clear it out of the way first.
+                self.remove_upper(&npfd, &ncn, true)?;
+            } else if slot.is_whiteout && src_dir {
+                sys::unlinkat(npfd.as_fd(), &ncn, false).map_err(|e| Error::io(e, "rename"))?;
+            }
+        }
+        let mut wh_done = false;
+        if need_wh_old && self.whiteout_style == WhiteoutStyle::CharDev {
+            match sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_WHITEOUT) {
+                Ok(()) => wh_done = true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)) => {}
+                Err(e) => return Err(Error::io(e, "rename")),
+            }
+        }
+        if !wh_done {
+            sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, 0).map_err(|e| Error::io(e, "rename"))?;
+            if need_wh_old {
+                self.make_whiteout(&opfd, oname)?;
+            }
+        }
+        if slot.wh_file {
+            if let Some(w) = name::whiteout_name(nname).and_then(|w| CString::new(w).ok()) {
+                let _ = sys::unlinkat(npfd.as_fd(), &w, false);
+            }
+        }
+        if let Some(d) = &dst {
+            let mut ds = d.state.lock();
+            ds.unlinked = true;
+        }
+        opn.state.lock().children.remove(oname);
+        self.moved(&src, &npn, &npfd, nname, &ncn)?;
+        Ok(())
+    }
+
+    /// Updates a node moved to `pnode/name`; a directory landing on a name that a lower layer
+    /// has becomes opaque.
+    fn moved(&self, node: &Arc<Node>, pnode: &Arc<Node>, pfd: &Arc<OwnedFd>, name: &[u8], cn: &Arc<CString>) -> Result<()> {
+        let is_dir = node.is_dir();
+        if is_dir && self.lower_positive(pnode, name)? {
+            let (loc, marks) = {
+                let s = node.state.lock();
+                (s.upper.clone(), s.upper_marks)
+            };
+            if let Some(l) = loc {
+                if !marks.opaque {
+                    self.set_opaque(&l)?;
+                }
+            }
+        }
+        {
+            let mut s = node.state.lock();
+            s.parent = Some(pnode.clone());
+            s.name = cn.clone();
+            s.unlinked = false;
+            if is_dir {
+                s.upper_marks.opaque = true;
+                s.lower_dirs.clear();
+            } else {
+                s.upper = Some(Loc::At(pfd.clone(), cn.clone()));
+            }
+        }
+        pnode.state.lock().children.insert(name.to_vec(), node.ino);
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _probe_is_used(_: Probe) {}

@@ -1,0 +1,276 @@
+//! File data and metadata operations: open/create, read/write, setattr, fsync, fallocate,
+//! lseek, copy_file_range, and the xattr writes.
+//!
+//! Hard parts, and where they are handled:
+//! 1. Opening a lower file for writing (or with O_TRUNC) copies it up first; O_TRUNC copies no
+//!    data. Read-only opens of lower files read the lower file directly.
+//! 2. A descriptor opened read-only on a lower file switches to the upper copy on its next read
+//!    once the file has been copied up, so every reader sees the new data (as the kernel's
+//!    overlayfs does).
+//! 3. The server's own descriptors never carry O_APPEND or O_DIRECT: the kernel sends explicit
+//!    offsets, and buffers are not aligned.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fuser::{FileAttr, FileType};
+use parking_lot::RwLock;
+
+use super::dir_ops::{Caller, NewObj};
+use super::{FileHandle, Node, OverlayFs, cname};
+use crate::error::{Error, Result};
+use crate::layer::Loc;
+use crate::sys::{self, SetTime};
+use crate::whiteout;
+
+/// The reply to an open.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+    pub direct_io: bool,
+}
+
+/// The fields of a setattr that were set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub fh: Option<u64>,
+}
+
+fn real_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_APPEND | libc::O_DIRECT)
+}
+
+fn is_write(flags: i32) -> bool {
+    let acc = flags & libc::O_ACCMODE;
+    acc == libc::O_WRONLY || acc == libc::O_RDWR || flags & libc::O_TRUNC != 0
+}
+
+impl OverlayFs {
+    fn register_file(&self, node: Arc<Node>, fd: OwnedFd, from_lower: bool, flags: i32) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.write().insert(
+            fh,
+            Arc::new(FileHandle {
+                node,
+                fd: RwLock::new(Arc::new(fd)),
+                from_lower: AtomicBool::new(from_lower),
+            }),
+        );
+        let direct = flags & libc::O_DIRECT != 0;
+        Opened { fh, keep_cache: !direct && !self.opts.timeout.is_zero(), direct_io: direct }
+    }
+
+    pub(crate) fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.files.read().get(&fh).cloned().ok_or(Error::errno(libc::EBADF))
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let node = self.node(ino)?;
+        let write = is_write(flags);
+        if write {
+            self.check_writable()?;
+            self.copy_up(&node, flags & libc::O_TRUNC == 0)?;
+        }
+        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
+        let from_lower = !node.has_upper.load(Ordering::Acquire);
+        let fd = loc.open(real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
+        if flags & libc::O_TRUNC != 0 && write {
+            sys::ftruncate(fd.as_fd(), 0).map_err(|e| Error::io(e, "truncate"))?;
+        }
+        Ok(self.register_file(node, fd, from_lower, flags))
+    }
+
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, caller: Caller) -> Result<(FileAttr, Opened)> {
+        let p = self.node(parent)?;
+        let obj = NewObj::File { mode, flags: real_flags(flags) };
+        let (node, fd) = self.create_upper(&p, name, obj, caller)?;
+        let fd = fd.ok_or(Error::errno(libc::EIO))?;
+        let attr = self.node_attr(&node)?;
+        Ok((attr, self.register_file(node, fd, false, flags)))
+    }
+
+    /// The fd to use for a handle, switching a lower read handle to the upper copy.
+    fn handle_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
+        if h.from_lower.load(Ordering::Relaxed) && h.node.has_upper.load(Ordering::Acquire) {
+            let up = h.node.state.lock().upper.clone();
+            if let Some(up) = up {
+                let fd = up.open(libc::O_RDONLY).map_err(|e| Error::io(e, "reopen"))?;
+                *h.fd.write() = Arc::new(fd);
+            }
+            h.from_lower.store(false, Ordering::Relaxed);
+        }
+        Ok(h.fd.read().clone())
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.file(fh)?;
+        let fd = self.handle_fd(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0usize;
+        while got < buf.len() {
+            match sys::pread(fd.as_fd(), &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(Error::io(e, "read")),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let h = self.file(fh)?;
+        let fd = h.fd.read().clone();
+        let mut done = 0usize;
+        while done < data.len() {
+            match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    if done > 0 {
+                        break;
+                    }
+                    return Err(Error::io(e, "write"));
+                }
+            }
+        }
+        Ok(done as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.write().remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        let h = self.file(fh)?;
+        let fd = h.fd.read().clone();
+        sys::fsync(fd.as_fd(), datasync).map_err(|e| Error::io(e, "fsync"))
+    }
+
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let up = node.state.lock().upper.clone();
+        if let Some(up) = up {
+            let fd = up.open(libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| Error::io(e, "fsyncdir"))?;
+            sys::fsync(fd.as_fd(), datasync).map_err(|e| Error::io(e, "fsyncdir"))?;
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<FileAttr> {
+        self.check_writable()?;
+        let node = self.node(ino)?;
+        let only_truncate_to_zero = sa.size == Some(0)
+            && sa.mode.is_none()
+            && sa.uid.is_none()
+            && sa.gid.is_none();
+        self.copy_up(&node, !only_truncate_to_zero)?;
+        let (loc, kind) = {
+            let s = node.state.lock();
+            (s.upper.clone(), s.kind)
+        };
+        let loc = loc.ok_or(Error::errno(libc::EIO))?;
+        if let Some(size) = sa.size {
+            if kind == FileType::Directory {
+                return Err(Error::errno(libc::EISDIR));
+            }
+            let via_fh = sa.fh.and_then(|fh| self.file(fh).ok()).map(|h| h.fd.read().clone());
+            let r = match via_fh {
+                Some(fd) => sys::ftruncate(fd.as_fd(), size),
+                None => loc.open(libc::O_WRONLY).and_then(|fd| sys::ftruncate(fd.as_fd(), size)),
+            };
+            // An fh opened read-only cannot truncate: fall back to a fresh descriptor.
+            if let Err(e) = r {
+                if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EBADF) {
+                    let fd = loc.open(libc::O_WRONLY).map_err(|e| Error::io(e, "truncate"))?;
+                    sys::ftruncate(fd.as_fd(), size).map_err(|e| Error::io(e, "truncate"))?;
+                } else {
+                    return Err(Error::io(e, "truncate"));
+                }
+            }
+        }
+        if sa.uid.is_some() || sa.gid.is_some() {
+            loc.chown(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))
+                .map_err(|e| Error::io(e, "chown"))?;
+        }
+        if let Some(mode) = sa.mode {
+            if kind != FileType::Symlink {
+                loc.chmod(mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
+            }
+        }
+        if sa.atime.is_some() || sa.mtime.is_some() {
+            loc.utimes(sa.atime.unwrap_or(SetTime::Omit), sa.mtime.unwrap_or(SetTime::Omit))
+                .map_err(|e| Error::io(e, "utimes"))?;
+        }
+        self.node_attr(&node)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let h = self.file(fh)?;
+        let fd = h.fd.read().clone();
+        sys::fallocate(fd.as_fd(), mode, offset as i64, length as i64).map_err(|e| Error::io(e, "fallocate"))
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.file(fh)?;
+        let fd = self.handle_fd(&h)?;
+        sys::lseek(fd.as_fd(), offset, whence).map_err(|e| Error::io(e, "lseek"))
+    }
+
+    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32> {
+        let hi = self.file(fh_in)?;
+        let ho = self.file(fh_out)?;
+        let fi = self.handle_fd(&hi)?;
+        let fo = ho.fd.read().clone();
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = sys::copy_file_range(fi.as_fd(), off_in, fo.as_fd(), off_out, len)
+            .map_err(|e| Error::io(e, "copy_file_range"))?;
+        Ok(n as u32)
+    }
+
+    // ---- xattrs (write side) --------------------------------------------------------------
+
+    fn xattr_target(&self, ino: u64, name: &OsStr) -> Result<(Loc, CString)> {
+        if self.opts.noxattrs {
+            return Err(Error::errno(libc::ENOSYS));
+        }
+        let n = name.as_bytes();
+        if whiteout::is_private_xattr(n) {
+            // As the kernel: the overlay's own xattrs cannot be changed through the mount.
+            return Err(Error::errno(libc::EOPNOTSUPP));
+        }
+        self.check_writable()?;
+        let node = self.node(ino)?;
+        self.copy_up(&node, true)?;
+        let loc = node.state.lock().upper.clone().ok_or(Error::errno(libc::EIO))?;
+        Ok((loc, cname(n)?))
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let (loc, cn) = self.xattr_target(ino, name)?;
+        loc.setxattr(&cn, value, flags).map_err(|e| Error::io(e, "setxattr"))
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        let (loc, cn) = self.xattr_target(ino, name)?;
+        loc.removexattr(&cn).map_err(|e| Error::io(e, "removexattr"))
+    }
+}

@@ -1,0 +1,941 @@
+//! `OverlayFs`: the union filesystem, one method per FUSE operation, no FUSE types beyond
+//! fuser's plain data (`FileAttr`, `FileType`).
+//!
+//! Hard parts, and where they are handled:
+//! 1. Identity. fuser replies use `attr.ino` as both the FUSE node id and `st_ino`, so a node's
+//!    id is the inode number it reports: the real inode of the topmost object found when the
+//!    node was first looked up, offset per filesystem ([`Layer::ino_base`]). A node keeps its id
+//!    across copy-up; `upper_ids` maps the new upper inode back to it so readdir's `d_ino` and
+//!    later lookups (hard links made through the mount) agree with `stat`.
+//! 2. Locks (order: a directory's `dir_lock`, then node `state` mutexes, then the table; a
+//!    table or state lock is never held across a syscall). Lookups and readdir take the parent's
+//!    `dir_lock` shared; creations and removals take it exclusive; rename takes both parents in
+//!    id order. Copy-up takes only the node's `copy_lock` while copying data and the parent's
+//!    `dir_lock` for the final rename, so a big copy-up does not stall other files. Copy-up is
+//!    never started while a `dir_lock` is held (callers copy up first, lock, then re-check).
+//! 3. Lifetimes. `forget` drops a node when the kernel's lookup count reaches zero; a child holds
+//!    an `Arc` to its parent, so ancestors needed for a later copy-up stay alive.
+//! 4. Whiteouts and opaque directories are read in every form ([`crate::whiteout`]), and
+//!    written in the form chosen at mount ([`crate::whiteout::WhiteoutStyle`]).
+
+mod copy_up;
+mod dir_ops;
+mod file_ops;
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::layer::{self, DirMarks, Layer, Loc};
+use crate::merge::{self, ListItem, Probe, Resolution, Resolver};
+use crate::name;
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, EntryClass, WhiteoutStyle};
+
+pub use dir_ops::Caller;
+pub use file_ops::{Opened, SetAttr};
+
+/// The FUSE root node id.
+pub const ROOT_ID: u64 = 1;
+
+/// Settings of one mount, decided before it starts.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    pub lowers: Vec<std::path::PathBuf>,
+    pub upper: Option<std::path::PathBuf>,
+    pub work: Option<std::path::PathBuf>,
+    pub read_only: bool,
+    pub timeout: Duration,
+    /// `None` means detect at mount.
+    pub whiteout: Option<WhiteoutStyle>,
+    pub fsync: bool,
+    pub static_nlink: bool,
+    pub noxattrs: bool,
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+}
+
+impl FsOptions {
+    pub fn new(lowers: Vec<std::path::PathBuf>) -> Self {
+        FsOptions {
+            lowers,
+            upper: None,
+            work: None,
+            read_only: false,
+            timeout: Duration::from_secs(1_000_000),
+            whiteout: None,
+            fsync: true,
+            static_nlink: false,
+            noxattrs: false,
+            squash_uid: None,
+            squash_gid: None,
+        }
+    }
+}
+
+/// One lower directory that merges into a directory node.
+#[derive(Clone, Debug)]
+pub(crate) struct LowerDir {
+    pub layer: usize,
+    pub fd: Arc<OwnedFd>,
+    pub marks: DirMarks,
+}
+
+/// The mutable state of a node.
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    pub parent: Option<Arc<Node>>,
+    pub name: Arc<CString>,
+    pub kind: FileType,
+    /// The object in the upper layer, once it exists.
+    pub upper: Option<Loc>,
+    /// Upper directory marks (opaque etc.), for directories with an upper.
+    pub upper_marks: DirMarks,
+    /// For directories: lower directories that merge, top-down. Empty when the upper is
+    /// opaque.
+    pub lower_dirs: Vec<LowerDir>,
+    /// For non-directories: the lower object and its layer index.
+    pub lower: Option<(usize, Loc)>,
+    /// Children the kernel has looked up, by name.
+    pub children: HashMap<Vec<u8>, u64>,
+    /// Set once the last name was removed through the mount.
+    pub unlinked: bool,
+}
+
+/// One object of the merged tree, as the kernel knows it.
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    pub(crate) lookups: AtomicU64,
+    pub(crate) state: Mutex<NodeState>,
+    pub(crate) dir_lock: RwLock<()>,
+    pub(crate) copy_lock: Mutex<()>,
+    pub(crate) has_upper: AtomicBool,
+}
+
+impl Node {
+    pub(crate) fn is_dir(&self) -> bool {
+        self.state.lock().kind == FileType::Directory
+    }
+    /// The location of the topmost real object.
+    pub(crate) fn top_loc(&self) -> Option<Loc> {
+        let s = self.state.lock();
+        top_loc_of(&s)
+    }
+}
+
+pub(crate) fn top_loc_of(s: &NodeState) -> Option<Loc> {
+    if let Some(u) = &s.upper {
+        return Some(u.clone());
+    }
+    if let Some((_, l)) = &s.lower {
+        return Some(l.clone());
+    }
+    s.lower_dirs.first().map(|d| Loc::Dir(d.fd.clone()))
+}
+
+/// One entry of a merged listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: OsString,
+}
+
+/// An open directory: the merged listing, taken at opendir (or rewind).
+pub(crate) struct DirHandle {
+    pub entries: Mutex<Arc<Vec<DirEntry>>>,
+}
+
+/// An open file.
+pub(crate) struct FileHandle {
+    pub node: Arc<Node>,
+    pub fd: RwLock<Arc<OwnedFd>>,
+    /// Opened read-only on a lower layer: switch to the upper copy once there is one.
+    pub from_lower: AtomicBool,
+}
+
+/// The union filesystem.
+pub struct OverlayFs {
+    pub(crate) opts: FsOptions,
+    /// Index 0 is the upper when there is one; lowers follow, top first.
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) has_upper: bool,
+    pub(crate) work: Option<Arc<OwnedFd>>,
+    pub(crate) whiteout_style: WhiteoutStyle,
+    /// Whether `trusted.*` xattrs can be written on the upper (root): opaque form.
+    pub(crate) trusted_xattrs: bool,
+    pub(crate) can_chown: bool,
+    pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// Upper real inode (plus base) → node id, where they differ.
+    pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
+    pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
+    pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    pub(crate) next_fh: AtomicU64,
+    pub(crate) tmp_seq: AtomicU64,
+}
+
+fn cname(name: &[u8]) -> Result<CString> {
+    CString::new(name).map_err(|_| Error::errno(libc::EINVAL))
+}
+
+pub(crate) fn kind_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn kind_of_dtype(d: u8) -> Option<FileType> {
+    Some(match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_REG => FileType::RegularFile,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        _ => return None,
+    })
+}
+
+fn systime(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-sec) as u64) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+/// What one layer holds under a name, with what is needed to build a node from it.
+pub(crate) enum Found {
+    NonDir(Stat),
+    Dir(Stat, Arc<OwnedFd>, DirMarks),
+}
+
+impl OverlayFs {
+    /// Opens the layers, prepares workdir, and builds the root node.
+    pub fn new(opts: FsOptions) -> std::result::Result<OverlayFs, String> {
+        let open_root = |p: &std::path::Path| -> std::result::Result<(Arc<OwnedFd>, u64), String> {
+            let c = sys::cstr(p.as_os_str()).map_err(|e| format!("{}: {e}", p.display()))?;
+            let fd = sys::open_trusted(&c, libc::O_PATH | libc::O_DIRECTORY, 0)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            let st = sys::fstat(fd.as_fd()).map_err(|e| format!("{}: {e}", p.display()))?;
+            Ok((Arc::new(fd), st.st_dev))
+        };
+        let mut roots = Vec::new();
+        if let Some(u) = &opts.upper {
+            roots.push((open_root(u)?, true));
+        }
+        for l in &opts.lowers {
+            roots.push((open_root(l)?, false));
+        }
+        let mut devs: Vec<u64> = Vec::new();
+        let n = roots.len();
+        let layers: Vec<Layer> = roots
+            .into_iter()
+            .enumerate()
+            .map(|(i, ((root, dev), is_upper))| {
+                let idx = devs.iter().position(|d| *d == dev).unwrap_or_else(|| {
+                    devs.push(dev);
+                    devs.len() - 1
+                });
+                Layer { root, dev, ino_base: (idx as u64) << 48, is_upper, is_bottom: i + 1 == n }
+            })
+            .collect();
+        let has_upper = opts.upper.is_some();
+        let mut work = None;
+        let mut style = opts.whiteout.unwrap_or(WhiteoutStyle::CharDev);
+        let mut trusted = false;
+        let euid = sys::geteuid();
+        if let Some(w) = &opts.work {
+            let (wroot, _) = open_root(w)?;
+            let workdir = prepare_workdir(&wroot).map_err(|e| format!("workdir {}: {e}", w.display()))?;
+            if opts.whiteout.is_none() {
+                style = if probe_chardev_whiteout(&workdir) {
+                    WhiteoutStyle::CharDev
+                } else {
+                    WhiteoutStyle::WhFile
+                };
+            }
+            trusted = probe_trusted_xattr(&workdir);
+            work = Some(Arc::new(workdir));
+        }
+        let fs = OverlayFs {
+            opts,
+            layers,
+            has_upper,
+            work,
+            whiteout_style: style,
+            trusted_xattrs: trusted,
+            can_chown: euid == 0,
+            nodes: RwLock::new(HashMap::new()),
+            upper_ids: Mutex::new(HashMap::new()),
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            tmp_seq: AtomicU64::new(1),
+        };
+        fs.init_root().map_err(|e| format!("layer roots: {e}"))?;
+        Ok(fs)
+    }
+
+    fn init_root(&self) -> Result<()> {
+        let mut upper = None;
+        let mut upper_marks = DirMarks::default();
+        let mut lower_dirs = Vec::new();
+        let mut stop = false;
+        for (i, l) in self.layers.iter().enumerate() {
+            let marks = if l.is_bottom { DirMarks::default() } else { layer::dir_marks(&l.root) };
+            if l.is_upper {
+                upper = Some(Loc::Dir(l.root.clone()));
+                upper_marks = marks;
+                stop = marks.opaque;
+            } else if !stop {
+                lower_dirs.push(LowerDir { layer: i, fd: l.root.clone(), marks });
+                if marks.opaque {
+                    stop = true;
+                }
+            }
+        }
+        let node = Arc::new(Node {
+            ino: ROOT_ID,
+            lookups: AtomicU64::new(1),
+            has_upper: AtomicBool::new(upper.is_some()),
+            state: Mutex::new(NodeState {
+                parent: None,
+                name: Arc::new(CString::default()),
+                kind: FileType::Directory,
+                upper,
+                upper_marks,
+                lower_dirs,
+                lower: None,
+                children: HashMap::new(),
+                unlinked: false,
+            }),
+            dir_lock: RwLock::new(()),
+            copy_lock: Mutex::new(()),
+        });
+        self.nodes.write().insert(ROOT_ID, node);
+        Ok(())
+    }
+
+    /// Which whiteout form this mount writes.
+    pub fn whiteout_style(&self) -> WhiteoutStyle {
+        self.whiteout_style
+    }
+
+    /// Number of nodes the kernel currently holds (for tests and statistics).
+    pub fn node_count(&self) -> usize {
+        self.nodes.read().len()
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.read().get(&ino).cloned().ok_or(Error::new(libc::ESTALE, "unknown inode"))
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.opts.timeout
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.opts.read_only || !self.has_upper {
+            return Err(Error::new(libc::EROFS, "read-only mount"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn upper_layer(&self) -> Option<&Layer> {
+        self.layers.first().filter(|l| l.is_upper)
+    }
+
+    pub(crate) fn work_fd(&self) -> Result<&Arc<OwnedFd>> {
+        self.work.as_ref().ok_or(Error::new(libc::EROFS, "no workdir"))
+    }
+
+    /// A fresh name for a temporary entry in workdir.
+    pub(crate) fn tmp_name(&self) -> CString {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        CString::new(format!("#{:x}.{n}", std::process::id())).unwrap_or_default()
+    }
+
+    // ---- attributes -----------------------------------------------------------------------
+
+    pub(crate) fn attr_from_stat(&self, ino: u64, st: &Stat, merged_dir: bool) -> FileAttr {
+        let kind = kind_of(st.st_mode);
+        let mut nlink = st.st_nlink as u32;
+        if kind == FileType::Directory && (merged_dir || self.opts.static_nlink) {
+            // As kernel overlayfs: counting subdirectories of a merged directory is not worth
+            // it; nlink=1 tells find(1) and friends not to rely on it.
+            nlink = 1;
+        }
+        FileAttr {
+            ino: INodeNo(ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: systime(st.st_atime, st.st_atime_nsec),
+            mtime: systime(st.st_mtime, st.st_mtime_nsec),
+            ctime: systime(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink,
+            uid: self.opts.squash_uid.unwrap_or(st.st_uid),
+            gid: self.opts.squash_gid.unwrap_or(st.st_gid),
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    pub(crate) fn node_attr(&self, node: &Node) -> Result<FileAttr> {
+        let (loc, merged) = {
+            let s = node.state.lock();
+            let layers = s.lower_dirs.len() + usize::from(s.upper.is_some());
+            (top_loc_of(&s), s.kind == FileType::Directory && layers > 1)
+        };
+        let loc = loc.ok_or(Error::new(libc::ESTALE, "node without object"))?;
+        let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
+        Ok(self.attr_from_stat(node.ino, &st, merged))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr> {
+        let node = self.node(ino)?;
+        self.node_attr(&node)
+    }
+
+    // ---- lookup ---------------------------------------------------------------------------
+
+    /// Probes one layer directory for `name`: `(probe, what was found)`.
+    pub(crate) fn probe(
+        &self,
+        dir: &Arc<OwnedFd>,
+        dir_marks: DirMarks,
+        name: &[u8],
+        cname: &CString,
+        bottom: bool,
+    ) -> Result<(Probe, Option<Found>)> {
+        let st = match sys::fstatat(dir.as_fd(), cname) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if !bottom && self.has_wh_file(dir, name) {
+                    return Ok((Probe::Whiteout, None));
+                }
+                return Ok((Probe::Absent, None));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                return Ok((Probe::Absent, None));
+            }
+            Err(e) => return Err(Error::io(e, "lookup")),
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev) {
+            return Ok((Probe::Whiteout, None));
+        }
+        if fmt == libc::S_IFREG
+            && st.st_size == 0
+            && dir_marks.xattr_whiteouts
+            && layer::has_whiteout_xattr(dir, cname)
+        {
+            return Ok((Probe::Whiteout, None));
+        }
+        if fmt == libc::S_IFDIR {
+            let fd = layer::open_dir_at(dir.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?;
+            let fd = Arc::new(fd);
+            let mut marks = if bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
+            if !bottom && !marks.opaque && self.has_wh_file(dir, name) {
+                // A directory next to its own whiteout: nothing below shows through.
+                marks.opaque = true;
+            }
+            return Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir(st, fd, marks))));
+        }
+        Ok((Probe::NonDir, Some(Found::NonDir(st))))
+    }
+
+    fn has_wh_file(&self, dir: &Arc<OwnedFd>, name: &[u8]) -> bool {
+        match name::whiteout_name(name).and_then(|w| CString::new(w).ok()) {
+            Some(w) => sys::exists_at(dir.as_fd(), &w).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Resolves `name` in a directory node's layers. Returns the new state (without parent) and
+    /// the id it would get, or None when nothing is visible.
+    pub(crate) fn resolve(&self, parent: &Node, name: &[u8]) -> Result<Option<(u64, NodeState)>> {
+        let cn = Arc::new(cname(name)?);
+        let (upper_dir, upper_marks, lowers) = {
+            let s = parent.state.lock();
+            if s.kind != FileType::Directory {
+                return Err(Error::errno(libc::ENOTDIR));
+            }
+            (s.upper.as_ref().and_then(|u| u.dir_fd().cloned()), s.upper_marks, s.lower_dirs.clone())
+        };
+        let mut resolver = Resolver::new();
+        let mut found: Vec<(usize, Found, Arc<OwnedFd>)> = Vec::new();
+        let mut go = true;
+        if let Some(ud) = &upper_dir {
+            let (p, f) = self.probe(ud, upper_marks, name, &cn, lowers.is_empty())?;
+            if let Some(f) = f {
+                found.push((0, f, ud.clone()));
+            }
+            go = resolver.feed(p);
+        } else {
+            resolver.feed(Probe::Absent);
+        }
+        if go {
+            for ld in &lowers {
+                let bottom = self.layers[ld.layer].is_bottom;
+                let (p, f) = self.probe(&ld.fd, ld.marks, name, &cn, bottom)?;
+                if let Some(f) = f {
+                    found.push((ld.layer, f, ld.fd.clone()));
+                }
+                if !resolver.feed(p) {
+                    break;
+                }
+            }
+        }
+        // Resolver positions: 0 = upper slot (always fed), i+1 = lowers[i]. `found` holds layer
+        // indices; map the resolution through them.
+        let res = resolver.finish();
+        let pos_to_layer = |pos: usize| -> usize {
+            if pos == 0 { 0 } else { lowers[pos - 1].layer }
+        };
+        let find = |layer: usize| found.iter().find(|(l, _, _)| *l == layer);
+        match res {
+            Resolution::Negative => Ok(None),
+            Resolution::NonDir { layer: pos } => {
+                let li = pos_to_layer(pos);
+                let Some((_, Found::NonDir(st), dirfd)) = find(li) else {
+                    return Err(Error::new(libc::EIO, "resolve"));
+                };
+                let loc = Loc::At(dirfd.clone(), cn.clone());
+                let is_upper = pos == 0 && upper_dir.is_some();
+                let id = self.ino_for(li, st.st_ino);
+                let state = NodeState {
+                    parent: None,
+                    name: cn.clone(),
+                    kind: kind_of(st.st_mode),
+                    upper: if is_upper { Some(loc.clone()) } else { None },
+                    upper_marks: DirMarks::default(),
+                    lower_dirs: Vec::new(),
+                    lower: if is_upper { None } else { Some((li, loc)) },
+                    children: HashMap::new(),
+                    unlinked: false,
+                };
+                Ok(Some((id, state)))
+            }
+            Resolution::Dir { layers } => {
+                let mut upper = None;
+                let mut umarks = DirMarks::default();
+                let mut lower_dirs = Vec::new();
+                let mut id = None;
+                for pos in layers {
+                    let li = pos_to_layer(pos);
+                    let Some((_, Found::Dir(st, fd, marks), _)) = find(li) else {
+                        return Err(Error::new(libc::EIO, "resolve dir"));
+                    };
+                    if id.is_none() {
+                        id = Some(self.ino_for(li, st.st_ino));
+                    }
+                    if pos == 0 && upper_dir.is_some() {
+                        upper = Some(Loc::Dir(fd.clone()));
+                        umarks = *marks;
+                    } else {
+                        lower_dirs.push(LowerDir { layer: li, fd: fd.clone(), marks: *marks });
+                    }
+                }
+                let state = NodeState {
+                    parent: None,
+                    name: cn.clone(),
+                    kind: FileType::Directory,
+                    upper,
+                    upper_marks: umarks,
+                    lower_dirs,
+                    lower: None,
+                    children: HashMap::new(),
+                    unlinked: false,
+                };
+                Ok(Some((id.unwrap_or(0), state)))
+            }
+        }
+    }
+
+    /// The node id for a real inode found in layer `li`.
+    pub(crate) fn ino_for(&self, li: usize, real_ino: u64) -> u64 {
+        let l = &self.layers[li];
+        let mut id = l.ino_base ^ real_ino;
+        if l.is_upper {
+            if let Some(mapped) = self.upper_ids.lock().get(&id) {
+                return *mapped;
+            }
+        }
+        if id == ROOT_ID || id == 0 {
+            id ^= 1 << 63;
+        }
+        id
+    }
+
+    /// Looks up `name` in directory `parent` and takes a kernel reference on the result.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
+        let name = name.as_bytes();
+        name::validate(name).map_err(|e| Error::errno(e.errno()))?;
+        if name::is_reserved(name) {
+            return Err(Error::errno(libc::ENOENT));
+        }
+        let pnode = self.node(parent)?;
+        let _g = pnode.dir_lock.read();
+        let node = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
+        let attr = self.node_attr(&node)?;
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok(attr)
+    }
+
+    /// Resolves a child and installs (or refreshes) its node; the caller holds the parent's
+    /// `dir_lock` (shared or exclusive). Does not take a kernel reference.
+    pub(crate) fn lookup_locked(&self, pnode: &Arc<Node>, name: &[u8]) -> Result<Option<Arc<Node>>> {
+        // A child the kernel already holds, still in place: reuse without probing.
+        let known = pnode.state.lock().children.get(name).copied();
+        if let Some(id) = known {
+            if let Some(n) = self.nodes.read().get(&id).cloned() {
+                let s = n.state.lock();
+                if !s.unlinked && s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, pnode)) && *s.name.as_bytes() == *name {
+                    drop(s);
+                    return Ok(Some(n));
+                }
+            }
+        }
+        let Some((id, mut state)) = self.resolve(pnode, name)? else {
+            pnode.state.lock().children.remove(name);
+            return Ok(None);
+        };
+        state.parent = Some(pnode.clone());
+        Ok(Some(self.install(pnode, name, id, state)))
+    }
+
+    /// Puts a resolved node in the table (reusing a live node with the same id).
+    pub(crate) fn install(&self, pnode: &Arc<Node>, name: &[u8], id: u64, state: NodeState) -> Arc<Node> {
+        let has_upper = state.upper.is_some();
+        let node = {
+            let mut nodes = self.nodes.write();
+            match nodes.get(&id) {
+                Some(existing) => {
+                    let existing = existing.clone();
+                    drop(nodes);
+                    {
+                        let mut s = existing.state.lock();
+                        // A node that was copied up keeps its upper (another name of a hard
+                        // link, or a re-lookup); otherwise take the fresh resolution.
+                        if s.upper.is_none() || s.unlinked || s.kind != state.kind {
+                            let children = std::mem::take(&mut s.children);
+                            *s = state;
+                            if s.kind == FileType::Directory {
+                                s.children = children;
+                            }
+                        } else {
+                            s.parent = state.parent;
+                            s.name = state.name;
+                            s.unlinked = false;
+                        }
+                        existing.has_upper.store(s.upper.is_some(), Ordering::Release);
+                    }
+                    existing
+                }
+                None => {
+                    let n = Arc::new(Node {
+                        ino: id,
+                        lookups: AtomicU64::new(0),
+                        has_upper: AtomicBool::new(has_upper),
+                        state: Mutex::new(state),
+                        dir_lock: RwLock::new(()),
+                        copy_lock: Mutex::new(()),
+                    });
+                    nodes.insert(id, n.clone());
+                    n
+                }
+            }
+        };
+        pnode.state.lock().children.insert(name.to_vec(), id);
+        node
+    }
+
+    /// Drops `n` kernel references; frees the node when none are left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_ID {
+            return;
+        }
+        let mut nodes = self.nodes.write();
+        let Some(node) = nodes.get(&ino).cloned() else { return };
+        let prev = node.lookups.load(Ordering::Relaxed);
+        let left = prev.saturating_sub(n);
+        node.lookups.store(left, Ordering::Relaxed);
+        if left > 0 {
+            return;
+        }
+        nodes.remove(&ino);
+        drop(nodes);
+        let (parent, name, upper) = {
+            let mut s = node.state.lock();
+            (s.parent.take(), s.name.clone(), s.upper.clone())
+        };
+        if let Some(p) = parent {
+            let mut ps = p.state.lock();
+            if ps.children.get(name.as_bytes()) == Some(&ino) {
+                ps.children.remove(name.as_bytes());
+            }
+        }
+        if let Some(u) = upper {
+            if let Ok(st) = u.stat() {
+                let key = self.layers[0].ino_base ^ st.st_ino;
+                let mut m = self.upper_ids.lock();
+                if m.get(&key) == Some(&ino) {
+                    m.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
+        loc.readlink().map_err(|e| Error::io(e, "readlink"))
+    }
+
+    // ---- readdir --------------------------------------------------------------------------
+
+    /// The merged listing of a directory node, with `.` and `..` first.
+    pub(crate) fn list_merged(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
+        let (upper, umarks, lowers, parent_ino, children) = {
+            let s = node.state.lock();
+            if s.kind != FileType::Directory {
+                return Err(Error::errno(libc::ENOTDIR));
+            }
+            (
+                s.upper.as_ref().and_then(|u| u.dir_fd().cloned()),
+                s.upper_marks,
+                s.lower_dirs.clone(),
+                s.parent.as_ref().map_or(ROOT_ID, |p| p.ino),
+                s.children.clone(),
+            )
+        };
+        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks)> = Vec::new();
+        if let Some(u) = upper {
+            dirs.push((0, u, umarks));
+        }
+        for l in lowers {
+            dirs.push((l.layer, l.fd, l.marks));
+        }
+        let mut per_layer = Vec::with_capacity(dirs.len());
+        for (li, fd, marks) in &dirs {
+            per_layer.push(self.read_layer_dir(*li, fd, *marks)?);
+        }
+        let merged = merge::merge_listings(per_layer);
+        let mut out = Vec::with_capacity(merged.len() + 2);
+        out.push(DirEntry { ino: node.ino, kind: FileType::Directory, name: ".".into() });
+        out.push(DirEntry { ino: parent_ino, kind: FileType::Directory, name: "..".into() });
+        for (name, pos, (kind, real_ino)) in merged {
+            let li = dirs[pos].0;
+            let ino = match children.get(&name) {
+                Some(id) => *id,
+                None => self.ino_for(li, real_ino),
+            };
+            out.push(DirEntry { ino, kind, name: OsString::from_vec(name) });
+        }
+        Ok(out)
+    }
+
+    /// Reads one layer's directory, classifying whiteouts and markers.
+    fn read_layer_dir(
+        &self,
+        _li: usize,
+        fd: &Arc<OwnedFd>,
+        marks: DirMarks,
+    ) -> Result<Vec<ListItem<(FileType, u64)>>> {
+        let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| Error::io(e, "opendir"))?;
+        let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+        let mut items = Vec::with_capacity(raw.len());
+        for e in raw {
+            match whiteout::classify(&e.name) {
+                EntryClass::OpaqueMarker | EntryClass::Reserved => continue,
+                EntryClass::Whiteout(t) => {
+                    items.push(ListItem::Whiteout(t.to_vec()));
+                    continue;
+                }
+                EntryClass::Plain => {}
+            }
+            let mut kind = kind_of_dtype(e.dtype);
+            let needs_stat = kind.is_none()
+                || kind == Some(FileType::CharDevice)
+                || (kind == Some(FileType::RegularFile) && marks.xattr_whiteouts);
+            if needs_stat {
+                let Ok(cn) = CString::new(e.name.clone()) else { continue };
+                let Ok(st) = sys::fstatat(fd.as_fd(), &cn) else { continue };
+                if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
+                    || ((st.st_mode & libc::S_IFMT) == libc::S_IFREG
+                        && st.st_size == 0
+                        && marks.xattr_whiteouts
+                        && layer::has_whiteout_xattr(fd, &cn))
+                {
+                    items.push(ListItem::Whiteout(e.name));
+                    continue;
+                }
+                kind = Some(kind_of(st.st_mode));
+            }
+            items.push(ListItem::Entry(e.name, (kind.unwrap_or(FileType::RegularFile), e.ino)));
+        }
+        Ok(items)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return Err(Error::errno(libc::ENOTDIR));
+        }
+        let entries = {
+            let _g = node.dir_lock.read();
+            self.list_merged(&node)?
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.write().insert(fh, Arc::new(DirHandle { entries: Mutex::new(Arc::new(entries)) }));
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on (offset = index + 1 of the last entry returned). A read from
+    /// offset 0 after the first takes a fresh snapshot (rewinddir).
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let h = self.dirs.read().get(&fh).cloned().ok_or(Error::errno(libc::EBADF))?;
+        if offset == 0 {
+            let node = self.node(ino)?;
+            let fresh = {
+                let _g = node.dir_lock.read();
+                self.list_merged(&node)?
+            };
+            *h.entries.lock() = Arc::new(fresh);
+        }
+        Ok(h.entries.lock().clone())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.write().remove(&fh);
+    }
+
+    // ---- xattrs (read side) ---------------------------------------------------------------
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if self.opts.noxattrs {
+            return Err(Error::errno(libc::ENOSYS));
+        }
+        let n = name.as_bytes();
+        if whiteout::is_private_xattr(n) {
+            return Err(Error::errno(libc::ENODATA));
+        }
+        let node = self.node(ino)?;
+        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
+        loc.getxattr(&cname(n)?).map_err(|e| Error::io(e, "getxattr"))
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        if self.opts.noxattrs {
+            return Err(Error::errno(libc::ENOSYS));
+        }
+        let node = self.node(ino)?;
+        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
+        let raw = match loc.listxattr() {
+            Ok(r) => r,
+            // Symlinks and special files on some filesystems: no xattrs rather than an error.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+            Err(e) => return Err(Error::io(e, "listxattr")),
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !whiteout::is_private_xattr(n) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        let root = &self.layers[0].root;
+        sys::fstatvfs(root.as_fd()).map_err(|e| Error::io(e, "statfs"))
+    }
+
+    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        let node = self.node(ino)?;
+        if mask & libc::W_OK != 0 && (self.opts.read_only || !self.has_upper) {
+            return Err(Error::errno(libc::EROFS));
+        }
+        self.node_attr(&node).map(|_| ())
+    }
+}
+
+/// Creates `WORKDIR/work` (as the kernel and fuse-overlayfs do) and empties it: entries left
+/// there by a crash are half-made copies or removed objects, never visible data.
+fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let name = c"work";
+    match sys::mkdirat(wroot.as_fd(), name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let fd = layer::open_dir_at(wroot.as_fd(), name)?;
+    clean_dir(&fd)?;
+    Ok(fd)
+}
+
+/// Removes everything inside a directory (never following symlinks).
+pub(crate) fn clean_dir(fd: &OwnedFd) -> std::io::Result<()> {
+    let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    for e in sys::read_dir_all(rfd.as_fd())? {
+        let Ok(cn) = CString::new(e.name) else { continue };
+        remove_tree_at(fd, &cn)?;
+    }
+    Ok(())
+}
+
+/// Removes `dir/name`, recursively when it is a directory.
+pub(crate) fn remove_tree_at(dir: &OwnedFd, name: &CString) -> std::io::Result<()> {
+    match sys::unlinkat(dir.as_fd(), name, false) {
+        Ok(()) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = layer::open_dir_at(dir.as_fd(), name)?;
+    clean_dir(&sub)?;
+    sys::unlinkat(dir.as_fd(), name, true)
+}
+
+fn probe_chardev_whiteout(work: &OwnedFd) -> bool {
+    let name = c"#whiteout-probe";
+    let _ = sys::unlinkat(work.as_fd(), name, false);
+    let ok = sys::mknodat(work.as_fd(), name, libc::S_IFCHR | 0o600, 0).is_ok();
+    let _ = sys::unlinkat(work.as_fd(), name, false);
+    ok && std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_none()
+}
+
+fn probe_trusted_xattr(work: &OwnedFd) -> bool {
+    let name = c"#xattr-probe";
+    let _ = remove_tree_at(work, &name.into());
+    if sys::mkdirat(work.as_fd(), name, 0o700).is_err() {
+        return false;
+    }
+    let p = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(work), Some(name));
+    let ok = sys::setxattr(&p, c"trusted.overlay.opaque", b"y", 0, false).is_ok();
+    let _ = sys::unlinkat(work.as_fd(), name, true);
+    ok
+}

@@ -1,0 +1,170 @@
+//! Layers and locations of real objects inside them.
+//!
+//! A [`Loc`] names one real object in one layer: either a directory we hold an `O_PATH` fd for,
+//! or `(parent directory fd, one name)`. Every operation on a `Loc` is fd-relative with
+//! `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW` semantics, so a symlink stored in a layer is never followed
+//! (the kernel resolves symlinks itself, through `readlink` and new lookups). This is what keeps
+//! a hostile layer (`etc -> /`, `x -> ../../..`) from making layerfs touch anything outside it.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::sys::{self, SetTime, Stat};
+use crate::whiteout::{self, OpaqueValue};
+
+/// A layer: the upper (index 0 when present) or one lower.
+#[derive(Debug)]
+pub struct Layer {
+    pub root: Arc<OwnedFd>,
+    pub dev: u64,
+    /// Added to real inode numbers to keep inode numbers of different filesystems apart.
+    pub ino_base: u64,
+    pub is_upper: bool,
+    /// True for the bottom-most layer: its directories' opaqueness never matters.
+    pub is_bottom: bool,
+}
+
+/// Where a real object lives.
+#[derive(Clone, Debug)]
+pub enum Loc {
+    /// A directory, by its own `O_PATH` fd.
+    Dir(Arc<OwnedFd>),
+    /// A non-directory, by its parent directory's fd and its name.
+    At(Arc<OwnedFd>, Arc<CString>),
+}
+
+impl Loc {
+    pub fn stat(&self) -> io::Result<Stat> {
+        match self {
+            Loc::Dir(fd) => sys::fstat(fd.as_fd()),
+            Loc::At(dir, name) => sys::fstatat(dir.as_fd(), name),
+        }
+    }
+
+    /// Opens the object for I/O. Never follows a symlink.
+    pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
+        match self {
+            Loc::Dir(fd) => sys::reopen(fd.as_fd(), flags),
+            Loc::At(dir, name) => sys::openat(dir.as_fd(), name, flags, 0),
+        }
+    }
+
+    /// The path and follow mode for xattr syscalls on this object.
+    pub fn xattr_path(&self) -> (CString, bool) {
+        match self {
+            Loc::Dir(fd) => (sys::proc_fd_path(fd.as_raw_fd(), None), true),
+            Loc::At(dir, name) => (sys::proc_fd_path(dir.as_raw_fd(), Some(name)), false),
+        }
+    }
+
+    pub fn readlink(&self) -> io::Result<Vec<u8>> {
+        match self {
+            Loc::Dir(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            Loc::At(dir, name) => sys::readlinkat(dir.as_fd(), name),
+        }
+    }
+
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        match self {
+            Loc::Dir(fd) => sys::fchmod(fd.as_fd(), mode),
+            Loc::At(dir, name) => sys::fchmodat(dir.as_fd(), name, mode),
+        }
+    }
+
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        match self {
+            Loc::Dir(fd) => sys::fchown_fd(fd.as_fd(), uid, gid),
+            Loc::At(dir, name) => sys::fchownat(dir.as_fd(), name, uid, gid),
+        }
+    }
+
+    pub fn utimes(&self, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+        match self {
+            Loc::Dir(fd) => sys::futimens_path(fd.as_fd(), atime, mtime),
+            Loc::At(dir, name) => sys::utimensat(dir.as_fd(), name, atime, mtime),
+        }
+    }
+
+    pub fn getxattr(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        let (p, follow) = self.xattr_path();
+        sys::getxattr(&p, name, follow)
+    }
+
+    pub fn listxattr(&self) -> io::Result<Vec<u8>> {
+        let (p, follow) = self.xattr_path();
+        sys::listxattr(&p, follow)
+    }
+
+    pub fn setxattr(&self, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let (p, follow) = self.xattr_path();
+        sys::setxattr(&p, name, value, flags, follow)
+    }
+
+    pub fn removexattr(&self, name: &CStr) -> io::Result<()> {
+        let (p, follow) = self.xattr_path();
+        sys::removexattr(&p, name, follow)
+    }
+
+    /// The directory fd, for a directory location.
+    pub fn dir_fd(&self) -> Option<&Arc<OwnedFd>> {
+        match self {
+            Loc::Dir(fd) => Some(fd),
+            Loc::At(..) => None,
+        }
+    }
+}
+
+/// Opens a directory entry as an `O_PATH` directory fd, refusing symlinks.
+pub fn open_dir_at(dir: BorrowedFd, name: &CStr) -> io::Result<OwnedFd> {
+    sys::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// What a directory's overlay xattrs and marker say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirMarks {
+    pub opaque: bool,
+    /// `overlay.opaque=x`: entries may be xattr whiteouts.
+    pub xattr_whiteouts: bool,
+}
+
+/// Reads the opaque xattrs of a directory fd and looks for a `.wh..wh..opq` entry.
+pub fn dir_marks(fd: &OwnedFd) -> DirMarks {
+    let mut m = DirMarks::default();
+    let p = sys::proc_fd_path(fd.as_raw_fd(), None);
+    // One listxattr tells whether any overlay xattr is there at all (the common case: none).
+    if let Ok(list) = sys::listxattr(&p, true) {
+        for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if whiteout::OPAQUE_XATTRS.contains(&n) {
+                let Ok(cn) = CString::new(n) else { continue };
+                let mut buf = [0u8; 8];
+                if let Ok(len) = sys::getxattr_into(&p, &cn, true, &mut buf) {
+                    match whiteout::opaque_value(&buf[..len.min(buf.len())]) {
+                        OpaqueValue::Opaque => m.opaque = true,
+                        OpaqueValue::XattrWhiteouts => m.xattr_whiteouts = true,
+                        OpaqueValue::None => {}
+                    }
+                }
+            }
+        }
+    }
+    if !m.opaque {
+        let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();
+        if sys::exists_at(fd.as_fd(), &marker).unwrap_or(false) {
+            m.opaque = true;
+        }
+    }
+    m
+}
+
+/// True if a zero-size regular file carries an xattr whiteout mark.
+pub fn has_whiteout_xattr(dir: &OwnedFd, name: &CStr) -> bool {
+    let p = sys::proc_fd_path(dir.as_raw_fd(), Some(name));
+    let mut buf = [0u8; 4];
+    [whiteout::TRUSTED_WHITEOUT, whiteout::USER_WHITEOUT].iter().any(|x| {
+        CString::new(*x)
+            .ok()
+            .is_some_and(|cx| sys::getxattr_into(&p, &cx, false, &mut buf).is_ok())
+    })
+}

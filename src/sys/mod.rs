@@ -1,0 +1,614 @@
+//! The only place in the mount side of layerfs with `unsafe` and raw syscalls.
+//!
+//! Every function here is a small safe wrapper around one syscall. The rules that keep a layer
+//! (untrusted input) from reaching outside itself are enforced by the callers' shape, and these
+//! wrappers make the safe shape the easy one:
+//! - objects below a layer root are always addressed as `(directory fd, single name)`, and the
+//!   open wrappers always add `O_NOFOLLOW`, so a symlink stored in a layer is never followed;
+//! - a name is one path component (checked by [`crate::name`]), so `..` and `/` never reach here
+//!   from the union code;
+//! - paths through `/proc/self/fd/N` only ever name a descriptor this process opened itself.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+pub use libc::stat as Stat;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn cvt_l(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// Turns a name or path into a C string; an interior NUL is EINVAL.
+pub fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+pub fn openat(dir: BorrowedFd, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    let fd = cvt(fd)?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a trusted absolute path (layer roots at mount time, `/proc/self/fd/N` of our own fds).
+/// Unlike [`openat`] the final component is followed unless `flags` has `O_NOFOLLOW`.
+pub fn open_trusted(path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated; the returned fd is owned by us.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    let fd = cvt(fd)?;
+    // SAFETY: fresh fd from open(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Re-opens an object we hold an `O_PATH` fd for, with real access flags.
+pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
+    let p = proc_fd_path(fd.as_raw_fd(), None);
+    open_trusted(&p, flags & !libc::O_NOFOLLOW & !libc::O_CREAT & !libc::O_EXCL, 0)
+}
+
+/// `/proc/self/fd/N` or `/proc/self/fd/N/name`.
+pub fn proc_fd_path(fd: RawFd, name: Option<&CStr>) -> CString {
+    let mut v = format!("/proc/self/fd/{fd}").into_bytes();
+    if let Some(n) = name {
+        v.push(b'/');
+        v.extend_from_slice(n.to_bytes());
+    }
+    // A decimal number and a checked name never contain NUL.
+    CString::new(v).unwrap_or_default()
+}
+
+fn zeroed_stat() -> MaybeUninit<libc::stat> {
+    MaybeUninit::zeroed()
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn fstatat(dir: BorrowedFd, name: &CStr) -> io::Result<Stat> {
+    let mut st = zeroed_stat();
+    // SAFETY: `st` points to writable memory of the right size; `name` is NUL-terminated.
+    cvt(unsafe {
+        libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    // SAFETY: fstatat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat(fd)`; works on `O_PATH` descriptors.
+pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
+    let mut st = zeroed_stat();
+    // SAFETY: as in fstatat.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+pub fn mknodat(dir: BorrowedFd, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe {
+        libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t)
+    })?;
+    Ok(())
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// Hard-links the object behind `fd` (any fd we own, `O_PATH` included) as `dir/name`, through
+/// `/proc/self/fd`, which needs no capability (unlike `AT_EMPTY_PATH`).
+pub fn link_fd(fd: BorrowedFd, dir: BorrowedFd, name: &CStr) -> io::Result<()> {
+    let p = proc_fd_path(fd.as_raw_fd(), None);
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn linkat(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments; no AT_SYMLINK_FOLLOW.
+    cvt(unsafe {
+        libc::linkat(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), 0)
+    })?;
+    Ok(())
+}
+
+pub fn unlinkat(dir: BorrowedFd, name: &CStr, rmdir: bool) -> io::Result<()> {
+    let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+pub const RENAME_WHITEOUT: u32 = libc::RENAME_WHITEOUT;
+
+pub fn renameat2(
+    odir: BorrowedFd,
+    oname: &CStr,
+    ndir: BorrowedFd,
+    nname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe {
+        libc::renameat2(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), flags)
+    })?;
+    Ok(())
+}
+
+pub fn readlinkat(dir: BorrowedFd, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for its whole length.
+    let n = cvt_l(unsafe {
+        libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged.
+pub fn fchownat(dir: BorrowedFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe {
+        libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    Ok(())
+}
+
+/// chown of the object behind an fd we own (`O_PATH` included), without following symlinks.
+pub fn fchown_fd(fd: BorrowedFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: empty path with AT_EMPTY_PATH operates on `fd` itself.
+    cvt(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// chmod of `dir/name`; symlinks have no mode of their own, so EOPNOTSUPP there is the caller's.
+pub fn fchmodat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
+    let p = proc_fd_path(dir.as_raw_fd(), Some(name));
+    // SAFETY: chmod on a path through our own directory fd; the final component is a regular
+    // object the caller checked is not a symlink.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
+    let p = proc_fd_path(fd.as_raw_fd(), None);
+    // SAFETY: chmod through the magic link of our own (possibly O_PATH) fd.
+    cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// A time for [`utimensat`]: unchanged, now, or a given time.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(i64, i64),
+}
+
+fn ts(t: SetTime) -> libc::timespec {
+    match t {
+        SetTime::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        SetTime::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        SetTime::At(s, n) => libc::timespec { tv_sec: s, tv_nsec: n },
+    }
+}
+
+/// `utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)`.
+pub fn utimensat(dir: BorrowedFd, name: &CStr, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+    let t = [ts(atime), ts(mtime)];
+    // SAFETY: `t` is a valid two-element array.
+    cvt(unsafe {
+        libc::utimensat(dir.as_raw_fd(), name.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    Ok(())
+}
+
+/// utimes of the object behind an fd we own (a directory `O_PATH` fd, or an open file).
+pub fn futimens_path(fd: BorrowedFd, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+    let p = proc_fd_path(fd.as_raw_fd(), None);
+    let t = [ts(atime), ts(mtime)];
+    // SAFETY: `t` is a valid array; the path is our own fd's magic link.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), t.as_ptr(), 0) })?;
+    Ok(())
+}
+
+// ---- xattrs -------------------------------------------------------------------------------
+// All xattr calls take a path: `/proc/self/fd/DIR/NAME` (the l* variants, so a symlink in a layer
+// is never followed) or `/proc/self/fd/FD` (followed: the magic link is our own fd).
+
+fn xattr_buf_loop(mut f: impl FnMut(&mut [u8]) -> libc::ssize_t) -> io::Result<Vec<u8>> {
+    let mut size = 256usize;
+    loop {
+        let mut buf = vec![0u8; size];
+        let r = f(&mut buf);
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) && size < (1 << 20) {
+            // Ask for the real size, then retry with room to spare.
+            let need = f(&mut []);
+            size = if need > 0 { need as usize + 64 } else { size * 4 };
+            continue;
+        }
+        return Err(e);
+    }
+}
+
+/// Gets an xattr; `follow` chooses getxattr (for `/proc/self/fd/N`) or lgetxattr.
+pub fn getxattr(path: &CStr, name: &CStr, follow: bool) -> io::Result<Vec<u8>> {
+    xattr_buf_loop(|buf| {
+        let (p, l) = if buf.is_empty() {
+            (std::ptr::null_mut(), 0)
+        } else {
+            (buf.as_mut_ptr().cast(), buf.len())
+        };
+        // SAFETY: `p` is null with length 0, or points to `l` writable bytes.
+        unsafe {
+            if follow {
+                libc::getxattr(path.as_ptr(), name.as_ptr(), p, l)
+            } else {
+                libc::lgetxattr(path.as_ptr(), name.as_ptr(), p, l)
+            }
+        }
+    })
+}
+
+/// Size-probe only: does the xattr exist, and how long is it. Cheaper than [`getxattr`].
+pub fn getxattr_into(path: &CStr, name: &CStr, follow: bool, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its whole length.
+    let r = unsafe {
+        if follow {
+            libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        } else {
+            libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        }
+    };
+    cvt_l(r)
+}
+
+/// Lists xattr names (NUL-separated raw list).
+pub fn listxattr(path: &CStr, follow: bool) -> io::Result<Vec<u8>> {
+    xattr_buf_loop(|buf| {
+        let (p, l) = if buf.is_empty() {
+            (std::ptr::null_mut(), 0)
+        } else {
+            (buf.as_mut_ptr().cast(), buf.len())
+        };
+        // SAFETY: as in getxattr.
+        unsafe {
+            if follow {
+                libc::listxattr(path.as_ptr(), p, l)
+            } else {
+                libc::llistxattr(path.as_ptr(), p, l)
+            }
+        }
+    })
+}
+
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32, follow: bool) -> io::Result<()> {
+    // SAFETY: `value` is readable for its length.
+    cvt(unsafe {
+        if follow {
+            libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        } else {
+            libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        }
+    })?;
+    Ok(())
+}
+
+pub fn removexattr(path: &CStr, name: &CStr, follow: bool) -> io::Result<()> {
+    // SAFETY: plain syscall on valid arguments.
+    cvt(unsafe {
+        if follow {
+            libc::removexattr(path.as_ptr(), name.as_ptr())
+        } else {
+            libc::lremovexattr(path.as_ptr(), name.as_ptr())
+        }
+    })?;
+    Ok(())
+}
+
+// ---- directories --------------------------------------------------------------------------
+
+/// One raw directory entry.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub dtype: u8,
+}
+
+/// Reads a whole directory (skipping `.` and `..`) from a directory fd opened for reading.
+pub fn read_dir_all(fd: BorrowedFd) -> io::Result<Vec<DirEntry>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe {
+            libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len())
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let n = n as usize;
+        let mut off = 0usize;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        while off + 19 <= n {
+            let ino = u64::from_ne_bytes(buf[off..off + 8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let dtype = buf[off + 18];
+            if reclen == 0 || off + reclen > n {
+                break;
+            }
+            let name_bytes = &buf[off + 19..off + reclen];
+            let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(DirEntry { name: name.to_vec(), ino, dtype });
+            }
+            off += reclen;
+        }
+    }
+}
+
+// ---- data ---------------------------------------------------------------------------------
+
+pub const SEEK_DATA: i32 = libc::SEEK_DATA;
+pub const SEEK_HOLE: i32 = libc::SEEK_HOLE;
+
+pub fn lseek(fd: BorrowedFd, off: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+pub fn fallocate(fd: BorrowedFd, mode: i32, off: i64, len: i64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off, len) })?;
+    Ok(())
+}
+
+/// `copy_file_range` with explicit offsets; returns bytes copied (0 at EOF).
+pub fn copy_file_range(
+    fd_in: BorrowedFd,
+    off_in: u64,
+    fd_out: BorrowedFd,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut oi = off_in as i64;
+    let mut oo = off_out as i64;
+    // SAFETY: offsets point to live stack variables.
+    cvt_l(unsafe {
+        libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len, 0)
+    } as libc::ssize_t)
+}
+
+/// `ioctl(FICLONE)`: make `dst` share `src`'s extents (reflink).
+pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its integer argument.
+    cvt(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) })?;
+    Ok(())
+}
+
+pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe {
+        if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) }
+    })?;
+    Ok(())
+}
+
+pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    cvt_l(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as i64) })
+}
+
+pub fn pwrite(fd: BorrowedFd, buf: &[u8], off: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is readable for its length.
+    cvt_l(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as i64) })
+}
+
+pub fn ftruncate(fd: BorrowedFd, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) })?;
+    Ok(())
+}
+
+pub fn fstatvfs(fd: BorrowedFd) -> io::Result<libc::statvfs> {
+    let mut s = MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `s` is writable.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), s.as_mut_ptr()) })?;
+    // SAFETY: filled on success.
+    Ok(unsafe { s.assume_init() })
+}
+
+/// `faccessat(dir, name, mode, AT_EACCESS)` is not used: permissions are checked by the kernel
+/// (`default_permissions`). This only checks existence.
+pub fn exists_at(dir: BorrowedFd, name: &CStr) -> io::Result<bool> {
+    match fstatat(dir, name) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+// ---- process ------------------------------------------------------------------------------
+
+pub fn geteuid() -> u32 {
+    // SAFETY: always safe.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: always safe.
+    unsafe { libc::getegid() }
+}
+
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: always safe.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit as far as allowed (the hard limit, or nr_open as root).
+pub fn raise_nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is writable.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(r.rlim_max);
+    // Try to raise the hard limit too (works as root); fall back to the current hard limit.
+    let want = libc::rlimit { rlim_cur: nr_open, rlim_max: nr_open.max(r.rlim_max) };
+    // SAFETY: `want` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+        return nr_open;
+    }
+    let soft = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 { r.rlim_max } else { r.rlim_cur }
+}
+
+/// Result of [`fork`].
+pub enum Fork {
+    Parent(i32),
+    Child,
+}
+
+/// fork(2). Must be called while the process has a single thread.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the caller guarantees no other thread exists, so the child is consistent.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        p => Ok(Fork::Parent(p)),
+    }
+}
+
+pub fn setsid() {
+    // SAFETY: always safe.
+    unsafe {
+        libc::setsid();
+    }
+}
+
+/// A pipe (read end, write end), close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for two fds.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Points stdin, stdout and stderr at /dev/null (stderr only when `keep_stderr` is false).
+pub fn redirect_stdio_to_null(keep_stderr: bool) {
+    if let Ok(null) = open_trusted(c"/dev/null", libc::O_RDWR, 0) {
+        for fd in [0, 1, 2] {
+            if fd == 2 && keep_stderr {
+                continue;
+            }
+            // SAFETY: dup2 onto a standard descriptor.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and threads it spawns later).
+pub fn block_term_signals() {
+    // SAFETY: sigset manipulation on a local set.
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of the blocked termination signals; returns its number.
+pub fn wait_term_signal() -> i32 {
+    // SAFETY: sigwait on a local set of blocked signals.
+    unsafe {
+        let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+        let mut sig = 0;
+        libc::sigwait(set.as_ptr(), &mut sig);
+        sig
+    }
+}
+
+/// `makedev(major, minor)`.
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+pub fn major(dev: u64) -> u32 {
+    libc::major(dev)
+}
+
+pub fn minor(dev: u64) -> u32 {
+    libc::minor(dev)
+}
+
+/// Borrow helper for code that holds `Arc<OwnedFd>`.
+pub fn bfd<T: AsFd>(f: &T) -> BorrowedFd<'_> {
+    f.as_fd()
+}
