@@ -1,0 +1,397 @@
+//! Shared test harness: mounting layerfs and kernel overlayfs, snapshots of trees, and a
+//! canonical form of upper directories for comparing the two.
+//!
+//! Mount tests never skip in CI: when `CI` or `LAYERFS_REQUIRE_MOUNT` is set, a missing
+//! /dev/fuse or a refused kernel overlay mount is a test failure.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub fn layerfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_layerfs"))
+}
+
+pub fn must_mount() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("LAYERFS_REQUIRE_MOUNT").is_some()
+}
+
+/// True when FUSE mounts can be made here; in CI a missing capability panics instead.
+pub fn can_mount() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && (unsafe_free_euid() == 0 || Command::new("fusermount3").arg("--version").output().is_ok());
+    if !ok {
+        if must_mount() {
+            panic!("cannot mount FUSE here (no /dev/fuse or fusermount3) and CI requires mount tests");
+        }
+        eprintln!("skipped: cannot mount FUSE here");
+    }
+    ok
+}
+
+fn unsafe_free_euid() -> u32 {
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+/// A mount that is unmounted when dropped, even when the test panics.
+pub struct Mounted {
+    pub mnt: PathBuf,
+    pub fuse: bool,
+}
+
+impl Mounted {
+    pub fn unmount(&mut self) {
+        if self.mnt.as_os_str().is_empty() {
+            return;
+        }
+        let mnt = std::mem::take(&mut self.mnt);
+        for _ in 0..50 {
+            let ok = if self.fuse {
+                Command::new("fusermount3").arg("-u").arg(&mnt).output().map(|o| o.status.success()).unwrap_or(false)
+                    || Command::new("umount").arg(&mnt).output().map(|o| o.status.success()).unwrap_or(false)
+            } else {
+                Command::new("umount").arg(&mnt).output().map(|o| o.status.success()).unwrap_or(false)
+            };
+            if ok || !is_mounted(&mnt) {
+                // Give the server a moment to exit.
+                std::thread::sleep(Duration::from_millis(20));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(canon) = fs::canonicalize(p) else { return false };
+    let m = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    m.lines().any(|l| l.split(' ').nth(1).map(|x| x.replace("\\040", " ")) == Some(canon.to_string_lossy().into()))
+}
+
+fn join_layers(lowers: &[PathBuf]) -> String {
+    lowers.iter().map(|l| l.to_string_lossy().replace(':', "\\:").replace(',', "\\,")).collect::<Vec<_>>().join(":")
+}
+
+/// Mounts layerfs (daemonised, as engines run it); panics with its stderr on failure.
+pub fn mount_layerfs(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> Mounted {
+    let mut o = format!("lowerdir={}", join_layers(lowers));
+    if let Some((u, w)) = uw {
+        o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+    }
+    if !extra.is_empty() {
+        o.push(',');
+        o.push_str(extra);
+    }
+    let out = Command::new(layerfs_bin()).arg("-o").arg(&o).arg(mnt).output().expect("run layerfs");
+    assert!(
+        out.status.success(),
+        "layerfs mount failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        o
+    );
+    assert!(is_mounted(mnt), "layerfs exited 0 but {} is not mounted", mnt.display());
+    Mounted { mnt: mnt.to_path_buf(), fuse: true }
+}
+
+/// True when the kernel overlay can be mounted here; in CI a refusal panics.
+pub fn can_kernel_overlay() -> bool {
+    let ok = unsafe_free_euid() == 0
+        && fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay");
+    if !ok {
+        if must_mount() || std::env::var_os("LAYERFS_REQUIRE_KERNEL_OVERLAY").is_some() {
+            panic!("kernel overlayfs is not available and CI requires the differential tests");
+        }
+        eprintln!("skipped: kernel overlayfs not available");
+    }
+    ok
+}
+
+/// Mounts kernel overlayfs with the options layerfs behaves like.
+pub fn mount_overlay(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path) -> Mounted {
+    let mut o = format!("lowerdir={}", join_layers(lowers));
+    if let Some((u, w)) = uw {
+        o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+    }
+    o.push_str(",redirect_dir=off,index=off,metacopy=off,xino=off");
+    let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(mnt).output().expect("mount");
+    assert!(out.status.success(), "kernel overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
+    Mounted { mnt: mnt.to_path_buf(), fuse: false }
+}
+
+/// One object of a tree, with what the differential tests compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub content: String,
+    pub xattrs: Vec<(String, String)>,
+    pub mtime: Option<i64>,
+}
+
+fn sha16(data: &[u8]) -> String {
+    let h = Sha256::digest(data);
+    h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_hash(p: &Path) -> String {
+    let mut f = match fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) => return format!("<open error {}>", e.raw_os_error().unwrap_or(0)),
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) => return format!("<read error {}>", e.raw_os_error().unwrap_or(0)),
+        }
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn xattrs(p: &Path, keep_private: bool) -> Vec<(String, String)> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: buf is writable for its length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for name in buf[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let s = String::from_utf8_lossy(name).to_string();
+        if s.starts_with("security.") || s.starts_with("system.") {
+            continue;
+        }
+        if !keep_private && (s.starts_with("trusted.overlay.") || s.starts_with("user.overlay.") || s.starts_with("user.fuseoverlayfs.")) {
+            continue;
+        }
+        let cn = CString::new(name).unwrap();
+        let mut v = vec![0u8; 65536];
+        // SAFETY: v is writable for its length.
+        let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        let val = if m >= 0 { String::from_utf8_lossy(&v[..m as usize]).to_string() } else { "<err>".into() };
+        out.push((s, val));
+    }
+    out.sort();
+    out
+}
+
+fn kind_char(ft: &fs::FileType) -> char {
+    if ft.is_dir() {
+        'd'
+    } else if ft.is_symlink() {
+        'l'
+    } else if ft.is_file() {
+        'f'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else if ft.is_fifo() {
+        'p'
+    } else {
+        's'
+    }
+}
+
+/// Walks a tree (never following symlinks) into path → entry. `with_mtime` records mtimes of
+/// non-directories (directory mtimes legitimately differ between implementations).
+pub fn snapshot(root: &Path, with_mtime: bool) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    walk(root, root, with_mtime, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, Entry>) {
+    let mut names: Vec<_> = match fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+        Err(e) => {
+            out.insert(format!("{}/<readdir error>", dir.display()), Entry {
+                kind: '?', mode: 0, uid: 0, gid: 0, size: 0, content: e.to_string(), xattrs: vec![], mtime: None,
+            });
+            return;
+        }
+    };
+    names.sort();
+    for n in names {
+        let p = dir.join(&n);
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+        let md = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) => {
+                out.insert(rel, Entry { kind: '!', mode: 0, uid: 0, gid: 0, size: 0, content: e.to_string(), xattrs: vec![], mtime: None });
+                continue;
+            }
+        };
+        let kind = kind_char(&md.file_type());
+        let content = match kind {
+            'f' => file_hash(&p),
+            'l' => fs::read_link(&p).map(|t| t.to_string_lossy().to_string()).unwrap_or_default(),
+            'c' | 'b' => format!("{}:{}", libc::major(md.rdev()), libc::minor(md.rdev())),
+            _ => String::new(),
+        };
+        let e = Entry {
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: if kind == 'f' || kind == 'l' { md.size() } else { 0 },
+            content,
+            xattrs: xattrs(&p, false),
+            mtime: if with_mtime && kind == 'f' { Some(md.mtime()) } else { None },
+        };
+        out.insert(rel, e);
+        if kind == 'd' {
+            walk(root, &p, with_mtime, out);
+        }
+    }
+}
+
+/// Lines describing every difference between two snapshots.
+pub fn diff_snapshots(a_name: &str, a: &BTreeMap<String, Entry>, b_name: &str, b: &BTreeMap<String, Entry>) -> Vec<String> {
+    let mut d = Vec::new();
+    for (k, va) in a {
+        match b.get(k) {
+            None => d.push(format!("only in {a_name}: {k} {va:?}")),
+            Some(vb) if vb != va => d.push(format!("differs: {k}\n  {a_name}: {va:?}\n  {b_name}: {vb:?}")),
+            _ => {}
+        }
+    }
+    for (k, vb) in b {
+        if !a.contains_key(k) {
+            d.push(format!("only in {b_name}: {k} {vb:?}"));
+        }
+    }
+    d
+}
+
+/// An upper directory in a canonical form: whiteouts (char 0/0 or `.wh.X`) become `W`, opaque
+/// directories (trusted/user xattr or `.wh..wh..opq`) get `opaque` in their content, private
+/// xattrs are dropped. Directory modes, owners and file data are kept.
+pub fn canonical_upper(root: &Path) -> BTreeMap<String, Entry> {
+    let raw = snapshot(root, false);
+    let mut out = BTreeMap::new();
+    for (k, mut e) in raw.clone() {
+        let p = root.join(&k);
+        let name = Path::new(&k).file_name().unwrap().to_string_lossy().to_string();
+        let parent = Path::new(&k).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+        let join = |n: &str| if parent.is_empty() { n.to_string() } else { format!("{parent}/{n}") };
+        if name == ".wh..wh..opq" {
+            continue;
+        }
+        if let Some(t) = name.strip_prefix(".wh.") {
+            out.insert(join(t), whiteout_entry());
+            continue;
+        }
+        if e.kind == 'c' && e.content == "0:0" {
+            out.insert(k, whiteout_entry());
+            continue;
+        }
+        if e.kind == 'd' {
+            let priv_x = xattrs(&p, true);
+            let opaque = priv_x.iter().any(|(n, v)| {
+                (n == "trusted.overlay.opaque" || n == "user.overlay.opaque" || n == "user.fuseoverlayfs.opaque") && v == "y"
+            }) || p.join(".wh..wh..opq").exists();
+            if opaque {
+                e.content = "opaque".into();
+            }
+        }
+        out.insert(k, e);
+    }
+    out
+}
+
+fn whiteout_entry() -> Entry {
+    Entry { kind: 'W', mode: 0, uid: 0, gid: 0, size: 0, content: String::new(), xattrs: vec![], mtime: None }
+}
+
+/// Copies a tree with `cp -a` (keeps whiteouts, xattrs, hard links).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(dst).status().unwrap();
+    assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
+}
+
+/// Converts `.wh.X` files and `.wh..wh..opq` markers into the kernel's forms (char 0/0 and the
+/// trusted.overlay.opaque xattr), in place.
+pub fn convert_to_kernel_whiteouts(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let n = e.file_name().to_string_lossy().to_string();
+            let ft = e.file_type().unwrap();
+            if n == ".wh..wh..opq" {
+                fs::remove_file(&p).unwrap();
+                let c = CString::new(d.as_os_str().as_bytes()).unwrap();
+                // SAFETY: valid C strings.
+                let r = unsafe { libc::setxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+                assert_eq!(r, 0, "set opaque on {}", d.display());
+            } else if let Some(t) = n.strip_prefix(".wh.") {
+                let _ = fs::remove_dir_all(&p);
+                let _ = fs::remove_file(&p);
+                let target = d.join(t);
+                let _ = fs::remove_dir_all(&target);
+                let _ = fs::remove_file(&target);
+                let c = CString::new(target.as_os_str().as_bytes()).unwrap();
+                // SAFETY: valid C string.
+                let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
+                assert_eq!(r, 0, "mknod whiteout {}", target.display());
+            } else if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+}
+
+/// A scratch area: `tmp/NAME` directories created on demand.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch { dir: tempfile::Builder::new().prefix("layerfs-test").tempdir().unwrap() }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+/// The errno of an io::Result, or 0.
+pub fn errno<T>(r: &std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// Where the shared test data lives; the tests fail when it is missing.
+pub fn shared_layers() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/layers");
+    assert!(p.join("README.md").exists(), "shared test data not found at {}", p.display());
+    p
+}
