@@ -32,3 +32,43 @@ pub use error::{Error, Result};
 pub use export::{export, export_to_file, ExportReport};
 pub use store::lowerdirs_for;
 pub use unpack::{unpack, UnpackOptions, UnpackReport, WhiteoutMode};
+
+/// All xattrs of `path` (sorted), without following a final symlink (a
+/// symlink reports none). A helper for tests and tools.
+pub fn xattrs_nofollow(path: &std::path::Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    with_path_fd(path, |x| {
+        let mut out = Vec::new();
+        for n in fsutil::list_xattrs(x)? {
+            if let Some(v) = fsutil::get_xattr(x, &n)? {
+                out.push((n, v));
+            }
+        }
+        out.sort();
+        Ok(out)
+    })
+    .map(|o| o.unwrap_or_default())
+}
+
+/// Sets an xattr on `path` without following a final symlink (refused for
+/// symlinks). A helper for tests and tools.
+pub fn set_xattr_nofollow(path: &std::path::Path, name: &str, value: &[u8]) -> Result<()> {
+    with_path_fd(path, |x| fsutil::set_xattr(x, name.as_bytes(), value))?
+        .ok_or_else(|| Error::new(format!("{}: xattrs on symlinks are not supported", path.display())))
+}
+
+fn with_path_fd<T>(path: &std::path::Path, f: impl FnOnce(fsutil::XattrFd<'_>) -> std::io::Result<T>) -> Result<Option<T>> {
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let dfd = fsutil::open_dir_path(parent).map_err(|e| Error::from(e).context(parent.display()))?;
+    let name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b".");
+    let fd = fsutil::open_path_at(dfd.as_fd(), name).map_err(|e| Error::from(e).context(path.display()))?;
+    let st = fsutil::fstat(fd.as_fd())?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Ok(None);
+    }
+    Ok(Some(f(fsutil::XattrFd::Proc(fd.as_fd())).map_err(|e| Error::from(e).context(path.display()))?))
+}
