@@ -43,6 +43,7 @@ enum Cmd {
 }
 
 #[derive(Args, Debug)]
+#[command(override_usage = "layerfs unpack [--whiteouts chardev|wh|auto] [--flatten] TAR... TARGETDIR")]
 struct UnpackArgs {
     /// Whiteout form: chardev (0/0 device + trusted.overlay.opaque), wh (.wh.* files), auto.
     #[arg(long, value_name = "FORM", default_value = "auto", value_parser = ["chardev", "wh", "auto"])]
@@ -51,7 +52,7 @@ struct UnpackArgs {
     #[arg(long)]
     flatten: bool,
     /// TAR... TARGETDIR (`-` reads a tar from stdin)
-    #[arg(required = true, num_args = 2.., value_name = "TAR... TARGETDIR")]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 
@@ -128,9 +129,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
                 return if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 };
             }
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("usage error").trim();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("layerfs: {first} (see --help)");
+            let body = text.split("Usage:").next().unwrap_or("usage error");
+            let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            let body = body.strip_prefix("error: ").unwrap_or(&body);
+            eprintln!("layerfs: {body} (see layerfs <command> --help)");
             return 2;
         }
     };

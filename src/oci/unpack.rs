@@ -345,7 +345,7 @@ impl Applier {
         {
             let entries = ar.entries().map_err(|e| Error::new(format!("corrupt archive: {e}")))?;
             for e in entries {
-                let mut e = e.map_err(|e| Error::new(format!("corrupt or truncated archive: {e}")))?;
+                let mut e = e.map_err(|e| Error::new(format!("corrupt or truncated archive: {}", clip(&e.to_string()))))?;
                 let disk = if e.header().entry_type().is_gnu_sparse() { e.header().entry_size().unwrap_or(0) } else { e.size() };
                 expected_end = e.raw_file_position().saturating_add(disk.div_ceil(512).saturating_mul(512));
                 let raw = e.path_bytes().into_owned();
@@ -853,6 +853,16 @@ impl Applier {
         self.stack.clear();
         Ok(())
     }
+}
+
+/// Keeps error details short (the tar crate quotes raw header bytes).
+fn clip(s: &str) -> String {
+    if s.chars().count() <= 100 {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(100).collect();
+    t.push_str("...");
+    t
 }
 
 /// Parses a PAX time `[-]sec[.frac]`.

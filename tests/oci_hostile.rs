@@ -1,0 +1,284 @@
+//! Hostile layer archives: every one must be refused with a clear one-line
+//! error, leave no target (not even a half-written one, nor a temporary
+//! directory) and touch nothing outside it.
+
+#[path = "oci_common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// One raw USTAR entry with exact name bytes (no sanitising by the tar crate).
+fn raw_entry(name: &[u8], typ: u8, link: &[u8], data: &[u8], mode: u32) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    {
+        let u = h.as_ustar_mut().unwrap();
+        u.name[..name.len()].copy_from_slice(name);
+        u.linkname[..link.len()].copy_from_slice(link);
+    }
+    h.set_entry_type(tar::EntryType::new(typ));
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    let mut v = h.as_bytes().to_vec();
+    v.extend_from_slice(data);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+fn file(name: &str, data: &[u8]) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'0', b"", data, 0o644)
+}
+fn dir(name: &str) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'5', b"", b"", 0o755)
+}
+fn symlink(name: &str, target: &str) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'2', target.as_bytes(), b"", 0o777)
+}
+fn hardlink(name: &str, target: &str) -> Vec<u8> {
+    raw_entry(name.as_bytes(), b'1', target.as_bytes(), b"", 0o644)
+}
+fn end() -> Vec<u8> {
+    vec![0u8; 1024]
+}
+
+/// A harmless prefix so that a failure happens after something was written.
+fn good_prefix() -> Vec<u8> {
+    [dir("ok/"), file("ok/file", b"hello\n"), dir("ok/sub/")].concat()
+}
+
+/// Everything under `root` except `skip` (path -> description). The mtime
+/// of `work/` (the target's parent) changes with the temporary directory,
+/// so it is left out.
+fn inventory(root: &Path, skip: &Path) -> BTreeMap<String, String> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| !root.join(p).starts_with(skip))
+        .map(|(p, d)| if p == "work" { (p, d.split(" mtime=").next().unwrap().to_string()) } else { (p, d) })
+        .collect()
+}
+
+struct Arena {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    target: PathBuf,
+    sentinel: PathBuf,
+}
+
+fn arena() -> Arena {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    // root/outside/sentinel, root/work/ (the target's parent), root/in.tar
+    fs::create_dir_all(root.join("outside")).unwrap();
+    fs::create_dir_all(root.join("work")).unwrap();
+    let sentinel = root.join("outside/sentinel");
+    fs::write(&sentinel, b"untouched\n").unwrap();
+    let target = root.join("work/target");
+    Arena { _tmp: tmp, root, target, sentinel }
+}
+
+/// Unpacks `archive` (through the CLI, and through the library) and checks
+/// it is refused with a message containing `expect`, leaving no trace.
+fn assert_refused(archive: &[u8], expect: &str) {
+    for via_cli in [true, false] {
+        for extra in [&[][..], &["--flatten"][..], &["--whiteouts", "wh"][..]] {
+            let a = arena();
+            let tar = a.root.join("in.tar");
+            fs::write(&tar, archive).unwrap();
+            let before = inventory(&a.root, &a.target);
+            let msg = if via_cli {
+                let mut args: Vec<std::ffi::OsString> = vec!["unpack".into()];
+                args.extend(extra.iter().map(|s| s.into()));
+                args.push(tar.clone().into());
+                args.push(a.target.clone().into());
+                let (code, _, err) = run(&args);
+                assert_ne!(code, 0, "accepted ({expect}): {err}");
+                assert!(err.starts_with("layerfs: "), "message format: {err:?}");
+                assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+                err
+            } else {
+                let opts = layerfs::oci::UnpackOptions {
+                    flatten: extra.contains(&"--flatten"),
+                    whiteouts: if extra.contains(&"wh") { layerfs::oci::WhiteoutMode::Wh } else { layerfs::oci::WhiteoutMode::Auto },
+                };
+                let e = layerfs::oci::unpack(&[tar.clone()], &a.target, &opts).expect_err("accepted");
+                e.to_string()
+            };
+            assert!(msg.contains(expect), "message {msg:?} does not mention {expect:?}");
+            assert!(!a.target.exists() && fs::symlink_metadata(&a.target).is_err(), "target left behind ({expect})");
+            let leftovers: Vec<_> = fs::read_dir(a.root.join("work")).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+            assert_eq!(fs::read(&a.sentinel).unwrap(), b"untouched\n");
+            assert_eq!(inventory(&a.root, &a.target), before, "something changed outside the target ({expect})");
+            for p in ["/escape", "/evil", "/b", "/abs"] {
+                assert!(fs::symlink_metadata(p).is_err(), "{p} was created");
+            }
+        }
+    }
+}
+
+#[test]
+fn dotdot_entry() {
+    assert_refused(&[good_prefix(), file("../evil", b"x"), end()].concat(), "'..'");
+    assert_refused(&[good_prefix(), file("ok/../../evil", b"x"), end()].concat(), "'..'");
+}
+
+#[test]
+fn absolute_entry() {
+    assert_refused(&[good_prefix(), file("/abs", b"x"), end()].concat(), "absolute");
+}
+
+#[test]
+fn dotdot_in_the_middle() {
+    assert_refused(&[good_prefix(), file("a/../../b", b"x"), end()].concat(), "'..'");
+}
+
+#[test]
+fn symlink_then_entry_beneath_it() {
+    assert_refused(&[good_prefix(), symlink("lnk", "/"), file("lnk/escape", b"x"), end()].concat(), "symlink");
+    assert_refused(&[good_prefix(), symlink("lnk", "../../outside"), file("lnk/escape", b"x"), end()].concat(), "symlink");
+    assert_refused(&[good_prefix(), symlink("lnk", "../.."), dir("lnk/sub/"), end()].concat(), "symlink");
+    // Even a symlink that stays inside the layer cannot be written through.
+    assert_refused(&[good_prefix(), symlink("ok/lnk", "sub"), file("ok/lnk/x", b"x"), end()].concat(), "symlink");
+    // A symlink over an existing directory, then an entry beneath.
+    assert_refused(&[good_prefix(), symlink("ok", "../../outside"), file("ok/sentinel", b"evil"), end()].concat(), "symlink");
+}
+
+#[test]
+fn hardlink_outside_or_forward() {
+    assert_refused(&[good_prefix(), hardlink("h", "../outside/sentinel"), end()].concat(), "'..'");
+    assert_refused(&[good_prefix(), hardlink("h", "/etc/passwd"), end()].concat(), "absolute");
+    assert_refused(&[good_prefix(), hardlink("h", "later"), file("later", b"x"), end()].concat(), "not an earlier");
+    assert_refused(&[good_prefix(), hardlink("h", "ok/sub"), end()].concat(), "not an earlier");
+}
+
+#[test]
+fn truncated_archives() {
+    let full = [good_prefix(), file("big", &vec![7u8; 10_000]), end()].concat();
+    let data_start = good_prefix().len() + 512;
+    assert_refused(&full[..data_start + 5000], "truncated");
+    // Cut inside a header.
+    assert_refused(&full[..good_prefix().len() + 100], "truncated");
+    // Cut exactly after an entry: no end-of-archive marker.
+    assert_refused(&full[..good_prefix().len()], "truncated");
+    // The same, gzip-compressed, cut in the middle of the compressed stream.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&full).unwrap();
+    let gz = e.finish().unwrap();
+    assert_refused(&gz[..gz.len() / 2], "truncated");
+}
+
+#[test]
+fn garbage_and_empty() {
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1).collect();
+    assert_refused(&garbage, "corrupt");
+    assert_refused(&[good_prefix(), garbage.clone()].concat(), "corrupt");
+    assert_refused(b"", "empty");
+}
+
+#[test]
+fn invalid_whiteouts() {
+    assert_refused(&[good_prefix(), file(".wh..", b""), end()].concat(), "whiteout of '.'");
+    assert_refused(&[good_prefix(), file("ok/.wh...", b""), end()].concat(), "whiteout of '.'");
+    assert_refused(&[good_prefix(), file(".wh.", b""), end()].concat(), "bare");
+    assert_refused(&[good_prefix(), file("ok/.wh.", b""), end()].concat(), "bare");
+    assert_refused(&[good_prefix(), file(".wh..wh.plnk", b""), end()].concat(), "reserved");
+}
+
+#[test]
+fn root_entry_must_be_a_directory() {
+    assert_refused(&[file("./", b"x"), end()].concat(), "root");
+}
+
+#[test]
+fn compressed_hostile_archive() {
+    let tar = [good_prefix(), file("../evil", b"x"), end()].concat();
+    let zs = zstd::encode_all(&tar[..], 1).unwrap();
+    assert_refused(&zs, "'..'");
+}
+
+#[test]
+fn existing_target_is_refused_and_untouched() {
+    let a = arena();
+    fs::create_dir(&a.target).unwrap();
+    fs::write(a.target.join("keep"), b"mine").unwrap();
+    let tar = a.root.join("in.tar");
+    fs::write(&tar, [good_prefix(), end()].concat()).unwrap();
+    let (code, _, err) = run(["unpack".as_ref(), s(&tar), s(&a.target)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not empty"), "{err}");
+    assert_eq!(fs::read(a.target.join("keep")).unwrap(), b"mine");
+    assert_eq!(fs::read_dir(a.root.join("work")).unwrap().count(), 1);
+    // An empty directory is fine and is replaced by the layer.
+    fs::remove_file(a.target.join("keep")).unwrap();
+    let (code, _, err) = run(["unpack".as_ref(), s(&tar), s(&a.target)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read(a.target.join("ok/file")).unwrap(), b"hello\n");
+}
+
+#[test]
+fn accepted_spellings_and_same_layer_rules() {
+    // `./x`, `.` as the root's attributes, duplicates (later wins), and a
+    // whiteout that names an entry of the same layer (the entry survives).
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    let archive = [
+        raw_entry(b"./", b'5', b"", b"", 0o711),
+        file("./x", b"first"),
+        file("x", b"second"),
+        file("y", b"kept"),
+        file(".wh.y", b""),
+        file(".wh.z", b""),
+        dir("d/"),
+        file("d/.wh..wh..opq", b""),
+        file("d/f", b"f"),
+        end(),
+    ]
+    .concat();
+    fs::write(&tar, &archive).unwrap();
+    let t = &a.target;
+    run_ok(["unpack".as_ref(), "--whiteouts".as_ref(), "chardev".as_ref(), s(&tar), s(t)]);
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    assert_eq!(fs::metadata(t).unwrap().permissions().mode() & 0o7777, 0o711);
+    assert_eq!(fs::read(t.join("x")).unwrap(), b"second");
+    assert_eq!(fs::read(t.join("y")).unwrap(), b"kept");
+    assert!(fs::symlink_metadata(t.join("z")).unwrap().file_type().is_char_device());
+    let x = layerfs::oci::xattrs_nofollow(&t.join("d")).unwrap();
+    assert!(x.iter().any(|(k, v)| k == b"trusted.overlay.opaque" && v == b"y"), "{x:?}");
+
+    // Flattened on top of a lower layer: the whiteout of y (same layer) does
+    // not remove it, the opaque marker hides the lower d/old but keeps d/f.
+    let lower = a.root.join("lower.tar");
+    fs::write(&lower, [file("y", b"lower"), dir("d/"), file("d/old", b"o"), file("z", b"lower z"), end()].concat()).unwrap();
+    let flat = a.root.join("work/flat");
+    run_ok(["unpack".as_ref(), "--flatten".as_ref(), s(&lower), s(&tar), s(&flat)]);
+    assert_eq!(fs::read(flat.join("y")).unwrap(), b"kept");
+    assert!(!flat.join("z").exists());
+    assert!(!flat.join("d/old").exists());
+    assert_eq!(fs::read(flat.join("d/f")).unwrap(), b"f");
+    assert!(!flat.join("d/.wh..wh..opq").exists());
+}
+
+#[test]
+fn opaque_marker_after_the_layers_own_entries() {
+    // The marker comes last in its directory: the layer's own entries stay,
+    // the lower ones go, also inside subdirectories the layer touched.
+    let a = arena();
+    let lower = a.root.join("lower.tar");
+    fs::write(&lower, [dir("d/"), file("d/old", b"o"), dir("d/sub/"), file("d/sub/old2", b"o"), file("d/same", b"lower"), end()].concat()).unwrap();
+    let upper = a.root.join("upper.tar");
+    fs::write(&upper, [dir("d/"), file("d/new", b"n"), file("d/sub/new2", b"n"), file("d/same", b"upper"), file("d/.wh..wh..opq", b""), end()].concat()).unwrap();
+    let flat = a.root.join("work/flat");
+    run_ok(["unpack".as_ref(), "--flatten".as_ref(), s(&lower), s(&upper), s(&flat)]);
+    let mut names: Vec<String> = walk(&flat).into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["d", "d/new", "d/same", "d/sub", "d/sub/new2"]);
+    assert_eq!(fs::read(flat.join("d/same")).unwrap(), b"upper");
+}
