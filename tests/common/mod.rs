@@ -352,12 +352,23 @@ pub fn convert_to_kernel_whiteouts(root: &Path) {
                 let _ = fs::remove_dir_all(&p);
                 let _ = fs::remove_file(&p);
                 let target = d.join(t);
-                let _ = fs::remove_dir_all(&target);
-                let _ = fs::remove_file(&target);
-                let c = CString::new(target.as_os_str().as_bytes()).unwrap();
-                // SAFETY: valid C string.
-                let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
-                assert_eq!(r, 0, "mknod whiteout {}", target.display());
+                // OCI: a whiteout hides lower layers only. A directory of the same name in this
+                // layer stays and hides what is below (opaque); a non-directory hides anyway.
+                match fs::symlink_metadata(&target) {
+                    Ok(md) if md.is_dir() => {
+                        let c = CString::new(target.as_os_str().as_bytes()).unwrap();
+                        // SAFETY: valid C strings.
+                        let r = unsafe { libc::setxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+                        assert_eq!(r, 0, "set opaque on {}", target.display());
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        let c = CString::new(target.as_os_str().as_bytes()).unwrap();
+                        // SAFETY: valid C string.
+                        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
+                        assert_eq!(r, 0, "mknod whiteout {}", target.display());
+                    }
+                }
             } else if ft.is_dir() {
                 stack.push(p);
             }
@@ -394,4 +405,54 @@ pub fn shared_layers() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/layers");
     assert!(p.join("README.md").exists(), "shared test data not found at {}", p.display());
     p
+}
+
+/// Mounts kernel overlayfs with lower paths relative to `cwd` (keeps a 500-layer option string
+/// under the one-page limit of mount(2)).
+pub fn mount_overlay_in(cwd: &Path, lowers: &[&str], mnt: &Path) -> Mounted {
+    let o = format!("lowerdir={},redirect_dir=off,index=off,metacopy=off,xino=off", lowers.join(":"));
+    let out = Command::new("mount")
+        .current_dir(cwd)
+        .args(["-t", "overlay", "overlay", "-o", &o])
+        .arg(mnt)
+        .output()
+        .expect("mount");
+    assert!(out.status.success(), "kernel overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
+    Mounted { mnt: mnt.to_path_buf(), fuse: false }
+}
+
+/// Lists a tree in the format of `shared/testdata/layers/expected/*.txt`.
+pub fn expected_listing(root: &Path) -> String {
+    let snap = snapshot(root, false);
+    let mut out = String::new();
+    for (k, e) in &snap {
+        let md = fs::symlink_metadata(root.join(k)).unwrap();
+        let own = format!("{}:{}", e.uid, e.gid);
+        match e.kind {
+            'd' => out.push_str(&format!("d {:04o} {own} {k}\n", e.mode)),
+            'l' => out.push_str(&format!("l {:04o} {own} {k} -> {}\n", 0o777, e.content)),
+            'f' => out.push_str(&format!(
+                "f {:04o} {own} {k} size={} nlink={} sha256={}\n",
+                e.mode,
+                e.size,
+                md.nlink(),
+                e.content
+            )),
+            c => out.push_str(&format!("{c} {:04o} {own} {k}\n", e.mode)),
+        }
+    }
+    out
+}
+
+/// Extracts a tar with GNU tar into a fresh directory (keeps owners, modes, xattrs, `.wh.`).
+pub fn gnu_untar(tar: &Path, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let st = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(tar)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -xf {}", tar.display());
 }
