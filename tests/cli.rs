@@ -1,0 +1,228 @@
+//! The command-line contract: how container engines and mount.fuse3 start the server, and
+//! what bad input gets (one clear line, non-zero exit, no mount).
+mod common;
+use common::*;
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(layerfs_bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn help_and_version_exit_zero_without_mounting() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("lowerdir="));
+    let o = run(&["-V"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("layerfs "));
+}
+
+fn assert_refused(args: &[&str], want: &str, mnt: &std::path::Path) {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert!(err.contains(want), "{args:?}: stderr {err:?} lacks {want:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err:?}");
+    assert!(err.starts_with("layerfs: "), "{err:?}");
+    assert!(!is_mounted(mnt), "{args:?} left a mount");
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_no_mount() {
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let (l, u, w, m) = (l.to_str().unwrap(), u.to_str().unwrap(), w.to_str().unwrap(), m.to_str().unwrap());
+    let mp = std::path::Path::new(m);
+    fs::write(format!("{l}/file"), b"x").unwrap();
+    let o = |x: &str| format!("{x}");
+    assert_refused(&["-o", &o(&format!("lowerdir={l}/missing")), m], "missing", mp);
+    assert_refused(&["-o", &o(&format!("lowerdir={l}/file")), m], "not a directory", mp);
+    assert_refused(&["-o", &o(&format!("lowerdir={l},upperdir={u}")), m], "without workdir", mp);
+    assert_refused(&["-o", &o(&format!("lowerdir={l},workdir={w}")), m], "without upperdir", mp);
+    let nested_w = s.path("u/work");
+    assert_refused(
+        &["-o", &format!("lowerdir={l},upperdir={u},workdir={}", nested_w.display()), m],
+        "inside upperdir",
+        mp,
+    );
+    let nested_u = s.path("w/up");
+    assert_refused(
+        &["-o", &format!("lowerdir={l},upperdir={},workdir={w}", nested_u.display()), m],
+        "inside workdir",
+        mp,
+    );
+    assert_refused(&["-o", &format!("lowerdir={l}"), l], "mountpoint", std::path::Path::new(l));
+    let inside = s.path("l/sub");
+    assert_refused(&["-o", &format!("lowerdir={l}"), inside.to_str().unwrap()], "inside", &inside);
+    let lower_in_mnt = s.path("m/layer");
+    assert_refused(&["-o", &format!("lowerdir={}", lower_in_mnt.display()), m], "inside the mountpoint", mp);
+    assert_refused(&["-o", &format!("lowerdir={l},upperdir={u},workdir={u}"), m], "different", mp);
+    assert_refused(&["-o", "upperdir=/x", m], "no lowerdir", mp);
+    assert_refused(&["-o", &format!("lowerdir={l}")], "no mountpoint", mp);
+    assert_refused(&["-o", &format!("lowerdir={l},timeout=abc"), m], "timeout", mp);
+    assert_refused(&["-o", &format!("lowerdir={l},redirect_dir=on"), m], "redirect_dir", mp);
+    assert_refused(&["--frobnicate", m], "unknown", mp);
+    assert_refused(&["-o", &format!("lowerdir={l}"), "a", "b", m], "too many", mp);
+    let many = vec![l; 1100].join(":");
+    assert_refused(&["-o", &format!("lowerdir={many}"), m], "too many lower layers", mp);
+    // Upper and work on different filesystems.
+    if std::path::Path::new("/dev/shm").is_dir() {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let w2 = shm.path().join("w");
+        fs::create_dir(&w2).unwrap();
+        if fs::metadata(&w2).map(|x| std::os::unix::fs::MetadataExt::dev(&x)).ok()
+            != fs::metadata(u).map(|x| std::os::unix::fs::MetadataExt::dev(&x)).ok()
+        {
+            assert_refused(
+                &["-o", &format!("lowerdir={l},upperdir={u},workdir={}", w2.display()), m],
+                "same filesystem",
+                mp,
+            );
+        }
+    }
+}
+
+#[test]
+fn engine_style_invocations_mount() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l1, l2, u, w, m) = (s.path("l1"), s.path("l,2"), s.path("u"), s.path("w"), s.path("m"));
+    let l3 = s.path("l:3");
+    fs::write(l1.join("top"), b"1").unwrap();
+    fs::write(l2.join("mid"), b"2").unwrap();
+    fs::write(l3.join("bottom"), b"3").unwrap();
+    // containers-storage: -o DATA MOUNTPOINT, with context="..,.." and id mappings appended,
+    // unknown kernel options, escaped separators, repeated -o after the positional.
+    let data = format!(
+        "lowerdir={}:{}:{},upperdir={},workdir={},,context=\"system_u:object_r:container_file_t:s0:c1,c2\",uidmapping=0:0:65536,gidmapping=0:0:65536,userxattr,volatile,",
+        l1.display(),
+        l2.display().to_string().replace(',', "\\,"),
+        l3.display().to_string().replace(':', "\\:"),
+        u.display(),
+        w.display()
+    );
+    let o = Command::new(layerfs_bin()).arg("-o").arg(&data).arg(&m).arg("-o").arg("noatime").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown argument ignored: userxattr"), "{err}");
+    // Exit 0 means mounted and serving: the files are there right away.
+    let mut guard = Mounted { mnt: m.clone(), fuse: true };
+    assert_eq!(fs::read(m.join("top")).unwrap(), b"1");
+    assert_eq!(fs::read(m.join("mid")).unwrap(), b"2");
+    assert_eq!(fs::read(m.join("bottom")).unwrap(), b"3");
+    guard.unmount();
+    // mount.fuse3 style: SOURCE MOUNTPOINT -o opts.
+    let o = Command::new(layerfs_bin())
+        .arg("overlay")
+        .arg(&m)
+        .arg("-o")
+        .arg(format!("lowerdir={},upperdir={},workdir={}", l1.display(), u.display(), w.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _g = Mounted { mnt: m.clone(), fuse: true };
+    assert_eq!(fs::read(m.join("top")).unwrap(), b"1");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let mline = mounts.lines().find(|l| l.contains(m.to_str().unwrap())).unwrap_or_default().to_string();
+    assert!(mline.starts_with("overlay ") && mline.contains(" fuse"), "{mline}");
+}
+
+fn server_pid(mnt: &std::path::Path) -> Option<i32> {
+    let needle = mnt.to_string_lossy().to_string();
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).to_string();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if cmd.contains("layerfs") && cmd.contains(&needle) && !stat.contains(") Z ") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn wait_gone(pid: i32) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn server_exits_on_unmount_and_unmounts_on_sigterm() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"x").unwrap();
+    let mut g = mount_layerfs(&[l.clone()], None, &m, "");
+    let pid = server_pid(&m).expect("server process");
+    g.unmount();
+    assert!(wait_gone(pid), "server still running after fusermount3 -u");
+
+    let g = mount_layerfs(&[l.clone()], None, &m, "");
+    let pid = server_pid(&m).expect("server process");
+    // SAFETY: sending a signal to our own child server.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_gone(pid), "server still running after SIGTERM");
+    assert!(!is_mounted(&m), "SIGTERM left the mount behind");
+    drop(g);
+}
+
+#[test]
+fn read_only_mount_gives_erofs() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"x").unwrap();
+    let _g = mount_layerfs(&[l.clone()], None, &m, "");
+    let e = fs::write(m.join("new"), b"y").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = fs::OpenOptions::new().write(true).open(m.join("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = fs::remove_file(m.join("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+}
+
+#[test]
+fn debug_flag_logs_every_request() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"x").unwrap();
+    let mut child = Command::new(layerfs_bin())
+        .arg("-d")
+        .arg("-o")
+        .arg(format!("lowerdir={}", l.display()))
+        .arg(&m)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !is_mounted(&m) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut g = Mounted { mnt: m.clone(), fuse: true };
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+    g.unmount();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lookup(parent=1, name=\"f\")"), "{err}");
+    assert!(err.contains("read("), "{err}");
+}
