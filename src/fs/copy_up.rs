@@ -253,7 +253,6 @@ impl OverlayFs {
         }
         let mut s = node.state.lock();
         s.upper = Some(new_loc);
-        s.lower = s.lower.take(); // kept for st_ino history; data now comes from upper
         node.has_upper.store(true, Ordering::Release);
         Ok(())
     }

@@ -347,19 +347,11 @@ impl OverlayFs {
         self.nodes.read().get(&ino).cloned().ok_or(Error::new(libc::ESTALE, "unknown inode"))
     }
 
-    pub(crate) fn ttl(&self) -> Duration {
-        self.opts.timeout
-    }
-
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.opts.read_only || !self.has_upper {
             return Err(Error::new(libc::EROFS, "read-only mount"));
         }
         Ok(())
-    }
-
-    pub(crate) fn upper_layer(&self) -> Option<&Layer> {
-        self.layers.first().filter(|l| l.is_upper)
     }
 
     pub(crate) fn work_fd(&self) -> Result<&Arc<OwnedFd>> {

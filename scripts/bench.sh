@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# layerfs benchmark: the same workloads on a plain directory, kernel overlayfs, fuse-overlayfs
+# and layerfs (plus any --extra fuse-overlayfs compatible binary), one Markdown table of medians.
+#
+# usage: scripts/bench.sh [--quick] [--runs N] [--only REGEX] [--work DIR] [--out FILE]
+#                         [--layerfs PATH] [--fuse-overlayfs PATH] [--extra NAME=PATH]...
+#                         [--no-kernel] [--keep-stacks]
+#   --quick          sizes scaled down ~10x (smoke run, a few minutes)
+#   --runs N         runs per cell, the median is printed (default 3)
+#   --only REGEX     workload groups to run (grep -E on the group name), groups:
+#                    meta deep50 deep500 readdir seqread fio seqwrite copyup create tar
+#   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
+#                    built once per size set and reused by later invocations
+#   --out FILE       also write the table (Markdown) to FILE
+#   --layerfs PATH   the layerfs binary (default: $CARGO_TARGET_DIR/release/layerfs, else
+#                    <repo>/target/release/layerfs)
+#   --extra NAME=PATH   another fuse-overlayfs compatible binary as an extra column (repeatable)
+# Needs root (kernel overlay mounts, drop_caches, mknod of whiteouts).
+# Every "cold" cell is a fresh mount after `sync; echo 3 > /proc/sys/vm/drop_caches` (for every
+# column, including the plain directory). Write workloads get a fresh upper dir per mount.
+set -uo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+WORK=/tmp/layerfs-bench
+RUNS=3
+QUICK=0
+ONLY=.
+OUT=
+LAYERFS=
+FOVL=$(command -v fuse-overlayfs || true)
+KERNEL=1
+EXTRAS=()
+
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "bench.sh: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --runs) RUNS=$2; shift ;;
+        --only) ONLY=$2; shift ;;
+        --work) WORK=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        --layerfs) LAYERFS=$2; shift ;;
+        --fuse-overlayfs) FOVL=$2; shift ;;
+        --extra) EXTRAS+=("$2"); shift ;;
+        --no-kernel) KERNEL=0 ;;
+        -h|--help) usage 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; usage 2 ;;
+    esac
+    shift
+done
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer"
+if [ -z "$LAYERFS" ]; then
+    if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -x "$CARGO_TARGET_DIR/release/layerfs" ]; then
+        LAYERFS=$CARGO_TARGET_DIR/release/layerfs
+    else
+        LAYERFS=$REPO/target/release/layerfs
+    fi
+fi
+
+# ---------------------------------------------------------------- sizes
+if [ "$QUICK" = 1 ]; then
+    SIZESET=quick
+    META_N=10000 DEEP_N=200 RD_N=2000 BIG_MB=200 CU_MB=100 CREATE_N=2000 SRC_N=3000 SRC_MB=30
+    FIO_RT=2 FIO_WSIZE=32m
+else
+    SIZESET=full
+    META_N=100000 DEEP_N=2000 RD_N=20000 BIG_MB=2048 CU_MB=1024 CREATE_N=20000 SRC_N=30000 SRC_MB=300
+    FIO_RT=5 FIO_WSIZE=256m
+fi
+PARAMS="v1 meta=$META_N deep=$DEEP_N rd=$RD_N big=$BIG_MB cu=$CU_MB src=$SRC_N/$SRC_MB"
+
+# ---------------------------------------------------------------- tool check
+[ "$(id -u)" = 0 ] || die "needs root (kernel overlay mounts, drop_caches, whiteout mknod)"
+for t in mount umount fusermount3 python3 cc dd find tar fio pgrep awk timeout sort; do
+    command -v "$t" >/dev/null || die "missing tool: $t (fio: apt-get install -y fio)"
+done
+[ -n "$FOVL" ] && [ -x "$FOVL" ] || die "missing fuse-overlayfs (apt-get install -y fuse-overlayfs)"
+[ -x "$LAYERFS" ] || die "missing layerfs binary $LAYERFS (cargo build --release, or --layerfs PATH)"
+grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
+grep -qw overlay /proc/filesystems || die "kernel overlayfs not available"
+[ -w /proc/sys/vm/drop_caches ] || die "cannot write /proc/sys/vm/drop_caches"
+
+# ---------------------------------------------------------------- implementations
+IMPLS=(plain)
+declare -A KIND BIN
+KIND[plain]=plain
+[ "$KERNEL" = 1 ] && { IMPLS+=(kernel); KIND[kernel]=kernel; }
+IMPLS+=(fuse-overlayfs layerfs)
+KIND[fuse-overlayfs]=fuse; BIN[fuse-overlayfs]=$FOVL
+KIND[layerfs]=fuse; BIN[layerfs]=$LAYERFS
+for e in "${EXTRAS[@]}"; do
+    n=${e%%=*}; p=${e#*=}
+    [ -n "$n" ] && [ "$n" != "$e" ] && [ -x "$p" ] || die "--extra wants NAME=PATH to an executable ($e)"
+    IMPLS+=("$n"); KIND[$n]=fuse; BIN[$n]=$p
+done
+
+mkdir -p "$WORK" || die "cannot create $WORK"
+WORK=$(cd "$WORK" && pwd)
+STACKS=$WORK/stacks-$SIZESET
+MNT=$WORK/mnt
+UP=$WORK/upper
+WK=$WORK/workdir
+HELPER=$WORK/helper
+ERR=$WORK/last.err
+DPID=
+MOUNT_OK=0
+CUR_KIND=
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ---------------------------------------------------------------- cleanup (every mount, always)
+cleanup() {
+    local dev mp fstype rest
+    # deepest first
+    grep " $WORK/" /proc/mounts | awk '{print $2, $3}' | sort -r | while read -r mp fstype; do
+        case $fstype in
+            fuse*) fusermount3 -u "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null ;;
+            *) umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null ;;
+        esac
+    done
+    if grep -q " $WORK/" /proc/mounts; then echo "bench.sh: WARNING: mounts left under $WORK" >&2; fi
+}
+trap cleanup EXIT
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM HUP
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# ---------------------------------------------------------------- stacks (built once)
+kernel_flatten() {  # STACKDIR: cp -a of the read-only kernel overlay view -> STACKDIR/plain
+    local sd=$1
+    mkdir -p "$MNT" "$sd/plain"
+    (cd "$sd" && mount -t overlay overlay -o "ro,lowerdir=$(cat lowers)" "$MNT") || die "flatten mount of $sd failed"
+    cp -a "$MNT/." "$sd/plain/" || { umount "$MNT"; die "flatten copy of $sd failed"; }
+    umount "$MNT" || die "cannot unmount $MNT"
+}
+
+build_stacks() {
+    if [ -f "$STACKS/.done" ] && [ "$(cat "$STACKS/.done")" = "$PARAMS" ]; then
+        log "reusing stacks in $STACKS"
+        return
+    fi
+    log "building stacks in $STACKS ($PARAMS)"
+    rm -rf "$STACKS"
+    mkdir -p "$STACKS"
+    local g=$HERE/bench/gen.py
+    python3 "$g" meta "$STACKS/meta" "$META_N" || die "gen meta failed"
+    python3 "$g" deep "$STACKS/deep50" 50 "$DEEP_N" || die "gen deep50 failed"
+    python3 "$g" deep "$STACKS/deep500" 500 "$DEEP_N" || die "gen deep500 failed"
+    python3 "$g" rd "$STACKS/rd" "$RD_N" || die "gen rd failed"
+    # data stack: l0 (top) a small file, l1 the big files
+    mkdir -p "$STACKS/big/l0" "$STACKS/big/l1"
+    echo top > "$STACKS/big/l0/README"
+    dd if=/dev/urandom of="$STACKS/big/l1/big2g" bs=1M count="$BIG_MB" status=none || die "dd failed"
+    dd if=/dev/urandom of="$STACKS/big/l1/big1g" bs=1M count="$CU_MB" status=none || die "dd failed"
+    echo "l0:l1" > "$STACKS/big/lowers"
+    python3 "$g" src "$STACKS/srctree" "$SRC_N" "$SRC_MB" || die "gen src failed"
+    tar -cf "$STACKS/src.tar" -C "$STACKS/srctree" src || die "tar of the source tree failed"
+    rm -rf "$STACKS/srctree"
+    local s
+    for s in meta deep50 deep500 rd big; do kernel_flatten "$STACKS/$s"; done
+    echo "$PARAMS" > "$STACKS/.done"
+    sync
+}
+
+# ---------------------------------------------------------------- mounting
+abs_lowers() { local sd=$1 l out=; local IFS=:; for l in $(cat "$sd/lowers"); do out+="${out:+:}$sd/$l"; done; echo "$out"; }
+
+# mount_impl IMPL STACK: sets MNT (the directory to work in), DPID, MOUNT_OK
+mount_impl() {
+    local impl=$1 sd=$STACKS/$2
+    CUR_KIND=${KIND[$impl]}
+    DPID=
+    MOUNT_OK=0
+    if [ "$CUR_KIND" = plain ]; then
+        MNT=$sd/plain
+        MOUNT_OK=1
+        return 0
+    fi
+    MNT=$WORK/mnt
+    mkdir -p "$MNT"
+    rm -rf "$UP" "$WK"
+    mkdir -p "$UP" "$WK"
+    if [ "$CUR_KIND" = kernel ]; then
+        # relative lower names (cd) keep 500 layers under the 4 KiB mount-option limit
+        (cd "$sd" && mount -t overlay overlay -o "lowerdir=$(cat lowers),upperdir=$UP,workdir=$WK" "$MNT") 2>"$ERR" \
+            || { log "mount $impl on $2 failed: $(head -c 300 "$ERR")"; return 1; }
+    else
+        timeout 120 "${BIN[$impl]}" -o "lowerdir=$(abs_lowers "$sd"),upperdir=$UP,workdir=$WK" "$MNT" >"$ERR" 2>&1 \
+            || { log "mount $impl on $2 failed: $(head -c 300 "$ERR")"; return 1; }
+        DPID=$(pgrep -o -f -- " $MNT\$" || true)
+    fi
+    grep -q " $MNT " /proc/mounts || { log "mount $impl on $2: not in /proc/mounts"; return 1; }
+    MOUNT_OK=1
+}
+
+umount_impl() {
+    if [ "$CUR_KIND" = plain ]; then
+        rm -rf "$MNT/bench-w"
+        return
+    fi
+    if grep -q " $MNT " /proc/mounts; then
+        if [ "$CUR_KIND" = kernel ]; then
+            umount "$MNT" || umount -l "$MNT"
+        else
+            fusermount3 -u "$MNT" || umount -l "$MNT"
+        fi
+    fi
+    local i
+    if [ -n "$DPID" ]; then  # let the daemon exit before the next cell
+        for i in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -rf "$UP" "$WK"
+    MNT=$WORK/mnt
+}
+
+# ---------------------------------------------------------------- results
+declare -A RES NOTE UNIT LABEL
+ROWS=()
+IMPL=
+
+row() { ROWS+=("$1"); UNIT[$1]=$2; LABEL[$1]=$3; }
+record() { RES["$1|$IMPL"]+="$2 "; }
+
+# t ROW CMD...: time CMD (external command), record seconds; stdout kept in $WORK/last.out
+t() {
+    local r=$1; shift
+    if [ "$MOUNT_OK" != 1 ]; then record "$r" FAIL; return 1; fi
+    local t0=$EPOCHREALTIME
+    if timeout -k 5 900 "$@" >"$WORK/last.out" 2>"$ERR"; then
+        local t1=$EPOCHREALTIME
+        record "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.6f", b-a}')"
+        return 0
+    fi
+    log "$IMPL: $r failed: $(head -c 300 "$ERR")"
+    record "$r" FAIL
+    return 1
+}
+
+# check ROW EXPECTED: compare the count printed by the last command
+check() {
+    local got
+    got=$(tail -n1 "$WORK/last.out" | awk '{print $1}')
+    if [ "$got" != "$2" ]; then
+        NOTE["$1|$IMPL"]=1
+        log "$IMPL: $1: got $got entries, expected $2"
+    fi
+}
+
+# ---------------------------------------------------------------- workloads
+G_meta() {
+    local sd=$STACKS/meta exp; exp=$(cat "$sd/count")
+    mount_impl "$IMPL" meta; drop_caches
+    t meta_find_cold sh -c 'find "$1" | wc -l' _ "$MNT" && check meta_find_cold "$exp"
+    t meta_find_warm sh -c 'find "$1" | wc -l' _ "$MNT" && check meta_find_warm "$exp"
+    umount_impl
+    mount_impl "$IMPL" meta; drop_caches
+    t meta_stat_cold "$HELPER" stat "$sd/list" "$MNT"
+    t meta_stat_warm "$HELPER" stat "$sd/list" "$MNT"
+    if [ -n "$DPID" ] && [ "$MOUNT_OK" = 1 ]; then
+        # after find (first mount) would be a different daemon; this one did stat cold+warm, add a find
+        find "$MNT" >/dev/null 2>&1
+        record rss "$(awk '/^VmHWM/{printf "%.1f", $2/1024}' "/proc/$DPID/status" 2>/dev/null || echo FAIL)"
+    fi
+    umount_impl
+}
+
+G_deep() {  # $1 = 50 | 500
+    local n=$1 sd=$STACKS/deep$1
+    mount_impl "$IMPL" "deep$n"; drop_caches
+    t "deep${n}_cold" "$HELPER" stat "$sd/list" "$MNT" && check "deep${n}_cold" "$DEEP_N"
+    t "deep${n}_warm" "$HELPER" stat "$sd/list" "$MNT"
+    umount_impl
+}
+G_deep50() { G_deep 50; }
+G_deep500() { G_deep 500; }
+
+G_readdir() {
+    local exp; exp=$(cat "$STACKS/rd/count")
+    mount_impl "$IMPL" rd; drop_caches
+    t readdir_cold "$HELPER" readdir "$MNT/D" && check readdir_cold "$exp"
+    t readdir_warm "$HELPER" readdir "$MNT/D" && check readdir_warm "$exp"
+    umount_impl
+}
+
+G_seqread() {
+    mount_impl "$IMPL" big; drop_caches
+    t seqread_cold dd if="$MNT/big2g" of=/dev/null bs=1M status=none
+    t seqread_warm dd if="$MNT/big2g" of=/dev/null bs=1M status=none
+    umount_impl
+}
+
+fio_us_per_io() {  # FIELD: terse v3 field 8 = read IOPS, 49 = write IOPS -> microseconds per IO
+    awk -F';' -v f="$1" 'NF > 50 && $f > 0 {printf "%.3f", 1e6/$f; ok=1} END{if(!ok) print "FAIL"}' "$WORK/last.out"
+}
+
+G_fio() {
+    mount_impl "$IMPL" big
+    # the lower file itself in the page cache; the mount's own cache starts empty (fresh mount)
+    cat "$STACKS/big/l1/big2g" >/dev/null
+    FIO_FILE=$MNT/big2g FIO_SIZE=${BIG_MB}m FIO_RUNTIME=$FIO_RT \
+        t fio_rr_time fio --minimal "$HERE/fio/randread.fio" && record fio_rr "$(fio_us_per_io 8)"
+    [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
+    FIO_FILE=$MNT/bench-w/fio.w FIO_SIZE=$FIO_WSIZE FIO_RUNTIME=$FIO_RT \
+        t fio_rw_time fio --minimal "$HERE/fio/randwrite.fio" && record fio_rw "$(fio_us_per_io 49)"
+    umount_impl
+}
+
+G_seqwrite() {
+    mount_impl "$IMPL" big
+    [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
+    t seqwrite dd if=/dev/zero of="$MNT/bench-w/new" bs=1M count="$BIG_MB" conv=fsync status=none
+    umount_impl
+}
+
+G_copyup() {
+    cat "$STACKS/big/l1/big1g" "$STACKS/big/plain/big1g" >/dev/null  # source in the page cache
+    mount_impl "$IMPL" big
+    t copyup_append sh -c 'printf x >> "$1"' _ "$MNT/big1g"
+    umount_impl
+    mount_impl "$IMPL" big
+    t copyup_chmod chmod 0600 "$MNT/big1g"
+    [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
+    umount_impl
+}
+
+G_create() {
+    mount_impl "$IMPL" big
+    [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
+    t create "$HELPER" create "$MNT/bench-w" "$CREATE_N" 100 && check create "$CREATE_N"
+    t delete rm -rf "$MNT/bench-w"
+    umount_impl
+}
+
+G_tar() {
+    mount_impl "$IMPL" big
+    [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
+    drop_caches
+    t untar tar -xf "$STACKS/src.tar" -C "$MNT/bench-w"
+    drop_caches   # (includes writing back what the untar left dirty; not timed)
+    t tarout sh -c 'tar -cf - -C "$1" src | wc -c' _ "$MNT/bench-w"
+    umount_impl
+}
+
+row meta_find_cold time "find, ${META_N} files / 5 layers, cold"
+row meta_find_warm time "find, ${META_N} files / 5 layers, warm"
+row meta_stat_cold time "stat every file, ${META_N} files / 5 layers, cold"
+row meta_stat_warm time "stat every file, ${META_N} files / 5 layers, warm"
+row rss mib "server peak RSS (VmHWM) after the metadata workload"
+row deep50_cold time "stat ${DEEP_N} bottom-layer files, 50 layers, cold"
+row deep50_warm time "stat ${DEEP_N} bottom-layer files, 50 layers, warm"
+row deep500_cold time "stat ${DEEP_N} bottom-layer files, 500 layers, cold"
+row deep500_warm time "stat ${DEEP_N} bottom-layer files, 500 layers, warm"
+row readdir_cold time "readdir, $(( RD_N / 1000 ))k entries / 4 layers + 1.5k whiteouts, cold"
+row readdir_warm time "readdir, $(( RD_N / 1000 ))k entries / 4 layers + 1.5k whiteouts, warm"
+row seqread_cold time "sequential read ${BIG_MB} MiB lower file, cold"
+row seqread_warm time "sequential read ${BIG_MB} MiB lower file, warm"
+row seqwrite time "sequential write ${BIG_MB} MiB new file (dd bs=1M conv=fsync)"
+row fio_rr usio "fio 4k random read, lower file (fresh mount, lower in page cache), ${FIO_RT}s"
+row fio_rw usio "fio 4k random write, new ${FIO_WSIZE} file, ${FIO_RT}s"
+row copyup_append time "copy-up: append 1 byte to a ${CU_MB} MiB lower file"
+row copyup_chmod time "copy-up: chmod a ${CU_MB} MiB lower file"
+row create time "create ${CREATE_N} files of 100 bytes"
+row delete time "delete them (rm -rf)"
+row untar time "untar ${SRC_N} files / ${SRC_MB} MB into the mount"
+row tarout time "tar them back out (cold)"
+
+GROUPS_ALL=(meta deep50 deep500 readdir seqread fio seqwrite copyup create tar)
+
+# ---------------------------------------------------------------- run
+cleanup  # stale mounts of an earlier interrupted run
+cc -O2 -o "$HELPER" "$HERE/bench/helper.c" || die "cannot compile scripts/bench/helper.c"
+build_stacks
+
+START=$EPOCHSECONDS
+SEL=()
+for g in "${GROUPS_ALL[@]}"; do [[ $g =~ $ONLY ]] && SEL+=("$g"); done
+[ ${#SEL[@]} -gt 0 ] || die "--only '$ONLY' selects no workload group (groups: ${GROUPS_ALL[*]})"
+NI=${#IMPLS[@]}
+for g in "${SEL[@]}"; do
+    for ((r = 0; r < RUNS; r++)); do
+        for ((k = 0; k < NI; k++)); do
+            IMPL=${IMPLS[$(( (k + r) % NI ))]}   # rotate the order between runs
+            log "$g: run $((r + 1))/$RUNS: $IMPL"
+            "G_$g"
+        done
+    done
+done
+ELAPSED=$(( EPOCHSECONDS - START ))
+
+# ---------------------------------------------------------------- table
+median() {  # values... (FAIL anywhere -> FAIL)
+    [ $# -eq 0 ] && { echo -; return; }
+    local v; for v in "$@"; do [ "$v" = FAIL ] && { echo FAIL; return; }; done
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+num() { awk -v x="$1" 'BEGIN{ if (x >= 100) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else if (x >= 1) printf "%.2f", x; else printf "%.3f", x }'; }
+ratio() { [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] && awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "-" }' || echo -; }
+
+table() {
+    local hdr="| workload | unit |" sep="|---|---|" i r
+    for i in "${IMPLS[@]}"; do hdr+=" $i |"; sep+="---:|"; done
+    hdr+=" layerfs / fuse-overlayfs |"; sep+="---:|"
+    [ "$KERNEL" = 1 ] && { hdr+=" layerfs / kernel |"; sep+="---:|"; }
+    echo "$hdr"; echo "$sep"
+    for r in "${ROWS[@]}"; do
+        local any=0
+        for i in "${IMPLS[@]}"; do [ -n "${RES["$r|$i"]:-}" ] && any=1; done
+        [ $any = 1 ] || continue
+        declare -A M=()
+        local max=0
+        for i in "${IMPLS[@]}"; do
+            # shellcheck disable=SC2086
+            M[$i]=$(median ${RES["$r|$i"]:-})
+            [[ ${M[$i]} =~ ^[0-9.]+$ ]] && max=$(awk -v a="$max" -v b="${M[$i]}" 'BEGIN{print (b>a)?b:a}')
+        done
+        local unit=${UNIT[$r]} scale=1
+        case $unit in
+            time) if awk -v m="$max" 'BEGIN{exit !(m < 1)}'; then unit=ms; scale=1000; else unit=s; fi ;;
+            usio) unit="µs/IO" ;;
+            mib) unit=MiB ;;
+        esac
+        local line="| ${LABEL[$r]} | $unit |"
+        for i in "${IMPLS[@]}"; do
+            local v=${M[$i]}
+            [[ $v =~ ^[0-9.]+$ ]] && v=$(num "$(awk -v x="$v" -v s="$scale" 'BEGIN{print x*s}')")
+            [ -n "${NOTE["$r|$i"]:-}" ] && v+=" (wrong count!)"
+            line+=" $v |"
+        done
+        line+=" $(ratio "${M[layerfs]}" "${M[fuse-overlayfs]}") |"
+        [ "$KERNEL" = 1 ] && line+=" $(ratio "${M[layerfs]}" "${M[kernel]}") |"
+        echo "$line"
+        unset M
+    done
+    echo
+    echo "Medians of $RUNS runs ($SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
+    echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
+    echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
+    echo
+    echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df -T "$WORK" | awk 'NR==2{print $2}')"
+    echo "Versions: $("$FOVL" --version 2>&1 | grep -m1 -i 'fuse-overlayfs'), layerfs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(fio --version)"
+}
+
+TABLE=$(table)
+echo
+echo "$TABLE"
+if [ -n "$OUT" ]; then echo "$TABLE" > "$OUT" || die "cannot write $OUT"; fi

@@ -1,0 +1,60 @@
+/* Tiny timing helpers for scripts/bench.sh (compiled once with cc into the work dir).
+ *   helper stat LISTFILE ROOT      lstat every path (newline-separated, relative to ROOT)
+ *   helper create DIR N SIZE        create N files of SIZE bytes in DIR (must exist)
+ *   helper readdir DIR              count entries via getdents (no stat), print the count
+ * Prints a count on stdout; exits 1 if any operation failed. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "usage: helper stat|create|readdir ...\n"); return 2; }
+    if (!strcmp(argv[1], "stat") && argc == 4) {
+        FILE *f = fopen(argv[2], "r");
+        if (!f) { perror(argv[2]); return 2; }
+        int root = open(argv[3], O_RDONLY | O_DIRECTORY);
+        if (root < 0) { perror(argv[3]); return 2; }
+        char *line = NULL; size_t cap = 0; ssize_t n; long ok = 0, bad = 0;
+        struct stat st;
+        while ((n = getline(&line, &cap, f)) > 0) {
+            if (line[n - 1] == '\n') line[--n] = 0;
+            if (!n) continue;
+            if (fstatat(root, line, &st, AT_SYMLINK_NOFOLLOW) == 0) ok++; else bad++;
+        }
+        printf("%ld\n", ok);
+        if (bad) fprintf(stderr, "helper stat: %ld failures\n", bad);
+        return bad ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "create") && argc == 5) {
+        long n = atol(argv[3]), size = atol(argv[4]);
+        char *buf = calloc(1, size ? size : 1); memset(buf, 'x', size);
+        int dir = open(argv[2], O_RDONLY | O_DIRECTORY);
+        if (dir < 0) { perror(argv[2]); return 2; }
+        char name[64]; long bad = 0;
+        for (long i = 0; i < n; i++) {
+            snprintf(name, sizeof name, "f%06ld", i);
+            int fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL, 0644);
+            if (fd < 0) { bad++; continue; }
+            if (size && write(fd, buf, size) != size) bad++;
+            if (close(fd)) bad++;
+        }
+        printf("%ld\n", n - bad);
+        return bad ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "readdir") && argc == 3) {
+        DIR *d = opendir(argv[2]);
+        if (!d) { perror(argv[2]); return 2; }
+        long c = 0; struct dirent *e;
+        while ((e = readdir(d))) if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) c++;
+        closedir(d);
+        printf("%ld\n", c);
+        return 0;
+    }
+    fprintf(stderr, "helper: bad arguments\n");
+    return 2;
+}
