@@ -1,0 +1,1108 @@
+//! Differential runner shared by `diff_write.rs`, `prop_write.rs` and `regressions.rs`.
+//!
+//! A scenario is written once against a mount root ([`Ctx`]) and run on a kernel overlayfs
+//! mount and on a layerfs mount built from byte-identical copies of the same layers
+//! ([`Stack`]). The runner then compares, in this order:
+//! 1. the step logs: every step's description (which includes what it read back) and errno;
+//! 2. the merged trees (kind, mode, owner, size, content hash, user xattrs, file mtimes);
+//! 3. after unmounting, the canonical upper directories (whiteout forms and opaque markers
+//!    normalised, private xattrs dropped) and the hard-link structure of the uppers;
+//! 4. that no lower layer changed (strict snapshot, private xattrs and directory mtimes
+//!    included), and that layerfs left `WORKDIR/work` empty.
+//!
+//! Anything not in [`TOLERATED`] that differs fails the test with a readable diff.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::*;
+
+/// Differences the comparison deliberately does not look at, each with the reason. Nothing
+/// else is tolerated.
+pub const TOLERATED: &[(&str, &str)] = &[
+    ("st_ino values", "inode numbers are implementation specific (kernel with xino=off vs layerfs's own numbering); only inode identity between names (same_ino steps) and st_nlink of non-directories are compared"),
+    ("directory st_nlink", "both report 1 for merged directories, but the count for pure upper/lower directories depends on subdirectory bookkeeping nobody relies on"),
+    ("atime", "layerfs mounts noatime by default; the kernel mount uses relatime"),
+    ("ctime", "always the wall clock of the change"),
+    ("directory mtimes in merged view and upper", "they move with every entry created or removed inside, including whiteout bookkeeping that differs in timing; only explicit utimensat results on directories are compared (as stat steps)"),
+    ("mtime of files changed during the scenario", "the two mounts run one after the other, so wall-clock times differ; mtimes are compared exactly when either side shows a time from before the scenario started (copy-up must keep the lower mtime)"),
+    ("private xattrs in upper (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*)", "origin/impure/etc. are index/bookkeeping data of each implementation; opaque markers are normalised instead"),
+    ("whiteout and opaque forms in upper", "char 0/0 vs .wh.NAME and trusted/user opaque xattr vs .wh..wh..opq are equivalent; canonical_upper normalises them"),
+    ("kernel whiteouts share one inode", "the kernel makes every whiteout a hard link of one shared 0/0 device; whiteouts are left out of the upper hard-link groups"),
+    ("opaque flag on an upper directory where the lower union has no non-empty directory", "the kernel marks every directory renamed into a merged parent opaque; where the lower layers together show nothing under that path the flag hides nothing (checked through a read-only kernel overlay of the pristine lowers)"),
+    ("st_blocks, st_blksize, st_dev", "storage details"),
+    ("kernel WORKDIR contents", "the kernel keeps its own scratch entries; only layerfs's WORKDIR/work must be empty"),
+];
+
+/// Behaviour where layerfs deliberately differs from the kernel; tested one-sidedly.
+pub const KNOWN_DIVERGENCES: &[(&str, &str)] = &[
+    (".wh.* names through the mount", "layerfs refuses to create entries named .wh.* (EINVAL) since such a name would be read back as a whiteout by fuse-overlayfs-style layers; kernel overlayfs stores them as ordinary files"),
+];
+
+// ---- fixtures --------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Item {
+    Dir(String, u32),
+    File(String, Vec<u8>, u32),
+    Symlink(String, String),
+    HardLink(String, String),
+    Fifo(String),
+    CharDev(String, u32, u32),
+    /// Kernel form: char device 0/0.
+    Whiteout(String),
+    /// trusted.overlay.opaque=y on an existing directory (creates it if missing).
+    Opaque(String),
+    Xattr(String, String, Vec<u8>),
+    Owner(String, u32, u32),
+    Mtime(String, i64),
+}
+
+/// The content of one layer (or of the initial upper), in creation order.
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    items: Vec<Item>,
+}
+
+impl Layer {
+    pub fn new() -> Self {
+        Layer::default()
+    }
+    pub fn dir(mut self, p: &str) -> Self {
+        self.items.push(Item::Dir(p.into(), 0o755));
+        self
+    }
+    pub fn dir_mode(mut self, p: &str, mode: u32) -> Self {
+        self.items.push(Item::Dir(p.into(), mode));
+        self
+    }
+    pub fn file(mut self, p: &str, data: &str) -> Self {
+        self.items.push(Item::File(p.into(), data.as_bytes().to_vec(), 0o644));
+        self
+    }
+    pub fn file_mode(mut self, p: &str, data: &str, mode: u32) -> Self {
+        self.items.push(Item::File(p.into(), data.as_bytes().to_vec(), mode));
+        self
+    }
+    pub fn symlink(mut self, p: &str, target: &str) -> Self {
+        self.items.push(Item::Symlink(p.into(), target.into()));
+        self
+    }
+    pub fn hardlink(mut self, p: &str, existing: &str) -> Self {
+        self.items.push(Item::HardLink(p.into(), existing.into()));
+        self
+    }
+    pub fn fifo(mut self, p: &str) -> Self {
+        self.items.push(Item::Fifo(p.into()));
+        self
+    }
+    pub fn chardev(mut self, p: &str, major: u32, minor: u32) -> Self {
+        self.items.push(Item::CharDev(p.into(), major, minor));
+        self
+    }
+    pub fn whiteout(mut self, p: &str) -> Self {
+        self.items.push(Item::Whiteout(p.into()));
+        self
+    }
+    pub fn opaque(mut self, p: &str) -> Self {
+        self.items.push(Item::Opaque(p.into()));
+        self
+    }
+    pub fn xattr(mut self, p: &str, name: &str, value: &str) -> Self {
+        self.items.push(Item::Xattr(p.into(), name.into(), value.as_bytes().to_vec()));
+        self
+    }
+    pub fn owner(mut self, p: &str, uid: u32, gid: u32) -> Self {
+        self.items.push(Item::Owner(p.into(), uid, gid));
+        self
+    }
+    pub fn mtime(mut self, p: &str, secs: i64) -> Self {
+        self.items.push(Item::Mtime(p.into(), secs));
+        self
+    }
+
+    fn build(&self, root: &Path) {
+        fs::create_dir_all(root).unwrap();
+        let mut mtimes = Vec::new();
+        for it in &self.items {
+            match it {
+                Item::Dir(p, mode) => {
+                    let q = root.join(p);
+                    fs::create_dir_all(&q).unwrap();
+                    chmod_raw(&q, *mode);
+                }
+                Item::File(p, data, mode) => {
+                    let q = root.join(p);
+                    mkparent(&q);
+                    fs::write(&q, data).unwrap();
+                    chmod_raw(&q, *mode);
+                }
+                Item::Symlink(p, t) => {
+                    let q = root.join(p);
+                    mkparent(&q);
+                    std::os::unix::fs::symlink(t, &q).unwrap();
+                }
+                Item::HardLink(p, e) => {
+                    let q = root.join(p);
+                    mkparent(&q);
+                    fs::hard_link(root.join(e), &q).unwrap();
+                }
+                Item::Fifo(p) => {
+                    let q = root.join(p);
+                    mkparent(&q);
+                    assert_eq!(unsafe { libc::mknod(cpath(&q).as_ptr(), libc::S_IFIFO | 0o644, 0) }, 0);
+                }
+                Item::CharDev(p, ma, mi) => {
+                    let q = root.join(p);
+                    mkparent(&q);
+                    let dev = libc::makedev(*ma, *mi);
+                    assert_eq!(unsafe { libc::mknod(cpath(&q).as_ptr(), libc::S_IFCHR | 0o600, dev) }, 0);
+                }
+                Item::Whiteout(p) => {
+                    let q = root.join(p);
+                    mkparent(&q);
+                    assert_eq!(unsafe { libc::mknod(cpath(&q).as_ptr(), libc::S_IFCHR, 0) }, 0, "whiteout {p}");
+                }
+                Item::Opaque(p) => {
+                    let q = root.join(p);
+                    fs::create_dir_all(&q).unwrap();
+                    set_xattr_raw(&q, "trusted.overlay.opaque", b"y");
+                }
+                Item::Xattr(p, n, v) => set_xattr_raw(&root.join(p), n, v),
+                Item::Owner(p, u, g) => {
+                    let r = unsafe { libc::lchown(cpath(&root.join(p)).as_ptr(), *u, *g) };
+                    assert_eq!(r, 0);
+                }
+                Item::Mtime(p, s) => mtimes.push((root.join(p), *s)),
+            }
+        }
+        // Fixed times for everything (so "copy-up keeps mtime" is visible), then explicit ones.
+        set_all_mtimes(root, 1_600_000_000);
+        for (p, s) in mtimes {
+            set_mtime_raw(&p, s);
+        }
+    }
+}
+
+fn mkparent(p: &Path) {
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+}
+
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn chmod_raw(p: &Path, mode: u32) {
+    assert_eq!(unsafe { libc::chmod(cpath(p).as_ptr(), mode) }, 0);
+}
+
+fn set_xattr_raw(p: &Path, n: &str, v: &[u8]) {
+    let cn = CString::new(n).unwrap();
+    let r = unsafe { libc::lsetxattr(cpath(p).as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(r, 0, "setxattr {} {n}: {}", p.display(), std::io::Error::last_os_error());
+}
+
+fn set_mtime_raw(p: &Path, s: i64) {
+    let ts = [libc::timespec { tv_sec: s, tv_nsec: 0 }, libc::timespec { tv_sec: s, tv_nsec: 0 }];
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(r, 0);
+}
+
+fn set_all_mtimes(root: &Path, s: i64) {
+    // Children first so directory times are not bumped afterwards.
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                set_all_mtimes(&e.path(), s);
+            } else {
+                set_mtime_raw(&e.path(), s);
+            }
+        }
+    }
+    set_mtime_raw(root, s);
+}
+
+/// Lower layers (top first) and an optional initial upper. `read_only` mounts without upper.
+#[derive(Clone, Debug, Default)]
+pub struct Stack {
+    pub lowers: Vec<Layer>,
+    pub upper: Layer,
+    pub read_only: bool,
+}
+
+impl Stack {
+    pub fn new(lowers: Vec<Layer>) -> Self {
+        Stack { lowers, upper: Layer::new(), read_only: false }
+    }
+    pub fn with_upper(mut self, u: Layer) -> Self {
+        self.upper = u;
+        self
+    }
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+    /// Writes the layers as `root/l0..lN` and `root/u`.
+    pub fn build(&self, root: &Path) {
+        for (i, l) in self.lowers.iter().enumerate() {
+            l.build(&root.join(format!("l{i}")));
+        }
+        self.upper.build(&root.join("u"));
+    }
+}
+
+// ---- the two sides ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    Kernel,
+    Layerfs,
+}
+
+impl Impl {
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Kernel => "kernel",
+            Impl::Layerfs => "layerfs",
+        }
+    }
+}
+
+/// One implementation's copy of the layers, and its mount.
+pub struct Side {
+    pub imp: Impl,
+    pub base: PathBuf,
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mnt: PathBuf,
+    pub read_only: bool,
+    pub mounted: Option<Mounted>,
+    pub extra: String,
+}
+
+impl Side {
+    /// Copies the built stack at `src` into `base` (fresh) for implementation `imp`.
+    pub fn prepare(imp: Impl, src: &Path, base: &Path, nlowers: usize, read_only: bool) -> Side {
+        let _ = fs::remove_dir_all(base);
+        fs::create_dir_all(base).unwrap();
+        let mut lowers = Vec::new();
+        for i in 0..nlowers {
+            let d = base.join(format!("l{i}"));
+            fs::create_dir_all(&d).unwrap();
+            copy_tree(&src.join(format!("l{i}")), &d);
+            lowers.push(d);
+        }
+        let upper = base.join("u");
+        fs::create_dir_all(&upper).unwrap();
+        copy_tree(&src.join("u"), &upper);
+        let work = base.join("w");
+        fs::create_dir_all(&work).unwrap();
+        let mnt = base.join("m");
+        fs::create_dir_all(&mnt).unwrap();
+        Side { imp, base: base.to_path_buf(), lowers, upper, work, mnt, read_only, mounted: None, extra: String::new() }
+    }
+
+    pub fn mount(&mut self) {
+        assert!(self.mounted.is_none());
+        let uw = if self.read_only { None } else { Some((self.upper.as_path(), self.work.as_path())) };
+        self.mounted = Some(match self.imp {
+            Impl::Kernel => mount_overlay(&self.lowers, uw, &self.mnt),
+            Impl::Layerfs => mount_layerfs(&self.lowers, uw, &self.mnt, &self.extra),
+        });
+    }
+
+    pub fn unmount(&mut self) {
+        if let Some(mut m) = self.mounted.take() {
+            m.unmount();
+        }
+        assert!(!is_mounted(&self.mnt), "{} still mounted at {}", self.imp.name(), self.mnt.display());
+    }
+}
+
+// ---- scenario context ------------------------------------------------------------------------
+
+/// What a scenario acts through: paths are relative to the mount root; every step is logged
+/// with its description and errno (0 on success), never unwrapped.
+pub struct Ctx<'a> {
+    pub side: &'a mut Side,
+    pub log: Vec<(String, i32)>,
+    fds: BTreeMap<u32, fs::File>,
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+}
+
+fn rc(r: libc::c_int) -> i32 {
+    if r < 0 { last_errno() } else { 0 }
+}
+
+fn short(data: &[u8]) -> String {
+    if data.len() <= 64 {
+        format!("{:?}", String::from_utf8_lossy(data))
+    } else {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(data);
+        format!("<{} bytes sha {:02x}{:02x}{:02x}{:02x}>", data.len(), h[0], h[1], h[2], h[3])
+    }
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(side: &'a mut Side) -> Self {
+        Ctx { side, log: Vec::new(), fds: BTreeMap::new() }
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() || rel == "." { self.side.mnt.clone() } else { self.side.mnt.join(rel) }
+    }
+
+    fn c(&self, rel: &str) -> CString {
+        cpath(&self.p(rel))
+    }
+
+    pub fn rec(&mut self, step: String, e: i32) -> i32 {
+        self.log.push((step, e));
+        e
+    }
+
+    /// A free-form note (errno 0), e.g. a value computed by the scenario.
+    pub fn note(&mut self, s: String) {
+        self.log.push((s, 0));
+    }
+
+    // -- files
+
+    /// open(O_WRONLY|O_CREAT|O_TRUNC, 0644) and write.
+    pub fn create(&mut self, rel: &str, data: &str) -> i32 {
+        let r = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(self.p(rel));
+        let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()));
+        self.rec(format!("create {rel} {data:?}"), errno(&r))
+    }
+
+    pub fn create_excl(&mut self, rel: &str) -> i32 {
+        let r = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(self.p(rel));
+        self.rec(format!("create_excl {rel}"), errno(&r))
+    }
+
+    pub fn append(&mut self, rel: &str, data: &str) -> i32 {
+        let r = fs::OpenOptions::new().append(true).open(self.p(rel));
+        let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()));
+        self.rec(format!("append {rel} {data:?}"), errno(&r))
+    }
+
+    pub fn write_at(&mut self, rel: &str, off: u64, data: &str) -> i32 {
+        use std::os::unix::fs::FileExt;
+        let r = fs::OpenOptions::new().write(true).open(self.p(rel));
+        let r = r.and_then(|f| f.write_all_at(data.as_bytes(), off));
+        self.rec(format!("pwrite {rel} @{off} {data:?}"), errno(&r))
+    }
+
+    /// open(O_WRONLY|O_TRUNC) without writing.
+    pub fn open_trunc(&mut self, rel: &str) -> i32 {
+        let r = fs::OpenOptions::new().write(true).truncate(true).open(self.p(rel));
+        self.rec(format!("open O_TRUNC {rel}"), errno(&r))
+    }
+
+    /// open with raw flags, then close.
+    pub fn open_flags(&mut self, rel: &str, flags: i32, what: &str) -> i32 {
+        let fd = unsafe { libc::open(self.c(rel).as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+        let e = rc(fd);
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+        self.rec(format!("open {what} {rel}"), e)
+    }
+
+    pub fn read(&mut self, rel: &str) -> i32 {
+        let r = fs::read(self.p(rel));
+        let s = match &r {
+            Ok(d) => short(d),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("read {rel} -> {s}"), errno(&r))
+    }
+
+    pub fn truncate(&mut self, rel: &str, len: i64) -> i32 {
+        let e = rc(unsafe { libc::truncate(self.c(rel).as_ptr(), len) });
+        self.rec(format!("truncate {rel} {len}"), e)
+    }
+
+    pub fn fallocate(&mut self, rel: &str, mode: i32, off: i64, len: i64) -> i32 {
+        let r = fs::OpenOptions::new().write(true).open(self.p(rel));
+        let e = match r {
+            Ok(f) => {
+                use std::os::fd::AsRawFd;
+                rc(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) })
+            }
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        };
+        self.rec(format!("fallocate {rel} mode={mode:#x} {off}+{len}"), e)
+    }
+
+    /// open O_RDWR, mmap MAP_SHARED the first `len` bytes, copy `data` at `off`, msync,
+    /// munmap, close.
+    pub fn mmap_write(&mut self, rel: &str, len: usize, off: usize, data: &str) -> i32 {
+        let e = (|| -> i32 {
+            let fd = unsafe { libc::open(self.c(rel).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return last_errno();
+            }
+            let p = unsafe {
+                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            };
+            if p == libc::MAP_FAILED {
+                let e = last_errno();
+                unsafe { libc::close(fd) };
+                return e;
+            }
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(off), data.len());
+                let r = libc::msync(p, len, libc::MS_SYNC);
+                let e = rc(r);
+                libc::munmap(p, len);
+                libc::close(fd);
+                e
+            }
+        })();
+        self.rec(format!("mmap_write {rel} len={len} @{off} {data:?}"), e)
+    }
+
+    // -- handles kept open across steps
+
+    pub fn open_keep(&mut self, h: u32, rel: &str, write: bool) -> i32 {
+        let r = fs::OpenOptions::new().read(true).write(write).open(self.p(rel));
+        let e = errno(&r);
+        if let Ok(f) = r {
+            self.fds.insert(h, f);
+        }
+        self.rec(format!("open#{h} {rel} write={write}"), e)
+    }
+
+    pub fn fd_write_at(&mut self, h: u32, off: u64, data: &str) -> i32 {
+        use std::os::unix::fs::FileExt;
+        let r = match self.fds.get(&h) {
+            Some(f) => f.write_all_at(data.as_bytes(), off),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        self.rec(format!("fd#{h} pwrite @{off} {data:?}"), errno(&r))
+    }
+
+    pub fn fd_read(&mut self, h: u32) -> i32 {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let r = match self.fds.get(&h) {
+            Some(f) => f.read_at(&mut buf, 0),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        let s = match &r {
+            Ok(n) => short(&buf[..*n]),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("fd#{h} pread -> {s}"), errno(&r))
+    }
+
+    pub fn fd_stat(&mut self, h: u32) -> i32 {
+        let r = match self.fds.get(&h) {
+            Some(f) => f.metadata(),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        let s = match &r {
+            Ok(m) => format!("size={} nlink={} mode={:o}", m.size(), m.nlink(), m.mode()),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("fd#{h} fstat -> {s}"), errno(&r))
+    }
+
+    pub fn close(&mut self, h: u32) -> i32 {
+        let e = if self.fds.remove(&h).is_some() { 0 } else { libc::EBADF };
+        self.rec(format!("close#{h}"), e)
+    }
+
+    // -- namespace
+
+    pub fn mkdir(&mut self, rel: &str) -> i32 {
+        self.mkdir_mode(rel, 0o755)
+    }
+
+    pub fn mkdir_mode(&mut self, rel: &str, mode: u32) -> i32 {
+        let e = rc(unsafe { libc::mkdir(self.c(rel).as_ptr(), mode) });
+        self.rec(format!("mkdir {rel} {mode:o}"), e)
+    }
+
+    pub fn rmdir(&mut self, rel: &str) -> i32 {
+        let e = rc(unsafe { libc::rmdir(self.c(rel).as_ptr()) });
+        self.rec(format!("rmdir {rel}"), e)
+    }
+
+    pub fn unlink(&mut self, rel: &str) -> i32 {
+        let e = rc(unsafe { libc::unlink(self.c(rel).as_ptr()) });
+        self.rec(format!("unlink {rel}"), e)
+    }
+
+    pub fn symlink(&mut self, target: &str, rel: &str) -> i32 {
+        let t = CString::new(target).unwrap();
+        let e = rc(unsafe { libc::symlink(t.as_ptr(), self.c(rel).as_ptr()) });
+        self.rec(format!("symlink {rel} -> {target}"), e)
+    }
+
+    pub fn link(&mut self, old: &str, new: &str) -> i32 {
+        let e = rc(unsafe { libc::link(self.c(old).as_ptr(), self.c(new).as_ptr()) });
+        self.rec(format!("link {old} {new}"), e)
+    }
+
+    pub fn mkfifo(&mut self, rel: &str) -> i32 {
+        let e = rc(unsafe { libc::mknod(self.c(rel).as_ptr(), libc::S_IFIFO | 0o640, 0) });
+        self.rec(format!("mkfifo {rel}"), e)
+    }
+
+    pub fn mknod_chr(&mut self, rel: &str, major: u32, minor: u32) -> i32 {
+        let e = rc(unsafe { libc::mknod(self.c(rel).as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor)) });
+        self.rec(format!("mknod c {rel} {major}:{minor}"), e)
+    }
+
+    pub fn rename(&mut self, a: &str, b: &str) -> i32 {
+        let e = rc(unsafe { libc::rename(self.c(a).as_ptr(), self.c(b).as_ptr()) });
+        self.rec(format!("rename {a} {b}"), e)
+    }
+
+    pub fn rename2(&mut self, a: &str, b: &str, flags: u32) -> i32 {
+        let e = rc(unsafe {
+            libc::renameat2(libc::AT_FDCWD, self.c(a).as_ptr(), libc::AT_FDCWD, self.c(b).as_ptr(), flags)
+        });
+        let f = match flags {
+            libc::RENAME_NOREPLACE => "NOREPLACE".to_string(),
+            libc::RENAME_EXCHANGE => "EXCHANGE".to_string(),
+            f => format!("{f:#x}"),
+        };
+        self.rec(format!("renameat2 {a} {b} {f}"), e)
+    }
+
+    // -- attributes
+
+    pub fn chmod(&mut self, rel: &str, mode: u32) -> i32 {
+        let e = rc(unsafe { libc::chmod(self.c(rel).as_ptr(), mode) });
+        self.rec(format!("chmod {rel} {mode:o}"), e)
+    }
+
+    pub fn chown(&mut self, rel: &str, uid: u32, gid: u32) -> i32 {
+        let e = rc(unsafe { libc::chown(self.c(rel).as_ptr(), uid, gid) });
+        self.rec(format!("chown {rel} {uid}:{gid}"), e)
+    }
+
+    pub fn lchown(&mut self, rel: &str, uid: u32, gid: u32) -> i32 {
+        let e = rc(unsafe { libc::lchown(self.c(rel).as_ptr(), uid, gid) });
+        self.rec(format!("lchown {rel} {uid}:{gid}"), e)
+    }
+
+    /// utimensat with explicit atime/mtime (seconds, nanoseconds).
+    pub fn utimes(&mut self, rel: &str, atime: (i64, i64), mtime: (i64, i64), nofollow: bool) -> i32 {
+        let ts = [
+            libc::timespec { tv_sec: atime.0, tv_nsec: atime.1 },
+            libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 },
+        ];
+        let fl = if nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
+        let e = rc(unsafe { libc::utimensat(libc::AT_FDCWD, self.c(rel).as_ptr(), ts.as_ptr(), fl) });
+        self.rec(format!("utimensat {rel} a={atime:?} m={mtime:?} nofollow={nofollow}"), e)
+    }
+
+    pub fn setxattr(&mut self, rel: &str, name: &str, val: &str, flags: i32) -> i32 {
+        let n = CString::new(name).unwrap();
+        let e = rc(unsafe { libc::lsetxattr(self.c(rel).as_ptr(), n.as_ptr(), val.as_ptr().cast(), val.len(), flags) });
+        self.rec(format!("setxattr {rel} {name}={val:?} flags={flags}"), e)
+    }
+
+    pub fn removexattr(&mut self, rel: &str, name: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        let e = rc(unsafe { libc::lremovexattr(self.c(rel).as_ptr(), n.as_ptr()) });
+        self.rec(format!("removexattr {rel} {name}"), e)
+    }
+
+    pub fn getxattr(&mut self, rel: &str, name: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let r = unsafe { libc::lgetxattr(self.c(rel).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let (e, s) = if r < 0 { (last_errno(), String::new()) } else { (0, short(&buf[..r as usize])) };
+        self.rec(format!("getxattr {rel} {name} -> {s}"), e)
+    }
+
+    /// listxattr, user.* names only (security.* may be added by LSMs).
+    pub fn listxattr(&mut self, rel: &str) -> i32 {
+        let mut buf = vec![0u8; 8192];
+        let r = unsafe { libc::llistxattr(self.c(rel).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let (e, s) = if r < 0 {
+            (last_errno(), String::new())
+        } else {
+            let mut names: Vec<String> = buf[..r as usize]
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| String::from_utf8_lossy(n).to_string())
+                .filter(|n| !n.starts_with("security.") && !n.starts_with("system."))
+                .collect();
+            names.sort();
+            (0, names.join(","))
+        };
+        self.rec(format!("listxattr {rel} -> [{s}]"), e)
+    }
+
+    // -- observation
+
+    /// lstat: kind, mode, owner, size, and nlink for non-directories.
+    pub fn lstat(&mut self, rel: &str) -> i32 {
+        let r = fs::symlink_metadata(self.p(rel));
+        let s = match &r {
+            Ok(m) => describe(m),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("lstat {rel} -> {s}"), errno(&r))
+    }
+
+    /// stat with mtime (for explicit utimensat checks; also on directories).
+    pub fn stat_times(&mut self, rel: &str) -> i32 {
+        let r = fs::symlink_metadata(self.p(rel));
+        let s = match &r {
+            Ok(m) => format!("mtime={}.{:09}", m.mtime(), m.mtime_nsec()),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("stat_times {rel} -> {s}"), errno(&r))
+    }
+
+    pub fn readdir(&mut self, rel: &str) -> i32 {
+        let r = fs::read_dir(self.p(rel)).and_then(|rd| {
+            let mut v = Vec::new();
+            for e in rd {
+                v.push(e?.file_name().to_string_lossy().to_string());
+            }
+            v.sort();
+            Ok(v)
+        });
+        let s = match &r {
+            Ok(v) => v.join(","),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("readdir {rel} -> [{s}]"), errno(&r))
+    }
+
+    pub fn readlink(&mut self, rel: &str) -> i32 {
+        let r = fs::read_link(self.p(rel));
+        let s = match &r {
+            Ok(t) => t.to_string_lossy().to_string(),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("readlink {rel} -> {s}"), errno(&r))
+    }
+
+    /// Whether two names show the same inode, with both nlinks.
+    pub fn same_ino(&mut self, a: &str, b: &str) -> i32 {
+        let ra = fs::symlink_metadata(self.p(a));
+        let rb = fs::symlink_metadata(self.p(b));
+        match (&ra, &rb) {
+            (Ok(x), Ok(y)) => {
+                let same = x.ino() == y.ino() && x.dev() == y.dev();
+                self.rec(format!("same_ino {a} {b} -> {same} nlink {} {}", x.nlink(), y.nlink()), 0)
+            }
+            _ => {
+                let e = if ra.is_err() { errno(&ra) } else { errno(&rb) };
+                self.rec(format!("same_ino {a} {b}"), e)
+            }
+        }
+    }
+
+    // -- compound (as the shell tools do them)
+
+    /// `rm -rf`: depth first through the mount; errno of the first failure.
+    pub fn rm_rf(&mut self, rel: &str) -> i32 {
+        let e = rm_rf_at(&self.p(rel));
+        self.rec(format!("rm -rf {rel}"), e)
+    }
+
+    /// `cp -r` (data, modes and symlinks; new inodes) through the mount.
+    pub fn cp_r(&mut self, src: &str, dst: &str) -> i32 {
+        let e = cp_r_at(&self.p(src), &self.p(dst));
+        self.rec(format!("cp -r {src} {dst}"), e)
+    }
+
+    /// Unmounts and mounts again on the same layers (both implementations).
+    pub fn remount(&mut self) -> i32 {
+        self.fds.clear();
+        self.side.unmount();
+        self.side.mount();
+        self.rec("remount".into(), 0)
+    }
+}
+
+pub fn describe(m: &fs::Metadata) -> String {
+    let ft = m.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    let k = if ft.is_dir() {
+        'd'
+    } else if ft.is_symlink() {
+        'l'
+    } else if ft.is_file() {
+        'f'
+    } else if ft.is_fifo() {
+        'p'
+    } else if ft.is_char_device() {
+        'c'
+    } else {
+        '?'
+    };
+    let mut s = format!("{k} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid());
+    if k == 'f' || k == 'l' {
+        s.push_str(&format!(" size={}", m.size()));
+    }
+    if k == 'c' {
+        s.push_str(&format!(" rdev={}:{}", libc::major(m.rdev()), libc::minor(m.rdev())));
+    }
+    if k != 'd' {
+        s.push_str(&format!(" nlink={}", m.nlink()));
+    }
+    s
+}
+
+fn rm_rf_at(p: &Path) -> i32 {
+    let md = match fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) => return e.raw_os_error().unwrap_or(-1),
+    };
+    if md.is_dir() {
+        let names: Vec<_> = match fs::read_dir(p) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Err(e) => return e.raw_os_error().unwrap_or(-1),
+        };
+        for c in names {
+            let e = rm_rf_at(&c);
+            if e != 0 {
+                return e;
+            }
+        }
+        errno(&fs::remove_dir(p))
+    } else {
+        errno(&fs::remove_file(p))
+    }
+}
+
+fn cp_r_at(src: &Path, dst: &Path) -> i32 {
+    let md = match fs::symlink_metadata(src) {
+        Ok(m) => m,
+        Err(e) => return e.raw_os_error().unwrap_or(-1),
+    };
+    let ft = md.file_type();
+    if ft.is_dir() {
+        let e = errno(&fs::create_dir(dst));
+        if e != 0 {
+            return e;
+        }
+        let mut names: Vec<_> = match fs::read_dir(src) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+            Err(e) => return e.raw_os_error().unwrap_or(-1),
+        };
+        names.sort();
+        for n in names {
+            let e = cp_r_at(&src.join(&n), &dst.join(&n));
+            if e != 0 {
+                return e;
+            }
+        }
+        errno(&fs::set_permissions(dst, fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777))))
+    } else if ft.is_symlink() {
+        match fs::read_link(src) {
+            Ok(t) => errno(&std::os::unix::fs::symlink(t, dst)),
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        }
+    } else if ft.is_file() {
+        match fs::read(src) {
+            Ok(d) => {
+                let r = fs::OpenOptions::new().write(true).create_new(true).mode(md.mode() & 0o7777).open(dst);
+                let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, &d));
+                errno(&r)
+            }
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        }
+    } else {
+        // Special files: recreate with the same type.
+        let e = rc(unsafe { libc::mknod(cpath(dst).as_ptr(), md.mode(), md.rdev()) });
+        e
+    }
+}
+
+// ---- comparison ------------------------------------------------------------------------------
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Side-by-side listing of two step logs, marking the differing steps.
+pub fn diff_logs(a: &[(String, i32)], b: &[(String, i32)]) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let mut out = String::from("step logs differ (kernel | layerfs):\n");
+    let n = a.len().max(b.len());
+    for i in 0..n {
+        let fa = a.get(i).map(|(s, e)| format!("{s} = {}", ename(*e))).unwrap_or_else(|| "<none>".into());
+        let fb = b.get(i).map(|(s, e)| format!("{s} = {}", ename(*e))).unwrap_or_else(|| "<none>".into());
+        if fa == fb {
+            out.push_str(&format!("   {i:3}  {fa}\n"));
+        } else {
+            out.push_str(&format!("!! {i:3}  kernel:  {fa}\n          layerfs: {fb}\n"));
+        }
+    }
+    Some(out)
+}
+
+pub fn ename(e: i32) -> String {
+    let n = match e {
+        0 => "ok",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ENODATA => "ENODATA",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ESTALE => "ESTALE",
+        libc::ELOOP => "ELOOP",
+        libc::EBUSY => "EBUSY",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ETXTBSY => "ETXTBSY",
+        _ => return format!("errno {e}"),
+    };
+    n.to_string()
+}
+
+/// Merged-tree comparison with the mtime rule from [`TOLERATED`].
+fn diff_merged(k: &BTreeMap<String, Entry>, kt0: i64, f: &BTreeMap<String, Entry>, ft0: i64) -> Vec<String> {
+    let strip = |m: &BTreeMap<String, Entry>, other: &BTreeMap<String, Entry>, t0: i64, ot0: i64| {
+        let mut m = m.clone();
+        for (p, e) in m.iter_mut() {
+            if let (Some(a), Some(o)) = (e.mtime, other.get(p).and_then(|x| x.mtime)) {
+                // Both written during the run: wall-clock times, not comparable.
+                if a >= t0 && o >= ot0 {
+                    e.mtime = None;
+                }
+            }
+        }
+        m
+    };
+    let k2 = strip(k, f, kt0, ft0);
+    let f2 = strip(f, k, ft0, kt0);
+    diff_snapshots("kernel", &k2, "layerfs", &f2)
+}
+
+/// Clears the opaque mark on upper directories where it has no effect: where the union of the
+/// lower layers alone shows no non-empty directory at that path (see [`TOLERATED`]). The lower
+/// union is read through a read-only kernel overlay of the pristine lowers.
+pub fn drop_ineffective_opaque(a: &mut BTreeMap<String, Entry>, b: &mut BTreeMap<String, Entry>, lowers: &[PathBuf], scratch: &Path) {
+    let differing: Vec<String> = a
+        .iter()
+        .filter(|(k, e)| e.kind == 'd' && b.get(*k).is_some_and(|o| o.kind == 'd' && (o.content == "opaque") != (e.content == "opaque")))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if differing.is_empty() {
+        return;
+    }
+    let mnt = scratch.join("lower-union");
+    fs::create_dir_all(&mnt).unwrap();
+    let _m = if lowers.len() > 1 { Some(mount_overlay(lowers, None, &mnt)) } else { None };
+    let root = if lowers.len() > 1 { mnt.clone() } else { lowers[0].clone() };
+    for k in differing {
+        let matters = fs::read_dir(root.join(&k)).map(|mut rd| rd.next().is_some()).unwrap_or(false);
+        if !matters {
+            a.get_mut(&k).unwrap().content.clear();
+            b.get_mut(&k).unwrap().content.clear();
+        }
+    }
+}
+
+/// Groups of paths sharing an inode (hard-link structure), as sorted path lists.
+pub fn link_groups(root: &Path) -> Vec<Vec<String>> {
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    use std::os::unix::fs::FileTypeExt;
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<u64, Vec<String>>) {
+        let Ok(rd) = fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = fs::symlink_metadata(&p) else { continue };
+            if m.is_dir() {
+                walk(root, &p, out);
+            } else if m.nlink() > 1 && !(m.file_type().is_char_device() && m.rdev() == 0) {
+                out.entry(m.ino()).or_default().push(p.strip_prefix(root).unwrap().to_string_lossy().to_string());
+            }
+        }
+    }
+    walk(root, root, &mut by_ino);
+    let mut v: Vec<Vec<String>> = by_ino
+        .into_values()
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .filter(|g| g.len() > 1)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Everything about a lower layer: snapshot with mtimes, private xattrs, directory mtimes,
+/// link counts.
+pub fn strict_snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let snap = snapshot(root, true);
+    for (k, e) in snap {
+        let p = root.join(&k);
+        let m = fs::symlink_metadata(&p).unwrap();
+        out.insert(
+            k,
+            format!("{e:?} priv={:?} mtime={}.{} nlink={}", xattrs(&p, true), m.mtime(), m.mtime_nsec(), if m.is_dir() { 0 } else { m.nlink() }),
+        );
+    }
+    let m = fs::symlink_metadata(root).unwrap();
+    out.insert(".".into(), format!("mtime={}.{} mode={:o} priv={:?}", m.mtime(), m.mtime_nsec(), m.mode(), xattrs(root, true)));
+    out
+}
+
+fn diff_strict(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut d = Vec::new();
+    for (k, va) in a {
+        match b.get(k) {
+            None => d.push(format!("removed: {k}")),
+            Some(vb) if vb != va => d.push(format!("changed: {k}\n  before: {va}\n  after:  {vb}")),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            d.push(format!("added: {k}"));
+        }
+    }
+    d
+}
+
+/// What one side produced.
+pub struct Outcome {
+    pub log: Vec<(String, i32)>,
+    pub merged: BTreeMap<String, Entry>,
+    pub t0: i64,
+}
+
+/// Runs `scenario` on one side: mount, scenario, snapshot of the merged tree, unmount.
+pub fn run_side(side: &mut Side, scenario: &dyn Fn(&mut Ctx)) -> Outcome {
+    side.mount();
+    let t0 = now_secs();
+    let mut c = Ctx::new(side);
+    scenario(&mut c);
+    let log = std::mem::take(&mut c.log);
+    drop(c);
+    let merged = snapshot(&side.mnt, true);
+    side.unmount();
+    Outcome { log, merged, t0 }
+}
+
+/// All differences between the two sides after a run, as readable text (empty when equal).
+pub fn compare_sides(k: &Side, ko: &Outcome, f: &Side, fo: &Outcome, pristine: &Path, nlowers: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(d) = diff_logs(&ko.log, &fo.log) {
+        problems.push(d);
+    }
+    let d = diff_merged(&ko.merged, ko.t0, &fo.merged, fo.t0);
+    if !d.is_empty() {
+        problems.push(format!("merged trees differ:\n{}", d.join("\n")));
+    }
+    if !k.read_only {
+        let lowers: Vec<PathBuf> = (0..nlowers).map(|i| pristine.join(format!("l{i}"))).collect();
+        let (mut cu_k, mut cu_f) = (canonical_upper(&k.upper), canonical_upper(&f.upper));
+        drop_ineffective_opaque(&mut cu_k, &mut cu_f, &lowers, pristine.parent().unwrap());
+        let d = diff_snapshots("kernel", &cu_k, "layerfs", &cu_f);
+        if !d.is_empty() {
+            problems.push(format!("canonical uppers differ:\n{}", d.join("\n")));
+        }
+        let (lk, lf) = (link_groups(&k.upper), link_groups(&f.upper));
+        if lk != lf {
+            problems.push(format!("upper hard-link groups differ:\n  kernel:  {lk:?}\n  layerfs: {lf:?}"));
+        }
+        let work = f.work.join("work");
+        let left: Vec<_> = fs::read_dir(&work)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        if !left.is_empty() {
+            problems.push(format!("layerfs left entries in {}: {left:?}", work.display()));
+        }
+    } else {
+        let u: Vec<_> = fs::read_dir(&f.upper).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        if !u.is_empty() {
+            problems.push(format!("read-only layerfs mount wrote to the unused upper dir: {u:?}"));
+        }
+    }
+    for i in 0..nlowers {
+        let before = strict_snapshot(&pristine.join(format!("l{i}")));
+        for s in [k, f] {
+            let after = strict_snapshot(&s.lowers[i]);
+            let d = diff_strict(&before, &after);
+            if !d.is_empty() {
+                problems.push(format!("{} changed lower layer l{i}:\n{}", s.imp.name(), d.join("\n")));
+            }
+        }
+    }
+    problems
+}
+
+/// Builds `stack`, runs `scenario` on kernel overlayfs and on layerfs, and panics with a
+/// readable report on any difference. Returns the (equal) step log.
+pub fn run_both(stack: &Stack, scenario: impl Fn(&mut Ctx)) -> Vec<(String, i32)> {
+    let s = Scratch::new();
+    run_both_in(s.dir.path(), stack, &scenario, "")
+}
+
+/// As [`run_both`], in a given scratch directory (reused across property-test cases).
+pub fn run_both_in(dir: &Path, stack: &Stack, scenario: &dyn Fn(&mut Ctx), extra: &str) -> Vec<(String, i32)> {
+    match try_run_both_in(dir, stack, scenario, extra) {
+        Ok(log) => log,
+        Err(report) => panic!("\n{report}"),
+    }
+}
+
+pub fn try_run_both_in(dir: &Path, stack: &Stack, scenario: &dyn Fn(&mut Ctx), extra: &str) -> Result<Vec<(String, i32)>, String> {
+    let src = dir.join("src");
+    let _ = fs::remove_dir_all(&src);
+    stack.build(&src);
+    let n = stack.lowers.len();
+    let mut k = Side::prepare(Impl::Kernel, &src, &dir.join("k"), n, stack.read_only);
+    let mut f = Side::prepare(Impl::Layerfs, &src, &dir.join("f"), n, stack.read_only);
+    f.extra = extra.to_string();
+    let ko = run_side(&mut k, scenario);
+    let fo = run_side(&mut f, scenario);
+    let problems = compare_sides(&k, &ko, &f, &fo, &src, n);
+    if problems.is_empty() {
+        Ok(ko.log)
+    } else {
+        let mut r = problems.join("\n\n");
+        r.push_str("\n\n(tolerated, not compared: ");
+        r.push_str(&TOLERATED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join("; "));
+        r.push(')');
+        Err(r)
+    }
+}
+
+/// True when both kinds of mounts can be made (or CI demands them).
+pub fn available() -> bool {
+    can_mount() && can_kernel_overlay()
+}
