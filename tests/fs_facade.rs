@@ -1,0 +1,88 @@
+//! Tests of the union façade without FUSE: `OverlayFs` called directly.
+mod common;
+use common::Scratch;
+use layerfs::fs::{Caller, FsOptions, OverlayFs, SetAttr};
+use std::ffi::OsStr;
+use std::fs;
+
+fn fixture() -> (Scratch, OverlayFs) {
+    let s = Scratch::new();
+    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    fs::create_dir_all(l2.join("d/sub")).unwrap();
+    fs::write(l2.join("d/a"), b"lower a").unwrap();
+    fs::write(l2.join("d/sub/x"), b"x").unwrap();
+    fs::write(l1.join("top"), b"top").unwrap();
+    let mut o = FsOptions::new(vec![l1, l2]);
+    o.upper = Some(u);
+    o.work = Some(w);
+    let fs = OverlayFs::new(o).unwrap();
+    (s, fs)
+}
+
+#[test]
+fn forget_frees_nodes_the_kernel_dropped() {
+    let (_s, fs) = fixture();
+    let base = fs.node_count();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    let a2 = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    assert_eq!(a.ino, a2.ino, "one object keeps one inode number");
+    assert_eq!(fs.node_count(), base + 2);
+    fs.forget(a.ino.0, 1);
+    assert_eq!(fs.node_count(), base + 2, "one of two references left");
+    fs.forget(a.ino.0, 1);
+    assert_eq!(fs.node_count(), base + 1);
+    fs.forget(d.ino.0, 1);
+    assert_eq!(fs.node_count(), base);
+    // Forgetting more than was looked up, or an unknown inode, is harmless.
+    fs.forget(d.ino.0, 5);
+    fs.forget(12345, 1);
+    fs.forget(1, 1);
+    assert_eq!(fs.node_count(), base);
+    assert!(fs.getattr(1).is_ok(), "the root is never forgotten");
+}
+
+#[test]
+fn copy_up_keeps_inode_and_leaves_work_clean() {
+    let (s, fs) = fixture();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    let o = fs.open(a.ino.0, libc::O_WRONLY).unwrap();
+    fs.write(o.fh, 7, b" changed").unwrap();
+    fs.release(o.fh);
+    let a2 = fs.getattr(a.ino.0).unwrap();
+    assert_eq!(a2.ino, a.ino, "inode number kept across copy-up");
+    assert_eq!(a2.size, 15);
+    assert_eq!(fs::read(s.path("u").join("d/a")).unwrap(), b"lower a changed");
+    assert_eq!(fs::read(s.path("l2").join("d/a")).unwrap(), b"lower a", "lower untouched");
+    assert_eq!(fs::read_dir(s.path("w").join("work")).unwrap().count(), 0, "workdir clean");
+    // chmod through setattr copies up metadata too and keeps data.
+    let x = fs.lookup(1, OsStr::new("top")).unwrap();
+    let r = fs.setattr(x.ino.0, SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+    assert_eq!(r.perm, 0o600);
+    assert_eq!(fs::read(s.path("u").join("top")).unwrap(), b"top");
+}
+
+#[test]
+fn unlink_of_lower_leaves_whiteout_and_of_upper_only_none() {
+    let (s, fs) = fixture();
+    let caller = Caller { uid: 0, gid: 0 };
+    fs.lookup(1, OsStr::new("top")).unwrap();
+    fs.remove(1, OsStr::new("top"), false).unwrap();
+    assert!(fs.lookup(1, OsStr::new("top")).is_err());
+    let md = fs::symlink_metadata(s.path("u").join("top")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let is_wh = md.file_type().is_char_device() && md.rdev() == 0;
+    let is_wh_file = s.path("u").join(".wh.top").exists();
+    assert!(is_wh || is_wh_file, "whiteout left for a lower name");
+    fs.mknod(1, OsStr::new("new"), libc::S_IFREG | 0o644, 0, caller).unwrap();
+    fs.remove(1, OsStr::new("new"), false).unwrap();
+    assert!(!s.path("u").join("new").exists());
+    assert!(!s.path("u").join(".wh.new").exists(), "no whiteout for an upper-only name");
+    // rmdir of a merged non-empty directory.
+    fs.lookup(1, OsStr::new("d")).unwrap();
+    assert_eq!(fs.remove(1, OsStr::new("d"), true).unwrap_err().errno, libc::ENOTEMPTY);
+    assert_eq!(fs.remove(1, OsStr::new("d"), false).unwrap_err().errno, libc::EISDIR);
+    // Reserved names.
+    assert_eq!(fs.mkdir(1, OsStr::new(".wh.x"), 0o755, caller).unwrap_err().errno, libc::EINVAL);
+}
