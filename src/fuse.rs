@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
@@ -71,7 +71,11 @@ impl Filesystem for Fuse {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
-        let want = InitFlags::FUSE_ASYNC_DIO | InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        let want = InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
         if self.writeback && config.capabilities().contains(InitFlags::FUSE_WRITEBACK_CACHE) {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
@@ -301,6 +305,39 @@ impl Filesystem for Fuse {
             }
             Err(e) => reply_err!(reply, "readdir", e),
         }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        log::debug!("readdirplus(ino={}, fh={}, offset={offset})", ino.0, fh.0);
+        let entries = match self.fs.readdir(ino.0, fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply_err!(reply, "readdirplus", e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            if e.name == "." || e.name == ".." {
+                // The kernel takes no reference for these two.
+                let attr = match self.fs.getattr(e.ino).or_else(|_| self.fs.getattr(ino.0)) {
+                    Ok(a) => a,
+                    Err(e) => return reply_err!(reply, "readdirplus", e),
+                };
+                if reply.add(attr.ino, off, &e.name, &self.ttl, &attr, Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry returned counts as a lookup; one that does not fit is given back.
+            match self.fs.lookup(ino.0, &e.name) {
+                Ok(attr) => {
+                    if reply.add(attr.ino, off, &e.name, &self.ttl, &attr, Generation(0)) {
+                        self.fs.forget(attr.ino.0, 1);
+                        break;
+                    }
+                }
+                Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

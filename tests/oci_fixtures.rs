@@ -98,7 +98,7 @@ fn flatten_matches_umoci_expected_trees() {
     for (i, (expected, tars)) in CHAINS.iter().enumerate() {
         let target = tmp.path().join(format!("flat-{i}"));
         let paths: Vec<PathBuf> = tars.iter().map(|t| fixture(t)).collect();
-        let opts = UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true };
+        let opts = UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true };
         let rep = oci::unpack(&paths, &target, &opts).unwrap_or_else(|e| panic!("{expected}: {e}"));
         let ids: Vec<String> = tars.iter().map(|t| diff_id_of(t)).collect();
         assert_eq!(rep.diff_ids, ids);
@@ -127,7 +127,7 @@ fn flatten_through_the_cli() {
 }
 
 fn unpack_one(tar: &Path, target: &Path, form: WhiteoutMode) {
-    let opts = UnpackOptions { whiteouts: form, flatten: false };
+    let opts = UnpackOptions { whiteouts: form, flatten: false, diff_ids: true };
     oci::unpack(&[tar.to_path_buf()], target, &opts).unwrap_or_else(|e| panic!("unpack {}: {e}", tar.display()));
 }
 

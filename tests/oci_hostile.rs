@@ -105,6 +105,7 @@ fn assert_refused(archive: &[u8], expect: &str) {
                 err
             } else {
                 let opts = layerfs::oci::UnpackOptions {
+                    diff_ids: true,
                     flatten: extra.contains(&"--flatten"),
                     whiteouts: if extra.contains(&"wh") { layerfs::oci::WhiteoutMode::Wh } else { layerfs::oci::WhiteoutMode::Auto },
                 };

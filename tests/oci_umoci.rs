@@ -91,7 +91,7 @@ fn umoci_unpacks_the_diff_of_a_flattened_chain() {
     let (expected, tars) = CHAINS[0];
     let flat = tmp.path().join("flat");
     let paths: Vec<PathBuf> = tars.iter().map(|t| fixture(t)).collect();
-    oci::unpack(&paths, &flat, &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true }).unwrap();
+    oci::unpack(&paths, &flat, &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true }).unwrap();
     let layer = diff_of(&flat, &tmp.path().join("flat.tar"));
     let rootfs = umoci_unpack(tmp.path(), &[layer]);
     assert_same_listing(&listing(&rootfs), &read_expected(expected), "umoci unpack of our flattened diff");
@@ -107,14 +107,14 @@ fn umoci_applies_our_whiteouts_and_opaque_markers() {
         let mut layers = vec![fixture(tars[0])];
         for (i, t) in tars[1..].iter().enumerate() {
             let d = tmp.path().join(format!("l{i}"));
-            oci::unpack(&[fixture(t)], &d, &UnpackOptions { whiteouts: form, flatten: false }).unwrap();
+            oci::unpack(&[fixture(t)], &d, &UnpackOptions { whiteouts: form, flatten: false, diff_ids: true }).unwrap();
             layers.push(diff_of(&d, &tmp.path().join(format!("l{i}.tar"))));
         }
         let rootfs = umoci_unpack(tmp.path(), &layers);
         assert_same_listing(&listing(&rootfs), &read_expected(expected), &format!("{expected} via umoci ({form:?})"));
         // And our own flatten of the re-exported layers agrees.
         let flat = tmp.path().join("flat");
-        oci::unpack(&layers, &flat, &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true }).unwrap();
+        oci::unpack(&layers, &flat, &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true }).unwrap();
         assert_same_listing(&listing(&flat), &read_expected(expected), &format!("{expected} flattened re-exports"));
     }
 }

@@ -150,7 +150,7 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::Unpack(a) => {
             let mut paths = a.paths;
             let target = paths.pop().expect("clap requires two paths");
-            let opts = UnpackOptions { whiteouts: a.whiteouts.parse::<WhiteoutMode>()?, flatten: a.flatten };
+            let opts = UnpackOptions { whiteouts: a.whiteouts.parse::<WhiteoutMode>()?, flatten: a.flatten, diff_ids: false };
             unpack::unpack(&paths, &target, &opts).map_err(|e| e.context(format!("unpack into {}", target.display())))?;
             Ok(0)
         }

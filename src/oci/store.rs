@@ -171,7 +171,7 @@ impl Store {
         }
         let cache_id = random_hex(32);
         let content = self.root.join("layers").join(&cache_id);
-        let opts = UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: false };
+        let opts = UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: false, diff_ids: true };
         let rep = unpack::unpack(&[tar.to_path_buf()], &content, &opts)?;
         let cleanup = |e: Error| -> Error {
             let _ = remove_path(&content);

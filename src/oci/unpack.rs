@@ -66,18 +66,36 @@ impl std::str::FromStr for WhiteoutMode {
 pub struct UnpackOptions {
     pub whiteouts: WhiteoutMode,
     pub flatten: bool,
+    /// Hash the input to report DiffIDs (costs sha256 time; the CLI's plain
+    /// unpack turns it off).
+    pub diff_ids: bool,
 }
 
 impl Default for UnpackOptions {
     fn default() -> Self {
-        UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: false }
+        UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: false, diff_ids: true }
+    }
+}
+
+/// Either hashes what it reads or passes it through.
+enum MaybeHashing<R: Read> {
+    Hash(HashingReader<R>),
+    Plain(R),
+}
+
+impl<R: Read> Read for MaybeHashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            MaybeHashing::Hash(h) => h.read(buf),
+            MaybeHashing::Plain(r) => r.read(buf),
+        }
     }
 }
 
 /// What an unpack did.
 #[derive(Debug, Clone)]
 pub struct UnpackReport {
-    /// DiffID of each input, in order.
+    /// DiffID of each input, in order (empty unless `diff_ids` was asked for).
     pub diff_ids: Vec<String>,
     /// Whether whiteouts were written as char devices (false: `.wh.` files).
     pub chardev_whiteouts: bool,
@@ -108,9 +126,12 @@ pub fn unpack(tars: &[PathBuf], target: &Path, opts: &UnpackOptions) -> Result<U
     let mut diff_ids = Vec::with_capacity(tars.len());
     for tar in tars {
         let r = digest::open_layer(tar, "unpack")?;
-        let r = ap.apply_layer(HashingReader::new(r)).ctx(|| format!("{}", tar.display()))?;
-        let (d, _) = r.finish().ctx(|| format!("{}", tar.display()))?;
-        diff_ids.push(d);
+        let r = if opts.diff_ids { MaybeHashing::Hash(HashingReader::new(r)) } else { MaybeHashing::Plain(r) };
+        let r = ap.apply_layer(r).ctx(|| format!("{}", tar.display()))?;
+        if let MaybeHashing::Hash(h) = r {
+            let (d, _) = h.finish().ctx(|| format!("{}", tar.display()))?;
+            diff_ids.push(d);
+        }
     }
     ap.finish()?;
     let chardev = ap.chardev == Some(true);

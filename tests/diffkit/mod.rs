@@ -1106,3 +1106,125 @@ pub fn try_run_both_in(dir: &Path, stack: &Stack, scenario: &dyn Fn(&mut Ctx), e
 pub fn available() -> bool {
     can_mount() && can_kernel_overlay()
 }
+
+// ---- operation model for the property test and its pinned regressions ------------------------
+
+/// The small name space the property test works in.
+pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "e"];
+
+/// One generated operation. Written so that `{:?}` output pastes back as Rust
+/// (`use Op::*;` in scope).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// open(O_CREAT|O_TRUNC) and write `"<name>-<n>\n"`.
+    Write(&'static str, u8),
+    Append(&'static str, u8),
+    Truncate(&'static str, u16),
+    Chmod(&'static str, u16),
+    Mkdir(&'static str),
+    Rmdir(&'static str),
+    Unlink(&'static str),
+    Rename(&'static str, &'static str),
+    /// symlink(target, name)
+    Symlink(&'static str, &'static str),
+    Link(&'static str, &'static str),
+    SetXattr(&'static str, u8),
+    /// Unmount and mount again on the same upper (both implementations).
+    Remount,
+    /// Observations (no change): they make lookups/readdirs happen between changes.
+    Readdir(&'static str),
+    Lstat(&'static str),
+}
+
+/// The fixed two-lower fixture of the property test.
+pub fn prop_stack() -> Stack {
+    let bottom = Layer::new()
+        .file("a", "a-bottom\n")
+        .xattr("a", "user.k", "bottom")
+        .symlink("b", "a")
+        .file("d/x", "x-bottom\n")
+        .file("d/y", "y-bottom\n")
+        .dir("e")
+        .file("c", "c-bottom\n");
+    let top = Layer::new()
+        .file("a", "a-top\n")
+        .dir("d")
+        .whiteout("d/y")
+        .file("d/z", "z-top\n")
+        .file_mode("c", "c-top\n", 0o600)
+        .xattr("c", "user.k", "top");
+    Stack::new(vec![top, bottom])
+}
+
+/// Applies one op to a context (records its steps).
+pub fn apply(c: &mut Ctx, op: &Op) {
+    match *op {
+        Op::Write(n, v) => {
+            c.create(n, &format!("{n}-{v}\n"));
+        }
+        Op::Append(n, v) => {
+            c.append(n, &format!("+{v}\n"));
+        }
+        Op::Truncate(n, l) => {
+            c.truncate(n, l as i64);
+        }
+        Op::Chmod(n, m) => {
+            c.chmod(n, m as u32);
+        }
+        Op::Mkdir(n) => {
+            c.mkdir(n);
+        }
+        Op::Rmdir(n) => {
+            c.rmdir(n);
+        }
+        Op::Unlink(n) => {
+            c.unlink(n);
+        }
+        Op::Rename(a, b) => {
+            c.rename(a, b);
+        }
+        Op::Symlink(t, n) => {
+            c.symlink(t, n);
+        }
+        Op::Link(a, b) => {
+            c.link(a, b);
+        }
+        Op::SetXattr(n, v) => {
+            c.setxattr(n, "user.p", &format!("v{v}"), 0);
+        }
+        Op::Remount => {
+            c.remount();
+        }
+        Op::Readdir(n) => {
+            c.readdir(n);
+        }
+        Op::Lstat(n) => {
+            c.lstat(n);
+        }
+    }
+}
+
+/// Runs an op list on both implementations in `dir` (cleared first); `Err` holds the report.
+pub fn run_ops_in(dir: &Path, ops: &[Op]) -> Result<(), String> {
+    let ops = ops.to_vec();
+    let scenario = move |c: &mut Ctx| {
+        for op in &ops {
+            apply(c, op);
+        }
+        // Final observations of every name, so state differences show as step differences.
+        for n in NAMES {
+            c.lstat(n);
+        }
+        c.readdir("");
+        c.readdir("d");
+    };
+    try_run_both_in(dir, &prop_stack(), &scenario, "").map(|_| ())
+}
+
+/// As [`run_ops_in`] in a fresh scratch directory; panics with the report.
+pub fn check_ops(ops: &[Op]) {
+    let s = Scratch::new();
+    if let Err(r) = run_ops_in(s.dir.path(), ops) {
+        panic!("ops {ops:?}\n{r}");
+    }
+}
