@@ -28,7 +28,7 @@ use super::copy_up::TmpGuard;
 use super::{DirMarks, Node, NodeState, OverlayFs, cname, kind_of, remove_tree_at};
 use crate::error::{Error, Result};
 use crate::layer::{self, Loc};
-use crate::merge::{Probe, Resolution, Resolver};
+use crate::merge::{Resolution, Resolver};
 use crate::name;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, WhiteoutStyle};
@@ -594,6 +594,7 @@ impl OverlayFs {
     /// has becomes opaque.
     fn moved(&self, node: &Arc<Node>, pnode: &Arc<Node>, pfd: &Arc<OwnedFd>, name: &[u8], cn: &Arc<CString>) -> Result<()> {
         let is_dir = node.is_dir();
+        let mut made_opaque = false;
         if is_dir && self.lower_positive(pnode, name)? {
             let (loc, marks) = {
                 let s = node.state.lock();
@@ -603,6 +604,7 @@ impl OverlayFs {
                 if !marks.opaque {
                     self.set_opaque(&l)?;
                 }
+                made_opaque = true;
             }
         }
         {
@@ -611,7 +613,9 @@ impl OverlayFs {
             s.name = cn.clone();
             s.unlinked = false;
             if is_dir {
-                s.upper_marks.opaque = true;
+                // Only directories without lower content move; below the new name nothing
+                // merges (it was made opaque above when a lower layer has that name).
+                s.upper_marks.opaque |= made_opaque;
                 s.lower_dirs.clear();
             } else {
                 s.upper = Some(Loc::At(pfd.clone(), cn.clone()));
@@ -621,6 +625,3 @@ impl OverlayFs {
         Ok(())
     }
 }
-
-#[allow(dead_code)]
-fn _probe_is_used(_: Probe) {}

@@ -270,6 +270,16 @@ impl OverlayFs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        // As the kernel: removing an xattr a lower file does not have fails without a copy-up.
+        if !self.opts.noxattrs && !whiteout::is_private_xattr(name.as_bytes()) {
+            let node = self.node(ino)?;
+            if !node.has_upper.load(Ordering::Acquire) {
+                let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
+                if let Err(e) = loc.getxattr(&cname(name.as_bytes())?) {
+                    return Err(Error::io(e, "removexattr"));
+                }
+            }
+        }
         let (loc, cn) = self.xattr_target(ino, name)?;
         loc.removexattr(&cn).map_err(|e| Error::io(e, "removexattr"))
     }
