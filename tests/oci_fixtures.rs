@@ -86,7 +86,7 @@ fn digest_of_compressed_layers_is_the_uncompressed_diff_id() {
     oci::unpack(&[src], &plain, &UnpackOptions::default()).unwrap();
     for p in [&gz, &zs] {
         let t = tmp.path().join(format!("u-{}", p.extension().unwrap().to_string_lossy()));
-        let r = oci::unpack(&[p.clone()], &t, &UnpackOptions::default()).unwrap();
+        let r = oci::unpack(std::slice::from_ref(p), &t, &UnpackOptions::default()).unwrap();
         assert_eq!(r.diff_ids, vec![diff_id_of("native-1-add.tar")]);
         assert_same_snapshot(&snapshot(&t), &snapshot(&plain), "compressed unpack");
     }

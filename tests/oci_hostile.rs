@@ -109,7 +109,7 @@ fn assert_refused(archive: &[u8], expect: &str) {
                     flatten: extra.contains(&"--flatten"),
                     whiteouts: if extra.contains(&"wh") { layerfs::oci::WhiteoutMode::Wh } else { layerfs::oci::WhiteoutMode::Auto },
                 };
-                let e = layerfs::oci::unpack(&[tar.clone()], &a.target, &opts).expect_err("accepted");
+                let e = layerfs::oci::unpack(std::slice::from_ref(&tar), &a.target, &opts).expect_err("accepted");
                 e.to_string()
             };
             assert!(msg.contains(expect), "message {msg:?} does not mention {expect:?}");

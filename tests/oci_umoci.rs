@@ -166,7 +166,7 @@ fn umoci_and_layerfs_agree_on_a_rich_tree() {
     rich_upper(&upper);
     let layer = diff_of(&upper, &tmp.path().join("rich.tar"));
     let ours = tmp.path().join("ours");
-    oci::unpack(&[layer.clone()], &ours, &UnpackOptions::default()).unwrap();
+    oci::unpack(std::slice::from_ref(&layer), &ours, &UnpackOptions::default()).unwrap();
     assert_same_snapshot(&snapshot(&ours), &snapshot(&upper), "layerfs unpack of the diff vs the upper dir");
     let rootfs = umoci_unpack(tmp.path(), &[layer]);
     // umoci resets the mtimes of the directories it writes into after the

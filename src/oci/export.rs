@@ -326,8 +326,11 @@ fn is_opaque(x: XattrFd<'_>) -> bool {
         .any(|n| matches!(fsutil::get_xattr(x, n), Ok(Some(v)) if v == b"y"))
 }
 
+/// Name/value pairs of extended attributes.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Exportable xattrs (sorted) and the override_stat value, if any.
-fn read_xattrs(x: XattrFd<'_>, path: &[u8]) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+fn read_xattrs(x: XattrFd<'_>, path: &[u8]) -> Result<(Xattrs, Option<Vec<u8>>)> {
     let mut out = Vec::new();
     let mut ovr = None;
     let names = fsutil::list_xattrs(x).ctx(|| format!("list xattrs of {}", show(path)))?;
@@ -421,9 +424,9 @@ impl<W: Write> Exporter<W> {
                 } else {
                     (Class::Whiteout, name.clone())
                 }
-            } else if ftype(&st) == libc::S_IFCHR && st.st_rdev == 0 {
-                (Class::Whiteout, [WH_PREFIX, &name].concat())
-            } else if ftype(&st) == libc::S_IFREG && st.st_size == 0 && has_whiteout_xattr(dfd, &name) {
+            } else if (ftype(&st) == libc::S_IFCHR && st.st_rdev == 0)
+                || (ftype(&st) == libc::S_IFREG && st.st_size == 0 && has_whiteout_xattr(dfd, &name))
+            {
                 (Class::Whiteout, [WH_PREFIX, &name].concat())
             } else if ftype(&st) == libc::S_IFSOCK {
                 log::warn!("skipping socket {}", show(&paths::join(path, &name)));
@@ -562,7 +565,7 @@ mod tests {
         assert_eq!(split_ustar(b"short"), Some((&b""[..], &b"short"[..])));
         let long = [vec![b'a'; 60], b"/".to_vec(), vec![b'b'; 60]].concat();
         assert_eq!(split_ustar(&long), Some((&long[..60], &long[61..])));
-        assert_eq!(split_ustar(&vec![b'a'; 120]), None);
+        assert_eq!(split_ustar(&[b'a'; 120]), None);
         let too_long = [vec![b'a'; 200], b"/".to_vec(), vec![b'b'; 10]].concat();
         assert_eq!(split_ustar(&too_long), None);
     }
