@@ -96,9 +96,13 @@ impl Filesystem for Fuse {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        log::debug!("getattr(ino={})", ino.0);
-        match self.fs.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        log::debug!("getattr(ino={}, fh={:?})", ino.0, fh.map(|f| f.0));
+        let r = match fh {
+            Some(fh) => self.fs.getattr_fh(ino.0, fh.0).or_else(|_| self.fs.getattr(ino.0)),
+            None => self.fs.getattr(ino.0),
+        };
+        match r {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply_err!(reply, "getattr", e),
         }

@@ -47,7 +47,8 @@ pub fn fuser_config(cfg: &MountConfig, source: Option<&str>) -> Config {
         MountOption::Subtype(o.subtype.clone().unwrap_or_else(|| "layerfs".into())),
         MountOption::DefaultPermissions,
     ];
-    if cfg.read_only() && o.ro {
+    if cfg.read_only() {
+        // No upper (or ro): the VFS answers EROFS for every change, as for kernel overlayfs.
         mo.push(MountOption::RO);
     }
     match o.suid {

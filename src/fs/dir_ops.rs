@@ -424,12 +424,10 @@ impl OverlayFs {
         }
         let need_wh = self.lower_positive(&pnode, name)?;
         let cn = cname(name)?;
-        // Keep a node that has other names (hard links) reachable by pinning its object.
+        // Keep the object reachable for the node (open descriptors, other hard links): pin
+        // it with an O_PATH fd before its name goes away.
         let pin = match &upper {
-            Some(l @ Loc::At(..)) => match l.stat() {
-                Ok(st) if st.st_nlink > 1 => l.open(libc::O_PATH).ok(),
-                _ => None,
-            },
+            Some(l @ Loc::At(..)) => l.open(libc::O_PATH).ok(),
             _ => None,
         };
         match (&upper, need_wh) {
@@ -441,10 +439,10 @@ impl OverlayFs {
         ps.children.remove(name);
         drop(ps);
         let mut s = child.state.lock();
-        match pin {
-            Some(fd) => s.upper = Some(Loc::Dir(Arc::new(fd))),
-            None => s.unlinked = true,
+        if let Some(fd) = pin {
+            s.upper = Some(Loc::Dir(Arc::new(fd)));
         }
+        s.unlinked = true;
         Ok(())
     }
 
@@ -552,6 +550,10 @@ impl OverlayFs {
             }
         }
         let need_wh_old = self.lower_positive(&opn, oname)?;
+        let dst_pin = match dst.as_ref().and_then(|d| d.state.lock().upper.clone()) {
+            Some(l @ Loc::At(..)) => l.open(libc::O_PATH).ok(),
+            _ => None,
+        };
         let slot = self.upper_slot(&npfd, nname, &ncn)?;
         if let Some(st) = slot.st {
             let raw_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -584,6 +586,11 @@ impl OverlayFs {
         if let Some(d) = &dst {
             let mut ds = d.state.lock();
             ds.unlinked = true;
+        }
+        if let Some(fd) = dst_pin {
+            if let Some(d) = &dst {
+                d.state.lock().upper = Some(Loc::Dir(Arc::new(fd)));
+            }
         }
         opn.state.lock().children.remove(oname);
         self.moved(&src, &npn, &npfd, nname, &ncn)?;

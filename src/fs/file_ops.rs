@@ -84,8 +84,14 @@ impl OverlayFs {
         let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
         let from_lower = !node.has_upper.load(Ordering::Acquire);
         let fd = loc.open(real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
-        if flags & libc::O_TRUNC != 0 && write {
-            sys::ftruncate(fd.as_fd(), 0).map_err(|e| Error::io(e, "truncate"))?;
+        if flags & libc::O_TRUNC != 0 {
+            // O_RDONLY|O_TRUNC truncates too (Linux): use a writable descriptor for it.
+            let r = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                loc.open(libc::O_WRONLY).and_then(|w| sys::ftruncate(w.as_fd(), 0))
+            } else {
+                sys::ftruncate(fd.as_fd(), 0)
+            };
+            r.map_err(|e| Error::io(e, "truncate"))?;
         }
         Ok(self.register_file(node, fd, from_lower, flags))
     }
@@ -147,6 +153,17 @@ impl OverlayFs {
             }
         }
         Ok(done as u32)
+    }
+
+    /// Attributes through an open file (fstat): works after the last name is gone.
+    pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<FileAttr> {
+        let h = self.file(fh)?;
+        if h.node.ino != ino {
+            return self.getattr(ino);
+        }
+        let fd = self.handle_fd(&h)?;
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
+        Ok(self.attr_from_stat(ino, &st, false))
     }
 
     pub fn release(&self, fh: u64) {
