@@ -442,7 +442,7 @@ table() {
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
     echo
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df -T "$WORK" | awk 'NR==2{print $2}')"
-    echo "Versions: $("$FOVL" --version 2>&1 | grep -m1 -i 'fuse-overlayfs'), layerfs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(fio --version)"
+    echo "Versions: $("$FOVL" --version 2>&1 | grep -m1 -i 'fuse-overlayfs'), $(fio --version), layerfs binary $LAYERFS built $(date -r "$LAYERFS" '+%F %T') (repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 }
 
 TABLE=$(table)
