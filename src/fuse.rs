@@ -1,14 +1,19 @@
 //! The thin adapter from fuser's `Filesystem` trait to [`OverlayFs`]: each method logs the
 //! request at debug level (`-d`), calls the façade, and replies. No union logic lives here.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -23,6 +28,82 @@ pub struct Fuse {
     pub fs: Arc<OverlayFs>,
     pub ttl: Duration,
     pub writeback: bool,
+    /// Try FUSE passthrough (kernel 6.9+, needs CAP_SYS_ADMIN); switched off for good at the
+    /// first refusal.
+    pub passthrough: AtomicBool,
+    backing: Mutex<Backing>,
+}
+
+/// Backing files registered for passthrough: one per inode at a time (the kernel requires all
+/// passthrough opens of an inode to share it), kept alive by the handles using it.
+#[derive(Default)]
+struct Backing {
+    by_ino: HashMap<u64, (Weak<BackingId>, bool)>,
+    by_fh: HashMap<u64, Arc<BackingId>>,
+}
+
+/// How an open is answered.
+enum OpenMode {
+    Cached,
+    Passthrough(Arc<BackingId>),
+    /// Another backing file is active for the inode: serve this one uncached.
+    Direct,
+}
+
+impl Fuse {
+    pub fn new(fs: Arc<OverlayFs>, ttl: Duration, writeback: bool, passthrough: bool) -> Fuse {
+        Fuse { fs, ttl, writeback, passthrough: AtomicBool::new(passthrough), backing: Mutex::new(Backing::default()) }
+    }
+
+    /// Picks passthrough for an open file when possible. `register` turns a real fd into a
+    /// backing id (ReplyOpen and ReplyCreate each have one).
+    fn open_mode(&self, ino: u64, fh: u64, register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>) -> OpenMode {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return OpenMode::Cached;
+        }
+        let (fd, upper) = match self.fs.backing_file(fh) {
+            Ok(x) => x,
+            Err(e) => {
+                log::debug!("passthrough: no backing file for {ino}: {e}");
+                return OpenMode::Direct;
+            }
+        };
+        let mut b = self.backing.lock();
+        if let Some((w, was_upper)) = b.by_ino.get(&ino) {
+            if let Some(id) = w.upgrade() {
+                if *was_upper == upper {
+                    b.by_fh.insert(fh, id.clone());
+                    return OpenMode::Passthrough(id);
+                }
+                // Copied up while a lower-backed open is still live: this one goes uncached.
+                return OpenMode::Direct;
+            }
+        }
+        match register(&fd) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                b.by_ino.insert(ino, (Arc::downgrade(&id), upper));
+                b.by_fh.insert(fh, id.clone());
+                OpenMode::Passthrough(id)
+            }
+            Err(e) => {
+                log::info!("FUSE passthrough not available ({e}); serving reads and writes in userspace");
+                self.passthrough.store(false, Ordering::Relaxed);
+                if b.by_fh.is_empty() { OpenMode::Cached } else { OpenMode::Direct }
+            }
+        }
+    }
+
+    fn drop_backing(&self, ino: u64, fh: u64) {
+        let mut b = self.backing.lock();
+        if b.by_fh.remove(&fh).is_some() {
+            if let Some((w, _)) = b.by_ino.get(&ino) {
+                if w.strong_count() == 0 {
+                    b.by_ino.remove(&ino);
+                }
+            }
+        }
+    }
 }
 
 macro_rules! reply_err {
@@ -77,7 +158,23 @@ impl Filesystem for Fuse {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
-        if self.writeback && config.capabilities().contains(InitFlags::FUSE_WRITEBACK_CACHE) {
+        if self.passthrough.load(Ordering::Relaxed) {
+            let caps = config.capabilities();
+            if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
+                let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
+                if caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+                    let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+                }
+                // Backing files may themselves sit on a stacked filesystem (overlayfs).
+                let _ = config.set_max_stack_depth(2);
+            } else {
+                self.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        if self.writeback
+            && !self.passthrough.load(Ordering::Relaxed)
+            && config.capabilities().contains(InitFlags::FUSE_WRITEBACK_CACHE)
+        {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         }
         Ok(())
@@ -218,7 +315,11 @@ impl Filesystem for Fuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
         match self.fs.open(ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen(&o)),
+            Ok(o) => match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                OpenMode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+                OpenMode::Direct => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
+                OpenMode::Cached => reply.opened(FileHandle(o.fh), fopen(&o)),
+            },
             Err(e) => reply_err!(reply, "open", e),
         }
     }
@@ -276,6 +377,7 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("release(ino={}, fh={})", ino.0, fh.0);
+        self.drop_backing(ino.0, fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -440,7 +542,14 @@ impl Filesystem for Fuse {
     ) {
         log::debug!("create(parent={}, name={name:?}, mode={mode:o}, flags={flags:#x})", parent.0);
         match self.fs.create(parent.0, name, mode, flags, caller(req)) {
-            Ok((attr, o)) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(o.fh), fopen(&o)),
+            Ok((attr, o)) => {
+                let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));
+                match self.open_mode(attr.ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                    OpenMode::Passthrough(id) => reply.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), &id),
+                    OpenMode::Direct => reply.created(ttl, &attr, g, fh, FopenFlags::FOPEN_DIRECT_IO),
+                    OpenMode::Cached => reply.created(ttl, &attr, g, fh, fopen(&o)),
+                }
+            }
             Err(e) => reply_err!(reply, "create", e),
         }
     }

@@ -111,7 +111,10 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let fs = OverlayFs::new(fs_options(&cfg))?;
     log::info!("whiteout style: {:?}", fs.whiteout_style());
     let fs = Arc::new(fs);
-    let fuse = Fuse { fs, ttl: Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), writeback: cfg.opts.writeback };
+    let passthrough = cfg.opts.passthrough
+        && std::env::var_os("LAYERFS_NO_PASSTHROUGH").is_none()
+        && std::env::var_os("FUSE_OVERLAYFS_NO_PASSTHROUGH").is_none();
+    let fuse = Fuse::new(fs, Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), cfg.opts.writeback, passthrough);
     let fcfg = fuser_config(&cfg, source);
 
     let mut notify: Option<OwnedFd> = None;

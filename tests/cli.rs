@@ -224,5 +224,5 @@ fn debug_flag_logs_every_request() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lookup(parent=1, name=\"f\")"), "{err}");
-    assert!(err.contains("read("), "{err}");
+    assert!(err.contains("open(ino="), "{err}");
 }

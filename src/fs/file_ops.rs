@@ -155,6 +155,23 @@ impl OverlayFs {
         Ok(done as u32)
     }
 
+    /// A descriptor of the real file behind an open handle, for FUSE passthrough: read-write for
+    /// an upper file (every later open of the inode shares one backing file), read-only for a
+    /// lower one. The bool says whether it is the upper file.
+    pub fn backing_file(&self, fh: u64) -> Result<(OwnedFd, bool)> {
+        let h = self.file(fh)?;
+        let (loc, upper) = {
+            let s = h.node.state.lock();
+            match &s.upper {
+                Some(u) => (u.clone(), true),
+                None => (super::top_loc_of(&s).ok_or(Error::errno(libc::ESTALE))?, false),
+            }
+        };
+        let flags = if upper { libc::O_RDWR } else { libc::O_RDONLY };
+        let fd = loc.open(flags).map_err(|e| Error::io(e, "backing open"))?;
+        Ok((fd, upper))
+    }
+
     /// Attributes through an open file (fstat): works after the last name is gone.
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<FileAttr> {
         let h = self.file(fh)?;
