@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,20 +34,26 @@ pub struct Fuse {
     backing: Mutex<Backing>,
 }
 
-/// Backing files registered for passthrough: one per inode at a time (the kernel requires all
-/// passthrough opens of an inode to share it), kept alive by the handles using it.
+/// How the open handles of each inode are served. The kernel requires every open of an inode
+/// to agree: all passthrough with one backing file, or none passthrough (mixing fails the open).
+/// So an inode's first open decides until its last handle closes: passthrough when the real
+/// file cannot change under it (an upper file, or any file of a read-only mount), otherwise
+/// served here (a lower file may be copied up while open, which would change the backing file).
 #[derive(Default)]
 struct Backing {
-    by_ino: HashMap<u64, (Weak<BackingId>, bool)>,
-    by_fh: HashMap<u64, Arc<BackingId>>,
+    by_ino: HashMap<u64, InoMode>,
+    by_fh: HashMap<u64, u64>,
+}
+
+enum InoMode {
+    Cached(usize),
+    Passthrough(Arc<BackingId>, usize),
 }
 
 /// How an open is answered.
 enum OpenMode {
     Cached,
     Passthrough(Arc<BackingId>),
-    /// Another backing file is active for the inode: serve this one uncached.
-    Direct,
 }
 
 impl Fuse {
@@ -55,53 +61,56 @@ impl Fuse {
         Fuse { fs, ttl, writeback, passthrough: AtomicBool::new(passthrough), backing: Mutex::new(Backing::default()) }
     }
 
-    /// Picks passthrough for an open file when possible. `register` turns a real fd into a
-    /// backing id (ReplyOpen and ReplyCreate each have one).
+    /// Picks the mode of a new open handle. `register` turns a real fd into a backing id
+    /// (ReplyOpen and ReplyCreate each have one).
     fn open_mode(&self, ino: u64, fh: u64, register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>) -> OpenMode {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return OpenMode::Cached;
-        }
-        let (fd, upper) = match self.fs.backing_file(fh) {
-            Ok(x) => x,
-            Err(e) => {
-                log::debug!("passthrough: no backing file for {ino}: {e}");
-                return OpenMode::Direct;
-            }
-        };
         let mut b = self.backing.lock();
-        if let Some((w, was_upper)) = b.by_ino.get(&ino) {
-            if let Some(id) = w.upgrade() {
-                if *was_upper == upper {
-                    b.by_fh.insert(fh, id.clone());
-                    return OpenMode::Passthrough(id);
-                }
-                // Copied up while a lower-backed open is still live: this one goes uncached.
-                return OpenMode::Direct;
+        b.by_fh.insert(fh, ino);
+        match b.by_ino.get_mut(&ino) {
+            Some(InoMode::Cached(n)) => {
+                *n += 1;
+                return OpenMode::Cached;
+            }
+            Some(InoMode::Passthrough(id, n)) => {
+                *n += 1;
+                return OpenMode::Passthrough(id.clone());
+            }
+            None => {}
+        }
+        let mut mode = OpenMode::Cached;
+        if self.passthrough.load(Ordering::Relaxed) {
+            match self.fs.backing_file(fh) {
+                Ok((fd, upper)) if upper || self.fs.is_read_only() => match register(&fd) {
+                    Ok(id) => mode = OpenMode::Passthrough(Arc::new(id)),
+                    Err(e) => {
+                        log::info!("FUSE passthrough not available ({e}); serving file data in userspace");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => log::debug!("passthrough: no backing file for {ino}: {e}"),
             }
         }
-        match register(&fd) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                b.by_ino.insert(ino, (Arc::downgrade(&id), upper));
-                b.by_fh.insert(fh, id.clone());
-                OpenMode::Passthrough(id)
-            }
-            Err(e) => {
-                log::info!("FUSE passthrough not available ({e}); serving reads and writes in userspace");
-                self.passthrough.store(false, Ordering::Relaxed);
-                if b.by_fh.is_empty() { OpenMode::Cached } else { OpenMode::Direct }
-            }
-        }
+        let m = match &mode {
+            OpenMode::Cached => InoMode::Cached(1),
+            OpenMode::Passthrough(id) => InoMode::Passthrough(id.clone(), 1),
+        };
+        b.by_ino.insert(ino, m);
+        mode
     }
 
-    fn drop_backing(&self, ino: u64, fh: u64) {
+    fn drop_backing(&self, fh: u64) {
         let mut b = self.backing.lock();
-        if b.by_fh.remove(&fh).is_some() {
-            if let Some((w, _)) = b.by_ino.get(&ino) {
-                if w.strong_count() == 0 {
-                    b.by_ino.remove(&ino);
-                }
+        let Some(ino) = b.by_fh.remove(&fh) else { return };
+        let last = match b.by_ino.get_mut(&ino) {
+            Some(InoMode::Cached(n)) | Some(InoMode::Passthrough(_, n)) => {
+                *n -= 1;
+                *n == 0
             }
+            None => false,
+        };
+        if last {
+            b.by_ino.remove(&ino);
         }
     }
 }
@@ -162,9 +171,6 @@ impl Filesystem for Fuse {
             let caps = config.capabilities();
             if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
                 let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
-                if caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
-                    let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
-                }
                 // Backing files may themselves sit on a stacked filesystem (overlayfs).
                 let _ = config.set_max_stack_depth(2);
             } else {
@@ -317,7 +323,6 @@ impl Filesystem for Fuse {
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
                 OpenMode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
-                OpenMode::Direct => reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_DIRECT_IO),
                 OpenMode::Cached => reply.opened(FileHandle(o.fh), fopen(&o)),
             },
             Err(e) => reply_err!(reply, "open", e),
@@ -377,7 +382,7 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("release(ino={}, fh={})", ino.0, fh.0);
-        self.drop_backing(ino.0, fh.0);
+        self.drop_backing(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -393,6 +398,11 @@ impl Filesystem for Fuse {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         log::debug!("opendir(ino={})", ino.0);
         match self.fs.opendir(ino.0) {
+            // The kernel may cache listings: every change to a directory goes through it, and
+            // it drops its cache on each of them.
+            Ok(fh) if !self.ttl.is_zero() => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply_err!(reply, "opendir", e),
         }
@@ -546,7 +556,6 @@ impl Filesystem for Fuse {
                 let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));
                 match self.open_mode(attr.ino.0, o.fh, |fd| reply.open_backing(fd)) {
                     OpenMode::Passthrough(id) => reply.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), &id),
-                    OpenMode::Direct => reply.created(ttl, &attr, g, fh, FopenFlags::FOPEN_DIRECT_IO),
                     OpenMode::Cached => reply.created(ttl, &attr, g, fh, fopen(&o)),
                 }
             }

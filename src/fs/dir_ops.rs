@@ -89,8 +89,7 @@ impl OverlayFs {
         let cn = cname(name)?;
         let mut r = Resolver::new();
         for ld in &lowers {
-            let bottom = self.layers[ld.layer].is_bottom;
-            let (p, _) = self.probe(&ld.fd, ld.marks, name, &cn, bottom)?;
+            let (p, _) = self.probe_lower(ld, lowers.len(), name, &cn)?;
             if !r.feed(p) {
                 break;
             }
@@ -223,6 +222,7 @@ impl OverlayFs {
         if self.lookup_locked(pnode, name)?.is_some() {
             return Err(Error::errno(libc::EEXIST));
         }
+        self.invalidate_listing(pnode);
         let cn = Arc::new(cname(name)?);
         let slot = self.upper_slot(&pfd, name, &cn)?;
         if slot.st.is_some() && !slot.is_whiteout {
@@ -424,6 +424,7 @@ impl OverlayFs {
         }
         let need_wh = self.lower_positive(&pnode, name)?;
         let cn = cname(name)?;
+        self.invalidate_listing(&pnode);
         // Keep the object reachable for the node (open descriptors, other hard links): pin
         // it with an O_PATH fd before its name goes away.
         let pin = match &upper {
@@ -512,6 +513,8 @@ impl OverlayFs {
         let dst = self.lookup_locked(&npn, nname)?;
         let ocn = Arc::new(cname(oname)?);
         let ncn = Arc::new(cname(nname)?);
+        self.invalidate_listing(&opn);
+        self.invalidate_listing(&npn);
         let src_dir = src.is_dir();
         if let Some(d) = &dst {
             if Arc::ptr_eq(d, &src) && !exchange {
@@ -614,6 +617,7 @@ impl OverlayFs {
                 made_opaque = true;
             }
         }
+        self.invalidate_listing(node);
         {
             let mut s = node.state.lock();
             s.parent = Some(pnode.clone());

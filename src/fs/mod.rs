@@ -87,6 +87,13 @@ pub(crate) struct LowerDir {
     pub layer: usize,
     pub fd: Arc<OwnedFd>,
     pub marks: DirMarks,
+    pub index: Arc<std::sync::OnceLock<DirIndex>>,
+}
+
+impl LowerDir {
+    pub(crate) fn new(layer: usize, fd: Arc<OwnedFd>, marks: DirMarks) -> LowerDir {
+        LowerDir { layer, fd, marks, index: Arc::default() }
+    }
 }
 
 /// The mutable state of a node.
@@ -119,6 +126,8 @@ pub struct Node {
     pub(crate) dir_lock: RwLock<()>,
     pub(crate) copy_lock: Mutex<()>,
     pub(crate) has_upper: AtomicBool,
+    /// The merged listing of a directory, until its names change.
+    pub(crate) listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 impl Node {
@@ -150,9 +159,9 @@ pub struct DirEntry {
     pub name: OsString,
 }
 
-/// An open directory: the merged listing, taken at opendir (or rewind).
+/// An open directory: the merged listing, taken at its first read (and again on rewind).
 pub(crate) struct DirHandle {
-    pub entries: Mutex<Arc<Vec<DirEntry>>>,
+    pub entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 /// An open file.
@@ -222,9 +231,42 @@ fn systime(sec: i64, nsec: i64) -> SystemTime {
 
 /// What one layer holds under a name, with what is needed to build a node from it.
 pub(crate) enum Found {
-    NonDir(Stat),
-    Dir(Stat, Arc<OwnedFd>, DirMarks),
+    NonDir { ino: u64, mode: u32 },
+    Dir { ino: u64, fd: Arc<OwnedFd>, marks: DirMarks },
 }
+
+/// A lower directory's listing, read once: lookups in it then need no syscall unless the name
+/// is there (lower layers do not change while mounted). Hard parts: a `.wh.X` entry whites X
+/// out for the layers below only; char devices and (in `opaque=x` directories) zero-size files
+/// may be whiteouts, which only a stat tells.
+#[derive(Debug, Default)]
+pub(crate) struct DirIndex {
+    entries: HashMap<Box<[u8]>, (u8, u64)>,
+    whiteouts: std::collections::HashSet<Box<[u8]>>,
+}
+
+impl DirIndex {
+    pub(crate) fn from_raw(raw: &[sys::DirEntry]) -> DirIndex {
+        let mut ix = DirIndex::default();
+        ix.entries.reserve(raw.len());
+        for e in raw {
+            match whiteout::classify(&e.name) {
+                EntryClass::Whiteout(t) => {
+                    ix.whiteouts.insert(t.into());
+                }
+                EntryClass::OpaqueMarker | EntryClass::Reserved => {}
+                EntryClass::Plain => {
+                    ix.entries.insert(e.name.as_slice().into(), (e.dtype, e.ino));
+                }
+            }
+        }
+        ix.entries.shrink_to_fit();
+        ix
+    }
+}
+
+/// Lower directories merging into one directory get an index from this many layers on.
+const INDEX_MIN_LOWERS: usize = 2;
 
 impl OverlayFs {
     /// Opens the layers, prepares workdir, and builds the root node.
@@ -305,7 +347,7 @@ impl OverlayFs {
                 upper_marks = marks;
                 stop = marks.opaque;
             } else if !stop {
-                lower_dirs.push(LowerDir { layer: i, fd: l.root.clone(), marks });
+                lower_dirs.push(LowerDir::new(i, l.root.clone(), marks));
                 if marks.opaque {
                     stop = true;
                 }
@@ -328,6 +370,7 @@ impl OverlayFs {
             }),
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
+            listing: Mutex::new(None),
         });
         self.nodes.write().insert(ROOT_ID, node);
         Ok(())
@@ -336,6 +379,11 @@ impl OverlayFs {
     /// Which whiteout form this mount writes.
     pub fn whiteout_style(&self) -> WhiteoutStyle {
         self.whiteout_style
+    }
+
+    /// True when nothing can be written (no upper layer, or `ro`).
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only || !self.has_upper
     }
 
     /// Number of nodes the kernel currently holds (for tests and statistics).
@@ -452,9 +500,52 @@ impl OverlayFs {
                 // A directory next to its own whiteout: nothing below shows through.
                 marks.opaque = true;
             }
-            return Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir(st, fd, marks))));
+            return Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino: st.st_ino, fd, marks })));
         }
-        Ok((Probe::NonDir, Some(Found::NonDir(st))))
+        Ok((Probe::NonDir, Some(Found::NonDir { ino: st.st_ino, mode: st.st_mode })))
+    }
+
+    /// Probes a lower directory, through its index when it has (or should get) one.
+    pub(crate) fn probe_lower(
+        &self,
+        ld: &LowerDir,
+        nlowers: usize,
+        name: &[u8],
+        cname: &CString,
+    ) -> Result<(Probe, Option<Found>)> {
+        let bottom = self.layers[ld.layer].is_bottom;
+        let ix = match ld.index.get() {
+            Some(ix) => ix,
+            None if nlowers >= INDEX_MIN_LOWERS => {
+                let rfd = sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(|e| Error::io(e, "opendir"))?;
+                let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+                ld.index.get_or_init(|| DirIndex::from_raw(&raw))
+            }
+            None => return self.probe(&ld.fd, ld.marks, name, cname, bottom),
+        };
+        let whited = !bottom && ix.whiteouts.contains(name);
+        let Some(&(dtype, ino)) = ix.entries.get(name) else {
+            return Ok((if whited { Probe::Whiteout } else { Probe::Absent }, None));
+        };
+        match dtype {
+            libc::DT_DIR => {
+                let fd = layer::open_dir_at(ld.fd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?;
+                let fd = Arc::new(fd);
+                let mut marks = if bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
+                marks.opaque |= whited;
+                Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino, fd, marks })))
+            }
+            libc::DT_REG if !ld.marks.xattr_whiteouts => {
+                Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFREG })))
+            }
+            libc::DT_LNK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFLNK }))),
+            libc::DT_FIFO => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFIFO }))),
+            libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFSOCK }))),
+            libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFBLK }))),
+            // Char devices may be whiteouts, unknown types need a stat: ask the layer.
+            _ => self.probe(&ld.fd, ld.marks, name, cname, bottom),
+        }
     }
 
     fn has_wh_file(&self, dir: &Arc<OwnedFd>, name: &[u8]) -> bool {
@@ -489,8 +580,7 @@ impl OverlayFs {
         }
         if go {
             for ld in &lowers {
-                let bottom = self.layers[ld.layer].is_bottom;
-                let (p, f) = self.probe(&ld.fd, ld.marks, name, &cn, bottom)?;
+                let (p, f) = self.probe_lower(ld, lowers.len(), name, &cn)?;
                 if let Some(f) = f {
                     found.push((ld.layer, f, ld.fd.clone()));
                 }
@@ -510,16 +600,16 @@ impl OverlayFs {
             Resolution::Negative => Ok(None),
             Resolution::NonDir { layer: pos } => {
                 let li = pos_to_layer(pos);
-                let Some((_, Found::NonDir(st), dirfd)) = find(li) else {
+                let Some((_, Found::NonDir { ino, mode }, dirfd)) = find(li) else {
                     return Err(Error::new(libc::EIO, "resolve"));
                 };
                 let loc = Loc::At(dirfd.clone(), cn.clone());
                 let is_upper = pos == 0 && upper_dir.is_some();
-                let id = self.ino_for(li, st.st_ino);
+                let id = self.ino_for(li, *ino);
                 let state = NodeState {
                     parent: None,
                     name: cn.clone(),
-                    kind: kind_of(st.st_mode),
+                    kind: kind_of(*mode),
                     upper: if is_upper { Some(loc.clone()) } else { None },
                     upper_marks: DirMarks::default(),
                     lower_dirs: Vec::new(),
@@ -536,17 +626,17 @@ impl OverlayFs {
                 let mut id = None;
                 for pos in layers {
                     let li = pos_to_layer(pos);
-                    let Some((_, Found::Dir(st, fd, marks), _)) = find(li) else {
+                    let Some((_, Found::Dir { ino, fd, marks }, _)) = find(li) else {
                         return Err(Error::new(libc::EIO, "resolve dir"));
                     };
                     if id.is_none() {
-                        id = Some(self.ino_for(li, st.st_ino));
+                        id = Some(self.ino_for(li, *ino));
                     }
                     if pos == 0 && upper_dir.is_some() {
                         upper = Some(Loc::Dir(fd.clone()));
                         umarks = *marks;
                     } else {
-                        lower_dirs.push(LowerDir { layer: li, fd: fd.clone(), marks: *marks });
+                        lower_dirs.push(LowerDir::new(li, fd.clone(), *marks));
                     }
                 }
                 let state = NodeState {
@@ -653,6 +743,7 @@ impl OverlayFs {
                         state: Mutex::new(state),
                         dir_lock: RwLock::new(()),
                         copy_lock: Mutex::new(()),
+                        listing: Mutex::new(None),
                     });
                     nodes.insert(id, n.clone());
                     n
@@ -688,15 +779,9 @@ impl OverlayFs {
                 ps.children.remove(name.as_bytes());
             }
         }
-        if let Some(u) = upper {
-            if let Ok(st) = u.stat() {
-                let key = self.layers[0].ino_base ^ st.st_ino;
-                let mut m = self.upper_ids.lock();
-                if m.get(&key) == Some(&ino) {
-                    m.remove(&key);
-                }
-            }
-        }
+        // `upper_ids` keeps its entry: a copied-up object keeps its inode number for the whole
+        // mount, also in listings the kernel may still have cached.
+        drop(upper);
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -722,16 +807,25 @@ impl OverlayFs {
                 s.children.clone(),
             )
         };
-        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks)> = Vec::new();
+        let nlowers = lowers.len();
+        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<Arc<std::sync::OnceLock<DirIndex>>>)> = Vec::new();
         if let Some(u) = upper {
-            dirs.push((0, u, umarks));
+            dirs.push((0, u, umarks, None));
         }
         for l in lowers {
-            dirs.push((l.layer, l.fd, l.marks));
+            dirs.push((l.layer, l.fd, l.marks, Some(l.index)));
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
-        for (li, fd, marks) in &dirs {
-            per_layer.push(self.read_layer_dir(*li, fd, *marks)?);
+        for (_, fd, marks, index) in &dirs {
+            let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| Error::io(e, "opendir"))?;
+            let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+            if let Some(ix) = index {
+                if nlowers >= INDEX_MIN_LOWERS && ix.get().is_none() {
+                    let _ = ix.set(DirIndex::from_raw(&raw));
+                }
+            }
+            per_layer.push(self.classify_layer_dir(fd, *marks, raw));
         }
         let merged = merge::merge_listings(per_layer);
         let mut out = Vec::with_capacity(merged.len() + 2);
@@ -748,16 +842,13 @@ impl OverlayFs {
         Ok(out)
     }
 
-    /// Reads one layer's directory, classifying whiteouts and markers.
-    fn read_layer_dir(
+    /// Classifies one layer's directory entries: whiteouts, markers, visible candidates.
+    fn classify_layer_dir(
         &self,
-        _li: usize,
         fd: &Arc<OwnedFd>,
         marks: DirMarks,
-    ) -> Result<Vec<ListItem<(FileType, u64)>>> {
-        let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-            .map_err(|e| Error::io(e, "opendir"))?;
-        let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+        raw: Vec<sys::DirEntry>,
+    ) -> Vec<ListItem<(FileType, u64)>> {
         let mut items = Vec::with_capacity(raw.len());
         for e in raw {
             match whiteout::classify(&e.name) {
@@ -788,7 +879,7 @@ impl OverlayFs {
             }
             items.push(ListItem::Entry(e.name, (kind.unwrap_or(FileType::RegularFile), e.ino)));
         }
-        Ok(items)
+        items
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
@@ -796,28 +887,41 @@ impl OverlayFs {
         if !node.is_dir() {
             return Err(Error::errno(libc::ENOTDIR));
         }
-        let entries = {
-            let _g = node.dir_lock.read();
-            self.list_merged(&node)?
-        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.write().insert(fh, Arc::new(DirHandle { entries: Mutex::new(Arc::new(entries)) }));
+        self.dirs.write().insert(fh, Arc::new(DirHandle { entries: Mutex::new(None) }));
         Ok(fh)
     }
 
+    /// The merged listing of a directory node, from its cache when its names have not changed.
+    fn listing(&self, node: &Arc<Node>) -> Result<Arc<Vec<DirEntry>>> {
+        if let Some(l) = node.listing.lock().clone() {
+            return Ok(l);
+        }
+        let _g = node.dir_lock.read();
+        let l = Arc::new(self.list_merged(node)?);
+        *node.listing.lock() = Some(l.clone());
+        Ok(l)
+    }
+
+    /// Forgets a directory's cached listing; called with its `dir_lock` held exclusive.
+    pub(crate) fn invalidate_listing(&self, node: &Node) {
+        *node.listing.lock() = None;
+    }
+
     /// Entries from `offset` on (offset = index + 1 of the last entry returned). A read from
-    /// offset 0 after the first takes a fresh snapshot (rewinddir).
+    /// offset 0 takes a fresh snapshot (rewinddir).
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
         let h = self.dirs.read().get(&fh).cloned().ok_or(Error::errno(libc::EBADF))?;
-        if offset == 0 {
-            let node = self.node(ino)?;
-            let fresh = {
-                let _g = node.dir_lock.read();
-                self.list_merged(&node)?
-            };
-            *h.entries.lock() = Arc::new(fresh);
+        let mut cur = h.entries.lock();
+        match (&*cur, offset) {
+            (Some(e), o) if o > 0 => Ok(e.clone()),
+            _ => {
+                let node = self.node(ino)?;
+                let l = self.listing(&node)?;
+                *cur = Some(l.clone());
+                Ok(l)
+            }
         }
-        Ok(h.entries.lock().clone())
     }
 
     pub fn releasedir(&self, fh: u64) {
