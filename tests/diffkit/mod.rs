@@ -325,6 +325,35 @@ impl Side {
             m.unmount();
         }
         assert!(!is_mounted(&self.mnt), "{} still mounted at {}", self.imp.name(), self.mnt.display());
+        if self.imp == Impl::Layerfs {
+            // Work around a layerfs bug pinned in regressions.rs
+            // (regression_quick_remount_keeps_new_mount): a server that is still exiting after
+            // the unmount can take a new mount at the same path down with it.
+            wait_server_exit(&self.mnt);
+        }
+    }
+}
+
+/// Pids of processes whose command line has `mnt` as an argument (layerfs servers for it).
+pub fn servers_for(mnt: &Path) -> Vec<i32> {
+    let want = mnt.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else { continue };
+        if cmd.split(|&b| b == 0).any(|a| a == want) && cmd.split(|&b| b == 0).next().is_some_and(|a| a.ends_with(b"layerfs")) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits (up to 10 s) until no layerfs server for `mnt` is running.
+pub fn wait_server_exit(mnt: &Path) {
+    let t = std::time::Instant::now();
+    while !servers_for(mnt).is_empty() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "layerfs server for {} did not exit", mnt.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -383,38 +412,38 @@ impl<'a> Ctx<'a> {
 
     /// open(O_WRONLY|O_CREAT|O_TRUNC, 0644) and write.
     pub fn create(&mut self, rel: &str, data: &str) -> i32 {
-        let r = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(self.p(rel));
+        let r = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()));
         self.rec(format!("create {rel} {data:?}"), errno(&r))
     }
 
     pub fn create_excl(&mut self, rel: &str) -> i32 {
-        let r = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(self.p(rel));
+        let r = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         self.rec(format!("create_excl {rel}"), errno(&r))
     }
 
     pub fn append(&mut self, rel: &str, data: &str) -> i32 {
-        let r = fs::OpenOptions::new().append(true).open(self.p(rel));
+        let r = fs::OpenOptions::new().append(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()));
         self.rec(format!("append {rel} {data:?}"), errno(&r))
     }
 
     pub fn write_at(&mut self, rel: &str, off: u64, data: &str) -> i32 {
         use std::os::unix::fs::FileExt;
-        let r = fs::OpenOptions::new().write(true).open(self.p(rel));
+        let r = fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let r = r.and_then(|f| f.write_all_at(data.as_bytes(), off));
         self.rec(format!("pwrite {rel} @{off} {data:?}"), errno(&r))
     }
 
     /// open(O_WRONLY|O_TRUNC) without writing.
     pub fn open_trunc(&mut self, rel: &str) -> i32 {
-        let r = fs::OpenOptions::new().write(true).truncate(true).open(self.p(rel));
+        let r = fs::OpenOptions::new().write(true).truncate(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         self.rec(format!("open O_TRUNC {rel}"), errno(&r))
     }
 
     /// open with raw flags, then close.
     pub fn open_flags(&mut self, rel: &str, flags: i32, what: &str) -> i32 {
-        let fd = unsafe { libc::open(self.c(rel).as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+        let fd = unsafe { libc::open(self.c(rel).as_ptr(), flags | libc::O_CLOEXEC | libc::O_NONBLOCK, 0o644) };
         let e = rc(fd);
         if fd >= 0 {
             unsafe { libc::close(fd) };
@@ -423,7 +452,11 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn read(&mut self, rel: &str) -> i32 {
-        let r = fs::read(self.p(rel));
+        // O_NONBLOCK everywhere: a fifo must never block a scenario.
+        let r = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel)).and_then(|mut f| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
+        });
         let s = match &r {
             Ok(d) => short(d),
             Err(_) => String::new(),
@@ -437,7 +470,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn fallocate(&mut self, rel: &str, mode: i32, off: i64, len: i64) -> i32 {
-        let r = fs::OpenOptions::new().write(true).open(self.p(rel));
+        let r = fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let e = match r {
             Ok(f) => {
                 use std::os::fd::AsRawFd;
@@ -452,7 +485,7 @@ impl<'a> Ctx<'a> {
     /// munmap, close.
     pub fn mmap_write(&mut self, rel: &str, len: usize, off: usize, data: &str) -> i32 {
         let e = (|| -> i32 {
-            let fd = unsafe { libc::open(self.c(rel).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            let fd = unsafe { libc::open(self.c(rel).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) };
             if fd < 0 {
                 return last_errno();
             }
@@ -479,7 +512,7 @@ impl<'a> Ctx<'a> {
     // -- handles kept open across steps
 
     pub fn open_keep(&mut self, h: u32, rel: &str, write: bool) -> i32 {
-        let r = fs::OpenOptions::new().read(true).write(write).open(self.p(rel));
+        let r = fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let e = errno(&r);
         if let Ok(f) = r {
             self.fds.insert(h, f);
@@ -1110,7 +1143,7 @@ pub fn available() -> bool {
 // ---- operation model for the property test and its pinned regressions ------------------------
 
 /// The small name space the property test works in.
-pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "e"];
+pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "d/x/q", "e", "e/f"];
 
 /// One generated operation. Written so that `{:?}` output pastes back as Rust
 /// (`use Op::*;` in scope).
@@ -1131,6 +1164,15 @@ pub enum Op {
     SetXattr(&'static str, u8),
     /// Unmount and mount again on the same upper (both implementations).
     Remount,
+    /// renameat2(RENAME_EXCHANGE)
+    Exchange(&'static str, &'static str),
+    /// renameat2(RENAME_NOREPLACE)
+    NoReplace(&'static str, &'static str),
+    RmRf(&'static str),
+    Mkfifo(&'static str),
+    RemoveXattr(&'static str),
+    /// utimensat with fixed times (mtime = 1_500_000_000 + n)
+    Utimes(&'static str, u8),
     /// Observations (no change): they make lookups/readdirs happen between changes.
     Readdir(&'static str),
     Lstat(&'static str),
@@ -1156,8 +1198,33 @@ pub fn prop_stack() -> Stack {
     Stack::new(vec![top, bottom])
 }
 
-/// Applies one op to a context (records its steps).
+/// Known layerfs bugs the property test steers around (each is pinned as an ignored test in
+/// `regressions.rs`; delete the entry here when the bug is fixed). Set `LAYERFS_PROPTEST_ALL=1`
+/// to generate them anyway.
+pub const AVOIDED_BUGS: &[(&str, &str)] = &[(
+    "hard link of a symlink",
+    "regression_hardlinked_symlink_unlink_breaks_readlink: after unlinking one name of a hard-linked symlink, readlink/open through the other name give EINVAL",
+)];
+
+fn avoid_known_bugs() -> bool {
+    std::env::var_os("LAYERFS_PROPTEST_ALL").is_none()
+}
+
+/// Applies one op to a context (records its steps), steering around [`AVOIDED_BUGS`].
 pub fn apply(c: &mut Ctx, op: &Op) {
+    apply_with(c, op, avoid_known_bugs())
+}
+
+/// Applies one op; with `avoid`, ops that would hit an [`AVOIDED_BUGS`] entry are recorded as
+/// skipped instead (the decision is taken from what the mount shows, so a difference between
+/// the two sides still shows in the log).
+pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
+    if let (true, Op::Link(a, b)) = (avoid, op) {
+        if fs::symlink_metadata(c.p(a)).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            c.note(format!("link {a} {b} skipped: source is a symlink (AVOIDED_BUGS)"));
+            return;
+        }
+    }
     match *op {
         Op::Write(n, v) => {
             c.create(n, &format!("{n}-{v}\n"));
@@ -1195,6 +1262,24 @@ pub fn apply(c: &mut Ctx, op: &Op) {
         Op::Remount => {
             c.remount();
         }
+        Op::Exchange(a, b) => {
+            c.rename2(a, b, libc::RENAME_EXCHANGE);
+        }
+        Op::NoReplace(a, b) => {
+            c.rename2(a, b, libc::RENAME_NOREPLACE);
+        }
+        Op::RmRf(n) => {
+            c.rm_rf(n);
+        }
+        Op::Mkfifo(n) => {
+            c.mkfifo(n);
+        }
+        Op::RemoveXattr(n) => {
+            c.removexattr(n, "user.k");
+        }
+        Op::Utimes(n, v) => {
+            c.utimes(n, (1_400_000_000, 0), (1_500_000_000 + v as i64, 0), false);
+        }
         Op::Readdir(n) => {
             c.readdir(n);
         }
@@ -1206,10 +1291,14 @@ pub fn apply(c: &mut Ctx, op: &Op) {
 
 /// Runs an op list on both implementations in `dir` (cleared first); `Err` holds the report.
 pub fn run_ops_in(dir: &Path, ops: &[Op]) -> Result<(), String> {
+    run_ops_in_with(dir, ops, avoid_known_bugs())
+}
+
+pub fn run_ops_in_with(dir: &Path, ops: &[Op], avoid: bool) -> Result<(), String> {
     let ops = ops.to_vec();
     let scenario = move |c: &mut Ctx| {
         for op in &ops {
-            apply(c, op);
+            apply_with(c, op, avoid);
         }
         // Final observations of every name, so state differences show as step differences.
         for n in NAMES {
@@ -1222,9 +1311,10 @@ pub fn run_ops_in(dir: &Path, ops: &[Op]) -> Result<(), String> {
 }
 
 /// As [`run_ops_in`] in a fresh scratch directory; panics with the report.
+/// Pinned regressions run every op as written (no [`AVOIDED_BUGS`] steering).
 pub fn check_ops(ops: &[Op]) {
     let s = Scratch::new();
-    if let Err(r) = run_ops_in(s.dir.path(), ops) {
+    if let Err(r) = run_ops_in_with(s.dir.path(), ops, false) {
         panic!("ops {ops:?}\n{r}");
     }
 }

@@ -1,0 +1,168 @@
+//! Crash atomicity of copy-up: the layerfs server is killed with SIGKILL while it copies a
+//! 512 MiB lower file up (triggered by appending one byte through the mount). After unmounting
+//! the dead mount and mounting again, the file must read as either the old content or the new
+//! content (never a mix), the upper must hold either no copy or a complete one, the lower must
+//! be untouched, and `WORKDIR/work` must be empty after the remount.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const SIZE: usize = 512 << 20;
+const CHUNK: usize = 8 << 20;
+
+fn hash_file(p: &Path) -> (u64, String) {
+    let mut f = fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    (n, format!("{:x}", h.finalize()))
+}
+
+/// Writes the big lower file (distinct data in every chunk) and returns the hashes of the old
+/// content and of the old content plus the appended byte.
+fn make_big(p: &Path) -> (String, String) {
+    let mut f = fs::File::create(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    for c in 0..SIZE / CHUNK {
+        for (i, w) in buf.chunks_mut(8).enumerate() {
+            w.copy_from_slice(&(((c * CHUNK / 8 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+        h.update(&buf);
+    }
+    f.sync_all().unwrap();
+    let old = h.clone().finalize();
+    h.update(b"!");
+    (format!("{old:x}"), format!("{:x}", h.finalize()))
+}
+
+fn work_entries(w: &Path) -> Vec<(String, u64)> {
+    fs::read_dir(w.join("work"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| (e.file_name().to_string_lossy().to_string(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One crash round: kill when the temporary copy in WORKDIR/work has at least `min_bytes`.
+/// Returns how many bytes the temporary copy had when the server was killed (None when the
+/// copy-up finished before it could be caught).
+fn crash_round(s: &Scratch, round: u32, min_bytes: u64, old: &str, new: &str) -> Option<u64> {
+    let l = s.path("l");
+    let (u, w, m) = (s.path(&format!("u{round}")), s.path(&format!("w{round}")), s.path(&format!("m{round}")));
+    let opts = format!("lowerdir={},upperdir={},workdir={}", l.display(), u.display(), w.display());
+    let mut child = Command::new(layerfs_bin())
+        .arg("-f")
+        .arg("-o")
+        .arg(&opts)
+        .arg(&m)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn layerfs -f");
+    let t = Instant::now();
+    while !is_mounted(&m) {
+        assert!(t.elapsed() < Duration::from_secs(10), "layerfs -f did not mount");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("layerfs exited early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let target = m.join("big");
+    let writer = std::thread::spawn(move || {
+        let r = fs::OpenOptions::new().append(true).custom_flags(libc::O_CLOEXEC).open(&target);
+        r.and_then(|mut f| f.write_all(b"!"))
+    });
+    // Watch WORKDIR/work for the temporary copy, then SIGKILL the server.
+    let t = Instant::now();
+    let mut caught = None;
+    loop {
+        let ents = work_entries(&w);
+        if let Some((_, len)) = ents.iter().find(|(n, _)| n.starts_with('#')) {
+            if *len >= min_bytes {
+                caught = Some(*len);
+                break;
+            }
+        }
+        if writer.is_finished() || t.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let pid = child.id() as i32;
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = child.wait();
+    let wr = writer.join().unwrap();
+    eprintln!("round {round}: killed with temp copy at {caught:?} bytes; writer result: {:?}", wr.as_ref().err());
+    // The dead mount: lazy unmount (fusermount3 -u refuses nothing here, but be sure).
+    let ok = Command::new("fusermount3").arg("-u").arg(&m).status().map(|s| s.success()).unwrap_or(false);
+    if !ok || is_mounted(&m) {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    assert!(!is_mounted(&m), "dead mount still there");
+
+    // The upper: nothing, or a complete copy (old content, or old content plus the byte).
+    let up = u.join("big");
+    if up.exists() {
+        let (_, h) = hash_file(&up);
+        assert!(h == old || h == new, "round {round}: upper copy is partial or mixed (hash {h})");
+    }
+    // Remount: workdir litter is cleaned, the file reads old or new.
+    {
+        let _mnt = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let left = work_entries(&w);
+        assert!(left.is_empty(), "round {round}: WORKDIR/work not empty after remount: {left:?}");
+        let (n, h) = hash_file(&m.join("big"));
+        assert!(
+            (h == old && n == SIZE as u64) || (h == new && n == SIZE as u64 + 1),
+            "round {round}: file reads neither old nor new content after crash (len {n}, hash {h})"
+        );
+        // And it is still writable: the interrupted append can be redone.
+        let mut f = fs::OpenOptions::new().append(true).open(m.join("big")).unwrap();
+        f.write_all(b"!").unwrap();
+    }
+    assert!(!is_mounted(&m));
+    caught
+}
+
+#[test]
+fn copy_up_killed_midway_is_atomic() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let l = s.path("l");
+    let t = Instant::now();
+    let (old, new) = make_big(&l.join("big"));
+    eprintln!("made {} MiB lower file in {:.1}s", SIZE >> 20, t.elapsed().as_secs_f64());
+    let mut caught_any = false;
+    // Kill as soon as the temporary entry shows, then once it holds some data, then late.
+    for (round, min) in [(0u32, 0u64), (1, 1 << 20), (2, 256 << 20)] {
+        caught_any |= crash_round(&s, round, min, &old, &new).is_some();
+    }
+    let (n, h) = hash_file(&l.join("big"));
+    assert_eq!((n, h.as_str()), (SIZE as u64, old.as_str()), "lower file changed");
+    assert!(caught_any, "the copy-up was never caught in progress (too fast here?)");
+}

@@ -1,0 +1,51 @@
+//! Shrunk failures found by `prop_write.rs`, pinned as named tests. Each runs its op list on
+//! kernel overlayfs and on layerfs and compares as the property test does.
+
+mod common;
+mod diffkit;
+
+#[allow(unused_imports)]
+use diffkit::Op::*;
+use diffkit::*;
+
+macro_rules! need_mounts {
+    () => {
+        if !available() {
+            return;
+        }
+    };
+}
+
+/// Found by prop_write (Remount op): unmounting with `fusermount3 -u` and mounting again at
+/// once sometimes loses the new mount (about 1 in 8 here): the old server, still exiting,
+/// takes the new mount at the same path down. The differential runner waits for the old
+/// server to exit to stay clear of this; this test does not wait.
+#[test]
+#[ignore = "layerfs bug: a quick remount at the same mountpoint is unmounted by the exiting old server"]
+fn regression_quick_remount_keeps_new_mount() {
+    need_mounts!();
+    let s = common::Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    std::fs::write(l.join("f"), b"x").unwrap();
+    for i in 0..40 {
+        let mut first = common::mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let st = std::process::Command::new("fusermount3").arg("-u").arg(&m).status().unwrap();
+        assert!(st.success());
+        first.mnt = std::path::PathBuf::new(); // unmounted above, without the harness's pause
+        let _second = common::mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(common::is_mounted(&m), "round {i}: the new mount vanished");
+        assert_eq!(std::fs::read(m.join("f")).unwrap(), b"x");
+    }
+}
+
+/// Found by prop_write. Shell: lower `b -> a` (symlink); through the mount
+/// `ln b e/f; rm -rf e; echo x > b` gives EINVAL (kernel: writes to a). Also with an upper-only
+/// symlink: `ln -s g s; ln s s2; rm s2; readlink s` gives EINVAL.
+#[test]
+#[ignore = "layerfs bug: after unlinking one name of a hard-linked symlink, readlink/open through the other name give EINVAL"]
+fn regression_hardlinked_symlink_unlink_breaks_readlink() {
+    need_mounts!();
+    check_ops(&[Link("b", "e/f"), RmRf("e"), Write("b", 0)]);
+    check_ops(&[Symlink("a", "c"), Link("c", "d/x"), Unlink("d/x"), Append("c", 1)]);
+}
