@@ -546,7 +546,6 @@ fn write_append_trunc_copy_up() {
 }
 
 #[test]
-#[ignore = "layerfs bug (since f64112a passthrough): writing a lower file while a read-only fd is open on it gives EIO"]
 fn old_fd_sees_copy_up() {
     need_mounts!();
     run_both(&std_stack(), |c| {
