@@ -33,12 +33,15 @@ pub enum Loc {
     Dir(Arc<OwnedFd>),
     /// A non-directory, by its parent directory's fd and its name.
     At(Arc<OwnedFd>, Arc<CString>),
+    /// A non-directory whose name went away while the kernel still holds it (open files, other
+    /// hard links), by an `O_PATH` fd of its own.
+    Pinned(Arc<OwnedFd>),
 }
 
 impl Loc {
     pub fn stat(&self) -> io::Result<Stat> {
         match self {
-            Loc::Dir(fd) => sys::fstat(fd.as_fd()),
+            Loc::Dir(fd) | Loc::Pinned(fd) => sys::fstat(fd.as_fd()),
             Loc::At(dir, name) => sys::fstatat(dir.as_fd(), name),
         }
     }
@@ -46,7 +49,7 @@ impl Loc {
     /// Opens the object for I/O. Never follows a symlink.
     pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
         match self {
-            Loc::Dir(fd) => sys::reopen(fd.as_fd(), flags),
+            Loc::Dir(fd) | Loc::Pinned(fd) => sys::reopen(fd.as_fd(), flags),
             Loc::At(dir, name) => sys::openat(dir.as_fd(), name, flags, 0),
         }
     }
@@ -54,7 +57,7 @@ impl Loc {
     /// The path and follow mode for xattr syscalls on this object.
     pub fn xattr_path(&self) -> (CString, bool) {
         match self {
-            Loc::Dir(fd) => (sys::proc_fd_path(fd.as_raw_fd(), None), true),
+            Loc::Dir(fd) | Loc::Pinned(fd) => (sys::proc_fd_path(fd.as_raw_fd(), None), true),
             Loc::At(dir, name) => (sys::proc_fd_path(dir.as_raw_fd(), Some(name)), false),
         }
     }
@@ -62,27 +65,29 @@ impl Loc {
     pub fn readlink(&self) -> io::Result<Vec<u8>> {
         match self {
             Loc::Dir(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            // readlinkat with an empty path reads the link an O_PATH fd refers to.
+            Loc::Pinned(fd) => sys::readlinkat(fd.as_fd(), c""),
             Loc::At(dir, name) => sys::readlinkat(dir.as_fd(), name),
         }
     }
 
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
         match self {
-            Loc::Dir(fd) => sys::fchmod(fd.as_fd(), mode),
+            Loc::Dir(fd) | Loc::Pinned(fd) => sys::fchmod(fd.as_fd(), mode),
             Loc::At(dir, name) => sys::fchmodat(dir.as_fd(), name, mode),
         }
     }
 
     pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         match self {
-            Loc::Dir(fd) => sys::fchown_fd(fd.as_fd(), uid, gid),
+            Loc::Dir(fd) | Loc::Pinned(fd) => sys::fchown_fd(fd.as_fd(), uid, gid),
             Loc::At(dir, name) => sys::fchownat(dir.as_fd(), name, uid, gid),
         }
     }
 
     pub fn utimes(&self, atime: SetTime, mtime: SetTime) -> io::Result<()> {
         match self {
-            Loc::Dir(fd) => sys::futimens_path(fd.as_fd(), atime, mtime),
+            Loc::Dir(fd) | Loc::Pinned(fd) => sys::futimens_path(fd.as_fd(), atime, mtime),
             Loc::At(dir, name) => sys::utimensat(dir.as_fd(), name, atime, mtime),
         }
     }
@@ -111,7 +116,7 @@ impl Loc {
     pub fn dir_fd(&self) -> Option<&Arc<OwnedFd>> {
         match self {
             Loc::Dir(fd) => Some(fd),
-            Loc::At(..) => None,
+            Loc::At(..) | Loc::Pinned(_) => None,
         }
     }
 }

@@ -222,7 +222,6 @@ impl OverlayFs {
         if self.lookup_locked(pnode, name)?.is_some() {
             return Err(Error::errno(libc::EEXIST));
         }
-        self.invalidate_listing(pnode);
         let cn = Arc::new(cname(name)?);
         let slot = self.upper_slot(&pfd, name, &cn)?;
         if slot.st.is_some() && !slot.is_whiteout {
@@ -276,7 +275,7 @@ impl OverlayFs {
             NewObj::Link { src } => {
                 match src {
                     Loc::At(sdir, sname) => sys::linkat(sdir.as_fd(), sname, dir.as_fd(), &at),
-                    Loc::Dir(fd) => sys::link_fd(fd.as_fd(), dir.as_fd(), &at),
+                    Loc::Dir(fd) | Loc::Pinned(fd) => sys::link_fd(fd.as_fd(), dir.as_fd(), &at),
                 }
                 .map_err(|e| Error::io(e, "link"))?;
                 mode_for_owner = None;
@@ -319,7 +318,7 @@ impl OverlayFs {
         }
         let final_loc = match loc {
             Loc::Dir(fd) => Loc::Dir(fd),
-            Loc::At(..) => Loc::At(pfd.clone(), cn.clone()),
+            Loc::At(..) | Loc::Pinned(_) => Loc::At(pfd.clone(), cn.clone()),
         };
         let st = final_loc.stat().map_err(|e| Error::io(e, "stat new"))?;
         let node = match obj {
@@ -424,7 +423,6 @@ impl OverlayFs {
         }
         let need_wh = self.lower_positive(&pnode, name)?;
         let cn = cname(name)?;
-        self.invalidate_listing(&pnode);
         // Keep the object reachable for the node (open descriptors, other hard links): pin
         // it with an O_PATH fd before its name goes away.
         let pin = match &upper {
@@ -441,7 +439,7 @@ impl OverlayFs {
         drop(ps);
         let mut s = child.state.lock();
         if let Some(fd) = pin {
-            s.upper = Some(Loc::Dir(Arc::new(fd)));
+            s.upper = Some(Loc::Pinned(Arc::new(fd)));
         }
         s.unlinked = true;
         Ok(())
@@ -513,8 +511,6 @@ impl OverlayFs {
         let dst = self.lookup_locked(&npn, nname)?;
         let ocn = Arc::new(cname(oname)?);
         let ncn = Arc::new(cname(nname)?);
-        self.invalidate_listing(&opn);
-        self.invalidate_listing(&npn);
         let src_dir = src.is_dir();
         if let Some(d) = &dst {
             if Arc::ptr_eq(d, &src) && !exchange {
@@ -592,7 +588,7 @@ impl OverlayFs {
         }
         if let Some(fd) = dst_pin {
             if let Some(d) = &dst {
-                d.state.lock().upper = Some(Loc::Dir(Arc::new(fd)));
+                d.state.lock().upper = Some(Loc::Pinned(Arc::new(fd)));
             }
         }
         opn.state.lock().children.remove(oname);
@@ -617,7 +613,6 @@ impl OverlayFs {
                 made_opaque = true;
             }
         }
-        self.invalidate_listing(node);
         {
             let mut s = node.state.lock();
             s.parent = Some(pnode.clone());

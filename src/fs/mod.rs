@@ -126,8 +126,6 @@ pub struct Node {
     pub(crate) dir_lock: RwLock<()>,
     pub(crate) copy_lock: Mutex<()>,
     pub(crate) has_upper: AtomicBool,
-    /// The merged listing of a directory, until its names change.
-    pub(crate) listing: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 impl Node {
@@ -239,29 +237,113 @@ pub(crate) enum Found {
 /// is there (lower layers do not change while mounted). Hard parts: a `.wh.X` entry whites X
 /// out for the layers below only; char devices and (in `opaque=x` directories) zero-size files
 /// may be whiteouts, which only a stat tells.
+///
+/// Compact on purpose (it lives as long as the kernel keeps the directory): names sit in one
+/// byte arena, `(len, name, dtype, ino)` records, found through a hash table of offsets.
 #[derive(Debug, Default)]
 pub(crate) struct DirIndex {
-    entries: HashMap<Box<[u8]>, (u8, u64)>,
-    whiteouts: std::collections::HashSet<Box<[u8]>>,
+    arena: Vec<u8>,
+    /// Name hash → offset of the record in `arena` (collisions chain through `more`).
+    slots: HashMap<u64, u32, BuildNoHash>,
+    more: Vec<(u64, u32)>,
 }
+
+/// The keys are already hashes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BuildNoHash;
+#[derive(Default)]
+pub(crate) struct NoHash(u64);
+impl std::hash::Hasher for NoHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 << 8) | x as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+impl std::hash::BuildHasher for BuildNoHash {
+    type Hasher = NoHash;
+    fn build_hasher(&self) -> NoHash {
+        NoHash(0)
+    }
+}
+
+fn name_hash(kind: u8, name: &[u8]) -> u64 {
+    // FNV-1a, with the record kind mixed in (entries and whiteouts share the table).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
+    for &b in name {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Record kind for a whiteout (`.wh.X` hides X below this layer).
+const IX_WHITEOUT: u8 = 0xff;
 
 impl DirIndex {
     pub(crate) fn from_raw(raw: &[sys::DirEntry]) -> DirIndex {
         let mut ix = DirIndex::default();
-        ix.entries.reserve(raw.len());
+        ix.slots.reserve(raw.len());
         for e in raw {
             match whiteout::classify(&e.name) {
-                EntryClass::Whiteout(t) => {
-                    ix.whiteouts.insert(t.into());
-                }
+                EntryClass::Whiteout(t) => ix.push(IX_WHITEOUT, t, 0),
                 EntryClass::OpaqueMarker | EntryClass::Reserved => {}
-                EntryClass::Plain => {
-                    ix.entries.insert(e.name.as_slice().into(), (e.dtype, e.ino));
-                }
+                EntryClass::Plain => ix.push(e.dtype, &e.name, e.ino),
             }
         }
-        ix.entries.shrink_to_fit();
+        ix.arena.shrink_to_fit();
+        ix.slots.shrink_to_fit();
         ix
+    }
+
+    fn push(&mut self, kind: u8, name: &[u8], ino: u64) {
+        let off = self.arena.len() as u32;
+        self.arena.push(name.len() as u8);
+        self.arena.extend_from_slice(name);
+        self.arena.push(kind);
+        self.arena.extend_from_slice(&ino.to_ne_bytes());
+        let h = name_hash(u8::from(kind == IX_WHITEOUT), name);
+        if let Some(prev) = self.slots.insert(h, off) {
+            // A hash collision: keep the earlier record in the overflow list.
+            self.more.push((h, prev));
+        }
+    }
+
+    fn record(&self, off: u32) -> (&[u8], u8, u64) {
+        let o = off as usize;
+        let len = self.arena[o] as usize;
+        let name = &self.arena[o + 1..o + 1 + len];
+        let kind = self.arena[o + 1 + len];
+        let mut ino = [0u8; 8];
+        ino.copy_from_slice(&self.arena[o + 2 + len..o + 10 + len]);
+        (name, kind, u64::from_ne_bytes(ino))
+    }
+
+    fn find(&self, whiteout: bool, name: &[u8]) -> Option<(u8, u64)> {
+        let h = name_hash(u8::from(whiteout), name);
+        let hit = |off: u32| {
+            let (n, k, ino) = self.record(off);
+            (n == name && (k == IX_WHITEOUT) == whiteout).then_some((k, ino))
+        };
+        if let Some(r) = self.slots.get(&h).and_then(|&o| hit(o)) {
+            return Some(r);
+        }
+        self.more.iter().filter(|(x, _)| *x == h).find_map(|&(_, o)| hit(o))
+    }
+
+    /// `(dtype, d_ino)` of a name present in this layer directory.
+    pub(crate) fn entry(&self, name: &[u8]) -> Option<(u8, u64)> {
+        self.find(false, name)
+    }
+
+    /// Whether this layer directory holds a `.wh.NAME` whiteout.
+    pub(crate) fn whited_out(&self, name: &[u8]) -> bool {
+        self.find(true, name).is_some()
     }
 }
 
@@ -370,7 +452,6 @@ impl OverlayFs {
             }),
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
-            listing: Mutex::new(None),
         });
         self.nodes.write().insert(ROOT_ID, node);
         Ok(())
@@ -524,8 +605,8 @@ impl OverlayFs {
             }
             None => return self.probe(&ld.fd, ld.marks, name, cname, bottom),
         };
-        let whited = !bottom && ix.whiteouts.contains(name);
-        let Some(&(dtype, ino)) = ix.entries.get(name) else {
+        let whited = !bottom && ix.whited_out(name);
+        let Some((dtype, ino)) = ix.entry(name) else {
             return Ok((if whited { Probe::Whiteout } else { Probe::Absent }, None));
         };
         match dtype {
@@ -743,8 +824,7 @@ impl OverlayFs {
                         state: Mutex::new(state),
                         dir_lock: RwLock::new(()),
                         copy_lock: Mutex::new(()),
-                        listing: Mutex::new(None),
-                    });
+                                });
                     nodes.insert(id, n.clone());
                     n
                 }
@@ -892,20 +972,11 @@ impl OverlayFs {
         Ok(fh)
     }
 
-    /// The merged listing of a directory node, from its cache when its names have not changed.
+    /// The merged listing of a directory node. Not cached here: the kernel keeps listings
+    /// itself (FOPEN_CACHE_DIR) until the directory changes.
     fn listing(&self, node: &Arc<Node>) -> Result<Arc<Vec<DirEntry>>> {
-        if let Some(l) = node.listing.lock().clone() {
-            return Ok(l);
-        }
         let _g = node.dir_lock.read();
-        let l = Arc::new(self.list_merged(node)?);
-        *node.listing.lock() = Some(l.clone());
-        Ok(l)
-    }
-
-    /// Forgets a directory's cached listing; called with its `dir_lock` held exclusive.
-    pub(crate) fn invalidate_listing(&self, node: &Node) {
-        *node.listing.lock() = None;
+        Ok(Arc::new(self.list_merged(node)?))
     }
 
     /// Entries from `offset` on (offset = index + 1 of the last entry returned). A read from
@@ -976,6 +1047,52 @@ impl OverlayFs {
             return Err(Error::errno(libc::EROFS));
         }
         self.node_attr(&node).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de(name: &str, dtype: u8, ino: u64) -> sys::DirEntry {
+        sys::DirEntry { name: name.as_bytes().to_vec(), ino, dtype }
+    }
+
+    #[test]
+    fn dir_index_finds_entries_and_whiteouts() {
+        let mut raw = vec![de("a", libc::DT_REG, 5), de("sub", libc::DT_DIR, 6), de(".wh.gone", libc::DT_REG, 7)];
+        raw.push(de(".wh..wh..opq", libc::DT_REG, 8));
+        for i in 0..2000 {
+            raw.push(de(&format!("f{i}"), libc::DT_REG, 100 + i));
+        }
+        let ix = DirIndex::from_raw(&raw);
+        assert_eq!(ix.entry(b"a"), Some((libc::DT_REG, 5)));
+        assert_eq!(ix.entry(b"sub"), Some((libc::DT_DIR, 6)));
+        assert_eq!(ix.entry(b"gone"), None);
+        assert!(ix.whited_out(b"gone"));
+        assert!(!ix.whited_out(b"a"));
+        assert_eq!(ix.entry(b".wh.gone"), None);
+        assert_eq!(ix.entry(b".wh..wh..opq"), None);
+        assert_eq!(ix.entry(b"missing"), None);
+        for i in 0..2000 {
+            assert_eq!(ix.entry(format!("f{i}").as_bytes()), Some((libc::DT_REG, 100 + i)));
+        }
+    }
+
+    #[test]
+    fn dir_index_survives_hash_collisions() {
+        let mut ix = DirIndex::default();
+        ix.push(libc::DT_REG, b"x", 1);
+        // Force a collision: same slot, different name.
+        let h = name_hash(0, b"x");
+        let off = ix.arena.len() as u32;
+        ix.arena.push(1);
+        ix.arena.extend_from_slice(b"y");
+        ix.arena.push(libc::DT_DIR);
+        ix.arena.extend_from_slice(&2u64.to_ne_bytes());
+        let prev = ix.slots.insert(h, off).unwrap();
+        ix.more.push((h, prev));
+        assert_eq!(ix.find(false, b"x"), Some((libc::DT_REG, 1)));
     }
 }
 
