@@ -32,6 +32,8 @@ pub struct Fuse {
     /// first refusal.
     pub passthrough: AtomicBool,
     backing: Mutex<Backing>,
+    /// Exit the process when the session ends (the `layerfs` server), instead of returning.
+    pub exit_on_destroy: bool,
 }
 
 /// How the open handles of each inode are served. The kernel requires every open of an inode
@@ -58,7 +60,14 @@ enum OpenMode {
 
 impl Fuse {
     pub fn new(fs: Arc<OverlayFs>, ttl: Duration, writeback: bool, passthrough: bool) -> Fuse {
-        Fuse { fs, ttl, writeback, passthrough: AtomicBool::new(passthrough), backing: Mutex::new(Backing::default()) }
+        Fuse {
+            fs,
+            ttl,
+            writeback,
+            passthrough: AtomicBool::new(passthrough),
+            backing: Mutex::new(Backing::default()),
+            exit_on_destroy: false,
+        }
     }
 
     /// Picks the mode of a new open handle. `register` turns a real fd into a backing id
@@ -184,6 +193,16 @@ impl Filesystem for Fuse {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        log::debug!("destroy: the mount is gone");
+        if self.exit_on_destroy {
+            // fuser would now unmount the mountpoint *by path* (its "still mounted?" check reads
+            // an aborted connection as mounted), which takes down a new mount made at the same
+            // path meanwhile. Our mount is already gone when we get here, so stop right away.
+            std::process::exit(0);
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

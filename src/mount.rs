@@ -114,7 +114,8 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let passthrough = cfg.opts.passthrough
         && std::env::var_os("LAYERFS_NO_PASSTHROUGH").is_none()
         && std::env::var_os("FUSE_OVERLAYFS_NO_PASSTHROUGH").is_none();
-    let fuse = Fuse::new(fs, Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), cfg.opts.writeback, passthrough);
+    let mut fuse = Fuse::new(fs, Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), cfg.opts.writeback, passthrough);
+    fuse.exit_on_destroy = true;
     let fcfg = fuser_config(&cfg, source);
 
     let mut notify: Option<OwnedFd> = None;
