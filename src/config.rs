@@ -340,7 +340,9 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
                         "auto" => WhiteoutChoice::Auto,
                         "chardev" => WhiteoutChoice::Fixed(WhiteoutStyle::CharDev),
                         "wh" => WhiteoutChoice::Fixed(WhiteoutStyle::WhFile),
-                        v => return Err(format!("invalid value for whiteout: {v} (want chardev, wh or auto)")),
+                        v => {
+                            return Err(format!("invalid value for whiteout: {v} (want chardev, wh or auto)"));
+                        }
                     }
                 }
                 "fsync" | "sync_fs" => o.fsync = parse_bool(&key, &need(&val)?)?,
@@ -422,7 +424,9 @@ impl MountConfig {
             opts.debug = true;
         }
         let Some(mp) = &argv.mountpoint else {
-            return Err("no mountpoint given (usage: layerfs -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT)".into());
+            return Err(
+                "no mountpoint given (usage: layerfs -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT)".into(),
+            );
         };
         if opts.lowers.is_empty() {
             return Err("no lowerdir specified".into());
@@ -442,7 +446,8 @@ impl MountConfig {
         let upper = opts.upper.as_deref().map(|p| canonical_dir("upperdir", p)).transpose()?;
         let work = opts.work.as_deref().map(|p| canonical_dir("workdir", p)).transpose()?;
         let mountpoint = canonical_dir("mountpoint", Path::new(mp))?;
-        let cfg = MountConfig { lowers, upper, work, mountpoint, foreground: argv.foreground || opts.debug, opts };
+        let cfg =
+            MountConfig { lowers, upper, work, mountpoint, foreground: argv.foreground || opts.debug, opts };
         cfg.check()?;
         Ok(cfg)
     }

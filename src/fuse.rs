@@ -6,16 +6,16 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
@@ -72,7 +72,12 @@ impl Fuse {
 
     /// Picks the mode of a new open handle. `register` turns a real fd into a backing id
     /// (ReplyOpen and ReplyCreate each have one).
-    fn open_mode(&self, ino: u64, fh: u64, register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>) -> OpenMode {
+    fn open_mode(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
+    ) -> OpenMode {
         let mut b = self.backing.lock();
         b.by_fh.insert(fh, ino);
         match b.by_ino.get_mut(&ino) {
@@ -272,7 +277,16 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         log::debug!("mknod(parent={}, name={name:?}, mode={mode:o}, rdev={rdev})", parent.0);
         match self.fs.mknod(parent.0, name, mode, rdev as u64, caller(req)) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
@@ -341,7 +355,9 @@ impl Filesystem for Fuse {
         log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
-                OpenMode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+                OpenMode::Passthrough(id) => {
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
+                }
                 OpenMode::Cached => reply.opened(FileHandle(o.fh), fopen(&o)),
             },
             Err(e) => reply_err!(reply, "open", e),
@@ -442,7 +458,14 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         log::debug!("readdirplus(ino={}, fh={}, offset={offset})", ino.0, fh.0);
         let entries = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(e) => e,
@@ -574,7 +597,9 @@ impl Filesystem for Fuse {
             Ok((attr, o)) => {
                 let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));
                 match self.open_mode(attr.ino.0, o.fh, |fd| reply.open_backing(fd)) {
-                    OpenMode::Passthrough(id) => reply.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), &id),
+                    OpenMode::Passthrough(id) => {
+                        reply.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), &id)
+                    }
                     OpenMode::Cached => reply.created(ttl, &attr, g, fh, fopen(&o)),
                 }
             }
@@ -599,7 +624,15 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         log::debug!("lseek(ino={}, off={offset}, whence={whence})", ino.0);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),

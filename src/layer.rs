@@ -167,9 +167,7 @@ pub fn dir_marks(fd: &OwnedFd) -> DirMarks {
 pub fn has_whiteout_xattr(dir: &OwnedFd, name: &CStr) -> bool {
     let p = sys::proc_fd_path(dir.as_raw_fd(), Some(name));
     let mut buf = [0u8; 4];
-    [whiteout::TRUSTED_WHITEOUT, whiteout::USER_WHITEOUT].iter().any(|x| {
-        CString::new(*x)
-            .ok()
-            .is_some_and(|cx| sys::getxattr_into(&p, &cx, false, &mut buf).is_ok())
-    })
+    [whiteout::TRUSTED_WHITEOUT, whiteout::USER_WHITEOUT]
+        .iter()
+        .any(|x| CString::new(*x).ok().is_some_and(|cx| sys::getxattr_into(&p, &cx, false, &mut buf).is_ok()))
 }

@@ -43,7 +43,9 @@ pub fn fuser_config(cfg: &MountConfig, source: Option<&str>) -> Config {
     let o = &cfg.opts;
     let root = sys::geteuid() == 0;
     let mut mo = vec![
-        MountOption::FSName(o.fsname.clone().or(source.map(str::to_owned)).unwrap_or_else(|| "layerfs".into())),
+        MountOption::FSName(
+            o.fsname.clone().or(source.map(str::to_owned)).unwrap_or_else(|| "layerfs".into()),
+        ),
         MountOption::Subtype(o.subtype.clone().unwrap_or_else(|| "layerfs".into())),
         MountOption::DefaultPermissions,
     ];
@@ -114,7 +116,8 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let passthrough = cfg.opts.passthrough
         && std::env::var_os("LAYERFS_NO_PASSTHROUGH").is_none()
         && std::env::var_os("FUSE_OVERLAYFS_NO_PASSTHROUGH").is_none();
-    let mut fuse = Fuse::new(fs, Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), cfg.opts.writeback, passthrough);
+    let mut fuse =
+        Fuse::new(fs, Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), cfg.opts.writeback, passthrough);
     fuse.exit_on_destroy = true;
     let fcfg = fuser_config(&cfg, source);
 

@@ -34,8 +34,7 @@ impl NameError {
 
 /// Checks that `name` is a single valid component.
 pub fn validate(name: &[u8]) -> Result<(), NameError> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
         return Err(NameError::Invalid);
     }
     if name.len() > NAME_MAX {
@@ -92,7 +91,7 @@ mod tests {
         assert_eq!(validate(b"a\0b"), Err(NameError::Invalid));
         assert_eq!(validate(&[b'x'; 255]), Ok(()));
         assert_eq!(validate(&[b'x'; 256]), Err(NameError::TooLong));
-        assert_eq!(validate(b"...") , Ok(()));
+        assert_eq!(validate(b"..."), Ok(()));
     }
 
     #[test]

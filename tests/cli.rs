@@ -106,7 +106,8 @@ fn engine_style_invocations_mount() {
         u.display(),
         w.display()
     );
-    let o = Command::new(layerfs_bin()).arg("-o").arg(&data).arg(&m).arg("-o").arg("noatime").output().unwrap();
+    let o =
+        Command::new(layerfs_bin()).arg("-o").arg(&data).arg(&m).arg("-o").arg("noatime").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("unknown argument ignored: userxattr"), "{err}");

@@ -43,7 +43,9 @@ fn make_big(p: &Path) -> (String, String) {
     let mut buf = vec![0u8; CHUNK];
     for c in 0..SIZE / CHUNK {
         for (i, w) in buf.chunks_mut(8).enumerate() {
-            w.copy_from_slice(&(((c * CHUNK / 8 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
+            w.copy_from_slice(
+                &(((c * CHUNK / 8 + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes(),
+            );
         }
         f.write_all(&buf).unwrap();
         h.update(&buf);
@@ -58,7 +60,9 @@ fn work_entries(w: &Path) -> Vec<(String, u64)> {
     fs::read_dir(w.join("work"))
         .map(|rd| {
             rd.flatten()
-                .map(|e| (e.file_name().to_string_lossy().to_string(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                .map(|e| {
+                    (e.file_name().to_string_lossy().to_string(), e.metadata().map(|m| m.len()).unwrap_or(0))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -69,7 +73,8 @@ fn work_entries(w: &Path) -> Vec<(String, u64)> {
 /// copy-up finished before it could be caught).
 fn crash_round(s: &Scratch, round: u32, min_bytes: u64, old: &str, new: &str) -> Option<u64> {
     let l = s.path("l");
-    let (u, w, m) = (s.path(&format!("u{round}")), s.path(&format!("w{round}")), s.path(&format!("m{round}")));
+    let (u, w, m) =
+        (s.path(&format!("u{round}")), s.path(&format!("w{round}")), s.path(&format!("m{round}")));
     let opts = format!("lowerdir={},upperdir={},workdir={}", l.display(), u.display(), w.display());
     let mut child = Command::new(layerfs_bin())
         .arg("-f")
@@ -115,7 +120,10 @@ fn crash_round(s: &Scratch, round: u32, min_bytes: u64, old: &str, new: &str) ->
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = child.wait();
     let wr = writer.join().unwrap();
-    eprintln!("round {round}: killed with temp copy at {caught:?} bytes; writer result: {:?}", wr.as_ref().err());
+    eprintln!(
+        "round {round}: killed with temp copy at {caught:?} bytes; writer result: {:?}",
+        wr.as_ref().err()
+    );
     // The dead mount: lazy unmount (fusermount3 -u refuses nothing here, but be sure).
     let ok = Command::new("fusermount3").arg("-u").arg(&m).status().map(|s| s.success()).unwrap_or(false);
     if !ok || is_mounted(&m) {

@@ -113,7 +113,10 @@ fn generate_stack(base: &Path, n: usize, seed: u64) -> Vec<String> {
                     fs::write(l.join(&dir).join(".wh..wh..opq"), b"").unwrap();
                 }
                 2 => {
-                    let _ = std::os::unix::fs::symlink(format!("../{dir}/{f}"), l.join(&dir).join(format!("ln{f}")));
+                    let _ = std::os::unix::fs::symlink(
+                        format!("../{dir}/{f}"),
+                        l.join(&dir).join(format!("ln{f}")),
+                    );
                 }
                 3 => {
                     let sub = l.join(&dir).join(format!("sub{f}"));

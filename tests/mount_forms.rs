@@ -24,7 +24,8 @@ fn mknod_wh(p: &Path) {
 }
 
 fn names(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let mut v: Vec<String> =
+        fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     v.sort();
     v
 }
@@ -49,7 +50,11 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
     // Top lower: whiteouts and opaque directories in each form.
     mknod_wh(&top.join("w_chr"));
     fs::write(top.join(".wh.w_wh"), b"").unwrap();
-    for (d, x) in [("o_trusted", "trusted.overlay.opaque"), ("o_user", "user.overlay.opaque"), ("o_fovl", "user.fuseoverlayfs.opaque")] {
+    for (d, x) in [
+        ("o_trusted", "trusted.overlay.opaque"),
+        ("o_user", "user.overlay.opaque"),
+        ("o_fovl", "user.fuseoverlayfs.opaque"),
+    ] {
         fs::create_dir(top.join(d)).unwrap();
         fs::write(top.join(d).join("new"), b"new").unwrap();
         setx(&top.join(d), x, b"y");
@@ -89,16 +94,24 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
     let x = xattrs(&m.join("keep"), true);
     assert_eq!(x, vec![("user.visible".to_string(), "1".to_string())]);
     for d in ["o_trusted", "o_user", "o_fovl", "xw"] {
-        assert!(xattrs(&m.join(d), true).is_empty(), "{d} shows private xattrs: {:?}", xattrs(&m.join(d), true));
+        assert!(
+            xattrs(&m.join(d), true).is_empty(),
+            "{d} shows private xattrs: {:?}",
+            xattrs(&m.join(d), true)
+        );
     }
     // Reading a private xattr by name fails, setting one is refused.
     let c = CString::new(m.join("o_trusted").as_os_str().as_bytes()).unwrap();
     let mut buf = [0u8; 8];
     // SAFETY: valid buffers.
-    let r = unsafe { libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), 8) };
+    let r = unsafe {
+        libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), 8)
+    };
     assert!(r < 0);
     // SAFETY: valid buffers.
-    let r = unsafe { libc::lsetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"n".as_ptr().cast(), 1, 0) };
+    let r = unsafe {
+        libc::lsetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"n".as_ptr().cast(), 1, 0)
+    };
     assert!(r < 0);
 }
 
@@ -224,7 +237,10 @@ fn big_copy_up_does_not_stall_other_files() {
     let work = w.join("work");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while fs::read_dir(&work).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(!writer.is_finished() || std::time::Instant::now() < deadline, "copy-up never seen in workdir");
+        assert!(
+            !writer.is_finished() || std::time::Instant::now() < deadline,
+            "copy-up never seen in workdir"
+        );
         if writer.is_finished() {
             break;
         }

@@ -55,7 +55,13 @@ pub const CHAINS: &[(&str, &[&str])] = &[
     ("native-chain.txt", &["00-base-busybox.tar", "native-1-add.tar", "native-2-delete-opaque.tar"]),
     (
         "fuse-chain.txt",
-        &["00-base-busybox.tar", "fuse-1-add.tar", "fuse-2-delete.tar", "fuse-3-rmdir.tar", "fuse-4-empty.tar"],
+        &[
+            "00-base-busybox.tar",
+            "fuse-1-add.tar",
+            "fuse-2-delete.tar",
+            "fuse-3-rmdir.tar",
+            "fuse-4-empty.tar",
+        ],
     ),
     ("fuse-bug-chain.txt", &["00-base-busybox.tar", "fuse-1-add.tar", "fuse-bug-2-lost-deletions.tar"]),
     ("buildah-chain.txt", &["00-base-busybox.tar", "buildah-commit-1.tar"]),
@@ -121,7 +127,12 @@ pub fn listing(root: &Path) -> Vec<String> {
             out.push(format!("l {mode:04o} {own} {p} -> {}", t.display()));
         } else if ft.is_file() {
             let sha = sha256_file(&root.join(OsStr::from_bytes(&rel)));
-            out.push(format!("f {mode:04o} {own} {p} size={} nlink={} sha256={}", md.len(), md.nlink(), &sha[..16]));
+            out.push(format!(
+                "f {mode:04o} {own} {p} size={} nlink={} sha256={}",
+                md.len(),
+                md.nlink(),
+                &sha[..16]
+            ));
         } else {
             out.push(format!("? {mode:04o} {own} {p} rdev={}", md.rdev()));
         }
@@ -164,7 +175,13 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
         if ft.is_dir() {
             d = format!("dir {d}");
         } else if ft.is_symlink() {
-            d = format!("symlink {}:{} mtime={} -> {}", md.uid(), md.gid(), md.mtime(), fs::read_link(&full).unwrap().display());
+            d = format!(
+                "symlink {}:{} mtime={} -> {}",
+                md.uid(),
+                md.gid(),
+                md.mtime(),
+                fs::read_link(&full).unwrap().display()
+            );
         } else if ft.is_file() {
             d = format!("file {d} size={} sha={}", md.len(), &sha256_file(&full)[..16]);
         } else if ft.is_char_device() || ft.is_block_device() {
@@ -184,7 +201,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
                 if k.starts_with(b"security.selinux") {
                     continue;
                 }
-                d.push_str(&format!(" xattr:{}={}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)));
+                d.push_str(&format!(
+                    " xattr:{}={}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                ));
             }
         }
         out.insert(p, d);

@@ -36,7 +36,10 @@ fn digest_gives_readme_diff_ids() {
     // The CLI: one line per layer, no chainid line for a single layer.
     let out = run_ok(["digest".as_ref(), s(&fixture("fuse-4-empty.tar"))]);
     let out = String::from_utf8(out).unwrap();
-    assert_eq!(out, format!("{}  {}\n", diff_id_of("fuse-4-empty.tar"), fixture("fuse-4-empty.tar").display()));
+    assert_eq!(
+        out,
+        format!("{}  {}\n", diff_id_of("fuse-4-empty.tar"), fixture("fuse-4-empty.tar").display())
+    );
 }
 
 /// ChainIDs computed independently with sha2 (the README lists none).
@@ -128,14 +131,19 @@ fn flatten_through_the_cli() {
 
 fn unpack_one(tar: &Path, target: &Path, form: WhiteoutMode) {
     let opts = UnpackOptions { whiteouts: form, flatten: false, diff_ids: true };
-    oci::unpack(&[tar.to_path_buf()], target, &opts).unwrap_or_else(|e| panic!("unpack {}: {e}", tar.display()));
+    oci::unpack(&[tar.to_path_buf()], target, &opts)
+        .unwrap_or_else(|e| panic!("unpack {}: {e}", tar.display()));
 }
 
 /// What makes a directory opaque or a path a whiteout in `root`, as a list.
 fn markers(root: &Path) -> Vec<String> {
     snapshot(root)
         .into_iter()
-        .filter(|(p, d)| p.rsplit('/').next().unwrap().starts_with(".wh.") || d.starts_with("char") || d.contains("overlay.opaque"))
+        .filter(|(p, d)| {
+            p.rsplit('/').next().unwrap().starts_with(".wh.")
+                || d.starts_with("char")
+                || d.contains("overlay.opaque")
+        })
         .map(|(p, d)| format!("{p}: {d}"))
         .collect()
 }

@@ -107,17 +107,30 @@ fn assert_refused(archive: &[u8], expect: &str) {
                 let opts = layerfs::oci::UnpackOptions {
                     diff_ids: true,
                     flatten: extra.contains(&"--flatten"),
-                    whiteouts: if extra.contains(&"wh") { layerfs::oci::WhiteoutMode::Wh } else { layerfs::oci::WhiteoutMode::Auto },
+                    whiteouts: if extra.contains(&"wh") {
+                        layerfs::oci::WhiteoutMode::Wh
+                    } else {
+                        layerfs::oci::WhiteoutMode::Auto
+                    },
                 };
-                let e = layerfs::oci::unpack(std::slice::from_ref(&tar), &a.target, &opts).expect_err("accepted");
+                let e =
+                    layerfs::oci::unpack(std::slice::from_ref(&tar), &a.target, &opts).expect_err("accepted");
                 e.to_string()
             };
             assert!(msg.contains(expect), "message {msg:?} does not mention {expect:?}");
-            assert!(!a.target.exists() && fs::symlink_metadata(&a.target).is_err(), "target left behind ({expect})");
-            let leftovers: Vec<_> = fs::read_dir(a.root.join("work")).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(
+                !a.target.exists() && fs::symlink_metadata(&a.target).is_err(),
+                "target left behind ({expect})"
+            );
+            let leftovers: Vec<_> =
+                fs::read_dir(a.root.join("work")).unwrap().map(|e| e.unwrap().file_name()).collect();
             assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
             assert_eq!(fs::read(&a.sentinel).unwrap(), b"untouched\n");
-            assert_eq!(inventory(&a.root, &a.target), before, "something changed outside the target ({expect})");
+            assert_eq!(
+                inventory(&a.root, &a.target),
+                before,
+                "something changed outside the target ({expect})"
+            );
             for p in ["/escape", "/evil", "/b", "/abs"] {
                 assert!(fs::symlink_metadata(p).is_err(), "{p} was created");
             }
@@ -143,20 +156,35 @@ fn dotdot_in_the_middle() {
 
 #[test]
 fn symlink_then_entry_beneath_it() {
-    assert_refused(&[good_prefix(), symlink("lnk", "/"), file("lnk/escape", b"x"), end()].concat(), "symlink");
-    assert_refused(&[good_prefix(), symlink("lnk", "../../outside"), file("lnk/escape", b"x"), end()].concat(), "symlink");
+    assert_refused(
+        &[good_prefix(), symlink("lnk", "/"), file("lnk/escape", b"x"), end()].concat(),
+        "symlink",
+    );
+    assert_refused(
+        &[good_prefix(), symlink("lnk", "../../outside"), file("lnk/escape", b"x"), end()].concat(),
+        "symlink",
+    );
     assert_refused(&[good_prefix(), symlink("lnk", "../.."), dir("lnk/sub/"), end()].concat(), "symlink");
     // Even a symlink that stays inside the layer cannot be written through.
-    assert_refused(&[good_prefix(), symlink("ok/lnk", "sub"), file("ok/lnk/x", b"x"), end()].concat(), "symlink");
+    assert_refused(
+        &[good_prefix(), symlink("ok/lnk", "sub"), file("ok/lnk/x", b"x"), end()].concat(),
+        "symlink",
+    );
     // A symlink over an existing directory, then an entry beneath.
-    assert_refused(&[good_prefix(), symlink("ok", "../../outside"), file("ok/sentinel", b"evil"), end()].concat(), "symlink");
+    assert_refused(
+        &[good_prefix(), symlink("ok", "../../outside"), file("ok/sentinel", b"evil"), end()].concat(),
+        "symlink",
+    );
 }
 
 #[test]
 fn hardlink_outside_or_forward() {
     assert_refused(&[good_prefix(), hardlink("h", "../outside/sentinel"), end()].concat(), "'..'");
     assert_refused(&[good_prefix(), hardlink("h", "/etc/passwd"), end()].concat(), "absolute");
-    assert_refused(&[good_prefix(), hardlink("h", "later"), file("later", b"x"), end()].concat(), "not an earlier");
+    assert_refused(
+        &[good_prefix(), hardlink("h", "later"), file("later", b"x"), end()].concat(),
+        "not an earlier",
+    );
     assert_refused(&[good_prefix(), hardlink("h", "ok/sub"), end()].concat(), "not an earlier");
 }
 
@@ -257,7 +285,11 @@ fn accepted_spellings_and_same_layer_rules() {
     // Flattened on top of a lower layer: the whiteout of y (same layer) does
     // not remove it, the opaque marker hides the lower d/old but keeps d/f.
     let lower = a.root.join("lower.tar");
-    fs::write(&lower, [file("y", b"lower"), dir("d/"), file("d/old", b"o"), file("z", b"lower z"), end()].concat()).unwrap();
+    fs::write(
+        &lower,
+        [file("y", b"lower"), dir("d/"), file("d/old", b"o"), file("z", b"lower z"), end()].concat(),
+    )
+    .unwrap();
     let flat = a.root.join("work/flat");
     run_ok(["unpack".as_ref(), "--flatten".as_ref(), s(&lower), s(&tar), s(&flat)]);
     assert_eq!(fs::read(flat.join("y")).unwrap(), b"kept");
@@ -273,12 +305,37 @@ fn opaque_marker_after_the_layers_own_entries() {
     // the lower ones go, also inside subdirectories the layer touched.
     let a = arena();
     let lower = a.root.join("lower.tar");
-    fs::write(&lower, [dir("d/"), file("d/old", b"o"), dir("d/sub/"), file("d/sub/old2", b"o"), file("d/same", b"lower"), end()].concat()).unwrap();
+    fs::write(
+        &lower,
+        [
+            dir("d/"),
+            file("d/old", b"o"),
+            dir("d/sub/"),
+            file("d/sub/old2", b"o"),
+            file("d/same", b"lower"),
+            end(),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let upper = a.root.join("upper.tar");
-    fs::write(&upper, [dir("d/"), file("d/new", b"n"), file("d/sub/new2", b"n"), file("d/same", b"upper"), file("d/.wh..wh..opq", b""), end()].concat()).unwrap();
+    fs::write(
+        &upper,
+        [
+            dir("d/"),
+            file("d/new", b"n"),
+            file("d/sub/new2", b"n"),
+            file("d/same", b"upper"),
+            file("d/.wh..wh..opq", b""),
+            end(),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let flat = a.root.join("work/flat");
     run_ok(["unpack".as_ref(), "--flatten".as_ref(), s(&lower), s(&upper), s(&flat)]);
-    let mut names: Vec<String> = walk(&flat).into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
+    let mut names: Vec<String> =
+        walk(&flat).into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
     names.sort();
     assert_eq!(names, vec!["d", "d/new", "d/same", "d/sub", "d/sub/new2"]);
     assert_eq!(fs::read(flat.join("d/same")).unwrap(), b"upper");

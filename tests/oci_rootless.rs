@@ -84,25 +84,30 @@ fn unprivileged_body(via_setpriv: bool) {
     fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();
     let out = dir.join("out");
     let run_cmd = |args: &[&std::ffi::OsStr]| {
-        if via_setpriv {
-            as_nobody(args)
-        } else {
-            Command::new(bin()).args(args).output().unwrap()
-        }
+        if via_setpriv { as_nobody(args) } else { Command::new(bin()).args(args).output().unwrap() }
     };
     let o = run_cmd(&["unpack".as_ref(), tar.as_os_str(), out.as_os_str()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // Devices are empty files with the real stat in an xattr.
     let x = layerfs::oci::xattrs_nofollow(&out.join("null")).unwrap();
-    assert!(x.iter().any(|(k, v)| k == b"user.containers.override_stat" && v == b"0:0:0666:char-1-3"), "{x:?}");
+    assert!(
+        x.iter().any(|(k, v)| k == b"user.containers.override_stat" && v == b"0:0:0666:char-1-3"),
+        "{x:?}"
+    );
     let x = layerfs::oci::xattrs_nofollow(&out.join("sda")).unwrap();
-    assert!(x.iter().any(|(k, v)| k == b"user.containers.override_stat" && v == b"0:0:0660:block-8-0"), "{x:?}");
+    assert!(
+        x.iter().any(|(k, v)| k == b"user.containers.override_stat" && v == b"0:0:0660:block-8-0"),
+        "{x:?}"
+    );
     assert!(fs::symlink_metadata(out.join("null")).unwrap().is_file());
     // Modes are kept, owners are ours.
     assert_eq!(fs::metadata(out.join("f")).unwrap().permissions().mode() & 0o7777, 0o4755);
     // The whiteout exists in some form.
-    assert!(fs::symlink_metadata(out.join("d/gone")).is_ok() || fs::symlink_metadata(out.join("d/.wh.gone")).is_ok());
+    assert!(
+        fs::symlink_metadata(out.join("d/gone")).is_ok()
+            || fs::symlink_metadata(out.join("d/.wh.gone")).is_ok()
+    );
 
     // diff (unprivileged too) gives the devices back.
     let layer = dir.join("diff.tar");

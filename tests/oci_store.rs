@@ -15,13 +15,15 @@ fn hex(d: &str) -> &str {
 }
 
 fn import(root: &Path, tars: &[&str]) -> String {
-    let mut args: Vec<std::ffi::OsString> = vec!["store".into(), "--root".into(), root.into(), "import".into()];
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["store".into(), "--root".into(), root.into(), "import".into()];
     args.extend(tars.iter().map(|t| fixture(t).into_os_string()));
     String::from_utf8(run_ok(&args)).unwrap().trim().to_string()
 }
 
 fn ls(root: &Path) -> Vec<Vec<String>> {
-    let out = String::from_utf8(run_ok(["store".as_ref(), "--root".as_ref(), s(root), "ls".as_ref()])).unwrap();
+    let out =
+        String::from_utf8(run_ok(["store".as_ref(), "--root".as_ref(), s(root), "ls".as_ref()])).unwrap();
     out.lines().map(|l| l.split(' ').map(|w| w.to_string()).collect()).collect()
 }
 
@@ -91,7 +93,8 @@ fn import_shares_layers_and_lays_out_like_layerdb() {
         .iter()
         .rev()
         .map(|c| {
-            let cache = fs::read_to_string(root.join("layerdb/sha256").join(hex(c)).join("cache-id")).unwrap();
+            let cache =
+                fs::read_to_string(root.join("layerdb/sha256").join(hex(c)).join("cache-id")).unwrap();
             root.join("layers").join(cache)
         })
         .collect();
@@ -105,12 +108,14 @@ fn rm_refuses_layers_with_dependents() {
     let (_, native) = CHAINS[0];
     let top = import(&root, native);
     let chain = chain_of(native);
-    let (code, _, err) = run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), chain[0].as_ref()]);
+    let (code, _, err) =
+        run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), chain[0].as_ref()]);
     assert_ne!(code, 0);
     assert!(err.starts_with("layerfs: ") && err.contains("parent of") && err.contains(&chain[1]), "{err}");
     assert_eq!(ls(&root).len(), 3);
     // A bad id is refused before touching any path.
-    let (code, _, err) = run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), "sha256:../../etc".as_ref()]);
+    let (code, _, err) =
+        run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), "sha256:../../etc".as_ref()]);
     assert_ne!(code, 0);
     assert!(err.contains("invalid digest"), "{err}");
     let (code, _, err) = run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), "".as_ref()]);
@@ -126,7 +131,8 @@ fn rm_refuses_layers_with_dependents() {
     assert!(ls(&root).is_empty());
     assert_eq!(fs::read_dir(root.join("layers")).unwrap().count(), 0);
     // Unknown layer.
-    let (code, _, err) = run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), chain[0].as_ref()]);
+    let (code, _, err) =
+        run(["store".as_ref(), "--root".as_ref(), s(&root), "rm".as_ref(), chain[0].as_ref()]);
     assert_ne!(code, 0);
     assert!(err.contains("no layer"), "{err}");
 }
@@ -144,10 +150,20 @@ fn commit_adds_a_normalised_layer() {
     oci::set_xattr_nofollow(&upper.join("etc/keep"), "trusted.overlay.opaque", b"y").unwrap();
     fs::write(upper.join("added"), b"added\n").unwrap();
     fs::create_dir_all(upper.join("bin")).unwrap();
-    let st = std::process::Command::new("mknod").arg(upper.join("bin/ls")).args(["c", "0", "0"]).status().unwrap();
+    let st =
+        std::process::Command::new("mknod").arg(upper.join("bin/ls")).args(["c", "0", "0"]).status().unwrap();
     assert!(st.success());
 
-    let out = String::from_utf8(run_ok(["store".as_ref(), "--root".as_ref(), s(&root), "commit".as_ref(), s(&upper), "--parent".as_ref(), base.as_ref()])).unwrap();
+    let out = String::from_utf8(run_ok([
+        "store".as_ref(),
+        "--root".as_ref(),
+        s(&root),
+        "commit".as_ref(),
+        s(&upper),
+        "--parent".as_ref(),
+        base.as_ref(),
+    ]))
+    .unwrap();
     let top = out.trim().to_string();
     // Its ChainID is that of the diff of the upper on top of the base.
     let layer = tmp.path().join("upper.tar");
@@ -162,15 +178,29 @@ fn commit_adds_a_normalised_layer() {
     let lowers = oci::lowerdirs_for(&root, &top).unwrap();
     assert_eq!(lowers.len(), 2);
     let flat = tmp.path().join("flat");
-    oci::unpack(&[fixture("00-base-busybox.tar"), layer], &flat, &oci::UnpackOptions { flatten: true, ..Default::default() }).unwrap();
+    oci::unpack(
+        &[fixture("00-base-busybox.tar"), layer],
+        &flat,
+        &oci::UnpackOptions { flatten: true, ..Default::default() },
+    )
+    .unwrap();
     assert!(fs::symlink_metadata(flat.join("bin/ls")).is_err());
     assert!(fs::symlink_metadata(flat.join("bin/cat")).is_ok());
-    let mut keep: Vec<_> = fs::read_dir(flat.join("etc/keep")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut keep: Vec<_> =
+        fs::read_dir(flat.join("etc/keep")).unwrap().map(|e| e.unwrap().file_name()).collect();
     keep.sort();
     assert_eq!(keep, vec!["new"]);
 
     // Commit with an unknown parent is refused.
-    let (code, _, err) = run(["store".as_ref(), "--root".as_ref(), s(&root), "commit".as_ref(), s(&upper), "--parent".as_ref(), "a".repeat(64).as_ref()]);
+    let (code, _, err) = run([
+        "store".as_ref(),
+        "--root".as_ref(),
+        s(&root),
+        "commit".as_ref(),
+        s(&upper),
+        "--parent".as_ref(),
+        "a".repeat(64).as_ref(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("not in the store"), "{err}");
 }
@@ -182,7 +212,15 @@ fn mount_options_escape_and_order() {
     let (_, native) = CHAINS[0];
     let top = import(&root, native);
     let lowers = oci::lowerdirs_for(&root, &top).unwrap();
-    let args = store::mount_args(&root, &top, Path::new("/mnt/x"), Some(Path::new("/u")), Some(Path::new("/w")), &["-f".into()]).unwrap();
+    let args = store::mount_args(
+        &root,
+        &top,
+        Path::new("/mnt/x"),
+        Some(Path::new("/u")),
+        Some(Path::new("/w")),
+        &["-f".into()],
+    )
+    .unwrap();
     assert_eq!(args[0], "-o");
     let opt = args[1].to_str().unwrap();
     let esc = |p: &Path| p.to_str().unwrap().replace(':', "\\:").replace(',', "\\,");
@@ -203,7 +241,14 @@ fn mount_options_escape_and_order() {
     ]);
     assert_ne!(code, 0, "{err}");
     // An unknown layer is refused before anything runs.
-    let (code, _, err) = run(["store".as_ref(), "--root".as_ref(), s(&root), "mount".as_ref(), "b".repeat(64).as_ref(), "/nonexistent-mnt".as_ref()]);
+    let (code, _, err) = run([
+        "store".as_ref(),
+        "--root".as_ref(),
+        s(&root),
+        "mount".as_ref(),
+        "b".repeat(64).as_ref(),
+        "/nonexistent-mnt".as_ref(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("no layer"), "{err}");
 }

@@ -36,7 +36,9 @@ fn oci_layout(layout: &Path, layers: &[PathBuf]) {
     for l in layers {
         let data = fs::read(l).unwrap();
         let (d, n) = put_blob(layout, &data);
-        descs.push(format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{n}}}"#));
+        descs.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{n}}}"#
+        ));
         diff_ids.push(format!(r#""{d}""#));
     }
     let config = format!(
@@ -65,7 +67,12 @@ fn umoci_unpack(work: &Path, layers: &[PathBuf]) -> PathBuf {
     if layerfs_is_unprivileged() {
         cmd.arg("--rootless");
     }
-    let out = cmd.arg("--image").arg(format!("{}:test", layout.display())).arg(&rootfs).output().expect("run umoci");
+    let out = cmd
+        .arg("--image")
+        .arg(format!("{}:test", layout.display()))
+        .arg(&rootfs)
+        .output()
+        .expect("run umoci");
     assert!(
         out.status.success(),
         "umoci raw unpack failed: {}{}",
@@ -91,7 +98,12 @@ fn umoci_unpacks_the_diff_of_a_flattened_chain() {
     let (expected, tars) = CHAINS[0];
     let flat = tmp.path().join("flat");
     let paths: Vec<PathBuf> = tars.iter().map(|t| fixture(t)).collect();
-    oci::unpack(&paths, &flat, &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true }).unwrap();
+    oci::unpack(
+        &paths,
+        &flat,
+        &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true },
+    )
+    .unwrap();
     let layer = diff_of(&flat, &tmp.path().join("flat.tar"));
     let rootfs = umoci_unpack(tmp.path(), &[layer]);
     assert_same_listing(&listing(&rootfs), &read_expected(expected), "umoci unpack of our flattened diff");
@@ -107,21 +119,39 @@ fn umoci_applies_our_whiteouts_and_opaque_markers() {
         let mut layers = vec![fixture(tars[0])];
         for (i, t) in tars[1..].iter().enumerate() {
             let d = tmp.path().join(format!("l{i}"));
-            oci::unpack(&[fixture(t)], &d, &UnpackOptions { whiteouts: form, flatten: false, diff_ids: true }).unwrap();
+            oci::unpack(
+                &[fixture(t)],
+                &d,
+                &UnpackOptions { whiteouts: form, flatten: false, diff_ids: true },
+            )
+            .unwrap();
             layers.push(diff_of(&d, &tmp.path().join(format!("l{i}.tar"))));
         }
         let rootfs = umoci_unpack(tmp.path(), &layers);
-        assert_same_listing(&listing(&rootfs), &read_expected(expected), &format!("{expected} via umoci ({form:?})"));
+        assert_same_listing(
+            &listing(&rootfs),
+            &read_expected(expected),
+            &format!("{expected} via umoci ({form:?})"),
+        );
         // And our own flatten of the re-exported layers agrees.
         let flat = tmp.path().join("flat");
-        oci::unpack(&layers, &flat, &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true }).unwrap();
-        assert_same_listing(&listing(&flat), &read_expected(expected), &format!("{expected} flattened re-exports"));
+        oci::unpack(
+            &layers,
+            &flat,
+            &UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: true, diff_ids: true },
+        )
+        .unwrap();
+        assert_same_listing(
+            &listing(&flat),
+            &read_expected(expected),
+            &format!("{expected} flattened re-exports"),
+        );
     }
 }
 
 /// An upper directory with the awkward cases.
 fn rich_upper(u: &Path) {
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::{PermissionsExt, symlink};
     let set = |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
     fs::create_dir_all(u.join("bin")).unwrap();
     fs::write(u.join("bin/suid"), b"#!/bin/sh\n").unwrap();
@@ -153,7 +183,11 @@ fn rich_upper(u: &Path) {
         assert!(st.success());
     }
     // Fixed mtimes so both trees can be compared exactly.
-    let st = Command::new("find").arg(u).args(["-exec", "touch", "-h", "-d", "@1700000000", "{}", "+"]).status().unwrap();
+    let st = Command::new("find")
+        .arg(u)
+        .args(["-exec", "touch", "-h", "-d", "@1700000000", "{}", "+"])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -183,5 +217,9 @@ fn umoci_and_layerfs_agree_on_a_rich_tree() {
             })
             .collect::<std::collections::BTreeMap<_, _>>()
     };
-    assert_same_snapshot(&strip_dir_mtime(snapshot(&rootfs)), &strip_dir_mtime(snapshot(&ours)), "umoci vs layerfs");
+    assert_same_snapshot(
+        &strip_dir_mtime(snapshot(&rootfs)),
+        &strip_dir_mtime(snapshot(&ours)),
+        "umoci vs layerfs",
+    );
 }

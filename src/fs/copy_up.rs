@@ -58,7 +58,7 @@ pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, len: u64) -> std::io::
         let data = match sys::lseek(src, off as i64, sys::SEEK_DATA) {
             Ok(d) => d as u64,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => off, // no SEEK_DATA: all data
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => off,  // no SEEK_DATA: all data
             Err(e) => return Err(e),
         };
         let hole = match sys::lseek(src, data as i64, sys::SEEK_HOLE) {
@@ -131,7 +131,12 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
             Ok(()) => {}
             // Some namespaces cannot be written here (security.* without privilege, trusted.*
             // rootless): like fuse-overlayfs and the kernel, skip those rather than fail.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EACCES)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EACCES)
+                ) =>
+            {
                 log::debug!("copy-up: xattr {} not copied: {e}", String::from_utf8_lossy(n));
             }
             Err(e) => return Err(Error::io(e, "copy-up setxattr")),
@@ -183,13 +188,9 @@ impl OverlayFs {
                 Loc::Dir(Arc::new(fd))
             }
             FileType::RegularFile => {
-                let dst = sys::openat(
-                    work.as_fd(),
-                    &tmp,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                    0o600,
-                )
-                .map_err(|e| Error::io(e, "copy-up create"))?;
+                let dst =
+                    sys::openat(work.as_fd(), &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
+                        .map_err(|e| Error::io(e, "copy-up create"))?;
                 if with_data && st.st_size > 0 {
                     let sfd = src.open(libc::O_RDONLY).map_err(|e| Error::io(e, "copy-up open"))?;
                     let how = copy_data(sfd.as_fd(), dst.as_fd(), st.st_size as u64)
@@ -221,11 +222,8 @@ impl OverlayFs {
         if kind != FileType::Symlink {
             tloc.chmod(perm).map_err(|e| Error::io(e, "copy-up chmod"))?;
         }
-        tloc.utimes(
-            SetTime::At(st.st_atime, st.st_atime_nsec),
-            SetTime::At(st.st_mtime, st.st_mtime_nsec),
-        )
-        .map_err(|e| Error::io(e, "copy-up utimes"))?;
+        tloc.utimes(SetTime::At(st.st_atime, st.st_atime_nsec), SetTime::At(st.st_mtime, st.st_mtime_nsec))
+            .map_err(|e| Error::io(e, "copy-up utimes"))?;
         let new_loc = {
             let _pl = parent.dir_lock.write();
             match sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {

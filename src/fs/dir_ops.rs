@@ -151,7 +151,8 @@ impl OverlayFs {
                     sys::openat(work.as_fd(), &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o000)
                         .map_err(|e| Error::io(e, "whiteout"))?,
                 );
-                sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &wn, 0).map_err(|e| Error::io(e, "whiteout"))?;
+                sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &wn, 0)
+                    .map_err(|e| Error::io(e, "whiteout"))?;
             }
         }
         guard.armed = false;
@@ -186,7 +187,12 @@ impl OverlayFs {
                 Ok(()) => {
                     return remove_tree_at(work, &tmp).map_err(|e| Error::io(e, "whiteout cleanup"));
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)
+                    ) =>
+                {
                     log::debug!("RENAME_WHITEOUT refused ({e}); removing, then whiting out");
                 }
                 Err(e) => return Err(Error::io(e, "rename whiteout")),
@@ -242,8 +248,9 @@ impl OverlayFs {
             NewObj::File { mode, flags } => {
                 let acc = flags & libc::O_ACCMODE;
                 let extra = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
-                let fd = sys::openat(dir.as_fd(), &at, acc | extra | libc::O_CREAT | libc::O_EXCL, *mode & 0o7777)
-                    .map_err(|e| Error::io(e, "create"))?;
+                let fd =
+                    sys::openat(dir.as_fd(), &at, acc | extra | libc::O_CREAT | libc::O_EXCL, *mode & 0o7777)
+                        .map_err(|e| Error::io(e, "create"))?;
                 file_fd = Some(fd);
                 mode_for_owner = Some(*mode);
                 Loc::At(dir.clone(), at.clone())
@@ -567,7 +574,11 @@ impl OverlayFs {
         if need_wh_old && self.whiteout_style == WhiteoutStyle::CharDev {
             match sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_WHITEOUT) {
                 Ok(()) => wh_done = true,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)
+                    ) => {}
                 Err(e) => return Err(Error::io(e, "rename")),
             }
         }
@@ -598,7 +609,14 @@ impl OverlayFs {
 
     /// Updates a node moved to `pnode/name`; a directory landing on a name that a lower layer
     /// has becomes opaque.
-    fn moved(&self, node: &Arc<Node>, pnode: &Arc<Node>, pfd: &Arc<OwnedFd>, name: &[u8], cn: &Arc<CString>) -> Result<()> {
+    fn moved(
+        &self,
+        node: &Arc<Node>,
+        pnode: &Arc<Node>,
+        pfd: &Arc<OwnedFd>,
+        name: &[u8],
+        cn: &Arc<CString>,
+    ) -> Result<()> {
         let is_dir = node.is_dir();
         let mut made_opaque = false;
         if is_dir && self.lower_positive(pnode, name)? {

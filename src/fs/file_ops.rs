@@ -96,7 +96,14 @@ impl OverlayFs {
         Ok(self.register_file(node, fd, from_lower, flags))
     }
 
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, caller: Caller) -> Result<(FileAttr, Opened)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(FileAttr, Opened)> {
         let p = self.node(parent)?;
         let obj = NewObj::File { mode, flags: real_flags(flags) };
         let (node, fd) = self.create_upper(&p, name, obj, caller)?;
@@ -212,10 +219,8 @@ impl OverlayFs {
     pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<FileAttr> {
         self.check_writable()?;
         let node = self.node(ino)?;
-        let only_truncate_to_zero = sa.size == Some(0)
-            && sa.mode.is_none()
-            && sa.uid.is_none()
-            && sa.gid.is_none();
+        let only_truncate_to_zero =
+            sa.size == Some(0) && sa.mode.is_none() && sa.uid.is_none() && sa.gid.is_none();
         self.copy_up(&node, !only_truncate_to_zero)?;
         let (loc, kind) = {
             let s = node.state.lock();
@@ -269,7 +274,14 @@ impl OverlayFs {
         sys::lseek(fd.as_fd(), offset, whence).map_err(|e| Error::io(e, "lseek"))
     }
 
-    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
         let hi = self.file(fh_in)?;
         let ho = self.file(fh_out)?;
         let fi = self.handle_fd(&hi)?;

@@ -673,9 +673,7 @@ impl OverlayFs {
         // Resolver positions: 0 = upper slot (always fed), i+1 = lowers[i]. `found` holds layer
         // indices; map the resolution through them.
         let res = resolver.finish();
-        let pos_to_layer = |pos: usize| -> usize {
-            if pos == 0 { 0 } else { lowers[pos - 1].layer }
-        };
+        let pos_to_layer = |pos: usize| -> usize { if pos == 0 { 0 } else { lowers[pos - 1].layer } };
         let find = |layer: usize| found.iter().find(|(l, _, _)| *l == layer);
         match res {
             Resolution::Negative => Ok(None),
@@ -774,7 +772,10 @@ impl OverlayFs {
         if let Some(id) = known {
             if let Some(n) = self.nodes.read().get(&id).cloned() {
                 let s = n.state.lock();
-                if !s.unlinked && s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, pnode)) && *s.name.as_bytes() == *name {
+                if !s.unlinked
+                    && s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, pnode))
+                    && *s.name.as_bytes() == *name
+                {
                     drop(s);
                     return Ok(Some(n));
                 }
@@ -824,7 +825,7 @@ impl OverlayFs {
                         state: Mutex::new(state),
                         dir_lock: RwLock::new(()),
                         copy_lock: Mutex::new(()),
-                                });
+                    });
                     nodes.insert(id, n.clone());
                     n
                 }
@@ -888,7 +889,8 @@ impl OverlayFs {
             )
         };
         let nlowers = lowers.len();
-        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<Arc<std::sync::OnceLock<DirIndex>>>)> = Vec::new();
+        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<Arc<std::sync::OnceLock<DirIndex>>>)> =
+            Vec::new();
         if let Some(u) = upper {
             dirs.push((0, u, umarks, None));
         }
@@ -1060,7 +1062,8 @@ mod tests {
 
     #[test]
     fn dir_index_finds_entries_and_whiteouts() {
-        let mut raw = vec![de("a", libc::DT_REG, 5), de("sub", libc::DT_DIR, 6), de(".wh.gone", libc::DT_REG, 7)];
+        let mut raw =
+            vec![de("a", libc::DT_REG, 5), de("sub", libc::DT_DIR, 6), de(".wh.gone", libc::DT_REG, 7)];
         raw.push(de(".wh..wh..opq", libc::DT_REG, 8));
         for i in 0..2000 {
             raw.push(de(&format!("f{i}"), libc::DT_REG, 100 + i));

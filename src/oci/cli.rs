@@ -124,7 +124,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind as K;
-            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 };
             }
@@ -150,22 +153,31 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::Unpack(a) => {
             let mut paths = a.paths;
             let target = paths.pop().expect("clap requires two paths");
-            let opts = UnpackOptions { whiteouts: a.whiteouts.parse::<WhiteoutMode>()?, flatten: a.flatten, diff_ids: false };
-            unpack::unpack(&paths, &target, &opts).map_err(|e| e.context(format!("unpack into {}", target.display())))?;
+            let opts = UnpackOptions {
+                whiteouts: a.whiteouts.parse::<WhiteoutMode>()?,
+                flatten: a.flatten,
+                diff_ids: false,
+            };
+            unpack::unpack(&paths, &target, &opts)
+                .map_err(|e| e.context(format!("unpack into {}", target.display())))?;
             Ok(0)
         }
         Cmd::Diff(a) => {
             match a.output {
                 Some(f) => {
-                    let r = export::export_to_file(&a.upper, &f).map_err(|e| e.context(format!("diff {}", a.upper.display())))?;
+                    let r = export::export_to_file(&a.upper, &f)
+                        .map_err(|e| e.context(format!("diff {}", a.upper.display())))?;
                     println!("{}", r.diff_id);
                 }
                 None => {
                     if fsutil::is_tty(1) {
-                        return Err(Error::new("refusing to write a tar to a terminal (use -o FILE or a pipe)"));
+                        return Err(Error::new(
+                            "refusing to write a tar to a terminal (use -o FILE or a pipe)",
+                        ));
                     }
                     let stdout = io::stdout();
-                    let r = export::export(&a.upper, stdout.lock()).map_err(|e| e.context(format!("diff {}", a.upper.display())))?;
+                    let r = export::export(&a.upper, stdout.lock())
+                        .map_err(|e| e.context(format!("diff {}", a.upper.display())))?;
                     eprintln!("{}", r.diff_id);
                 }
             }
@@ -206,7 +218,14 @@ fn store_cmd(root: &std::path::Path, cmd: StoreCmd) -> Result<i32> {
             let stdout = io::stdout();
             let mut out = stdout.lock();
             for l in st.list()? {
-                writeln!(out, "{} {} {} {}", l.chain_id, l.diff_id, l.parent.as_deref().unwrap_or("-"), l.size)?;
+                writeln!(
+                    out,
+                    "{} {} {} {}",
+                    l.chain_id,
+                    l.diff_id,
+                    l.parent.as_deref().unwrap_or("-"),
+                    l.size
+                )?;
             }
             Ok(0)
         }
@@ -221,8 +240,10 @@ fn store_cmd(root: &std::path::Path, cmd: StoreCmd) -> Result<i32> {
             Ok(0)
         }
         StoreCmd::Mount { chainid, mountpoint, upper, work, extra } => {
-            let args = store::mount_args(root, &chainid, &mountpoint, upper.as_deref(), work.as_deref(), &extra)?;
-            let exe = std::env::current_exe().map_err(|e| Error::new(format!("cannot find the layerfs executable: {e}")))?;
+            let args =
+                store::mount_args(root, &chainid, &mountpoint, upper.as_deref(), work.as_deref(), &extra)?;
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::new(format!("cannot find the layerfs executable: {e}")))?;
             let status = std::process::Command::new(&exe)
                 .args(&args)
                 .status()

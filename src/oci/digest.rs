@@ -239,10 +239,7 @@ mod tests {
         assert_eq!(chain_ids(&[a.clone(), b.clone(), c.clone()]), vec![a.clone(), ab, abc]);
         assert!(chain_ids(&[]).is_empty());
         // Known value: sha256("sha256:x sha256:y") computed independently.
-        assert_eq!(
-            chain_id(Some("sha256:x"), "sha256:y"),
-            sha256_str(b"sha256:x sha256:y")
-        );
+        assert_eq!(chain_id(Some("sha256:x"), "sha256:y"), sha256_str(b"sha256:x sha256:y"));
     }
 
     #[test]

@@ -31,12 +31,12 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use super::digest::{HashingWriter, BUF_SIZE};
-use super::error::{show, Context, Error, Result};
+use super::digest::{BUF_SIZE, HashingWriter};
+use super::error::{Context, Error, Result, show};
 use super::fsutil::{self, XattrFd};
 use super::paths::{self, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX};
 use super::progress::Progress;
-use super::unpack::{is_private_xattr, OVERRIDE_STAT};
+use super::unpack::{OVERRIDE_STAT, is_private_xattr};
 
 /// Result of an export.
 #[derive(Debug, Clone)]
@@ -95,7 +95,11 @@ pub fn export<W: Write>(upper: &Path, out: W) -> Result<ExportReport> {
     let st = fsutil::fstat(root.as_fd())?;
     let p = Progress::bytes(0, "diff");
     let w = HashingWriter::new(p.wrap_write(out));
-    let mut ex = Exporter { out: TarOut { w: BufWriter::with_capacity(BUF_SIZE, w) }, links: HashMap::new(), buf: vec![0u8; BUF_SIZE] };
+    let mut ex = Exporter {
+        out: TarOut { w: BufWriter::with_capacity(BUF_SIZE, w) },
+        links: HashMap::new(),
+        buf: vec![0u8; BUF_SIZE],
+    };
     ex.dir_contents(&root, b"", &st)?;
     ex.out.w.write_all(&[0u8; 1024]).ctx(|| "write")?;
     let hw = ex.out.w.into_inner().map_err(|e| Error::new(format!("write: {}", e.error())))?;
@@ -109,9 +113,14 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = file.file_name().ok_or_else(|| Error::new(format!("invalid output file {}", file.display())))?;
+    let name =
+        file.file_name().ok_or_else(|| Error::new(format!("invalid output file {}", file.display())))?;
     let tmp = dir.join(format!("{}.tmp-{}", name.to_string_lossy(), super::unpack::random_hex(4)));
-    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .ctx(|| format!("create {}", tmp.display()))?;
     let res = export(upper, &f).and_then(|r| {
         std::fs::rename(&tmp, file).ctx(|| format!("rename to {}", file.display()))?;
         Ok(r)
@@ -170,7 +179,14 @@ const MAX_OCTAL7: u64 = 0o7777777;
 const MAX_OCTAL11: u64 = 0o77777777777;
 
 impl<W: Write> TarOut<W> {
-    fn raw_header(&mut self, name: &[u8], prefix: &[u8], h: &Hdr, typ: tar::EntryType, size: u64) -> Result<()> {
+    fn raw_header(
+        &mut self,
+        name: &[u8],
+        prefix: &[u8],
+        h: &Hdr,
+        typ: tar::EntryType,
+        size: u64,
+    ) -> Result<()> {
         let mut th = tar::Header::new_ustar();
         {
             let u = th.as_ustar_mut().expect("ustar header");
@@ -348,7 +364,9 @@ fn read_xattrs(x: XattrFd<'_>, path: &[u8]) -> Result<(Xattrs, Option<Vec<u8>>)>
             Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) => {
                 log::warn!("cannot read xattr {} of {}: {e}", show(&n), show(path));
             }
-            Err(e) => return Err(Error::from(e).context(format!("read xattr {} of {}", show(&n), show(path)))),
+            Err(e) => {
+                return Err(Error::from(e).context(format!("read xattr {} of {}", show(&n), show(path))));
+            }
         }
     }
     out.sort();
@@ -363,7 +381,9 @@ fn apply_override(h: &mut Hdr, v: &[u8]) {
         log::warn!("ignoring malformed override_stat {s:?} on {}", show(&h.path));
         return;
     }
-    let (Ok(uid), Ok(gid), Ok(mode)) = (parts[0].parse::<u64>(), parts[1].parse::<u64>(), u32::from_str_radix(parts[2], 8)) else {
+    let (Ok(uid), Ok(gid), Ok(mode)) =
+        (parts[0].parse::<u64>(), parts[1].parse::<u64>(), u32::from_str_radix(parts[2], 8))
+    else {
         log::warn!("ignoring malformed override_stat {s:?} on {}", show(&h.path));
         return;
     };
@@ -408,7 +428,11 @@ impl<W: Write> Exporter<W> {
             let st = match fsutil::stat_at(dfd.as_fd(), &ent.name) {
                 Ok(st) => st,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::from(e).context(format!("stat {}", show(&paths::join(path, &ent.name))))),
+                Err(e) => {
+                    return Err(
+                        Error::from(e).context(format!("stat {}", show(&paths::join(path, &ent.name))))
+                    );
+                }
             };
             let name = ent.name;
             let (class, emit) = if name == WH_OPAQUE {
@@ -418,7 +442,10 @@ impl<W: Write> Exporter<W> {
                 log::warn!("skipping AUFS metadata {}", show(&paths::join(path, &name)));
                 (Class::Skip, name.clone())
             } else if name.starts_with(WH_PREFIX) {
-                if name.len() == WH_PREFIX.len() || &name[WH_PREFIX.len()..] == b"." || &name[WH_PREFIX.len()..] == b".." {
+                if name.len() == WH_PREFIX.len()
+                    || &name[WH_PREFIX.len()..] == b"."
+                    || &name[WH_PREFIX.len()..] == b".."
+                {
                     log::warn!("skipping invalid whiteout {}", show(&paths::join(path, &name)));
                     (Class::Skip, name.clone())
                 } else {
@@ -493,7 +520,8 @@ impl<W: Write> Exporter<W> {
         }
         match t {
             libc::S_IFREG => {
-                let mut f = fsutil::open_file_ro_at(dfd.as_fd(), name).ctx(|| format!("open {}", show(&path)))?;
+                let mut f =
+                    fsutil::open_file_ro_at(dfd.as_fd(), name).ctx(|| format!("open {}", show(&path)))?;
                 let fst = fsutil::fstat(f.as_fd())?;
                 if fst.st_ino != st.st_ino || ftype(&fst) != libc::S_IFREG {
                     return Err(Error::new(format!("{} changed while being read", show(&path))));
@@ -512,7 +540,8 @@ impl<W: Write> Exporter<W> {
             }
             libc::S_IFLNK => {
                 let mut h = Hdr::new(path.clone(), Kind::Symlink, st);
-                h.link = fsutil::readlink_at(dfd.as_fd(), name).ctx(|| format!("readlink {}", show(&path)))?;
+                h.link =
+                    fsutil::readlink_at(dfd.as_fd(), name).ctx(|| format!("readlink {}", show(&path)))?;
                 h.mode = 0o777;
                 self.out.entry(&h, None)
             }

@@ -38,13 +38,20 @@ pub fn cstr(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 
-fn openat_raw(dir: BorrowedFd<'_>, name: &[u8], flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+fn openat_raw(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
     loop {
         // SAFETY: `c` is a valid NUL-terminated string that outlives the call;
         // `dir` is a live fd borrowed for the call. The returned fd is fresh
         // and owned by nobody else, so wrapping it in OwnedFd is sound.
-        let r = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+        let r = unsafe {
+            libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+        };
         if r >= 0 {
             // SAFETY: r is a freshly opened fd we exclusively own.
             return Ok(unsafe { OwnedFd::from_raw_fd(r) });
@@ -80,7 +87,12 @@ pub fn open_path_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 
 /// Creates a new regular file (`O_EXCL|O_NOFOLLOW`), write-only.
 pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<File> {
-    let fd = openat_raw(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, mode as libc::mode_t)?;
+    let fd = openat_raw(
+        dir,
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        mode as libc::mode_t,
+    )?;
     Ok(File::from(fd))
 }
 
@@ -100,7 +112,8 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
 pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32, dev: u64) -> io::Result<()> {
     let c = cstr(name)?;
     // SAFETY: valid C string and live fd for the duration of the call.
-    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) }).map(drop)
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) })
+        .map(drop)
 }
 
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
@@ -127,12 +140,19 @@ pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<(
 
 /// `renameat2`; with `noreplace` the call fails with EEXIST instead of
 /// replacing the destination.
-pub fn rename_at(odir: BorrowedFd<'_>, oname: &[u8], ndir: BorrowedFd<'_>, nname: &[u8], noreplace: bool) -> io::Result<()> {
+pub fn rename_at(
+    odir: BorrowedFd<'_>,
+    oname: &[u8],
+    ndir: BorrowedFd<'_>,
+    nname: &[u8],
+    noreplace: bool,
+) -> io::Result<()> {
     let o = cstr(oname)?;
     let n = cstr(nname)?;
     let flags = if noreplace { libc::RENAME_NOREPLACE } else { 0 };
     // SAFETY: valid C strings, live fds.
-    cvt(unsafe { libc::renameat2(odir.as_raw_fd(), o.as_ptr(), ndir.as_raw_fd(), n.as_ptr(), flags) }).map(drop)
+    cvt(unsafe { libc::renameat2(odir.as_raw_fd(), o.as_ptr(), ndir.as_raw_fd(), n.as_ptr(), flags) })
+        .map(drop)
 }
 
 /// `fstatat(AT_SYMLINK_NOFOLLOW)`.
@@ -197,7 +217,8 @@ pub fn utimes_at(dir: BorrowedFd<'_>, name: &[u8], sec: i64, nsec: u32) -> io::R
     let c = cstr(name)?;
     let ts = timespecs(sec, nsec);
     // SAFETY: valid C string, live fd, two valid timespecs.
-    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+        .map(drop)
 }
 
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
@@ -205,7 +226,9 @@ pub fn readlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: valid C string, live fd, `buf` is writable for buf.len() bytes.
-        let n = cvt_ssize(unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+        let n = cvt_ssize(unsafe {
+            libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        })?;
         if n < buf.len() {
             buf.truncate(n);
             return Ok(buf);
@@ -234,11 +257,15 @@ pub fn set_xattr(x: XattrFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
     let n = cstr(name)?;
     match x {
         // SAFETY: live fd; `n` valid C string; value pointer/len describe a valid slice.
-        XattrFd::Fd(fd) => cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }).map(drop),
+        XattrFd::Fd(fd) => {
+            cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+                .map(drop)
+        }
         XattrFd::Proc(fd) => {
             let p = proc_path(fd.as_raw_fd());
             // SAFETY: valid C strings and value slice; the magic link names the O_PATH inode.
-            cvt(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }).map(drop)
+            cvt(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+                .map(drop)
         }
     }
 }
@@ -249,12 +276,17 @@ pub fn get_xattr(x: XattrFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let n = cstr(name)?;
     let p = if let XattrFd::Proc(fd) = x { Some(proc_path(fd.as_raw_fd())) } else { None };
     let call = |buf: &mut [u8]| -> io::Result<usize> {
-        let (ptr, len) = if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+        let (ptr, len) =
+            if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
         match (x, &p) {
             // SAFETY: live fd, valid name, ptr/len describe writable memory (or null/0 to query the size).
-            (XattrFd::Fd(fd), _) => cvt_ssize(unsafe { libc::fgetxattr(fd.as_raw_fd(), n.as_ptr(), ptr, len) }),
+            (XattrFd::Fd(fd), _) => {
+                cvt_ssize(unsafe { libc::fgetxattr(fd.as_raw_fd(), n.as_ptr(), ptr, len) })
+            }
             // SAFETY: as above, through the magic link path.
-            (XattrFd::Proc(_), Some(p)) => cvt_ssize(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, len) }),
+            (XattrFd::Proc(_), Some(p)) => {
+                cvt_ssize(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, len) })
+            }
             (XattrFd::Proc(_), None) => unreachable!(),
         }
     };
@@ -268,7 +300,8 @@ pub fn get_xattr(x: XattrFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
 pub fn list_xattrs(x: XattrFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let p = if let XattrFd::Proc(fd) = x { Some(proc_path(fd.as_raw_fd())) } else { None };
     let call = |buf: &mut [u8]| -> io::Result<usize> {
-        let (ptr, len) = if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+        let (ptr, len) =
+            if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
         match (x, &p) {
             // SAFETY: live fd; ptr/len describe writable memory (or null/0 to query the size).
             (XattrFd::Fd(fd), _) => cvt_ssize(unsafe { libc::flistxattr(fd.as_raw_fd(), ptr, len) }),

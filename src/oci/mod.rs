@@ -29,9 +29,9 @@ pub mod unpack;
 
 pub use digest::{chain_id, chain_ids};
 pub use error::{Error, Result};
-pub use export::{export, export_to_file, ExportReport};
+pub use export::{ExportReport, export, export_to_file};
 pub use store::lowerdirs_for;
-pub use unpack::{unpack, UnpackOptions, UnpackReport, WhiteoutMode};
+pub use unpack::{UnpackOptions, UnpackReport, WhiteoutMode, unpack};
 
 /// All xattrs of `path` (sorted), without following a final symlink (a
 /// symlink reports none). A helper for tests and tools.
@@ -56,7 +56,10 @@ pub fn set_xattr_nofollow(path: &std::path::Path, name: &str, value: &[u8]) -> R
         .ok_or_else(|| Error::new(format!("{}: xattrs on symlinks are not supported", path.display())))
 }
 
-fn with_path_fd<T>(path: &std::path::Path, f: impl FnOnce(fsutil::XattrFd<'_>) -> std::io::Result<T>) -> Result<Option<T>> {
+fn with_path_fd<T>(
+    path: &std::path::Path,
+    f: impl FnOnce(fsutil::XattrFd<'_>) -> std::io::Result<T>,
+) -> Result<Option<T>> {
     use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
     let parent = match path.parent() {

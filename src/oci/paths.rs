@@ -105,7 +105,9 @@ pub fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Is `path` equal to `prefix` or beneath it? (sanitised paths)
 pub fn is_within(path: &[u8], prefix: &[u8]) -> bool {
-    prefix.is_empty() || path == prefix || (path.len() > prefix.len() && path.starts_with(prefix) && path[prefix.len()] == b'/')
+    prefix.is_empty()
+        || path == prefix
+        || (path.len() > prefix.len() && path.starts_with(prefix) && path[prefix.len()] == b'/')
 }
 
 /// What a (sanitised) entry path asks for.

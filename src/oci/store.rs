@@ -33,11 +33,14 @@ use std::path::{Path, PathBuf};
 use super::digest::{self, hex_of, parse_digest};
 use super::error::{Context, Error, Result};
 use super::fsutil;
-use super::unpack::{self, random_hex, UnpackOptions, WhiteoutMode};
+use super::unpack::{self, UnpackOptions, WhiteoutMode, random_hex};
 
 /// The default store root: `$LAYERFS_STORE` or `/var/lib/layerfs`.
 pub fn default_root() -> PathBuf {
-    std::env::var_os("LAYERFS_STORE").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/layerfs"))
+    std::env::var_os("LAYERFS_STORE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/layerfs"))
 }
 
 /// One stored layer.
@@ -87,7 +90,12 @@ impl Store {
 
     fn lock(&self) -> Result<File> {
         let p = self.root.join("lock");
-        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).ctx(|| format!("open {}", p.display()))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .ctx(|| format!("open {}", p.display()))?;
         fsutil::flock_exclusive(&f).ctx(|| format!("lock {}", p.display()))?;
         Ok(f)
     }
@@ -108,7 +116,9 @@ impl Store {
             return Err(Error::new(format!("no layer {chain_id} in the store")));
         }
         let diff_id = parse_digest(&read_trim(&d.join("diff"))?).ctx(|| format!("layer {chain_id}: diff"))?;
-        let size = read_trim(&d.join("size"))?.parse::<u64>().map_err(|_| Error::new(format!("layer {chain_id}: bad size file")))?;
+        let size = read_trim(&d.join("size"))?
+            .parse::<u64>()
+            .map_err(|_| Error::new(format!("layer {chain_id}: bad size file")))?;
         let cache_id = read_trim(&d.join("cache-id"))?;
         if !valid_hex64(&cache_id) {
             return Err(Error::new(format!("layer {chain_id}: bad cache-id {cache_id:?}")));
@@ -178,14 +188,24 @@ impl Store {
             e
         };
         if rep.diff_ids[0] != diff_id {
-            return Err(cleanup(Error::new(format!("layer changed while importing (DiffID {} then {})", diff_id, rep.diff_ids[0]))));
+            return Err(cleanup(Error::new(format!(
+                "layer changed while importing (DiffID {} then {})",
+                diff_id, rep.diff_ids[0]
+            ))));
         }
         let size = dir_size(&content).map_err(cleanup)?;
         self.write_meta(&chain_id, &diff_id, parent, size, &cache_id).map_err(cleanup)?;
         Ok(chain_id)
     }
 
-    fn write_meta(&self, chain_id: &str, diff_id: &str, parent: Option<&str>, size: u64, cache_id: &str) -> Result<()> {
+    fn write_meta(
+        &self,
+        chain_id: &str,
+        diff_id: &str,
+        parent: Option<&str>,
+        size: u64,
+        cache_id: &str,
+    ) -> Result<()> {
         let tmp = self.root.join("tmp").join(format!("meta-{}", random_hex(8)));
         fs::create_dir(&tmp).ctx(|| format!("create {}", tmp.display()))?;
         let res = (|| -> Result<()> {
@@ -209,7 +229,12 @@ impl Store {
         let chain_id = parse_digest(chain_id)?;
         let _lock = self.lock()?;
         let info = self.get(&chain_id)?;
-        let children: Vec<String> = self.list()?.into_iter().filter(|l| l.parent.as_deref() == Some(chain_id.as_str())).map(|l| l.chain_id).collect();
+        let children: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|l| l.parent.as_deref() == Some(chain_id.as_str()))
+            .map(|l| l.chain_id)
+            .collect();
         if !children.is_empty() {
             return Err(Error::new(format!(
                 "layer {chain_id} is the parent of {} (remove {} first)",
@@ -219,7 +244,8 @@ impl Store {
         }
         let tmp = self.root.join("tmp").join(format!("rm-{}", random_hex(8)));
         fs::rename(self.meta_dir(&chain_id), &tmp).ctx(|| format!("remove layer {chain_id}"))?;
-        remove_path(&self.root.join("layers").join(&info.cache_id)).ctx(|| format!("remove content of {chain_id}"))?;
+        remove_path(&self.root.join("layers").join(&info.cache_id))
+            .ctx(|| format!("remove content of {chain_id}"))?;
         remove_path(&tmp).ctx(|| format!("remove {}", tmp.display()))?;
         Ok(())
     }
@@ -234,7 +260,8 @@ impl Store {
             }
         }
         let tmp = self.root.join("tmp").join(format!("commit-{}.tar", random_hex(8)));
-        let res = super::export::export_to_file(upper, &tmp).and_then(|_| self.import(parent, std::slice::from_ref(&tmp)));
+        let res = super::export::export_to_file(upper, &tmp)
+            .and_then(|_| self.import(parent, std::slice::from_ref(&tmp)));
         let _ = fs::remove_file(&tmp);
         res
     }
@@ -275,7 +302,14 @@ pub fn escape_opt_path(p: &Path) -> String {
 }
 
 /// The arguments (after the program name) of the mount command for a layer.
-pub fn mount_args(root: &Path, chainid: &str, mountpoint: &Path, upper: Option<&Path>, work: Option<&Path>, extra: &[OsString]) -> Result<Vec<OsString>> {
+pub fn mount_args(
+    root: &Path,
+    chainid: &str,
+    mountpoint: &Path,
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    extra: &[OsString],
+) -> Result<Vec<OsString>> {
     let lowers = lowerdirs_for(root, chainid)?;
     let mut opt = String::from("lowerdir=");
     opt.push_str(&lowers.iter().map(|p| escape_opt_path(p)).collect::<Vec<_>>().join(":"));

@@ -34,8 +34,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::digest::{self, HashingReader, BUF_SIZE};
-use super::error::{show, Context, Error, Result};
+use super::digest::{self, BUF_SIZE, HashingReader};
+use super::error::{Context, Error, Result, show};
 use super::fsutil::{self, XattrFd};
 use super::paths::{self, Action};
 
@@ -119,14 +119,17 @@ pub fn unpack(tars: &[PathBuf], target: &Path, opts: &UnpackOptions) -> Result<U
         return Err(Error::new("no layer tar given"));
     }
     if tars.len() > 1 && !opts.flatten {
-        return Err(Error::new("several layer tars need --flatten (they would overwrite each other's whiteouts)"));
+        return Err(Error::new(
+            "several layer tars need --flatten (they would overwrite each other's whiteouts)",
+        ));
     }
     let mut staged = Staging::new(target)?;
     let mut ap = Applier::new(staged.root()?, opts.clone());
     let mut diff_ids = Vec::with_capacity(tars.len());
     for tar in tars {
         let r = digest::open_layer(tar, "unpack")?;
-        let r = if opts.diff_ids { MaybeHashing::Hash(HashingReader::new(r)) } else { MaybeHashing::Plain(r) };
+        let r =
+            if opts.diff_ids { MaybeHashing::Hash(HashingReader::new(r)) } else { MaybeHashing::Plain(r) };
         let r = ap.apply_layer(r).ctx(|| format!("{}", tar.display()))?;
         if let MaybeHashing::Hash(h) = r {
             let (d, _) = h.finish().ctx(|| format!("{}", tar.display()))?;
@@ -192,7 +195,9 @@ impl Staging {
                 }
                 true
             }
-            Ok(_) => return Err(Error::new(format!("target {} exists and is not a directory", target.display()))),
+            Ok(_) => {
+                return Err(Error::new(format!("target {} exists and is not a directory", target.display())));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(Error::from(e).context(format!("{}", target.display()))),
         };
@@ -207,10 +212,20 @@ impl Staging {
             tmp_name.extend_from_slice(format!(".tmp-{}", random_hex(4)).as_bytes());
             match fsutil::mkdir_at(parent.as_fd(), &tmp_name, 0o700) {
                 Ok(()) => {
-                    return Ok(Staging { parent, tmp_name, final_name, target: target.to_path_buf(), replace_empty_dir, done: false });
+                    return Ok(Staging {
+                        parent,
+                        tmp_name,
+                        final_name,
+                        target: target.to_path_buf(),
+                        replace_empty_dir,
+                        done: false,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
-                Err(e) => return Err(Error::from(e).context(format!("create temporary directory next to {}", target.display()))),
+                Err(e) => {
+                    return Err(Error::from(e)
+                        .context(format!("create temporary directory next to {}", target.display())));
+                }
             }
         }
     }
@@ -221,8 +236,14 @@ impl Staging {
     }
 
     pub fn commit(&mut self) -> Result<()> {
-        fsutil::rename_at(self.parent.as_fd(), &self.tmp_name, self.parent.as_fd(), &self.final_name, !self.replace_empty_dir)
-            .ctx(|| format!("rename into {}", self.target.display()))?;
+        fsutil::rename_at(
+            self.parent.as_fd(),
+            &self.tmp_name,
+            self.parent.as_fd(),
+            &self.final_name,
+            !self.replace_empty_dir,
+        )
+        .ctx(|| format!("rename into {}", self.target.display()))?;
         self.done = true;
         Ok(())
     }
@@ -366,8 +387,14 @@ impl Applier {
         {
             let entries = ar.entries().map_err(|e| Error::new(format!("corrupt archive: {e}")))?;
             for e in entries {
-                let mut e = e.map_err(|e| Error::new(format!("corrupt or truncated archive: {}", clip(&e.to_string()))))?;
-                let disk = if e.header().entry_type().is_gnu_sparse() { e.header().entry_size().unwrap_or(0) } else { e.size() };
+                let mut e = e.map_err(|e| {
+                    Error::new(format!("corrupt or truncated archive: {}", clip(&e.to_string())))
+                })?;
+                let disk = if e.header().entry_type().is_gnu_sparse() {
+                    e.header().entry_size().unwrap_or(0)
+                } else {
+                    e.size()
+                };
                 expected_end = e.raw_file_position().saturating_add(disk.div_ceil(512).saturating_mul(512));
                 let raw = e.path_bytes().into_owned();
                 self.entry(&raw, &mut e).ctx(|| format!("entry {}", show(&raw)))?;
@@ -467,7 +494,8 @@ impl Applier {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     // An EEXIST race is fine; any other failure shows in the open below.
                     let _ = fsutil::mkdir_at(parent.as_fd(), name, 0o755);
-                    let fd = fsutil::open_dir_at(parent.as_fd(), name).map_err(|e| self.dir_error(&comps[..=i], e))?;
+                    let fd = fsutil::open_dir_at(parent.as_fd(), name)
+                        .map_err(|e| self.dir_error(&comps[..=i], e))?;
                     fsutil::fchmod(fd.as_fd(), 0o755)?;
                     fd
                 }
@@ -485,7 +513,10 @@ impl Applier {
             Error::new(format!("refusing to write beneath symlink {}", show(&p)))
         } else if errno_is(&e, &[libc::ENOTDIR]) {
             // O_NOFOLLOW|O_DIRECTORY on a symlink gives ENOTDIR on some kernels.
-            Error::new(format!("{} is not a directory (a symlink or a file); refusing to write beneath it", show(&p)))
+            Error::new(format!(
+                "{} is not a directory (a symlink or a file); refusing to write beneath it",
+                show(&p)
+            ))
         } else {
             Error::from(e).context(format!("open directory {}", show(&p)))
         }
@@ -594,7 +625,9 @@ impl Applier {
             total += n as u64;
         }
         if total != size {
-            return Err(Error::new(format!("truncated archive: file data ends after {total} of {size} bytes")));
+            return Err(Error::new(format!(
+                "truncated archive: file data ends after {total} of {size} bytes"
+            )));
         }
         self.finish_fd(&f, meta)?;
         self.note_created(path);
@@ -649,7 +682,8 @@ impl Applier {
         if self.stack.len() == paths::components(path).count() - 1 {
             self.stack.push((name.clone(), Rc::new(fd)));
         }
-        self.dir_attrs.insert(path.to_vec(), DirAttrs { mode: meta.mode, mtime: meta.mtime, mtime_ns: meta.mtime_ns });
+        self.dir_attrs
+            .insert(path.to_vec(), DirAttrs { mode: meta.mode, mtime: meta.mtime, mtime_ns: meta.mtime_ns });
         self.note_created(path);
         self.linkable.remove(path);
         Ok(())
@@ -723,7 +757,8 @@ impl Applier {
             }
             Err(err) if kind != libc::S_IFIFO && errno_is(&err, &[libc::EPERM, libc::EACCES]) => {
                 // Unprivileged: an empty file carrying the real stat.
-                let f = fsutil::create_file_at(pfd.as_fd(), &name, 0o600).ctx(|| "create device placeholder")?;
+                let f =
+                    fsutil::create_file_at(pfd.as_fd(), &name, 0o600).ctx(|| "create device placeholder")?;
                 let t = if kind == libc::S_IFCHR { "char" } else { "block" };
                 let v = format!("{}:{}:{:04o}:{t}-{major}-{minor}", meta.uid, meta.gid, meta.mode);
                 fsutil::set_xattr(XattrFd::Fd(f.as_fd()), OVERRIDE_STAT, v.as_bytes())
@@ -788,12 +823,17 @@ impl Applier {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if self.chardev.is_none() && errno_is(&e, &[libc::EPERM, libc::EACCES, libc::EINVAL, libc::ENOTSUP]) => {
+            Err(e)
+                if self.chardev.is_none()
+                    && errno_is(&e, &[libc::EPERM, libc::EACCES, libc::EINVAL, libc::ENOTSUP]) =>
+            {
                 log::info!("mknod refused ({e}); writing .wh. whiteout files");
                 self.chardev = Some(false);
                 self.create_marker(path, meta)
             }
-            Err(e) => Err(Error::from(e).context("cannot create a char-device whiteout (try --whiteouts wh)")),
+            Err(e) => {
+                Err(Error::from(e).context("cannot create a char-device whiteout (try --whiteouts wh)"))
+            }
         }
     }
 
@@ -869,7 +909,8 @@ impl Applier {
                 Err(_) => continue, // replaced by a later entry
             };
             fsutil::fchmod(fd.as_fd(), a.mode).ctx(|| format!("chmod {}", show(path)))?;
-            fsutil::futimens(fd.as_fd(), a.mtime, a.mtime_ns).ctx(|| format!("set mtime of {}", show(path)))?;
+            fsutil::futimens(fd.as_fd(), a.mtime, a.mtime_ns)
+                .ctx(|| format!("set mtime of {}", show(path)))?;
         }
         self.stack.clear();
         Ok(())

@@ -105,9 +105,7 @@ pub fn mkdirat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
 
 pub fn mknodat(dir: BorrowedFd, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
     // SAFETY: plain syscall on valid arguments.
-    cvt(unsafe {
-        libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t)
-    })?;
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })?;
     Ok(())
 }
 
@@ -123,22 +121,14 @@ pub fn link_fd(fd: BorrowedFd, dir: BorrowedFd, name: &CStr) -> io::Result<()> {
     let p = proc_fd_path(fd.as_raw_fd(), None);
     // SAFETY: plain syscall on valid arguments.
     cvt(unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
+        libc::linkat(libc::AT_FDCWD, p.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW)
     })?;
     Ok(())
 }
 
 pub fn linkat(odir: BorrowedFd, oname: &CStr, ndir: BorrowedFd, nname: &CStr) -> io::Result<()> {
     // SAFETY: plain syscall on valid arguments; no AT_SYMLINK_FOLLOW.
-    cvt(unsafe {
-        libc::linkat(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), 0)
-    })?;
+    cvt(unsafe { libc::linkat(odir.as_raw_fd(), oname.as_ptr(), ndir.as_raw_fd(), nname.as_ptr(), 0) })?;
     Ok(())
 }
 
@@ -180,9 +170,7 @@ pub fn readlinkat(dir: BorrowedFd, name: &CStr) -> io::Result<Vec<u8>> {
 /// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id unchanged.
 pub fn fchownat(dir: BorrowedFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: plain syscall on valid arguments.
-    cvt(unsafe {
-        libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW)
-    })?;
+    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(())
 }
 
@@ -237,9 +225,7 @@ fn ts(t: SetTime) -> libc::timespec {
 pub fn utimensat(dir: BorrowedFd, name: &CStr, atime: SetTime, mtime: SetTime) -> io::Result<()> {
     let t = [ts(atime), ts(mtime)];
     // SAFETY: `t` is a valid two-element array.
-    cvt(unsafe {
-        libc::utimensat(dir.as_raw_fd(), name.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
-    })?;
+    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(())
 }
 
@@ -279,11 +265,8 @@ fn xattr_buf_loop(mut f: impl FnMut(&mut [u8]) -> libc::ssize_t) -> io::Result<V
 /// Gets an xattr; `follow` chooses getxattr (for `/proc/self/fd/N`) or lgetxattr.
 pub fn getxattr(path: &CStr, name: &CStr, follow: bool) -> io::Result<Vec<u8>> {
     xattr_buf_loop(|buf| {
-        let (p, l) = if buf.is_empty() {
-            (std::ptr::null_mut(), 0)
-        } else {
-            (buf.as_mut_ptr().cast(), buf.len())
-        };
+        let (p, l) =
+            if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
         // SAFETY: `p` is null with length 0, or points to `l` writable bytes.
         unsafe {
             if follow {
@@ -311,18 +294,11 @@ pub fn getxattr_into(path: &CStr, name: &CStr, follow: bool, buf: &mut [u8]) -> 
 /// Lists xattr names (NUL-separated raw list).
 pub fn listxattr(path: &CStr, follow: bool) -> io::Result<Vec<u8>> {
     xattr_buf_loop(|buf| {
-        let (p, l) = if buf.is_empty() {
-            (std::ptr::null_mut(), 0)
-        } else {
-            (buf.as_mut_ptr().cast(), buf.len())
-        };
+        let (p, l) =
+            if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
         // SAFETY: as in getxattr.
         unsafe {
-            if follow {
-                libc::listxattr(path.as_ptr(), p, l)
-            } else {
-                libc::llistxattr(path.as_ptr(), p, l)
-            }
+            if follow { libc::listxattr(path.as_ptr(), p, l) } else { libc::llistxattr(path.as_ptr(), p, l) }
         }
     })
 }
@@ -367,9 +343,7 @@ pub fn read_dir_all(fd: BorrowedFd) -> io::Result<Vec<DirEntry>> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
-        let n = unsafe {
-            libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len())
-        };
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -425,9 +399,8 @@ pub fn copy_file_range(
     let mut oi = off_in as i64;
     let mut oo = off_out as i64;
     // SAFETY: offsets point to live stack variables.
-    cvt_l(unsafe {
-        libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len, 0)
-    } as libc::ssize_t)
+    cvt_l(unsafe { libc::copy_file_range(fd_in.as_raw_fd(), &mut oi, fd_out.as_raw_fd(), &mut oo, len, 0) }
+        as libc::ssize_t)
 }
 
 /// `ioctl(FICLONE)`: make `dst` share `src`'s extents (reflink).
@@ -440,9 +413,7 @@ pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
 
 pub fn fsync(fd: BorrowedFd, datasync: bool) -> io::Result<()> {
     // SAFETY: plain syscall.
-    cvt(unsafe {
-        if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) }
-    })?;
+    cvt(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } })?;
     Ok(())
 }
 

@@ -56,7 +56,12 @@ impl Mounted {
         let mnt = std::mem::take(&mut self.mnt);
         for _ in 0..50 {
             let ok = if self.fuse {
-                Command::new("fusermount3").arg("-u").arg(&mnt).output().map(|o| o.status.success()).unwrap_or(false)
+                Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(&mnt)
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
                     || Command::new("umount").arg(&mnt).output().map(|o| o.status.success()).unwrap_or(false)
             } else {
                 Command::new("umount").arg(&mnt).output().map(|o| o.status.success()).unwrap_or(false)
@@ -81,11 +86,16 @@ impl Drop for Mounted {
 pub fn is_mounted(p: &Path) -> bool {
     let Ok(canon) = fs::canonicalize(p) else { return false };
     let m = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    m.lines().any(|l| l.split(' ').nth(1).map(|x| x.replace("\\040", " ")) == Some(canon.to_string_lossy().into()))
+    m.lines()
+        .any(|l| l.split(' ').nth(1).map(|x| x.replace("\\040", " ")) == Some(canon.to_string_lossy().into()))
 }
 
 fn join_layers(lowers: &[PathBuf]) -> String {
-    lowers.iter().map(|l| l.to_string_lossy().replace(':', "\\:").replace(',', "\\,")).collect::<Vec<_>>().join(":")
+    lowers
+        .iter()
+        .map(|l| l.to_string_lossy().replace(':', "\\:").replace(',', "\\,"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Mounts layerfs (daemonised, as engines run it); panics with its stderr on failure.
@@ -99,12 +109,7 @@ pub fn mount_layerfs(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path,
         o.push_str(extra);
     }
     let out = Command::new(layerfs_bin()).arg("-o").arg(&o).arg(mnt).output().expect("run layerfs");
-    assert!(
-        out.status.success(),
-        "layerfs mount failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        o
-    );
+    assert!(out.status.success(), "layerfs mount failed: {}\n{}", String::from_utf8_lossy(&out.stderr), o);
     assert!(is_mounted(mnt), "layerfs exited 0 but {} is not mounted", mnt.display());
     Mounted { mnt: mnt.to_path_buf(), fuse: true }
 }
@@ -129,7 +134,8 @@ pub fn mount_overlay(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path)
         o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
     }
     o.push_str(",redirect_dir=off,index=off,metacopy=off,xino=off");
-    let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(mnt).output().expect("mount");
+    let out =
+        Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(mnt).output().expect("mount");
     assert!(out.status.success(), "kernel overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
     Mounted { mnt: mnt.to_path_buf(), fuse: false }
 }
@@ -183,7 +189,11 @@ pub fn xattrs(p: &Path, keep_private: bool) -> Vec<(String, String)> {
         if s.starts_with("security.") || s.starts_with("system.") {
             continue;
         }
-        if !keep_private && (s.starts_with("trusted.overlay.") || s.starts_with("user.overlay.") || s.starts_with("user.fuseoverlayfs.")) {
+        if !keep_private
+            && (s.starts_with("trusted.overlay.")
+                || s.starts_with("user.overlay.")
+                || s.starts_with("user.fuseoverlayfs."))
+        {
             continue;
         }
         let cn = CString::new(name).unwrap();
@@ -227,9 +237,19 @@ fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, En
     let mut names: Vec<_> = match fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
         Err(e) => {
-            out.insert(format!("{}/<readdir error>", dir.display()), Entry {
-                kind: '?', mode: 0, uid: 0, gid: 0, size: 0, content: e.to_string(), xattrs: vec![], mtime: None,
-            });
+            out.insert(
+                format!("{}/<readdir error>", dir.display()),
+                Entry {
+                    kind: '?',
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    content: e.to_string(),
+                    xattrs: vec![],
+                    mtime: None,
+                },
+            );
             return;
         }
     };
@@ -240,7 +260,19 @@ fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, En
         let md = match fs::symlink_metadata(&p) {
             Ok(m) => m,
             Err(e) => {
-                out.insert(rel, Entry { kind: '!', mode: 0, uid: 0, gid: 0, size: 0, content: e.to_string(), xattrs: vec![], mtime: None });
+                out.insert(
+                    rel,
+                    Entry {
+                        kind: '!',
+                        mode: 0,
+                        uid: 0,
+                        gid: 0,
+                        size: 0,
+                        content: e.to_string(),
+                        xattrs: vec![],
+                        mtime: None,
+                    },
+                );
                 continue;
             }
         };
@@ -269,7 +301,12 @@ fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, En
 }
 
 /// Lines describing every difference between two snapshots.
-pub fn diff_snapshots(a_name: &str, a: &BTreeMap<String, Entry>, b_name: &str, b: &BTreeMap<String, Entry>) -> Vec<String> {
+pub fn diff_snapshots(
+    a_name: &str,
+    a: &BTreeMap<String, Entry>,
+    b_name: &str,
+    b: &BTreeMap<String, Entry>,
+) -> Vec<String> {
     let mut d = Vec::new();
     for (k, va) in a {
         match b.get(k) {
@@ -311,7 +348,10 @@ pub fn canonical_upper(root: &Path) -> BTreeMap<String, Entry> {
         if e.kind == 'd' {
             let priv_x = xattrs(&p, true);
             let opaque = priv_x.iter().any(|(n, v)| {
-                (n == "trusted.overlay.opaque" || n == "user.overlay.opaque" || n == "user.fuseoverlayfs.opaque") && v == "y"
+                (n == "trusted.overlay.opaque"
+                    || n == "user.overlay.opaque"
+                    || n == "user.fuseoverlayfs.opaque")
+                    && v == "y"
             }) || p.join(".wh..wh..opq").exists();
             if opaque {
                 e.content = "opaque".into();
@@ -346,7 +386,9 @@ pub fn convert_to_kernel_whiteouts(root: &Path) {
                 fs::remove_file(&p).unwrap();
                 let c = CString::new(d.as_os_str().as_bytes()).unwrap();
                 // SAFETY: valid C strings.
-                let r = unsafe { libc::setxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+                let r = unsafe {
+                    libc::setxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0)
+                };
                 assert_eq!(r, 0, "set opaque on {}", d.display());
             } else if let Some(t) = n.strip_prefix(".wh.") {
                 let _ = fs::remove_dir_all(&p);
@@ -358,7 +400,15 @@ pub fn convert_to_kernel_whiteouts(root: &Path) {
                     Ok(md) if md.is_dir() => {
                         let c = CString::new(target.as_os_str().as_bytes()).unwrap();
                         // SAFETY: valid C strings.
-                        let r = unsafe { libc::setxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+                        let r = unsafe {
+                            libc::setxattr(
+                                c.as_ptr(),
+                                c"trusted.overlay.opaque".as_ptr(),
+                                b"y".as_ptr().cast(),
+                                1,
+                                0,
+                            )
+                        };
                         assert_eq!(r, 0, "set opaque on {}", target.display());
                     }
                     Ok(_) => {}

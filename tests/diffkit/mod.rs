@@ -26,24 +26,52 @@ use crate::common::*;
 /// Differences the comparison deliberately does not look at, each with the reason. Nothing
 /// else is tolerated.
 pub const TOLERATED: &[(&str, &str)] = &[
-    ("st_ino values", "inode numbers are implementation specific (kernel with xino=off vs layerfs's own numbering); only inode identity between names (same_ino steps) and st_nlink of non-directories are compared"),
-    ("directory st_nlink", "both report 1 for merged directories, but the count for pure upper/lower directories depends on subdirectory bookkeeping nobody relies on"),
+    (
+        "st_ino values",
+        "inode numbers are implementation specific (kernel with xino=off vs layerfs's own numbering); only inode identity between names (same_ino steps) and st_nlink of non-directories are compared",
+    ),
+    (
+        "directory st_nlink",
+        "both report 1 for merged directories, but the count for pure upper/lower directories depends on subdirectory bookkeeping nobody relies on",
+    ),
     ("atime", "layerfs mounts noatime by default; the kernel mount uses relatime"),
     ("ctime", "always the wall clock of the change"),
-    ("directory mtimes in merged view and upper", "they move with every entry created or removed inside, including whiteout bookkeeping that differs in timing; only explicit utimensat results on directories are compared (as stat steps)"),
-    ("mtime of files changed during the scenario", "the two mounts run one after the other, so wall-clock times differ; mtimes are compared exactly when either side shows a time from before the scenario started (copy-up must keep the lower mtime)"),
-    ("private xattrs in upper (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*)", "origin/impure/etc. are index/bookkeeping data of each implementation; opaque markers are normalised instead"),
-    ("whiteout and opaque forms in upper", "char 0/0 vs .wh.NAME and trusted/user opaque xattr vs .wh..wh..opq are equivalent; canonical_upper normalises them"),
-    ("kernel whiteouts share one inode", "the kernel makes every whiteout a hard link of one shared 0/0 device; whiteouts are left out of the upper hard-link groups"),
-    ("opaque flag on an upper directory where the lower union has no non-empty directory", "the kernel marks every directory renamed into a merged parent opaque; where the lower layers together show nothing under that path the flag hides nothing (checked through a read-only kernel overlay of the pristine lowers)"),
+    (
+        "directory mtimes in merged view and upper",
+        "they move with every entry created or removed inside, including whiteout bookkeeping that differs in timing; only explicit utimensat results on directories are compared (as stat steps)",
+    ),
+    (
+        "mtime of files changed during the scenario",
+        "the two mounts run one after the other, so wall-clock times differ; mtimes are compared exactly when either side shows a time from before the scenario started (copy-up must keep the lower mtime)",
+    ),
+    (
+        "private xattrs in upper (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*)",
+        "origin/impure/etc. are index/bookkeeping data of each implementation; opaque markers are normalised instead",
+    ),
+    (
+        "whiteout and opaque forms in upper",
+        "char 0/0 vs .wh.NAME and trusted/user opaque xattr vs .wh..wh..opq are equivalent; canonical_upper normalises them",
+    ),
+    (
+        "kernel whiteouts share one inode",
+        "the kernel makes every whiteout a hard link of one shared 0/0 device; whiteouts are left out of the upper hard-link groups",
+    ),
+    (
+        "opaque flag on an upper directory where the lower union has no non-empty directory",
+        "the kernel marks every directory renamed into a merged parent opaque; where the lower layers together show nothing under that path the flag hides nothing (checked through a read-only kernel overlay of the pristine lowers)",
+    ),
     ("st_blocks, st_blksize, st_dev", "storage details"),
-    ("kernel WORKDIR contents", "the kernel keeps its own scratch entries; only layerfs's WORKDIR/work must be empty"),
+    (
+        "kernel WORKDIR contents",
+        "the kernel keeps its own scratch entries; only layerfs's WORKDIR/work must be empty",
+    ),
 ];
 
 /// Behaviour where layerfs deliberately differs from the kernel; tested one-sidedly.
-pub const KNOWN_DIVERGENCES: &[(&str, &str)] = &[
-    (".wh.* names through the mount", "layerfs refuses to create entries named .wh.* (EINVAL) since such a name would be read back as a whiteout by fuse-overlayfs-style layers; kernel overlayfs stores them as ordinary files"),
-];
+pub const KNOWN_DIVERGENCES: &[(&str, &str)] = &[(
+    ".wh.* names through the mount",
+    "layerfs refuses to create entries named .wh.* (EINVAL) since such a name would be read back as a whiteout by fuse-overlayfs-style layers; kernel overlayfs stores them as ordinary files",
+)];
 
 // ---- fixtures --------------------------------------------------------------------------------
 
@@ -167,7 +195,11 @@ impl Layer {
                 Item::Whiteout(p) => {
                     let q = root.join(p);
                     mkparent(&q);
-                    assert_eq!(unsafe { libc::mknod(cpath(&q).as_ptr(), libc::S_IFCHR, 0) }, 0, "whiteout {p}");
+                    assert_eq!(
+                        unsafe { libc::mknod(cpath(&q).as_ptr(), libc::S_IFCHR, 0) },
+                        0,
+                        "whiteout {p}"
+                    );
                 }
                 Item::Opaque(p) => {
                     let q = root.join(p);
@@ -212,7 +244,8 @@ fn set_xattr_raw(p: &Path, n: &str, v: &[u8]) {
 
 fn set_mtime_raw(p: &Path, s: i64) {
     let ts = [libc::timespec { tv_sec: s, tv_nsec: 0 }, libc::timespec { tv_sec: s, tv_nsec: 0 }];
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r =
+        unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     assert_eq!(r, 0);
 }
 
@@ -308,7 +341,17 @@ impl Side {
         fs::create_dir_all(&work).unwrap();
         let mnt = base.join("m");
         fs::create_dir_all(&mnt).unwrap();
-        Side { imp, base: base.to_path_buf(), lowers, upper, work, mnt, read_only, mounted: None, extra: String::new() }
+        Side {
+            imp,
+            base: base.to_path_buf(),
+            lowers,
+            upper,
+            work,
+            mnt,
+            read_only,
+            mounted: None,
+            extra: String::new(),
+        }
     }
 
     pub fn mount(&mut self) {
@@ -341,7 +384,9 @@ pub fn servers_for(mnt: &Path) -> Vec<i32> {
     for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmd) = fs::read(e.path().join("cmdline")) else { continue };
-        if cmd.split(|&b| b == 0).any(|a| a == want) && cmd.split(|&b| b == 0).next().is_some_and(|a| a.ends_with(b"layerfs")) {
+        if cmd.split(|&b| b == 0).any(|a| a == want)
+            && cmd.split(|&b| b == 0).next().is_some_and(|a| a.ends_with(b"layerfs"))
+        {
             out.push(pid);
         }
     }
@@ -352,7 +397,11 @@ pub fn servers_for(mnt: &Path) -> Vec<i32> {
 pub fn wait_server_exit(mnt: &Path) {
     let t = std::time::Instant::now();
     while !servers_for(mnt).is_empty() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(10), "layerfs server for {} did not exit", mnt.display());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "layerfs server for {} did not exit",
+            mnt.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
@@ -412,13 +461,24 @@ impl<'a> Ctx<'a> {
 
     /// open(O_WRONLY|O_CREAT|O_TRUNC, 0644) and write.
     pub fn create(&mut self, rel: &str, data: &str) -> i32 {
-        let r = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.p(rel));
         let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, data.as_bytes()));
         self.rec(format!("create {rel} {data:?}"), errno(&r))
     }
 
     pub fn create_excl(&mut self, rel: &str) -> i32 {
-        let r = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.p(rel));
         self.rec(format!("create_excl {rel}"), errno(&r))
     }
 
@@ -437,13 +497,18 @@ impl<'a> Ctx<'a> {
 
     /// open(O_WRONLY|O_TRUNC) without writing.
     pub fn open_trunc(&mut self, rel: &str) -> i32 {
-        let r = fs::OpenOptions::new().write(true).truncate(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
+        let r = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.p(rel));
         self.rec(format!("open O_TRUNC {rel}"), errno(&r))
     }
 
     /// open with raw flags, then close.
     pub fn open_flags(&mut self, rel: &str, flags: i32, what: &str) -> i32 {
-        let fd = unsafe { libc::open(self.c(rel).as_ptr(), flags | libc::O_CLOEXEC | libc::O_NONBLOCK, 0o644) };
+        let fd =
+            unsafe { libc::open(self.c(rel).as_ptr(), flags | libc::O_CLOEXEC | libc::O_NONBLOCK, 0o644) };
         let e = rc(fd);
         if fd >= 0 {
             unsafe { libc::close(fd) };
@@ -453,10 +518,12 @@ impl<'a> Ctx<'a> {
 
     pub fn read(&mut self, rel: &str) -> i32 {
         // O_NONBLOCK everywhere: a fifo must never block a scenario.
-        let r = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel)).and_then(|mut f| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
-        });
+        let r = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel)).and_then(
+            |mut f| {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
+            },
+        );
         let s = match &r {
             Ok(d) => short(d),
             Err(_) => String::new(),
@@ -485,12 +552,21 @@ impl<'a> Ctx<'a> {
     /// munmap, close.
     pub fn mmap_write(&mut self, rel: &str, len: usize, off: usize, data: &str) -> i32 {
         let e = (|| -> i32 {
-            let fd = unsafe { libc::open(self.c(rel).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) };
+            let fd = unsafe {
+                libc::open(self.c(rel).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            };
             if fd < 0 {
                 return last_errno();
             }
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                )
             };
             if p == libc::MAP_FAILED {
                 let e = last_errno();
@@ -512,7 +588,8 @@ impl<'a> Ctx<'a> {
     // -- handles kept open across steps
 
     pub fn open_keep(&mut self, h: u32, rel: &str, write: bool) -> i32 {
-        let r = fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
+        let r =
+            fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let e = errno(&r);
         if let Ok(f) = r {
             self.fds.insert(h, f);
@@ -598,7 +675,9 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn mknod_chr(&mut self, rel: &str, major: u32, minor: u32) -> i32 {
-        let e = rc(unsafe { libc::mknod(self.c(rel).as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor)) });
+        let e = rc(unsafe {
+            libc::mknod(self.c(rel).as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(major, minor))
+        });
         self.rec(format!("mknod c {rel} {major}:{minor}"), e)
     }
 
@@ -649,7 +728,9 @@ impl<'a> Ctx<'a> {
 
     pub fn setxattr(&mut self, rel: &str, name: &str, val: &str, flags: i32) -> i32 {
         let n = CString::new(name).unwrap();
-        let e = rc(unsafe { libc::lsetxattr(self.c(rel).as_ptr(), n.as_ptr(), val.as_ptr().cast(), val.len(), flags) });
+        let e = rc(unsafe {
+            libc::lsetxattr(self.c(rel).as_ptr(), n.as_ptr(), val.as_ptr().cast(), val.len(), flags)
+        });
         self.rec(format!("setxattr {rel} {name}={val:?} flags={flags}"), e)
     }
 
@@ -662,7 +743,8 @@ impl<'a> Ctx<'a> {
     pub fn getxattr(&mut self, rel: &str, name: &str) -> i32 {
         let n = CString::new(name).unwrap();
         let mut buf = vec![0u8; 4096];
-        let r = unsafe { libc::lgetxattr(self.c(rel).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let r =
+            unsafe { libc::lgetxattr(self.c(rel).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         let (e, s) = if r < 0 { (last_errno(), String::new()) } else { (0, short(&buf[..r as usize])) };
         self.rec(format!("getxattr {rel} {name} -> {s}"), e)
     }
@@ -845,7 +927,10 @@ fn cp_r_at(src: &Path, dst: &Path) -> i32 {
                 return e;
             }
         }
-        errno(&fs::set_permissions(dst, fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777))))
+        errno(&fs::set_permissions(
+            dst,
+            fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777)),
+        ))
     } else if ft.is_symlink() {
         match fs::read_link(src) {
             Ok(t) => errno(&std::os::unix::fs::symlink(t, dst)),
@@ -854,7 +939,8 @@ fn cp_r_at(src: &Path, dst: &Path) -> i32 {
     } else if ft.is_file() {
         match fs::read(src) {
             Ok(d) => {
-                let r = fs::OpenOptions::new().write(true).create_new(true).mode(md.mode() & 0o7777).open(dst);
+                let r =
+                    fs::OpenOptions::new().write(true).create_new(true).mode(md.mode() & 0o7777).open(dst);
                 let r = r.and_then(|mut f| std::io::Write::write_all(&mut f, &d));
                 errno(&r)
             }
@@ -944,10 +1030,19 @@ fn diff_merged(k: &BTreeMap<String, Entry>, kt0: i64, f: &BTreeMap<String, Entry
 /// Clears the opaque mark on upper directories where it has no effect: where the union of the
 /// lower layers alone shows no non-empty directory at that path (see [`TOLERATED`]). The lower
 /// union is read through a read-only kernel overlay of the pristine lowers.
-pub fn drop_ineffective_opaque(a: &mut BTreeMap<String, Entry>, b: &mut BTreeMap<String, Entry>, lowers: &[PathBuf], scratch: &Path) {
+pub fn drop_ineffective_opaque(
+    a: &mut BTreeMap<String, Entry>,
+    b: &mut BTreeMap<String, Entry>,
+    lowers: &[PathBuf],
+    scratch: &Path,
+) {
     let differing: Vec<String> = a
         .iter()
-        .filter(|(k, e)| e.kind == 'd' && b.get(*k).is_some_and(|o| o.kind == 'd' && (o.content == "opaque") != (e.content == "opaque")))
+        .filter(|(k, e)| {
+            e.kind == 'd'
+                && b.get(*k)
+                    .is_some_and(|o| o.kind == 'd' && (o.content == "opaque") != (e.content == "opaque"))
+        })
         .map(|(k, _)| k.clone())
         .collect();
     if differing.is_empty() {
@@ -978,7 +1073,9 @@ pub fn link_groups(root: &Path) -> Vec<Vec<String>> {
             if m.is_dir() {
                 walk(root, &p, out);
             } else if m.nlink() > 1 && !(m.file_type().is_char_device() && m.rdev() == 0) {
-                out.entry(m.ino()).or_default().push(p.strip_prefix(root).unwrap().to_string_lossy().to_string());
+                out.entry(m.ino())
+                    .or_default()
+                    .push(p.strip_prefix(root).unwrap().to_string_lossy().to_string());
             }
         }
     }
@@ -1005,11 +1102,20 @@ pub fn strict_snapshot(root: &Path) -> BTreeMap<String, String> {
         let m = fs::symlink_metadata(&p).unwrap();
         out.insert(
             k,
-            format!("{e:?} priv={:?} mtime={}.{} nlink={}", xattrs(&p, true), m.mtime(), m.mtime_nsec(), if m.is_dir() { 0 } else { m.nlink() }),
+            format!(
+                "{e:?} priv={:?} mtime={}.{} nlink={}",
+                xattrs(&p, true),
+                m.mtime(),
+                m.mtime_nsec(),
+                if m.is_dir() { 0 } else { m.nlink() }
+            ),
         );
     }
     let m = fs::symlink_metadata(root).unwrap();
-    out.insert(".".into(), format!("mtime={}.{} mode={:o} priv={:?}", m.mtime(), m.mtime_nsec(), m.mode(), xattrs(root, true)));
+    out.insert(
+        ".".into(),
+        format!("mtime={}.{} mode={:o} priv={:?}", m.mtime(), m.mtime_nsec(), m.mode(), xattrs(root, true)),
+    );
     out
 }
 
@@ -1051,7 +1157,14 @@ pub fn run_side(side: &mut Side, scenario: &dyn Fn(&mut Ctx)) -> Outcome {
 }
 
 /// All differences between the two sides after a run, as readable text (empty when equal).
-pub fn compare_sides(k: &Side, ko: &Outcome, f: &Side, fo: &Outcome, pristine: &Path, nlowers: usize) -> Vec<String> {
+pub fn compare_sides(
+    k: &Side,
+    ko: &Outcome,
+    f: &Side,
+    fo: &Outcome,
+    pristine: &Path,
+    nlowers: usize,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(d) = diff_logs(&ko.log, &fo.log) {
         problems.push(d);
@@ -1080,7 +1193,9 @@ pub fn compare_sides(k: &Side, ko: &Outcome, f: &Side, fo: &Outcome, pristine: &
             problems.push(format!("layerfs left entries in {}: {left:?}", work.display()));
         }
     } else {
-        let u: Vec<_> = fs::read_dir(&f.upper).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        let u: Vec<_> = fs::read_dir(&f.upper)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
         if !u.is_empty() {
             problems.push(format!("read-only layerfs mount wrote to the unused upper dir: {u:?}"));
         }
@@ -1106,14 +1221,24 @@ pub fn run_both(stack: &Stack, scenario: impl Fn(&mut Ctx)) -> Vec<(String, i32)
 }
 
 /// As [`run_both`], in a given scratch directory (reused across property-test cases).
-pub fn run_both_in(dir: &Path, stack: &Stack, scenario: &dyn Fn(&mut Ctx), extra: &str) -> Vec<(String, i32)> {
+pub fn run_both_in(
+    dir: &Path,
+    stack: &Stack,
+    scenario: &dyn Fn(&mut Ctx),
+    extra: &str,
+) -> Vec<(String, i32)> {
     match try_run_both_in(dir, stack, scenario, extra) {
         Ok(log) => log,
         Err(report) => panic!("\n{report}"),
     }
 }
 
-pub fn try_run_both_in(dir: &Path, stack: &Stack, scenario: &dyn Fn(&mut Ctx), extra: &str) -> Result<Vec<(String, i32)>, String> {
+pub fn try_run_both_in(
+    dir: &Path,
+    stack: &Stack,
+    scenario: &dyn Fn(&mut Ctx),
+    extra: &str,
+) -> Result<Vec<(String, i32)>, String> {
     let src = dir.join("src");
     let _ = fs::remove_dir_all(&src);
     stack.build(&src);
