@@ -341,7 +341,9 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
                         "chardev" => WhiteoutChoice::Fixed(WhiteoutStyle::CharDev),
                         "wh" => WhiteoutChoice::Fixed(WhiteoutStyle::WhFile),
                         v => {
-                            return Err(format!("invalid value for whiteout: {v} (want chardev, wh or auto)"));
+                            return Err(format!(
+                                "invalid value for whiteout: {v} (want chardev, wh or auto)"
+                            ));
                         }
                     }
                 }

@@ -31,7 +31,18 @@ fn store_import_mount_commit_roundtrip() {
     assert!(top.starts_with("sha256:"), "{top}");
 
     let (u, w, m) = (s.path("u"), s.path("w"), s.path("m"));
-    layerfs(&["store", "--root", r, "mount", &top, m.to_str().unwrap(), "--upper", u.to_str().unwrap(), "--work", w.to_str().unwrap()]);
+    layerfs(&[
+        "store",
+        "--root",
+        r,
+        "mount",
+        &top,
+        m.to_str().unwrap(),
+        "--upper",
+        u.to_str().unwrap(),
+        "--work",
+        w.to_str().unwrap(),
+    ]);
     let mut g = Mounted { mnt: m.clone(), fuse: true };
     let want = fs::read_to_string(shared.join("expected/native-chain.txt")).unwrap();
     assert_eq!(expected_listing(&m), want, "store mount of the native chain");
@@ -51,7 +62,14 @@ fn store_import_mount_commit_roundtrip() {
     // The base layer is shared, not stored twice, and cannot be removed while used.
     let ls = layerfs(&["store", "--root", r, "ls"]);
     assert_eq!(ls.lines().count(), 4, "{ls}");
-    let base = ls.lines().find(|l| l.split_whitespace().nth(2) == Some("-")).unwrap().split_whitespace().next().unwrap().to_string();
+    let base = ls
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("-"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let o = Command::new(layerfs_bin()).args(["store", "--root", r, "rm", &base]).output().unwrap();
     assert!(!o.status.success());
 }

@@ -23,7 +23,10 @@ fn test_user() -> Option<(u32, u32)> {
     }
     let id = |flag: &str| Command::new("id").args([flag, USER]).output().ok().filter(|o| o.status.success());
     if id("-u").is_none() {
-        let st = Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/bin/sh", USER]).status().unwrap();
+        let st = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh", USER])
+            .status()
+            .unwrap();
         assert!(st.success(), "useradd {USER}");
     }
     let parse = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().unwrap();

@@ -87,8 +87,11 @@ pub(crate) struct LowerDir {
     pub layer: usize,
     pub fd: Arc<OwnedFd>,
     pub marks: DirMarks,
-    pub index: Arc<std::sync::OnceLock<DirIndex>>,
+    pub index: SharedIndex,
 }
+
+/// A lower directory's index, built at most once and shared by every node state holding it.
+pub(crate) type SharedIndex = Arc<std::sync::OnceLock<DirIndex>>;
 
 impl LowerDir {
     pub(crate) fn new(layer: usize, fd: Arc<OwnedFd>, marks: DirMarks) -> LowerDir {
@@ -889,8 +892,7 @@ impl OverlayFs {
             )
         };
         let nlowers = lowers.len();
-        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<Arc<std::sync::OnceLock<DirIndex>>>)> =
-            Vec::new();
+        let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<SharedIndex>)> = Vec::new();
         if let Some(u) = upper {
             dirs.push((0, u, umarks, None));
         }
