@@ -258,3 +258,66 @@ fn big_copy_up_does_not_stall_other_files() {
     assert!(done_during_copy > 0, "no operation on another file completed while the copy-up ran");
     assert_eq!(fs::metadata(u.join("big")).unwrap().len(), (1 << 30) + 1);
 }
+
+/// Copy-up keeps setuid/setgid mode bits, owner, times and xattrs, and copies the parents first
+/// with theirs.
+#[test]
+fn copy_up_keeps_mode_owner_times_xattrs_of_file_and_parents() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir_all(l.join("p/q")).unwrap();
+    fs::write(l.join("p/q/f"), b"data").unwrap();
+    let chown = |p: &Path, uid: u32, gid: u32| {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, gid) }, 0);
+    };
+    let chmod = |p: &Path, mode: u32| {
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap()
+    };
+    chown(&l.join("p"), 11, 12);
+    chmod(&l.join("p"), 0o2750);
+    chown(&l.join("p/q"), 13, 14);
+    chmod(&l.join("p/q"), 0o1777);
+    chown(&l.join("p/q/f"), 1234, 5678);
+    chmod(&l.join("p/q/f"), 0o6755);
+    setx(&l.join("p/q/f"), "user.a", b"1");
+    setx(&l.join("p"), "user.dir", b"2");
+    let t = |p: &Path, sec: i64| {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        let ts = [libc::timespec { tv_sec: sec, tv_nsec: 5 }, libc::timespec { tv_sec: sec, tv_nsec: 7 }];
+        // SAFETY: valid path and array.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) },
+            0
+        );
+    };
+    t(&l.join("p/q/f"), 1_000_000_000);
+    t(&l.join("p/q"), 1_100_000_000);
+    t(&l.join("p"), 1_200_000_000);
+    let before: Vec<_> =
+        ["p", "p/q", "p/q/f"].iter().map(|x| fs::symlink_metadata(l.join(x)).unwrap()).collect();
+    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+    // A setxattr copies up without touching data or times.
+    setx(&m.join("p/q/f"), "user.b", b"3");
+    for (x, b) in ["p", "p/q", "p/q/f"].iter().zip(&before) {
+        let a = fs::symlink_metadata(u.join(x)).unwrap();
+        assert_eq!(a.mode(), b.mode(), "{x} mode");
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "{x} owner");
+        if *x == "p/q/f" {
+            assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "{x} mtime");
+        }
+    }
+    assert_eq!(fs::read(u.join("p/q/f")).unwrap(), b"data");
+    let x = xattrs(&u.join("p/q/f"), true);
+    assert!(
+        x.contains(&("user.a".to_string(), "1".to_string()))
+            && x.contains(&("user.b".to_string(), "3".to_string())),
+        "{x:?}"
+    );
+    assert!(xattrs(&u.join("p"), true).contains(&("user.dir".to_string(), "2".to_string())));
+    assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0);
+}
