@@ -321,3 +321,42 @@ fn copy_up_keeps_mode_owner_times_xattrs_of_file_and_parents() {
     assert!(xattrs(&u.join("p"), true).contains(&("user.dir".to_string(), "2".to_string())));
     assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0);
 }
+
+/// An upper written by layerfs as root is a valid kernel overlayfs upper showing the same tree.
+#[test]
+fn kernel_overlayfs_reads_an_upper_written_by_layerfs() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l1, l2, u, w, m) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir_all(l2.join("d/sub")).unwrap();
+    fs::write(l2.join("d/a"), b"a").unwrap();
+    fs::write(l2.join("d/sub/b"), b"b").unwrap();
+    fs::write(l2.join("gone"), b"g").unwrap();
+    fs::create_dir_all(l1.join("e")).unwrap();
+    fs::write(l1.join("e/x"), b"x").unwrap();
+    fs::write(l1.join("f"), b"f").unwrap();
+    {
+        let _g = mount_layerfs(&[l1.clone(), l2.clone()], Some((&u, &w)), &m, "");
+        fs::remove_dir_all(m.join("d")).unwrap();
+        fs::create_dir(m.join("d")).unwrap();
+        fs::write(m.join("d/new"), b"n").unwrap();
+        fs::remove_file(m.join("gone")).unwrap();
+        fs::write(m.join("f"), b"changed").unwrap();
+        fs::rename(m.join("e/x"), m.join("y")).unwrap();
+        std::os::unix::fs::symlink("y", m.join("ln")).unwrap();
+        fs::hard_link(m.join("f"), m.join("f2")).unwrap();
+    }
+    let lay = {
+        let _g = mount_layerfs(&[l1.clone(), l2.clone()], Some((&u, &w)), &m, "");
+        snapshot(&m, true)
+    };
+    let w2 = s.path("w2");
+    let k = s.path("k");
+    let _k = mount_overlay(&[l1.clone(), l2.clone()], Some((&u, &w2)), &k);
+    let kern = snapshot(&k, true);
+    let d = diff_snapshots("kernel", &kern, "layerfs", &lay);
+    assert!(d.is_empty(), "kernel reads layerfs's upper differently:\n{}", d.join("\n"));
+    assert!(kern.contains_key("d/new") && !kern.contains_key("d/a") && !kern.contains_key("gone"));
+}
