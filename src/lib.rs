@@ -11,6 +11,7 @@
 //! - `oci`: OCI/Docker layer tar tooling (unpack, diff, digest, store).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
