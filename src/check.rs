@@ -451,7 +451,11 @@ impl Checker {
                                 let sm = read_marks(&sub);
                                 let sub_marker = sys::exists_at(sub.as_fd(), &cs(name::OPAQUE_MARKER)?)?;
                                 if !sm.xattr_opaque && !sub_marker {
-                                    what = format!("made {} opaque ({}), ", escape(target), make_opaque(fd, &tn)?);
+                                    what = format!(
+                                        "made {} opaque ({}), ",
+                                        escape(target),
+                                        make_opaque(fd, &tn)?
+                                    );
                                 }
                             }
                             remove_tree(fd, cn)?;
@@ -466,7 +470,8 @@ impl Checker {
                 continue;
             }
             let chardev_wh = whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev);
-            let xattr_wh = marks.xattr_whiteouts && is_reg(st) && st.st_size == 0 && has_whiteout_xattr(fd, cn);
+            let xattr_wh =
+                marks.xattr_whiteouts && is_reg(st) && st.st_size == 0 && has_whiteout_xattr(fd, cn);
             if opaque && (chardev_wh || xattr_wh) {
                 let form = if chardev_wh { "char device 0/0" } else { "xattr" };
                 self.finding(

@@ -36,7 +36,9 @@ flags:
 /// Runs the program; returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
-        if first == "check" { return crate::check::main(args[1..].to_vec()); }
+        if first == "check" {
+            return crate::check::main(args[1..].to_vec());
+        }
         if matches!(first, "unpack" | "diff" | "digest" | "store") {
             return crate::oci::cli::main(args[1..].to_vec());
         }

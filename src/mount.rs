@@ -14,7 +14,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::config::{MountConfig, WhiteoutChoice};
-use crate::fs::{FsOptions, OverlayFs};
+use crate::fs::{FsOptions, IdMap, OverlayFs};
 use crate::fuse::Fuse;
 use crate::sys;
 
@@ -35,6 +35,8 @@ pub fn fs_options(cfg: &MountConfig) -> FsOptions {
     f.noxattrs = o.noxattrs;
     f.squash_uid = o.squash_to_uid.or(o.squash_to_root.then_some(0));
     f.squash_gid = o.squash_to_gid.or(o.squash_to_root.then_some(0));
+    f.uid_map = IdMap(o.uidmapping.iter().map(|r| (r.from, r.to, r.len)).collect());
+    f.gid_map = IdMap(o.gidmapping.iter().map(|r| (r.from, r.to, r.len)).collect());
     f
 }
 

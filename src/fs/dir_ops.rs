@@ -121,8 +121,13 @@ impl OverlayFs {
         if !self.can_chown {
             return Ok(());
         }
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { caller.gid };
-        loc.chown(caller.uid, gid).map_err(|e| Error::io(e, "chown new"))?;
+        let (uid, cgid) = self.disk_owner(caller.uid, caller.gid)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { cgid };
+        if let Err(e) = loc.chown(uid, gid) {
+            if !self.squashing() {
+                return Err(Error::io(e, "chown new"));
+            }
+        }
         // chown clears setuid/setgid on non-directories: put the asked-for mode back.
         if let Some(m) = mode {
             if m & 0o6000 != 0 {

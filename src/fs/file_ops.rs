@@ -247,8 +247,13 @@ impl OverlayFs {
             }
         }
         if sa.uid.is_some() || sa.gid.is_some() {
-            loc.chown(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))
-                .map_err(|e| Error::io(e, "chown"))?;
+            let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+            if let Err(e) = loc.chown(uid, gid) {
+                // As fuse-overlayfs: with squash_to_*, chown errors are ignored.
+                if !self.squashing() {
+                    return Err(Error::io(e, "chown"));
+                }
+            }
         }
         if let Some(mode) = sa.mode {
             if kind != FileType::Symlink {

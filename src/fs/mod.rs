@@ -61,6 +61,41 @@ pub struct FsOptions {
     pub noxattrs: bool,
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
+    /// `uidmapping=`/`gidmapping=`: on-disk ids ↔ ids shown through the mount.
+    pub uid_map: IdMap,
+    pub gid_map: IdMap,
+}
+
+/// An id mapping as fuse-overlayfs defines `uidmapping=A:B:N`: ids `A..A+N` on disk are shown
+/// as `B..B+N`; an id outside every range, either way, becomes the overflow id (65534).
+/// Empty: identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMap(pub Vec<(u32, u32, u32)>);
+
+/// The id shown for ids that have no mapping (the kernel's overflowuid/overflowgid).
+pub const OVERFLOW_ID: u32 = 65534;
+
+impl IdMap {
+    /// On-disk id → shown id.
+    pub fn to_shown(&self, disk: u32) -> u32 {
+        if self.0.is_empty() {
+            return disk;
+        }
+        for &(d, sh, n) in &self.0 {
+            if disk >= d && disk - d < n {
+                return sh + (disk - d);
+            }
+        }
+        OVERFLOW_ID
+    }
+
+    /// Shown id → on-disk id, or None when no range covers it.
+    pub fn to_disk(&self, shown: u32) -> Option<u32> {
+        if self.0.is_empty() {
+            return Some(shown);
+        }
+        self.0.iter().find(|&&(_, sh, n)| shown >= sh && shown - sh < n).map(|&(d, sh, _)| d + (shown - sh))
+    }
 }
 
 impl FsOptions {
@@ -77,6 +112,8 @@ impl FsOptions {
             noxattrs: false,
             squash_uid: None,
             squash_gid: None,
+            uid_map: IdMap::default(),
+            gid_map: IdMap::default(),
         }
     }
 }
@@ -460,6 +497,23 @@ impl OverlayFs {
         Ok(())
     }
 
+    /// Shown owner → on-disk owner (`u32::MAX` = unchanged passes through).
+    pub(crate) fn disk_owner(&self, uid: u32, gid: u32) -> Result<(u32, u32)> {
+        let map = |m: &IdMap, id: u32| -> Result<u32> {
+            if id == u32::MAX {
+                return Ok(id);
+            }
+            // As fuse-overlayfs: an id no range covers is stored as the overflow id.
+            Ok(m.to_disk(id).unwrap_or(OVERFLOW_ID))
+        };
+        Ok((map(&self.opts.uid_map, uid)?, map(&self.opts.gid_map, gid)?))
+    }
+
+    /// With squash_to_*, chown failures are ignored (the owner shown is fixed anyway).
+    pub(crate) fn squashing(&self) -> bool {
+        self.opts.squash_uid.is_some() || self.opts.squash_gid.is_some()
+    }
+
     /// Which whiteout form this mount writes.
     pub fn whiteout_style(&self) -> WhiteoutStyle {
         self.whiteout_style
@@ -517,8 +571,8 @@ impl OverlayFs {
             kind,
             perm: (st.st_mode & 0o7777) as u16,
             nlink,
-            uid: self.opts.squash_uid.unwrap_or(st.st_uid),
-            gid: self.opts.squash_gid.unwrap_or(st.st_gid),
+            uid: self.opts.squash_uid.unwrap_or_else(|| self.opts.uid_map.to_shown(st.st_uid)),
+            gid: self.opts.squash_gid.unwrap_or_else(|| self.opts.gid_map.to_shown(st.st_gid)),
             rdev: st.st_rdev as u32,
             blksize: st.st_blksize as u32,
             flags: 0,
@@ -1057,6 +1111,20 @@ impl OverlayFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_maps_as_fuse_overlayfs() {
+        let m = IdMap(vec![(0, 1000, 1), (1, 100000, 65536)]);
+        assert_eq!(m.to_shown(0), 1000);
+        assert_eq!(m.to_shown(1), 100000);
+        assert_eq!(m.to_shown(65536), 165535);
+        assert_eq!(m.to_shown(65537), OVERFLOW_ID);
+        assert_eq!(m.to_disk(1000), Some(0));
+        assert_eq!(m.to_disk(100005), Some(6));
+        assert_eq!(m.to_disk(5), None);
+        assert_eq!(IdMap::default().to_shown(7), 7);
+        assert_eq!(IdMap::default().to_disk(7), Some(7));
+    }
 
     fn de(name: &str, dtype: u8, ino: u64) -> sys::DirEntry {
         sys::DirEntry { name: name.as_bytes().to_vec(), ino, dtype }
