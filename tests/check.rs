@@ -244,7 +244,8 @@ fn upper_findings_reported_and_repaired() {
     assert_eq!(o.stdout.lines().filter(|l| l.starts_with("repaired: ")).count(), 8, "{}", o.stdout);
     assert!(o.stdout.contains(&format!("repaired: {}: made dir opaque", p(&u, ".wh.dir"))), "{}", o.stdout);
     // Real entries stay; redundant whiteouts are gone; the info marker stays.
-    for keep in ["file", "link", "dir/upper-only", "opq/kept", "opq/sub", "x/y/z/zz", ".wh.plain", "chardev"] {
+    for keep in ["file", "link", "dir/upper-only", "opq/kept", "opq/sub", "x/y/z/zz", ".wh.plain", "chardev"]
+    {
         assert!(fs::symlink_metadata(u.join(keep)).is_ok(), "{keep} removed");
     }
     for gone in [".wh.file", ".wh.link", ".wh.dir", "opq/.wh.a", "opq/.wh.kept", "opq/b", "mark/.wh.c"] {
