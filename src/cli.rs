@@ -7,6 +7,8 @@ use crate::config::{self, MountConfig};
 pub const USAGE: &str = "\
 usage: layerfs [-f] [-d] [-o OPTIONS]... [SOURCE] MOUNTPOINT
        layerfs unpack|diff|digest|store ...   (layer tar tools; see layerfs SUBCOMMAND --help)
+       layerfs trace summarize FILE | fault MOUNTPOINT add|del|clear|list ...
+       layerfs compare [--keep] LOWERDIR... -- COMMAND [ARGS...]   (behaviour testing)
 
 Mounts lowerdir layers (leftmost is the top) under one writable upperdir, like overlayfs.
 
@@ -21,6 +23,8 @@ options (-o, comma-separated, may repeat):
   squash_to_root, squash_to_uid=N, squash_to_gid=N   report these owners
   noxattrs=1           xattr calls fail with ENOSYS
   threads=N            worker threads (default: CPU count)
+  trace=FILE           one JSON line per operation (trace_queue=N lines may wait, default 65536)
+  faults=FILE          fault injection rules (bare `faults`: none yet; see layerfs fault --help)
   ro, rw, allow_other, allow_root, default_permissions, auto_unmount, suid, nosuid,
   dev, nodev, exec, noexec, atime, noatime, fsname=, subtype=
   accepted for fuse-overlayfs compatibility: uidmapping=, gidmapping=, noacl,
@@ -38,6 +42,12 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
         if first == "check" {
             return crate::check::main(args[1..].to_vec());
+        }
+        match first {
+            "trace" => return crate::trace::cli_main(&args[2..]),
+            "fault" => return crate::faults::cli_main(&args[2..]),
+            "compare" => return crate::compare::main(&args[2..]),
+            _ => {}
         }
         if matches!(first, "unpack" | "diff" | "digest" | "store") {
             return crate::oci::cli::main(args[1..].to_vec());

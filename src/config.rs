@@ -236,6 +236,13 @@ pub struct Options {
     pub passthrough: bool,
     pub context: Option<String>,
     pub debug: bool,
+    /// `trace=FILE`: one JSON line per operation.
+    pub trace: Option<PathBuf>,
+    /// `trace_queue=N`: lines the trace queue holds before lines are dropped (counted).
+    pub trace_queue: usize,
+    /// `faults=FILE` (or bare `faults`: empty path, no initial rules): fault injection rules,
+    /// changeable while mounted with `layerfs fault`.
+    pub faults: Option<PathBuf>,
     /// One line per option that was not understood.
     pub warnings: Vec<String>,
 }
@@ -274,6 +281,9 @@ impl Default for Options {
             passthrough: true,
             context: None,
             debug: false,
+            trace: None,
+            trace_queue: crate::trace::DEFAULT_QUEUE,
+            faults: None,
             warnings: Vec::new(),
         }
     }
@@ -328,6 +338,9 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
                 "fsname" => o.fsname = Some(need(&val)?),
                 "subtype" => o.subtype = Some(need(&val)?),
                 "debug" => o.debug = true,
+                "trace" => o.trace = Some(PathBuf::from(unescape(&need(&val)?))),
+                "trace_queue" => o.trace_queue = parse_num::<usize>(&key, &need(&val)?)?.max(1),
+                "faults" => o.faults = Some(PathBuf::from(unescape(val.as_deref().unwrap_or("")))),
                 "timeout" | "entry_timeout" | "attr_timeout" => {
                     let t: f64 = parse_num(&key, &need(&val)?)?;
                     if !(t >= 0.0 && t.is_finite()) {
@@ -581,6 +594,22 @@ mod tests {
         assert!(parse_options(&["xattr_permissions=3".into()]).is_err());
         let o = parse_options(&["whiteout=wh".into()]).unwrap();
         assert_eq!(o.whiteout, WhiteoutChoice::Fixed(WhiteoutStyle::WhFile));
+    }
+
+    #[test]
+    fn behaviour_testing_options() {
+        let o = parse_options(&["trace=/tmp/t\\,x.jsonl,trace_queue=16,faults=/etc/f".into()]).unwrap();
+        assert_eq!(o.trace, Some(PathBuf::from("/tmp/t,x.jsonl")));
+        assert_eq!(o.trace_queue, 16);
+        assert_eq!(o.faults, Some(PathBuf::from("/etc/f")));
+        let o = parse_options(&["faults,trace_queue=0".into()]).unwrap();
+        assert_eq!(o.faults, Some(PathBuf::new()));
+        assert_eq!(o.trace_queue, 1);
+        assert_eq!(o.trace, None);
+        let o = parse_options(&["ro".into()]).unwrap();
+        assert_eq!((o.trace, o.faults, o.trace_queue), (None, None, crate::trace::DEFAULT_QUEUE));
+        assert!(parse_options(&["trace".into()]).is_err());
+        assert!(parse_options(&["trace_queue=x".into()]).is_err());
     }
 
     #[test]

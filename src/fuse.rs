@@ -22,6 +22,7 @@ use fuser::{
 use crate::error::Error;
 use crate::fs::{Caller, Opened, OverlayFs, SetAttr};
 use crate::sys::SetTime;
+use crate::trace::{Args, Hooks, Op, Outcome};
 
 /// The fuser `Filesystem` for one mount.
 pub struct Fuse {
@@ -34,6 +35,8 @@ pub struct Fuse {
     backing: Mutex<Backing>,
     /// Exit the process when the session ends (the `layerfs` server), instead of returning.
     pub exit_on_destroy: bool,
+    /// Trace and fault injection (`-o trace=`, `-o faults=`); None costs one check per request.
+    pub hooks: Option<Arc<Hooks>>,
 }
 
 /// How the open handles of each inode are served. The kernel requires every open of an inode
@@ -67,6 +70,27 @@ impl Fuse {
             passthrough: AtomicBool::new(passthrough),
             backing: Mutex::new(Backing::default()),
             exit_on_destroy: false,
+            hooks: None,
+        }
+    }
+
+    /// Runs `f` through the hooks when there are any; without, this is one `Option` check.
+    /// `name`: the entry an operation works on; `len`: bytes written.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn hook<T: Outcome>(
+        &self,
+        req: &Request,
+        op: Op,
+        ino: u64,
+        name: Option<&OsStr>,
+        len: u64,
+        args: impl FnOnce(&mut Args),
+        f: impl FnOnce() -> crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        match &self.hooks {
+            None => f(),
+            Some(h) => h.run(req.pid(), op, ino, name, len, args, f),
         }
     }
 
@@ -202,6 +226,9 @@ impl Filesystem for Fuse {
 
     fn destroy(&mut self) {
         log::debug!("destroy: the mount is gone");
+        if let Some(h) = &self.hooks {
+            h.shutdown();
+        }
         if self.exit_on_destroy {
             // fuser would now unmount the mountpoint *by path* (its "still mounted?" check reads
             // an aborted connection as mounted), which takes down a new mount made at the same
@@ -210,25 +237,41 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         log::debug!("lookup(parent={}, name={:?})", parent.0, name);
-        match self.fs.lookup(parent.0, name) {
+        match self.hook(req, Op::Lookup, parent.0, Some(name), 0, |_| {}, || self.fs.lookup(parent.0, name)) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "lookup", e),
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
         log::debug!("forget(ino={}, n={nlookup})", ino.0);
-        self.fs.forget(ino.0, nlookup);
+        let _ = self.hook(
+            req,
+            Op::Forget,
+            ino.0,
+            None,
+            0,
+            |a| _ = a.n("n", nlookup),
+            || {
+                self.fs.forget(ino.0, nlookup);
+                Ok(())
+            },
+        );
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         log::debug!("getattr(ino={}, fh={:?})", ino.0, fh.map(|f| f.0));
-        let r = match fh {
+        let args = |a: &mut Args| {
+            if let Some(f) = fh {
+                a.n("fh", f.0);
+            }
+        };
+        let r = self.hook(req, Op::Getattr, ino.0, None, 0, args, || match fh {
             Some(fh) => self.fs.getattr_fh(ino.0, fh.0).or_else(|_| self.fs.getattr(ino.0)),
             None => self.fs.getattr(ino.0),
-        };
+        });
         match r {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply_err!(reply, "getattr", e),
@@ -237,7 +280,7 @@ impl Filesystem for Fuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -263,15 +306,28 @@ impl Filesystem for Fuse {
             mtime: set_time(mtime),
             fh: fh.map(|f| f.0),
         };
-        match self.fs.setattr(ino.0, sa) {
+        let args = |a: &mut Args| {
+            if let Some(m) = mode {
+                a.o("mode", m);
+            }
+            for (k, v) in [("uid", uid.map(u64::from)), ("gid", gid.map(u64::from)), ("size", size)] {
+                if let Some(v) = v {
+                    a.n(k, v);
+                }
+            }
+            if atime.is_some() || mtime.is_some() {
+                a.n("times", 1);
+            }
+        };
+        match self.hook(req, Op::Setattr, ino.0, None, 0, args, || self.fs.setattr(ino.0, sa)) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply_err!(reply, "setattr", e),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         log::debug!("readlink(ino={})", ino.0);
-        match self.fs.readlink(ino.0) {
+        match self.hook(req, Op::Readlink, ino.0, None, 0, |_| {}, || self.fs.readlink(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply_err!(reply, "readlink", e),
         }
@@ -288,7 +344,9 @@ impl Filesystem for Fuse {
         reply: ReplyEntry,
     ) {
         log::debug!("mknod(parent={}, name={name:?}, mode={mode:o}, rdev={rdev})", parent.0);
-        match self.fs.mknod(parent.0, name, mode, rdev as u64, caller(req)) {
+        let args = |a: &mut Args| _ = a.o("mode", mode).n("rdev", rdev);
+        let f = || self.fs.mknod(parent.0, name, mode, rdev as u64, caller(req));
+        match self.hook(req, Op::Mknod, parent.0, Some(name), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "mknod", e),
         }
@@ -296,23 +354,27 @@ impl Filesystem for Fuse {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         log::debug!("mkdir(parent={}, name={name:?}, mode={mode:o})", parent.0);
-        match self.fs.mkdir(parent.0, name, mode, caller(req)) {
+        let args = |a: &mut Args| _ = a.o("mode", mode);
+        let f = || self.fs.mkdir(parent.0, name, mode, caller(req));
+        match self.hook(req, Op::Mkdir, parent.0, Some(name), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "mkdir", e),
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         log::debug!("unlink(parent={}, name={name:?})", parent.0);
-        match self.fs.remove(parent.0, name, false) {
+        let f = || self.fs.remove(parent.0, name, false);
+        match self.hook(req, Op::Unlink, parent.0, Some(name), 0, |_| {}, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "unlink", e),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         log::debug!("rmdir(parent={}, name={name:?})", parent.0);
-        match self.fs.remove(parent.0, name, true) {
+        let f = || self.fs.remove(parent.0, name, true);
+        match self.hook(req, Op::Rmdir, parent.0, Some(name), 0, |_| {}, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "rmdir", e),
         }
@@ -320,7 +382,9 @@ impl Filesystem for Fuse {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         log::debug!("symlink(parent={}, name={link_name:?}, target={target:?})", parent.0);
-        match self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req)) {
+        let args = |a: &mut Args| _ = a.s("target", target.as_os_str());
+        let f = || self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req));
+        match self.hook(req, Op::Symlink, parent.0, Some(link_name), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "symlink", e),
         }
@@ -328,7 +392,7 @@ impl Filesystem for Fuse {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -337,23 +401,28 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("rename({}/{name:?} -> {}/{newname:?}, flags={})", parent.0, newparent.0, flags.bits());
-        match self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+        let args = |a: &mut Args| _ = a.path("newpath", newparent.0, newname).n("flags", flags.bits());
+        let f = || self.fs.rename(parent.0, name, newparent.0, newname, flags.bits());
+        match self.hook(req, Op::Rename, parent.0, Some(name), 0, args, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "rename", e),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         log::debug!("link(ino={}, newparent={}, newname={newname:?})", ino.0, newparent.0);
-        match self.fs.link(ino.0, newparent.0, newname) {
+        let args = |a: &mut Args| _ = a.n("target_ino", ino.0);
+        let f = || self.fs.link(ino.0, newparent.0, newname);
+        match self.hook(req, Op::Link, newparent.0, Some(newname), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "link", e),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
-        match self.fs.open(ino.0, flags.0) {
+        let args = |a: &mut Args| _ = a.x("flags", flags.0 as u32);
+        match self.hook(req, Op::Open, ino.0, None, 0, args, || self.fs.open(ino.0, flags.0)) {
             Ok(o) => match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
                 OpenMode::Passthrough(id) => {
                     reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
@@ -366,7 +435,7 @@ impl Filesystem for Fuse {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -376,7 +445,8 @@ impl Filesystem for Fuse {
         reply: ReplyData,
     ) {
         log::debug!("read(ino={}, fh={}, off={offset}, size={size})", ino.0, fh.0);
-        match self.fs.read(fh.0, offset, size) {
+        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("size", size);
+        match self.hook(req, Op::Read, ino.0, None, 0, args, || self.fs.read(fh.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply_err!(reply, "read", e),
         }
@@ -384,7 +454,7 @@ impl Filesystem for Fuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -395,20 +465,25 @@ impl Filesystem for Fuse {
         reply: ReplyWrite,
     ) {
         log::debug!("write(ino={}, fh={}, off={offset}, len={})", ino.0, fh.0, data.len());
-        match self.fs.write(fh.0, offset, data) {
+        let (len, args) =
+            (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("len", data.len()));
+        match self.hook(req, Op::Write, ino.0, None, len, args, || self.fs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply_err!(reply, "write", e),
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         log::debug!("flush(ino={}, fh={})", ino.0, fh.0);
-        reply.ok();
+        match self.hook(req, Op::Flush, ino.0, None, 0, |a| _ = a.n("fh", fh.0), || Ok(())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply_err!(reply, "flush", e),
+        }
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -417,22 +492,34 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("release(ino={}, fh={})", ino.0, fh.0);
-        self.drop_backing(fh.0);
-        self.fs.release(fh.0);
+        let _ = self.hook(
+            req,
+            Op::Release,
+            ino.0,
+            None,
+            0,
+            |a| _ = a.n("fh", fh.0),
+            || {
+                self.drop_backing(fh.0);
+                self.fs.release(fh.0);
+                Ok(())
+            },
+        );
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         log::debug!("fsync(ino={}, fh={}, datasync={datasync})", ino.0, fh.0);
-        match self.fs.fsync(fh.0, datasync) {
+        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("datasync", datasync);
+        match self.hook(req, Op::Fsync, ino.0, None, 0, args, || self.fs.fsync(fh.0, datasync)) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "fsync", e),
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         log::debug!("opendir(ino={})", ino.0);
-        match self.fs.opendir(ino.0) {
+        match self.hook(req, Op::Opendir, ino.0, None, 0, |_| {}, || self.fs.opendir(ino.0)) {
             // The kernel may cache listings: every change to a directory goes through it, and
             // it drops its cache on each of them.
             Ok(fh) if !self.ttl.is_zero() => {
@@ -443,9 +530,10 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         log::debug!("readdir(ino={}, fh={}, offset={offset})", ino.0, fh.0);
-        match self.fs.readdir(ino.0, fh.0, offset) {
+        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset);
+        match self.hook(req, Op::Readdir, ino.0, None, 0, args, || self.fs.readdir(ino.0, fh.0, offset)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
@@ -460,14 +548,17 @@ impl Filesystem for Fuse {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         log::debug!("readdirplus(ino={}, fh={}, offset={offset})", ino.0, fh.0);
-        let entries = match self.fs.readdir(ino.0, fh.0, offset) {
+        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset);
+        let entries = match self
+            .hook(req, Op::Readdirplus, ino.0, None, 0, args, || self.fs.readdir(ino.0, fh.0, offset))
+        {
             Ok(e) => e,
             Err(e) => return reply_err!(reply, "readdirplus", e),
         };
@@ -498,23 +589,35 @@ impl Filesystem for Fuse {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         log::debug!("releasedir(ino={}, fh={})", ino.0, fh.0);
-        self.fs.releasedir(fh.0);
+        let _ = self.hook(
+            req,
+            Op::Releasedir,
+            ino.0,
+            None,
+            0,
+            |a| _ = a.n("fh", fh.0),
+            || {
+                self.fs.releasedir(fh.0);
+                Ok(())
+            },
+        );
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         log::debug!("fsyncdir(ino={})", ino.0);
-        match self.fs.fsyncdir(ino.0, datasync) {
+        let args = |a: &mut Args| _ = a.n("datasync", datasync);
+        match self.hook(req, Op::Fsyncdir, ino.0, None, 0, args, || self.fs.fsyncdir(ino.0, datasync)) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "fsyncdir", e),
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         log::debug!("statfs()");
-        match self.fs.statfs() {
+        match self.hook(req, Op::Statfs, ino.0, None, 0, |_| {}, || self.fs.statfs()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -531,7 +634,7 @@ impl Filesystem for Fuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -540,15 +643,18 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("setxattr(ino={}, name={name:?}, len={})", ino.0, value.len());
-        match self.fs.setxattr(ino.0, name, value, flags) {
+        let args = |a: &mut Args| _ = a.s("name", name).n("len", value.len()).n("flags", flags);
+        let f = || self.fs.setxattr(ino.0, name, value, flags);
+        match self.hook(req, Op::Setxattr, ino.0, None, 0, args, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "setxattr", e),
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         log::debug!("getxattr(ino={}, name={name:?}, size={size})", ino.0);
-        match self.fs.getxattr(ino.0, name) {
+        let args = |a: &mut Args| _ = a.s("name", name).n("size", size);
+        match self.hook(req, Op::Getxattr, ino.0, None, 0, args, || self.fs.getxattr(ino.0, name)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -556,9 +662,10 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         log::debug!("listxattr(ino={}, size={size})", ino.0);
-        match self.fs.listxattr(ino.0) {
+        let args = |a: &mut Args| _ = a.n("size", size);
+        match self.hook(req, Op::Listxattr, ino.0, None, 0, args, || self.fs.listxattr(ino.0)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
             Ok(v) => reply.data(&v),
@@ -566,17 +673,19 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         log::debug!("removexattr(ino={}, name={name:?})", ino.0);
-        match self.fs.removexattr(ino.0, name) {
+        let args = |a: &mut Args| _ = a.s("name", name);
+        match self.hook(req, Op::Removexattr, ino.0, None, 0, args, || self.fs.removexattr(ino.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "removexattr", e),
         }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         log::debug!("access(ino={}, mask={})", ino.0, mask.bits());
-        match self.fs.access(ino.0, mask.bits()) {
+        let args = |a: &mut Args| _ = a.n("mask", mask.bits());
+        match self.hook(req, Op::Access, ino.0, None, 0, args, || self.fs.access(ino.0, mask.bits())) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "access", e),
         }
@@ -593,7 +702,9 @@ impl Filesystem for Fuse {
         reply: ReplyCreate,
     ) {
         log::debug!("create(parent={}, name={name:?}, mode={mode:o}, flags={flags:#x})", parent.0);
-        match self.fs.create(parent.0, name, mode, flags, caller(req)) {
+        let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
+        let f = || self.fs.create(parent.0, name, mode, flags, caller(req));
+        match self.hook(req, Op::Create, parent.0, Some(name), 0, args, f) {
             Ok((attr, o)) => {
                 let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));
                 match self.open_mode(attr.ino.0, o.fh, |fd| reply.open_backing(fd)) {
@@ -609,7 +720,7 @@ impl Filesystem for Fuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -618,7 +729,9 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("fallocate(ino={}, off={offset}, len={length}, mode={mode})", ino.0);
-        match self.fs.fallocate(fh.0, offset, length, mode) {
+        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("len", length).n("mode", mode);
+        let f = || self.fs.fallocate(fh.0, offset, length, mode);
+        match self.hook(req, Op::Fallocate, ino.0, None, 0, args, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "fallocate", e),
         }
@@ -626,7 +739,7 @@ impl Filesystem for Fuse {
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: i64,
@@ -634,7 +747,8 @@ impl Filesystem for Fuse {
         reply: ReplyLseek,
     ) {
         log::debug!("lseek(ino={}, off={offset}, whence={whence})", ino.0);
-        match self.fs.lseek(fh.0, offset, whence) {
+        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("whence", whence);
+        match self.hook(req, Op::Lseek, ino.0, None, 0, args, || self.fs.lseek(fh.0, offset, whence)) {
             Ok(o) => reply.offset(o),
             Err(e) => reply_err!(reply, "lseek", e),
         }
@@ -642,7 +756,7 @@ impl Filesystem for Fuse {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -654,7 +768,12 @@ impl Filesystem for Fuse {
         reply: ReplyWrite,
     ) {
         log::debug!("copy_file_range({} -> {}, len={len})", ino_in.0, ino_out.0);
-        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+        let args = |a: &mut Args| {
+            a.n("fh_in", fh_in.0).n("off_in", offset_in).n("ino_out", ino_out.0);
+            a.n("fh_out", fh_out.0).n("off_out", offset_out).n("len", len);
+        };
+        let f = || self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len);
+        match self.hook(req, Op::CopyFileRange, ino_in.0, None, len, args, f) {
             Ok(n) => reply.written(n),
             Err(e) => reply_err!(reply, "copy_file_range", e),
         }

@@ -9,12 +9,16 @@
 //! - `fuse`: the thin adapter from fuser's `Filesystem` trait to `OverlayFs`.
 //! - `mount`: daemonising, mounting, signal handling.
 //! - `oci`: OCI/Docker layer tar tooling (unpack, diff, digest, store).
+//! - `trace`, `faults`, `compare`: behaviour testing (operation trace, fault injection, a run
+//!   on kernel overlayfs and on layerfs compared).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod check;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod layer;
@@ -23,4 +27,5 @@ pub mod mount;
 pub mod name;
 pub mod oci;
 pub mod sys;
+pub mod trace;
 pub mod whiteout;

@@ -14,9 +14,50 @@ use std::time::Duration;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::config::{MountConfig, WhiteoutChoice};
+use crate::faults::{self, Faults};
 use crate::fs::{FsOptions, IdMap, OverlayFs};
 use crate::fuse::Fuse;
 use crate::sys;
+use crate::trace::{Hooks, Tracer};
+
+/// What the behaviour-testing options ask for, read and checked before forking.
+struct HookPlan {
+    trace: Option<std::path::PathBuf>,
+    faults: Option<Vec<faults::Rule>>,
+}
+
+impl HookPlan {
+    fn from(cfg: &MountConfig) -> Result<Option<HookPlan>, String> {
+        let o = &cfg.opts;
+        let trace = o
+            .trace
+            .as_deref()
+            .map(|p| std::path::absolute(p).map_err(|e| format!("trace={}: {e}", p.display())))
+            .transpose()?;
+        let faults = match o.faults.as_deref() {
+            None => None,
+            Some(p) if p.as_os_str().is_empty() => Some(Vec::new()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("faults={}: {e}", p.display()))?;
+                Some(faults::parse_rules(&text).map_err(|e| format!("faults={}: {e}", p.display()))?)
+            }
+        };
+        Ok((trace.is_some() || faults.is_some()).then_some(HookPlan { trace, faults }))
+    }
+
+    /// Opens the trace and serves the fault control socket (after forking: threads).
+    fn start(self, fs: Arc<OverlayFs>, cfg: &MountConfig) -> Result<Arc<Hooks>, String> {
+        let trace = match &self.trace {
+            Some(p) => Some(
+                Tracer::open(p, cfg.opts.trace_queue).map_err(|e| format!("trace={}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        let h = Hooks::new(fs, trace, self.faults.map(|r| Arc::new(Faults::new(r))));
+        h.serve_control(&cfg.mountpoint)?;
+        Ok(Arc::new(h))
+    }
+}
 
 /// Builds the filesystem options from the mount request.
 pub fn fs_options(cfg: &MountConfig) -> FsOptions {
@@ -115,11 +156,18 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let fs = OverlayFs::new(fs_options(&cfg))?;
     log::info!("whiteout style: {:?}", fs.whiteout_style());
     let fs = Arc::new(fs);
-    let passthrough = cfg.opts.passthrough
+    let plan = HookPlan::from(&cfg)?;
+    // Traced or faulted reads and writes must reach the server: no passthrough then.
+    let passthrough = plan.is_none()
+        && cfg.opts.passthrough
         && std::env::var_os("LAYERFS_NO_PASSTHROUGH").is_none()
         && std::env::var_os("FUSE_OVERLAYFS_NO_PASSTHROUGH").is_none();
-    let mut fuse =
-        Fuse::new(fs, Duration::from_secs_f64(cfg.opts.timeout.min(1e9)), cfg.opts.writeback, passthrough);
+    let mut fuse = Fuse::new(
+        fs.clone(),
+        Duration::from_secs_f64(cfg.opts.timeout.min(1e9)),
+        cfg.opts.writeback,
+        passthrough,
+    );
     fuse.exit_on_destroy = true;
     let fcfg = fuser_config(&cfg, source);
 
@@ -146,11 +194,23 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         }
     }
     sys::block_term_signals();
-    let session = fuser::Session::new(fuse, &cfg.mountpoint, &fcfg);
+    let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
+    let session = match hooks {
+        Ok(h) => {
+            fuse.hooks = h.clone();
+            fuser::Session::new(fuse, &cfg.mountpoint, &fcfg)
+                .inspect_err(|_| {
+                    if let Some(h) = &h {
+                        h.shutdown();
+                    }
+                })
+                .map_err(|e| format!("mount {}: {e}", cfg.mountpoint.display()))
+        }
+        Err(e) => Err(e),
+    };
     let mut session = match session {
         Ok(s) => s,
-        Err(e) => {
-            let msg = format!("mount {}: {e}", cfg.mountpoint.display());
+        Err(msg) => {
             if let Some(w) = notify.take() {
                 let _ = std::fs::File::from(w).write_all(msg.as_bytes());
                 std::process::exit(1);

@@ -529,6 +529,30 @@ impl OverlayFs {
         self.nodes.read().len()
     }
 
+    /// The node's current path in the merged tree (`/` for the root), by its parent links
+    /// (for tracing and fault rules). None for an unknown or detached node. Read-only: each
+    /// node's state is locked briefly, one at a time.
+    pub fn path_of(&self, ino: u64) -> Option<std::path::PathBuf> {
+        let mut node = self.nodes.read().get(&ino).cloned()?;
+        let mut names: Vec<Arc<CString>> = Vec::new();
+        while node.ino != ROOT_ID {
+            let parent = {
+                let s = node.state.lock();
+                names.push(s.name.clone());
+                s.parent.clone()?
+            };
+            if names.len() > 4096 {
+                return None;
+            }
+            node = parent;
+        }
+        let mut p = std::path::PathBuf::from("/");
+        for n in names.iter().rev() {
+            p.push(OsStr::from_bytes(n.as_bytes()));
+        }
+        Some(p)
+    }
+
     pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.nodes.read().get(&ino).cloned().ok_or(Error::new(libc::ESTALE, "unknown inode"))
     }
