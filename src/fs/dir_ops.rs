@@ -346,21 +346,17 @@ impl OverlayFs {
             upper_marks: DirMarks { opaque, xattr_whiteouts: false },
             lower_dirs: Vec::new(),
             lower: None,
-            children: Default::default(),
             unlinked: false,
         };
         let n = if node.is_none() {
             // A new name for an existing node: keep the node, add the name.
             let n = self.nodes.read().get(&id).cloned();
             match n {
-                Some(n) => {
-                    pnode.state.lock().children.insert(name.to_vec(), id);
-                    n
-                }
-                None => self.install(pnode, name, id, state),
+                Some(n) => n,
+                None => self.install(id, state),
             }
         } else {
-            self.install(pnode, name, id, state)
+            self.install(id, state)
         };
         n.lookups.fetch_add(1, Ordering::Relaxed);
         Ok((n, file_fd))
@@ -446,9 +442,6 @@ impl OverlayFs {
             (Some(_), false) => self.remove_upper(&pfd, &cn, is_dir)?,
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
-        let mut ps = pnode.state.lock();
-        ps.children.remove(name);
-        drop(ps);
         let mut s = child.state.lock();
         if let Some(fd) = pin {
             s.upper = Some(Loc::Pinned(Arc::new(fd)));
@@ -607,7 +600,6 @@ impl OverlayFs {
                 d.state.lock().upper = Some(Loc::Pinned(Arc::new(fd)));
             }
         }
-        opn.state.lock().children.remove(oname);
         self.moved(&src, &npn, &npfd, nname, &ncn)?;
         Ok(())
     }
@@ -650,7 +642,6 @@ impl OverlayFs {
                 s.upper = Some(Loc::At(pfd.clone(), cn.clone()));
             }
         }
-        pnode.state.lock().children.insert(name.to_vec(), node.ino);
         Ok(())
     }
 }

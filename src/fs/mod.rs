@@ -151,8 +151,6 @@ pub(crate) struct NodeState {
     pub lower_dirs: Vec<LowerDir>,
     /// For non-directories: the lower object and its layer index.
     pub lower: Option<(usize, Loc)>,
-    /// Children the kernel has looked up, by name.
-    pub children: HashMap<Vec<u8>, u64>,
     /// Set once the last name was removed through the mount.
     pub unlinked: bool,
 }
@@ -487,7 +485,6 @@ impl OverlayFs {
                 upper_marks,
                 lower_dirs,
                 lower: None,
-                children: HashMap::new(),
                 unlinked: false,
             }),
             dir_lock: RwLock::new(()),
@@ -774,7 +771,6 @@ impl OverlayFs {
                     upper_marks: DirMarks::default(),
                     lower_dirs: Vec::new(),
                     lower: if is_upper { None } else { Some((li, loc)) },
-                    children: HashMap::new(),
                     unlinked: false,
                 };
                 Ok(Some((id, state)))
@@ -807,7 +803,6 @@ impl OverlayFs {
                     upper_marks: umarks,
                     lower_dirs,
                     lower: None,
-                    children: HashMap::new(),
                     unlinked: false,
                 };
                 Ok(Some((id.unwrap_or(0), state)))
@@ -848,30 +843,17 @@ impl OverlayFs {
     /// Resolves a child and installs (or refreshes) its node; the caller holds the parent's
     /// `dir_lock` (shared or exclusive). Does not take a kernel reference.
     pub(crate) fn lookup_locked(&self, pnode: &Arc<Node>, name: &[u8]) -> Result<Option<Arc<Node>>> {
-        // A child the kernel already holds, still in place: reuse without probing.
-        let known = pnode.state.lock().children.get(name).copied();
-        if let Some(id) = known {
-            if let Some(n) = self.nodes.read().get(&id).cloned() {
-                let s = n.state.lock();
-                if !s.unlinked
-                    && s.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, pnode))
-                    && *s.name.as_bytes() == *name
-                {
-                    drop(s);
-                    return Ok(Some(n));
-                }
-            }
-        }
+        // No per-directory map of children is kept (memory per node, for little: the kernel
+        // caches entries); a resolution finds a live node again by its id.
         let Some((id, mut state)) = self.resolve(pnode, name)? else {
-            pnode.state.lock().children.remove(name);
             return Ok(None);
         };
         state.parent = Some(pnode.clone());
-        Ok(Some(self.install(pnode, name, id, state)))
+        Ok(Some(self.install(id, state)))
     }
 
     /// Puts a resolved node in the table (reusing a live node with the same id).
-    pub(crate) fn install(&self, pnode: &Arc<Node>, name: &[u8], id: u64, state: NodeState) -> Arc<Node> {
+    pub(crate) fn install(&self, id: u64, state: NodeState) -> Arc<Node> {
         let has_upper = state.upper.is_some();
         let node = {
             let mut nodes = self.nodes.write();
@@ -884,11 +866,7 @@ impl OverlayFs {
                         // A node that was copied up keeps its upper (another name of a hard
                         // link, or a re-lookup); otherwise take the fresh resolution.
                         if s.upper.is_none() || s.unlinked || s.kind != state.kind {
-                            let children = std::mem::take(&mut s.children);
                             *s = state;
-                            if s.kind == FileType::Directory {
-                                s.children = children;
-                            }
                         } else {
                             s.parent = state.parent;
                             s.name = state.name;
@@ -912,7 +890,6 @@ impl OverlayFs {
                 }
             }
         };
-        pnode.state.lock().children.insert(name.to_vec(), id);
         node
     }
 
@@ -935,12 +912,7 @@ impl OverlayFs {
             let mut s = node.state.lock();
             (s.parent.take(), s.name.clone(), s.upper.clone())
         };
-        if let Some(p) = parent {
-            let mut ps = p.state.lock();
-            if ps.children.get(name.as_bytes()) == Some(&ino) {
-                ps.children.remove(name.as_bytes());
-            }
-        }
+        drop((parent, name));
         // `upper_ids` keeps its entry: a copied-up object keeps its inode number for the whole
         // mount, also in listings the kernel may still have cached.
         drop(upper);
@@ -956,7 +928,7 @@ impl OverlayFs {
 
     /// The merged listing of a directory node, with `.` and `..` first.
     pub(crate) fn list_merged(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
-        let (upper, umarks, lowers, parent_ino, children) = {
+        let (upper, umarks, lowers, parent_ino) = {
             let s = node.state.lock();
             if s.kind != FileType::Directory {
                 return Err(Error::errno(libc::ENOTDIR));
@@ -966,7 +938,6 @@ impl OverlayFs {
                 s.upper_marks,
                 s.lower_dirs.clone(),
                 s.parent.as_ref().map_or(ROOT_ID, |p| p.ino),
-                s.children.clone(),
             )
         };
         let nlowers = lowers.len();
@@ -995,10 +966,7 @@ impl OverlayFs {
         out.push(DirEntry { ino: parent_ino, kind: FileType::Directory, name: "..".into() });
         for (name, pos, (kind, real_ino)) in merged {
             let li = dirs[pos].0;
-            let ino = match children.get(&name) {
-                Some(id) => *id,
-                None => self.ino_for(li, real_ino),
-            };
+            let ino = self.ino_for(li, real_ino);
             out.push(DirEntry { ino, kind, name: OsString::from_vec(name) });
         }
         Ok(out)
