@@ -1,0 +1,101 @@
+//! `layerfs compare`: no difference for a command both implementations run alike (on layers
+//! in `.wh.` form, converted for the kernel), a reported difference for one they do not
+//! (creating a `.wh.` name: EINVAL on layerfs), and the layers given are never changed.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+/// Two layers with every `.wh.` form: a whiteout of a lower file, an opaque directory.
+fn layers(s: &Scratch) -> Vec<PathBuf> {
+    let (top, base) = (s.path("top"), s.path("base"));
+    fs::write(base.join("a"), b"a").unwrap();
+    fs::write(base.join("gone"), b"gone").unwrap();
+    fs::create_dir_all(base.join("dir/sub")).unwrap();
+    fs::write(base.join("dir/old"), b"old").unwrap();
+    fs::write(base.join("dir/sub/deep"), b"deep").unwrap();
+    fs::create_dir(base.join("lib")).unwrap();
+    fs::write(base.join("lib/x.so"), b"elf").unwrap();
+    std::os::unix::fs::symlink("lib/x.so", base.join("link")).unwrap();
+    fs::write(top.join(".wh.gone"), b"").unwrap();
+    fs::create_dir(top.join("dir")).unwrap();
+    fs::write(top.join("dir/.wh..wh..opq"), b"").unwrap();
+    fs::write(top.join("dir/new"), b"new").unwrap();
+    vec![top, base]
+}
+
+fn compare(lowers: &[PathBuf], extra: &[&str], cmd: &str) -> Output {
+    Command::new(layerfs_bin())
+        .arg("compare")
+        .args(extra)
+        .args(lowers)
+        .arg("--")
+        .args(["sh", "-c", cmd])
+        .output()
+        .unwrap()
+}
+
+fn tree_listing(p: &Path) -> Vec<String> {
+    snapshot(p, true).into_iter().map(|(k, e)| format!("{k} {e:?}")).collect()
+}
+
+#[test]
+fn a_command_both_run_alike_shows_no_difference() {
+    if !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let lowers = layers(&s);
+    let before: Vec<_> = lowers.iter().map(|l| tree_listing(l)).collect();
+    let cmd = "set -e; test \"$PWD\" = \"$LAYERFS_COMPARE_ROOT\"; echo hi > new; rm a; \
+               mkdir -p made/deeper; chmod 0600 lib/x.so; echo more >> dir/new; \
+               mv made/deeper made/moved; ln -s made m; rm -r lib; touch dir/later; ls -R . >/dev/null";
+    let out = compare(&lowers, &[], cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("kernel: exit 0, layerfs: exit 0"), "{stdout}");
+    assert!(stdout.contains("identical:"), "{stdout}");
+    let after: Vec<_> = lowers.iter().map(|l| tree_listing(l)).collect();
+    assert_eq!(before, after, "the given layers changed");
+}
+
+#[test]
+fn a_command_that_behaves_differently_is_reported() {
+    if !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let lowers = layers(&s);
+    let out = compare(&lowers, &["--keep"], "echo x > ok; touch .wh.x");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("exit code: kernel 0, layerfs 1"), "{stdout}");
+    assert!(stdout.contains("merged tree: only on kernel: .wh.x"), "{stdout}");
+    assert!(stdout.contains("Invalid argument"), "layerfs's stderr is shown: {stdout}");
+    assert!(!stdout.contains(": ok"), "ok is the same on both: {stdout}");
+    let kept = stdout.lines().find_map(|l| l.strip_prefix("kept: ")).expect("kept directory");
+    let kept = Path::new(kept);
+    assert!(kept.join("kernel/upper/ok").exists() && kept.join("layerfs/upper/ok").exists());
+    assert!(!is_mounted(&kept.join("kernel/mnt")) && !is_mounted(&kept.join("layerfs/mnt")));
+    // The kernel's copy of the layers is in the kernel's forms.
+    assert!(fs::symlink_metadata(kept.join("kernel/lower0/.wh.gone")).is_err());
+    assert!(fs::symlink_metadata(kept.join("kernel/lower0/gone")).is_ok());
+    assert!(fs::symlink_metadata(kept.join("layerfs/lower0/.wh.gone")).is_ok());
+    fs::remove_dir_all(kept).unwrap();
+}
+
+#[test]
+fn usage_errors_compare_nothing() {
+    let s = Scratch::new();
+    let l = s.path("l");
+    let o = Command::new(layerfs_bin()).args(["compare"]).arg(&l).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o =
+        Command::new(layerfs_bin()).args(["compare", "/nonexistent/layer", "--", "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/layer"));
+}
