@@ -431,23 +431,27 @@ impl OverlayFs {
         }
         let need_wh = self.lower_positive(&pnode, name)?;
         let cn = cname(name)?;
-        // Keep the object reachable for the node (open descriptors, other hard links): pin
-        // it with an O_PATH fd before its name goes away.
-        let pin = match &upper {
-            Some(l @ Loc::At(..)) => l.open(libc::O_PATH).ok(),
-            _ => None,
-        };
+        // Keep the object reachable for the node (opens racing with this unlink, open
+        // descriptors, other hard links): pin it before its name goes away.
+        self.pin_upper(&child);
         match (&upper, need_wh) {
             (Some(_), true) => self.replace_with_whiteout(&pfd, name, is_dir)?,
             (Some(_), false) => self.remove_upper(&pfd, &cn, is_dir)?,
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
-        let mut s = child.state.lock();
-        if let Some(fd) = pin {
-            s.upper = Some(Loc::Pinned(Arc::new(fd)));
-        }
-        s.unlinked = true;
+        child.state.lock().unlinked = true;
         Ok(())
+    }
+
+    /// Points a node's upper non-directory at an `O_PATH` fd of its own, so that requests on the
+    /// node keep reaching the same object while its name is removed or moved.
+    fn pin_upper(&self, node: &Node) {
+        let loc = node.state.lock().upper.clone();
+        if let Some(l @ Loc::At(..)) = loc {
+            if let Ok(fd) = l.open(libc::O_PATH) {
+                node.state.lock().upper = Some(Loc::Pinned(Arc::new(fd)));
+            }
+        }
     }
 
     fn lock_two<'a>(
@@ -528,6 +532,8 @@ impl OverlayFs {
             if !d.has_upper.load(Ordering::Acquire) {
                 return Err(Error::new(libc::EAGAIN, "rename raced"));
             }
+            self.pin_upper(&src);
+            self.pin_upper(&d);
             sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_EXCHANGE)
                 .map_err(|e| Error::io(e, "rename exchange"))?;
             for (n, p, pfd, nm, cn) in [(&src, &npn, &npfd, nname, &ncn), (&d, &opn, &opfd, oname, &ocn)] {
@@ -554,10 +560,10 @@ impl OverlayFs {
             }
         }
         let need_wh_old = self.lower_positive(&opn, oname)?;
-        let dst_pin = match dst.as_ref().and_then(|d| d.state.lock().upper.clone()) {
-            Some(l @ Loc::At(..)) => l.open(libc::O_PATH).ok(),
-            _ => None,
-        };
+        if let Some(d) = &dst {
+            self.pin_upper(d);
+        }
+        self.pin_upper(&src);
         let slot = self.upper_slot(&npfd, nname, &ncn)?;
         if let Some(st) = slot.st {
             let raw_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -594,11 +600,6 @@ impl OverlayFs {
         if let Some(d) = &dst {
             let mut ds = d.state.lock();
             ds.unlinked = true;
-        }
-        if let Some(fd) = dst_pin {
-            if let Some(d) = &dst {
-                d.state.lock().upper = Some(Loc::Pinned(Arc::new(fd)));
-            }
         }
         self.moved(&src, &npn, &npfd, nname, &ncn)?;
         Ok(())
