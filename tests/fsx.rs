@@ -1,0 +1,413 @@
+//! fsx-style data verification: seeded random read / write / append / truncate / mmap write /
+//! fallocate (punch hole, zero range, extend) / reopen on (a) a file copied up from a lower layer
+//! and (b) an upper-only file, each mirrored in an in-memory model; every read (and the size
+//! after every operation) is checked against the model. A read-only descriptor opened on the
+//! lower file before its copy-up is kept and read from too (it must see the copied-up data).
+//! At the end the mount is remounted and both files compared in full.
+//!
+//! `LAYERFS_FSX_OPS` sets the operations per file (default 50000). On a mismatch the tail of the
+//! operation log is printed.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::*;
+
+const MAX_FILE: u64 = 4 << 20;
+const MAX_OP: u64 = 256 << 10;
+const LOG_TAIL: usize = 40;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    /// A length skewed to small: up to 512 B, 8 KiB, 64 KiB or 256 KiB.
+    fn len(&mut self) -> u64 {
+        let cap = [512, 8192, 65536, MAX_OP][self.below(4) as usize];
+        1 + self.below(cap)
+    }
+}
+
+struct Fsx {
+    name: String,
+    path: PathBuf,
+    file: File,
+    /// Read-only descriptor opened before the copy-up (lower file only).
+    early_ro: Option<File>,
+    model: Vec<u8>,
+    rng: Rng,
+    log: VecDeque<String>,
+    ops: u64,
+    counts: [u64; 9],
+    nanos: [u128; 9],
+    punch_ok: bool,
+    zero_ok: bool,
+}
+
+const OP_NAMES: [&str; 9] =
+    ["read", "write", "append", "truncate", "mmap-write", "punch", "zero-range", "falloc", "reopen"];
+
+impl Fsx {
+    fn note(&mut self, s: String) {
+        if self.log.len() == LOG_TAIL {
+            self.log.pop_front();
+        }
+        self.log.push_back(format!("#{} {s}", self.ops));
+    }
+
+    fn fail(&self, msg: String) -> ! {
+        let tail: Vec<&str> = self.log.iter().map(String::as_str).collect();
+        panic!(
+            "fsx [{}] op {}: {msg}\nmodel size {}\nlast {} ops:\n{}",
+            self.name,
+            self.ops,
+            self.model.len(),
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+
+    fn fill(&mut self, len: usize) -> Vec<u8> {
+        let tag = self.ops as u8 | 1;
+        let base = self.rng.next();
+        (0..len).map(|i| tag ^ ((base >> ((i % 8) * 8)) as u8) ^ (i as u8)).collect()
+    }
+
+    fn check_range(&self, got: &[u8], off: u64, via: &str) {
+        let off = off as usize;
+        let end = (off + got.len()).min(self.model.len());
+        let want = if off < self.model.len() { &self.model[off..end] } else { &[][..] };
+        if got != want {
+            let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+            self.fail(format!(
+                "read via {via} at {off} returned {} bytes, model has {}; first difference at file offset {} \
+                 (got {:?}, want {:?})",
+                got.len(),
+                want.len(),
+                off + first,
+                got.get(first),
+                want.get(first)
+            ));
+        }
+    }
+
+    fn read(&mut self) {
+        let size = self.model.len() as u64;
+        let off = if size > 0 && self.rng.below(8) != 0 {
+            self.rng.below(size)
+        } else {
+            self.rng.below(size + 4096)
+        };
+        let len = self.rng.len();
+        let use_early = self.early_ro.is_some() && self.rng.below(4) == 0;
+        let via = if use_early { "early-ro-fd" } else { "rw-fd" };
+        self.note(format!("read {off}+{len} via {via}"));
+        let mut buf = vec![0u8; len as usize];
+        let f = if use_early { self.early_ro.as_ref().unwrap() } else { &self.file };
+        let mut got = 0usize;
+        // pread may return short only at EOF; loop to be sure.
+        loop {
+            match f.read_at(&mut buf[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    got += n;
+                    if got == buf.len() {
+                        break;
+                    }
+                }
+                Err(e) => self.fail(format!("read {off}+{len} via {via}: {e}")),
+            }
+        }
+        buf.truncate(got);
+        self.check_range(&buf, off, via);
+    }
+
+    fn write_at(&mut self, off: u64, data: &[u8]) {
+        if let Err(e) = self.file.write_all_at(data, off) {
+            self.fail(format!("write {off}+{}: {e}", data.len()));
+        }
+        let end = off as usize + data.len();
+        if self.model.len() < end {
+            self.model.resize(end, 0);
+        }
+        self.model[off as usize..end].copy_from_slice(data);
+    }
+
+    fn write(&mut self) {
+        let len = self.rng.len().min(MAX_FILE);
+        let off = self.rng.below(MAX_FILE - len);
+        self.note(format!("write {off}+{len}"));
+        let data = self.fill(len as usize);
+        self.write_at(off, &data);
+    }
+
+    fn append(&mut self) {
+        let len = self.rng.len().min(MAX_FILE.saturating_sub(self.model.len() as u64));
+        if len == 0 {
+            return self.truncate();
+        }
+        self.note(format!("append {len} at {}", self.model.len()));
+        let data = self.fill(len as usize);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .unwrap_or_else(|e| self.fail(format!("open append: {e}")));
+        if let Err(e) = std::io::Write::write_all(&mut f, &data) {
+            self.fail(format!("append: {e}"));
+        }
+        self.model.extend_from_slice(&data);
+    }
+
+    fn truncate(&mut self) {
+        let size = self.model.len() as u64;
+        let to = match self.rng.below(4) {
+            0 => self.rng.below(size + 1),
+            1 => (size + self.rng.below(MAX_OP)).min(MAX_FILE),
+            _ => self.rng.below(MAX_FILE),
+        };
+        self.note(format!("truncate {size} -> {to}"));
+        if let Err(e) = self.file.set_len(to) {
+            self.fail(format!("truncate to {to}: {e}"));
+        }
+        self.model.resize(to as usize, 0);
+    }
+
+    fn mmap_write(&mut self) {
+        let size = self.model.len() as u64;
+        if size == 0 {
+            return self.write();
+        }
+        let off = self.rng.below(size);
+        let len = self.rng.len().min(size - off);
+        let page = 4096u64;
+        let moff = off / page * page;
+        let mlen = (off + len - moff) as usize;
+        self.note(format!("mmap-write {off}+{len}"));
+        let data = self.fill(len as usize);
+        // SAFETY: a shared mapping of our own open file, inside its current size; unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mlen,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                moff as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            self.fail(format!("mmap {moff}+{mlen}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: the mapping is `mlen` bytes long and (off - moff) + len <= mlen.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (p as *mut u8).add((off - moff) as usize),
+                data.len(),
+            );
+        }
+        // SAFETY: p/mlen are the mapping created above.
+        let r = unsafe { libc::msync(p, mlen, libc::MS_SYNC) };
+        let e = std::io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe { libc::munmap(p, mlen) };
+        if r != 0 {
+            self.fail(format!("msync: {e}"));
+        }
+        self.model[off as usize..(off + len) as usize].copy_from_slice(&data);
+    }
+
+    fn fallocate(&mut self, kind: usize) {
+        let size = self.model.len() as u64;
+        let (mode, name) = match kind {
+            5 => (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, "punch"),
+            6 => (libc::FALLOC_FL_ZERO_RANGE, "zero-range"),
+            _ => (0, "falloc"),
+        };
+        if (kind == 5 && !self.punch_ok) || (kind == 6 && !self.zero_ok) {
+            return self.write();
+        }
+        let off = self.rng.below(size.max(1));
+        let len = self.rng.len().min(MAX_FILE - off);
+        self.note(format!("{name} {off}+{len}"));
+        // SAFETY: plain syscall on our own fd.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off as i64, len as i64) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) && kind != 7 {
+                eprintln!("fsx [{}]: {name} not supported ({e}); replaced by writes", self.name);
+                if kind == 5 {
+                    self.punch_ok = false;
+                } else {
+                    self.zero_ok = false;
+                }
+                return;
+            }
+            self.fail(format!("{name} {off}+{len}: {e}"));
+        }
+        let end = (off + len) as usize;
+        match kind {
+            5 => {
+                let e = end.min(self.model.len());
+                if (off as usize) < e {
+                    self.model[off as usize..e].fill(0);
+                }
+            }
+            _ => {
+                if self.model.len() < end {
+                    self.model.resize(end, 0);
+                }
+                if kind == 6 {
+                    self.model[off as usize..end].fill(0);
+                }
+            }
+        }
+    }
+
+    fn reopen(&mut self) {
+        self.note("reopen".into());
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .unwrap_or_else(|e| self.fail(format!("reopen: {e}")));
+    }
+
+    fn step(&mut self) {
+        self.ops += 1;
+        let k = match self.rng.below(100) {
+            0..=37 => 0,
+            38..=60 => 1,
+            61..=68 => 2,
+            69..=72 => 3,
+            73..=79 => 4,
+            80..=87 => 5,
+            88..=92 => 6,
+            93..=97 => 7,
+            _ => 8,
+        };
+        self.counts[k] += 1;
+        let t = Instant::now();
+        match k {
+            0 => self.read(),
+            1 => self.write(),
+            2 => self.append(),
+            3 => self.truncate(),
+            4 => self.mmap_write(),
+            5..=7 => self.fallocate(k),
+            _ => self.reopen(),
+        }
+        self.nanos[k] += t.elapsed().as_nanos();
+        let size = self.file.metadata().map(|m| m.len()).unwrap_or_else(|e| self.fail(format!("fstat: {e}")));
+        if size != self.model.len() as u64 {
+            self.fail(format!("size {size}, model {}", self.model.len()));
+        }
+    }
+
+    fn verify_all(&self, path: &Path, when: &str) {
+        let got = fs::read(path).unwrap_or_else(|e| self.fail(format!("{when}: read whole file: {e}")));
+        if got.len() != self.model.len() {
+            self.fail(format!("{when}: whole file is {} bytes, model {}", got.len(), self.model.len()));
+        }
+        self.check_range(&got, 0, when);
+    }
+}
+
+fn lower_data() -> Vec<u8> {
+    let mut r = Rng(42);
+    (0..(1 << 20) + 1234).map(|_| r.next() as u8).collect()
+}
+
+#[test]
+fn fsx_copied_up_and_upper_files() {
+    if !can_mount() {
+        return;
+    }
+    let per_file: u64 = std::env::var("LAYERFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let ldata = lower_data();
+    fs::write(l.join("lowerfile"), &ldata).unwrap();
+    let lower_before = snapshot(&l, true);
+    let mut guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+
+    let t0 = Instant::now();
+    let mut done = Vec::new();
+    for (name, seed) in [("lowerfile", 0xf5a_0001u64), ("upperfile", 0xf5a_0002)] {
+        let path = m.join(name);
+        let (early_ro, model) = if name == "lowerfile" {
+            // Opened (and read) before the copy-up that the read-write open below triggers.
+            let f = File::open(&path).unwrap();
+            let mut head = vec![0u8; 4096];
+            f.read_exact_at(&mut head, 0).unwrap();
+            assert_eq!(head, ldata[..4096]);
+            (Some(f), ldata.clone())
+        } else {
+            (None, Vec::new())
+        };
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+        let mut fx = Fsx {
+            name: name.into(),
+            path,
+            file,
+            early_ro,
+            model,
+            rng: Rng(seed),
+            log: VecDeque::new(),
+            ops: 0,
+            counts: [0; 9],
+            nanos: [0; 9],
+            punch_ok: true,
+            zero_ok: true,
+        };
+        for _ in 0..per_file {
+            fx.step();
+        }
+        fx.verify_all(&fx.path.clone(), "end of run");
+        eprintln!(
+            "fsx [{name}]: {} ops, final size {}: {}",
+            fx.ops,
+            fx.model.len(),
+            OP_NAMES.iter().zip(fx.counts).zip(fx.nanos).map(|((n, c), t)| format!("{n} {c} ({} ms)", t / 1_000_000)).collect::<Vec<_>>().join(", ")
+        );
+        done.push(fx);
+    }
+    let elapsed = t0.elapsed();
+    let total: u64 = done.iter().map(|f| f.ops).sum();
+    eprintln!("fsx: {total} ops in {:.1} s", elapsed.as_secs_f64());
+    for fx in &mut done {
+        fx.early_ro = None;
+    }
+    // Drop the open files before unmounting.
+    let models: Vec<(String, Fsx)> = done.into_iter().map(|f| (f.name.clone(), f)).collect();
+    let mut closed = Vec::new();
+    for (n, mut fx) in models {
+        fx.file = File::open("/dev/null").unwrap();
+        closed.push((n, fx));
+    }
+    guard.unmount();
+
+    // After a remount both files hold exactly the model; the lower file is untouched.
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    for (n, fx) in &closed {
+        fx.verify_all(&m.join(n), "after remount");
+    }
+    let d = diff_snapshots("before", &lower_before, "after", &snapshot(&l, true));
+    assert!(d.is_empty(), "lower changed: {d:?}");
+}
