@@ -384,7 +384,13 @@ fn fsx_copied_up_and_upper_files() {
             "fsx [{name}]: {} ops, final size {}: {}",
             fx.ops,
             fx.model.len(),
-            OP_NAMES.iter().zip(fx.counts).zip(fx.nanos).map(|((n, c), t)| format!("{n} {c} ({} ms)", t / 1_000_000)).collect::<Vec<_>>().join(", ")
+            OP_NAMES
+                .iter()
+                .zip(fx.counts)
+                .zip(fx.nanos)
+                .map(|((n, c), t)| format!("{n} {c} ({} ms)", t / 1_000_000))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         done.push(fx);
     }

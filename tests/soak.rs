@@ -257,7 +257,12 @@ fn open_races_unlink_with_chardev_whiteouts() {
         r.join().unwrap();
     }
     let bad = bad.lock().unwrap();
-    assert!(bad.is_empty(), "{} opens/reads failed with other than ENOENT, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} opens/reads failed with other than ENOENT, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
 }
 
 fn run_soak(opts: &str) {

@@ -63,7 +63,8 @@ fn run_stressor(dir: &Path, name: &str, workers: u32, extra: &[&str]) -> (Option
         if t0.elapsed() > limit {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            let log =
+                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
             return (None, format!("timed out after {limit:?}\n{log}"), t0.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -112,8 +113,12 @@ fn stress_ng_filesystem_stressors() {
             .find(|l| l.contains("metrc:") && l.split_whitespace().nth(3) == Some(name))
             .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
             .unwrap_or_else(|| "?".into());
-        let fail_lines: Vec<&str> = log.lines().filter(|l| l.contains(" fail:") || l.contains("FAIL")).collect();
-        summary.push(format!("  {name:<10} x{workers} exit {code:?} bogo-ops {bogo} in {:.1}s", took.as_secs_f64()));
+        let fail_lines: Vec<&str> =
+            log.lines().filter(|l| l.contains(" fail:") || l.contains("FAIL")).collect();
+        summary.push(format!(
+            "  {name:<10} x{workers} exit {code:?} bogo-ops {bogo} in {:.1}s",
+            took.as_secs_f64()
+        ));
         if code != Some(0) || !fail_lines.is_empty() {
             failures.push(format!("{name}: exit {code:?}\n{log}"));
         }
