@@ -639,7 +639,7 @@ mod tests {
         let inner = p("l/inner");
         let e = mk(&format!("lowerdir={l}"), &inner).unwrap_err();
         assert!(e.contains("inside"), "{e}");
-        let e = mk(&format!("lowerdir={inner}"), &format!("{l}")).unwrap_err();
+        let e = mk(&format!("lowerdir={inner}"), &l).unwrap_err();
         assert!(e.contains("inside the mountpoint"), "{e}");
         let wi = p("u/w");
         let e = mk(&format!("lowerdir={l},upperdir={u},workdir={wi}"), &m).unwrap_err();

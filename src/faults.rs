@@ -139,7 +139,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         return n.checked_mul(mul);
     }
     let f: f64 = num.parse().ok()?;
-    (f >= 0.0 && f.is_finite()).then(|| (f * mul as f64) as u64)
+    (f >= 0.0 && f.is_finite()).then_some((f * mul as f64) as u64)
 }
 
 /// `50ms`, `2s`, `100us`, `1.5s`; a plain number is milliseconds.

@@ -237,31 +237,53 @@ impl Tracer {
     }
 }
 
+/// The writer thread. It drains the queue, flushes, then naps briefly before blocking again:
+/// while it naps (or works) no sender has to wake it, so a busy mount pays one wake-up and one
+/// write(2) per batch, not per line.
 fn writer(f: std::fs::File, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
     let mut w = BufWriter::with_capacity(1 << 16, f);
     let mut broken = false;
-    let mut put = |w: &mut BufWriter<std::fs::File>, s: &str| {
-        if !broken && w.write_all(s.as_bytes()).is_err() {
+    // Handles one message; true once the final line is written.
+    let mut handle = |w: &mut BufWriter<std::fs::File>, m: Msg| -> bool {
+        let (line, ack) = match m {
+            Msg::Line(l) => (l, None),
+            Msg::Finish(ack) => (format!("{{\"dropped\":{}}}\n", dropped.load(Ordering::Relaxed)), Some(ack)),
+        };
+        if !broken && w.write_all(line.as_bytes()).is_err() {
             broken = true;
             log::warn!("trace: write failed; no more lines are written");
         }
+        match ack {
+            Some(ack) => {
+                let _ = w.flush();
+                let _ = ack.send(());
+                true
+            }
+            None => false,
+        }
     };
     while let Ok(m) = rx.recv() {
-        let mut next = Some(m);
-        while let Some(m) = next.take() {
-            match m {
-                Msg::Line(l) => put(&mut w, &l),
-                Msg::Finish(ack) => {
-                    put(&mut w, &format!("{{\"dropped\":{}}}\n", dropped.load(Ordering::Relaxed)));
-                    let _ = w.flush();
-                    let _ = ack.send(());
+        if handle(&mut w, m) {
+            return;
+        }
+        loop {
+            while let Ok(m) = rx.try_recv() {
+                if handle(&mut w, m) {
                     return;
                 }
             }
-            next = rx.try_recv().ok();
+            // The queue is empty: let readers see what there is.
+            let _ = w.flush();
+            std::thread::sleep(Duration::from_millis(2));
+            match rx.try_recv() {
+                Ok(m) => {
+                    if handle(&mut w, m) {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
         }
-        // The queue is empty: let readers see what there is.
-        let _ = w.flush();
     }
     let _ = w.flush();
 }
