@@ -58,10 +58,10 @@ pub fn engines_available(cmds: &[&str]) -> bool {
         missing.push("/dev/fuse".to_string());
     }
     for c in cmds {
-        let ok = Command::new(c)
-            .arg("--version")
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -617,7 +617,8 @@ impl DockerEnv {
         if let Ok(mut f) = fs::File::open(self.area.root.join("dockerd.log")) {
             let _ = f.read_to_string(&mut s);
         }
-        let lines: Vec<&str> = s.lines().collect();
+        let lines: Vec<&str> =
+            s.lines().filter(|l| !l.contains("level=info") && !l.contains("level=debug")).collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
