@@ -199,7 +199,6 @@ fn bounded<T: Send + 'static>(d: Duration, f: impl FnOnce() -> T + Send + 'stati
 
 /// The default form (char-device whiteouts, as root).
 #[test]
-#[ignore = "layerfs bug: open/read racing unlink+recreate of a lower-backed name gives ENXIO/EIO with chardev whiteouts"]
 fn soak() {
     run_soak("");
 }
@@ -210,12 +209,11 @@ fn soak_wh_whiteouts() {
     run_soak("whiteout=wh");
 }
 
-/// Minimal reproduction of the bug the chardev-whiteout soak finds: the lower has `f`; one
-/// thread unlinks and recreates `f`, two threads open and read it. Kernel overlayfs and
-/// `whiteout=wh` give only ENOENT; layerfs with char-device whiteouts also gives ENXIO (the
-/// open reaches the 0/0 whiteout device) and EIO.
+/// Regression (found by the soak, fixed in 477296e): the lower has `f`; one thread unlinks and
+/// recreates `f`, two threads open and read it. Kernel overlayfs and `whiteout=wh` give only
+/// ENOENT; layerfs with char-device whiteouts gave ENXIO (the open reached the 0/0 whiteout
+/// device that RENAME_WHITEOUT put under the name) and EIO.
 #[test]
-#[ignore = "layerfs bug: open/read racing unlink+recreate of a lower-backed name gives ENXIO/EIO with chardev whiteouts"]
 fn open_races_unlink_with_chardev_whiteouts() {
     if !can_mount() {
         return;
