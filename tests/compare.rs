@@ -45,7 +45,7 @@ fn tree_listing(p: &Path) -> Vec<String> {
 
 #[test]
 fn a_command_both_run_alike_shows_no_difference() {
-    if !can_kernel_overlay() {
+    if !can_mount() || !can_kernel_overlay() {
         return;
     }
     let s = Scratch::new();
@@ -65,7 +65,7 @@ fn a_command_both_run_alike_shows_no_difference() {
 
 #[test]
 fn a_command_that_behaves_differently_is_reported() {
-    if !can_kernel_overlay() {
+    if !can_mount() || !can_kernel_overlay() {
         return;
     }
     let s = Scratch::new();
