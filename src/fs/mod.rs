@@ -762,7 +762,7 @@ impl OverlayFs {
                 };
                 let loc = Loc::At(dirfd.clone(), cn.clone());
                 let is_upper = pos == 0 && upper_dir.is_some();
-                let id = self.ino_for(li, *ino);
+                let id = if is_upper { self.ino_for(li, *ino) } else { lower_leaf_id(parent.ino, name) };
                 let state = NodeState {
                     parent: None,
                     name: cn.clone(),
@@ -810,7 +810,7 @@ impl OverlayFs {
         }
     }
 
-    /// The node id for a real inode found in layer `li`.
+    /// The node id for a real inode found in layer `li` (directories, and upper objects).
     pub(crate) fn ino_for(&self, li: usize, real_ino: u64) -> u64 {
         let l = &self.layers[li];
         let mut id = l.ino_base ^ real_ino;
@@ -966,7 +966,11 @@ impl OverlayFs {
         out.push(DirEntry { ino: parent_ino, kind: FileType::Directory, name: "..".into() });
         for (name, pos, (kind, real_ino)) in merged {
             let li = dirs[pos].0;
-            let ino = self.ino_for(li, real_ino);
+            let ino = if kind == FileType::Directory || self.layers[li].is_upper {
+                self.ino_for(li, real_ino)
+            } else {
+                lower_leaf_id(node.ino, &name)
+            };
             out.push(DirEntry { ino, kind, name: OsString::from_vec(name) });
         }
         Ok(out)
@@ -1159,6 +1163,22 @@ mod tests {
         ix.more.push((h, prev));
         assert_eq!(ix.find(false, b"x"), Some((libc::DT_REG, 1)));
     }
+}
+
+/// The node id of a lower non-directory: derived from its directory's id and its name, not from
+/// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
+/// overlayfs without `index=on`: writing through one name copies up that name only). Ids
+/// from inode numbers never have the top bit set; these always do.
+pub(crate) fn lower_leaf_id(parent: u64, name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in parent.to_le_bytes().iter().chain(name) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    // One more mixing round: FNV alone spreads short names poorly in the high bits.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h | (1 << 63)
 }
 
 /// Creates `WORKDIR/work` (as the kernel and fuse-overlayfs do) and empties it: entries left
