@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 export LAYERFS_REQUIRE_MOUNT=${LAYERFS_REQUIRE_MOUNT:-1}
 export LAYERFS_REQUIRE_KERNEL_OVERLAY=${LAYERFS_REQUIRE_KERNEL_OVERLAY:-1}
-cargo test --release --all-targets -- --test-threads=2 "$@"
+cargo test --profile ci --all-targets -- --test-threads=2 "$@"
 left=$(grep -E ' fuse(\.[a-z0-9_-]+)? | overlay ' /proc/mounts | grep layerfs-test || true)
 if [ -n "$left" ]; then echo "test.sh: mounts left behind:"; echo "$left"; exit 1; fi
