@@ -60,3 +60,36 @@ fn full_upper_gives_enospc_and_damages_nothing() {
     fs::write(m.join("small"), b"changed").unwrap();
     assert_eq!(fs::read(m.join("small")).unwrap(), b"changed");
 }
+
+/// EIO and EACCES from a layer surface as that errno for that call only. The layer is itself a
+/// layerfs mount with fault rules, so the errors come from the layer's filesystem.
+#[test]
+fn errors_from_a_layer_surface_for_that_call_only() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (x, a, u, w, m) = (s.path("x"), s.path("a"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(x.join("bad"), b"bad data").unwrap();
+    fs::write(x.join("denied"), b"denied").unwrap();
+    fs::write(x.join("good"), b"good").unwrap();
+    let rules = s.dir.path().join("rules");
+    fs::write(&rules, "read /bad EIO\nopen /denied EACCES\n").unwrap();
+    let _layer = mount_layerfs(&[x.clone()], None, &a, &format!("faults={}", rules.display()));
+    let _g = mount_layerfs(&[a.clone()], Some((&u, &w)), &m, "");
+    let e = fs::read(m.join("bad")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let e = fs::read(m.join("denied")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    // Only those calls fail: metadata of the same files, and other files, are fine.
+    assert_eq!(fs::metadata(m.join("bad")).unwrap().len(), 8);
+    assert_eq!(fs::read(m.join("good")).unwrap(), b"good");
+    // A copy-up that cannot read its source fails with that errno and leaves nothing behind.
+    let e = fs::OpenOptions::new().append(true).open(m.join("bad")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(!u.join("bad").exists());
+    assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0);
+    // And the server keeps serving.
+    fs::write(m.join("good"), b"changed").unwrap();
+    assert_eq!(fs::read(m.join("good")).unwrap(), b"changed");
+}
