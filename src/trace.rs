@@ -232,7 +232,7 @@ impl Tracer {
         }
         let n = self.dropped.load(Ordering::Relaxed);
         if n > 0 {
-            log::warn!("trace: {n} lines dropped (queue full)");
+            log::warn!("trace: {n} lines dropped (queue full or trace file not writable)");
         }
     }
 }
@@ -249,9 +249,14 @@ fn writer(f: std::fs::File, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
             Msg::Line(l) => (l, None),
             Msg::Finish(ack) => (format!("{{\"dropped\":{}}}\n", dropped.load(Ordering::Relaxed)), Some(ack)),
         };
-        if !broken && w.write_all(line.as_bytes()).is_err() {
+        if broken {
+            // Not written: counted as dropped (the final line may not make it either, the
+            // log has the warning).
+            dropped.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(e) = w.write_all(line.as_bytes()) {
             broken = true;
-            log::warn!("trace: write failed; no more lines are written");
+            dropped.fetch_add(1, Ordering::Relaxed);
+            log::warn!("trace: write failed ({e}); later lines are counted as dropped");
         }
         match ack {
             Some(ack) => {
