@@ -189,6 +189,9 @@ enum Msg {
 pub struct Tracer {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Lines queued, and lines the writer has taken (for the report if it never finishes).
+    queued: AtomicU64,
+    taken: Arc<AtomicU64>,
     finished: Mutex<bool>,
 }
 
@@ -201,14 +204,17 @@ impl Tracer {
         let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        let d = dropped.clone();
-        std::thread::Builder::new().name("trace-writer".into()).spawn(move || writer(f, rx, d))?;
-        Ok(Tracer { tx, dropped, finished: Mutex::new(false) })
+        let (d, taken) = (dropped.clone(), Arc::new(AtomicU64::new(0)));
+        let t = taken.clone();
+        std::thread::Builder::new().name("trace-writer".into()).spawn(move || writer(f, rx, d, t))?;
+        Ok(Tracer { tx, dropped, queued: AtomicU64::new(0), taken, finished: Mutex::new(false) })
     }
 
     fn send(&self, line: String) {
         match self.tx.try_send(Msg::Line(line)) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                     log::warn!(
@@ -219,7 +225,8 @@ impl Tracer {
         }
     }
 
-    /// Writes the final `{"dropped":N}` line and flushes; waits for the writer (at most 10 s).
+    /// Writes the final `{"dropped":N}` line and flushes; waits for the writer (at most 60 s,
+    /// then the lines it has not taken are reported in the log).
     pub fn finish(&self) {
         let mut done = self.finished.lock();
         if *done {
@@ -227,8 +234,13 @@ impl Tracer {
         }
         *done = true;
         let (ack, wait) = mpsc::channel();
-        if self.tx.send(Msg::Finish(ack)).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(10));
+        let done =
+            self.tx.send(Msg::Finish(ack)).is_ok() && wait.recv_timeout(Duration::from_secs(60)).is_ok();
+        if !done {
+            let lost = self.queued.load(Ordering::Relaxed).saturating_sub(self.taken.load(Ordering::Relaxed));
+            log::warn!(
+                "trace: the writer did not finish; {lost} queued lines and the final line are not written"
+            );
         }
         let n = self.dropped.load(Ordering::Relaxed);
         if n > 0 {
@@ -240,13 +252,16 @@ impl Tracer {
 /// The writer thread. It drains the queue, flushes, then naps briefly before blocking again:
 /// while it naps (or works) no sender has to wake it, so a busy mount pays one wake-up and one
 /// write(2) per batch, not per line.
-fn writer(f: std::fs::File, rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
+fn writer(f: std::fs::File, rx: Receiver<Msg>, dropped: Arc<AtomicU64>, taken: Arc<AtomicU64>) {
     let mut w = BufWriter::with_capacity(1 << 16, f);
     let mut broken = false;
     // Handles one message; true once the final line is written.
     let mut handle = |w: &mut BufWriter<std::fs::File>, m: Msg| -> bool {
         let (line, ack) = match m {
-            Msg::Line(l) => (l, None),
+            Msg::Line(l) => {
+                taken.fetch_add(1, Ordering::Relaxed);
+                (l, None)
+            }
             Msg::Finish(ack) => (format!("{{\"dropped\":{}}}\n", dropped.load(Ordering::Relaxed)), Some(ack)),
         };
         if broken {
