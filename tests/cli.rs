@@ -207,7 +207,7 @@ fn debug_flag_logs_every_request() {
     let s = Scratch::new();
     let (l, m) = (s.path("l"), s.path("m"));
     fs::write(l.join("f"), b"x").unwrap();
-    let mut child = Command::new(layerfs_bin())
+    let child = Command::new(layerfs_bin())
         .arg("-d")
         .arg("-o")
         .arg(format!("lowerdir={}", l.display()))
