@@ -23,24 +23,10 @@ const MAX_FILE: u64 = 4 << 20;
 const MAX_OP: u64 = 256 << 10;
 const LOG_TAIL: usize = 40;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    /// A length skewed to small: up to 512 B, 8 KiB, 64 KiB or 256 KiB.
-    fn len(&mut self) -> u64 {
-        let cap = [512, 8192, 65536, MAX_OP][self.below(4) as usize];
-        1 + self.below(cap)
-    }
+/// An operation length skewed to small: up to 512 B, 8 KiB, 64 KiB or 256 KiB.
+fn op_len(r: &mut Rng) -> u64 {
+    let cap = [512, 8192, 65536, MAX_OP][r.below(4) as usize];
+    1 + r.below(cap)
 }
 
 struct Fsx {
@@ -113,7 +99,7 @@ impl Fsx {
         } else {
             self.rng.below(size + 4096)
         };
-        let len = self.rng.len();
+        let len = op_len(&mut self.rng);
         let use_early = self.early_ro.is_some() && self.rng.below(4) == 0;
         let via = if use_early { "early-ro-fd" } else { "rw-fd" };
         self.note(format!("read {off}+{len} via {via}"));
@@ -149,7 +135,7 @@ impl Fsx {
     }
 
     fn write(&mut self) {
-        let len = self.rng.len().min(MAX_FILE);
+        let len = op_len(&mut self.rng).min(MAX_FILE);
         let off = self.rng.below(MAX_FILE - len);
         self.note(format!("write {off}+{len}"));
         let data = self.fill(len as usize);
@@ -157,7 +143,7 @@ impl Fsx {
     }
 
     fn append(&mut self) {
-        let len = self.rng.len().min(MAX_FILE.saturating_sub(self.model.len() as u64));
+        let len = op_len(&mut self.rng).min(MAX_FILE.saturating_sub(self.model.len() as u64));
         if len == 0 {
             return self.truncate();
         }
@@ -193,7 +179,7 @@ impl Fsx {
             return self.write();
         }
         let off = self.rng.below(size);
-        let len = self.rng.len().min(size - off);
+        let len = op_len(&mut self.rng).min(size - off);
         let page = 4096u64;
         let moff = off / page * page;
         let mlen = (off + len - moff) as usize;
@@ -243,7 +229,7 @@ impl Fsx {
             return self.write();
         }
         let off = self.rng.below(size.max(1));
-        let len = self.rng.len().min(MAX_FILE - off);
+        let len = op_len(&mut self.rng).min(MAX_FILE - off);
         self.note(format!("{name} {off}+{len}"));
         // SAFETY: plain syscall on our own fd.
         let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off as i64, len as i64) };

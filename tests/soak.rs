@@ -26,25 +26,6 @@ const THREADS: usize = 4;
 const STALL: Duration = Duration::from_secs(30);
 const DIRS: [&str; 3] = ["d0", "d1", "d2"];
 
-/// splitmix64: small, seedable, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
 fn make_lowers(base: &Path) -> Vec<PathBuf> {
     let top = base.join("l1");
     let bottom = base.join("l2");
