@@ -153,6 +153,11 @@ impl Fuse {
     }
 }
 
+thread_local! {
+    /// Each worker thread's read buffer: grown to the largest read once, then reused.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 macro_rules! reply_err {
     ($reply:expr, $op:expr, $e:expr) => {{
         let e: Error = $e;
@@ -446,10 +451,12 @@ impl Filesystem for Fuse {
     ) {
         log::debug!("read(ino={}, fh={}, off={offset}, size={size})", ino.0, fh.0);
         let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("size", size);
-        match self.hook(req, Op::Read, ino.0, None, 0, args, || self.fs.read(fh.0, offset, size)) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply_err!(reply, "read", e),
-        }
+        READ_BUF.with_borrow_mut(|buf| {
+            match self.hook(req, Op::Read, ino.0, None, 0, args, || self.fs.read(fh.0, offset, size, buf)) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply_err!(reply, "read", e),
+            }
+        })
     }
 
     fn write(

@@ -164,6 +164,12 @@ impl Outcome for Vec<u8> {
         self.len() as u64
     }
 }
+/// Bytes read.
+impl Outcome for usize {
+    fn ret(&self) -> u64 {
+        *self as u64
+    }
+}
 impl Outcome for u32 {
     fn ret(&self) -> u64 {
         *self as u64

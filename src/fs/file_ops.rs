@@ -125,21 +125,25 @@ impl OverlayFs {
         Ok(h.fd.read().clone())
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads up to `size` bytes at `offset` into `buf` (resized as needed, reused across calls
+    /// so a request costs no allocation or zeroing) and returns how many bytes were read.
+    pub fn read(&self, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<usize> {
         let h = self.file(fh)?;
         let fd = self.handle_fd(&h)?;
-        let mut buf = vec![0u8; size as usize];
+        let size = size as usize;
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
         let mut got = 0usize;
-        while got < buf.len() {
-            match sys::pread(fd.as_fd(), &mut buf[got..], offset + got as u64) {
+        while got < size {
+            match sys::pread(fd.as_fd(), &mut buf[got..size], offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(Error::io(e, "read")),
             }
         }
-        buf.truncate(got);
-        Ok(buf)
+        Ok(got)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
