@@ -45,7 +45,16 @@ impl Drop for TmpGuard<'_> {
 }
 
 /// Copies `len` bytes of file data, keeping holes. Returns how the data was copied.
-pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, len: u64) -> std::io::Result<&'static str> {
+///
+/// With `durable` (the copy will be fsynced before it is renamed into place), writeback of
+/// each copied chunk is started at once, so the disk writes overlap the rest of the copy and
+/// the final fsync has little left to wait for.
+pub(crate) fn copy_data(
+    src: BorrowedFd,
+    dst: BorrowedFd,
+    len: u64,
+    durable: bool,
+) -> std::io::Result<&'static str> {
     if len == 0 {
         return Ok("empty");
     }
@@ -67,7 +76,7 @@ pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, len: u64) -> std::io::
         };
         let mut pos = data;
         while pos < hole {
-            let chunk = ((hole - pos).min(1 << 30)) as usize;
+            let chunk = ((hole - pos).min(COPY_CHUNK)) as usize;
             let n = match sys::copy_file_range(src, pos, dst, pos, chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -85,12 +94,20 @@ pub(crate) fn copy_data(src: BorrowedFd, dst: BorrowedFd, len: u64) -> std::io::
             if n == 0 {
                 break;
             }
+            if durable {
+                // Only a hint: the fsync that follows is what makes the copy durable.
+                let _ = sys::start_writeback(dst, pos, n as u64);
+            }
             pos += n as u64;
         }
         off = hole.max(pos);
     }
     Ok(how)
 }
+
+/// Bytes per `copy_file_range` call: small enough that writeback of one chunk overlaps the
+/// copy of the next.
+const COPY_CHUNK: u64 = 8 << 20;
 
 fn copy_rw(src: BorrowedFd, dst: BorrowedFd, start: u64, len: u64) -> std::io::Result<usize> {
     let mut buf = vec![0u8; (1usize << 20).min(len as usize).max(1)];
@@ -193,7 +210,7 @@ impl OverlayFs {
                         .map_err(|e| Error::io(e, "copy-up create"))?;
                 if with_data && st.st_size > 0 {
                     let sfd = src.open(libc::O_RDONLY).map_err(|e| Error::io(e, "copy-up open"))?;
-                    let how = copy_data(sfd.as_fd(), dst.as_fd(), st.st_size as u64)
+                    let how = copy_data(sfd.as_fd(), dst.as_fd(), st.st_size as u64, self.opts.fsync)
                         .map_err(|e| Error::io(e, "copy-up data"))?;
                     sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;
                     log::debug!("copy-up {:?}: {} bytes by {how}", name, st.st_size);

@@ -389,6 +389,13 @@ pub fn fallocate(fd: BorrowedFd, mode: i32, off: i64, len: i64) -> io::Result<()
 }
 
 /// `copy_file_range` with explicit offsets; returns bytes copied (0 at EOF).
+/// Starts writeback of a byte range without waiting for it (`SYNC_FILE_RANGE_WRITE`).
+pub fn start_writeback(fd: BorrowedFd, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd.
+    cvt(unsafe { libc::sync_file_range(fd.as_raw_fd(), off as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE) })
+        .map(drop)
+}
+
 pub fn copy_file_range(
     fd_in: BorrowedFd,
     off_in: u64,
