@@ -276,47 +276,28 @@ pub(crate) enum Found {
 /// out for the layers below only; char devices and (in `opaque=x` directories) zero-size files
 /// may be whiteouts, which only a stat tells.
 ///
-/// Compact on purpose (it lives as long as the kernel keeps the directory): names sit in one
-/// byte arena, `(len, name, dtype, ino)` records, found through a hash table of offsets.
+/// Compact on purpose (it lives as long as the kernel keeps the directory, and a big tree has
+/// one entry here per lower name): records `(len, name, kind[, ino])` sit in one byte arena (the
+/// inode number only for directories, the one kind whose id comes from it), found through an
+/// open-addressing table of arena offsets: about 12 bytes plus the name per entry.
 #[derive(Debug, Default)]
 pub(crate) struct DirIndex {
     arena: Vec<u8>,
-    /// Name hash → offset of the record in `arena` (collisions chain through `more`).
-    slots: HashMap<u64, u32, BuildNoHash>,
-    more: Vec<(u64, u32)>,
+    /// Power-of-two sized, at most 3/4 full; `EMPTY` marks a free slot.
+    table: Vec<u32>,
 }
 
-/// The keys are already hashes.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct BuildNoHash;
-#[derive(Default)]
-pub(crate) struct NoHash(u64);
-impl std::hash::Hasher for NoHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 = (self.0 << 8) | x as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-impl std::hash::BuildHasher for BuildNoHash {
-    type Hasher = NoHash;
-    fn build_hasher(&self) -> NoHash {
-        NoHash(0)
-    }
-}
+/// A free slot of [`DirIndex::table`].
+const EMPTY: u32 = u32::MAX;
 
-fn name_hash(kind: u8, name: &[u8]) -> u64 {
-    // FNV-1a, with the record kind mixed in (entries and whiteouts share the table).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ kind as u64;
+fn name_hash(whiteout: bool, name: &[u8]) -> u64 {
+    // FNV-1a, with the record kind mixed in (entries and whiteouts share the table), then one
+    // mixing round so the low bits used for the slot depend on every byte.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(whiteout);
     for &b in name {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
     }
+    h ^= h >> 32;
     h
 }
 
@@ -325,8 +306,8 @@ const IX_WHITEOUT: u8 = 0xff;
 
 impl DirIndex {
     pub(crate) fn from_raw(raw: &[sys::DirEntry]) -> DirIndex {
-        let mut ix = DirIndex::default();
-        ix.slots.reserve(raw.len());
+        let slots = (raw.len() * 4 / 3 + 1).next_power_of_two().max(4);
+        let mut ix = DirIndex { arena: Vec::with_capacity(raw.len() * 12), table: vec![EMPTY; slots] };
         for e in raw {
             match whiteout::classify(&e.name) {
                 EntryClass::Whiteout(t) => ix.push(IX_WHITEOUT, t, 0),
@@ -335,21 +316,30 @@ impl DirIndex {
             }
         }
         ix.arena.shrink_to_fit();
-        ix.slots.shrink_to_fit();
         ix
     }
 
     fn push(&mut self, kind: u8, name: &[u8], ino: u64) {
-        let off = self.arena.len() as u32;
-        self.arena.push(name.len() as u8);
+        // Names longer than 255 bytes cannot exist (NAME_MAX); the arena offset fits in u32
+        // for any directory a filesystem can hold (4 GiB of names).
+        let (Ok(len), Ok(off)) = (u8::try_from(name.len()), u32::try_from(self.arena.len())) else {
+            return;
+        };
+        if off == EMPTY {
+            return;
+        }
+        self.arena.push(len);
         self.arena.extend_from_slice(name);
         self.arena.push(kind);
-        self.arena.extend_from_slice(&ino.to_ne_bytes());
-        let h = name_hash(u8::from(kind == IX_WHITEOUT), name);
-        if let Some(prev) = self.slots.insert(h, off) {
-            // A hash collision: keep the earlier record in the overflow list.
-            self.more.push((h, prev));
+        if kind == libc::DT_DIR {
+            self.arena.extend_from_slice(&ino.to_ne_bytes());
         }
+        let mask = self.table.len() - 1;
+        let mut i = name_hash(kind == IX_WHITEOUT, name) as usize & mask;
+        while self.table[i] != EMPTY {
+            i = (i + 1) & mask;
+        }
+        self.table[i] = off;
     }
 
     fn record(&self, off: u32) -> (&[u8], u8, u64) {
@@ -358,23 +348,33 @@ impl DirIndex {
         let name = &self.arena[o + 1..o + 1 + len];
         let kind = self.arena[o + 1 + len];
         let mut ino = [0u8; 8];
-        ino.copy_from_slice(&self.arena[o + 2 + len..o + 10 + len]);
+        if kind == libc::DT_DIR {
+            ino.copy_from_slice(&self.arena[o + 2 + len..o + 10 + len]);
+        }
         (name, kind, u64::from_ne_bytes(ino))
     }
 
     fn find(&self, whiteout: bool, name: &[u8]) -> Option<(u8, u64)> {
-        let h = name_hash(u8::from(whiteout), name);
-        let hit = |off: u32| {
-            let (n, k, ino) = self.record(off);
-            (n == name && (k == IX_WHITEOUT) == whiteout).then_some((k, ino))
-        };
-        if let Some(r) = self.slots.get(&h).and_then(|&o| hit(o)) {
-            return Some(r);
+        if self.table.is_empty() {
+            return None;
         }
-        self.more.iter().filter(|(x, _)| *x == h).find_map(|&(_, o)| hit(o))
+        let mask = self.table.len() - 1;
+        let mut i = name_hash(whiteout, name) as usize & mask;
+        loop {
+            let off = self.table[i];
+            if off == EMPTY {
+                return None;
+            }
+            let (n, k, ino) = self.record(off);
+            if n == name && (k == IX_WHITEOUT) == whiteout {
+                return Some((k, ino));
+            }
+            i = (i + 1) & mask;
+        }
     }
 
-    /// `(dtype, d_ino)` of a name present in this layer directory.
+    /// `(dtype, d_ino)` of a name present in this layer directory; the inode number is kept
+    /// for directories only (0 for other kinds).
     pub(crate) fn entry(&self, name: &[u8]) -> Option<(u8, u64)> {
         self.find(false, name)
     }
@@ -1135,7 +1135,7 @@ mod tests {
             raw.push(de(&format!("f{i}"), libc::DT_REG, 100 + i));
         }
         let ix = DirIndex::from_raw(&raw);
-        assert_eq!(ix.entry(b"a"), Some((libc::DT_REG, 5)));
+        assert_eq!(ix.entry(b"a"), Some((libc::DT_REG, 0)));
         assert_eq!(ix.entry(b"sub"), Some((libc::DT_DIR, 6)));
         assert_eq!(ix.entry(b"gone"), None);
         assert!(ix.whited_out(b"gone"));
@@ -1144,24 +1144,28 @@ mod tests {
         assert_eq!(ix.entry(b".wh..wh..opq"), None);
         assert_eq!(ix.entry(b"missing"), None);
         for i in 0..2000 {
-            assert_eq!(ix.entry(format!("f{i}").as_bytes()), Some((libc::DT_REG, 100 + i)));
+            assert_eq!(ix.entry(format!("f{i}").as_bytes()), Some((libc::DT_REG, 0)));
         }
     }
 
     #[test]
-    fn dir_index_survives_hash_collisions() {
-        let mut ix = DirIndex::default();
+    fn dir_index_probes_past_collisions() {
+        // A table of 4 slots holding 3 names: probing must walk past occupied slots, both to
+        // find names and to tell a missing one.
+        let mut ix = DirIndex { arena: Vec::new(), table: vec![EMPTY; 4] };
         ix.push(libc::DT_REG, b"x", 1);
-        // Force a collision: same slot, different name.
-        let h = name_hash(0, b"x");
-        let off = ix.arena.len() as u32;
-        ix.arena.push(1);
-        ix.arena.extend_from_slice(b"y");
-        ix.arena.push(libc::DT_DIR);
-        ix.arena.extend_from_slice(&2u64.to_ne_bytes());
-        let prev = ix.slots.insert(h, off).unwrap();
-        ix.more.push((h, prev));
-        assert_eq!(ix.find(false, b"x"), Some((libc::DT_REG, 1)));
+        ix.push(libc::DT_DIR, b"y", 2);
+        ix.push(IX_WHITEOUT, b"z", 0);
+        assert_eq!(ix.table.iter().filter(|&&o| o != EMPTY).count(), 3);
+        assert_eq!(ix.entry(b"x"), Some((libc::DT_REG, 0)));
+        assert_eq!(ix.entry(b"y"), Some((libc::DT_DIR, 2)));
+        assert!(ix.whited_out(b"z"));
+        assert_eq!(ix.entry(b"z"), None);
+        assert!(!ix.whited_out(b"x"));
+        for miss in [&b"a"[..], b"b", b"c", b"xx", b""] {
+            assert_eq!(ix.entry(miss), None);
+        }
+        assert_eq!(DirIndex::default().entry(b"x"), None);
     }
 }
 
