@@ -224,7 +224,10 @@ impl Filesystem for Fuse {
             && !self.passthrough.load(Ordering::Relaxed)
             && config.capabilities().contains(InitFlags::FUSE_WRITEBACK_CACHE)
         {
-            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+            if config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok() {
+                self.fs.set_writeback_cache();
+                log::info!("FUSE writeback cache on");
+            }
         }
         Ok(())
     }

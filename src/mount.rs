@@ -165,7 +165,9 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let mut fuse = Fuse::new(
         fs.clone(),
         Duration::from_secs_f64(cfg.opts.timeout.min(1e9)),
-        cfg.opts.writeback,
+        // The writeback cache would also hide write requests from the hooks (and move write
+        // errors to fsync/close), so hooked mounts go without it.
+        cfg.opts.writeback && plan.is_none(),
         passthrough,
     );
     fuse.exit_on_destroy = true;

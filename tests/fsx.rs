@@ -5,6 +5,10 @@
 //! lower file before its copy-up is kept and read from too (it must see the copied-up data).
 //! At the end the mount is remounted and both files compared in full.
 //!
+//! Run twice: with the default mount (FUSE passthrough for upper files when root), and with
+//! the kernel's writeback cache (`passthrough=0,writeback=1`, the mode of rootless mounts),
+//! which is only on by default because this passes.
+//!
 //! `LAYERFS_FSX_OPS` sets the operations per file (default 50000). On a mismatch the tail of the
 //! operation log is printed.
 
@@ -324,13 +328,74 @@ fn fsx_copied_up_and_upper_files() {
     if !can_mount() {
         return;
     }
-    let per_file: u64 = std::env::var("LAYERFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000);
     let s = Scratch::new();
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("lowerfile"), lower_data()).unwrap();
+    let guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    run_fsx(&s, guard, "");
+}
+
+/// The same with the kernel's writeback cache. The server runs in the foreground with its log
+/// kept, so the test knows the cache was really negotiated (else it proves nothing).
+#[test]
+fn fsx_writeback_cache() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("lowerfile"), lower_data()).unwrap();
+    let partial: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(l.join("partial"), &partial).unwrap();
+    let opts = "passthrough=0,writeback=1";
+    let log = s.dir.path().join("server.log");
+    let o = format!("lowerdir={},upperdir={},workdir={},{opts}", l.display(), u.display(), w.display());
+    let mut child = std::process::Command::new(layerfs_bin())
+        .args(["-f", "-o", &o])
+        .arg(&m)
+        .env("RUST_LOG", "info")
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .expect("run layerfs");
+    let t0 = Instant::now();
+    while !is_mounted(&m) {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "layerfs -f did not mount: {}",
+            fs::read_to_string(&log).unwrap()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "layerfs exited: {}", fs::read_to_string(&log).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // From here a panic unmounts (and so ends the server).
+    let guard = Mounted { mnt: m.clone(), fuse: true };
+    fs::metadata(&m).unwrap(); // the INIT exchange is over once a request has been served
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("FUSE writeback cache on"), "writeback cache not negotiated:\n{text}");
+    // Partial-page writes through write-only handles: the kernel must read the rest of each
+    // page through them, and O_APPEND is the kernel's job.
+    let mut want = partial.clone();
+    let f = OpenOptions::new().write(true).open(m.join("partial")).unwrap();
+    f.write_all_at(b"XYZ", 5000).unwrap();
+    drop(f);
+    want[5000..5003].copy_from_slice(b"XYZ");
+    let mut f = OpenOptions::new().append(true).open(m.join("partial")).unwrap();
+    std::io::Write::write_all(&mut f, b"tail").unwrap();
+    drop(f);
+    want.extend_from_slice(b"tail");
+    assert!(fs::read(m.join("partial")).unwrap() == want, "write-only handles under writeback");
+    assert!(fs::read(u.join("partial")).unwrap() == want, "upper copy after close");
+    run_fsx(&s, guard, opts);
+    let _ = child.wait();
+}
+
+/// Runs the fsx workload on a mount of `s`'s l/u/w at m (mounted by the caller, with `extra`
+/// options that the remount at the end repeats).
+fn run_fsx(s: &Scratch, mut guard: Mounted, extra: &str) {
+    let per_file: u64 = std::env::var("LAYERFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     let ldata = lower_data();
-    fs::write(l.join("lowerfile"), &ldata).unwrap();
     let lower_before = snapshot(&l, true);
-    let mut guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
 
     let t0 = Instant::now();
     let mut done = Vec::new();
@@ -396,7 +461,7 @@ fn fsx_copied_up_and_upper_files() {
     guard.unmount();
 
     // After a remount both files hold exactly the model; the lower file is untouched.
-    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, extra);
     for (n, fx) in &closed {
         fx.verify_all(&m.join(n), "after remount");
     }

@@ -70,6 +70,18 @@ impl OverlayFs {
         Opened { fh, keep_cache: !direct && !self.opts.timeout.is_zero(), direct_io: direct }
     }
 
+    /// Opens a real file for a handle. Under the writeback cache a write-only open becomes
+    /// read-write where permissions allow, since the kernel may read through any handle.
+    fn open_loc(&self, loc: &Loc, flags: i32) -> std::io::Result<OwnedFd> {
+        if self.writeback_cache.load(Ordering::Relaxed) && flags & libc::O_ACCMODE == libc::O_WRONLY {
+            match loc.open((flags & !libc::O_ACCMODE) | libc::O_RDWR) {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+                r => return r,
+            }
+        }
+        loc.open(flags)
+    }
+
     pub(crate) fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
         self.files.read().get(&fh).cloned().ok_or(Error::errno(libc::EBADF))
     }
@@ -83,7 +95,7 @@ impl OverlayFs {
         }
         let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
         let from_lower = !node.has_upper.load(Ordering::Acquire);
-        let fd = loc.open(real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
+        let fd = self.open_loc(&loc, real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
         if flags & libc::O_TRUNC != 0 {
             // O_RDONLY|O_TRUNC truncates too (Linux): use a writable descriptor for it.
             let r = if flags & libc::O_ACCMODE == libc::O_RDONLY {
@@ -105,7 +117,12 @@ impl OverlayFs {
         caller: Caller,
     ) -> Result<(FileAttr, Opened)> {
         let p = self.node(parent)?;
-        let obj = NewObj::File { mode, flags: real_flags(flags) };
+        let mut flags = real_flags(flags);
+        if self.writeback_cache.load(Ordering::Relaxed) && flags & libc::O_ACCMODE == libc::O_WRONLY {
+            // A new file can always be opened read-write by its creator.
+            flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        let obj = NewObj::File { mode, flags };
         let (node, fd) = self.create_upper(&p, name, obj, caller)?;
         let fd = fd.ok_or(Error::errno(libc::EIO))?;
         let attr = self.node_attr(&node)?;

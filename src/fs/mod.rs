@@ -226,6 +226,9 @@ pub struct OverlayFs {
     pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) tmp_seq: AtomicU64,
+    /// The kernel caches writes (FUSE writeback cache): it may read through handles opened
+    /// write-only, to fill partly written pages.
+    pub(crate) writeback_cache: AtomicBool,
 }
 
 fn cname(name: &[u8]) -> Result<CString> {
@@ -450,6 +453,7 @@ impl OverlayFs {
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(1),
+            writeback_cache: AtomicBool::new(false),
         };
         fs.init_root().map_err(|e| format!("layer roots: {e}"))?;
         Ok(fs)
@@ -509,6 +513,12 @@ impl OverlayFs {
     /// With squash_to_*, chown failures are ignored (the owner shown is fixed anyway).
     pub(crate) fn squashing(&self) -> bool {
         self.opts.squash_uid.is_some() || self.opts.squash_gid.is_some()
+    }
+
+    /// Called once the kernel agreed to cache writes: from then on write-only opens get
+    /// read-write descriptors (the kernel reads partly written pages through them).
+    pub fn set_writeback_cache(&self) {
+        self.writeback_cache.store(true, Ordering::Relaxed);
     }
 
     /// Which whiteout form this mount writes.
