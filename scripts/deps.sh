@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages layerfs's build, tests and benchmarks use (Debian/Ubuntu).
 set -euo pipefail
-pkgs=(fuse3 fuse-overlayfs attr tar umoci fio stress-ng podman buildah docker.io containerd runc uidmap slirp4netns)
+pkgs=(fuse3 fuse-overlayfs attr acl tar umoci fio stress-ng podman buildah docker.io containerd runc uidmap slirp4netns)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

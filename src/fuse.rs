@@ -195,8 +195,8 @@ fn fopen(o: &Opened) -> FopenFlags {
     f
 }
 
-fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+fn caller(req: &Request, umask: u32) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid(), umask }
 }
 
 impl Filesystem for Fuse {
@@ -210,6 +210,17 @@ impl Filesystem for Fuse {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
+        // The umask is applied by layerfs (not under a default ACL), as POSIX ACLs need.
+        if config.capabilities().contains(InitFlags::FUSE_DONT_MASK) {
+            let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
+        }
+        if self.fs.acl_enabled() {
+            if config.capabilities().contains(InitFlags::FUSE_POSIX_ACL) {
+                let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+            } else {
+                self.fs.disable_acl("the kernel does not offer FUSE_POSIX_ACL");
+            }
+        }
         if self.passthrough.load(Ordering::Relaxed) {
             let caps = config.capabilities();
             if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
@@ -347,23 +358,23 @@ impl Filesystem for Fuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         log::debug!("mknod(parent={}, name={name:?}, mode={mode:o}, rdev={rdev})", parent.0);
         let args = |a: &mut Args| _ = a.o("mode", mode).n("rdev", rdev);
-        let f = || self.fs.mknod(parent.0, name, mode, rdev as u64, caller(req));
+        let f = || self.fs.mknod(parent.0, name, mode, rdev as u64, caller(req, umask));
         match self.hook(req, Op::Mknod, parent.0, Some(name), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "mknod", e),
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         log::debug!("mkdir(parent={}, name={name:?}, mode={mode:o})", parent.0);
         let args = |a: &mut Args| _ = a.o("mode", mode);
-        let f = || self.fs.mkdir(parent.0, name, mode, caller(req));
+        let f = || self.fs.mkdir(parent.0, name, mode, caller(req, umask));
         match self.hook(req, Op::Mkdir, parent.0, Some(name), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "mkdir", e),
@@ -391,7 +402,7 @@ impl Filesystem for Fuse {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         log::debug!("symlink(parent={}, name={link_name:?}, target={target:?})", parent.0);
         let args = |a: &mut Args| _ = a.s("target", target.as_os_str());
-        let f = || self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req));
+        let f = || self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req, 0));
         match self.hook(req, Op::Symlink, parent.0, Some(link_name), 0, args, f) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "symlink", e),
@@ -707,13 +718,13 @@ impl Filesystem for Fuse {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         log::debug!("create(parent={}, name={name:?}, mode={mode:o}, flags={flags:#x})", parent.0);
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
-        let f = || self.fs.create(parent.0, name, mode, flags, caller(req));
+        let f = || self.fs.create(parent.0, name, mode, flags, caller(req, umask));
         match self.hook(req, Op::Create, parent.0, Some(name), 0, args, f) {
             Ok((attr, o)) => {
                 let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));

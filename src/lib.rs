@@ -9,6 +9,7 @@
 //! - `fuse`: the thin adapter from fuser's `Filesystem` trait to `OverlayFs`.
 //! - `mount`: daemonising, mounting, signal handling.
 //! - `oci`: OCI/Docker layer tar tooling (unpack, diff, digest, store).
+//! - `ovr`: the override-stat xattr (`xattr_permissions=`): parsing and formatting (pure).
 //! - `trace`, `faults`, `compare`: behaviour testing (operation trace, fault injection, a run
 //!   on kernel overlayfs and on layerfs compared).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -26,6 +27,7 @@ pub mod merge;
 pub mod mount;
 pub mod name;
 pub mod oci;
+pub mod ovr;
 pub mod sys;
 pub mod trace;
 pub mod whiteout;

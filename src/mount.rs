@@ -78,6 +78,8 @@ pub fn fs_options(cfg: &MountConfig) -> FsOptions {
     f.squash_gid = o.squash_to_gid.or(o.squash_to_root.then_some(0));
     f.uid_map = IdMap(o.uidmapping.iter().map(|r| (r.from, r.to, r.len)).collect());
     f.gid_map = IdMap(o.gidmapping.iter().map(|r| (r.from, r.to, r.len)).collect());
+    f.xattr_permissions = o.xattr_permissions;
+    f.acl = !o.noacl;
     f
 }
 
@@ -153,6 +155,9 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         eprintln!("layerfs: {w}");
     }
     sys::raise_nofile_limit();
+    // Modes of new objects are exactly what the request asks for: the caller's umask is
+    // applied by layerfs itself (FUSE_DONT_MASK), and not at all under a default ACL.
+    sys::umask(0);
     let fs = OverlayFs::new(fs_options(&cfg))?;
     log::info!("whiteout style: {:?}", fs.whiteout_style());
     let fs = Arc::new(fs);

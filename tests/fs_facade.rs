@@ -66,7 +66,7 @@ fn copy_up_keeps_inode_and_leaves_work_clean() {
 #[test]
 fn unlink_of_lower_leaves_whiteout_and_of_upper_only_none() {
     let (s, fs) = fixture();
-    let caller = Caller { uid: 0, gid: 0 };
+    let caller = Caller { uid: 0, gid: 0, umask: 0 };
     fs.lookup(1, OsStr::new("top")).unwrap();
     fs.remove(1, OsStr::new("top"), false).unwrap();
     assert!(fs.lookup(1, OsStr::new("top")).is_err());

@@ -71,11 +71,21 @@ fn scenario(userns: bool) {
     chown_r(s.dir.path(), uid, gid);
     let bin = layerfs_bin();
     let unmount = if userns { "umount" } else { "fusermount3 -u" };
+    // An ACL entry for a user the namespace knows (inside `unshare -Urm` only the user itself).
+    let aclu = if userns { 0 } else { 12345 };
     let script = format!(
         r#"
 B={bin}; L={l}; U={u}; W={w}; M={m}
 $B -o lowerdir=$L,upperdir=$U,workdir=$W $M
 trap '{unmount} $M' EXIT
+# Errors users hit with fuse-overlayfs: sed -i in a lower directory (fchown of its temporary
+# file), cp of a read-only file to a new name and over it, setfacl on a lower file.
+sed -i s/y/Y/ $M/d/sub/y && test "$(cat $M/d/sub/y)" = Y
+cp $M/ro $M/ro2 && cmp $M/ro $M/ro2 && test "$(stat -c %a $M/ro2)" = 444
+cp -f $M/f $M/ro2 && cmp $M/f $M/ro2
+cp --preserve=mode $M/ro $M/ro3 && cmp $M/ro $M/ro3 && rm -f $M/ro2 $M/ro3
+setfacl -m u:{aclu}:r $M/ro && getfacl -n $M/ro | grep -q '^user:{aclu}:r--$'
+test "$(cat $M/ro)" = read-only
 test "$(cat $M/f)" = low
 echo more >> $M/f
 test "$(cat $M/f)" = "low
@@ -94,7 +104,8 @@ ls -A $M | sort | tr '\n' ' '
         l = l.display(),
         u = u.display(),
         w = w.display(),
-        m = m.display()
+        m = m.display(),
+        aclu = aclu
     );
     let out = run_as(uid, gid, userns, &script);
     assert!(out.contains("d g g2 ro ro-copy"), "{out}");
@@ -112,6 +123,8 @@ ls -A $M | sort | tr '\n' ' '
     assert_eq!(fs::metadata(u.join("g")).unwrap().uid(), uid, "files belong to the user");
     // Nothing written to the lower layer.
     assert_eq!(fs::read(l.join("f")).unwrap(), b"low\n");
+    assert_eq!(fs::read(l.join("d/sub/y")).unwrap(), b"y");
+    assert!(!xattrs(&l.join("ro"), true).iter().any(|(n, _)| n.contains("acl")));
     assert!(l.join("d/x").exists());
 }
 
@@ -123,4 +136,95 @@ fn plain_user_through_fusermount3() {
 #[test]
 fn root_in_a_user_namespace() {
     scenario(true);
+}
+
+/// Root in a user namespace with a subordinate id range mapped (newuidmap/newgidmap, as rootless
+/// podman sets it up): chown of lower files to mapped ids works and shows, ids outside the range
+/// fail as on kernel overlayfs (the same script runs on both and must print the same).
+#[test]
+fn chown_inside_a_mapped_range() {
+    if !can_mount() {
+        return;
+    }
+    let Some((uid, gid)) = test_user() else { return };
+    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
+    {
+        let _g = USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let has = fs::read_to_string("/etc/subuid")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&format!("{USER}:")));
+        if !has {
+            let st = Command::new("usermod")
+                .args(["--add-subuids", "300000-365535", "--add-subgids", "300000-365535", USER])
+                .status()
+                .unwrap();
+            assert!(st.success(), "usermod --add-subuids");
+        }
+    }
+    let sub: u32 = fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{USER}:")).and_then(|r| r.split(':').next()?.parse().ok()))
+        .unwrap();
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for side in ["k", "f"] {
+        let l = s.path(&format!("{side}/l"));
+        fs::write(l.join("f"), b"f").unwrap();
+        fs::create_dir_all(l.join("d")).unwrap();
+        fs::write(l.join("d/g"), b"g").unwrap();
+        s.path(&format!("{side}/u"));
+        s.path(&format!("{side}/w"));
+        s.path(&format!("{side}/m"));
+    }
+    chown_r(s.dir.path(), uid, gid);
+    let base = s.dir.path().display().to_string();
+    let script = format!(
+        r#"
+run() {{
+  M=$1
+  chown 1:1 $M/f && stat -c '%u:%g' $M/f
+  chown 1000:1000 $M/d && stat -c '%u:%g' $M/d $M/d/g
+  chown -h 65536:2 $M/d/g && stat -c '%u:%g' $M/d/g
+  chown 65537 $M/f 2>&1 | sed "s|$M|M|"; stat -c '%u:%g' $M/f
+  touch $M/new && chown 5:5 $M/new && stat -c '%u:%g' $M/new
+}}
+cd {base}
+mount -t overlay overlay -o lowerdir=k/l,upperdir=k/u,workdir=k/w,userxattr k/m
+run k/m > k.out; umount k/m
+{bin} -o lowerdir=f/l,upperdir=f/u,workdir=f/w f/m
+run f/m > f.out; umount f/m
+cat k.out; echo ===; cat f.out
+"#,
+        bin = layerfs_bin().display()
+    );
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "--"]);
+    c.args([
+        "unshare",
+        &format!("--map-users={sub},1,65536"),
+        &format!("--map-groups={sub},1,65536"),
+        "-r",
+        "-m",
+        "sh",
+        "-euc",
+        &script,
+    ]);
+    let o = c.env("HOME", "/tmp").env("LC_ALL", "C").output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}");
+    let (k, f) = out.split_once("===\n").unwrap();
+    assert_eq!(f, k, "layerfs and the kernel differ:\n{out}");
+    assert!(
+        k.starts_with("1:1\n1000:1000\n0:0\n65536:2\n")
+            && k.contains("Invalid argument")
+            && k.ends_with("1:1\n5:5\n"),
+        "{out}"
+    );
+    // On disk: the subordinate ids.
+    let md = fs::metadata(s.dir.path().join("f/u/f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (sub, sub));
+    let md = fs::metadata(s.dir.path().join("f/u/d")).unwrap();
+    assert_eq!(md.uid(), sub + 999);
 }

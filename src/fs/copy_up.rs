@@ -24,6 +24,7 @@ use fuser::FileType;
 use super::{Node, OverlayFs, remove_tree_at};
 use crate::error::{Error, Result};
 use crate::layer::{self, Loc};
+use crate::ovr;
 use crate::sys::{self, SetTime};
 use crate::whiteout;
 
@@ -135,7 +136,8 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
         Err(e) => return Err(Error::io(e, "copy-up listxattr")),
     };
     for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if whiteout::is_private_xattr(n) {
+        if whiteout::is_private_xattr(n) || ovr::is_override_xattr(n) {
+            // Override xattrs are written by the copy-up itself, under the upper's name.
             continue;
         }
         let Ok(cn) = CString::new(n) else { continue };
@@ -188,16 +190,30 @@ impl OverlayFs {
         }
         let (parent, name, kind, src) = {
             let s = node.state.lock();
-            (s.parent.clone(), s.name.clone(), s.kind, super::top_loc_of(&s))
+            (s.parent.clone(), s.name.clone(), s.kind, super::top_loc_layer_of(&s))
         };
         let parent = parent.ok_or(Error::new(libc::EIO, "copy-up of a node without parent"))?;
-        let src = src.ok_or(Error::new(libc::ESTALE, "copy-up source"))?;
+        let (src, src_layer) = src.ok_or(Error::new(libc::ESTALE, "copy-up source"))?;
         let pfd = self.ensure_upper_dir(&parent)?;
         let st = src.stat().map_err(|e| Error::io(e, "copy-up stat"))?;
+        // Owner and mode as the mount shows them; kept in the upper's override xattr when the
+        // mount writes them there or the source carries one.
+        let src_ovr = self.read_override(&src, src_layer);
+        let mut eff = st;
+        self.apply_override(&mut eff, &src, src_layer);
+        let real_fmt = st.st_mode & libc::S_IFMT;
+        let in_xattr = self.ovr.first().copied().flatten().is_some()
+            && (self.write_ovr || src_ovr.is_some())
+            && (real_fmt == libc::S_IFREG || real_fmt == libc::S_IFDIR);
         let work = self.work_fd()?;
         let tmp = self.tmp_name();
         let mut guard = TmpGuard { dir: work, name: tmp.clone(), armed: true };
-        let perm = st.st_mode & 0o7777;
+        let perm = if in_xattr {
+            // The real object only needs to stay reachable by the server.
+            (eff.st_mode & 0o777) | if real_fmt == libc::S_IFDIR { 0o700 } else { 0o600 }
+        } else {
+            st.st_mode & 0o7777
+        };
         let tloc = match kind {
             FileType::Directory => {
                 sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
@@ -233,7 +249,15 @@ impl OverlayFs {
             }
         };
         copy_xattrs(&src, &tloc)?;
-        if self.can_chown {
+        if in_xattr {
+            let o = ovr::Override {
+                uid: eff.st_uid,
+                gid: eff.st_gid,
+                perm: eff.st_mode & 0o7777,
+                kind: ovr::Kind::from_mode(eff.st_mode, eff.st_rdev),
+            };
+            self.write_override(&tloc, &o)?;
+        } else if self.can_chown {
             tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
         }
         if kind != FileType::Symlink {

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::layer::{self, Loc};
 use crate::merge::{Resolution, Resolver};
 use crate::name;
+use crate::ovr;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, WhiteoutStyle};
 
@@ -42,11 +43,13 @@ pub(crate) enum NewObj<'a> {
     Link { src: Loc },
 }
 
-/// The caller's identity, for the owner of what it creates.
+/// The caller's identity, for the owner of what it creates, and its umask (the kernel leaves
+/// applying it to the server with FUSE_DONT_MASK: not applied under a default ACL).
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    pub umask: u32,
 }
 
 /// What the upper directory holds under a name, seen raw.
@@ -135,6 +138,28 @@ impl OverlayFs {
             }
         }
         Ok(())
+    }
+
+    /// Records the owner and mode of a new object in the override xattr (`xattr_permissions=`).
+    /// Objects that cannot carry the xattr (symlinks, FIFOs, sockets on most filesystems) keep
+    /// the real owner, as with fuse-overlayfs.
+    fn record_owner(&self, loc: &Loc, caller: Caller, pst: &Stat, perm: u32, kind: ovr::Kind) -> Result<()> {
+        let (uid, cgid) = self.disk_owner(caller.uid, caller.gid)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { cgid };
+        let o = ovr::Override { uid, gid, perm: perm & 0o7777, kind: Some(kind) };
+        match self.write_override(loc, &o) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if !matches!(
+                    kind,
+                    ovr::Kind::File | ovr::Kind::Dir | ovr::Kind::Block(..) | ovr::Kind::Char(..)
+                ) && matches!(e.errno, libc::EPERM | libc::EOPNOTSUPP | libc::EACCES) =>
+            {
+                log::debug!("owner of a new {kind:?} not recorded: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes a whiteout for `name` in an upper directory where the name is free.
@@ -241,47 +266,112 @@ impl OverlayFs {
         }
         let is_dir = matches!(obj, NewObj::Dir { .. });
         let opaque = is_dir && (slot.is_whiteout || slot.wh_file || self.lower_positive(pnode, name)?);
-        let pst = sys::fstat(pfd.as_fd()).map_err(|e| Error::io(e, "stat parent"))?;
+        // The parent as the mount shows it (setgid and group from the override xattr).
+        let pst = self.stat_eff(&Loc::Dir(pfd.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
         let via_work = slot.is_whiteout || opaque;
         let work = self.work_fd()?;
-        let (dir, at): (&Arc<OwnedFd>, Arc<CString>) =
-            if via_work { (work, Arc::new(self.tmp_name())) } else { (&pfd, cn.clone()) };
-        let mut guard = TmpGuard { dir: work, name: (*at).clone(), armed: via_work };
+        // A default ACL on the parent: the upper filesystem applies it (and ignores the umask)
+        // when the object is made in the parent; one made in workdir is made in a staging
+        // directory carrying the same default ACL.
+        let dacl = match &obj {
+            NewObj::Symlink { .. } | NewObj::Link { .. } => None,
+            _ if !self.acl_enabled() => None,
+            _ => Loc::Dir(pfd.clone()).getxattr(c"system.posix_acl_default").ok(),
+        };
+        let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
+        let tmp = self.tmp_name();
+        let stage = match (&dacl, via_work) {
+            (Some(v), true) => {
+                sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "staging dir"))?;
+                let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "staging dir"))?;
+                let l = Loc::Dir(Arc::new(fd));
+                if let Err(e) = l.setxattr(c"system.posix_acl_default", v, 0) {
+                    let _ = remove_tree_at(work, &tmp);
+                    return Err(Error::io(e, "staging dir default ACL"));
+                }
+                l.dir_fd().cloned()
+            }
+            _ => None,
+        };
+        let (dir, at): (Arc<OwnedFd>, Arc<CString>) = match (&stage, via_work) {
+            (Some(s), _) => (s.clone(), Arc::new(c"o".into())),
+            (None, true) => (work.clone(), Arc::new(tmp.clone())),
+            (None, false) => (pfd.clone(), cn.clone()),
+        };
+        let mut guard = TmpGuard { dir: work, name: tmp, armed: via_work };
         let mut file_fd = None;
         let mode_for_owner;
+        // With xattr_permissions the real object stays reachable by the server whatever the
+        // mode; the mode asked for goes into the xattr.
+        let (xo, reach_f, reach_d) = if self.write_ovr { (0o777, 0o600, 0o700) } else { (0o7777, 0, 0) };
+        let mut new_kind = ovr::Kind::File;
+        let mut perm = 0;
         let loc = match &obj {
             NewObj::File { mode, flags } => {
                 let acc = flags & libc::O_ACCMODE;
                 let extra = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
-                let fd =
-                    sys::openat(dir.as_fd(), &at, acc | extra | libc::O_CREAT | libc::O_EXCL, *mode & 0o7777)
-                        .map_err(|e| Error::io(e, "create"))?;
+                perm = *mode & 0o7777 & !umask;
+                let fd = sys::openat(
+                    dir.as_fd(),
+                    &at,
+                    acc | extra | libc::O_CREAT | libc::O_EXCL,
+                    (perm & xo) | reach_f,
+                )
+                .map_err(|e| Error::io(e, "create"))?;
                 file_fd = Some(fd);
-                mode_for_owner = Some(*mode);
+                mode_for_owner = (!self.write_ovr).then_some(perm);
                 Loc::At(dir.clone(), at.clone())
             }
             NewObj::Dir { mode } => {
-                let mut m = *mode & 0o7777;
+                let mut m = *mode & 0o7777 & !umask;
                 if pst.st_mode & libc::S_ISGID != 0 {
                     m |= libc::S_ISGID;
                 }
-                sys::mkdirat(dir.as_fd(), &at, m).map_err(|e| Error::io(e, "mkdir"))?;
+                perm = m;
+                new_kind = ovr::Kind::Dir;
+                let real = (m & xo) | reach_d;
+                sys::mkdirat(dir.as_fd(), &at, real).map_err(|e| Error::io(e, "mkdir"))?;
                 let fd = layer::open_dir_at(dir.as_fd(), &at).map_err(|e| Error::io(e, "mkdir"))?;
                 let l = Loc::Dir(Arc::new(fd));
-                if via_work && m & libc::S_ISGID != 0 {
-                    l.chmod(m).map_err(|e| Error::io(e, "mkdir"))?;
+                if via_work && real & libc::S_ISGID != 0 {
+                    l.chmod(real).map_err(|e| Error::io(e, "mkdir"))?;
                 }
                 mode_for_owner = None;
                 l
             }
             NewObj::Special { mode, rdev } => {
-                sys::mknodat(dir.as_fd(), &at, *mode, *rdev).map_err(|e| Error::io(e, "mknod"))?;
-                mode_for_owner = Some(*mode);
+                perm = *mode & 0o7777 & !umask;
+                let fmt = *mode & libc::S_IFMT;
+                new_kind = ovr::Kind::from_mode(fmt, *rdev).unwrap_or(ovr::Kind::File);
+                match sys::mknodat(dir.as_fd(), &at, fmt | perm, *rdev) {
+                    Ok(()) => {}
+                    Err(e)
+                        if self.write_ovr
+                            && e.raw_os_error() == Some(libc::EPERM)
+                            && (fmt == libc::S_IFCHR || fmt == libc::S_IFBLK) =>
+                    {
+                        // Not allowed to make devices: a regular file stands for it, its type
+                        // and number in the override xattr (as containers-storage does).
+                        drop(
+                            sys::openat(
+                                dir.as_fd(),
+                                &at,
+                                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                                0o600,
+                            )
+                            .map_err(|e| Error::io(e, "mknod placeholder"))?,
+                        );
+                    }
+                    Err(e) => return Err(Error::io(e, "mknod")),
+                }
+                mode_for_owner = (!self.write_ovr).then_some(fmt | perm);
                 Loc::At(dir.clone(), at.clone())
             }
             NewObj::Symlink { target } => {
                 sys::symlinkat(target, dir.as_fd(), &at).map_err(|e| Error::io(e, "symlink"))?;
                 mode_for_owner = None;
+                new_kind = ovr::Kind::Symlink;
+                perm = 0o777;
                 Loc::At(dir.clone(), at.clone())
             }
             NewObj::Link { src } => {
@@ -295,7 +385,12 @@ impl OverlayFs {
             }
         };
         if !matches!(obj, NewObj::Link { .. }) {
-            if let Err(e) = self.set_owner(&loc, caller, &pst, mode_for_owner) {
+            let r = if self.write_ovr {
+                self.record_owner(&loc, caller, &pst, perm, new_kind)
+            } else {
+                self.set_owner(&loc, caller, &pst, mode_for_owner)
+            };
+            if let Err(e) = r {
                 if !via_work {
                     let _ = remove_tree_at(&pfd, &cn);
                 }
@@ -306,20 +401,22 @@ impl OverlayFs {
             self.set_opaque(&loc)?;
         }
         if via_work {
+            // A staging directory is removed by the guard in any case.
+            let staged = stage.is_some();
             if slot.is_whiteout {
                 if is_dir {
-                    sys::renameat2(work.as_fd(), &at, pfd.as_fd(), &cn, sys::RENAME_EXCHANGE)
+                    sys::renameat2(dir.as_fd(), &at, pfd.as_fd(), &cn, sys::RENAME_EXCHANGE)
                         .map_err(|e| Error::io(e, "create over whiteout"))?;
                     // `at` in workdir is now the old whiteout; the guard removes it.
                 } else {
-                    sys::renameat2(work.as_fd(), &at, pfd.as_fd(), &cn, 0)
+                    sys::renameat2(dir.as_fd(), &at, pfd.as_fd(), &cn, 0)
                         .map_err(|e| Error::io(e, "create over whiteout"))?;
-                    guard.armed = false;
+                    guard.armed = staged;
                 }
             } else {
-                sys::renameat2(work.as_fd(), &at, pfd.as_fd(), &cn, sys::RENAME_NOREPLACE)
+                sys::renameat2(dir.as_fd(), &at, pfd.as_fd(), &cn, sys::RENAME_NOREPLACE)
                     .map_err(|e| Error::io(e, "create"))?;
-                guard.armed = false;
+                guard.armed = staged;
             }
         }
         drop(guard);
@@ -395,7 +492,7 @@ impl OverlayFs {
         self.copy_up(&src, true)?;
         let loc = src.state.lock().upper.clone().ok_or(Error::errno(libc::EIO))?;
         let p = self.node(newparent)?;
-        let caller = Caller { uid: 0, gid: 0 };
+        let caller = Caller { uid: 0, gid: 0, umask: 0 };
         let (n, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
         self.node_attr(&n)
     }

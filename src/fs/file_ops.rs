@@ -23,6 +23,7 @@ use super::dir_ops::{Caller, NewObj};
 use super::{FileHandle, Node, OverlayFs, cname};
 use crate::error::{Error, Result};
 use crate::layer::Loc;
+use crate::ovr;
 use crate::sys::{self, SetTime};
 use crate::whiteout;
 
@@ -207,7 +208,11 @@ impl OverlayFs {
             return self.getattr(ino);
         }
         let fd = self.handle_fd(&h)?;
-        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
+        let mut st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
+        let top = super::top_loc_layer_of(&h.node.state.lock());
+        if let Some((loc, li)) = top {
+            self.apply_override(&mut st, &loc, li);
+        }
         Ok(self.attr_from_stat(ino, &st, false))
     }
 
@@ -267,7 +272,19 @@ impl OverlayFs {
                 }
             }
         }
-        if sa.uid.is_some() || sa.gid.is_some() {
+        if (sa.uid.is_some() || sa.gid.is_some() || sa.mode.is_some()) && self.keeps_override(&loc) {
+            // Owner and mode live in the override xattr: the real file keeps what the server
+            // needs to reach it.
+            let st = self.stat_eff(&loc, 0).map_err(|e| Error::io(e, "stat"))?;
+            let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+            let o = ovr::Override {
+                uid: if uid == u32::MAX { st.st_uid } else { uid },
+                gid: if gid == u32::MAX { st.st_gid } else { gid },
+                perm: sa.mode.map_or(st.st_mode, |m| m) & 0o7777,
+                kind: ovr::Kind::from_mode(st.st_mode, st.st_rdev),
+            };
+            self.write_override(&loc, &o)?;
+        } else if sa.uid.is_some() || sa.gid.is_some() {
             let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
             if let Err(e) = loc.chown(uid, gid) {
                 // As fuse-overlayfs: with squash_to_*, chown errors are ignored.
@@ -276,7 +293,7 @@ impl OverlayFs {
                 }
             }
         }
-        if let Some(mode) = sa.mode {
+        if let (Some(mode), false) = (sa.mode, self.keeps_override(&loc)) {
             if kind != FileType::Symlink {
                 loc.chmod(mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
             }
@@ -318,6 +335,26 @@ impl OverlayFs {
         Ok(n as u32)
     }
 
+    /// Whether an upper object's owner and mode are kept in the override xattr: with
+    /// `xattr_permissions=`, or when it carries one already (copied up from a layer that has
+    /// them). Only regular files and directories carry one.
+    pub(crate) fn keeps_override(&self, upper: &Loc) -> bool {
+        let Some(name) = self.ovr.first().copied().flatten().filter(|_| self.has_upper) else {
+            return false;
+        };
+        let real_ok = upper.stat().is_ok_and(|st| {
+            let f = st.st_mode & libc::S_IFMT;
+            f == libc::S_IFREG || f == libc::S_IFDIR
+        });
+        real_ok && (self.write_ovr || upper.getxattr(name).is_ok())
+    }
+
+    /// Writes the upper's override xattr on an upper object.
+    pub(crate) fn write_override(&self, upper: &Loc, o: &ovr::Override) -> Result<()> {
+        let name = self.ovr.first().copied().flatten().ok_or(Error::errno(libc::EIO))?;
+        upper.setxattr(name, ovr::format(o).as_bytes(), 0).map_err(|e| Error::io(e, "write override xattr"))
+    }
+
     // ---- xattrs (write side) --------------------------------------------------------------
 
     fn xattr_target(&self, ino: u64, name: &OsStr) -> Result<(Loc, CString)> {
@@ -327,6 +364,14 @@ impl OverlayFs {
         let n = name.as_bytes();
         if whiteout::is_private_xattr(n) {
             // As the kernel: the overlay's own xattrs cannot be changed through the mount.
+            return Err(Error::errno(libc::EOPNOTSUPP));
+        }
+        if ovr::is_override_xattr(n) {
+            // As fuse-overlayfs: owners and modes change through chown/chmod only.
+            return Err(Error::errno(libc::EPERM));
+        }
+        if super::is_acl_xattr(n) && !self.acl_enabled() {
+            // ACLs off (noacl, or a layer without them): as a filesystem without ACLs.
             return Err(Error::errno(libc::EOPNOTSUPP));
         }
         self.check_writable()?;
@@ -343,7 +388,12 @@ impl OverlayFs {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         // As the kernel: removing an xattr a lower file does not have fails without a copy-up.
-        if !self.opts.noxattrs && !whiteout::is_private_xattr(name.as_bytes()) {
+        let n = name.as_bytes();
+        if !self.opts.noxattrs
+            && !whiteout::is_private_xattr(n)
+            && !ovr::is_override_xattr(n)
+            && (self.acl_enabled() || !super::is_acl_xattr(n))
+        {
             let node = self.node(ino)?;
             if !node.has_upper.load(Ordering::Acquire) {
                 let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;

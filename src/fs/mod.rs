@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::layer::{self, DirMarks, Layer, Loc};
 use crate::merge::{self, ListItem, Probe, Resolution, Resolver};
 use crate::name;
+use crate::ovr;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, EntryClass, WhiteoutStyle};
 
@@ -64,6 +65,11 @@ pub struct FsOptions {
     /// `uidmapping=`/`gidmapping=`: on-disk ids ↔ ids shown through the mount.
     pub uid_map: IdMap,
     pub gid_map: IdMap,
+    /// `xattr_permissions=`: 0 off, 1 `security.fuseoverlayfs.override_stat`, 2
+    /// `user.containers.override_stat`.
+    pub xattr_permissions: u8,
+    /// POSIX ACLs wanted (not `noacl`); still switched off when a layer lacks them.
+    pub acl: bool,
 }
 
 /// An id mapping as fuse-overlayfs defines `uidmapping=A:B:N`: ids `A..A+N` on disk are shown
@@ -114,6 +120,8 @@ impl FsOptions {
             squash_gid: None,
             uid_map: IdMap::default(),
             gid_map: IdMap::default(),
+            xattr_permissions: 0,
+            acl: true,
         }
     }
 }
@@ -177,6 +185,17 @@ impl Node {
     }
 }
 
+/// The topmost real object and its layer index (0 is the upper).
+pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
+    if let Some(u) = &s.upper {
+        return Some((u.clone(), 0));
+    }
+    if let Some((li, l)) = &s.lower {
+        return Some((l.clone(), *li));
+    }
+    s.lower_dirs.first().map(|d| (Loc::Dir(d.fd.clone()), d.layer))
+}
+
 pub(crate) fn top_loc_of(s: &NodeState) -> Option<Loc> {
     if let Some(u) = &s.upper {
         return Some(u.clone());
@@ -219,6 +238,12 @@ pub struct OverlayFs {
     /// Whether `trusted.*` xattrs can be written on the upper (root): opaque form.
     pub(crate) trusted_xattrs: bool,
     pub(crate) can_chown: bool,
+    /// Per layer: the override-stat xattr its objects are read with (None: not read).
+    pub(crate) ovr: Vec<Option<&'static std::ffi::CStr>>,
+    /// `xattr_permissions=`: owners and modes go into the upper's override xattr.
+    pub(crate) write_ovr: bool,
+    /// POSIX ACLs on: negotiated with the kernel, default ACLs inherited on creation.
+    pub(crate) acl: AtomicBool,
     pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
@@ -437,16 +462,44 @@ impl OverlayFs {
                 };
             }
             trusted = probe_trusted_xattr(&workdir);
+            if let Some(n) = ovr_config_name(opts.xattr_permissions) {
+                probe_xattr(&workdir, n).map_err(|e| {
+                    format!(
+                        "xattr_permissions={}: cannot write {} in the upper filesystem: {e}",
+                        opts.xattr_permissions,
+                        n.to_string_lossy()
+                    )
+                })?;
+            }
             work = Some(Arc::new(workdir));
         }
+        let ovr_names = override_names(&layers, opts.xattr_permissions)?;
+        let mut acl = opts.acl && !opts.noxattrs;
+        if acl {
+            let names: Vec<&std::path::Path> =
+                opts.upper.iter().chain(opts.lowers.iter()).map(|p| p.as_path()).collect();
+            for (l, p) in layers.iter().zip(names) {
+                let probe = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(&*l.root), None);
+                if let Err(e) = sys::getxattr(&probe, c"system.posix_acl_access", true) {
+                    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                        log::warn!("POSIX ACLs off: {} does not support them", p.display());
+                        acl = false;
+                        break;
+                    }
+                }
+            }
+        }
         let fs = OverlayFs {
-            opts,
+            opts: opts.clone(),
             layers,
             has_upper,
             work,
             whiteout_style: style,
             trusted_xattrs: trusted,
             can_chown: euid == 0,
+            write_ovr: opts.xattr_permissions != 0,
+            ovr: ovr_names,
+            acl: AtomicBool::new(acl),
             nodes: RwLock::new(HashMap::new()),
             upper_ids: Mutex::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
@@ -611,14 +664,66 @@ impl OverlayFs {
     }
 
     pub(crate) fn node_attr(&self, node: &Node) -> Result<FileAttr> {
-        let (loc, merged) = {
+        let (top, merged) = {
             let s = node.state.lock();
             let layers = s.lower_dirs.len() + usize::from(s.upper.is_some());
-            (top_loc_of(&s), s.kind == FileType::Directory && layers > 1)
+            (top_loc_layer_of(&s), s.kind == FileType::Directory && layers > 1)
         };
-        let loc = loc.ok_or(Error::new(libc::ESTALE, "node without object"))?;
-        let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
+        let (loc, li) = top.ok_or(Error::new(libc::ESTALE, "node without object"))?;
+        let st = self.stat_eff(&loc, li).map_err(|e| Error::io(e, "stat"))?;
         Ok(self.attr_from_stat(node.ino, &st, merged))
+    }
+
+    /// Whether POSIX ACLs are on for this mount.
+    pub fn acl_enabled(&self) -> bool {
+        self.acl.load(Ordering::Relaxed)
+    }
+
+    /// Switches POSIX ACLs off (the kernel does not offer them).
+    pub fn disable_acl(&self, why: &str) {
+        if self.acl.swap(false, Ordering::Relaxed) {
+            log::warn!("POSIX ACLs off: {why}");
+        }
+    }
+
+    /// The override recorded on a real object of layer `li`, when that layer's objects are read
+    /// with one. A malformed value is ignored with a warning.
+    pub(crate) fn read_override(&self, loc: &Loc, li: usize) -> Option<ovr::Override> {
+        let name = self.ovr.get(li).copied().flatten()?;
+        let v = loc.getxattr(name).ok()?;
+        match ovr::parse(&v) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                log::warn!("ignoring malformed {}: {e}", name.to_string_lossy());
+                None
+            }
+        }
+    }
+
+    /// Applies the override of a real object (layer `li`) to its stat.
+    pub(crate) fn apply_override(&self, st: &mut Stat, loc: &Loc, li: usize) {
+        if self.ovr.get(li).copied().flatten().is_none() {
+            return;
+        }
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
+            return;
+        }
+        if let Some(o) = self.read_override(loc, li) {
+            if let Some((mode, uid, gid, rdev)) = ovr::apply(&o, st.st_mode, st.st_rdev) {
+                st.st_mode = mode;
+                st.st_uid = uid;
+                st.st_gid = gid;
+                st.st_rdev = rdev;
+            }
+        }
+    }
+
+    /// The stat of a real object of layer `li` as the mount shows it (override applied).
+    pub(crate) fn stat_eff(&self, loc: &Loc, li: usize) -> std::io::Result<Stat> {
+        let mut st = loc.stat()?;
+        self.apply_override(&mut st, loc, li);
+        Ok(st)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<FileAttr> {
@@ -959,7 +1064,7 @@ impl OverlayFs {
             dirs.push((l.layer, l.fd, l.marks, Some(l.index)));
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
-        for (_, fd, marks, index) in &dirs {
+        for (li, fd, marks, index) in &dirs {
             let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .map_err(|e| Error::io(e, "opendir"))?;
             let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
@@ -968,7 +1073,7 @@ impl OverlayFs {
                     let _ = ix.set(DirIndex::from_raw(&raw));
                 }
             }
-            per_layer.push(self.classify_layer_dir(fd, *marks, raw));
+            per_layer.push(self.classify_layer_dir(*li, fd, *marks, raw));
         }
         let merged = merge::merge_listings(per_layer);
         let mut out = Vec::with_capacity(merged.len() + 2);
@@ -989,6 +1094,7 @@ impl OverlayFs {
     /// Classifies one layer's directory entries: whiteouts, markers, visible candidates.
     fn classify_layer_dir(
         &self,
+        li: usize,
         fd: &Arc<OwnedFd>,
         marks: DirMarks,
         raw: Vec<sys::DirEntry>,
@@ -1020,6 +1126,17 @@ impl OverlayFs {
                     continue;
                 }
                 kind = Some(kind_of(st.st_mode));
+            }
+            if kind == Some(FileType::RegularFile) && self.ovr[li].is_some() {
+                // A regular file may stand for a device, FIFO or socket: d_type as stat shows it.
+                if let Ok(cn) = CString::new(e.name.clone()) {
+                    let loc = Loc::At(fd.clone(), Arc::new(cn));
+                    if let Some(o) = self.read_override(&loc, li) {
+                        if let Some((mode, ..)) = ovr::apply(&o, libc::S_IFREG, 0) {
+                            kind = Some(kind_of(mode));
+                        }
+                    }
+                }
             }
             items.push(ListItem::Entry(e.name, (kind.unwrap_or(FileType::RegularFile), e.ino)));
         }
@@ -1070,8 +1187,11 @@ impl OverlayFs {
             return Err(Error::errno(libc::ENOSYS));
         }
         let n = name.as_bytes();
-        if whiteout::is_private_xattr(n) {
+        if whiteout::is_private_xattr(n) || ovr::is_override_xattr(n) {
             return Err(Error::errno(libc::ENODATA));
+        }
+        if is_acl_xattr(n) && !self.acl_enabled() {
+            return Err(Error::errno(libc::EOPNOTSUPP));
         }
         let node = self.node(ino)?;
         let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
@@ -1092,7 +1212,10 @@ impl OverlayFs {
         };
         let mut out = Vec::with_capacity(raw.len());
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if !whiteout::is_private_xattr(n) {
+            if !whiteout::is_private_xattr(n)
+                && !ovr::is_override_xattr(n)
+                && (self.acl_enabled() || !is_acl_xattr(n))
+            {
                 out.extend_from_slice(n);
                 out.push(0);
             }
@@ -1238,6 +1361,88 @@ fn probe_chardev_whiteout(work: &OwnedFd) -> bool {
     let ok = sys::mknodat(work.as_fd(), name, libc::S_IFCHR | 0o600, 0).is_ok();
     let _ = sys::unlinkat(work.as_fd(), name, false);
     ok && std::env::var_os("FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT").is_none()
+}
+
+/// `system.posix_acl_access` / `system.posix_acl_default`.
+pub(crate) fn is_acl_xattr(name: &[u8]) -> bool {
+    name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+}
+
+/// The override xattr `xattr_permissions=N` writes.
+fn ovr_config_name(xattr_permissions: u8) -> Option<&'static std::ffi::CStr> {
+    match xattr_permissions {
+        1 => Some(ovr::PRIVILEGED),
+        2 => Some(ovr::CONTAINERS),
+        _ => None,
+    }
+}
+
+fn root_xattr(l: &Layer, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let p = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(&*l.root), None);
+    sys::getxattr(&p, name, true).ok()
+}
+
+/// Which override xattr each layer's objects are read with, as fuse-overlayfs decides it: a
+/// layer whose root carries one of the names uses that name (whatever the options); with
+/// `xattr_permissions=` the upper uses the configured name (for 2, the older
+/// `user.fuseoverlayfs.override_stat` when the upper root has only that) and so does every
+/// lower whose root carries none. Without the option an upper follows the first lower that
+/// carries a name, so objects copied up from it keep what they show. With the option, an upper
+/// root without the xattr is seeded from the first lower root that has it.
+fn override_names(
+    layers: &[Layer],
+    xattr_permissions: u8,
+) -> std::result::Result<Vec<Option<&'static std::ffi::CStr>>, String> {
+    let cfg = ovr_config_name(xattr_permissions);
+    let detect = |l: &Layer| ovr::NAMES.iter().copied().find(|n| root_xattr(l, n).is_some());
+    let mut names: Vec<Option<&'static std::ffi::CStr>> = Vec::with_capacity(layers.len());
+    for l in layers {
+        names.push(if l.is_upper { None } else { detect(l).or(cfg) });
+    }
+    let Some(upper) = layers.first().filter(|l| l.is_upper) else { return Ok(names) };
+    let first_lower_marked = layers.iter().skip(1).find_map(detect);
+    names[0] = match xattr_permissions {
+        0 => detect(upper).or(first_lower_marked),
+        _ => {
+            let mut n = cfg;
+            if xattr_permissions == 2
+                && root_xattr(upper, ovr::CONTAINERS).is_none()
+                && root_xattr(upper, ovr::USER).is_some()
+            {
+                n = Some(ovr::USER);
+            }
+            if let Some(n) = n {
+                if root_xattr(upper, n).is_none() {
+                    let seed = layers.iter().skip(1).find_map(|l| {
+                        root_xattr(l, n)
+                            .or_else(|| (xattr_permissions == 2).then(|| root_xattr(l, ovr::USER)).flatten())
+                    });
+                    if let Some(v) = seed {
+                        let p = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(&*upper.root), None);
+                        sys::setxattr(&p, n, &v, 0, true).map_err(|e| {
+                            format!(
+                                "xattr_permissions: cannot write {} on upperdir: {e}",
+                                n.to_string_lossy()
+                            )
+                        })?;
+                    }
+                }
+            }
+            n
+        }
+    };
+    Ok(names)
+}
+
+/// Whether `name` can be set on a file in workdir.
+fn probe_xattr(work: &OwnedFd, name: &std::ffi::CStr) -> std::io::Result<()> {
+    let f = c"#ovr-probe";
+    let _ = sys::unlinkat(work.as_fd(), f, false);
+    drop(sys::openat(work.as_fd(), f, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?);
+    let p = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(work), Some(f));
+    let r = sys::setxattr(&p, name, b"0:0:0644", 0, false);
+    let _ = sys::unlinkat(work.as_fd(), f, false);
+    r
 }
 
 fn probe_trusted_xattr(work: &OwnedFd) -> bool {

@@ -860,6 +860,24 @@ impl<'a> Ctx<'a> {
         self.rec(format!("cp -r {src} {dst}"), e)
     }
 
+    /// Runs `sh -c script` with the mount as cwd (`in_upper`: the upper directory); records its
+    /// exit status and output (the side's base directory written as `$BASE`).
+    pub fn sh(&mut self, script: &str, in_upper: bool) -> i32 {
+        let cwd = if in_upper { self.side.upper.clone() } else { self.side.mnt.clone() };
+        let o = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&cwd)
+            .env("LC_ALL", "C")
+            .output()
+            .expect("sh");
+        let base = self.side.base.to_string_lossy().to_string();
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+            .replace(&base, "$BASE");
+        let code = o.status.code().unwrap_or(-1);
+        let where_ = if in_upper { "upper" } else { "mnt" };
+        self.rec(format!("sh[{where_}] {script} -> {code}\n{out}"), 0)
+    }
+
     /// Unmounts and mounts again on the same layers (both implementations).
     pub fn remount(&mut self) -> i32 {
         self.fds.clear();
