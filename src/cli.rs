@@ -23,13 +23,17 @@ options (-o, comma-separated, may repeat):
   squash_to_root, squash_to_uid=N, squash_to_gid=N   report these owners
   noxattrs=1           xattr calls fail with ENOSYS
   threads=N            worker threads (default: CPU count)
+  passthrough=0|1      FUSE passthrough for upper files (default 1, root, kernel 6.9+)
+  writeback=0|1        kernel writeback cache where passthrough is not used (default 1)
+  uidmapping=A:B:N..., gidmapping=...   on-disk ids A.. shown as B..
+  noacl                no POSIX ACLs
+  xattr_permissions=1|2   owner/mode/type kept in an override xattr
   trace=FILE           one JSON line per operation (trace_queue=N lines may wait, default 65536)
   faults=FILE          fault injection rules (bare `faults`: none yet; see layerfs fault --help)
   ro, rw, allow_other, allow_root, default_permissions, auto_unmount, suid, nosuid,
   dev, nodev, exec, noexec, atime, noatime, fsname=, subtype=
-  accepted for fuse-overlayfs compatibility: uidmapping=, gidmapping=, noacl,
-  xattr_permissions=, writeback=, threaded=, context=, fast_ino=, xino=, plugins=,
-  redirect_dir=off
+  accepted for fuse-overlayfs compatibility: threaded=, context=, fast_ino=, xino=,
+  plugins=, redirect_dir=off
 flags:
   -f        stay in the foreground
   -d        debug: log every FUSE request (implies -f)
