@@ -90,14 +90,6 @@ fn default_acls_are_inherited() {
     assert!(all.contains("denied"), "{all}");
 }
 
-fn sh(dir: &std::path::Path, script: &str) -> (bool, String) {
-    let o = Command::new("sh").args(["-c", script]).current_dir(dir).env("LC_ALL", "C").output().unwrap();
-    (
-        o.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
-    )
-}
-
 #[test]
 fn noacl_refuses_acls_like_a_filesystem_without_them() {
     if !can_mount() {

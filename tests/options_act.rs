@@ -4,16 +4,6 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::Command;
-
-fn sh(dir: &Path, script: &str) -> (bool, String) {
-    let o = Command::new("sh").args(["-c", script]).current_dir(dir).env("LC_ALL", "C").output().unwrap();
-    (
-        o.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
-    )
-}
 
 #[test]
 fn static_nlink_reports_one_for_every_directory() {

@@ -40,14 +40,6 @@ fn get_errno(p: &Path, name: &str) -> i32 {
     if r >= 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() }
 }
 
-fn sh(dir: &Path, script: &str) -> (bool, String) {
-    let o = Command::new("sh").args(["-c", script]).current_dir(dir).env("LC_ALL", "C").output().unwrap();
-    (
-        o.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
-    )
-}
-
 fn own_mode(p: &Path) -> (u32, u32, u32) {
     let md = fs::symlink_metadata(p).unwrap();
     (md.uid(), md.gid(), md.mode())

@@ -442,6 +442,15 @@ impl Scratch {
     }
 }
 
+/// Runs a `sh -c` script in `dir` (C locale): (success, stdout then stderr).
+pub fn sh(dir: &Path, script: &str) -> (bool, String) {
+    let o = Command::new("sh").args(["-c", script]).current_dir(dir).env("LC_ALL", "C").output().unwrap();
+    (
+        o.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+    )
+}
+
 /// The errno of an io::Result, or 0.
 pub fn errno<T>(r: &std::io::Result<T>) -> i32 {
     match r {
