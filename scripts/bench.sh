@@ -4,7 +4,7 @@
 #
 # usage: scripts/bench.sh [--quick] [--runs N] [--only REGEX] [--work DIR] [--out FILE]
 #                         [--layerfs PATH] [--fuse-overlayfs PATH] [--extra NAME=PATH]...
-#                         [--no-kernel] [--keep-stacks]
+#                         [--no-kernel] [--no-userspace-column] [--keep-stacks]
 #   --quick          sizes scaled down ~10x (smoke run, a few minutes)
 #   --runs N         runs per cell, the median is printed (default 3)
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
@@ -15,6 +15,8 @@
 #   --layerfs PATH   the layerfs binary (default: $CARGO_TARGET_DIR/release/layerfs, else
 #                    <repo>/target/release/layerfs)
 #   --extra NAME=PATH   another fuse-overlayfs compatible binary as an extra column (repeatable)
+#   --no-userspace-column  skip the "layerfs passthrough=0" column (file data served by the
+#                    server with the writeback cache, as in rootless mounts)
 # Needs root (kernel overlay mounts, drop_caches, mknod of whiteouts).
 # Every "cold" cell is a fresh mount after `sync; echo 3 > /proc/sys/vm/drop_caches` (for every
 # column, including the plain directory). Write workloads get a fresh upper dir per mount.
@@ -32,6 +34,7 @@ LAYERFS=
 FOVL=$(command -v fuse-overlayfs || true)
 KERNEL=1
 EXTRAS=()
+USERSPACE_COL=1
 
 usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
         --fuse-overlayfs) FOVL=$2; shift ;;
         --extra) EXTRAS+=("$2"); shift ;;
         --no-kernel) KERNEL=0 ;;
+        --no-userspace-column) USERSPACE_COL=0 ;;
         -h|--help) usage 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -86,12 +90,15 @@ grep -qw overlay /proc/filesystems || die "kernel overlayfs not available"
 
 # ---------------------------------------------------------------- implementations
 IMPLS=(plain)
-declare -A KIND BIN
+declare -A KIND BIN XOPT
 KIND[plain]=plain
 [ "$KERNEL" = 1 ] && { IMPLS+=(kernel); KIND[kernel]=kernel; }
 IMPLS+=(fuse-overlayfs layerfs)
 KIND[fuse-overlayfs]=fuse; BIN[fuse-overlayfs]=$FOVL
 KIND[layerfs]=fuse; BIN[layerfs]=$LAYERFS
+# rootless mounts have no passthrough: the same binary serving file data itself
+UCOL="layerfs passthrough=0"
+[ "$USERSPACE_COL" = 1 ] && { IMPLS+=("$UCOL"); KIND[$UCOL]=fuse; BIN[$UCOL]=$LAYERFS; XOPT[$UCOL]=,passthrough=0; }
 for e in "${EXTRAS[@]}"; do
     n=${e%%=*}; p=${e#*=}
     [ -n "$n" ] && [ "$n" != "$e" ] && [ -x "$p" ] || die "--extra wants NAME=PATH to an executable ($e)"
@@ -189,9 +196,9 @@ mount_impl() {
         (cd "$sd" && mount -t overlay overlay -o "lowerdir=$(cat lowers),upperdir=$UP,workdir=$WK" "$MNT") 2>"$ERR" \
             || { log "mount $impl on $2 failed: $(head -c 300 "$ERR")"; return 1; }
     else
-        timeout 120 "${BIN[$impl]}" -o "lowerdir=$(abs_lowers "$sd"),upperdir=$UP,workdir=$WK" "$MNT" >"$ERR" 2>&1 \
+        timeout 120 "${BIN[$impl]}" -o "lowerdir=$(abs_lowers "$sd"),upperdir=$UP,workdir=$WK${XOPT[$impl]:-}" "$MNT" >"$ERR" 2>&1 \
             || { log "mount $impl on $2 failed: $(head -c 300 "$ERR")"; return 1; }
-        DPID=$(pgrep -o -f -- " $MNT\$" || true)
+        DPID=$(pgrep -n -f -- " $MNT\$" || true)
     fi
     grep -q " $MNT " /proc/mounts || { log "mount $impl on $2: not in /proc/mounts"; return 1; }
     MOUNT_OK=1
@@ -406,6 +413,7 @@ table() {
     for i in "${IMPLS[@]}"; do hdr+=" $i |"; sep+="---:|"; done
     hdr+=" layerfs / fuse-overlayfs |"; sep+="---:|"
     [ "$KERNEL" = 1 ] && { hdr+=" layerfs / kernel |"; sep+="---:|"; }
+    [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && { hdr+=" passthrough=0 / kernel |"; sep+="---:|"; }
     echo "$hdr"; echo "$sep"
     for r in "${ROWS[@]}"; do
         local any=0
@@ -433,6 +441,7 @@ table() {
         done
         line+=" $(ratio "${M[layerfs]}" "${M[fuse-overlayfs]}") |"
         [ "$KERNEL" = 1 ] && line+=" $(ratio "${M[layerfs]}" "${M[kernel]}") |"
+        [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && line+=" $(ratio "${M[$UCOL]}" "${M[kernel]}") |"
         echo "$line"
         unset M
     done
