@@ -267,7 +267,7 @@ impl Default for Options {
             timeout: 1_000_000.0,
             whiteout: WhiteoutChoice::Auto,
             fsync: true,
-            writeback: true,
+            writeback: false,
             threads: None,
             static_nlink: false,
             noacl: false,

@@ -32,6 +32,10 @@ pub struct Fuse {
     /// Try FUSE passthrough (kernel 6.9+, needs CAP_SYS_ADMIN); switched off for good at the
     /// first refusal.
     pub passthrough: AtomicBool,
+    /// FUSE_HANDLE_KILLPRIV_V2 is on: the server drops setuid/setgid/capabilities on writes
+    /// and truncation by unprivileged callers (and the kernel stops asking for
+    /// `security.capability` before every write).
+    killpriv: AtomicBool,
     backing: Mutex<Backing>,
     /// Exit the process when the session ends (the `layerfs` server), instead of returning.
     pub exit_on_destroy: bool,
@@ -68,6 +72,7 @@ impl Fuse {
             ttl,
             writeback,
             passthrough: AtomicBool::new(passthrough),
+            killpriv: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             exit_on_destroy: false,
             hooks: None,
@@ -118,13 +123,20 @@ impl Fuse {
         let mut mode = OpenMode::Cached;
         if self.passthrough.load(Ordering::Relaxed) {
             match self.fs.backing_file(fh) {
-                Ok((fd, upper)) if upper || self.fs.is_read_only() => match register(&fd) {
-                    Ok(id) => mode = OpenMode::Passthrough(Arc::new(id)),
-                    Err(e) => {
-                        log::info!("FUSE passthrough not available ({e}); serving file data in userspace");
-                        self.passthrough.store(false, Ordering::Relaxed);
+                Ok((fd, upper))
+                    if (upper || self.fs.is_read_only())
+                        && !(self.killpriv.load(Ordering::Relaxed) && self.fs.carries_privs(&fd)) =>
+                {
+                    match register(&fd) {
+                        Ok(id) => mode = OpenMode::Passthrough(Arc::new(id)),
+                        Err(e) => {
+                            log::info!(
+                                "FUSE passthrough not available ({e}); serving file data in userspace"
+                            );
+                            self.passthrough.store(false, Ordering::Relaxed);
+                        }
                     }
-                },
+                }
                 Ok(_) => {}
                 Err(e) => log::debug!("passthrough: no backing file for {ino}: {e}"),
             }
@@ -135,6 +147,13 @@ impl Fuse {
         };
         b.by_ino.insert(ino, m);
         mode
+    }
+
+    /// Whether the server must drop privileges for this caller's truncation or write (the
+    /// kernel's flag for that is not passed on by fuser for setattr and open: a caller other
+    /// than root stands for "without CAP_FSETID").
+    fn kills_privs(&self, req: &Request) -> bool {
+        self.killpriv.load(Ordering::Relaxed) && req.uid() != 0
     }
 
     fn drop_backing(&self, fh: u64) {
@@ -210,6 +229,14 @@ impl Filesystem for Fuse {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
+        // Owners and modes kept in override xattrs would need the privilege drop applied there
+        // too: such mounts leave it to the kernel.
+        if config.capabilities().contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            && !self.fs.reads_override_xattrs()
+            && config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok()
+        {
+            self.killpriv.store(true, Ordering::Relaxed);
+        }
         // The umask is applied by layerfs (not under a default ACL), as POSIX ACLs need.
         if config.capabilities().contains(InitFlags::FUSE_DONT_MASK) {
             let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
@@ -307,7 +334,7 @@ impl Filesystem for Fuse {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -338,7 +365,25 @@ impl Filesystem for Fuse {
                 a.n("times", 1);
             }
         };
-        match self.hook(req, Op::Setattr, ino.0, None, 0, args, || self.fs.setattr(ino.0, sa)) {
+        // Under KILLPRIV_V2 the kernel asks for the privilege drop of a write by a caller
+        // without CAP_FSETID as a setattr that carries nothing else (fuser does not pass the
+        // FATTR_KILL_SUIDGID bit itself).
+        let empty = [mode, uid, gid].iter().all(Option::is_none)
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
+        let kill = self.killpriv.load(Ordering::Relaxed) && empty
+            || size.is_some() && mode.is_none() && self.kills_privs(req);
+        let f = || {
+            let attr = self.fs.setattr(ino.0, sa)?;
+            if !kill {
+                return Ok(attr);
+            }
+            self.fs.kill_privs(ino.0, req.gid())?;
+            self.fs.getattr(ino.0)
+        };
+        match self.hook(req, Op::Setattr, ino.0, None, 0, args, f) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply_err!(reply, "setattr", e),
         }
@@ -441,7 +486,18 @@ impl Filesystem for Fuse {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
         let args = |a: &mut Args| _ = a.x("flags", flags.0 as u32);
-        match self.hook(req, Op::Open, ino.0, None, 0, args, || self.fs.open(ino.0, flags.0)) {
+        let kill = flags.0 & libc::O_TRUNC != 0 && self.kills_privs(req);
+        let f = || {
+            let o = self.fs.open(ino.0, flags.0)?;
+            if kill {
+                if let Err(e) = self.fs.kill_privs(ino.0, req.gid()) {
+                    self.fs.release(o.fh);
+                    return Err(e);
+                }
+            }
+            Ok(o)
+        };
+        match self.hook(req, Op::Open, ino.0, None, 0, args, f) {
             Ok(o) => match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
                 OpenMode::Passthrough(id) => {
                     reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
@@ -480,15 +536,23 @@ impl Filesystem for Fuse {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let kill = self.killpriv.load(Ordering::Relaxed)
+            && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         log::debug!("write(ino={}, fh={}, off={offset}, len={})", ino.0, fh.0, data.len());
         let (len, args) =
             (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("len", data.len()));
-        match self.hook(req, Op::Write, ino.0, None, len, args, || self.fs.write(fh.0, offset, data)) {
+        let f = || {
+            if kill {
+                self.fs.kill_privs(ino.0, req.gid())?;
+            }
+            self.fs.write(fh.0, offset, data)
+        };
+        match self.hook(req, Op::Write, ino.0, None, len, args, f) {
             Ok(n) => reply.written(n),
             Err(e) => reply_err!(reply, "write", e),
         }
@@ -751,7 +815,13 @@ impl Filesystem for Fuse {
     ) {
         log::debug!("fallocate(ino={}, off={offset}, len={length}, mode={mode})", ino.0);
         let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("len", length).n("mode", mode);
-        let f = || self.fs.fallocate(fh.0, offset, length, mode);
+        let kill = self.kills_privs(req);
+        let f = || {
+            if kill {
+                self.fs.kill_privs(ino.0, req.gid())?;
+            }
+            self.fs.fallocate(fh.0, offset, length, mode)
+        };
         match self.hook(req, Op::Fallocate, ino.0, None, 0, args, f) {
             Ok(()) => reply.ok(),
             Err(e) => reply_err!(reply, "fallocate", e),
@@ -793,7 +863,13 @@ impl Filesystem for Fuse {
             a.n("fh_in", fh_in.0).n("off_in", offset_in).n("ino_out", ino_out.0);
             a.n("fh_out", fh_out.0).n("off_out", offset_out).n("len", len);
         };
-        let f = || self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len);
+        let kill = self.kills_privs(req);
+        let f = || {
+            if kill {
+                self.fs.kill_privs(ino_out.0, req.gid())?;
+            }
+            self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        };
         match self.hook(req, Op::CopyFileRange, ino_in.0, None, len, args, f) {
             Ok(n) => reply.written(n),
             Err(e) => reply_err!(reply, "copy_file_range", e),

@@ -47,6 +47,9 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+/// File capabilities: dropped by writes, as setuid is.
+const CAPS_XATTR: &std::ffi::CStr = c"security.capability";
+
 fn real_flags(flags: i32) -> i32 {
     flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_APPEND | libc::O_DIRECT)
 }
@@ -182,6 +185,61 @@ impl OverlayFs {
             }
         }
         Ok(done as u32)
+    }
+
+    /// Drops what a write by an unprivileged caller must drop (the kernel leaves it to the
+    /// server under FUSE_HANDLE_KILLPRIV_V2): setuid; setgid when group-executable or when the
+    /// caller (primary group `caller_gid`, as shown) is not in the file's group, as the VFS
+    /// does; and file capabilities. For upper regular files only; anything else has nothing
+    /// to drop or cannot have been written.
+    pub fn kill_privs(&self, ino: u64, caller_gid: u32) -> Result<()> {
+        let node = self.node(ino)?;
+        let loc = {
+            let s = node.state.lock();
+            if s.kind != FileType::RegularFile {
+                return Ok(());
+            }
+            match &s.upper {
+                Some(u) => u.clone(),
+                None => return Ok(()),
+            }
+        };
+        let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 || self.opts.gid_map.to_shown(st.st_gid) != caller_gid {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.st_mode & 0o7777 {
+            loc.chmod(mode).map_err(|e| Error::io(e, "chmod"))?;
+        }
+        // Looked up first: removing even an absent security.* xattr needs privilege.
+        let (path, follow) = loc.xattr_path();
+        if sys::getxattr_into(&path, CAPS_XATTR, follow, &mut []).is_err() {
+            return Ok(());
+        }
+        match sys::removexattr(&path, CAPS_XATTR, follow) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(Error::io(e, "removexattr")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether writes to this real file must drop privileges (setuid, setgid with group
+    /// execute, or file capabilities): such files are not given to FUSE passthrough, whose
+    /// writes the server never sees.
+    pub fn carries_privs(&self, fd: &OwnedFd) -> bool {
+        let Ok(st) = sys::fstat(fd.as_fd()) else { return true };
+        if st.st_mode & libc::S_ISUID != 0
+            || st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+        {
+            return true;
+        }
+        let path = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(fd), None);
+        let mut buf = [0u8; 0];
+        match sys::getxattr_into(&path, CAPS_XATTR, true, &mut buf) {
+            Err(e) => e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EOPNOTSUPP),
+            Ok(_) => true,
+        }
     }
 
     /// A descriptor of the real file behind an open handle, for FUSE passthrough: read-write for

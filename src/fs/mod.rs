@@ -674,6 +674,12 @@ impl OverlayFs {
         Ok(self.attr_from_stat(node.ino, &st, merged))
     }
 
+    /// Whether owners and modes of some layer (or of new upper objects) live in override
+    /// xattrs.
+    pub fn reads_override_xattrs(&self) -> bool {
+        self.write_ovr || self.ovr.iter().any(Option::is_some)
+    }
+
     /// Whether POSIX ACLs are on for this mount.
     pub fn acl_enabled(&self) -> bool {
         self.acl.load(Ordering::Relaxed)
