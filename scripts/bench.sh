@@ -16,7 +16,7 @@
 #                    <repo>/target/release/layerfs)
 #   --extra NAME=PATH   another fuse-overlayfs compatible binary as an extra column (repeatable)
 #   --no-userspace-column  skip the "layerfs passthrough=0" column (file data served by the
-#                    server with the writeback cache, as in rootless mounts)
+#                    server, as in rootless mounts)
 # Needs root (kernel overlay mounts, drop_caches, mknod of whiteouts).
 # Every "cold" cell is a fresh mount after `sync; echo 3 > /proc/sys/vm/drop_caches` (for every
 # column, including the plain directory). Write workloads get a fresh upper dir per mount.

@@ -6,8 +6,8 @@
 //! At the end the mount is remounted and both files compared in full.
 //!
 //! Run twice: with the default mount (FUSE passthrough for upper files when root), and with
-//! the kernel's writeback cache (`passthrough=0,writeback=1`, the mode of rootless mounts),
-//! which is only on by default because this passes.
+//! the kernel's writeback cache (`passthrough=0,writeback=1`), which may only be offered
+//! because this passes.
 //!
 //! `LAYERFS_FSX_OPS` sets the operations per file (default 50000). On a mismatch the tail of the
 //! operation log is printed.
