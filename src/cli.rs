@@ -24,7 +24,7 @@ options (-o, comma-separated, may repeat):
   noxattrs=1           xattr calls fail with ENOSYS
   threads=N            worker threads (default: CPU count)
   passthrough=0|1      FUSE passthrough for upper files (default 1, root, kernel 6.9+)
-  writeback=0|1        kernel writeback cache where passthrough is not used (default 1)
+  writeback=0|1        kernel writeback cache where passthrough is not used (default 0)
   uidmapping=A:B:N..., gidmapping=...   on-disk ids A.. shown as B..
   noacl                no POSIX ACLs
   xattr_permissions=1|2   owner/mode/type kept in an override xattr
