@@ -271,11 +271,10 @@ impl Filesystem for Fuse {
         if self.writeback
             && !self.passthrough.load(Ordering::Relaxed)
             && config.capabilities().contains(InitFlags::FUSE_WRITEBACK_CACHE)
+            && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok()
         {
-            if config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok() {
-                self.fs.set_writeback_cache();
-                log::info!("FUSE writeback cache on");
-            }
+            self.fs.set_writeback_cache();
+            log::info!("FUSE writeback cache on");
         }
         Ok(())
     }

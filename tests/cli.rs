@@ -37,7 +37,7 @@ fn bad_input_is_refused_with_one_line_and_no_mount() {
     let (l, u, w, m) = (l.to_str().unwrap(), u.to_str().unwrap(), w.to_str().unwrap(), m.to_str().unwrap());
     let mp = std::path::Path::new(m);
     fs::write(format!("{l}/file"), b"x").unwrap();
-    let o = |x: &str| format!("{x}");
+    let o = |x: &str| x.to_string();
     assert_refused(&["-o", &o(&format!("lowerdir={l}/missing")), m], "missing", mp);
     assert_refused(&["-o", &o(&format!("lowerdir={l}/file")), m], "not a directory", mp);
     assert_refused(&["-o", &o(&format!("lowerdir={l},upperdir={u}")), m], "without workdir", mp);
@@ -167,12 +167,12 @@ fn server_exits_on_unmount_and_unmounts_on_sigterm() {
     let s = Scratch::new();
     let (l, m) = (s.path("l"), s.path("m"));
     fs::write(l.join("f"), b"x").unwrap();
-    let mut g = mount_layerfs(&[l.clone()], None, &m, "");
+    let mut g = mount_layerfs(std::slice::from_ref(&l), None, &m, "");
     let pid = server_pid(&m).expect("server process");
     g.unmount();
     assert!(wait_gone(pid), "server still running after fusermount3 -u");
 
-    let g = mount_layerfs(&[l.clone()], None, &m, "");
+    let g = mount_layerfs(std::slice::from_ref(&l), None, &m, "");
     let pid = server_pid(&m).expect("server process");
     // SAFETY: sending a signal to our own child server.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -189,7 +189,7 @@ fn read_only_mount_gives_erofs() {
     let s = Scratch::new();
     let (l, m) = (s.path("l"), s.path("m"));
     fs::write(l.join("f"), b"x").unwrap();
-    let _g = mount_layerfs(&[l.clone()], None, &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), None, &m, "");
     let e = fs::write(m.join("new"), b"y").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     let e = fs::OpenOptions::new().write(true).open(m.join("f")).unwrap_err();

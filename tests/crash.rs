@@ -139,7 +139,7 @@ fn crash_round(s: &Scratch, round: u32, min_bytes: u64, old: &str, new: &str) ->
     }
     // Remount: workdir litter is cleaned, the file reads old or new.
     {
-        let _mnt = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
         let left = work_entries(&w);
         assert!(left.is_empty(), "round {round}: WORKDIR/work not empty after remount: {left:?}");
         let (n, h) = hash_file(&m.join("big"));
@@ -263,7 +263,7 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
     renamer.join().unwrap();
     assert!(synced > 0, "no record was fsynced before the kill");
 
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     assert!(work_entries(&w).is_empty(), "WORKDIR/work not empty after remount");
     let log = fs::read_to_string(m.join("log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();

@@ -34,7 +34,7 @@ fn full_upper_gives_enospc_and_damages_nothing() {
     fs::write(u.join("kept"), b"precious").unwrap();
     fs::write(l.join("big"), vec![1u8; 16 << 20]).unwrap();
     fs::write(l.join("small"), b"s").unwrap();
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     // A new file that does not fit.
     let mut f = fs::File::create(m.join("new")).unwrap();
     let mut err = None;
@@ -75,8 +75,8 @@ fn errors_from_a_layer_surface_for_that_call_only() {
     fs::write(x.join("good"), b"good").unwrap();
     let rules = s.dir.path().join("rules");
     fs::write(&rules, "read /bad EIO\nopen /denied EACCES\n").unwrap();
-    let _layer = mount_layerfs(&[x.clone()], None, &a, &format!("faults={}", rules.display()));
-    let _g = mount_layerfs(&[a.clone()], Some((&u, &w)), &m, "");
+    let _layer = mount_layerfs(std::slice::from_ref(&x), None, &a, &format!("faults={}", rules.display()));
+    let _g = mount_layerfs(std::slice::from_ref(&a), Some((&u, &w)), &m, "");
     let e = fs::read(m.join("bad")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     let e = fs::read(m.join("denied")).unwrap_err();

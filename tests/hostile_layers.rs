@@ -87,7 +87,7 @@ fn hostile_layers_are_served_without_escaping() {
     let link_to_layer = s.dir.path().join("layer-link");
     std::os::unix::fs::symlink(&l, &link_to_layer).unwrap();
 
-    let _g = mount_layerfs(&[link_to_layer.clone()], Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&link_to_layer), Some((&u, &w)), &m, "");
     // Symlinks are links, never followed by the server.
     for (n, t) in [("root", "/"), ("up", "../.."), ("procroot", "/proc/self/root")] {
         assert_eq!(fs::read_link(m.join(n)).unwrap(), Path::new(t));

@@ -12,7 +12,7 @@ fn mounts_reads_and_unmounts() {
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     fs::write(l.join("a"), b"hello").unwrap();
     {
-        let _mnt = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
         assert_eq!(fs::read(m.join("a")).unwrap(), b"hello");
         fs::write(m.join("b"), b"new").unwrap();
     }

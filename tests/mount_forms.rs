@@ -160,7 +160,7 @@ fn whiteout_form_follows_option_and_environment() {
         let opaque = !xattrs(&u.join("d"), true).is_empty() || u.join("d/.wh..wh..opq").exists();
         assert!(opaque, "recreated dir is opaque in upper ({opt} env={env})");
         // And the upper reads back the same after a remount.
-        let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
         assert!(fs::symlink_metadata(m.join("f")).is_err());
         assert!(names(&m.join("d")).is_empty());
     }
@@ -178,7 +178,7 @@ fn copy_up_keeps_holes_and_seek_data_works() {
     use std::os::unix::fs::FileExt;
     f.write_at(&[7u8; 4096], 512 << 20).unwrap();
     drop(f);
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     // chmod copies up.
     fs::set_permissions(m.join("sparse"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let md = fs::metadata(u.join("sparse")).unwrap();
@@ -227,7 +227,7 @@ fn big_copy_up_does_not_stall_other_files() {
     for i in 0..50 {
         fs::write(l.join(format!("small{i}")), b"s").unwrap();
     }
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "fsync=1");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "fsync=1");
     let mpath = m.clone();
     let writer = std::thread::spawn(move || {
         let mut f = fs::OpenOptions::new().append(true).open(mpath.join("big")).unwrap();
@@ -300,7 +300,7 @@ fn copy_up_keeps_mode_owner_times_xattrs_of_file_and_parents() {
     t(&l.join("p"), 1_200_000_000);
     let before: Vec<_> =
         ["p", "p/q", "p/q/f"].iter().map(|x| fs::symlink_metadata(l.join(x)).unwrap()).collect();
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     // A setxattr copies up without touching data or times.
     setx(&m.join("p/q/f"), "user.b", b"3");
     for (x, b) in ["p", "p/q", "p/q/f"].iter().zip(&before) {

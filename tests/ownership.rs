@@ -30,7 +30,12 @@ fn uid_and_gid_mapping() {
         fs::write(l.join(name), name).unwrap();
         assert_eq!(lchown(&l.join(name), uid, gid), 0);
     }
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "uidmapping=0:1000:10,gidmapping=:0:2000:10");
+    let _g = mount_layerfs(
+        std::slice::from_ref(&l),
+        Some((&u, &w)),
+        &m,
+        "uidmapping=0:1000:10,gidmapping=:0:2000:10",
+    );
     let own = |n: &str| {
         let md = fs::symlink_metadata(m.join(n)).unwrap();
         (md.uid(), md.gid())
@@ -59,7 +64,7 @@ fn squash_to_root_and_to_ids() {
         let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
         fs::write(l.join("f"), b"f").unwrap();
         assert_eq!(lchown(&l.join("f"), 123, 456), 0);
-        let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, opt);
+        let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opt);
         let md = fs::symlink_metadata(m.join("f")).unwrap();
         assert_eq!((md.uid(), md.gid()), want, "{opt}");
         let md = fs::symlink_metadata(m.join(".")).unwrap();

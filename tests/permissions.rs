@@ -47,7 +47,7 @@ fn other_users_get_what_mode_bits_allow() {
     fs::create_dir(l.join("closed")).unwrap();
     fs::write(l.join("closed/inner"), b"i").unwrap();
     fs::set_permissions(l.join("closed"), fs::Permissions::from_mode(0o700)).unwrap();
-    let _g = mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     fs::write(m.join("upper-secret"), b"u").unwrap();
     fs::set_permissions(m.join("upper-secret"), fs::Permissions::from_mode(0o600)).unwrap();
     let p = |n: &str| m.join(n).to_string_lossy().to_string();

@@ -28,11 +28,11 @@ fn regression_quick_remount_keeps_new_mount() {
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     std::fs::write(l.join("f"), b"x").unwrap();
     for i in 0..40 {
-        let mut first = common::mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let mut first = common::mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
         let st = std::process::Command::new("fusermount3").arg("-u").arg(&m).status().unwrap();
         assert!(st.success());
         first.mnt = std::path::PathBuf::new(); // unmounted above, without the harness's pause
-        let _second = common::mount_layerfs(&[l.clone()], Some((&u, &w)), &m, "");
+        let _second = common::mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(common::is_mounted(&m), "round {i}: the new mount vanished");
         assert_eq!(std::fs::read(m.join("f")).unwrap(), b"x");

@@ -976,7 +976,8 @@ impl OverlayFs {
     /// Puts a resolved node in the table (reusing a live node with the same id).
     pub(crate) fn install(&self, id: u64, state: NodeState) -> Arc<Node> {
         let has_upper = state.upper.is_some();
-        let node = {
+
+        {
             let mut nodes = self.nodes.write();
             match nodes.get(&id) {
                 Some(existing) => {
@@ -1010,8 +1011,7 @@ impl OverlayFs {
                     n
                 }
             }
-        };
-        node
+        }
     }
 
     /// Drops `n` kernel references; frees the node when none are left.
@@ -1243,71 +1243,6 @@ impl OverlayFs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn id_maps_as_fuse_overlayfs() {
-        let m = IdMap(vec![(0, 1000, 1), (1, 100000, 65536)]);
-        assert_eq!(m.to_shown(0), 1000);
-        assert_eq!(m.to_shown(1), 100000);
-        assert_eq!(m.to_shown(65536), 165535);
-        assert_eq!(m.to_shown(65537), OVERFLOW_ID);
-        assert_eq!(m.to_disk(1000), Some(0));
-        assert_eq!(m.to_disk(100005), Some(6));
-        assert_eq!(m.to_disk(5), None);
-        assert_eq!(IdMap::default().to_shown(7), 7);
-        assert_eq!(IdMap::default().to_disk(7), Some(7));
-    }
-
-    fn de(name: &str, dtype: u8, ino: u64) -> sys::DirEntry {
-        sys::DirEntry { name: name.as_bytes().to_vec(), ino, dtype }
-    }
-
-    #[test]
-    fn dir_index_finds_entries_and_whiteouts() {
-        let mut raw =
-            vec![de("a", libc::DT_REG, 5), de("sub", libc::DT_DIR, 6), de(".wh.gone", libc::DT_REG, 7)];
-        raw.push(de(".wh..wh..opq", libc::DT_REG, 8));
-        for i in 0..2000 {
-            raw.push(de(&format!("f{i}"), libc::DT_REG, 100 + i));
-        }
-        let ix = DirIndex::from_raw(&raw);
-        assert_eq!(ix.entry(b"a"), Some((libc::DT_REG, 0)));
-        assert_eq!(ix.entry(b"sub"), Some((libc::DT_DIR, 6)));
-        assert_eq!(ix.entry(b"gone"), None);
-        assert!(ix.whited_out(b"gone"));
-        assert!(!ix.whited_out(b"a"));
-        assert_eq!(ix.entry(b".wh.gone"), None);
-        assert_eq!(ix.entry(b".wh..wh..opq"), None);
-        assert_eq!(ix.entry(b"missing"), None);
-        for i in 0..2000 {
-            assert_eq!(ix.entry(format!("f{i}").as_bytes()), Some((libc::DT_REG, 0)));
-        }
-    }
-
-    #[test]
-    fn dir_index_probes_past_collisions() {
-        // A table of 4 slots holding 3 names: probing must walk past occupied slots, both to
-        // find names and to tell a missing one.
-        let mut ix = DirIndex { arena: Vec::new(), table: vec![EMPTY; 4] };
-        ix.push(libc::DT_REG, b"x", 1);
-        ix.push(libc::DT_DIR, b"y", 2);
-        ix.push(IX_WHITEOUT, b"z", 0);
-        assert_eq!(ix.table.iter().filter(|&&o| o != EMPTY).count(), 3);
-        assert_eq!(ix.entry(b"x"), Some((libc::DT_REG, 0)));
-        assert_eq!(ix.entry(b"y"), Some((libc::DT_DIR, 2)));
-        assert!(ix.whited_out(b"z"));
-        assert_eq!(ix.entry(b"z"), None);
-        assert!(!ix.whited_out(b"x"));
-        for miss in [&b"a"[..], b"b", b"c", b"xx", b""] {
-            assert_eq!(ix.entry(miss), None);
-        }
-        assert_eq!(DirIndex::default().entry(b"x"), None);
-    }
-}
-
 /// The node id of a lower non-directory: derived from its directory's id and its name, not from
 /// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
 /// overlayfs without `index=on`: writing through one name copies up that name only). Ids
@@ -1461,4 +1396,69 @@ fn probe_trusted_xattr(work: &OwnedFd) -> bool {
     let ok = sys::setxattr(&p, c"trusted.overlay.opaque", b"y", 0, false).is_ok();
     let _ = sys::unlinkat(work.as_fd(), name, true);
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps_as_fuse_overlayfs() {
+        let m = IdMap(vec![(0, 1000, 1), (1, 100000, 65536)]);
+        assert_eq!(m.to_shown(0), 1000);
+        assert_eq!(m.to_shown(1), 100000);
+        assert_eq!(m.to_shown(65536), 165535);
+        assert_eq!(m.to_shown(65537), OVERFLOW_ID);
+        assert_eq!(m.to_disk(1000), Some(0));
+        assert_eq!(m.to_disk(100005), Some(6));
+        assert_eq!(m.to_disk(5), None);
+        assert_eq!(IdMap::default().to_shown(7), 7);
+        assert_eq!(IdMap::default().to_disk(7), Some(7));
+    }
+
+    fn de(name: &str, dtype: u8, ino: u64) -> sys::DirEntry {
+        sys::DirEntry { name: name.as_bytes().to_vec(), ino, dtype }
+    }
+
+    #[test]
+    fn dir_index_finds_entries_and_whiteouts() {
+        let mut raw =
+            vec![de("a", libc::DT_REG, 5), de("sub", libc::DT_DIR, 6), de(".wh.gone", libc::DT_REG, 7)];
+        raw.push(de(".wh..wh..opq", libc::DT_REG, 8));
+        for i in 0..2000 {
+            raw.push(de(&format!("f{i}"), libc::DT_REG, 100 + i));
+        }
+        let ix = DirIndex::from_raw(&raw);
+        assert_eq!(ix.entry(b"a"), Some((libc::DT_REG, 0)));
+        assert_eq!(ix.entry(b"sub"), Some((libc::DT_DIR, 6)));
+        assert_eq!(ix.entry(b"gone"), None);
+        assert!(ix.whited_out(b"gone"));
+        assert!(!ix.whited_out(b"a"));
+        assert_eq!(ix.entry(b".wh.gone"), None);
+        assert_eq!(ix.entry(b".wh..wh..opq"), None);
+        assert_eq!(ix.entry(b"missing"), None);
+        for i in 0..2000 {
+            assert_eq!(ix.entry(format!("f{i}").as_bytes()), Some((libc::DT_REG, 0)));
+        }
+    }
+
+    #[test]
+    fn dir_index_probes_past_collisions() {
+        // A table of 4 slots holding 3 names: probing must walk past occupied slots, both to
+        // find names and to tell a missing one.
+        let mut ix = DirIndex { arena: Vec::new(), table: vec![EMPTY; 4] };
+        ix.push(libc::DT_REG, b"x", 1);
+        ix.push(libc::DT_DIR, b"y", 2);
+        ix.push(IX_WHITEOUT, b"z", 0);
+        assert_eq!(ix.table.iter().filter(|&&o| o != EMPTY).count(), 3);
+        assert_eq!(ix.entry(b"x"), Some((libc::DT_REG, 0)));
+        assert_eq!(ix.entry(b"y"), Some((libc::DT_DIR, 2)));
+        assert!(ix.whited_out(b"z"));
+        assert_eq!(ix.entry(b"z"), None);
+        assert!(!ix.whited_out(b"x"));
+        for miss in [&b"a"[..], b"b", b"c", b"xx", b""] {
+            assert_eq!(ix.entry(miss), None);
+        }
+        assert_eq!(DirIndex::default().entry(b"x"), None);
+    }
 }

@@ -960,10 +960,7 @@ fn cp_r_at(src: &Path, dst: &Path) -> i32 {
                 return e;
             }
         }
-        errno(&fs::set_permissions(
-            dst,
-            fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777)),
-        ))
+        errno(&fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777)))
     } else if ft.is_symlink() {
         match fs::read_link(src) {
             Ok(t) => errno(&std::os::unix::fs::symlink(t, dst)),
@@ -981,8 +978,8 @@ fn cp_r_at(src: &Path, dst: &Path) -> i32 {
         }
     } else {
         // Special files: recreate with the same type.
-        let e = rc(unsafe { libc::mknod(cpath(dst).as_ptr(), md.mode(), md.rdev()) });
-        e
+
+        rc(unsafe { libc::mknod(cpath(dst).as_ptr(), md.mode(), md.rdev()) })
     }
 }
 
