@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages layerfs's build, tests and benchmarks use (Debian/Ubuntu).
 set -euo pipefail
-pkgs=(fuse3 fuse-overlayfs attr acl tar umoci fio stress-ng podman buildah docker.io containerd runc uidmap slirp4netns)
+# Tests: fuse3, attr (getfattr/setfattr), acl (setfacl/getfacl), util-linux (setpriv, unshare),
+# passwd (useradd), uidmap, python3, umoci, stress-ng and the engines; benchmarks: fio, gcc,
+# e2fsprogs (mkfs.ext4 for bench-layers.sh), fuse-overlayfs as the peer.
+pkgs=(fuse3 fuse-overlayfs attr acl util-linux passwd coreutils tar gzip python3 gcc e2fsprogs umoci fio stress-ng
+      podman buildah docker.io containerd runc uidmap slirp4netns)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

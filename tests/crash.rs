@@ -76,24 +76,7 @@ fn crash_round(s: &Scratch, round: u32, min_bytes: u64, old: &str, new: &str) ->
     let (u, w, m) =
         (s.path(&format!("u{round}")), s.path(&format!("w{round}")), s.path(&format!("m{round}")));
     let opts = format!("lowerdir={},upperdir={},workdir={}", l.display(), u.display(), w.display());
-    let mut child = Command::new(layerfs_bin())
-        .arg("-f")
-        .arg("-o")
-        .arg(&opts)
-        .arg(&m)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn layerfs -f");
-    let t = Instant::now();
-    while !is_mounted(&m) {
-        assert!(t.elapsed() < Duration::from_secs(10), "layerfs -f did not mount");
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("layerfs exited early: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = spawn_layerfs_fg(&opts, &m, &[], Stdio::inherit());
     let target = m.join("big");
     let writer = std::thread::spawn(move || {
         let r = fs::OpenOptions::new().append(true).custom_flags(libc::O_CLOEXEC).open(&target);
@@ -178,23 +161,7 @@ fn copy_up_killed_midway_is_atomic() {
 /// Spawns `layerfs -f` on the given dirs; returns the child once the mount serves.
 fn spawn_foreground(l: &Path, u: &Path, w: &Path, m: &Path) -> std::process::Child {
     let opts = format!("lowerdir={},upperdir={},workdir={}", l.display(), u.display(), w.display());
-    let mut child = Command::new(layerfs_bin())
-        .arg("-f")
-        .arg("-o")
-        .arg(&opts)
-        .arg(m)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn layerfs -f");
-    let t = Instant::now();
-    while !is_mounted(m) {
-        assert!(t.elapsed() < Duration::from_secs(10), "layerfs -f did not mount");
-        assert!(child.try_wait().unwrap().is_none(), "layerfs exited early");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
+    spawn_layerfs_fg(&opts, m, &[], Stdio::inherit())
 }
 
 fn kill_and_clear(child: &mut std::process::Child, m: &Path) {

@@ -350,23 +350,7 @@ fn fsx_writeback_cache() {
     let opts = "passthrough=0,writeback=1";
     let log = s.dir.path().join("server.log");
     let o = format!("lowerdir={},upperdir={},workdir={},{opts}", l.display(), u.display(), w.display());
-    let mut child = std::process::Command::new(layerfs_bin())
-        .args(["-f", "-o", &o])
-        .arg(&m)
-        .env("RUST_LOG", "info")
-        .stderr(File::create(&log).unwrap())
-        .spawn()
-        .expect("run layerfs");
-    let t0 = Instant::now();
-    while !is_mounted(&m) {
-        assert!(
-            t0.elapsed().as_secs() < 20,
-            "layerfs -f did not mount: {}",
-            fs::read_to_string(&log).unwrap()
-        );
-        assert!(child.try_wait().unwrap().is_none(), "layerfs exited: {}", fs::read_to_string(&log).unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = spawn_layerfs_fg(&o, &m, &[("RUST_LOG", "info")], File::create(&log).unwrap().into());
     // From here a panic unmounts (and so ends the server).
     let guard = Mounted { mnt: m.clone(), fuse: true };
     fs::metadata(&m).unwrap(); // the INIT exchange is over once a request has been served

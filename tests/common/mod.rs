@@ -114,6 +114,34 @@ pub fn mount_layerfs(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path,
     Mounted { mnt: mnt.to_path_buf(), fuse: true }
 }
 
+/// Spawns `layerfs -f -o OPTS MNT` (environment `env`, stderr to `stderr`) and returns the
+/// child once the mount serves; panics if it exits first or takes over 10 s.
+pub fn spawn_layerfs_fg(
+    opts: &str,
+    mnt: &Path,
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    let mut child = Command::new(layerfs_bin())
+        .args(["-f", "-o", opts])
+        .arg(mnt)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn layerfs -f");
+    let t = std::time::Instant::now();
+    while !is_mounted(mnt) {
+        assert!(t.elapsed() < Duration::from_secs(10), "layerfs -f did not mount");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("layerfs exited early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
 /// True when the kernel overlay can be mounted here; in CI a refusal panics.
 pub fn can_kernel_overlay() -> bool {
     let ok = unsafe_free_euid() == 0
@@ -233,23 +261,16 @@ pub fn snapshot(root: &Path, with_mtime: bool) -> BTreeMap<String, Entry> {
     out
 }
 
+/// A snapshot entry standing for an error (`?` readdir, `!` stat), so it shows in a diff.
+fn error_entry(kind: char, e: &std::io::Error) -> Entry {
+    Entry { kind, mode: 0, uid: 0, gid: 0, size: 0, content: e.to_string(), xattrs: vec![], mtime: None }
+}
+
 fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, Entry>) {
     let mut names: Vec<_> = match fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
         Err(e) => {
-            out.insert(
-                format!("{}/<readdir error>", dir.display()),
-                Entry {
-                    kind: '?',
-                    mode: 0,
-                    uid: 0,
-                    gid: 0,
-                    size: 0,
-                    content: e.to_string(),
-                    xattrs: vec![],
-                    mtime: None,
-                },
-            );
+            out.insert(format!("{}/<readdir error>", dir.display()), error_entry('?', &e));
             return;
         }
     };
@@ -260,19 +281,7 @@ fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, En
         let md = match fs::symlink_metadata(&p) {
             Ok(m) => m,
             Err(e) => {
-                out.insert(
-                    rel,
-                    Entry {
-                        kind: '!',
-                        mode: 0,
-                        uid: 0,
-                        gid: 0,
-                        size: 0,
-                        content: e.to_string(),
-                        xattrs: vec![],
-                        mtime: None,
-                    },
-                );
+                out.insert(rel, error_entry('!', &e));
                 continue;
             }
         };
