@@ -160,7 +160,16 @@ fn assert_build3_tree(t: &BTreeMap<String, TarEntry>, root: bool) {
     assert_eq!(t["root"].mode, 0o700);
 }
 
+/// One engine at a time: podman, buildah and dockerd share iptables, cgroups, runc state and
+/// the kernel keyring, and a podman run beside a dockerd start once gave podman a wrong diff.
+static ENGINE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn engine_lock() -> std::sync::MutexGuard<'static, ()> {
+    ENGINE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn podman_scenario(rootless: bool) {
+    let _one = engine_lock();
     let mut cmds = vec!["podman", "buildah", "runc", "fusermount3"];
     if rootless {
         cmds.extend(["newuidmap", "newgidmap", "setpriv"]);
@@ -231,6 +240,7 @@ fn podman_build_hard_link_copy_up_matches_kernel_overlay() {
     if !engines_available(&["podman", "runc", "fusermount3"]) {
         return;
     }
+    let _one = engine_lock();
     let bin = common::layerfs_bin();
     let mut e = PodmanEnv::new("podman-hardlink", Some(&bin), None);
     e.sh(r#"
@@ -274,6 +284,7 @@ fn docker_with_layerfs_as_fuse_overlayfs() {
     if !engines_available(&["dockerd", "docker", "containerd", "runc", "fusermount3"]) {
         return;
     }
+    let _one = engine_lock();
     let t0 = Instant::now();
     let bin = common::layerfs_bin();
     let mut d = match DockerEnv::start("docker", &bin) {
