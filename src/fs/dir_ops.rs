@@ -490,7 +490,15 @@ impl OverlayFs {
             return Err(Error::errno(libc::EPERM));
         }
         self.copy_up(&src, true)?;
-        let loc = src.state.lock().upper.clone().ok_or(Error::errno(libc::EIO))?;
+        // Linked through a descriptor of its own: a rename of the source racing with this
+        // cannot make the new name reach another object.
+        let loc = {
+            let up = src.upper().ok_or(Error::errno(libc::EIO))?;
+            match up.loc {
+                Loc::At(..) => Loc::Pinned(Arc::new(up.loc.open(libc::O_PATH).map_err(|e| Error::io(e, "link"))?)),
+                l => l,
+            }
+        };
         let p = self.node(newparent)?;
         let caller = Caller { uid: 0, gid: 0, umask: 0 };
         let (n, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
@@ -542,7 +550,12 @@ impl OverlayFs {
 
     /// Points a node's upper non-directory at an `O_PATH` fd of its own, so that requests on the
     /// node keep reaching the same object while its name is removed or moved.
+    /// Waits for requests using the name (see [`Node::top`]).
     fn pin_upper(&self, node: &Node) {
+        if !matches!(node.state.lock().upper, Some(Loc::At(..))) {
+            return;
+        }
+        let _names = node.dir_lock.write();
         let loc = node.state.lock().upper.clone();
         if let Some(l @ Loc::At(..)) = loc {
             if let Ok(fd) = l.open(libc::O_PATH) {

@@ -97,18 +97,19 @@ impl OverlayFs {
             self.check_writable()?;
             self.copy_up(&node, flags & libc::O_TRUNC == 0)?;
         }
-        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
-        let from_lower = !node.has_upper.load(Ordering::Acquire);
-        let fd = self.open_loc(&loc, real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
+        let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
+        let from_lower = !top.is_upper;
+        let fd = self.open_loc(&top.loc, real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
         if flags & libc::O_TRUNC != 0 {
             // O_RDONLY|O_TRUNC truncates too (Linux): use a writable descriptor for it.
             let r = if flags & libc::O_ACCMODE == libc::O_RDONLY {
-                loc.open(libc::O_WRONLY).and_then(|w| sys::ftruncate(w.as_fd(), 0))
+                top.loc.open(libc::O_WRONLY).and_then(|w| sys::ftruncate(w.as_fd(), 0))
             } else {
                 sys::ftruncate(fd.as_fd(), 0)
             };
             r.map_err(|e| Error::io(e, "truncate"))?;
         }
+        drop(top);
         Ok(self.register_file(node, fd, from_lower, flags))
     }
 
@@ -136,9 +137,8 @@ impl OverlayFs {
     /// The fd to use for a handle, switching a lower read handle to the upper copy.
     fn handle_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
         if h.from_lower.load(Ordering::Relaxed) && h.node.has_upper.load(Ordering::Acquire) {
-            let up = h.node.state.lock().upper.clone();
-            if let Some(up) = up {
-                let fd = up.open(libc::O_RDONLY).map_err(|e| Error::io(e, "reopen"))?;
+            if let Some(up) = h.node.upper() {
+                let fd = up.loc.open(libc::O_RDONLY).map_err(|e| Error::io(e, "reopen"))?;
                 *h.fd.write() = Arc::new(fd);
             }
             h.from_lower.store(false, Ordering::Relaxed);
@@ -194,16 +194,11 @@ impl OverlayFs {
     /// to drop or cannot have been written.
     pub fn kill_privs(&self, ino: u64, caller_gid: u32) -> Result<()> {
         let node = self.node(ino)?;
-        let loc = {
-            let s = node.state.lock();
-            if s.kind != FileType::RegularFile {
-                return Ok(());
-            }
-            match &s.upper {
-                Some(u) => u.clone(),
-                None => return Ok(()),
-            }
-        };
+        if node.state.lock().kind != FileType::RegularFile {
+            return Ok(());
+        }
+        let Some(up) = node.upper() else { return Ok(()) };
+        let loc = &up.loc;
         let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
         let mut mode = st.st_mode & 0o7777;
         mode &= !libc::S_ISUID;
@@ -247,16 +242,10 @@ impl OverlayFs {
     /// lower one. The bool says whether it is the upper file.
     pub fn backing_file(&self, fh: u64) -> Result<(OwnedFd, bool)> {
         let h = self.file(fh)?;
-        let (loc, upper) = {
-            let s = h.node.state.lock();
-            match &s.upper {
-                Some(u) => (u.clone(), true),
-                None => (super::top_loc_of(&s).ok_or(Error::errno(libc::ESTALE))?, false),
-            }
-        };
-        let flags = if upper { libc::O_RDWR } else { libc::O_RDONLY };
-        let fd = loc.open(flags).map_err(|e| Error::io(e, "backing open"))?;
-        Ok((fd, upper))
+        let top = h.node.top().ok_or(Error::errno(libc::ESTALE))?;
+        let flags = if top.is_upper { libc::O_RDWR } else { libc::O_RDONLY };
+        let fd = top.loc.open(flags).map_err(|e| Error::io(e, "backing open"))?;
+        Ok((fd, top.is_upper))
     }
 
     /// Attributes through an open file (fstat): works after the last name is gone.
@@ -267,9 +256,8 @@ impl OverlayFs {
         }
         let fd = self.handle_fd(&h)?;
         let mut st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
-        let top = super::top_loc_layer_of(&h.node.state.lock());
-        if let Some((loc, li)) = top {
-            self.apply_override(&mut st, &loc, li);
+        if let Some(top) = h.node.top() {
+            self.apply_override(&mut st, &top.loc, top.layer);
         }
         Ok(self.attr_from_stat(ino, &st, false))
     }
@@ -306,11 +294,9 @@ impl OverlayFs {
         let only_truncate_to_zero =
             sa.size == Some(0) && sa.mode.is_none() && sa.uid.is_none() && sa.gid.is_none();
         self.copy_up(&node, !only_truncate_to_zero)?;
-        let (loc, kind) = {
-            let s = node.state.lock();
-            (s.upper.clone(), s.kind)
-        };
-        let loc = loc.ok_or(Error::errno(libc::EIO))?;
+        let kind = node.state.lock().kind;
+        let up = node.upper().ok_or(Error::errno(libc::EIO))?;
+        let loc = &up.loc;
         if let Some(size) = sa.size {
             if kind == FileType::Directory {
                 return Err(Error::errno(libc::EISDIR));
@@ -360,6 +346,7 @@ impl OverlayFs {
             loc.utimes(sa.atime.unwrap_or(SetTime::Omit), sa.mtime.unwrap_or(SetTime::Omit))
                 .map_err(|e| Error::io(e, "utimes"))?;
         }
+        drop(up);
         self.node_attr(&node)
     }
 
@@ -415,7 +402,8 @@ impl OverlayFs {
 
     // ---- xattrs (write side) --------------------------------------------------------------
 
-    fn xattr_target(&self, ino: u64, name: &OsStr) -> Result<(Loc, CString)> {
+    /// The node whose upper object an xattr change goes to (copied up), and the name.
+    fn xattr_target(&self, ino: u64, name: &OsStr) -> Result<(Arc<Node>, CString)> {
         if self.opts.noxattrs {
             return Err(Error::errno(libc::ENOSYS));
         }
@@ -435,13 +423,13 @@ impl OverlayFs {
         self.check_writable()?;
         let node = self.node(ino)?;
         self.copy_up(&node, true)?;
-        let loc = node.state.lock().upper.clone().ok_or(Error::errno(libc::EIO))?;
-        Ok((loc, cname(n)?))
+        Ok((node, cname(n)?))
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        let (loc, cn) = self.xattr_target(ino, name)?;
-        loc.setxattr(&cn, value, flags).map_err(|e| Error::io(e, "setxattr"))
+        let (node, cn) = self.xattr_target(ino, name)?;
+        let up = node.upper().ok_or(Error::errno(libc::EIO))?;
+        up.loc.setxattr(&cn, value, flags).map_err(|e| Error::io(e, "setxattr"))
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
@@ -454,13 +442,14 @@ impl OverlayFs {
         {
             let node = self.node(ino)?;
             if !node.has_upper.load(Ordering::Acquire) {
-                let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
-                if let Err(e) = loc.getxattr(&cname(name.as_bytes())?) {
+                let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
+                if let Err(e) = top.loc.getxattr(&cname(name.as_bytes())?) {
                     return Err(Error::io(e, "removexattr"));
                 }
             }
         }
-        let (loc, cn) = self.xattr_target(ino, name)?;
-        loc.removexattr(&cn).map_err(|e| Error::io(e, "removexattr"))
+        let (node, cn) = self.xattr_target(ino, name)?;
+        let up = node.upper().ok_or(Error::errno(libc::EIO))?;
+        up.loc.removexattr(&cn).map_err(|e| Error::io(e, "removexattr"))
     }
 }

@@ -178,11 +178,43 @@ impl Node {
     pub(crate) fn is_dir(&self) -> bool {
         self.state.lock().kind == FileType::Directory
     }
-    /// The location of the topmost real object.
-    pub(crate) fn top_loc(&self) -> Option<Loc> {
+
+    /// The topmost real object and its layer, for use while the guard lives.
+    ///
+    /// An upper non-directory is reached by (parent fd, name), and an unlink or rename through
+    /// the mount can hand that name to another object (a whiteout, a new file) while a request
+    /// is on its way to it. Those writers pin the node to its object first ([`Loc::Pinned`]),
+    /// under the write side of `dir_lock` (unused otherwise by non-directories). The guard holds
+    /// the read side while the name is in use, so the name still reaches the node's object.
+    /// Directories, pinned objects and lower objects cannot move: no lock.
+    pub(crate) fn top(&self) -> Option<Top<'_>> {
+        {
+            let s = self.state.lock();
+            if !matches!(s.upper, Some(Loc::At(..))) {
+                let (loc, layer) = top_loc_layer_of(&s)?;
+                return Some(Top { loc, layer, is_upper: s.upper.is_some(), _name: None });
+            }
+        }
+        let g = self.dir_lock.read();
         let s = self.state.lock();
-        top_loc_of(&s)
+        let (loc, layer) = top_loc_layer_of(&s)?;
+        Some(Top { loc, layer, is_upper: s.upper.is_some(), _name: Some(g) })
     }
+
+    /// The upper object (see [`Node::top`]), if there is one.
+    pub(crate) fn upper(&self) -> Option<Top<'_>> {
+        let g = matches!(self.state.lock().upper, Some(Loc::At(..))).then(|| self.dir_lock.read());
+        let loc = self.state.lock().upper.clone()?;
+        Some(Top { loc, layer: 0, is_upper: true, _name: g })
+    }
+}
+
+/// A node's topmost object, its name held in place (see [`Node::top`]).
+pub(crate) struct Top<'a> {
+    pub loc: Loc,
+    pub layer: usize,
+    pub is_upper: bool,
+    _name: Option<parking_lot::RwLockReadGuard<'a, ()>>,
 }
 
 /// The topmost real object and its layer index (0 is the upper).
@@ -194,16 +226,6 @@ pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
         return Some((l.clone(), *li));
     }
     s.lower_dirs.first().map(|d| (Loc::Dir(d.fd.clone()), d.layer))
-}
-
-pub(crate) fn top_loc_of(s: &NodeState) -> Option<Loc> {
-    if let Some(u) = &s.upper {
-        return Some(u.clone());
-    }
-    if let Some((_, l)) = &s.lower {
-        return Some(l.clone());
-    }
-    s.lower_dirs.first().map(|d| Loc::Dir(d.fd.clone()))
 }
 
 /// One entry of a merged listing.
@@ -664,13 +686,14 @@ impl OverlayFs {
     }
 
     pub(crate) fn node_attr(&self, node: &Node) -> Result<FileAttr> {
-        let (top, merged) = {
+        let merged = {
             let s = node.state.lock();
             let layers = s.lower_dirs.len() + usize::from(s.upper.is_some());
-            (top_loc_layer_of(&s), s.kind == FileType::Directory && layers > 1)
+            s.kind == FileType::Directory && layers > 1
         };
-        let (loc, li) = top.ok_or(Error::new(libc::ESTALE, "node without object"))?;
-        let st = self.stat_eff(&loc, li).map_err(|e| Error::io(e, "stat"))?;
+        let top = node.top().ok_or(Error::new(libc::ESTALE, "node without object"))?;
+        let st = self.stat_eff(&top.loc, top.layer).map_err(|e| Error::io(e, "stat"))?;
+        drop(top);
         Ok(self.attr_from_stat(node.ino, &st, merged))
     }
 
@@ -1041,8 +1064,8 @@ impl OverlayFs {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
-        loc.readlink().map_err(|e| Error::io(e, "readlink"))
+        let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
+        top.loc.readlink().map_err(|e| Error::io(e, "readlink"))
     }
 
     // ---- readdir --------------------------------------------------------------------------
@@ -1200,8 +1223,8 @@ impl OverlayFs {
             return Err(Error::errno(libc::EOPNOTSUPP));
         }
         let node = self.node(ino)?;
-        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
-        loc.getxattr(&cname(n)?).map_err(|e| Error::io(e, "getxattr"))
+        let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
+        top.loc.getxattr(&cname(n)?).map_err(|e| Error::io(e, "getxattr"))
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -1209,8 +1232,7 @@ impl OverlayFs {
             return Err(Error::errno(libc::ENOSYS));
         }
         let node = self.node(ino)?;
-        let loc = node.top_loc().ok_or(Error::errno(libc::ESTALE))?;
-        let raw = match loc.listxattr() {
+        let raw = match node.top().ok_or(Error::errno(libc::ESTALE))?.loc.listxattr() {
             Ok(r) => r,
             // Symlinks and special files on some filesystems: no xattrs rather than an error.
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
