@@ -46,6 +46,11 @@ impl Resolver {
         Self::default()
     }
 
+    /// Feeds `n` layers known to be absent (no name, no whiteout) without probing them.
+    pub fn skip_absent(&mut self, n: usize) {
+        self.next += n;
+    }
+
     /// Feeds the probe of the next layer down; returns false once no lower layer can matter.
     pub fn feed(&mut self, p: Probe) -> bool {
         let layer = self.next;

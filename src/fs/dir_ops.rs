@@ -91,8 +91,8 @@ impl OverlayFs {
         }
         let cn = cname(name)?;
         let mut r = Resolver::new();
-        for ld in &lowers {
-            let (p, _) = self.probe_lower(ld, lowers.len(), name, &cn)?;
+        for ld in lowers.iter() {
+            let (p, _) = self.probe_lower(ld, lowers.len(), name, &cn, None)?;
             if !r.feed(p) {
                 break;
             }
@@ -441,7 +441,7 @@ impl OverlayFs {
             kind: kind_of(st.st_mode),
             upper: Some(final_loc),
             upper_marks: DirMarks { opaque, xattr_whiteouts: false },
-            lower_dirs: Vec::new(),
+            lower_dirs: super::LowerDirs::default(),
             lower: None,
             unlinked: false,
         };
@@ -748,7 +748,7 @@ impl OverlayFs {
                 // Only directories without lower content move; below the new name nothing
                 // merges (it was made opaque above when a lower layer has that name).
                 s.upper_marks.opaque |= made_opaque;
-                s.lower_dirs.clear();
+                s.lower_dirs = super::LowerDirs::default();
             } else {
                 s.upper = Some(Loc::At(pfd.clone(), cn.clone()));
             }

@@ -144,6 +144,35 @@ impl LowerDir {
     }
 }
 
+/// A directory node's lower directories, top-down: shared by every copy of the node's state
+/// (a lookup takes one without copying the list), and empty without an allocation.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LowerDirs(Option<Arc<LowerDirsInner>>);
+
+#[derive(Debug)]
+pub(crate) struct LowerDirsInner {
+    dirs: Box<[LowerDir]>,
+    /// Many lowers only ([`MERGED_MIN_LOWERS`]): name → the first position that has the name
+    /// or whites it out, so a lookup skips the layers that cannot matter.
+    first: std::sync::OnceLock<HashMap<Box<[u8]>, u32>>,
+}
+
+impl From<Vec<LowerDir>> for LowerDirs {
+    fn from(v: Vec<LowerDir>) -> LowerDirs {
+        if v.is_empty() {
+            return LowerDirs(None);
+        }
+        LowerDirs(Some(Arc::new(LowerDirsInner { dirs: v.into(), first: Default::default() })))
+    }
+}
+
+impl std::ops::Deref for LowerDirs {
+    type Target = [LowerDir];
+    fn deref(&self) -> &[LowerDir] {
+        self.0.as_ref().map_or(&[], |i| &i.dirs)
+    }
+}
+
 /// The mutable state of a node.
 #[derive(Debug)]
 pub(crate) struct NodeState {
@@ -156,7 +185,7 @@ pub(crate) struct NodeState {
     pub upper_marks: DirMarks,
     /// For directories: lower directories that merge, top-down. Empty when the upper is
     /// opaque.
-    pub lower_dirs: Vec<LowerDir>,
+    pub lower_dirs: LowerDirs,
     /// For non-directories: the lower object and its layer index.
     pub lower: Option<(usize, Loc)>,
     /// Set once the last name was removed through the mount.
@@ -429,10 +458,52 @@ impl DirIndex {
         self.find(false, name)
     }
 
+    /// Every name this layer directory holds or whites out (`.wh.NAME` gives NAME).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
+        let mut o = 0usize;
+        std::iter::from_fn(move || {
+            if o >= self.arena.len() {
+                return None;
+            }
+            let (name, kind, _) = self.record(o as u32);
+            o += 2 + name.len() + if kind == libc::DT_DIR { 8 } else { 0 };
+            Some(name)
+        })
+    }
+
     /// Whether this layer directory holds a `.wh.NAME` whiteout.
     pub(crate) fn whited_out(&self, name: &[u8]) -> bool {
         self.find(true, name).is_some()
     }
+}
+
+/// Directories merging this many lowers get a merged name index.
+const MERGED_MIN_LOWERS: usize = 16;
+
+/// A lookup opens a name's lower directories in parallel from this many on.
+const PREFETCH_MIN_LOWERS: usize = 16;
+
+/// Threads opening lower directories in parallel (I/O bound: more than the CPUs).
+const PROBE_THREADS: usize = 8;
+
+/// Runs `f(0..n)` on up to [`PROBE_THREADS`] threads, the caller's included.
+fn par_for(n: usize, f: impl Fn(usize) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i);
+        }
+    };
+    std::thread::scope(|sc| {
+        for _ in 1..PROBE_THREADS.min(n) {
+            sc.spawn(work);
+        }
+        work();
+    });
 }
 
 /// Lower directories merging into one directory get an index from this many layers on.
@@ -562,7 +633,7 @@ impl OverlayFs {
                 kind: FileType::Directory,
                 upper,
                 upper_marks,
-                lower_dirs,
+                lower_dirs: lower_dirs.into(),
                 lower: None,
                 unlinked: false,
             }),
@@ -808,24 +879,104 @@ impl OverlayFs {
         Ok((Probe::NonDir, Some(Found::NonDir { ino: st.st_ino, mode: st.st_mode })))
     }
 
-    /// Probes a lower directory, through its index when it has (or should get) one.
+    /// A lower directory's index, read now if it has none yet; None when it gets none (too
+    /// few lowers merge there).
+    fn lower_index<'a>(&self, ld: &'a LowerDir, nlowers: usize) -> Result<Option<&'a DirIndex>> {
+        if let Some(ix) = ld.index.get() {
+            return Ok(Some(ix));
+        }
+        if nlowers < INDEX_MIN_LOWERS {
+            return Ok(None);
+        }
+        let rfd =
+            sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| Error::io(e, "opendir"))?;
+        let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+        Ok(Some(ld.index.get_or_init(|| DirIndex::from_raw(&raw))))
+    }
+
+    /// The first position in `lowers` that can matter to `name` (has it or whites it out);
+    /// `lowers.len()` when none does. 0 (probe them all) below [`MERGED_MIN_LOWERS`] lowers.
+    fn first_position(&self, lowers: &LowerDirs, name: &[u8]) -> usize {
+        let Some(inner) = lowers.0.as_ref().filter(|i| i.dirs.len() >= MERGED_MIN_LOWERS) else {
+            return 0;
+        };
+        let map = match inner.first.get() {
+            Some(m) => m,
+            None => {
+                let dirs = &inner.dirs;
+                let missing: Vec<&LowerDir> = dirs.iter().filter(|ld| ld.index.get().is_none()).collect();
+                par_for(missing.len(), |i| _ = self.lower_index(missing[i], dirs.len()));
+                if dirs.iter().any(|ld| ld.index.get().is_none()) {
+                    return 0; // unreadable listing: let the probes report it
+                }
+                let mut m: HashMap<Box<[u8]>, u32> = HashMap::new();
+                for (pos, ld) in dirs.iter().enumerate() {
+                    for n in ld.index.get().into_iter().flat_map(DirIndex::names) {
+                        m.entry(n.into()).or_insert(pos as u32);
+                    }
+                }
+                inner.first.get_or_init(|| m)
+            }
+        };
+        map.get(name).map_or(lowers.len(), |&p| p as usize)
+    }
+
+    /// A directory of a lower layer, opened, with its marks.
+    fn open_lower_subdir(&self, ld: &LowerDir, cname: &CString) -> Result<(Arc<OwnedFd>, DirMarks)> {
+        let fd = Arc::new(layer::open_dir_at(ld.fd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?);
+        let marks = if self.layers[ld.layer].is_bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
+        Ok((fd, marks))
+    }
+
+    /// For a name looked up below many lower directories: reads their missing indexes, then
+    /// opens the name's directories in all of them, on [`PROBE_THREADS`] threads. Each is a
+    /// separate inode (and listing) to read when cold, and one at a time a 500-layer lookup
+    /// waits for 500 reads in a row. Errors are left for the sequential probe to report.
+    /// Returns what was opened, by position in `lowers` (empty when not worth it).
+    fn prefetch_lower_dirs(
+        &self,
+        lowers: &[LowerDir],
+        name: &[u8],
+        cname: &CString,
+    ) -> Vec<Option<(Arc<OwnedFd>, DirMarks)>> {
+        if lowers.len() < PREFETCH_MIN_LOWERS {
+            return Vec::new();
+        }
+        let missing: Vec<&LowerDir> = lowers.iter().filter(|ld| ld.index.get().is_none()).collect();
+        if missing.len() >= PREFETCH_MIN_LOWERS {
+            par_for(missing.len(), |i| _ = self.lower_index(missing[i], lowers.len()));
+        }
+        let want: Vec<usize> = (0..lowers.len())
+            .filter(|&i| {
+                lowers[i].index.get().is_some_and(|ix| matches!(ix.entry(name), Some((libc::DT_DIR, _))))
+            })
+            .collect();
+        if want.len() < PREFETCH_MIN_LOWERS {
+            return Vec::new();
+        }
+        let slots: Vec<std::sync::OnceLock<(Arc<OwnedFd>, DirMarks)>> =
+            (0..lowers.len()).map(|_| Default::default()).collect();
+        par_for(want.len(), |k| {
+            if let Ok(d) = self.open_lower_subdir(&lowers[want[k]], cname) {
+                let _ = slots[want[k]].set(d);
+            }
+        });
+        slots.into_iter().map(|s| s.into_inner()).collect()
+    }
+
+    /// Probes a lower directory, through its index when it has (or should get) one. `pre`:
+    /// the name's directory there, when already opened.
     pub(crate) fn probe_lower(
         &self,
         ld: &LowerDir,
         nlowers: usize,
         name: &[u8],
         cname: &CString,
+        pre: Option<&(Arc<OwnedFd>, DirMarks)>,
     ) -> Result<(Probe, Option<Found>)> {
         let bottom = self.layers[ld.layer].is_bottom;
-        let ix = match ld.index.get() {
-            Some(ix) => ix,
-            None if nlowers >= INDEX_MIN_LOWERS => {
-                let rfd = sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                    .map_err(|e| Error::io(e, "opendir"))?;
-                let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
-                ld.index.get_or_init(|| DirIndex::from_raw(&raw))
-            }
-            None => return self.probe(&ld.fd, ld.marks, name, cname, bottom),
+        let Some(ix) = self.lower_index(ld, nlowers)? else {
+            return self.probe(&ld.fd, ld.marks, name, cname, bottom);
         };
         let whited = !bottom && ix.whited_out(name);
         let Some((dtype, ino)) = ix.entry(name) else {
@@ -833,9 +984,10 @@ impl OverlayFs {
         };
         match dtype {
             libc::DT_DIR => {
-                let fd = layer::open_dir_at(ld.fd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?;
-                let fd = Arc::new(fd);
-                let mut marks = if bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
+                let (fd, mut marks) = match pre {
+                    Some((fd, marks)) => (fd.clone(), *marks),
+                    None => self.open_lower_subdir(ld, cname)?,
+                };
                 marks.opaque |= whited;
                 Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino, fd, marks })))
             }
@@ -882,8 +1034,12 @@ impl OverlayFs {
             resolver.feed(Probe::Absent);
         }
         if go {
-            for ld in &lowers {
-                let (p, f) = self.probe_lower(ld, lowers.len(), name, &cn)?;
+            let start = self.first_position(&lowers, name);
+            resolver.skip_absent(start);
+            let pre = self.prefetch_lower_dirs(&lowers[start..], name, &cn);
+            for (i, ld) in lowers.iter().enumerate().skip(start) {
+                let pre = pre.get(i - start).and_then(Option::as_ref);
+                let (p, f) = self.probe_lower(ld, lowers.len(), name, &cn, pre)?;
                 if let Some(f) = f {
                     found.push((ld.layer, f, ld.fd.clone()));
                 }
@@ -913,7 +1069,7 @@ impl OverlayFs {
                     kind: kind_of(*mode),
                     upper: if is_upper { Some(loc.clone()) } else { None },
                     upper_marks: DirMarks::default(),
-                    lower_dirs: Vec::new(),
+                    lower_dirs: LowerDirs::default(),
                     lower: if is_upper { None } else { Some((li, loc)) },
                     unlinked: false,
                 };
@@ -945,7 +1101,7 @@ impl OverlayFs {
                     kind: FileType::Directory,
                     upper,
                     upper_marks: umarks,
-                    lower_dirs,
+                    lower_dirs: lower_dirs.into(),
                     lower: None,
                     unlinked: false,
                 };
@@ -1089,8 +1245,8 @@ impl OverlayFs {
         if let Some(u) = upper {
             dirs.push((0, u, umarks, None));
         }
-        for l in lowers {
-            dirs.push((l.layer, l.fd, l.marks, Some(l.index)));
+        for l in lowers.iter() {
+            dirs.push((l.layer, l.fd.clone(), l.marks, Some(l.index.clone())));
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
         for (li, fd, marks, index) in &dirs {
@@ -1482,5 +1638,22 @@ mod tests {
             assert_eq!(ix.entry(miss), None);
         }
         assert_eq!(DirIndex::default().entry(b"x"), None);
+    }
+
+    #[test]
+    fn dir_index_names_every_entry_and_whiteout_target_once() {
+        let raw = vec![
+            de("a", libc::DT_REG, 5),
+            de("sub", libc::DT_DIR, 6),
+            de(".wh.gone", libc::DT_REG, 7),
+            de(".wh..wh..opq", libc::DT_REG, 8),
+            de("ln", libc::DT_LNK, 9),
+            de("dir2", libc::DT_DIR, 10),
+        ];
+        let ix = DirIndex::from_raw(&raw);
+        let mut names: Vec<&[u8]> = ix.names().collect();
+        names.sort();
+        assert_eq!(names, [&b"a"[..], b"dir2", b"gone", b"ln", b"sub"]);
+        assert_eq!(DirIndex::default().names().count(), 0);
     }
 }
