@@ -316,10 +316,10 @@ impl OverlayFs {
                 }
             }
         }
-        if (sa.uid.is_some() || sa.gid.is_some() || sa.mode.is_some()) && self.keeps_override(&loc) {
+        if (sa.uid.is_some() || sa.gid.is_some() || sa.mode.is_some()) && self.keeps_override(loc) {
             // Owner and mode live in the override xattr: the real file keeps what the server
             // needs to reach it.
-            let st = self.stat_eff(&loc, 0).map_err(|e| Error::io(e, "stat"))?;
+            let st = self.stat_eff(loc, 0).map_err(|e| Error::io(e, "stat"))?;
             let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
             let o = ovr::Override {
                 uid: if uid == u32::MAX { st.st_uid } else { uid },
@@ -327,7 +327,7 @@ impl OverlayFs {
                 perm: sa.mode.map_or(st.st_mode, |m| m) & 0o7777,
                 kind: ovr::Kind::from_mode(st.st_mode, st.st_rdev),
             };
-            self.write_override(&loc, &o)?;
+            self.write_override(loc, &o)?;
         } else if sa.uid.is_some() || sa.gid.is_some() {
             let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
             if let Err(e) = loc.chown(uid, gid) {
@@ -337,7 +337,7 @@ impl OverlayFs {
                 }
             }
         }
-        if let (Some(mode), false) = (sa.mode, self.keeps_override(&loc)) {
+        if let (Some(mode), false) = (sa.mode, self.keeps_override(loc)) {
             if kind != FileType::Symlink {
                 loc.chmod(mode & 0o7777).map_err(|e| Error::io(e, "chmod"))?;
             }
