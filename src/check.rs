@@ -188,7 +188,7 @@ fn open_dir_read(dir: &OwnedFd, n: &CStr) -> io::Result<OwnedFd> {
 
 /// Removes `dir/name`, recursively for a directory, never following symlinks.
 fn remove_tree(dir: &OwnedFd, n: &CStr) -> io::Result<()> {
-    crate::fs::remove_tree_at(dir, &n.to_owned())
+    crate::fs::remove_tree_at(dir, n)
 }
 
 /// The opaque state of one directory, from its own fd.

@@ -32,7 +32,7 @@ pub enum Loc {
     /// A directory, by its own `O_PATH` fd.
     Dir(Arc<OwnedFd>),
     /// A non-directory, by its parent directory's fd and its name.
-    At(Arc<OwnedFd>, Arc<CString>),
+    At(Arc<OwnedFd>, Arc<CStr>),
     /// A non-directory whose name went away while the kernel still holds it (open files, other
     /// hard links), by an `O_PATH` fd of its own.
     Pinned(Arc<OwnedFd>),

@@ -234,18 +234,18 @@ impl OverlayFs {
                 if self.opts.fsync {
                     sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
                 }
-                Loc::At(work.clone(), Arc::new(tmp.clone()))
+                Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
             }
             FileType::Symlink => {
                 let target = src.readlink().map_err(|e| Error::io(e, "copy-up readlink"))?;
                 let t = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
                 sys::symlinkat(&t, work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up symlink"))?;
-                Loc::At(work.clone(), Arc::new(tmp.clone()))
+                Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
             }
             _ => {
                 sys::mknodat(work.as_fd(), &tmp, (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)
                     .map_err(|e| Error::io(e, "copy-up mknod"))?;
-                Loc::At(work.clone(), Arc::new(tmp.clone()))
+                Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
             }
         };
         copy_xattrs(&src, &tloc)?;

@@ -63,7 +63,7 @@ struct UpperSlot {
 }
 
 impl OverlayFs {
-    fn upper_slot(&self, pfd: &Arc<OwnedFd>, name: &[u8], cn: &CString) -> Result<UpperSlot> {
+    fn upper_slot(&self, pfd: &Arc<OwnedFd>, name: &[u8], cn: &CStr) -> Result<UpperSlot> {
         let st = match sys::fstatat(pfd.as_fd(), cn) {
             Ok(st) => Some(st),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
@@ -190,7 +190,7 @@ impl OverlayFs {
     }
 
     /// Removes the upper object `name` (a file, or a directory holding only whiteouts).
-    fn remove_upper(&self, pfd: &Arc<OwnedFd>, cn: &CString, is_dir: bool) -> Result<()> {
+    fn remove_upper(&self, pfd: &Arc<OwnedFd>, cn: &CStr, is_dir: bool) -> Result<()> {
         if !is_dir {
             return sys::unlinkat(pfd.as_fd(), cn, false).map_err(|e| Error::io(e, "unlink"));
         }
@@ -258,7 +258,7 @@ impl OverlayFs {
         if self.lookup_locked(pnode, name)?.is_some() {
             return Err(Error::errno(libc::EEXIST));
         }
-        let cn = Arc::new(cname(name)?);
+        let cn = Arc::<CStr>::from(cname(name)?);
         let slot = self.upper_slot(&pfd, name, &cn)?;
         if slot.st.is_some() && !slot.is_whiteout {
             // An upper object hidden by nothing cannot be negative: a layer was changed under us.
@@ -293,9 +293,9 @@ impl OverlayFs {
             }
             _ => None,
         };
-        let (dir, at): (Arc<OwnedFd>, Arc<CString>) = match (&stage, via_work) {
-            (Some(s), _) => (s.clone(), Arc::new(c"o".into())),
-            (None, true) => (work.clone(), Arc::new(tmp.clone())),
+        let (dir, at): (Arc<OwnedFd>, Arc<CStr>) = match (&stage, via_work) {
+            (Some(s), _) => (s.clone(), Arc::from(c"o")),
+            (None, true) => (work.clone(), Arc::from(tmp.as_c_str())),
             (None, false) => (pfd.clone(), cn.clone()),
         };
         let mut guard = TmpGuard { dir: work, name: tmp, armed: via_work };
@@ -628,8 +628,8 @@ impl OverlayFs {
             return Err(Error::new(libc::EAGAIN, "rename raced"));
         }
         let dst = self.lookup_locked(&npn, nname)?;
-        let ocn = Arc::new(cname(oname)?);
-        let ncn = Arc::new(cname(nname)?);
+        let ocn = Arc::<CStr>::from(cname(oname)?);
+        let ncn = Arc::<CStr>::from(cname(nname)?);
         let src_dir = src.is_dir();
         if let Some(d) = &dst {
             if Arc::ptr_eq(d, &src) && !exchange {
@@ -723,7 +723,7 @@ impl OverlayFs {
         pnode: &Arc<Node>,
         pfd: &Arc<OwnedFd>,
         name: &[u8],
-        cn: &Arc<CString>,
+        cn: &Arc<CStr>,
     ) -> Result<()> {
         let is_dir = node.is_dir();
         let mut made_opaque = false;

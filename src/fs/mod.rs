@@ -23,7 +23,7 @@ mod dir_ops;
 mod file_ops;
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
@@ -177,7 +177,7 @@ impl std::ops::Deref for LowerDirs {
 #[derive(Debug)]
 pub(crate) struct NodeState {
     pub parent: Option<Arc<Node>>,
-    pub name: Arc<CString>,
+    pub name: Arc<CStr>,
     pub kind: FileType,
     /// The object in the upper layer, once it exists.
     pub upper: Option<Loc>,
@@ -186,8 +186,9 @@ pub(crate) struct NodeState {
     /// For directories: lower directories that merge, top-down. Empty when the upper is
     /// opaque.
     pub lower_dirs: LowerDirs,
-    /// For non-directories: the lower object and its layer index.
-    pub lower: Option<(usize, Loc)>,
+    /// For non-directories: the layer index and directory of the lower object, which has the
+    /// node's `name` (a node is renamed only once it has an upper, which then hides the lower).
+    pub lower: Option<(usize, Arc<OwnedFd>)>,
     /// Set once the last name was removed through the mount.
     pub unlinked: bool,
 }
@@ -251,8 +252,8 @@ pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
     if let Some(u) = &s.upper {
         return Some((u.clone(), 0));
     }
-    if let Some((li, l)) = &s.lower {
-        return Some((l.clone(), *li));
+    if let Some((li, dir)) = &s.lower {
+        return Some((Loc::At(dir.clone(), s.name.clone()), *li));
     }
     s.lower_dirs.first().map(|d| (Loc::Dir(d.fd.clone()), d.layer))
 }
@@ -629,7 +630,7 @@ impl OverlayFs {
             has_upper: AtomicBool::new(upper.is_some()),
             state: Mutex::new(NodeState {
                 parent: None,
-                name: Arc::new(CString::default()),
+                name: Arc::from(c""),
                 kind: FileType::Directory,
                 upper,
                 upper_marks,
@@ -687,7 +688,7 @@ impl OverlayFs {
     /// node's state is locked briefly, one at a time.
     pub fn path_of(&self, ino: u64) -> Option<std::path::PathBuf> {
         let mut node = self.nodes.read().get(&ino).cloned()?;
-        let mut names: Vec<Arc<CString>> = Vec::new();
+        let mut names: Vec<Arc<CStr>> = Vec::new();
         while node.ino != ROOT_ID {
             let parent = {
                 let s = node.state.lock();
@@ -701,7 +702,7 @@ impl OverlayFs {
         }
         let mut p = std::path::PathBuf::from("/");
         for n in names.iter().rev() {
-            p.push(OsStr::from_bytes(n.as_bytes()));
+            p.push(OsStr::from_bytes(n.to_bytes()));
         }
         Some(p)
     }
@@ -839,7 +840,7 @@ impl OverlayFs {
         dir: &Arc<OwnedFd>,
         dir_marks: DirMarks,
         name: &[u8],
-        cname: &CString,
+        cname: &CStr,
         bottom: bool,
     ) -> Result<(Probe, Option<Found>)> {
         let st = match sys::fstatat(dir.as_fd(), cname) {
@@ -922,7 +923,7 @@ impl OverlayFs {
     }
 
     /// A directory of a lower layer, opened, with its marks.
-    fn open_lower_subdir(&self, ld: &LowerDir, cname: &CString) -> Result<(Arc<OwnedFd>, DirMarks)> {
+    fn open_lower_subdir(&self, ld: &LowerDir, cname: &CStr) -> Result<(Arc<OwnedFd>, DirMarks)> {
         let fd = Arc::new(layer::open_dir_at(ld.fd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?);
         let marks = if self.layers[ld.layer].is_bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
         Ok((fd, marks))
@@ -937,7 +938,7 @@ impl OverlayFs {
         &self,
         lowers: &[LowerDir],
         name: &[u8],
-        cname: &CString,
+        cname: &CStr,
     ) -> Vec<Option<(Arc<OwnedFd>, DirMarks)>> {
         if lowers.len() < PREFETCH_MIN_LOWERS {
             return Vec::new();
@@ -971,7 +972,7 @@ impl OverlayFs {
         ld: &LowerDir,
         nlowers: usize,
         name: &[u8],
-        cname: &CString,
+        cname: &CStr,
         pre: Option<&(Arc<OwnedFd>, DirMarks)>,
     ) -> Result<(Probe, Option<Found>)> {
         let bottom = self.layers[ld.layer].is_bottom;
@@ -1013,7 +1014,7 @@ impl OverlayFs {
     /// Resolves `name` in a directory node's layers. Returns the new state (without parent) and
     /// the id it would get, or None when nothing is visible.
     pub(crate) fn resolve(&self, parent: &Node, name: &[u8]) -> Result<Option<(u64, NodeState)>> {
-        let cn = Arc::new(cname(name)?);
+        let cn = Arc::<CStr>::from(cname(name)?);
         let (upper_dir, upper_marks, lowers) = {
             let s = parent.state.lock();
             if s.kind != FileType::Directory {
@@ -1070,7 +1071,7 @@ impl OverlayFs {
                     upper: if is_upper { Some(loc.clone()) } else { None },
                     upper_marks: DirMarks::default(),
                     lower_dirs: LowerDirs::default(),
-                    lower: if is_upper { None } else { Some((li, loc)) },
+                    lower: if is_upper { None } else { Some((li, dirfd.clone())) },
                     unlinked: false,
                 };
                 Ok(Some((id, state)))
@@ -1315,7 +1316,7 @@ impl OverlayFs {
             if kind == Some(FileType::RegularFile) && self.ovr[li].is_some() {
                 // A regular file may stand for a device, FIFO or socket: d_type as stat shows it.
                 if let Ok(cn) = CString::new(e.name.clone()) {
-                    let loc = Loc::At(fd.clone(), Arc::new(cn));
+                    let loc = Loc::At(fd.clone(), Arc::from(cn));
                     if let Some(o) = self.read_override(&loc, li) {
                         if let Some((mode, ..)) = ovr::apply(&o, libc::S_IFREG, 0) {
                             kind = Some(kind_of(mode));
@@ -1462,7 +1463,7 @@ pub(crate) fn clean_dir(fd: &OwnedFd) -> std::io::Result<()> {
 }
 
 /// Removes `dir/name`, recursively when it is a directory.
-pub(crate) fn remove_tree_at(dir: &OwnedFd, name: &CString) -> std::io::Result<()> {
+pub(crate) fn remove_tree_at(dir: &OwnedFd, name: &CStr) -> std::io::Result<()> {
     match sys::unlinkat(dir.as_fd(), name, false) {
         Ok(()) => return Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
@@ -1566,7 +1567,7 @@ fn probe_xattr(work: &OwnedFd, name: &std::ffi::CStr) -> std::io::Result<()> {
 
 fn probe_trusted_xattr(work: &OwnedFd) -> bool {
     let name = c"#xattr-probe";
-    let _ = remove_tree_at(work, &name.into());
+    let _ = remove_tree_at(work, name);
     if sys::mkdirat(work.as_fd(), name, 0o700).is_err() {
         return false;
     }
