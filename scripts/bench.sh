@@ -8,7 +8,7 @@
 #   --quick          sizes scaled down ~10x (smoke run, a few minutes)
 #   --runs N         runs per cell, the median is printed (default 3)
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
-#                    meta deep50 deep500 readdir seqread fio seqwrite copyup create tar
+#                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup create tar
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
 #                    built once per size set and reused by later invocations
 #   --out FILE       also write the table (Markdown) to FILE
@@ -145,9 +145,19 @@ kernel_flatten() {  # STACKDIR: cp -a of the read-only kernel overlay view -> ST
     umount "$MNT" || die "cannot unmount $MNT"
 }
 
+# the 5-layer twin of deep50/deep500 (added later: built on its own when missing)
+build_deep5() {
+    [ -f "$STACKS/deep5/.done" ] && return
+    rm -rf "$STACKS/deep5"
+    python3 "$HERE/bench/gen.py" deep "$STACKS/deep5" 5 "$DEEP_N" || die "gen deep5 failed"
+    kernel_flatten "$STACKS/deep5"
+    touch "$STACKS/deep5/.done"
+}
+
 build_stacks() {
     if [ -f "$STACKS/.done" ] && [ "$(cat "$STACKS/.done")" = "$PARAMS" ]; then
         log "reusing stacks in $STACKS"
+        build_deep5
         return
     fi
     log "building stacks in $STACKS ($PARAMS)"
@@ -169,6 +179,7 @@ build_stacks() {
     rm -rf "$STACKS/srctree"
     local s
     for s in meta deep50 deep500 rd big; do kernel_flatten "$STACKS/$s"; done
+    build_deep5
     echo "$PARAMS" > "$STACKS/.done"
     sync
 }
@@ -275,13 +286,14 @@ G_meta() {
     umount_impl
 }
 
-G_deep() {  # $1 = 50 | 500
+G_deep() {  # $1 = 5 | 50 | 500
     local n=$1 sd=$STACKS/deep$1
     mount_impl "$IMPL" "deep$n"; drop_caches
     t "deep${n}_cold" "$HELPER" stat "$sd/list" "$MNT" && check "deep${n}_cold" "$DEEP_N"
     t "deep${n}_warm" "$HELPER" stat "$sd/list" "$MNT"
     umount_impl
 }
+G_deep5() { G_deep 5; }
 G_deep50() { G_deep 50; }
 G_deep500() { G_deep 500; }
 
@@ -358,6 +370,8 @@ row meta_find_warm time "find, ${META_N} files / 5 layers, warm"
 row meta_stat_cold time "stat every file, ${META_N} files / 5 layers, cold"
 row meta_stat_warm time "stat every file, ${META_N} files / 5 layers, warm"
 row rss mib "server peak RSS (VmHWM) after the metadata workload"
+row deep5_cold time "stat ${DEEP_N} bottom-layer files, 5 layers, cold"
+row deep5_warm time "stat ${DEEP_N} bottom-layer files, 5 layers, warm"
 row deep50_cold time "stat ${DEEP_N} bottom-layer files, 50 layers, cold"
 row deep50_warm time "stat ${DEEP_N} bottom-layer files, 50 layers, warm"
 row deep500_cold time "stat ${DEEP_N} bottom-layer files, 500 layers, cold"
@@ -376,7 +390,7 @@ row delete time "delete them (rm -rf)"
 row untar time "untar ${SRC_N} files / ${SRC_MB} MB into the mount"
 row tarout time "tar them back out (cold)"
 
-GROUPS_ALL=(meta deep50 deep500 readdir seqread fio seqwrite copyup create tar)
+GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup create tar)
 
 # ---------------------------------------------------------------- run
 cleanup  # stale mounts of an earlier interrupted run
@@ -449,6 +463,13 @@ table() {
     echo "Medians of $RUNS runs ($SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
+    local i d5 d500 sc=
+    for i in "${IMPLS[@]}"; do
+        # shellcheck disable=SC2086
+        d5=$(median ${RES["deep5_cold|$i"]:-}) d500=$(median ${RES["deep500_cold|$i"]:-})
+        [[ $d5 =~ ^[0-9.]+$ && $d500 =~ ^[0-9.]+$ ]] && sc+="${sc:+, }$i $(ratio "$d500" "$d5")"
+    done
+    [ -n "$sc" ] && echo "Lookup scaling, 500 layers / 5 layers (cold stat rows): $sc."
     echo
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df -T "$WORK" | awk 'NR==2{print $2}')"
     echo "Versions: $("$FOVL" --version 2>&1 | grep -m1 -i 'fuse-overlayfs'), $(fio --version), layerfs binary $LAYERFS built $(date -r "$LAYERFS" '+%F %T') (repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
