@@ -611,6 +611,13 @@ impl Filesystem for Fuse {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         log::debug!("opendir(ino={})", ino.0);
+        if self.hooks.is_none() && !self.ttl.is_zero() {
+            // No OPENDIR/RELEASEDIR round trips: after this ENOSYS the kernel opens directories
+            // itself, caching listings (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and dropping them
+            // on every change through the mount, and reads with fh 0 (`OverlayFs::readdir`).
+            // Hooked mounts keep OPENDIR to trace it; `timeout=0` keeps it to cache nothing.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.hook(req, Op::Opendir, ino.0, None, 0, |_| {}, || self.fs.opendir(ino.0)) {
             // The kernel may cache listings: every change to a directory goes through it, and
             // it drops its cache on each of them.
@@ -626,9 +633,9 @@ impl Filesystem for Fuse {
         log::debug!("readdir(ino={}, fh={}, offset={offset})", ino.0, fh.0);
         let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset);
         match self.hook(req, Op::Readdir, ino.0, None, 0, args, || self.fs.readdir(ino.0, fh.0, offset)) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+            Ok((entries, start)) => {
+                for e in &entries[start..] {
+                    if reply.add(INodeNo(e.ino), e.cookie, e.kind, &e.name) {
                         break;
                     }
                 }
@@ -648,14 +655,14 @@ impl Filesystem for Fuse {
     ) {
         log::debug!("readdirplus(ino={}, fh={}, offset={offset})", ino.0, fh.0);
         let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset);
-        let entries = match self
+        let (entries, start) = match self
             .hook(req, Op::Readdirplus, ino.0, None, 0, args, || self.fs.readdir(ino.0, fh.0, offset))
         {
             Ok(e) => e,
             Err(e) => return reply_err!(reply, "readdirplus", e),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        for e in &entries[start..] {
+            let off = e.cookie;
             if e.name == "." || e.name == ".." {
                 // The kernel takes no reference for these two.
                 let attr = match self.fs.getattr(e.ino).or_else(|_| self.fs.getattr(ino.0)) {

@@ -180,9 +180,10 @@ impl Outcome for i64 {
         *self as u64
     }
 }
-impl Outcome for Arc<Vec<DirEntry>> {
+/// Entries from the requested offset on.
+impl Outcome for (Arc<Vec<DirEntry>>, usize) {
     fn ret(&self) -> u64 {
-        self.len() as u64
+        (self.0.len() - self.1.min(self.0.len())) as u64
     }
 }
 

@@ -255,6 +255,7 @@ impl OverlayFs {
         }
         let pfd = self.ensure_upper_dir(pnode)?;
         let _g = pnode.dir_lock.write();
+        self.dir_changed(pnode.ino);
         if self.lookup_locked(pnode, name)?.is_some() {
             return Err(Error::errno(libc::EEXIST));
         }
@@ -495,7 +496,9 @@ impl OverlayFs {
         let loc = {
             let up = src.upper().ok_or(Error::errno(libc::EIO))?;
             match up.loc {
-                Loc::At(..) => Loc::Pinned(Arc::new(up.loc.open(libc::O_PATH).map_err(|e| Error::io(e, "link"))?)),
+                Loc::At(..) => {
+                    Loc::Pinned(Arc::new(up.loc.open(libc::O_PATH).map_err(|e| Error::io(e, "link"))?))
+                }
                 l => l,
             }
         };
@@ -516,6 +519,7 @@ impl OverlayFs {
         let pnode = self.node(parent)?;
         let pfd = self.ensure_upper_dir(&pnode)?;
         let _g = pnode.dir_lock.write();
+        self.dir_changed(pnode.ino);
         let child = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
         let (kind, upper) = {
             let s = child.state.lock();
@@ -622,6 +626,8 @@ impl OverlayFs {
         let opfd = self.ensure_upper_dir(&opn)?;
         let npfd = self.ensure_upper_dir(&npn)?;
         let (_g1, _g2) = Self::lock_two(&opn, &npn);
+        self.dir_changed(opn.ino);
+        self.dir_changed(npn.ino);
         // Re-check under the locks: the names may have changed meanwhile.
         let src2 = self.lookup_locked(&opn, oname)?.ok_or(Error::errno(libc::ENOENT))?;
         if !Arc::ptr_eq(&src, &src2) || !src.has_upper.load(Ordering::Acquire) {
@@ -738,6 +744,11 @@ impl OverlayFs {
                 }
                 made_opaque = true;
             }
+        }
+        if is_dir {
+            // Its `..` changes.
+            let _g = node.dir_lock.write();
+            self.dir_changed(node.ino);
         }
         {
             let mut s = node.state.lock();

@@ -264,7 +264,37 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: FileType,
     pub name: OsString,
+    /// Its readdir offset ([`dir_cookie`]): listings are in cookie order.
+    pub cookie: u64,
 }
+
+/// The readdir offset of a name: 1 for `.`, 2 for `..`, else a 63-bit hash of the name (at
+/// least 3). A reader resumes after the last cookie it got, so names added or removed meanwhile
+/// never make it skip or repeat another name (index offsets would shift). Two names with the
+/// same hash (odds 2^-63 per pair) would share a cookie: a reader stopping between them would
+/// not see the second.
+pub fn dir_cookie(name: &[u8]) -> u64 {
+    match name {
+        b"." => 1,
+        b".." => 2,
+        _ => {
+            // FNV-1a with a final avalanche (splitmix64), kept to 63 bits: offsets are signed
+            // for telldir(3).
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for &b in name {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            h ^= h >> 31;
+            (h >> 1).max(3)
+        }
+    }
+}
+
+/// Listings kept for READDIR without a handle (the kernel sends no OPENDIR, see
+/// [`OverlayFs::readdir`]): this many directories.
+const LISTING_CACHE: usize = 64;
 
 /// An open directory: the merged listing, taken at its first read (and again on rewind).
 pub(crate) struct DirHandle {
@@ -301,6 +331,8 @@ pub struct OverlayFs {
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    /// Listings for READDIR without a handle, by directory node id.
+    pub(crate) listings: Mutex<lru::LruCache<u64, Arc<Vec<DirEntry>>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) tmp_seq: AtomicU64,
     /// The kernel caches writes (FUSE writeback cache): it may read through handles opened
@@ -598,6 +630,9 @@ impl OverlayFs {
             upper_ids: Mutex::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
+            listings: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LISTING_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(1),
             writeback_cache: AtomicBool::new(false),
@@ -889,8 +924,8 @@ impl OverlayFs {
         if nlowers < INDEX_MIN_LOWERS {
             return Ok(None);
         }
-        let rfd =
-            sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| Error::io(e, "opendir"))?;
+        let rfd = sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| Error::io(e, "opendir"))?;
         let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
         Ok(Some(ld.index.get_or_init(|| DirIndex::from_raw(&raw))))
     }
@@ -1263,8 +1298,8 @@ impl OverlayFs {
         }
         let merged = merge::merge_listings(per_layer);
         let mut out = Vec::with_capacity(merged.len() + 2);
-        out.push(DirEntry { ino: node.ino, kind: FileType::Directory, name: ".".into() });
-        out.push(DirEntry { ino: parent_ino, kind: FileType::Directory, name: "..".into() });
+        out.push(DirEntry { ino: node.ino, kind: FileType::Directory, name: ".".into(), cookie: 1 });
+        out.push(DirEntry { ino: parent_ino, kind: FileType::Directory, name: "..".into(), cookie: 2 });
         for (name, pos, (kind, real_ino)) in merged {
             let li = dirs[pos].0;
             let ino = if kind == FileType::Directory || self.layers[li].is_upper {
@@ -1272,8 +1307,9 @@ impl OverlayFs {
             } else {
                 lower_leaf_id(node.ino, &name)
             };
-            out.push(DirEntry { ino, kind, name: OsString::from_vec(name) });
+            out.push(DirEntry { ino, kind, cookie: dir_cookie(&name), name: OsString::from_vec(name) });
         }
+        out.sort_unstable_by_key(|e| e.cookie);
         Ok(out)
     }
 
@@ -1339,27 +1375,51 @@ impl OverlayFs {
         Ok(fh)
     }
 
-    /// The merged listing of a directory node. Not cached here: the kernel keeps listings
-    /// itself (FOPEN_CACHE_DIR) until the directory changes.
-    fn listing(&self, node: &Arc<Node>) -> Result<Arc<Vec<DirEntry>>> {
+    /// The merged listing of a directory node, in cookie order. With `cache`, taken from (and
+    /// kept in) the listing cache; the cache is filled under the directory's lock, the same lock
+    /// every change to the directory holds while it drops the entry ([`OverlayFs::dir_changed`]).
+    fn listing(&self, node: &Arc<Node>, cache: bool) -> Result<Arc<Vec<DirEntry>>> {
         let _g = node.dir_lock.read();
-        Ok(Arc::new(self.list_merged(node)?))
-    }
-
-    /// Entries from `offset` on (offset = index + 1 of the last entry returned). A read from
-    /// offset 0 takes a fresh snapshot (rewinddir).
-    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let h = self.dirs.read().get(&fh).cloned().ok_or(Error::errno(libc::EBADF))?;
-        let mut cur = h.entries.lock();
-        match (&*cur, offset) {
-            (Some(e), o) if o > 0 => Ok(e.clone()),
-            _ => {
-                let node = self.node(ino)?;
-                let l = self.listing(&node)?;
-                *cur = Some(l.clone());
-                Ok(l)
+        if cache {
+            if let Some(l) = self.listings.lock().get(&node.ino) {
+                return Ok(l.clone());
             }
         }
+        let l = Arc::new(self.list_merged(node)?);
+        if cache {
+            self.listings.lock().put(node.ino, l.clone());
+        }
+        Ok(l)
+    }
+
+    /// Drops the cached listing of a directory whose entries change; the caller holds its
+    /// `dir_lock` exclusively.
+    pub(crate) fn dir_changed(&self, dir: u64) {
+        self.listings.lock().pop(&dir);
+    }
+
+    /// The listing and the position of the first entry after `offset` (a cookie, 0 for the
+    /// start). With a handle (`fh` from [`OverlayFs::opendir`]): the handle's snapshot, taken
+    /// at its first read and again at offset 0 (rewinddir). Without (`fh` 0: the kernel
+    /// sends no OPENDIR, it keeps listings itself and drops them on every change through the
+    /// mount): the cached listing of the directory.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Vec<DirEntry>>, usize)> {
+        let l = if fh == 0 {
+            self.listing(&self.node(ino)?, true)?
+        } else {
+            let h = self.dirs.read().get(&fh).cloned().ok_or(Error::errno(libc::EBADF))?;
+            let mut cur = h.entries.lock();
+            match (&*cur, offset) {
+                (Some(e), o) if o > 0 => e.clone(),
+                _ => {
+                    let l = self.listing(&self.node(ino)?, false)?;
+                    *cur = Some(l.clone());
+                    l
+                }
+            }
+        };
+        let start = l.partition_point(|e| e.cookie <= offset);
+        Ok((l, start))
     }
 
     pub fn releasedir(&self, fh: u64) {
