@@ -184,6 +184,16 @@ mod tests {
     }
 
     #[test]
+    fn skipped_layers_count_as_absent() {
+        let mut r = Resolver::new();
+        assert!(r.feed(Absent));
+        r.skip_absent(3);
+        assert!(r.feed(Dir { opaque: false }));
+        assert!(!r.feed(Dir { opaque: true }));
+        assert_eq!(r.finish(), Resolution::Dir { layers: vec![4, 5] });
+    }
+
+    #[test]
     fn resolver_stops_early() {
         let mut r = Resolver::new();
         assert!(r.feed(Absent));

@@ -183,7 +183,7 @@ impl Outcome for i64 {
 /// Entries from the requested offset on.
 impl Outcome for (Arc<Vec<DirEntry>>, usize) {
     fn ret(&self) -> u64 {
-        (self.0.len() - self.1.min(self.0.len())) as u64
+        (self.0.len() - self.1) as u64
     }
 }
 

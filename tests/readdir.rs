@@ -35,6 +35,13 @@ fn read_dir_raw(dir: &Path, mut each: impl FnMut(&str, *mut libc::DIR)) -> Vec<S
     }
 }
 
+/// The names a read returned, each required to come once.
+fn once(seen: &[String]) -> BTreeSet<String> {
+    let uniq: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(uniq.len(), seen.len(), "a name came twice");
+    uniq
+}
+
 /// A directory of `n` names from the lower and `n` made through the mount.
 fn big_dir(s: &Scratch, n: usize) -> (Mounted, std::path::PathBuf, BTreeSet<String>) {
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
@@ -64,9 +71,7 @@ fn unlinking_while_reading_sees_every_name_once() {
     // Many getdents calls (32 KiB each): every unlink drops the kernel's listing, so each
     // later call is a READDIR from the last cookie.
     let seen = read_dir_raw(&d, |n, _| fs::remove_file(d.join(n)).unwrap());
-    let uniq: BTreeSet<String> = seen.iter().cloned().collect();
-    assert_eq!(uniq.len(), seen.len(), "a name came twice");
-    assert_eq!(uniq, all, "names missed while unlinking during the read");
+    assert_eq!(once(&seen), all, "names missed while unlinking during the read");
     assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "directory not empty after the loop");
 }
 
@@ -82,9 +87,7 @@ fn creating_while_reading_never_repeats_or_drops_old_names() {
         k += 1;
         fs::write(d.join(format!("new-{k:05}")), b"n").unwrap();
     });
-    let uniq: BTreeSet<String> = seen.iter().cloned().collect();
-    assert_eq!(uniq.len(), seen.len(), "a name came twice");
-    assert!(all.is_subset(&uniq), "names present at opendir were dropped");
+    assert!(all.is_subset(&once(&seen)), "names present at opendir were dropped");
     // A new read shows exactly what is there now.
     let now: BTreeSet<String> =
         fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -148,6 +151,8 @@ fn opendir_is_asked_once_then_the_kernel_opens_directories_itself() {
         &[("RUST_LOG", "debug")],
         fs::File::create(&log).unwrap().into(),
     );
+    // Unmounted on the way out, also when an assertion below fails.
+    let mut mounted = Mounted { mnt: m.clone(), fuse: true };
     let mut names = 0;
     for _ in 0..3 {
         for i in 0..10 {
@@ -156,8 +161,8 @@ fn opendir_is_asked_once_then_the_kernel_opens_directories_itself() {
     }
     fs::write(m.join("d0/new"), b"n").unwrap();
     let after: Vec<_> = fs::read_dir(m.join("d0")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    let (ok, out) = sh(s.dir.path(), &format!("fusermount3 -u {}", m.display()));
-    assert!(ok, "unmount: {out}");
+    mounted.unmount();
+    assert!(!is_mounted(&m), "still mounted");
     let _ = child.wait();
     assert_eq!(names, 60);
     assert_eq!(after.len(), 3, "a listing read after a create misses it: {after:?}");

@@ -259,7 +259,7 @@ impl OverlayFs {
         if self.lookup_locked(pnode, name)?.is_some() {
             return Err(Error::errno(libc::EEXIST));
         }
-        let cn = Arc::<CStr>::from(cname(name)?);
+        let cn = super::arc_cname(name)?;
         let slot = self.upper_slot(&pfd, name, &cn)?;
         if slot.st.is_some() && !slot.is_whiteout {
             // An upper object hidden by nothing cannot be negative: a layer was changed under us.
@@ -634,8 +634,8 @@ impl OverlayFs {
             return Err(Error::new(libc::EAGAIN, "rename raced"));
         }
         let dst = self.lookup_locked(&npn, nname)?;
-        let ocn = Arc::<CStr>::from(cname(oname)?);
-        let ncn = Arc::<CStr>::from(cname(nname)?);
+        let ocn = super::arc_cname(oname)?;
+        let ncn = super::arc_cname(nname)?;
         let src_dir = src.is_dir();
         if let Some(d) = &dst {
             if Arc::ptr_eq(d, &src) && !exchange {

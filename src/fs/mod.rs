@@ -152,7 +152,7 @@ pub(crate) struct LowerDirs(Option<Arc<LowerDirsInner>>);
 #[derive(Debug)]
 pub(crate) struct LowerDirsInner {
     dirs: Box<[LowerDir]>,
-    /// Many lowers only ([`MERGED_MIN_LOWERS`]): name → the first position that has the name
+    /// Many lowers only ([`MANY_LOWERS`]): name → the first position that has the name
     /// or whites it out, so a lookup skips the layers that cannot matter.
     first: std::sync::OnceLock<HashMap<Box<[u8]>, u32>>,
 }
@@ -233,9 +233,7 @@ impl Node {
 
     /// The upper object (see [`Node::top`]), if there is one.
     pub(crate) fn upper(&self) -> Option<Top<'_>> {
-        let g = matches!(self.state.lock().upper, Some(Loc::At(..))).then(|| self.dir_lock.read());
-        let loc = self.state.lock().upper.clone()?;
-        Some(Top { loc, layer: 0, is_upper: true, _name: g })
+        self.top().filter(|t| t.is_upper)
     }
 }
 
@@ -342,6 +340,19 @@ pub struct OverlayFs {
 
 fn cname(name: &[u8]) -> Result<CString> {
     CString::new(name).map_err(|_| Error::errno(libc::EINVAL))
+}
+
+/// A shared name in one allocation (the lookup path makes one per request): copied through a
+/// stack buffer instead of a `CString` first. EINVAL for a NUL inside; names longer than
+/// NAME_MAX take the `CString` way.
+pub(crate) fn arc_cname(name: &[u8]) -> Result<Arc<CStr>> {
+    let mut buf = [0u8; 256];
+    if name.len() >= buf.len() {
+        return Ok(Arc::from(cname(name)?));
+    }
+    buf[..name.len()].copy_from_slice(name);
+    // Fails on a NUL inside the name: the first NUL must be the terminator.
+    CStr::from_bytes_with_nul(&buf[..=name.len()]).map(Arc::from).map_err(|_| Error::errno(libc::EINVAL))
 }
 
 pub(crate) fn kind_of(mode: u32) -> FileType {
@@ -510,11 +521,9 @@ impl DirIndex {
     }
 }
 
-/// Directories merging this many lowers get a merged name index.
-const MERGED_MIN_LOWERS: usize = 16;
-
-/// A lookup opens a name's lower directories in parallel from this many on.
-const PREFETCH_MIN_LOWERS: usize = 16;
+/// Directories merging this many lowers get a merged name index, and a lookup there opens the
+/// name's lower directories in parallel.
+const MANY_LOWERS: usize = 16;
 
 /// Threads opening lower directories in parallel (I/O bound: more than the CPUs).
 const PROBE_THREADS: usize = 8;
@@ -931,9 +940,10 @@ impl OverlayFs {
     }
 
     /// The first position in `lowers` that can matter to `name` (has it or whites it out);
-    /// `lowers.len()` when none does. 0 (probe them all) below [`MERGED_MIN_LOWERS`] lowers.
+    /// `lowers.len()` when none does. 0 (probe them all) below [`MANY_LOWERS`] lowers. Reads
+    /// every lower's index first, in parallel.
     fn first_position(&self, lowers: &LowerDirs, name: &[u8]) -> usize {
-        let Some(inner) = lowers.0.as_ref().filter(|i| i.dirs.len() >= MERGED_MIN_LOWERS) else {
+        let Some(inner) = lowers.0.as_ref().filter(|i| i.dirs.len() >= MANY_LOWERS) else {
             return 0;
         };
         let map = match inner.first.get() {
@@ -964,30 +974,27 @@ impl OverlayFs {
         Ok((fd, marks))
     }
 
-    /// For a name looked up below many lower directories: reads their missing indexes, then
-    /// opens the name's directories in all of them, on [`PROBE_THREADS`] threads. Each is a
-    /// separate inode (and listing) to read when cold, and one at a time a 500-layer lookup
-    /// waits for 500 reads in a row. Errors are left for the sequential probe to report.
-    /// Returns what was opened, by position in `lowers` (empty when not worth it).
+    /// For a name looked up below many lower directories (their indexes read by
+    /// [`OverlayFs::first_position`]): opens the name's directories in all of them, on
+    /// [`PROBE_THREADS`] threads. Each is a separate inode to read when cold, and one at a time
+    /// a 500-layer lookup waits for 500 reads in a row. Errors (and lowers without an index) are
+    /// left for the sequential probe. Returns what was opened, by position in `lowers` (empty
+    /// when not worth it).
     fn prefetch_lower_dirs(
         &self,
         lowers: &[LowerDir],
         name: &[u8],
         cname: &CStr,
     ) -> Vec<Option<(Arc<OwnedFd>, DirMarks)>> {
-        if lowers.len() < PREFETCH_MIN_LOWERS {
+        if lowers.len() < MANY_LOWERS {
             return Vec::new();
-        }
-        let missing: Vec<&LowerDir> = lowers.iter().filter(|ld| ld.index.get().is_none()).collect();
-        if missing.len() >= PREFETCH_MIN_LOWERS {
-            par_for(missing.len(), |i| _ = self.lower_index(missing[i], lowers.len()));
         }
         let want: Vec<usize> = (0..lowers.len())
             .filter(|&i| {
                 lowers[i].index.get().is_some_and(|ix| matches!(ix.entry(name), Some((libc::DT_DIR, _))))
             })
             .collect();
-        if want.len() < PREFETCH_MIN_LOWERS {
+        if want.len() < MANY_LOWERS {
             return Vec::new();
         }
         let slots: Vec<std::sync::OnceLock<(Arc<OwnedFd>, DirMarks)>> =
@@ -1049,7 +1056,7 @@ impl OverlayFs {
     /// Resolves `name` in a directory node's layers. Returns the new state (without parent) and
     /// the id it would get, or None when nothing is visible.
     pub(crate) fn resolve(&self, parent: &Node, name: &[u8]) -> Result<Option<(u64, NodeState)>> {
-        let cn = Arc::<CStr>::from(cname(name)?);
+        let cn = arc_cname(name)?;
         let (upper_dir, upper_marks, lowers) = {
             let s = parent.state.lock();
             if s.kind != FileType::Directory {
@@ -1699,6 +1706,17 @@ mod tests {
             assert_eq!(ix.entry(miss), None);
         }
         assert_eq!(DirIndex::default().entry(b"x"), None);
+    }
+
+    #[test]
+    fn shared_names_are_checked_like_cstrings() {
+        assert_eq!(&*arc_cname(b"abc").unwrap(), c"abc");
+        assert_eq!(arc_cname(b"a\0b").unwrap_err().errno, libc::EINVAL);
+        let long = vec![b'x'; 300];
+        assert_eq!(arc_cname(&long).unwrap().to_bytes(), &long[..]);
+        let edge = vec![b'y'; 255];
+        assert_eq!(arc_cname(&edge).unwrap().to_bytes(), &edge[..]);
+        assert_eq!(arc_cname(&[b'z'; 256]).unwrap().to_bytes().len(), 256);
     }
 
     #[test]
