@@ -27,7 +27,7 @@ use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
@@ -325,6 +325,8 @@ pub struct OverlayFs {
     /// POSIX ACLs on: negotiated with the kernel, default ACLs inherited on creation.
     pub(crate) acl: AtomicBool,
     pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    /// The most nodes held since memory was last given back ([`TRIM_MIN_NODES`]).
+    pub(crate) nodes_peak: AtomicUsize,
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
@@ -548,6 +550,12 @@ fn par_for(n: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
+/// When the kernel has forgotten half of the nodes it held at most, and at least this many,
+/// the freed memory goes back to the system: the allocator keeps freed blocks otherwise (the
+/// nodes still held sit between them), and a server that walked a big tree once would stay at
+/// its peak size for good.
+const TRIM_MIN_NODES: usize = 4096;
+
 /// Lower directories merging into one directory get an index from this many layers on.
 const INDEX_MIN_LOWERS: usize = 2;
 
@@ -636,6 +644,7 @@ impl OverlayFs {
             ovr: ovr_names,
             acl: AtomicBool::new(acl),
             nodes: RwLock::new(HashMap::new()),
+            nodes_peak: AtomicUsize::new(0),
             upper_ids: Mutex::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
@@ -1230,6 +1239,7 @@ impl OverlayFs {
                         copy_lock: Mutex::new(()),
                     });
                     nodes.insert(id, n.clone());
+                    self.nodes_peak.fetch_max(nodes.len(), Ordering::Relaxed);
                     n
                 }
             }
@@ -1250,6 +1260,13 @@ impl OverlayFs {
             return;
         }
         nodes.remove(&ino);
+        let left = nodes.len();
+        let trim = self.nodes_peak.load(Ordering::Relaxed) >= left.saturating_mul(2).max(left + TRIM_MIN_NODES);
+        if trim {
+            // The table does not shrink by itself; keep room to grow back a little.
+            nodes.shrink_to(left * 2);
+            self.nodes_peak.store(left, Ordering::Relaxed);
+        }
         drop(nodes);
         let (parent, name, upper) = {
             let mut s = node.state.lock();
@@ -1259,6 +1276,10 @@ impl OverlayFs {
         // `upper_ids` keeps its entry: a copied-up object keeps its inode number for the whole
         // mount, also in listings the kernel may still have cached.
         drop(upper);
+        drop(node);
+        if trim {
+            sys::release_free_memory();
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {

@@ -387,6 +387,16 @@ fn read_dir_into(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<Vec<DirEntry>> {
     }
 }
 
+/// Gives the allocator's free memory back to the system (glibc keeps freed blocks mapped,
+/// and can return only the top of each heap by itself).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 // ---- data ---------------------------------------------------------------------------------
 
 pub const SEEK_DATA: i32 = libc::SEEK_DATA;
