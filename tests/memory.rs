@@ -76,7 +76,10 @@ fn memory_of_forgotten_nodes_goes_back_to_the_system() {
             break;
         }
     }
-    assert!(now < goal, "server RSS after the kernel forgot the tree: {base} KiB at mount, {peak} KiB after the walk, {now} KiB after");
+    assert!(
+        now < goal,
+        "server RSS after the kernel forgot the tree: {base} KiB at mount, {peak} KiB after the walk, {now} KiB after"
+    );
 
     // What was forgotten is found again.
     assert_eq!(fs::read(mnt.join("d7/file-1-499")).unwrap(), b"x");

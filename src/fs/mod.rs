@@ -1261,7 +1261,8 @@ impl OverlayFs {
         }
         nodes.remove(&ino);
         let left = nodes.len();
-        let trim = self.nodes_peak.load(Ordering::Relaxed) >= left.saturating_mul(2).max(left + TRIM_MIN_NODES);
+        let trim =
+            self.nodes_peak.load(Ordering::Relaxed) >= left.saturating_mul(2).max(left + TRIM_MIN_NODES);
         if trim {
             // The table does not shrink by itself; keep room to grow back a little.
             nodes.shrink_to(left * 2);
