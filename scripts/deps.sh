@@ -3,11 +3,14 @@
 set -euo pipefail
 # Tests: fuse3, attr (getfattr/setfattr), acl (setfacl/getfacl), util-linux (setpriv, unshare),
 # passwd (useradd), uidmap, python3, umoci, stress-ng and the engines; benchmarks: fio, gcc,
-# e2fsprogs (mkfs.ext4 for bench-layers.sh), fuse-overlayfs as the peer.
+# e2fsprogs (mkfs.ext4 for bench-layers.sh), procps (pgrep), fuse-overlayfs as the peer; mount,
+# findutils for both.
 # Build: gcc (the sha2 and zstd crates compile C), curl and ca-certificates (rustup, when the
-# machine has no Rust yet).
+# machine has no Rust yet or an old one). kmod (modprobe): kernel overlayfs and FUSE are modules
+# on most kernels, loaded here so the tests find them in /proc/filesystems.
 pkgs=(fuse3 fuse-overlayfs attr acl util-linux passwd coreutils tar gzip python3 gcc e2fsprogs umoci fio stress-ng
-      podman buildah docker.io containerd runc uidmap slirp4netns curl ca-certificates)
+      podman buildah docker.io containerd runc uidmap slirp4netns curl ca-certificates
+      kmod mount procps findutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,9 +23,22 @@ if ((${#missing[@]})); then
 fi
 # A distribution's /dev/fuse is world-usable; some minimal images leave it root-only.
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then chmod 0666 /dev/fuse; fi
-# Rust (edition 2024: 1.85 or later) through rustup into ~/.cargo when there is none; callers
-# put ~/.cargo/bin on PATH (scripts/test.sh, scripts/example.sh do).
-if ! command -v cargo >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+if [ "$(id -u)" = 0 ]; then
+  for m in overlay fuse; do
+    grep -qw "${m}" /proc/filesystems || modprobe "$m" 2>/dev/null || true
+  done
+fi
+# Rust: edition 2024 needs 1.85 or later. Without it (or with an older one) rustup installs the
+# stable toolchain into ~/.cargo; callers put ~/.cargo/bin first on PATH (scripts/test.sh and
+# scripts/example.sh do).
+export PATH="$HOME/.cargo/bin:$PATH"
+rust_ok() {  # cargo on PATH, 1.85 or later
+  local v
+  v=$(cargo --version 2>/dev/null | awk '{print $2}')
+  [ -n "$v" ] && printf '1.85.0\n%s\n' "$v" | sort -V -C
+}
+if ! rust_ok; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal \
     || { echo "deps.sh: cannot install Rust through rustup (https://rustup.rs)" >&2; exit 1; }
+  rust_ok || { echo "deps.sh: cargo 1.85 or later is needed, found: $(cargo --version 2>&1)" >&2; exit 1; }
 fi

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-export PATH="$PATH:$HOME/.cargo/bin"
+export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet
 bin=$PWD/target/release/layerfs
 ex=${LAYERFS_EXAMPLE_DIR:-/tmp/layerfs-example}

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-export PATH="$PATH:$HOME/.cargo/bin"
+export PATH="$HOME/.cargo/bin:$PATH"
 export LAYERFS_REQUIRE_MOUNT=${LAYERFS_REQUIRE_MOUNT:-1}
 export LAYERFS_REQUIRE_KERNEL_OVERLAY=${LAYERFS_REQUIRE_KERNEL_OVERLAY:-1}
 cargo test --profile ci --all-targets -- --test-threads=2 "$@"

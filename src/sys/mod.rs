@@ -342,17 +342,9 @@ pub fn read_dir_all(fd: BorrowedFd) -> io::Result<Vec<DirEntry>> {
     thread_local! {
         // One buffer per thread, kept: a fresh 64 KiB per directory read was zeroed and
         // faulted in each time (a few percent of a cached tree walk).
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        static BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 64 * 1024].into());
     }
-    BUF.with(|b| match b.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.is_empty() {
-                buf.resize(64 * 1024, 0);
-            }
-            read_dir_into(fd, &mut buf)
-        }
-        Err(_) => read_dir_into(fd, &mut vec![0u8; 64 * 1024]),
-    })
+    BUF.with_borrow_mut(|buf| read_dir_into(fd, buf))
 }
 
 fn read_dir_into(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<Vec<DirEntry>> {

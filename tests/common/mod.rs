@@ -38,6 +38,11 @@ pub fn can_mount() -> bool {
     ok
 }
 
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    unsafe_free_euid() == 0
+}
+
 fn unsafe_free_euid() -> u32 {
     fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
