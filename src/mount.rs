@@ -158,6 +158,7 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     // Modes of new objects are exactly what the request asks for: the caller's umask is
     // applied by layerfs itself (FUSE_DONT_MASK), and not at all under a default ACL.
     sys::umask(0);
+    sys::fix_mmap_threshold();
     let fs = OverlayFs::new(fs_options(&cfg))?;
     log::info!("whiteout style: {:?}", fs.whiteout_style());
     let fs = Arc::new(fs);

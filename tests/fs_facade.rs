@@ -86,3 +86,80 @@ fn unlink_of_lower_leaves_whiteout_and_of_upper_only_none() {
     // Reserved names.
     assert_eq!(fs.mkdir(1, OsStr::new(".wh.x"), 0o755, caller).unwrap_err().errno, libc::EINVAL);
 }
+
+#[test]
+fn looked_up_lower_files_stay_lite_until_used() {
+    let (s, fs) = fixture();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let lite0 = fs.lite_count();
+    let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    assert_eq!(fs.lite_count(), lite0 + 1, "a lower file only looked up takes a lite entry");
+    let again = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    assert_eq!(again.ino, a.ino);
+    assert_eq!(fs.lite_count(), lite0 + 1, "a second lookup reuses the entry");
+    // A stat is answered from the lower file without promoting the entry.
+    let st = fs.getattr(a.ino.0).unwrap();
+    assert_eq!((st.ino, st.size, st.perm, st.mtime), (a.ino, a.size, a.perm, a.mtime));
+    assert_eq!(fs.lite_count(), lite0 + 1);
+    assert_eq!(fs.path_of(a.ino.0).unwrap(), std::path::Path::new("/d/a"));
+    // A write promotes it (open), copies it up and keeps the id and both references.
+    let o = fs.open(a.ino.0, libc::O_WRONLY).unwrap();
+    assert_eq!(fs.lite_count(), lite0, "opened: a full node now");
+    fs.write(o.fh, 0, b"L").unwrap();
+    fs.release(o.fh);
+    assert_eq!(fs::read(s.path("u").join("d/a")).unwrap(), b"Lower a");
+    let st = fs.getattr(a.ino.0).unwrap();
+    assert_eq!(st.ino, a.ino, "the id survives promotion and copy-up");
+    let n = fs.node_count();
+    fs.forget(a.ino.0, 1);
+    assert_eq!(fs.node_count(), n, "the second lookup's reference carried over");
+    fs.forget(a.ino.0, 1);
+    assert_eq!(fs.node_count(), n - 1);
+}
+
+#[test]
+fn lite_entries_are_forgotten_renamed_and_removed_like_nodes() {
+    let (s, fs) = fixture();
+    let long = "a-name-longer-than-fits-inline.txt";
+    fs::write(s.path("l2").join("d").join(long), b"long").unwrap();
+    let base = fs.node_count();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let l = fs.lookup(d.ino.0, OsStr::new(long)).unwrap();
+    assert_eq!(fs.path_of(l.ino.0).unwrap(), std::path::Path::new("/d").join(long));
+    fs.forget(l.ino.0, 1);
+    assert_eq!(fs.node_count(), base + 1, "forgotten lite entry is gone");
+    assert!(fs.getattr(l.ino.0).is_err(), "an id the kernel forgot is unknown");
+    // Rename of a looked-up lower file: copied up under the new name, whiteout under the old.
+    let l = fs.lookup(d.ino.0, OsStr::new(long)).unwrap();
+    fs.rename(d.ino.0, OsStr::new(long), 1, OsStr::new("moved"), 0).unwrap();
+    assert_eq!(fs.getattr(l.ino.0).unwrap().size, 4, "the kernel's inode still reaches the file");
+    assert_eq!(fs::read(s.path("u").join("moved")).unwrap(), b"long");
+    assert!(fs.lookup(d.ino.0, OsStr::new(long)).is_err());
+    assert_eq!(fs.path_of(l.ino.0).unwrap(), std::path::Path::new("/moved"));
+    // Unlink of a looked-up lower file.
+    let x = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    fs.remove(d.ino.0, OsStr::new("a"), false).unwrap();
+    assert!(fs.lookup(d.ino.0, OsStr::new("a")).is_err());
+    fs.forget(x.ino.0, 1);
+    assert_eq!(fs::read(s.path("l2").join("d/a")).unwrap(), b"lower a", "lower untouched");
+}
+
+#[test]
+fn listing_without_handle_is_dropped_once_read_to_the_end() {
+    let (s, fs) = fixture();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let names = |fs: &OverlayFs, off: u64| -> (Vec<String>, u64) {
+        let (l, start) = fs.readdir(d.ino.0, 0, off).unwrap();
+        let last = l.last().map_or(0, |e| e.cookie);
+        (l[start..].iter().map(|e| e.name.to_string_lossy().into_owned()).collect(), last)
+    };
+    let (first, last) = names(&fs, 0);
+    assert!(first.contains(&"a".to_string()) && !first.contains(&"new".to_string()));
+    // Read partly: the listing is kept, a name added meanwhile does not show until the end.
+    fs::write(s.path("l2").join("d/new"), b"n").unwrap();
+    let (rest, _) = names(&fs, 2);
+    assert!(!rest.contains(&"new".to_string()), "a listing being read stays one snapshot");
+    // The end was read (empty reply): the next read from the start lists the layers again.
+    assert!(names(&fs, last).0.is_empty());
+    assert!(names(&fs, 0).0.contains(&"new".to_string()));
+}

@@ -71,6 +71,7 @@ fn memory_of_forgotten_nodes_goes_back_to_the_system() {
             break;
         }
     }
+    eprintln!("server RSS: {base} KiB at mount, {peak} KiB after the walk, {now} KiB after the forgets");
     assert!(
         now < goal,
         "server RSS after the kernel forgot the tree: {base} KiB at mount, {peak} KiB after the walk, {now} KiB after"

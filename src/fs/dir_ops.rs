@@ -448,10 +448,9 @@ impl OverlayFs {
         };
         let n = if node.is_none() {
             // A new name for an existing node: keep the node, add the name.
-            let n = self.nodes.read().get(&id).cloned();
-            match n {
-                Some(n) => n,
-                None => self.install(id, state),
+            match self.node(id) {
+                Ok(n) => n,
+                Err(_) => self.install(id, state),
             }
         } else {
             self.install(id, state)

@@ -21,6 +21,7 @@
 mod copy_up;
 mod dir_ops;
 mod file_ops;
+mod lite;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
@@ -324,7 +325,7 @@ pub struct OverlayFs {
     pub(crate) write_ovr: bool,
     /// POSIX ACLs on: negotiated with the kernel, default ACLs inherited on creation.
     pub(crate) acl: AtomicBool,
-    pub(crate) nodes: RwLock<HashMap<u64, Arc<Node>>>,
+    pub(crate) nodes: RwLock<HashMap<u64, lite::Slot>>,
     /// The most nodes held since memory was last given back ([`TRIM_MIN_NODES`]).
     pub(crate) nodes_peak: AtomicUsize,
     /// Upper real inode (plus base) → node id, where they differ.
@@ -694,7 +695,7 @@ impl OverlayFs {
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
         });
-        self.nodes.write().insert(ROOT_ID, node);
+        self.nodes.write().insert(ROOT_ID, lite::Slot::Full(node));
         Ok(())
     }
 
@@ -740,28 +741,28 @@ impl OverlayFs {
     /// (for tracing and fault rules). None for an unknown or detached node. Read-only: each
     /// node's state is locked briefly, one at a time.
     pub fn path_of(&self, ino: u64) -> Option<std::path::PathBuf> {
-        let mut node = self.nodes.read().get(&ino).cloned()?;
-        let mut names: Vec<Arc<CStr>> = Vec::new();
-        while node.ino != ROOT_ID {
-            let parent = {
-                let s = node.state.lock();
-                names.push(s.name.clone());
-                s.parent.clone()?
-            };
+        let (mut parent, name) = self.parent_and_name(ino)?;
+        let mut names: Vec<Vec<u8>> = vec![name];
+        if ino == ROOT_ID {
+            return Some("/".into());
+        }
+        loop {
+            let node = parent?;
+            if node.ino == ROOT_ID {
+                break;
+            }
             if names.len() > 4096 {
                 return None;
             }
-            node = parent;
+            let s = node.state.lock();
+            names.push(s.name.to_bytes().to_vec());
+            parent = s.parent.clone();
         }
         let mut p = std::path::PathBuf::from("/");
         for n in names.iter().rev() {
-            p.push(OsStr::from_bytes(n.to_bytes()));
+            p.push(OsStr::from_bytes(n));
         }
         Some(p)
-    }
-
-    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        self.nodes.read().get(&ino).cloned().ok_or(Error::new(libc::ESTALE, "unknown inode"))
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
@@ -878,11 +879,6 @@ impl OverlayFs {
         let mut st = loc.stat()?;
         self.apply_override(&mut st, loc, li);
         Ok(st)
-    }
-
-    pub fn getattr(&self, ino: u64) -> Result<FileAttr> {
-        let node = self.node(ino)?;
-        self.node_attr(&node)
     }
 
     // ---- lookup ---------------------------------------------------------------------------
@@ -1186,7 +1182,19 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let _g = pnode.dir_lock.read();
-        let node = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
+        let Some((id, mut state)) = self.resolve(&pnode, name)? else {
+            return Err(Error::errno(libc::ENOENT));
+        };
+        if let Some((layer, fd)) = lite::lite_layer(&state) {
+            // A lower file: a lite entry, unless a full node has its id already.
+            let loc = Loc::At(fd, state.name.clone());
+            let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
+            if self.add_lite(id, &pnode, name, layer, state.kind) {
+                return Ok(self.attr_from_stat(id, &st, false));
+            }
+        }
+        state.parent = Some(pnode.clone());
+        let node = self.install(id, state);
         let attr = self.node_attr(&node)?;
         node.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(attr)
@@ -1207,43 +1215,43 @@ impl OverlayFs {
     /// Puts a resolved node in the table (reusing a live node with the same id).
     pub(crate) fn install(&self, id: u64, state: NodeState) -> Arc<Node> {
         let has_upper = state.upper.is_some();
-
-        {
-            let mut nodes = self.nodes.write();
-            match nodes.get(&id) {
-                Some(existing) => {
-                    let existing = existing.clone();
-                    drop(nodes);
-                    {
-                        let mut s = existing.state.lock();
-                        // A node that was copied up keeps its upper (another name of a hard
-                        // link, or a re-lookup); otherwise take the fresh resolution.
-                        if s.upper.is_none() || s.unlinked || s.kind != state.kind {
-                            *s = state;
-                        } else {
-                            s.parent = state.parent;
-                            s.name = state.name;
-                            s.unlinked = false;
-                        }
-                        existing.has_upper.store(s.upper.is_some(), Ordering::Release);
+        let mut nodes = self.nodes.write();
+        let lookups = match nodes.get(&id) {
+            Some(lite::Slot::Full(existing)) => {
+                let existing = existing.clone();
+                drop(nodes);
+                {
+                    let mut s = existing.state.lock();
+                    // A node that was copied up keeps its upper (another name of a hard
+                    // link, or a re-lookup); otherwise take the fresh resolution.
+                    if s.upper.is_none() || s.unlinked || s.kind != state.kind {
+                        *s = state;
+                    } else {
+                        s.parent = state.parent;
+                        s.name = state.name;
+                        s.unlinked = false;
                     }
-                    existing
+                    existing.has_upper.store(s.upper.is_some(), Ordering::Release);
                 }
-                None => {
-                    let n = Arc::new(Node {
-                        ino: id,
-                        lookups: AtomicU64::new(0),
-                        has_upper: AtomicBool::new(has_upper),
-                        state: Mutex::new(state),
-                        dir_lock: RwLock::new(()),
-                        copy_lock: Mutex::new(()),
-                    });
-                    nodes.insert(id, n.clone());
-                    self.nodes_peak.fetch_max(nodes.len(), Ordering::Relaxed);
-                    n
-                }
+                return existing;
             }
-        }
+            // A lite entry becomes a full node with the fresh resolution and its references.
+            Some(lite::Slot::Lite(l)) => u64::from(l.lookups),
+            None => 0,
+        };
+        let n = Arc::new(Node {
+            ino: id,
+            lookups: AtomicU64::new(lookups),
+            has_upper: AtomicBool::new(has_upper),
+            state: Mutex::new(state),
+            dir_lock: RwLock::new(()),
+            copy_lock: Mutex::new(()),
+        });
+        let old = nodes.insert(id, lite::Slot::Full(n.clone()));
+        self.nodes_peak.fetch_max(nodes.len(), Ordering::Relaxed);
+        drop(nodes);
+        drop(old);
+        n
     }
 
     /// Drops `n` kernel references; frees the node when none are left.
@@ -1252,14 +1260,24 @@ impl OverlayFs {
             return;
         }
         let mut nodes = self.nodes.write();
-        let Some(node) = nodes.get(&ino).cloned() else { return };
-        let prev = node.lookups.load(Ordering::Relaxed);
-        let left = prev.saturating_sub(n);
-        node.lookups.store(left, Ordering::Relaxed);
-        if left > 0 {
-            return;
+        match nodes.get_mut(&ino) {
+            None => return,
+            Some(lite::Slot::Lite(l)) => {
+                let left = u64::from(l.lookups).saturating_sub(n);
+                if left > 0 {
+                    l.lookups = left as u32;
+                    return;
+                }
+            }
+            Some(lite::Slot::Full(node)) => {
+                let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+                node.lookups.store(left, Ordering::Relaxed);
+                if left > 0 {
+                    return;
+                }
+            }
         }
-        nodes.remove(&ino);
+        let removed = nodes.remove(&ino);
         let left = nodes.len();
         let trim =
             self.nodes_peak.load(Ordering::Relaxed) >= left.saturating_mul(2).max(left + TRIM_MIN_NODES);
@@ -1269,15 +1287,21 @@ impl OverlayFs {
             self.nodes_peak.store(left, Ordering::Relaxed);
         }
         drop(nodes);
-        let (parent, name, upper) = {
-            let mut s = node.state.lock();
-            (s.parent.take(), s.name.clone(), s.upper.clone())
-        };
-        drop((parent, name));
-        // `upper_ids` keeps its entry: a copied-up object keeps its inode number for the whole
-        // mount, also in listings the kernel may still have cached.
-        drop(upper);
-        drop(node);
+        if let Some(lite::Slot::Full(node)) = &removed {
+            // Unlink from the parent now: the node may live on in open handles.
+            let (parent, upper, dir) = {
+                let mut s = node.state.lock();
+                (s.parent.take(), s.upper.clone(), s.kind == FileType::Directory)
+            };
+            if dir {
+                self.listings.lock().pop(&ino);
+            }
+            drop(parent);
+            // `upper_ids` keeps its entry: a copied-up object keeps its inode number for the
+            // whole mount, also in listings the kernel may still have cached.
+            drop(upper);
+        }
+        drop(removed);
         if trim {
             sys::release_free_memory();
         }
@@ -1448,6 +1472,12 @@ impl OverlayFs {
             }
         };
         let start = l.partition_point(|e| e.cookie <= offset);
+        if fh == 0 && start == l.len() {
+            // The end was read: the kernel has the whole listing in its cache now, and asks
+            // again (from the start) only once that is dropped. A large directory's listing
+            // would otherwise stay here until 64 other directories were read.
+            self.listings.lock().pop(&ino);
+        }
         Ok((l, start))
     }
 

@@ -389,6 +389,19 @@ pub fn release_free_memory() {
     }
 }
 
+/// Makes every large allocation (128 KiB and up) a mapping of its own, returned to the system
+/// when freed. glibc otherwise raises that threshold each time such a block is freed, and from
+/// then on serves blocks of that size from its heap, where they stay resident once free: the
+/// node table doubles as it grows, and each table it outgrew would stay (6 MiB of 15 after a
+/// 100k-file walk).
+pub fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning; a fixed threshold is a valid setting.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 // ---- data ---------------------------------------------------------------------------------
 
 pub const SEEK_DATA: i32 = libc::SEEK_DATA;
