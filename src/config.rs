@@ -227,6 +227,8 @@ pub struct Options {
     pub static_nlink: bool,
     pub noacl: bool,
     pub noxattrs: bool,
+    /// `read_ahead=0`: no reading ahead of walked directories.
+    pub read_ahead: bool,
     pub xattr_permissions: u8,
     pub squash_to_root: bool,
     pub squash_to_uid: Option<u32>,
@@ -272,6 +274,7 @@ impl Default for Options {
             static_nlink: false,
             noacl: false,
             noxattrs: false,
+            read_ahead: true,
             xattr_permissions: 0,
             squash_to_root: false,
             squash_to_uid: None,
@@ -374,6 +377,7 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
                 "static_nlink" => o.static_nlink = true,
                 "noacl" => o.noacl = true,
                 "noxattrs" => o.noxattrs = parse_bool(&key, &need(&val)?)?,
+                "read_ahead" => o.read_ahead = parse_bool(&key, &need(&val)?)?,
                 "xattr_permissions" => {
                     let v: u8 = parse_num(&key, &need(&val)?)?;
                     if v > 2 {
@@ -566,7 +570,7 @@ mod tests {
     #[test]
     fn parses_engine_options() {
         let o = parse_options(&[
-            "lowerdir=/l1:/l2,upperdir=/u,workdir=/w,context=\"a:b,c\",uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=5,xattr_permissions=2,volatile,timeout=0.5,userxattr,noacl,static_nlink,threaded=1,writeback=0,fsync=1".to_string(),
+            "lowerdir=/l1:/l2,upperdir=/u,workdir=/w,context=\"a:b,c\",uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=5,xattr_permissions=2,volatile,timeout=0.5,userxattr,noacl,static_nlink,threaded=1,writeback=0,fsync=1,read_ahead=0".to_string(),
         ])
         .unwrap();
         assert_eq!(o.lowers, vec![PathBuf::from("/l1"), PathBuf::from("/l2")]);
@@ -579,6 +583,7 @@ mod tests {
         assert!(o.fsync); // fsync=1 came after volatile
         assert_eq!(o.timeout, 0.5);
         assert!(o.noacl && o.static_nlink);
+        assert!(!o.read_ahead);
         assert_eq!(o.warnings, vec!["unknown argument ignored: userxattr".to_string()]);
     }
 

@@ -661,6 +661,7 @@ impl Filesystem for Fuse {
             Ok(e) => e,
             Err(e) => return reply_err!(reply, "readdirplus", e),
         };
+        let mut subdirs = Vec::new();
         for e in &entries[start..] {
             let off = e.cookie;
             if e.name == "." || e.name == ".." {
@@ -681,11 +682,15 @@ impl Filesystem for Fuse {
                         self.fs.forget(attr.ino.0, 1);
                         break;
                     }
+                    if attr.kind == fuser::FileType::Directory {
+                        subdirs.push(attr.ino.0);
+                    }
                 }
                 Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
             }
         }
         reply.ok();
+        self.fs.listed(ino.0, offset, subdirs);
     }
 
     fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

@@ -73,6 +73,7 @@ pub fn fs_options(cfg: &MountConfig) -> FsOptions {
     };
     f.fsync = o.fsync;
     f.static_nlink = o.static_nlink;
+    f.read_ahead = o.read_ahead;
     f.noxattrs = o.noxattrs;
     f.squash_uid = o.squash_to_uid.or(o.squash_to_root.then_some(0));
     f.squash_gid = o.squash_to_gid.or(o.squash_to_root.then_some(0));

@@ -163,3 +163,56 @@ fn listing_without_handle_is_dropped_once_read_to_the_end() {
     assert!(names(&fs, last).0.is_empty());
     assert!(names(&fs, 0).0.contains(&"new".to_string()));
 }
+
+#[test]
+fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
+    let s = Scratch::new();
+    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    for l in [&l1, &l2] {
+        for d in ["p/a", "p/b", "p/c", "q/x", "q/y"] {
+            fs::create_dir_all(l.join(d)).unwrap();
+            fs::write(l.join(d).join("f"), b"f").unwrap();
+        }
+    }
+    let mut o = FsOptions::new(vec![l1, l2]);
+    o.upper = Some(u);
+    o.work = Some(w);
+    let fs = OverlayFs::new(o).unwrap();
+    let ino = |parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
+    let (p, q) = (ino(1, "p"), ino(1, "q"));
+    let (a, b, c) = (ino(p, "a"), ino(p, "b"), ino(p, "c"));
+    let (x, y) = (ino(q, "x"), ino(q, "y"));
+    let settle = |want: u64| {
+        let t = std::time::Instant::now();
+        while fs.read_ahead_count() < want && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs.read_ahead_count()
+    };
+    // Listing a directory alone (ls -l) reads nothing ahead.
+    fs.listed(1, 0, vec![p, q]);
+    fs.listed(q, 0, vec![x, y]);
+    fs.listed(p, 0, vec![a, b, c]);
+    // Listing q, a child of the listed root: the root's other subdirectory p is read ahead.
+    assert_eq!(settle(1), 1, "p, the sibling of q");
+    // Entering a: its siblings b and c are read ahead, a itself is not (the walk is there).
+    fs.listed(a, 0, vec![]);
+    assert_eq!(settle(3), 3);
+    // A second child of p (and a later chunk of a) starts nothing more.
+    fs.listed(b, 0, vec![]);
+    fs.listed(a, 4096, vec![]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(fs.read_ahead_count(), 3);
+    // Off with read_ahead=0.
+    let mut o = FsOptions::new(vec![s.path("l1"), s.path("l2")]);
+    o.read_ahead = false;
+    let fs3 = OverlayFs::new(o).unwrap();
+    let p3 = fs3.lookup(1, OsStr::new("p")).unwrap().ino.0;
+    let a3 = fs3.lookup(p3, OsStr::new("a")).unwrap().ino.0;
+    let b3 = fs3.lookup(p3, OsStr::new("b")).unwrap().ino.0;
+    fs3.listed(p3, 0, vec![a3, b3]);
+    fs3.listed(a3, 0, vec![]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(fs3.read_ahead_count(), 0);
+}

@@ -18,6 +18,7 @@
 //! 4. Whiteouts and opaque directories are read in every form ([`crate::whiteout`]), and
 //!    written in the form chosen at mount ([`crate::whiteout::WhiteoutStyle`]).
 
+mod ahead;
 mod copy_up;
 mod dir_ops;
 mod file_ops;
@@ -61,6 +62,8 @@ pub struct FsOptions {
     pub fsync: bool,
     pub static_nlink: bool,
     pub noxattrs: bool,
+    /// Read ahead the subdirectories of a walked directory ([`ahead`]).
+    pub read_ahead: bool,
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
     /// `uidmapping=`/`gidmapping=`: on-disk ids ↔ ids shown through the mount.
@@ -117,6 +120,7 @@ impl FsOptions {
             fsync: true,
             static_nlink: false,
             noxattrs: false,
+            read_ahead: true,
             squash_uid: None,
             squash_gid: None,
             uid_map: IdMap::default(),
@@ -339,6 +343,7 @@ pub struct OverlayFs {
     /// The kernel caches writes (FUSE writeback cache): it may read through handles opened
     /// write-only, to fill partly written pages.
     pub(crate) writeback_cache: AtomicBool,
+    pub(crate) ahead: ahead::ReadAhead,
 }
 
 fn cname(name: &[u8]) -> Result<CString> {
@@ -655,6 +660,7 @@ impl OverlayFs {
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(1),
             writeback_cache: AtomicBool::new(false),
+            ahead: ahead::ReadAhead::new(),
         };
         fs.init_root().map_err(|e| format!("layer roots: {e}"))?;
         Ok(fs)
