@@ -167,52 +167,63 @@ fn listing_without_handle_is_dropped_once_read_to_the_end() {
 #[test]
 fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     let s = Scratch::new();
-    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    let (l1, l2) = (s.path("l1"), s.path("l2"));
     for l in [&l1, &l2] {
         for d in ["p/a", "p/b", "p/c", "q/x", "q/y"] {
             fs::create_dir_all(l.join(d)).unwrap();
             fs::write(l.join(d).join("f"), b"f").unwrap();
         }
     }
-    let mut o = FsOptions::new(vec![l1, l2]);
-    o.upper = Some(u);
-    o.work = Some(w);
-    let fs = OverlayFs::new(o).unwrap();
-    let ino = |parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
-    let (p, q) = (ino(1, "p"), ino(1, "q"));
-    let (a, b, c) = (ino(p, "a"), ino(p, "b"), ino(p, "c"));
-    let (x, y) = (ino(q, "x"), ino(q, "y"));
-    let settle = |want: u64| {
+    let mount = |read_ahead: bool| {
+        let mut o = FsOptions::new(vec![l1.clone(), l2.clone()]);
+        o.read_ahead = read_ahead;
+        OverlayFs::new(o).unwrap()
+    };
+    let ino = |fs: &OverlayFs, parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
+    // Waits for `want` directories read ahead, then a little more for any beyond.
+    let settle = |fs: &OverlayFs, want: u64| {
         let t = std::time::Instant::now();
         while fs.read_ahead_count() < want && t.elapsed() < std::time::Duration::from_secs(10) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(100));
         fs.read_ahead_count()
     };
-    // Listing a directory alone (ls -l) reads nothing ahead.
-    fs.listed(1, 0, vec![p, q]);
-    fs.listed(q, 0, vec![x, y]);
+
+    // Listing directories (ls -l p q) reads nothing ahead.
+    let fs = mount(true);
+    let (p, q) = (ino(&fs, 1, "p"), ino(&fs, 1, "q"));
+    let (a, b, c) = (ino(&fs, p, "a"), ino(&fs, p, "b"), ino(&fs, p, "c"));
     fs.listed(p, 0, vec![a, b, c]);
-    // Listing q, a child of the listed root: the root's other subdirectory p is read ahead.
-    assert_eq!(settle(1), 1, "p, the sibling of q");
-    // Entering a: its siblings b and c are read ahead, a itself is not (the walk is there).
-    fs.listed(a, 0, vec![]);
-    assert_eq!(settle(3), 3);
-    // A second child of p (and a later chunk of a) starts nothing more.
+    fs.listed(q, 0, vec![]);
+    assert_eq!(settle(&fs, 0), 0);
+    // A listing of b, a subdirectory of the listed p, is a walk: a and c are read ahead.
     fs.listed(b, 0, vec![]);
-    fs.listed(a, 4096, vec![]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(fs.read_ahead_count(), 3);
+    assert_eq!(settle(&fs, 2), 2, "b's siblings");
+    // A second subdirectory of p, or a later chunk of b, starts nothing more.
+    fs.listed(c, 0, vec![]);
+    fs.listed(b, 4096, vec![]);
+    assert_eq!(settle(&fs, 2), 2);
+
+    // A walk from the root: once it enters p, q is read ahead, and every directory listed
+    // below the walked root reads its subdirectories ahead at once.
+    let fs = mount(true);
+    let (p, q) = (ino(&fs, 1, "p"), ino(&fs, 1, "q"));
+    fs.listed(1, 0, vec![p, q]);
+    assert_eq!(settle(&fs, 0), 0, "the root alone is a listing");
+    let (a, b, c) = (ino(&fs, p, "a"), ino(&fs, p, "b"), ino(&fs, p, "c"));
+    fs.listed(p, 0, vec![a, b, c]);
+    assert_eq!(settle(&fs, 4), 4, "q, then a, b and c");
+    let (x, y) = (ino(&fs, q, "x"), ino(&fs, q, "y"));
+    fs.listed(q, 0, vec![x, y]);
+    assert_eq!(settle(&fs, 6), 6, "x and y");
+
     // Off with read_ahead=0.
-    let mut o = FsOptions::new(vec![s.path("l1"), s.path("l2")]);
-    o.read_ahead = false;
-    let fs3 = OverlayFs::new(o).unwrap();
-    let p3 = fs3.lookup(1, OsStr::new("p")).unwrap().ino.0;
-    let a3 = fs3.lookup(p3, OsStr::new("a")).unwrap().ino.0;
-    let b3 = fs3.lookup(p3, OsStr::new("b")).unwrap().ino.0;
-    fs3.listed(p3, 0, vec![a3, b3]);
-    fs3.listed(a3, 0, vec![]);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(fs3.read_ahead_count(), 0);
+    let fs = mount(false);
+    let p = ino(&fs, 1, "p");
+    let (a, b) = (ino(&fs, p, "a"), ino(&fs, p, "b"));
+    fs.listed(1, 0, vec![p]);
+    fs.listed(p, 0, vec![a, b]);
+    fs.listed(a, 0, vec![]);
+    assert_eq!(settle(&fs, 0), 0);
 }

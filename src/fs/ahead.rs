@@ -4,79 +4,137 @@
 //! by one, and each listing through FUSE waits for the server to read that directory in every
 //! layer and to stat every entry: one cold disk read after another, while the disk could serve
 //! several at once. Once a walk shows (the first subdirectory of a listed directory is listed
-//! too), the other subdirectories of that directory are read ahead on two threads: each lower
-//! directory's listing goes into its index (which the lookups then use) and each entry is
-//! stat'ed, so the kernel has its inode when the walk's own lookup comes. A directory that is
-//! only listed (`ls -l`) starts no read-ahead. Nothing read ahead is kept beyond the index a
-//! lookup would have built; the rest is the kernel's own caches.
+//! too), the other subdirectories of that directory are read ahead on two threads, and from
+//! then on the subdirectories of every directory listed below it, as soon as it is listed.
+//! Each lower directory's listing goes into its index (which the lookups then use) and each
+//! entry is stat'ed, so the kernel has its inode when the walk's own lookup comes (an upper
+//! directory is read and stat'ed too, for the kernel's caches only). The newest directories
+//! are read first, in listing order, as a depth-first walk will want them. A directory that
+//! is only listed (`ls -l`) starts no read-ahead. Nothing read ahead is kept beyond the index
+//! a lookup would have built; the rest is the kernel's own caches.
 
+use std::collections::VecDeque;
 use std::ffi::CString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use super::lite::Slot;
 use super::{DirIndex, INDEX_MIN_LOWERS, LowerDirs, OverlayFs};
 use crate::sys;
 
 /// Threads reading ahead (the disk serves several reads at once; the CPUs are few).
 const THREADS: usize = 2;
-/// Directories waiting to be read ahead; more are not read ahead.
+/// Directories waiting to be read ahead; the oldest are dropped beyond this.
 const QUEUE: usize = 256;
-/// Listed directories whose subdirectories are remembered until a walk enters one.
+/// Listed directories whose subdirectories are remembered until a walk enters one, and
+/// directories known to be walked.
 const LISTED: usize = 64;
+const WALKED: usize = 256;
 
-/// What the read-ahead knows: listed directories' subdirectories, and the queue to the threads
-/// (started at first use: a mount forks after the filesystem is built).
+/// What the read-ahead knows, and its work queue (threads started at first use: a mount forks
+/// after the filesystem is built).
 pub(crate) struct ReadAhead {
-    listed: Mutex<lru::LruCache<u64, Vec<u64>>>,
-    queue: OnceLock<SyncSender<LowerDirs>>,
+    state: Mutex<Known>,
+    queue: Arc<Queue>,
+    started: OnceLock<()>,
+}
+
+struct Known {
+    /// Listed directory → its subdirectories, until a walk enters one of them.
+    listed: lru::LruCache<u64, Vec<u64>>,
+    /// Directories a walk entered a subdirectory of.
+    walked: lru::LruCache<u64, ()>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
     /// Directories read ahead so far.
-    done: Arc<AtomicU64>,
+    done: AtomicU64,
+}
+
+/// A directory to read ahead: its upper directory (read by the kernel's caches only: it
+/// changes) and its lower directories.
+struct Job {
+    upper: Option<Arc<OwnedFd>>,
+    lowers: LowerDirs,
+}
+
+fn lru<V>(n: usize) -> lru::LruCache<u64, V> {
+    lru::LruCache::new(std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN))
 }
 
 impl ReadAhead {
     pub(crate) fn new() -> ReadAhead {
         ReadAhead {
-            listed: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(LISTED).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
-            queue: OnceLock::new(),
-            done: Arc::default(),
+            state: Mutex::new(Known { listed: lru(LISTED), walked: lru(WALKED) }),
+            queue: Arc::default(),
+            started: OnceLock::new(),
         }
     }
 
-    fn queue(&self) -> &SyncSender<LowerDirs> {
-        self.queue.get_or_init(|| {
-            let (tx, rx) = sync_channel::<LowerDirs>(QUEUE);
-            let rx = Arc::new(Mutex::new(rx));
+    /// Queues `jobs` (in walk order) ahead of everything queued before.
+    fn push(&self, jobs: Vec<Job>) {
+        self.started.get_or_init(|| {
             for _ in 0..THREADS {
-                let (rx, done) = (rx.clone(), self.done.clone());
-                let spawned =
-                    std::thread::Builder::new().name("read-ahead".into()).spawn(move || worker(&rx, &done));
+                let q = self.queue.clone();
+                let spawned = std::thread::Builder::new().name("read-ahead".into()).spawn(move || worker(&q));
                 if let Err(e) = spawned {
                     log::warn!("read-ahead thread: {e}");
                 }
             }
-            tx
-        })
+        });
+        let mut q = self.queue.jobs.lock();
+        for j in jobs.into_iter().rev() {
+            q.push_front(j);
+        }
+        q.truncate(QUEUE);
+        drop(q);
+        self.queue.ready.notify_all();
     }
 }
 
-fn worker(rx: &Mutex<Receiver<LowerDirs>>, done: &AtomicU64) {
+fn worker(q: &Queue) {
     loop {
-        let job = rx.lock().recv();
-        match job {
-            Ok(dirs) => {
-                read_ahead(&dirs);
-                done.fetch_add(1, Ordering::Relaxed);
+        let job = {
+            let mut jobs = q.jobs.lock();
+            loop {
+                match jobs.pop_front() {
+                    Some(j) => break j,
+                    None => q.ready.wait(&mut jobs),
+                }
             }
-            Err(_) => return, // the filesystem is gone
+        };
+        if let Some(u) = &job.upper {
+            let _ = stat_all(u);
+        }
+        read_ahead(&job.lowers);
+        q.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads directory `dir` and stats its entries, and looks for the opaque marker in its
+/// subdirectories: its blocks, their inodes and the subdirectories' blocks come into the
+/// kernel's caches, as a listing of `dir` will want them (its lookups open each subdirectory
+/// and check it for the marker).
+fn stat_all(dir: &OwnedFd) -> std::io::Result<Vec<sys::DirEntry>> {
+    let rfd = sys::reopen(dir.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let raw = sys::read_dir_all(rfd.as_fd())?;
+    drop(rfd);
+    let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();
+    for e in &raw {
+        let Ok(c) = CString::new(e.name.as_slice()) else { continue };
+        let Ok(st) = sys::fstatat(dir.as_fd(), &c) else { continue };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            if let Ok(sub) = crate::layer::open_dir_at(dir.as_fd(), &c) {
+                let _ = sys::exists_at(sub.as_fd(), &marker);
+            }
         }
     }
+    Ok(raw)
 }
 
 /// Reads a directory's lower directories into their indexes and stats their entries. Errors
@@ -86,16 +144,9 @@ fn read_ahead(dirs: &LowerDirs) {
         if ld.index.get().is_some() {
             continue; // read already: a lookup or the walk itself got there first
         }
-        let Ok(rfd) = sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY) else { continue };
-        let Ok(raw) = sys::read_dir_all(rfd.as_fd()) else { continue };
-        drop(rfd);
+        let Ok(raw) = stat_all(&ld.fd) else { continue };
         if dirs.len() >= INDEX_MIN_LOWERS {
             ld.index.get_or_init(|| DirIndex::from_raw(&raw));
-        }
-        for e in raw {
-            if let Ok(c) = CString::new(e.name) {
-                let _ = sys::fstatat(ld.fd.as_fd(), &c);
-            }
         }
     }
 }
@@ -103,43 +154,51 @@ fn read_ahead(dirs: &LowerDirs) {
 impl OverlayFs {
     /// Directories read ahead so far (for tests and statistics).
     pub fn read_ahead_count(&self) -> u64 {
-        self.ahead.done.load(Ordering::Relaxed)
+        self.ahead.queue.done.load(Ordering::Relaxed)
     }
 
     /// A READDIRPLUS of directory `dir` from `offset` returned the directories `subdirs`
-    /// (each now held by the kernel). Remembers them, and when this is the first listing of a
-    /// subdirectory of a listed directory, reads that directory's other subdirectories ahead.
+    /// (each now held by the kernel). In a walked directory, reads them ahead; otherwise
+    /// remembers them, and when this is the first listing of a subdirectory of a listed
+    /// directory, reads that directory's other subdirectories ahead.
     pub fn listed(&self, dir: u64, offset: u64, subdirs: Vec<u64>) {
         if !self.opts.read_ahead {
             return;
         }
-        let parent = match self.nodes.read().get(&dir) {
-            Some(Slot::Full(n)) => n.state.lock().parent.as_ref().map(|p| p.ino),
-            _ => None,
-        };
-        let siblings = {
-            let mut listed = self.ahead.listed.lock();
-            if !subdirs.is_empty() {
-                listed.get_or_insert_mut(dir, Vec::new).extend(subdirs);
+        // The table's lock is let go before a node's (the lock order: state, then table).
+        let parent = self.full_node(dir).and_then(|n| n.state.lock().parent.as_ref().map(|p| p.ino));
+        let mut ahead = Vec::new();
+        {
+            let mut k = self.ahead.state.lock();
+            if let Some(p) = parent.filter(|_| offset == 0) {
+                if let Some(siblings) = k.listed.pop(&p) {
+                    // A listed directory's subdirectory is listed: a walk.
+                    ahead.extend(siblings.into_iter().filter(|&id| id != dir));
+                    k.walked.put(p, ());
+                }
             }
-            match parent {
-                Some(p) if offset == 0 => listed.pop(&p),
-                _ => None,
-            }
-        };
-        let Some(siblings) = siblings else { return };
-        let queue = self.ahead.queue();
-        for id in siblings.into_iter().filter(|&id| id != dir) {
-            let dirs = match self.nodes.read().get(&id) {
-                Some(Slot::Full(n)) => n.state.lock().lower_dirs.clone(),
-                _ => continue, // forgotten meanwhile
-            };
-            if dirs.is_empty() {
-                continue;
-            }
-            if queue.try_send(dirs).is_err() {
-                return; // full: the walk is far behind already
+            if parent.is_some_and(|p| k.walked.contains(&p)) {
+                // Part of a walk: this directory's subdirectories come next.
+                k.walked.put(dir, ());
+                ahead.splice(0..0, subdirs);
+            } else if !subdirs.is_empty() {
+                k.listed.get_or_insert_mut(dir, Vec::new).extend(subdirs);
             }
         }
+        if ahead.is_empty() {
+            return;
+        }
+        let jobs: Vec<Job> = ahead
+            .iter()
+            .filter_map(|&id| {
+                let n = self.full_node(id)?; // None: forgotten meanwhile
+                let s = n.state.lock();
+                Some(Job {
+                    upper: s.upper.as_ref().and_then(|u| u.dir_fd().cloned()),
+                    lowers: s.lower_dirs.clone(),
+                })
+            })
+            .collect();
+        self.ahead.push(jobs);
     }
 }

@@ -235,14 +235,23 @@ impl OverlayFs {
         self.nodes.read().values().filter(|s| matches!(s, Slot::Lite(_))).count()
     }
 
+    /// The full node `id`, if that is what the table holds (a lite entry stays lite).
+    pub(crate) fn full_node(&self, id: u64) -> Option<Arc<Node>> {
+        match self.nodes.read().get(&id)? {
+            Slot::Full(n) => Some(n.clone()),
+            Slot::Lite(_) => None,
+        }
+    }
+
     /// For [`OverlayFs::path_of`]: the parent and name of entry `id`.
     pub(crate) fn parent_and_name(&self, id: u64) -> Option<(Option<Arc<Node>>, Vec<u8>)> {
-        match self.nodes.read().get(&id)? {
-            Slot::Full(n) => {
+        // The table's lock is let go before a node's (the lock order: state, then table).
+        match self.entry(id).ok()? {
+            Entry::Full(n) => {
                 let s = n.state.lock();
                 Some((s.parent.clone(), s.name.to_bytes().to_vec()))
             }
-            Slot::Lite(l) => Some((Some(l.parent.clone()), l.name.as_bytes().to_vec())),
+            Entry::Lite { parent, name, .. } => Some((Some(parent), name)),
         }
     }
 }
