@@ -54,6 +54,8 @@ struct Queue {
     ready: Condvar,
     /// Directories read ahead so far.
     done: AtomicU64,
+    /// Set when the filesystem goes away: the threads end.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A directory to read ahead: its upper directory (read by the kernel's caches only: it
@@ -97,11 +99,24 @@ impl ReadAhead {
     }
 }
 
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        let mut jobs = self.queue.jobs.lock();
+        jobs.clear();
+        self.queue.closed.store(true, Ordering::Relaxed);
+        drop(jobs);
+        self.queue.ready.notify_all();
+    }
+}
+
 fn worker(q: &Queue) {
     loop {
         let job = {
             let mut jobs = q.jobs.lock();
             loop {
+                if q.closed.load(Ordering::Relaxed) {
+                    return;
+                }
                 match jobs.pop_front() {
                     Some(j) => break j,
                     None => q.ready.wait(&mut jobs),
@@ -182,7 +197,9 @@ impl OverlayFs {
                 k.walked.put(dir, ());
                 ahead.splice(0..0, subdirs);
             } else if !subdirs.is_empty() {
-                k.listed.get_or_insert_mut(dir, Vec::new).extend(subdirs);
+                // No more than can be queued.
+                let v = k.listed.get_or_insert_mut(dir, Vec::new);
+                v.extend(subdirs.into_iter().take(QUEUE.saturating_sub(v.len())));
             }
         }
         if ahead.is_empty() {
