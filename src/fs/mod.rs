@@ -747,11 +747,11 @@ impl OverlayFs {
     /// (for tracing and fault rules). None for an unknown or detached node. Read-only: each
     /// node's state is locked briefly, one at a time.
     pub fn path_of(&self, ino: u64) -> Option<std::path::PathBuf> {
-        let (mut parent, name) = self.parent_and_name(ino)?;
-        let mut names: Vec<Vec<u8>> = vec![name];
         if ino == ROOT_ID {
             return Some("/".into());
         }
+        let (mut parent, name) = self.parent_and_name(ino)?;
+        let mut names: Vec<Vec<u8>> = vec![name];
         loop {
             let node = parent?;
             if node.ino == ROOT_ID {
