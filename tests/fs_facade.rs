@@ -180,14 +180,18 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
         OverlayFs::new(o).unwrap()
     };
     let ino = |fs: &OverlayFs, parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
-    // Waits for `want` directories read ahead, then a little more for any beyond.
-    let settle = |fs: &OverlayFs, want: u64| {
+    // Directories queued by the listings so far (counted as they are queued), once the
+    // threads have read all of them.
+    let queued = |fs: &OverlayFs| {
         let t = std::time::Instant::now();
-        while fs.read_ahead_count() < want && t.elapsed() < std::time::Duration::from_secs(10) {
+        loop {
+            let (queued, done) = fs.read_ahead_counts();
+            if done >= queued || t.elapsed() > std::time::Duration::from_secs(10) {
+                assert_eq!(done, queued, "every queued directory is read ahead");
+                return queued;
+            }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        fs.read_ahead_count()
     };
 
     // Listing directories (ls -l p q) reads nothing ahead.
@@ -196,27 +200,27 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     let (a, b, c) = (ino(&fs, p, "a"), ino(&fs, p, "b"), ino(&fs, p, "c"));
     fs.listed(p, 0, vec![a, b, c]);
     fs.listed(q, 0, vec![]);
-    assert_eq!(settle(&fs, 0), 0);
+    assert_eq!(queued(&fs), 0);
     // A listing of b, a subdirectory of the listed p, is a walk: a and c are read ahead.
     fs.listed(b, 0, vec![]);
-    assert_eq!(settle(&fs, 2), 2, "b's siblings");
+    assert_eq!(queued(&fs), 2, "b's siblings");
     // A second subdirectory of p, or a later chunk of b, starts nothing more.
     fs.listed(c, 0, vec![]);
     fs.listed(b, 4096, vec![]);
-    assert_eq!(settle(&fs, 2), 2);
+    assert_eq!(queued(&fs), 2);
 
     // A walk from the root: once it enters p, q is read ahead, and every directory listed
     // below the walked root reads its subdirectories ahead at once.
     let fs = mount(true);
     let (p, q) = (ino(&fs, 1, "p"), ino(&fs, 1, "q"));
     fs.listed(1, 0, vec![p, q]);
-    assert_eq!(settle(&fs, 0), 0, "the root alone is a listing");
+    assert_eq!(queued(&fs), 0, "the root alone is a listing");
     let (a, b, c) = (ino(&fs, p, "a"), ino(&fs, p, "b"), ino(&fs, p, "c"));
     fs.listed(p, 0, vec![a, b, c]);
-    assert_eq!(settle(&fs, 4), 4, "q, then a, b and c");
+    assert_eq!(queued(&fs), 4, "q, then a, b and c");
     let (x, y) = (ino(&fs, q, "x"), ino(&fs, q, "y"));
     fs.listed(q, 0, vec![x, y]);
-    assert_eq!(settle(&fs, 6), 6, "x and y");
+    assert_eq!(queued(&fs), 6, "x and y");
 
     // Off with read_ahead=0.
     let fs = mount(false);
@@ -225,5 +229,5 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     fs.listed(1, 0, vec![p]);
     fs.listed(p, 0, vec![a, b]);
     fs.listed(a, 0, vec![]);
-    assert_eq!(settle(&fs, 0), 0);
+    assert_eq!(queued(&fs), 0);
 }

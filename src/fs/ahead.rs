@@ -52,7 +52,8 @@ struct Known {
 struct Queue {
     jobs: Mutex<VecDeque<Job>>,
     ready: Condvar,
-    /// Directories read ahead so far.
+    /// Directories queued so far, and read ahead so far.
+    queued: AtomicU64,
     done: AtomicU64,
     /// Set when the filesystem goes away: the threads end.
     closed: std::sync::atomic::AtomicBool,
@@ -89,6 +90,7 @@ impl ReadAhead {
                 }
             }
         });
+        self.queue.queued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         let mut q = self.queue.jobs.lock();
         for j in jobs.into_iter().rev() {
             q.push_front(j);
@@ -167,9 +169,11 @@ fn read_ahead(dirs: &LowerDirs) {
 }
 
 impl OverlayFs {
-    /// Directories read ahead so far (for tests and statistics).
-    pub fn read_ahead_count(&self) -> u64 {
-        self.ahead.queue.done.load(Ordering::Relaxed)
+    /// Directories queued for reading ahead so far, and read ahead so far (for tests and
+    /// statistics).
+    pub fn read_ahead_counts(&self) -> (u64, u64) {
+        let q = &self.ahead.queue;
+        (q.queued.load(Ordering::Relaxed), q.done.load(Ordering::Relaxed))
     }
 
     /// A READDIRPLUS of directory `dir` from `offset` returned the directories `subdirs`
@@ -217,5 +221,40 @@ impl OverlayFs {
             })
             .collect();
         self.ahead.push(jobs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::LowerDir;
+    use crate::layer::DirMarks;
+
+    #[test]
+    fn read_ahead_fills_the_indexes_a_lookup_uses() {
+        let root = std::env::temp_dir().join(format!("layerfs-ahead-{}", std::process::id()));
+        let open = |d: &std::path::Path| {
+            let c = CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+            Arc::new(sys::open_trusted(&c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap())
+        };
+        let mut lds = Vec::new();
+        for (i, l) in ["l0", "l1"].iter().enumerate() {
+            let d = root.join(l);
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join(format!("f{i}")), b"x").unwrap();
+            lds.push(LowerDir::new(i + 1, open(&d), DirMarks::default()));
+        }
+        let one = LowerDirs::from(vec![LowerDir::new(1, open(&root.join("l0")), DirMarks::default())]);
+        let two = LowerDirs::from(lds);
+        read_ahead(&two);
+        read_ahead(&one);
+        for (i, ld) in two.iter().enumerate() {
+            let ix = ld.index.get().expect("two lowers merge: each gets its index");
+            assert_eq!(ix.entry(format!("f{i}").as_bytes()).map(|e| e.0), Some(libc::DT_REG));
+            assert_eq!(ix.entry(b"sub").map(|e| e.0), Some(libc::DT_DIR));
+            assert!(ix.entry(b"f9").is_none());
+        }
+        assert!(one[0].index.get().is_none(), "a single lower gets no index (as for lookups)");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -12,15 +12,16 @@
 //! lower layer `layer` of its parent, nothing above it. The lower directory is the parent's
 //! directory in that layer; lower directories never move, so it is found again when needed.
 
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use fuser::{FileAttr, FileType};
-use parking_lot::{Mutex, RwLock};
 
-use super::{LowerDirs, Node, NodeState, OverlayFs, arc_cname};
+use super::{Node, NodeState, OverlayFs, arc_cname};
 use crate::error::{Error, Result};
-use crate::layer::{DirMarks, Loc};
+use crate::layer::Loc;
 
 /// A name in 16 bytes: up to [`ShortName::INLINE`] bytes in place, a longer one behind a thin
 /// pointer to its length byte and its bytes (one allocation, no separate length word).
@@ -97,12 +98,12 @@ pub(crate) enum Slot {
 /// A table entry, copied out of the table.
 enum Entry {
     Full(Arc<Node>),
-    Lite { parent: Arc<Node>, name: Vec<u8>, layer: u16, kind: FileType },
+    Lite { parent: Arc<Node>, name: Arc<CStr>, layer: u16, kind: FileType },
 }
 
 /// The layer and lower directory of a resolution a lite entry can stand for: a non-directory
 /// of a lower layer, with no upper object.
-pub(crate) fn lite_layer(s: &NodeState) -> Option<(u16, Arc<std::os::fd::OwnedFd>)> {
+pub(crate) fn lite_layer(s: &NodeState) -> Option<(u16, Arc<OwnedFd>)> {
     if s.kind == FileType::Directory || s.upper.is_some() || s.unlinked || !s.lower_dirs.is_empty() {
         return None;
     }
@@ -153,15 +154,11 @@ impl OverlayFs {
         }
     }
 
-    /// The lower object of a lite entry: its layer directory (the parent's, in that layer) and
-    /// name.
-    fn lite_loc(&self, parent: &Node, name: &[u8], layer: u16) -> Result<(Loc, usize)> {
-        let fd = {
-            let s = parent.state.lock();
-            let ld = s.lower_dirs.iter().find(|d| d.layer == usize::from(layer));
-            ld.map(|d| d.fd.clone()).ok_or(Error::new(libc::ESTALE, "lower directory gone"))?
-        };
-        Ok((Loc::At(fd, arc_cname(name)?), usize::from(layer)))
+    /// The directory of a lite entry's lower object: the parent's, in that layer.
+    fn lite_dir(&self, parent: &Node, layer: u16) -> Result<Arc<OwnedFd>> {
+        let s = parent.state.lock();
+        let ld = s.lower_dirs.iter().find(|d| d.layer == usize::from(layer));
+        ld.map(|d| d.fd.clone()).ok_or(Error::new(libc::ESTALE, "lower directory gone"))
     }
 
     /// Entry `id`: its node, or what a lite entry needs for a stat or a promotion (read under
@@ -171,7 +168,7 @@ impl OverlayFs {
             Some(Slot::Full(n)) => Ok(Entry::Full(n.clone())),
             Some(Slot::Lite(l)) => Ok(Entry::Lite {
                 parent: l.parent.clone(),
-                name: l.name.as_bytes().to_vec(),
+                name: arc_cname(l.name.as_bytes())?,
                 layer: l.layer,
                 kind: l.kind,
             }),
@@ -185,31 +182,15 @@ impl OverlayFs {
             Entry::Full(n) => return Ok(n),
             Entry::Lite { parent, name, layer, kind } => (parent, name, layer, kind),
         };
-        let (loc, li) = self.lite_loc(&parent, &name, layer)?;
-        let Loc::At(fd, cname) = loc else { unreachable!("lite_loc gives a name in a directory") };
-        let state = NodeState {
-            parent: Some(parent),
-            name: cname,
-            kind,
-            upper: None,
-            upper_marks: DirMarks::default(),
-            lower_dirs: LowerDirs::default(),
-            lower: Some((li, fd)),
-            unlinked: false,
-        };
+        let fd = self.lite_dir(&parent, layer)?;
+        let mut state = NodeState::non_dir(name, kind, None, Some((usize::from(layer), fd)));
+        state.parent = Some(parent);
         let mut nodes = self.nodes.write();
         match nodes.get(&id) {
             Some(Slot::Full(n)) => Ok(n.clone()),
             None => Err(Error::new(libc::ESTALE, "unknown inode")),
             Some(Slot::Lite(l)) => {
-                let n = Arc::new(Node {
-                    ino: id,
-                    lookups: AtomicU64::new(u64::from(l.lookups)),
-                    has_upper: AtomicBool::new(false),
-                    state: Mutex::new(state),
-                    dir_lock: RwLock::new(()),
-                    copy_lock: Mutex::new(()),
-                });
+                let n = Node::new(id, u64::from(l.lookups), state);
                 let old = nodes.insert(id, Slot::Full(n.clone()));
                 drop(nodes);
                 drop(old);
@@ -223,8 +204,8 @@ impl OverlayFs {
         match self.entry(id)? {
             Entry::Full(node) => self.node_attr(&node),
             Entry::Lite { parent, name, layer, .. } => {
-                let (loc, li) = self.lite_loc(&parent, &name, layer)?;
-                let st = self.stat_eff(&loc, li).map_err(|e| Error::io(e, "stat"))?;
+                let loc = Loc::At(self.lite_dir(&parent, layer)?, name);
+                let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
                 Ok(self.attr_from_stat(id, &st, false))
             }
         }
@@ -251,7 +232,7 @@ impl OverlayFs {
                 let s = n.state.lock();
                 Some((s.parent.clone(), s.name.to_bytes().to_vec()))
             }
-            Entry::Lite { parent, name, .. } => Some((Some(parent), name)),
+            Entry::Lite { parent, name, .. } => Some((Some(parent), name.to_bytes().to_vec())),
         }
     }
 }

@@ -209,7 +209,41 @@ pub struct Node {
     pub(crate) has_upper: AtomicBool,
 }
 
+impl NodeState {
+    /// A non-directory with its upper object or its lower one (layer, directory), not yet
+    /// linked to a parent.
+    pub(crate) fn non_dir(
+        name: Arc<CStr>,
+        kind: FileType,
+        upper: Option<Loc>,
+        lower: Option<(usize, Arc<OwnedFd>)>,
+    ) -> NodeState {
+        NodeState {
+            parent: None,
+            name,
+            kind,
+            upper,
+            upper_marks: DirMarks::default(),
+            lower_dirs: LowerDirs::default(),
+            lower,
+            unlinked: false,
+        }
+    }
+}
+
 impl Node {
+    /// A node holding `lookups` kernel references.
+    pub(crate) fn new(ino: u64, lookups: u64, state: NodeState) -> Arc<Node> {
+        Arc::new(Node {
+            ino,
+            lookups: AtomicU64::new(lookups),
+            has_upper: AtomicBool::new(state.upper.is_some()),
+            state: Mutex::new(state),
+            dir_lock: RwLock::new(()),
+            copy_lock: Mutex::new(()),
+        })
+    }
+
     pub(crate) fn is_dir(&self) -> bool {
         self.state.lock().kind == FileType::Directory
     }
@@ -684,23 +718,17 @@ impl OverlayFs {
                 }
             }
         }
-        let node = Arc::new(Node {
-            ino: ROOT_ID,
-            lookups: AtomicU64::new(1),
-            has_upper: AtomicBool::new(upper.is_some()),
-            state: Mutex::new(NodeState {
-                parent: None,
-                name: Arc::from(c""),
-                kind: FileType::Directory,
-                upper,
-                upper_marks,
-                lower_dirs: lower_dirs.into(),
-                lower: None,
-                unlinked: false,
-            }),
-            dir_lock: RwLock::new(()),
-            copy_lock: Mutex::new(()),
-        });
+        let state = NodeState {
+            parent: None,
+            name: Arc::from(c""),
+            kind: FileType::Directory,
+            upper,
+            upper_marks,
+            lower_dirs: lower_dirs.into(),
+            lower: None,
+            unlinked: false,
+        };
+        let node = Node::new(ROOT_ID, 1, state);
         self.nodes.write().insert(ROOT_ID, lite::Slot::Full(node));
         Ok(())
     }
@@ -1117,15 +1145,10 @@ impl OverlayFs {
                 let loc = Loc::At(dirfd.clone(), cn.clone());
                 let is_upper = pos == 0 && upper_dir.is_some();
                 let id = if is_upper { self.ino_for(li, *ino) } else { lower_leaf_id(parent.ino, name) };
-                let state = NodeState {
-                    parent: None,
-                    name: cn.clone(),
-                    kind: kind_of(*mode),
-                    upper: if is_upper { Some(loc.clone()) } else { None },
-                    upper_marks: DirMarks::default(),
-                    lower_dirs: LowerDirs::default(),
-                    lower: if is_upper { None } else { Some((li, dirfd.clone())) },
-                    unlinked: false,
+                let state = if is_upper {
+                    NodeState::non_dir(cn.clone(), kind_of(*mode), Some(loc), None)
+                } else {
+                    NodeState::non_dir(cn.clone(), kind_of(*mode), None, Some((li, dirfd.clone())))
                 };
                 Ok(Some((id, state)))
             }
@@ -1188,7 +1211,7 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let _g = pnode.dir_lock.read();
-        let Some((id, mut state)) = self.resolve(&pnode, name)? else {
+        let Some((id, state)) = self.resolve(&pnode, name)? else {
             return Err(Error::errno(libc::ENOENT));
         };
         if let Some((layer, fd)) = lite::lite_layer(&state) {
@@ -1199,8 +1222,7 @@ impl OverlayFs {
                 return Ok(self.attr_from_stat(id, &st, false));
             }
         }
-        state.parent = Some(pnode.clone());
-        let node = self.install(id, state);
+        let node = self.install_child(&pnode, id, state);
         let attr = self.node_attr(&node)?;
         node.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(attr)
@@ -1211,16 +1233,17 @@ impl OverlayFs {
     pub(crate) fn lookup_locked(&self, pnode: &Arc<Node>, name: &[u8]) -> Result<Option<Arc<Node>>> {
         // No per-directory map of children is kept (memory per node, for little: the kernel
         // caches entries); a resolution finds a live node again by its id.
-        let Some((id, mut state)) = self.resolve(pnode, name)? else {
-            return Ok(None);
-        };
+        Ok(self.resolve(pnode, name)?.map(|(id, state)| self.install_child(pnode, id, state)))
+    }
+
+    /// Installs a child of `pnode` resolved by [`OverlayFs::resolve`].
+    fn install_child(&self, pnode: &Arc<Node>, id: u64, mut state: NodeState) -> Arc<Node> {
         state.parent = Some(pnode.clone());
-        Ok(Some(self.install(id, state)))
+        self.install(id, state)
     }
 
     /// Puts a resolved node in the table (reusing a live node with the same id).
     pub(crate) fn install(&self, id: u64, state: NodeState) -> Arc<Node> {
-        let has_upper = state.upper.is_some();
         let mut nodes = self.nodes.write();
         let lookups = match nodes.get(&id) {
             Some(lite::Slot::Full(existing)) => {
@@ -1245,14 +1268,7 @@ impl OverlayFs {
             Some(lite::Slot::Lite(l)) => u64::from(l.lookups),
             None => 0,
         };
-        let n = Arc::new(Node {
-            ino: id,
-            lookups: AtomicU64::new(lookups),
-            has_upper: AtomicBool::new(has_upper),
-            state: Mutex::new(state),
-            dir_lock: RwLock::new(()),
-            copy_lock: Mutex::new(()),
-        });
+        let n = Node::new(id, lookups, state);
         let old = nodes.insert(id, lite::Slot::Full(n.clone()));
         self.nodes_peak.fetch_max(nodes.len(), Ordering::Relaxed);
         drop(nodes);
