@@ -507,10 +507,17 @@ impl Filesystem for Fuse {
             Ok(o)
         };
         match self.hook(req, Op::Open, ino.0, None, 0, args, f) {
-            Ok(o) => match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
-                OpenMode::Passthrough(id) => reply.opened_passthrough(FileHandle(o.fh), self.noflush(), &id),
-                OpenMode::Cached => reply.opened(FileHandle(o.fh), self.fopen(&o)),
-            },
+            Ok(o) => {
+                match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                    OpenMode::Passthrough(id) => {
+                        reply.opened_passthrough(FileHandle(o.fh), self.noflush(), &id)
+                    }
+                    OpenMode::Cached => reply.opened(FileHandle(o.fh), self.fopen(&o)),
+                }
+                if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+                    self.fs.opened(ino.0);
+                }
+            }
             Err(e) => reply_err!(reply, "open", e),
         }
     }
@@ -662,6 +669,7 @@ impl Filesystem for Fuse {
             Err(e) => return reply_err!(reply, "readdirplus", e),
         };
         let mut subdirs = Vec::new();
+        let mut files = Vec::new();
         for e in &entries[start..] {
             let off = e.cookie;
             if e.name == "." || e.name == ".." {
@@ -682,8 +690,10 @@ impl Filesystem for Fuse {
                         self.fs.forget(attr.ino.0, 1);
                         break;
                     }
-                    if attr.kind == fuser::FileType::Directory {
-                        subdirs.push(attr.ino.0);
+                    match attr.kind {
+                        fuser::FileType::Directory => subdirs.push(attr.ino.0),
+                        fuser::FileType::RegularFile if attr.size > 0 => files.push((attr.ino.0, attr.size)),
+                        _ => {}
                     }
                 }
                 Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
@@ -691,6 +701,7 @@ impl Filesystem for Fuse {
         }
         reply.ok();
         self.fs.listed(ino.0, offset, subdirs);
+        self.fs.listed_files(ino.0, offset, files);
     }
 
     fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

@@ -1,6 +1,6 @@
 //! Tests of the union façade without FUSE: `OverlayFs` called directly.
 mod common;
-use common::Scratch;
+use common::{Scratch, evict, resident};
 use layerfs::fs::{Caller, FsOptions, OverlayFs, SetAttr};
 use std::ffi::OsStr;
 use std::fs;
@@ -230,4 +230,112 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     fs.listed(p, 0, vec![a, b]);
     fs.listed(a, 0, vec![]);
     assert_eq!(queued(&fs), 0);
+}
+
+#[test]
+fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
+    const N: usize = 100;
+    const WINDOW: usize = 64; // ahead::DATA_FILES
+    let s = Scratch::new();
+    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    fs::create_dir_all(l1.join("d")).unwrap();
+    fs::create_dir_all(l2.join("d")).unwrap();
+    fs::create_dir_all(u.join("d")).unwrap();
+    fs::create_dir_all(l2.join("e")).unwrap();
+    // Files spread over the three layers: their real paths, in listing order.
+    let mut real = Vec::new();
+    for i in 0..N {
+        let dir = [&u, &l1, &l2][i % 3].join("d");
+        let p = dir.join(format!("f{i:03}"));
+        fs::write(&p, vec![i as u8; 16 << 10]).unwrap();
+        real.push(p);
+    }
+    fs::write(l2.join("e/other"), vec![1u8; 16 << 10]).unwrap();
+    let mount = |read_ahead: bool| {
+        let mut o = FsOptions::new(vec![l1.clone(), l2.clone()]);
+        o.upper = Some(u.clone());
+        o.work = Some(w.clone());
+        o.read_ahead = read_ahead;
+        OverlayFs::new(o).unwrap()
+    };
+    let evict_all = || {
+        for p in real.iter().chain([&l2.join("e/other")]) {
+            evict(p);
+            assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
+        }
+    };
+    // Waits for `n` files' data to have been asked for (bounded), then gives the count.
+    let asked = |fs: &OverlayFs, n: u64| {
+        let t = std::time::Instant::now();
+        while fs.data_ahead_count() < n && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fs.data_ahead_count()
+    };
+    // READDIRPLUS of d in two chunks, as the kernel would ask for a long directory.
+    let list = |fs: &OverlayFs| {
+        let d = fs.lookup(1, OsStr::new("d")).unwrap().ino.0;
+        let files: Vec<(u64, u64)> = (0..N)
+            .map(|i| {
+                let a = fs.lookup(d, OsStr::new(&format!("f{i:03}"))).unwrap();
+                (a.ino.0, a.size)
+            })
+            .collect();
+        fs.listed_files(d, 0, files[..60].to_vec());
+        fs.listed_files(d, 60, files[60..].to_vec());
+        files
+    };
+    let open = |fs: &OverlayFs, ino: u64| {
+        let o = fs.open(ino, libc::O_RDONLY).unwrap();
+        fs.opened(ino);
+        fs.release(o.fh);
+    };
+
+    let fs = mount(true);
+    evict_all();
+    let files = list(&fs);
+    // Which of f001.. are in the page cache.
+    let cached_to = |n: usize| {
+        let t = std::time::Instant::now();
+        while fs.data_ahead_count() < (n - 1) as u64 && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(fs.data_ahead_count(), (n - 1) as u64, "files asked for");
+        for (i, p) in real.iter().enumerate().skip(1) {
+            assert_eq!(resident(p) > 0, i < n, "f{i:03} read ahead (window up to f{:03})", n - 1);
+        }
+    };
+    // A listing, and an open in a directory never listed, ask for nothing.
+    let e = fs.lookup(1, OsStr::new("e")).unwrap().ino.0;
+    let other = fs.lookup(e, OsStr::new("other")).unwrap().ino.0;
+    open(&fs, other);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(fs.data_ahead_count(), 0);
+    // The first open asks for a small window after it, in every layer: f001..f008.
+    open(&fs, files[0].0);
+    cached_to(9);
+    // Opens that keep up double the window, to 64 files, each time they come within half of
+    // its end: up to f017, f034, then f067.
+    open(&fs, files[1].0);
+    cached_to(18);
+    open(&fs, files[2].0);
+    cached_to(35);
+    open(&fs, files[3].0);
+    cached_to(68);
+    // Further in, nothing more until the opens reach half of the window: at f036, the rest.
+    for f in &files[4..36] {
+        open(&fs, f.0);
+    }
+    assert_eq!(fs.data_ahead_count(), 67);
+    open(&fs, files[36].0);
+    cached_to(N);
+
+    // Off with read_ahead=0.
+    let fs = mount(false);
+    evict_all();
+    let files = list(&fs);
+    open(&fs, files[0].0);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(fs.data_ahead_count(), 0);
+    assert!(real.iter().skip(1).all(|p| resident(p) == 0));
 }

@@ -20,3 +20,62 @@ fn mounts_reads_and_unmounts() {
     assert_eq!(fs::read(u.join("b")).unwrap(), b"new");
     assert!(!l.join("b").exists());
 }
+
+/// Reading the files of a listed directory through the mount makes layerfs ask for the data
+/// of the files listed after the one being read (data read-ahead); `read_ahead=0` does not.
+#[test]
+fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
+    if !can_mount() {
+        return;
+    }
+    const N: usize = 40;
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir_all(l.join("d")).unwrap();
+    for i in 0..N {
+        fs::write(l.join(format!("d/f{i:02}")), vec![i as u8; 32 << 10]).unwrap();
+    }
+    for read_ahead in [true, false] {
+        let _mnt = mount_layerfs(
+            std::slice::from_ref(&l),
+            Some((&u, &w)),
+            &m,
+            &format!("read_ahead={}", read_ahead as u8),
+        );
+        let names: Vec<String> = fs::read_dir(m.join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), N);
+        for n in &names {
+            evict(&l.join("d").join(n));
+            assert_eq!(
+                resident(&l.join("d").join(n)),
+                0,
+                "{n} stays cached: the page cache cannot be checked here"
+            );
+        }
+        // Read the files in listing order, as tar or cp -r would: the first one asks for the
+        // next 8, and three more for all of them (the window doubles as the reads keep up).
+        let cached = |n: &String| resident(&l.join("d").join(n)) > 0;
+        let read = |n: &String| assert_eq!(fs::read(m.join("d").join(n)).unwrap().len(), 32 << 10);
+        let wait_for = |want: &[String]| {
+            let t = std::time::Instant::now();
+            while !want.iter().all(cached) && t.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        read(&names[0]);
+        if read_ahead {
+            wait_for(&names[1..9]);
+            assert!(names[1..9].iter().all(cached), "the next 8 files are read ahead");
+            assert!(!names[9..].iter().any(cached), "and no more");
+            names[1..4].iter().for_each(read);
+            wait_for(&names[4..]);
+            assert!(names[4..].iter().all(cached), "every later file of d is read ahead");
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(!names[1..].iter().any(cached), "read_ahead=0 reads nothing ahead");
+        }
+    }
+}

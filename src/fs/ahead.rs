@@ -12,6 +12,15 @@
 //! are read first, in listing order, as a depth-first walk will want them. A directory that
 //! is only listed (`ls -l`) starts no read-ahead. Nothing read ahead is kept beyond the index
 //! a lookup would have built; the rest is the kernel's own caches.
+//!
+//! File data is read ahead the same way, once a walk reads files (`tar`, `cp -r`, `grep -r`):
+//! when a file of a listed directory is opened for reading, the data of the next files in the
+//! listing is asked for (at most [`DATA_BYTES`] of each) without waiting for it, and again
+//! whenever the opens come within half of the window's end. The window starts at
+//! [`DATA_START`] files, so one file opened out of a listing costs little, and doubles with
+//! each step the opens keep up with, to [`DATA_FILES`]. The walk's own reads then find the
+//! data in the page cache, or on its way, instead of waiting for one disk read after another.
+//! A listing alone reads no data.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -22,6 +31,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Condvar, Mutex};
 
 use super::{DirIndex, INDEX_MIN_LOWERS, LowerDirs, OverlayFs};
+use crate::layer::Loc;
 use crate::sys;
 
 /// Threads reading ahead (the disk serves several reads at once; the CPUs are few).
@@ -32,6 +42,15 @@ const QUEUE: usize = 256;
 /// directories known to be walked.
 const LISTED: usize = 64;
 const WALKED: usize = 256;
+/// Files whose data is asked for ahead of the opens: the first window, the largest; and how
+/// much of each file.
+pub(crate) const DATA_START: usize = 8;
+pub(crate) const DATA_FILES: usize = 64;
+pub(crate) const DATA_BYTES: u64 = 1 << 20;
+/// Listed directories whose regular files are remembered (in listing order, at most
+/// `FILES_PER_DIR`: 16 bytes each) for reading their data ahead.
+const FILE_DIRS: usize = 16;
+const FILES_PER_DIR: usize = 4096;
 
 /// What the read-ahead knows, and its work queue (threads started at first use: a mount forks
 /// after the filesystem is built).
@@ -46,6 +65,17 @@ struct Known {
     listed: lru::LruCache<u64, Vec<u64>>,
     /// Directories a walk entered a subdirectory of.
     walked: lru::LruCache<u64, ()>,
+    /// Listed directory → its regular files, for data read-ahead.
+    files: lru::LruCache<u64, Files>,
+}
+
+/// A listed directory's regular files (node id, size) in listing order; the opens have come
+/// to `cursor`, data is asked for up to `asked`, and the next window is `window` files.
+struct Files {
+    list: Vec<(u64, u64)>,
+    cursor: usize,
+    asked: usize,
+    window: usize,
 }
 
 #[derive(Default)]
@@ -55,15 +85,18 @@ struct Queue {
     /// Directories queued so far, and read ahead so far.
     queued: AtomicU64,
     done: AtomicU64,
+    /// Files whose data was asked for.
+    data_files: AtomicU64,
     /// Set when the filesystem goes away: the threads end.
     closed: std::sync::atomic::AtomicBool,
 }
 
-/// A directory to read ahead: its upper directory (read by the kernel's caches only: it
-/// changes) and its lower directories.
-struct Job {
-    upper: Option<Arc<OwnedFd>>,
-    lowers: LowerDirs,
+enum Job {
+    /// A directory to read ahead: its upper directory (read by the kernel's caches only: it
+    /// changes) and its lower directories.
+    Dir { upper: Option<Arc<OwnedFd>>, lowers: LowerDirs },
+    /// Files whose data to ask for: where each lives, and its size.
+    Data(Vec<(Loc, u64)>),
 }
 
 fn lru<V>(n: usize) -> lru::LruCache<u64, V> {
@@ -73,7 +106,7 @@ fn lru<V>(n: usize) -> lru::LruCache<u64, V> {
 impl ReadAhead {
     pub(crate) fn new() -> ReadAhead {
         ReadAhead {
-            state: Mutex::new(Known { listed: lru(LISTED), walked: lru(WALKED) }),
+            state: Mutex::new(Known { listed: lru(LISTED), walked: lru(WALKED), files: lru(FILE_DIRS) }),
             queue: Arc::default(),
             started: OnceLock::new(),
         }
@@ -90,7 +123,8 @@ impl ReadAhead {
                 }
             }
         });
-        self.queue.queued.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let dirs = jobs.iter().filter(|j| matches!(j, Job::Dir { .. })).count();
+        self.queue.queued.fetch_add(dirs as u64, Ordering::Relaxed);
         let mut q = self.queue.jobs.lock();
         for j in jobs.into_iter().rev() {
             q.push_front(j);
@@ -125,11 +159,30 @@ fn worker(q: &Queue) {
                 }
             }
         };
-        if let Some(u) = &job.upper {
-            let _ = stat_all(u);
+        match job {
+            Job::Dir { upper, lowers } => {
+                if let Some(u) = &upper {
+                    let _ = stat_all(u);
+                }
+                read_ahead(&lowers);
+                q.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Job::Data(files) => {
+                for (loc, size) in &files {
+                    data_ahead(loc, *size);
+                }
+                q.data_files.fetch_add(files.len() as u64, Ordering::Relaxed);
+            }
         }
-        read_ahead(&job.lowers);
-        q.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Asks the kernel for the start of a file's data (POSIX_FADV_WILLNEED: the reads are started,
+/// not waited for), up to [`DATA_BYTES`].
+fn data_ahead(loc: &Loc, size: u64) {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+    if let Ok(fd) = loc.open(flags) {
+        let _ = sys::will_need(fd.as_fd(), 0, size.min(DATA_BYTES));
     }
 }
 
@@ -214,13 +267,80 @@ impl OverlayFs {
             .filter_map(|&id| {
                 let n = self.full_node(id)?; // None: forgotten meanwhile
                 let s = n.state.lock();
-                Some(Job {
+                Some(Job::Dir {
                     upper: s.upper.as_ref().and_then(|u| u.dir_fd().cloned()),
                     lowers: s.lower_dirs.clone(),
                 })
             })
             .collect();
         self.ahead.push(jobs);
+    }
+
+    /// A READDIRPLUS of `dir` from `offset` returned the regular files `files` (node id,
+    /// size), remembered for [`OverlayFs::opened`]. A listing from offset 0 starts afresh.
+    pub fn listed_files(&self, dir: u64, offset: u64, files: Vec<(u64, u64)>) {
+        if !self.opts.read_ahead {
+            return;
+        }
+        let mut k = self.ahead.state.lock();
+        if offset == 0 {
+            if files.is_empty() {
+                k.files.pop(&dir);
+                return;
+            }
+            k.files.put(dir, Files { list: Vec::new(), cursor: 0, asked: 0, window: DATA_START });
+        }
+        if let Some(f) = k.files.get_mut(&dir) {
+            let room = FILES_PER_DIR.saturating_sub(f.list.len());
+            f.list.extend(files.into_iter().take(room));
+        }
+    }
+
+    /// File `ino` was opened for reading. When its directory's files were listed, asks for
+    /// the data of the files listed after it (see the module's notes).
+    pub fn opened(&self, ino: u64) {
+        if !self.opts.read_ahead {
+            return;
+        }
+        let Some(dir) = self.full_node(ino).and_then(|n| n.state.lock().parent.as_ref().map(|p| p.ino))
+        else {
+            return;
+        };
+        let range = {
+            let mut k = self.ahead.state.lock();
+            let Some(f) = k.files.get_mut(&dir) else { return };
+            // Most often the next one; otherwise anywhere.
+            let pos = f.list[f.cursor.min(f.list.len())..]
+                .iter()
+                .position(|&(id, _)| id == ino)
+                .map(|p| p + f.cursor)
+                .or_else(|| f.list.iter().position(|&(id, _)| id == ino));
+            let Some(pos) = pos else { return };
+            f.cursor = pos + 1;
+            if f.cursor >= f.list.len() {
+                k.files.pop(&dir); // the last file: the walk is done here
+                return;
+            }
+            if f.asked >= f.cursor + f.window / 2 {
+                return;
+            }
+            let from = f.asked.max(f.cursor);
+            let to = (f.cursor + f.window).min(f.list.len());
+            f.asked = to;
+            f.window = (f.window * 2).min(DATA_FILES);
+            f.list[from..to].to_vec()
+        };
+        // Located with the read-ahead's lock let go (the lock order: state, then table).
+        let files: Vec<(Loc, u64)> =
+            range.into_iter().filter_map(|(id, size)| Some((self.data_loc(id)?, size))).collect();
+        if !files.is_empty() {
+            self.ahead.push(vec![Job::Data(files)]);
+        }
+    }
+
+    /// Files whose data was asked for ahead so far (for tests and statistics).
+    pub fn data_ahead_count(&self) -> u64 {
+        self.ahead.queue.data_files.load(Ordering::Relaxed)
     }
 }
 

@@ -460,6 +460,14 @@ pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
     cvt_l(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as i64) })
 }
 
+/// Starts reading `len` bytes at `off` into the page cache, without waiting for them
+/// (POSIX_FADV_WILLNEED).
+pub fn will_need(fd: BorrowedFd, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::posix_fadvise(fd.as_raw_fd(), off as i64, len as i64, libc::POSIX_FADV_WILLNEED) };
+    if r == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(r)) }
+}
+
 pub fn pwrite(fd: BorrowedFd, buf: &[u8], off: u64) -> io::Result<usize> {
     // SAFETY: `buf` is readable for its length.
     cvt_l(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), off as i64) })

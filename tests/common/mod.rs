@@ -551,3 +551,29 @@ impl Rng {
         &v[self.below(v.len() as u64) as usize]
     }
 }
+
+/// Pages of `path` in the page cache.
+pub fn resident(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a private read-only mapping of an open file, unmapped below; mincore writes one
+    // byte per page into `v`, which has that many.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        let mut v = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+}
+
+/// Writes `path` back and drops it from the page cache.
+pub fn evict(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: plain syscall on an open fd.
+    assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+}
