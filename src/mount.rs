@@ -227,6 +227,7 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             return Err(msg);
         }
     };
+    raise_read_ahead(&cfg.mountpoint);
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("signals".into())
@@ -244,4 +245,100 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         sys::redirect_stdio_to_null(cfg.opts.debug);
     }
     session.run().map_err(|e| format!("session: {e}"))
+}
+
+/// The read-ahead window of the mount's own backing device info, in KiB: as large as one read
+/// request may be (`max_write` and `max_pages` allow 1 MiB). The kernel starts a FUSE mount at
+/// 128 KiB whatever the server answers at INIT, so a sequential read of a file the server
+/// serves is cut into 128 KiB requests, each a round trip. At 1 MiB, reading a 2 GiB lower file
+/// already in the lower's page cache through a fresh mount took 0.80-0.88 s instead of
+/// 1.66-1.70 s here (4 pairs); kernel overlayfs took 0.25 s.
+const READ_AHEAD_KB: u64 = 1024;
+
+/// Raises the mount's read-ahead window to [`READ_AHEAD_KB`] through sysfs, where the server
+/// may (root in the initial user namespace); elsewhere the kernel's window stays. Reads
+/// mountinfo rather than stat'ing the mountpoint, which would be a request to this very server
+/// before it serves any.
+fn raise_read_ahead(mountpoint: &std::path::Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = fuse_dev_in_mountinfo(&info, mountpoint) else {
+        log::debug!("read-ahead: {} not found in mountinfo", mountpoint.display());
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let now: Option<u64> = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+    if now.is_some_and(|kb| kb >= READ_AHEAD_KB) {
+        return;
+    }
+    match std::fs::write(&path, format!("{READ_AHEAD_KB}\n")) {
+        Ok(()) => log::debug!("read-ahead: {path} set to {READ_AHEAD_KB} KiB"),
+        Err(e) => log::debug!("read-ahead: {path} left at {now:?} KiB: {e}"),
+    }
+}
+
+/// The `major:minor` of the last FUSE mount on `mountpoint` in a mountinfo text (the last,
+/// since a new mount on the same directory comes after the ones it covers).
+pub(crate) fn fuse_dev_in_mountinfo(info: &str, mountpoint: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let want = mountpoint.as_os_str().as_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        let (Some(dev), Some(mp), Some(fstype)) = (f.get(2), f.get(4), f.get(sep + 1)) else { continue };
+        if (*fstype == "fuse" || fstype.starts_with("fuse.")) && unescape_mountinfo(mp) == want {
+            found = Some(dev.to_string());
+        }
+    }
+    found
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct =
+            b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const INFO: &str = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:41 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:20 - fuse.layerfs layerfs rw,user_id=0
+41 22 0:42 / /tmp/ovl rw,relatime shared:21 - overlay overlay rw,lowerdir=/l
+42 40 0:43 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:22 master:3 - fuse layerfs rw,user_id=0
+43 22 0:44 / /tmp/ovl rw,relatime - fuse.fuse-overlayfs fuse-overlayfs rw
+";
+
+    #[test]
+    fn mountinfo_gives_the_last_fuse_mount_on_a_path() {
+        assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/a b")).as_deref(), Some("0:43"));
+        assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/ovl")).as_deref(), Some("0:44"));
+        assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/")), None, "not a FUSE mount");
+        assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/a")), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d\\012"), b"a b\tc\\d\n");
+        assert_eq!(unescape_mountinfo("x\\09y\\"), b"x\\09y\\", "not an octal escape");
+    }
 }

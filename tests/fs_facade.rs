@@ -235,7 +235,6 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
 #[test]
 fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     const N: usize = 100;
-    const WINDOW: usize = 64; // ahead::DATA_FILES
     let s = Scratch::new();
     let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
     fs::create_dir_all(l1.join("d")).unwrap();
@@ -263,14 +262,6 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
             evict(p);
             assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
         }
-    };
-    // Waits for `n` files' data to have been asked for (bounded), then gives the count.
-    let asked = |fs: &OverlayFs, n: u64| {
-        let t = std::time::Instant::now();
-        while fs.data_ahead_count() < n && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        fs.data_ahead_count()
     };
     // READDIRPLUS of d in two chunks, as the kernel would ask for a long directory.
     let list = |fs: &OverlayFs| {

@@ -79,3 +79,20 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
         }
     }
 }
+
+/// As root the server raises its mount's read-ahead window to 1 MiB (the largest read
+/// request), so large reads it serves come in 1 MiB requests instead of 128 KiB ones.
+#[test]
+fn the_mount_reads_ahead_a_mib_as_root() {
+    if !can_mount() || !is_root() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let dev = fs::metadata(&m).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).unwrap();
+    assert_eq!(kb.trim(), "1024");
+}
