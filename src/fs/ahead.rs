@@ -178,10 +178,15 @@ fn worker(q: &Queue) {
 }
 
 /// Asks the kernel for the start of a file's data (POSIX_FADV_WILLNEED: the reads are started,
-/// not waited for), up to [`DATA_BYTES`].
+/// not waited for), up to [`DATA_BYTES`]. Only a regular file is opened for reading: the name
+/// may stand for something else by now (an upper file replaced through the mount), and opening
+/// a device or a FIFO can act on it.
 fn data_ahead(loc: &Loc, size: u64) {
-    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
-    if let Ok(fd) = loc.open(flags) {
+    let Ok(path) = loc.open(libc::O_PATH) else { return };
+    if !sys::fstat(path.as_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+        return;
+    }
+    if let Ok(fd) = sys::reopen(path.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY) {
         let _ = sys::will_need(fd.as_fd(), 0, size.min(DATA_BYTES));
     }
 }
@@ -284,11 +289,10 @@ impl OverlayFs {
         }
         let mut k = self.ahead.state.lock();
         if offset == 0 {
-            if files.is_empty() {
-                k.files.pop(&dir);
-                return;
-            }
             k.files.put(dir, Files { list: Vec::new(), cursor: 0, asked: 0, window: DATA_START });
+        }
+        if files.is_empty() {
+            return;
         }
         if let Some(f) = k.files.get_mut(&dir) {
             let room = FILES_PER_DIR.saturating_sub(f.list.len());
