@@ -295,10 +295,7 @@ impl Filesystem for Fuse {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         log::debug!("lookup(parent={}, name={:?})", parent.0, name);
         match self.hook(req, Op::Lookup, parent.0, Some(name), 0, |_| {}, || self.fs.lookup(parent.0, name)) {
-            Ok(attr) => {
-                reply.entry(&self.ttl, &attr, Generation(0));
-                self.fs.looked_up(parent.0);
-            }
+            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply_err!(reply, "lookup", e),
         }
     }

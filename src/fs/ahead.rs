@@ -21,10 +21,6 @@
 //! each step the opens keep up with, to [`DATA_FILES`]. The walk's own reads then find the
 //! data in the page cache, or on its way, instead of waiting for one disk read after another.
 //! A listing alone reads no data.
-//!
-//! Walks by name (`stat` or `open` of every path in a list, with no listing) show as lookups:
-//! once [`LOOKUPS_TO_READ`] names were found in one directory, that directory is read ahead
-//! as a walked one is, so its other entries' inodes are cached before their lookups come.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -51,9 +47,6 @@ const WALKED: usize = 256;
 pub(crate) const DATA_START: usize = 8;
 pub(crate) const DATA_FILES: usize = 64;
 pub(crate) const DATA_BYTES: u64 = 1 << 20;
-/// Names found in one directory before it is read ahead, and directories counted.
-pub(crate) const LOOKUPS_TO_READ: u32 = 4;
-const LOOKED: usize = 1024;
 /// Listed directories whose regular files are remembered (in listing order, at most
 /// `FILES_PER_DIR`: 16 bytes each) for reading their data ahead.
 const FILE_DIRS: usize = 16;
@@ -74,8 +67,6 @@ struct Known {
     walked: lru::LruCache<u64, ()>,
     /// Listed directory → its regular files, for data read-ahead.
     files: lru::LruCache<u64, Files>,
-    /// Directory → names found in it by lookups (up to [`LOOKUPS_TO_READ`]).
-    looked: lru::LruCache<u64, u32>,
 }
 
 /// A listed directory's regular files (node id, size) in listing order; the opens have come
@@ -115,12 +106,7 @@ fn lru<V>(n: usize) -> lru::LruCache<u64, V> {
 impl ReadAhead {
     pub(crate) fn new() -> ReadAhead {
         ReadAhead {
-            state: Mutex::new(Known {
-                listed: lru(LISTED),
-                walked: lru(WALKED),
-                files: lru(FILE_DIRS),
-                looked: lru(LOOKED),
-            }),
+            state: Mutex::new(Known { listed: lru(LISTED), walked: lru(WALKED), files: lru(FILE_DIRS) }),
             queue: Arc::default(),
             started: OnceLock::new(),
         }
@@ -281,40 +267,18 @@ impl OverlayFs {
         if ahead.is_empty() {
             return;
         }
-        let jobs: Vec<Job> = ahead.iter().filter_map(|&id| self.dir_job(id)).collect();
+        let jobs: Vec<Job> = ahead
+            .iter()
+            .filter_map(|&id| {
+                let n = self.full_node(id)?; // None: forgotten meanwhile
+                let s = n.state.lock();
+                Some(Job::Dir {
+                    upper: s.upper.as_ref().and_then(|u| u.dir_fd().cloned()),
+                    lowers: s.lower_dirs.clone(),
+                })
+            })
+            .collect();
         self.ahead.push(jobs);
-    }
-
-    /// The read-ahead of directory `id` (None: forgotten meanwhile).
-    fn dir_job(&self, id: u64) -> Option<Job> {
-        let n = self.full_node(id)?;
-        let s = n.state.lock();
-        Some(Job::Dir {
-            upper: s.upper.as_ref().and_then(|u| u.dir_fd().cloned()),
-            lowers: s.lower_dirs.clone(),
-        })
-    }
-
-    /// A LOOKUP found a name in directory `dir`. The [`LOOKUPS_TO_READ`]th one reads the
-    /// directory ahead (once, while it is remembered).
-    pub fn looked_up(&self, dir: u64) {
-        if !self.opts.read_ahead {
-            return;
-        }
-        {
-            let mut k = self.ahead.state.lock();
-            let n = k.looked.get_or_insert_mut(dir, || 0);
-            if *n >= LOOKUPS_TO_READ {
-                return;
-            }
-            *n += 1;
-            if *n < LOOKUPS_TO_READ {
-                return;
-            }
-        }
-        if let Some(job) = self.dir_job(dir) {
-            self.ahead.push(vec![job]);
-        }
     }
 
     /// A READDIRPLUS of `dir` from `offset` returned the regular files `files` (node id,
