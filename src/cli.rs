@@ -22,7 +22,8 @@ options (-o, comma-separated, may repeat):
   static_nlink         directories report nlink 1
   squash_to_root, squash_to_uid=N, squash_to_gid=N   report these owners
   noxattrs=1           xattr calls fail with ENOSYS
-  read_ahead=0|1       read subdirectories ahead of a tree walk (default 1)
+  read_ahead=0|1       read ahead of tree walks: subdirectories, and the data of
+                       files opened in listing order (default 1)
   threads=N            worker threads (default: CPU count)
   passthrough=0|1      FUSE passthrough for upper files (default 1, root, kernel 6.9+)
   writeback=0|1        kernel writeback cache where passthrough is not used (default 0)

@@ -227,7 +227,7 @@ pub struct Options {
     pub static_nlink: bool,
     pub noacl: bool,
     pub noxattrs: bool,
-    /// `read_ahead=0`: no reading ahead of walked directories.
+    /// `read_ahead=0`: no reading ahead of walked directories or of listed files' data.
     pub read_ahead: bool,
     pub xattr_permissions: u8,
     pub squash_to_root: bool,

@@ -700,8 +700,7 @@ impl Filesystem for Fuse {
             }
         }
         reply.ok();
-        self.fs.listed(ino.0, offset, subdirs);
-        self.fs.listed_files(ino.0, offset, files);
+        self.fs.listed(ino.0, offset, subdirs, files);
     }
 
     fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

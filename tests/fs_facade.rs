@@ -198,37 +198,37 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     let fs = mount(true);
     let (p, q) = (ino(&fs, 1, "p"), ino(&fs, 1, "q"));
     let (a, b, c) = (ino(&fs, p, "a"), ino(&fs, p, "b"), ino(&fs, p, "c"));
-    fs.listed(p, 0, vec![a, b, c]);
-    fs.listed(q, 0, vec![]);
+    fs.listed(p, 0, vec![a, b, c], vec![]);
+    fs.listed(q, 0, vec![], vec![]);
     assert_eq!(queued(&fs), 0);
     // A listing of b, a subdirectory of the listed p, is a walk: a and c are read ahead.
-    fs.listed(b, 0, vec![]);
+    fs.listed(b, 0, vec![], vec![]);
     assert_eq!(queued(&fs), 2, "b's siblings");
     // A second subdirectory of p, or a later chunk of b, starts nothing more.
-    fs.listed(c, 0, vec![]);
-    fs.listed(b, 4096, vec![]);
+    fs.listed(c, 0, vec![], vec![]);
+    fs.listed(b, 4096, vec![], vec![]);
     assert_eq!(queued(&fs), 2);
 
     // A walk from the root: once it enters p, q is read ahead, and every directory listed
     // below the walked root reads its subdirectories ahead at once.
     let fs = mount(true);
     let (p, q) = (ino(&fs, 1, "p"), ino(&fs, 1, "q"));
-    fs.listed(1, 0, vec![p, q]);
+    fs.listed(1, 0, vec![p, q], vec![]);
     assert_eq!(queued(&fs), 0, "the root alone is a listing");
     let (a, b, c) = (ino(&fs, p, "a"), ino(&fs, p, "b"), ino(&fs, p, "c"));
-    fs.listed(p, 0, vec![a, b, c]);
+    fs.listed(p, 0, vec![a, b, c], vec![]);
     assert_eq!(queued(&fs), 4, "q, then a, b and c");
     let (x, y) = (ino(&fs, q, "x"), ino(&fs, q, "y"));
-    fs.listed(q, 0, vec![x, y]);
+    fs.listed(q, 0, vec![x, y], vec![]);
     assert_eq!(queued(&fs), 6, "x and y");
 
     // Off with read_ahead=0.
     let fs = mount(false);
     let p = ino(&fs, 1, "p");
     let (a, b) = (ino(&fs, p, "a"), ino(&fs, p, "b"));
-    fs.listed(1, 0, vec![p]);
-    fs.listed(p, 0, vec![a, b]);
-    fs.listed(a, 0, vec![]);
+    fs.listed(1, 0, vec![p], vec![]);
+    fs.listed(p, 0, vec![a, b], vec![]);
+    fs.listed(a, 0, vec![], vec![]);
     assert_eq!(queued(&fs), 0);
 }
 
@@ -272,8 +272,8 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
                 (a.ino.0, a.size)
             })
             .collect();
-        fs.listed_files(d, 0, files[..60].to_vec());
-        fs.listed_files(d, 60, files[60..].to_vec());
+        fs.listed(d, 0, vec![], files[..60].to_vec());
+        fs.listed(d, 60, vec![], files[60..].to_vec());
         files
     };
     let open = |fs: &OverlayFs, ino: u64| {

@@ -99,6 +99,32 @@ enum Job {
     Data(Vec<(Loc, u64)>),
 }
 
+impl Known {
+    /// Adds a listing's regular files to `dir`'s (a listing from offset 0 starts afresh). A
+    /// directory without any is not remembered, so it takes no room from those with some.
+    fn remember_files(&mut self, dir: u64, offset: u64, files: Vec<(u64, u64)>) {
+        if offset == 0 {
+            self.files.pop(&dir);
+        }
+        if files.is_empty() {
+            return;
+        }
+        let f = self.files.get_or_insert_mut(dir, || Files {
+            list: Vec::new(),
+            cursor: 0,
+            asked: 0,
+            window: DATA_START,
+        });
+        if f.list.is_empty() {
+            f.list = files;
+            f.list.truncate(FILES_PER_DIR);
+        } else {
+            let room = FILES_PER_DIR.saturating_sub(f.list.len());
+            f.list.extend(files.into_iter().take(room));
+        }
+    }
+}
+
 fn lru<V>(n: usize) -> lru::LruCache<u64, V> {
     lru::LruCache::new(std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN))
 }
@@ -234,11 +260,13 @@ impl OverlayFs {
         (q.queued.load(Ordering::Relaxed), q.done.load(Ordering::Relaxed))
     }
 
-    /// A READDIRPLUS of directory `dir` from `offset` returned the directories `subdirs`
-    /// (each now held by the kernel). In a walked directory, reads them ahead; otherwise
-    /// remembers them, and when this is the first listing of a subdirectory of a listed
-    /// directory, reads that directory's other subdirectories ahead.
-    pub fn listed(&self, dir: u64, offset: u64, subdirs: Vec<u64>) {
+    /// A READDIRPLUS of directory `dir` from `offset` returned the directories `subdirs` and
+    /// the regular files `files` (node id, size), each now held by the kernel. In a walked
+    /// directory, reads the subdirectories ahead; otherwise remembers them, and when this is
+    /// the first listing of a subdirectory of a listed directory, reads that directory's
+    /// other subdirectories ahead. The files are remembered for [`OverlayFs::opened`]; a
+    /// listing from offset 0 starts them afresh.
+    pub fn listed(&self, dir: u64, offset: u64, subdirs: Vec<u64>, files: Vec<(u64, u64)>) {
         if !self.opts.read_ahead {
             return;
         }
@@ -247,6 +275,7 @@ impl OverlayFs {
         let mut ahead = Vec::new();
         {
             let mut k = self.ahead.state.lock();
+            k.remember_files(dir, offset, files);
             if let Some(p) = parent.filter(|_| offset == 0) {
                 if let Some(siblings) = k.listed.pop(&p) {
                     // A listed directory's subdirectory is listed: a walk.
@@ -279,25 +308,6 @@ impl OverlayFs {
             })
             .collect();
         self.ahead.push(jobs);
-    }
-
-    /// A READDIRPLUS of `dir` from `offset` returned the regular files `files` (node id,
-    /// size), remembered for [`OverlayFs::opened`]. A listing from offset 0 starts afresh.
-    pub fn listed_files(&self, dir: u64, offset: u64, files: Vec<(u64, u64)>) {
-        if !self.opts.read_ahead {
-            return;
-        }
-        let mut k = self.ahead.state.lock();
-        if offset == 0 {
-            k.files.put(dir, Files { list: Vec::new(), cursor: 0, asked: 0, window: DATA_START });
-        }
-        if files.is_empty() {
-            return;
-        }
-        if let Some(f) = k.files.get_mut(&dir) {
-            let room = FILES_PER_DIR.saturating_sub(f.list.len());
-            f.list.extend(files.into_iter().take(room));
-        }
     }
 
     /// File `ino` was opened for reading. When its directory's files were listed, asks for

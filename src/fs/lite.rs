@@ -224,7 +224,6 @@ impl OverlayFs {
         }
     }
 
-    /// For [`OverlayFs::path_of`]: the parent and name of entry `id`.
     /// Where entry `id`'s data lives (for reading it ahead), without promoting a lite entry.
     pub(crate) fn data_loc(&self, id: u64) -> Option<Loc> {
         match self.entry(id).ok()? {
@@ -235,6 +234,7 @@ impl OverlayFs {
         }
     }
 
+    /// For [`OverlayFs::path_of`]: the parent and name of entry `id`.
     pub(crate) fn parent_and_name(&self, id: u64) -> Option<(Option<Arc<Node>>, Vec<u8>)> {
         // The table's lock is let go before a node's (the lock order: state, then table).
         match self.entry(id).ok()? {

@@ -62,7 +62,8 @@ pub struct FsOptions {
     pub fsync: bool,
     pub static_nlink: bool,
     pub noxattrs: bool,
-    /// Read ahead the subdirectories of a walked directory ([`ahead`]).
+    /// Read ahead the subdirectories of a walked directory, and the data of the files opened
+    /// in listing order ([`ahead`]).
     pub read_ahead: bool,
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
