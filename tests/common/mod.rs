@@ -557,12 +557,13 @@ pub fn resident(path: &std::path::Path) -> usize {
     use std::os::fd::AsRawFd;
     let f = fs::File::open(path).unwrap();
     let len = f.metadata().unwrap().len() as usize;
-    // SAFETY: a private read-only mapping of an open file, unmapped below; mincore writes one
+    // SAFETY: a shared read-only mapping of an open file, unmapped below; mincore writes one
     // byte per page into `v`, which has that many.
     unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
         let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
         assert_ne!(p, libc::MAP_FAILED);
-        let mut v = vec![0u8; len.div_ceil(4096)];
+        let mut v = vec![0u8; len.div_ceil(page)];
         assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
         libc::munmap(p, len);
         v.iter().filter(|&&b| b & 1 != 0).count()
