@@ -292,10 +292,19 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(fs.data_ahead_count(), (n - 1) as u64, "files asked for");
-        // Read-ahead is advice: under memory pressure the kernel may skip or drop a page, so
-        // most of the window, not all of it, must be cached; past it nothing reads the files.
-        let window: Vec<bool> = real[1..n].iter().map(|p| resident(p) > 0).collect();
-        let cached = window.iter().filter(|&&c| c).count();
+        // WILLNEED starts the disk reads and returns: a page counts as cached once its read
+        // has completed, so wait for them. Read-ahead is advice: under memory pressure the
+        // kernel may skip or drop a page, so most of the window, not all of it, must be
+        // cached; past it nothing reads the files.
+        let t = std::time::Instant::now();
+        let (window, cached) = loop {
+            let window: Vec<bool> = real[1..n].iter().map(|p| resident(p) > 0).collect();
+            let cached = window.iter().filter(|&&c| c).count();
+            if cached == window.len() || t.elapsed() > std::time::Duration::from_secs(10) {
+                break (window, cached);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert!(cached * 4 >= window.len() * 3, "{cached} of f001..f{:03} read ahead: {window:?}", n - 1);
         for (i, p) in real.iter().enumerate().skip(n) {
             assert_eq!(resident(p), 0, "f{i:03} is past the window (up to f{:03})", n - 1);
