@@ -45,25 +45,26 @@ echo "$out" | grep -q ' / fuse'
 podman build -q --network=none -f ctx/Containerfile.build3 -t built3 ctx >/dev/null
 podman run --rm built3 sh -euxc "$BUILD3_CHECK"
 
-# diff, commit, export, save
-podman run --name c1 built3 sh -c 'echo z > /z && rm /etc/os-release && rm -rf /etc/keep && mkdir /etc/keep && echo k > /etc/keep/k2'
-podman diff c1 | sort > "$R/c1.diff"
+# diff, commit, export, save. Names are not hex: `podman diff NAME` tries NAME as an image ID
+# prefix first, and a container named c1 was once diffed as an image whose ID began with c1.
+podman run --name ctr1 built3 sh -c 'echo z > /z && rm /etc/os-release && rm -rf /etc/keep && mkdir /etc/keep && echo k > /etc/keep/k2'
+podman container diff ctr1 | sort > "$R/c1.diff"
 echo "diff:"; cat "$R/c1.diff"
 for l in "A /z" "D /etc/os-release" "A /etc/keep/k2" "D /etc/keep/new"; do
   grep -qx "$l" "$R/c1.diff" || { echo "podman diff lacks: $l"; exit 1; }
 done
 ! grep -E '^[ACD] /(proc|sys|dev)/' "$R/c1.diff"
-podman commit -q c1 committed1 >/dev/null
+podman commit -q ctr1 committed1 >/dev/null
 podman run --rm committed1 sh -euxc 'test ! -e /etc/os-release; test "$(cat /z)" = z; test "$(ls -A /etc/keep)" = k2'
-podman export -o "$R/c1.tar" c1
+podman export -o "$R/c1.tar" ctr1
 tar -tf "$R/c1.tar" | grep -x >/dev/null 'z'
 ! tar -tf "$R/c1.tar" | grep -x >/dev/null 'etc/os-release'
-podman create -q --name e built3 true >/dev/null
-podman export -o "$R/built3-export.tar" e
+podman create -q --name exp built3 true >/dev/null
+podman export -o "$R/built3-export.tar" exp
 podman save -q -o "$R/built3-save.tar" built3
 podman save -q --format oci-archive -o "$R/committed1-oci.tar" committed1
 tar -tf "$R/built3-save.tar" | grep manifest.json >/dev/null
-podman rm c1 e >/dev/null
+podman rm ctr1 exp >/dev/null
 "#;
 
 const BUILDAH_SCENARIO: &str = r#"
@@ -89,8 +90,8 @@ fn kernel_reference(
         r#"
 podman import -q --change 'CMD ["/bin/sh"]' "$BASE_TAR" localbase >/dev/null
 podman build -q --network=none -f ctx/{containerfile} -t ref ctx >/dev/null
-podman create -q --name e ref true >/dev/null
-podman export -o "$R/ref-export.tar" e
+podman create -q --name exp ref true >/dev/null
+podman export -o "$R/ref-export.tar" exp
 grep -q 'overlay' "$R/graph/overlay-layers/layers.json" || true
 "#
     ));
@@ -246,8 +247,8 @@ fn podman_build_hard_link_copy_up_matches_kernel_overlay() {
     e.sh(r#"
 podman import -q --change 'CMD ["/bin/sh"]' "$BASE_TAR" localbase >/dev/null
 podman build -q --network=none -f ctx/Containerfile.hardlink -t hl ctx >/dev/null
-podman create -q --name e hl true >/dev/null
-podman export -o "$R/hl-export.tar" e
+podman create -q --name exp hl true >/dev/null
+podman export -o "$R/hl-export.tar" exp
 "#);
     let layerfs_tree = tar_tree(&e.root().join("hl-export.tar"));
     e.finish();
