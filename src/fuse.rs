@@ -537,7 +537,7 @@ impl Filesystem for Fuse {
         let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("size", size);
         READ_BUF.with_borrow_mut(|buf| {
             match self.hook(req, Op::Read, ino.0, None, 0, args, || self.fs.read(fh.0, offset, size, buf)) {
-                Ok(n) => reply.data(&buf[..n]),
+                Ok(d) => reply.data(d.bytes()),
                 Err(e) => reply_err!(reply, "read", e),
             }
         })

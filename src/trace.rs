@@ -165,6 +165,11 @@ impl Outcome for Vec<u8> {
     }
 }
 /// Bytes read.
+impl Outcome for crate::fs::ReadData<'_> {
+    fn ret(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+}
 impl Outcome for usize {
     fn ret(&self) -> u64 {
         *self as u64

@@ -344,3 +344,61 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     assert_eq!(fs.data_ahead_count(), 0);
     assert!(real.iter().skip(1).all(|p| resident(p) == 0));
 }
+
+#[test]
+fn large_reads_are_answered_from_a_mapping_of_the_file() {
+    use layerfs::fs::{MAP_READ_MIN, ReadData};
+    use std::io::Write;
+    let s = Scratch::new();
+    let (l1, u, w) = (s.path("l1"), s.path("u"), s.path("w"));
+    fs::create_dir_all(&l1).unwrap();
+    // 3 MiB and a bit, not a whole number of pages, with bytes that differ at every offset.
+    let data: Vec<u8> = (0..(3 << 20) + 1234u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    fs::write(l1.join("big"), &data).unwrap();
+    let mut o = FsOptions::new(vec![l1.clone()]);
+    o.upper = Some(u);
+    o.work = Some(w);
+    let fs = OverlayFs::new(o).unwrap();
+    let ino = fs.lookup(1, OsStr::new("big")).unwrap().ino.0;
+    let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
+    let len = data.len() as u64;
+    let mut buf = Vec::new();
+    let max = MAP_READ_MIN as u32 * 8;
+    // Aligned, unaligned, across the end, exactly at the end, past it; and small reads.
+    for (off, size) in [
+        (0, max),
+        (4096 * 3, MAP_READ_MIN as u32),
+        (12345, max),
+        (len - 5000, max),
+        (len - MAP_READ_MIN as u64, MAP_READ_MIN as u32),
+        (len, max),
+        (len + 99, max),
+        (777, 100),
+        (len - 10, 4096),
+    ] {
+        let r = fs.read(fh, off, size, &mut buf).unwrap();
+        if size as usize >= MAP_READ_MIN && off < len {
+            assert!(matches!(r, ReadData::Mapped(_)), "a read of {size} at {off} is mapped");
+        } else {
+            assert!(matches!(r, ReadData::Copied(_)), "a read of {size} at {off} is copied");
+        }
+        let want = &data[(off.min(len) as usize)..((off + size as u64).min(len) as usize)];
+        assert!(r.bytes() == want, "read of {size} at {off}: {} bytes, want {}", r.bytes().len(), want.len());
+    }
+
+    // The lower file is truncated by someone else while a reply is being written from its
+    // mapping: the write fails (EFAULT) or stops short, and this process lives on.
+    let r = fs.read(fh, 1 << 20, max, &mut buf).unwrap();
+    assert!(matches!(r, ReadData::Mapped(_)));
+    fs::OpenOptions::new().write(true).open(l1.join("big")).unwrap().set_len(4096).unwrap();
+    let mut out = fs::File::create(s.path("o").join("out")).unwrap();
+    match out.write(r.bytes()) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EFAULT)),
+        Ok(n) => assert!(n < r.bytes().len(), "wrote {n} bytes of pages past the end"),
+    }
+    drop(r);
+    // Later reads see the new size.
+    assert!(fs.read(fh, 1 << 20, max, &mut buf).unwrap().bytes().is_empty());
+    assert_eq!(fs.read(fh, 0, max, &mut buf).unwrap().bytes(), &data[..4096]);
+    fs.release(fh);
+}

@@ -99,3 +99,51 @@ fn the_mount_reads_ahead_a_mib_as_root() {
     let kb = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).unwrap();
     assert_eq!(kb.trim(), "1024");
 }
+
+/// Large reads of lower files are answered from a mapping of the lower file: a big file reads
+/// back whole, cold and cached; and a lower file truncated and rewritten behind the mount's
+/// back while it is being read costs the readers short reads or EIO, never the server.
+#[test]
+fn large_lower_reads_are_whole_and_survive_a_lower_truncated_under_them() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let data: Vec<u8> = (0..(9u32 << 20) + 333).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    fs::write(l.join("big"), &data).unwrap();
+    fs::write(l.join("moving"), &data).unwrap();
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    for cold in [true, false] {
+        if cold {
+            evict(&l.join("big"));
+        }
+        evict(&m.join("big"));
+        assert!(fs::read(m.join("big")).unwrap() == data, "big reads back whole (cold: {cold})");
+    }
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            for i in 0..30 {
+                let f = fs::OpenOptions::new().write(true).open(l.join("moving")).unwrap();
+                f.set_len(if i % 2 == 0 { 4096 } else { 0 }).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                f.set_len(data.len() as u64).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut reads = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 5 {
+            evict(&m.join("moving"));
+            match fs::read(m.join("moving")) {
+                Ok(_) => {}
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+            }
+            reads += 1;
+        }
+    });
+    assert!(is_mounted(&m));
+    evict(&m.join("big"));
+    assert!(fs::read(m.join("big")).unwrap() == data, "the server still serves");
+}

@@ -59,6 +59,27 @@ fn is_write(flags: i32) -> bool {
     acc == libc::O_WRONLY || acc == libc::O_RDWR || flags & libc::O_TRUNC != 0
 }
 
+/// Reads of at least this many bytes are answered from a mapping of the file (one copy fewer
+/// than `pread` into a buffer); below it, the mapping's set-up costs more than the copy.
+pub const MAP_READ_MIN: usize = 128 << 10;
+
+/// The bytes a READ answers with.
+pub enum ReadData<'b> {
+    /// Read into the caller's buffer.
+    Copied(&'b [u8]),
+    /// A mapping of the file's pages: only the kernel may read it (see [`sys::FileView`]).
+    Mapped(sys::FileView),
+}
+
+impl ReadData<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ReadData::Copied(b) => b,
+            ReadData::Mapped(v) => v.bytes(),
+        }
+    }
+}
+
 impl OverlayFs {
     fn register_file(&self, node: Arc<Node>, fd: OwnedFd, from_lower: bool, flags: i32) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -146,12 +167,21 @@ impl OverlayFs {
         Ok(h.fd.read().clone())
     }
 
-    /// Reads up to `size` bytes at `offset` into `buf` (resized as needed, reused across calls
-    /// so a request costs no allocation or zeroing) and returns how many bytes were read.
-    pub fn read(&self, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<usize> {
+    /// Reads up to `size` bytes at `offset`. A read of at least [`MAP_READ_MIN`] bytes is
+    /// answered from a mapping of the file, which the reply is written from; a smaller one, or
+    /// one whose file cannot be mapped, is read into `buf` (resized as needed, reused across
+    /// calls so a request costs no allocation or zeroing).
+    pub fn read<'b>(&self, fh: u64, offset: u64, size: u32, buf: &'b mut Vec<u8>) -> Result<ReadData<'b>> {
         let h = self.file(fh)?;
         let fd = self.handle_fd(&h)?;
         let size = size as usize;
+        if size >= MAP_READ_MIN {
+            match sys::FileView::map(fd.as_fd(), offset, size) {
+                Ok(Some(view)) => return Ok(ReadData::Mapped(view)),
+                Ok(None) => return Ok(ReadData::Copied(&buf[..0])),
+                Err(e) => log::debug!("read: mapping fh {fh} failed ({e}), reading instead"),
+            }
+        }
         if buf.len() < size {
             buf.resize(size, 0);
         }
@@ -164,7 +194,7 @@ impl OverlayFs {
                 Err(e) => return Err(Error::io(e, "read")),
             }
         }
-        Ok(got)
+        Ok(ReadData::Copied(&buf[..got]))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

@@ -44,7 +44,7 @@ use crate::sys::{self, Stat};
 use crate::whiteout::{self, EntryClass, WhiteoutStyle};
 
 pub use dir_ops::Caller;
-pub use file_ops::{Opened, SetAttr};
+pub use file_ops::{MAP_READ_MIN, Opened, ReadData, SetAttr};
 
 /// The FUSE root node id.
 pub const ROOT_ID: u64 = 1;

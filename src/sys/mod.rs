@@ -460,6 +460,72 @@ pub fn pread(fd: BorrowedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
     cvt_l(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off as i64) })
 }
 
+/// A read-only shared mapping of a range of a regular file's page cache, unmapped on drop.
+///
+/// It lets a READ reply be written to `/dev/fuse` straight from the file's page cache: one
+/// copy (page cache to the FUSE page cache) instead of two (`pread` into a buffer, then the
+/// buffer to the FUSE page cache).
+///
+/// Only the kernel may read the bytes, as the source of a write(2) or writev(2). If another
+/// process truncates the file meanwhile, a userspace access to a page past the new end would
+/// raise SIGBUS; the kernel's copy fails with EFAULT instead.
+pub struct FileView {
+    map: *mut libc::c_void,
+    map_len: usize,
+    skip: usize,
+    len: usize,
+}
+
+impl FileView {
+    /// Maps the bytes `[off, off + len)` of `fd`, cut at the file's end, with their pages
+    /// faulted in (`MAP_POPULATE`, which reads them from disk if they are not cached).
+    /// `None` when `off` is at or past the end.
+    pub fn map(fd: BorrowedFd, off: u64, len: usize) -> io::Result<Option<FileView>> {
+        let size = fstat(fd)?.st_size as u64;
+        if off >= size || len == 0 {
+            return Ok(None);
+        }
+        let len = (size - off).min(len as u64) as usize;
+        let skip = (off % page_size() as u64) as usize;
+        let map_len = skip + len;
+        // SAFETY: a fresh mapping chosen by the kernel; nothing else refers to that range.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                (off - skip as u64) as libc::off_t,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(FileView { map, map_len, skip, len }))
+    }
+
+    /// The mapped bytes, to hand to a write(2) (see the type's note).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping covers `skip + len` bytes and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.cast::<u8>().add(self.skip), self.len) }
+    }
+}
+
+impl Drop for FileView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`, which no slice outlives.
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+/// The system's page size.
+pub fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: plain libc call.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize)
+}
+
 /// Starts reading `len` bytes at `off` into the page cache, without waiting for them
 /// (POSIX_FADV_WILLNEED).
 pub fn will_need(fd: BorrowedFd, off: u64, len: u64) -> io::Result<()> {
