@@ -6,10 +6,10 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -37,6 +37,11 @@ pub struct Fuse {
     /// `security.capability` before every write).
     killpriv: AtomicBool,
     backing: Mutex<Backing>,
+    /// Signalled when an inode leaves [`InoMode::Storing`].
+    stored: Condvar,
+    /// Sends FUSE_NOTIFY_STORE; set once the session exists (`None` before, and in tests that
+    /// drive a `Fuse` without a session: opens are then answered without storing).
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Exit the process when the session ends (the `layerfs` server), instead of returning.
     pub exit_on_destroy: bool,
     /// Trace and fault injection (`-o trace=`, `-o faults=`); None costs one check per request.
@@ -48,6 +53,8 @@ pub struct Fuse {
 /// So an inode's first open decides until its last handle closes: passthrough when the real
 /// file cannot change under it (an upper file, or any file of a read-only mount), otherwise
 /// served here (a lower file may be copied up while open, which would change the backing file).
+/// A small file opened read-only first is served here too, its data stored into the page cache
+/// at open ([`STORE_MAX`]).
 #[derive(Default)]
 struct Backing {
     by_ino: HashMap<u64, InoMode>,
@@ -57,13 +64,26 @@ struct Backing {
 enum InoMode {
     Cached(usize),
     Passthrough(Arc<BackingId>, usize),
+    /// The inode's first open, read-only, of a small file whose data is being put into the
+    /// kernel's page cache before the open is answered. Other opens and truncations of the
+    /// inode wait for it: a write landing between the server's read of the data and the store
+    /// would be overwritten in the cache by the older data.
+    Storing(usize),
 }
 
 /// How an open is answered.
 enum OpenMode {
     Cached,
     Passthrough(Arc<BackingId>),
+    /// Cached, with the whole file stored into the kernel's page cache first.
+    Store,
 }
+
+/// Files up to this size opened read-only while no other handle is open are stored into the
+/// kernel's page cache (FUSE_NOTIFY_STORE) before the OPEN is answered, so the reads that
+/// follow are page-cache hits: no READ, and, with no READ or passthrough read to invalidate
+/// the cached atime, no GETATTR for the `fstat` after them either (`tar`, `cp`, `cat`).
+pub const STORE_MAX: u64 = 64 << 10;
 
 impl Fuse {
     pub fn new(fs: Arc<OverlayFs>, ttl: Duration, writeback: bool, passthrough: bool) -> Fuse {
@@ -74,6 +94,8 @@ impl Fuse {
             passthrough: AtomicBool::new(passthrough),
             killpriv: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
+            stored: Condvar::new(),
+            notifier: Arc::new(OnceLock::new()),
             exit_on_destroy: false,
             hooks: None,
         }
@@ -100,14 +122,19 @@ impl Fuse {
     }
 
     /// Picks the mode of a new open handle. `register` turns a real fd into a backing id
-    /// (ReplyOpen and ReplyCreate each have one).
+    /// (ReplyOpen and ReplyCreate each have one). `may_store`: a read-only open that could be
+    /// answered by storing the file into the kernel's page cache ([`STORE_MAX`]).
     fn open_mode(
         &self,
         ino: u64,
         fh: u64,
+        may_store: bool,
         register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
     ) -> OpenMode {
         let mut b = self.backing.lock();
+        while matches!(b.by_ino.get(&ino), Some(InoMode::Storing(_))) {
+            self.stored.wait(&mut b);
+        }
         b.by_fh.insert(fh, ino);
         match b.by_ino.get_mut(&ino) {
             Some(InoMode::Cached(n)) => {
@@ -118,7 +145,15 @@ impl Fuse {
                 *n += 1;
                 return OpenMode::Passthrough(id.clone());
             }
-            None => {}
+            Some(InoMode::Storing(_)) | None => {}
+        }
+        if may_store
+            && self.hooks.is_none()
+            && self.notifier.get().is_some()
+            && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX)
+        {
+            b.by_ino.insert(ino, InoMode::Storing(1));
+            return OpenMode::Store;
         }
         let mut mode = OpenMode::Cached;
         if self.passthrough.load(Ordering::Relaxed) {
@@ -142,11 +177,41 @@ impl Fuse {
             }
         }
         let m = match &mode {
-            OpenMode::Cached => InoMode::Cached(1),
+            OpenMode::Cached | OpenMode::Store => InoMode::Cached(1),
             OpenMode::Passthrough(id) => InoMode::Passthrough(id.clone(), 1),
         };
         b.by_ino.insert(ino, m);
         mode
+    }
+
+    /// Puts the data of a file opened with [`OpenMode::Store`] into the kernel's page cache,
+    /// then lets the opens and truncations waiting on the inode go on. A failed read or store
+    /// only costs the reads that follow a READ each.
+    fn store(&self, ino: u64, fh: u64) {
+        READ_BUF.with_borrow_mut(|buf| match self.fs.read(fh, 0, STORE_MAX as u32, buf) {
+            Ok(d) => {
+                if let Some(n) = self.notifier.get() {
+                    if let Err(e) = n.store(INodeNo(ino), 0, d.bytes()) {
+                        log::debug!("store of {ino} into the page cache: {e}");
+                    }
+                }
+            }
+            Err(e) => log::debug!("store of {ino}: read: {e}"),
+        });
+        let mut b = self.backing.lock();
+        if let Some(InoMode::Storing(n)) = b.by_ino.get(&ino) {
+            let n = *n;
+            b.by_ino.insert(ino, InoMode::Cached(n));
+        }
+        self.stored.notify_all();
+    }
+
+    /// Waits until no store of `ino`'s data is under way (before changing its size).
+    fn wait_stored(&self, ino: u64) {
+        let mut b = self.backing.lock();
+        while matches!(b.by_ino.get(&ino), Some(InoMode::Storing(_))) {
+            self.stored.wait(&mut b);
+        }
     }
 
     /// Whether the server must drop privileges for this caller's truncation or write (the
@@ -160,7 +225,7 @@ impl Fuse {
         let mut b = self.backing.lock();
         let Some(ino) = b.by_fh.remove(&fh) else { return };
         let last = match b.by_ino.get_mut(&ino) {
-            Some(InoMode::Cached(n)) | Some(InoMode::Passthrough(_, n)) => {
+            Some(InoMode::Cached(n)) | Some(InoMode::Passthrough(_, n)) | Some(InoMode::Storing(n)) => {
                 *n -= 1;
                 *n == 0
             }
@@ -352,6 +417,9 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         log::debug!("setattr(ino={}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})", ino.0);
+        if size.is_some() {
+            self.wait_stored(ino.0);
+        }
         let sa = SetAttr {
             mode,
             uid,
@@ -508,13 +576,19 @@ impl Filesystem for Fuse {
         };
         match self.hook(req, Op::Open, ino.0, None, 0, args, f) {
             Ok(o) => {
-                match self.open_mode(ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
+                let may_store = read_only && o.keep_cache && flags.0 & libc::O_TRUNC == 0;
+                match self.open_mode(ino.0, o.fh, may_store, |fd| reply.open_backing(fd)) {
                     OpenMode::Passthrough(id) => {
                         reply.opened_passthrough(FileHandle(o.fh), self.noflush(), &id)
                     }
                     OpenMode::Cached => reply.opened(FileHandle(o.fh), self.fopen(&o)),
+                    OpenMode::Store => {
+                        self.store(ino.0, o.fh);
+                        reply.opened(FileHandle(o.fh), self.fopen(&o))
+                    }
                 }
-                if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+                if read_only {
                     self.fs.opened(ino.0);
                 }
             }
@@ -821,11 +895,12 @@ impl Filesystem for Fuse {
         match self.hook(req, Op::Create, parent.0, Some(name), 0, args, f) {
             Ok((attr, o)) => {
                 let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));
-                match self.open_mode(attr.ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                match self.open_mode(attr.ino.0, o.fh, false, |fd| reply.open_backing(fd)) {
                     OpenMode::Passthrough(id) => {
                         reply.created_passthrough(ttl, &attr, g, fh, self.noflush(), &id)
                     }
-                    OpenMode::Cached => reply.created(ttl, &attr, g, fh, self.fopen(&o)),
+                    // Not asked for by create (may_store is false).
+                    OpenMode::Cached | OpenMode::Store => reply.created(ttl, &attr, g, fh, self.fopen(&o)),
                 }
             }
             Err(e) => reply_err!(reply, "create", e),

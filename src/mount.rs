@@ -204,6 +204,7 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     }
     sys::block_term_signals();
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
+    let notifier = fuse.notifier.clone();
     let session = match hooks {
         Ok(h) => {
             fuse.hooks = h.clone();
@@ -227,6 +228,7 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             return Err(msg);
         }
     };
+    let _ = notifier.set(session.notifier());
     raise_read_ahead(&cfg.mountpoint);
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()

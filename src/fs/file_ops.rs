@@ -278,6 +278,13 @@ impl OverlayFs {
         Ok((fd, top.is_upper))
     }
 
+    /// The size of the file an open handle reads.
+    pub fn handle_size(&self, fh: u64) -> Result<u64> {
+        let h = self.file(fh)?;
+        let fd = self.handle_fd(&h)?;
+        Ok(sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?.st_size as u64)
+    }
+
     /// Attributes through an open file (fstat): works after the last name is gone.
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<FileAttr> {
         let h = self.file(fh)?;
