@@ -170,11 +170,6 @@ impl Outcome for crate::fs::ReadData<'_> {
         self.bytes().len() as u64
     }
 }
-impl Outcome for usize {
-    fn ret(&self) -> u64 {
-        *self as u64
-    }
-}
 impl Outcome for u32 {
     fn ret(&self) -> u64 {
         *self as u64
