@@ -564,9 +564,9 @@ fn upper_in_use(upper: &Path) -> bool {
     let Ok(canon) = std::fs::canonicalize(upper) else { return false };
     let want = format!("upperdir={}", canon.to_string_lossy());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts.lines().any(|l| {
-        l.split(&[',', ' '][..]).any(|opt| opt == want.as_str() || opt.replace("\\040", " ") == want)
-    })
+    mounts
+        .lines()
+        .any(|l| l.split(&[',', ' '][..]).any(|opt| crate::mount::unescape_mountinfo(opt) == want.as_bytes()))
 }
 
 /// `layerfs check ...`; `args[0]` is "check". Returns the exit code.

@@ -315,8 +315,8 @@ fn join_layers(lowers: &[PathBuf]) -> String {
 
 fn is_mounted(p: &Path) -> bool {
     let m = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let s = p.to_string_lossy().replace(' ', "\\040");
-    m.lines().any(|l| l.split(' ').nth(1) == Some(s.as_str()))
+    let want = p.as_os_str().as_encoded_bytes();
+    m.lines().any(|l| l.split(' ').nth(1).is_some_and(|f| crate::mount::unescape_mountinfo(f) == want))
 }
 
 fn unmount(p: &Path, fuse: bool) {

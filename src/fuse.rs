@@ -152,10 +152,12 @@ impl Fuse {
         may_store: bool,
         register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
     ) -> OpenMode {
+        // Sized before the lock, which every open and release takes: the size only picks the
+        // mode, the store reads whatever the file holds by then.
+        let small =
+            may_store && self.stores() && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX);
         let mut b = self.backing.lock();
-        while matches!(b.by_ino.get(&ino), Some(InoMode::Storing(_))) {
-            self.stored.wait(&mut b);
-        }
+        self.wait_stored(&mut b, ino);
         b.by_fh.insert(fh, ino);
         match b.by_ino.get_mut(&ino) {
             Some(InoMode::Cached(n)) => {
@@ -168,12 +170,7 @@ impl Fuse {
             }
             Some(InoMode::Storing(_)) | None => {}
         }
-        if may_store
-            && !b.truncating.contains_key(&ino)
-            && self.hooks.is_none()
-            && self.notifier.get().is_some()
-            && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX)
-        {
+        if small && !b.truncating.contains_key(&ino) {
             b.by_ino.insert(ino, InoMode::Storing(1));
             return OpenMode::Store;
         }
@@ -221,22 +218,38 @@ impl Fuse {
             Err(e) => log::debug!("store of {ino}: read: {e}"),
         });
         let mut b = self.backing.lock();
-        if let Some(InoMode::Storing(n)) = b.by_ino.get(&ino) {
-            let n = *n;
-            b.by_ino.insert(ino, InoMode::Cached(n));
+        if let Some(m) = b.by_ino.get_mut(&ino) {
+            if let InoMode::Storing(n) = *m {
+                *m = InoMode::Cached(n);
+            }
         }
         self.stored.notify_all();
     }
 
+    /// Whether opens may be answered by storing the file ([`STORE_MAX`]): not on traced or
+    /// faulted mounts, which must see every READ, nor before the session exists.
+    fn stores(&self) -> bool {
+        self.hooks.is_none() && self.notifier.get().is_some()
+    }
+
+    /// Waits, with the lock held in `b`, until no store of `ino`'s data is under way.
+    fn wait_stored(&self, b: &mut parking_lot::MutexGuard<'_, Backing>, ino: u64) {
+        while matches!(b.by_ino.get(&ino), Some(InoMode::Storing(_))) {
+            self.stored.wait(b);
+        }
+    }
+
     /// Waits until no store of `ino`'s data is under way, then keeps new ones from starting
     /// until the returned guard is dropped: taken around anything that changes the size.
-    fn truncation(&self, ino: u64) -> Truncation<'_> {
-        let mut b = self.backing.lock();
-        while matches!(b.by_ino.get(&ino), Some(InoMode::Storing(_))) {
-            self.stored.wait(&mut b);
+    /// Mounts that never store take no guard.
+    fn truncation(&self, ino: u64) -> Option<Truncation<'_>> {
+        if !self.stores() {
+            return None;
         }
+        let mut b = self.backing.lock();
+        self.wait_stored(&mut b, ino);
         *b.truncating.entry(ino).or_default() += 1;
-        Truncation { fuse: self, ino }
+        Some(Truncation { fuse: self, ino })
     }
 
     /// Whether the server must drop privileges for this caller's truncation or write (the
@@ -442,7 +455,7 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         log::debug!("setattr(ino={}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})", ino.0);
-        let _truncation = size.map(|_| self.truncation(ino.0));
+        let _truncation = size.and_then(|_| self.truncation(ino.0));
         let sa = SetAttr {
             mode,
             uid,
@@ -587,7 +600,7 @@ impl Filesystem for Fuse {
         log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
         let args = |a: &mut Args| _ = a.x("flags", flags.0 as u32);
         let kill = flags.0 & libc::O_TRUNC != 0 && self.kills_privs(req);
-        let _truncation = (flags.0 & libc::O_TRUNC != 0).then(|| self.truncation(ino.0));
+        let _truncation = (flags.0 & libc::O_TRUNC != 0).then(|| self.truncation(ino.0)).flatten();
         let f = || {
             let o = self.fs.open(ino.0, flags.0)?;
             if kill {
@@ -766,6 +779,8 @@ impl Filesystem for Fuse {
             Ok(e) => e,
             Err(e) => return reply_err!(reply, "readdirplus", e),
         };
+        // What the read-ahead is told of (nothing is collected without it).
+        let ahead = self.fs.reads_ahead();
         let mut subdirs = Vec::new();
         let mut files = Vec::new();
         for e in &entries[start..] {
@@ -789,6 +804,7 @@ impl Filesystem for Fuse {
                         break;
                     }
                     match attr.kind {
+                        _ if !ahead => {}
                         fuser::FileType::Directory => subdirs.push(attr.ino.0),
                         fuser::FileType::RegularFile if attr.size > 0 => files.push((attr.ino.0, attr.size)),
                         _ => {}
@@ -798,7 +814,9 @@ impl Filesystem for Fuse {
             }
         }
         reply.ok();
-        self.fs.listed(ino.0, offset, subdirs, files);
+        if ahead {
+            self.fs.listed(ino.0, offset, subdirs, files);
+        }
     }
 
     fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

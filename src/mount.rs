@@ -295,8 +295,9 @@ pub(crate) fn fuse_dev_in_mountinfo(info: &str, mountpoint: &std::path::Path) ->
     found
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
+/// Undoes the octal escapes of `/proc/self/mountinfo` and `/proc/self/mounts` (`\040` for a
+/// space, `\011`, `\012`, `\134`, `\054` for a comma in an option).
+pub(crate) fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -340,7 +341,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d\\012"), b"a b\tc\\d\n");
+        assert_eq!(unescape_mountinfo("a\\040b\\011c\\134d\\012e\\054f"), b"a b\tc\\d\ne,f");
         assert_eq!(unescape_mountinfo("x\\09y\\"), b"x\\09y\\", "not an octal escape");
     }
 }

@@ -763,6 +763,11 @@ impl OverlayFs {
     }
 
     /// True when nothing can be written (no upper layer, or `ro`).
+    /// Whether walks are read ahead (`read_ahead=1`, see [`ahead`]).
+    pub fn reads_ahead(&self) -> bool {
+        self.opts.read_ahead
+    }
+
     pub fn is_read_only(&self) -> bool {
         self.opts.read_only || !self.has_upper
     }
