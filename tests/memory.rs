@@ -17,9 +17,7 @@ fn memory_of_forgotten_nodes_goes_back_to_the_system() {
         return;
     }
     // Only root can make the kernel drop its inodes (drop_caches).
-    if !is_root() {
-        assert!(!must_mount(), "this test needs root in CI (drop_caches)");
-        eprintln!("skipped: needs root");
+    if !root_or_skip("drop_caches") {
         return;
     }
     let s = Scratch::new();

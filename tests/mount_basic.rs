@@ -87,12 +87,7 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
 /// request), so large reads it serves come in 1 MiB requests instead of 128 KiB ones.
 #[test]
 fn the_mount_reads_ahead_a_mib_as_root() {
-    if !can_mount() {
-        return;
-    }
-    if !is_root() {
-        assert!(!must_mount(), "CI runs the tests as root: the read-ahead window is only raised by root");
-        eprintln!("skipped: not root");
+    if !can_mount() || !root_or_skip("only root raises the read-ahead window") {
         return;
     }
     use std::os::unix::fs::MetadataExt;

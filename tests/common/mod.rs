@@ -43,6 +43,17 @@ pub fn is_root() -> bool {
     unsafe_free_euid() == 0
 }
 
+/// For a test that needs root: true as root; otherwise the test is skipped (false), except in
+/// CI, which runs as root, where it panics with `why`.
+pub fn root_or_skip(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(!must_mount(), "this test needs root in CI ({why})");
+    eprintln!("skipped: needs root ({why})");
+    false
+}
+
 fn unsafe_free_euid() -> u32 {
     fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
