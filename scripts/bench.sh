@@ -6,7 +6,9 @@
 #                         [--layerfs PATH] [--fuse-overlayfs PATH] [--extra NAME=PATH]...
 #                         [--no-kernel] [--no-userspace-column] [--keep-stacks]
 #   --quick          sizes scaled down ~10x (smoke run, a few minutes)
-#   --runs N         runs per cell, the median is printed (default 3)
+#   --runs N         runs per cell, the median is printed (default 3); the short groups
+#                    (deep5 deep50 deep500 readdir: well under a second a cell, where one
+#                    unlucky wake-up moves a median) get 2N+1
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
 #                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup create tar
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
@@ -402,11 +404,16 @@ SEL=()
 for g in "${GROUPS_ALL[@]}"; do [[ $g =~ $ONLY ]] && SEL+=("$g"); done
 [ ${#SEL[@]} -gt 0 ] || die "--only '$ONLY' selects no workload group (groups: ${GROUPS_ALL[*]})"
 NI=${#IMPLS[@]}
+SHORT_GROUPS=" deep5 deep50 deep500 readdir "
+declare -A GRUNS
 for g in "${SEL[@]}"; do
-    for ((r = 0; r < RUNS; r++)); do
+    n=$RUNS
+    [[ $SHORT_GROUPS == *" $g "* ]] && n=$(( 2 * RUNS + 1 ))
+    GRUNS[$g]=$n
+    for ((r = 0; r < n; r++)); do
         for ((k = 0; k < NI; k++)); do
             IMPL=${IMPLS[$(( (k + r) % NI ))]}   # rotate the order between runs
-            log "$g: run $((r + 1))/$RUNS: $IMPL"
+            log "$g: run $((r + 1))/$n: $IMPL"
             "G_$g"
         done
     done
@@ -460,7 +467,7 @@ table() {
         unset M
     done
     echo
-    echo "Medians of $RUNS runs ($SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
+    echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat and readdir rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
     local i d5 d500 sc=
