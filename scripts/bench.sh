@@ -347,6 +347,32 @@ G_copyup() {
     t copyup_chmod chmod 0600 "$MNT/big1g"
     [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
     umount_impl
+    # The same chmod on a fresh mount, with a prober in the same directory: the slowest of its
+    # rounds (stat, missing-name lookup, listing, create + remove) while the copy-up runs. Kept
+    # apart from the timed chmod above, which the prober's CPU would slow down.
+    mount_impl "$IMPL" big
+    if [ "$MOUNT_OK" = 1 ]; then
+        local stop=$WORK/probe.stop pid out
+        rm -f "$stop"
+        "$HELPER" probe "$MNT" big2g "$stop" >"$WORK/probe.out" 2>"$ERR" &
+        pid=$!
+        sleep 0.3
+        chmod 0600 "$MNT/big1g" || log "$IMPL: chmod beside the prober failed"
+        sleep 0.1
+        touch "$stop"
+        if wait "$pid"; then
+            read -r out _ <"$WORK/probe.out"
+            record copyup_stall "$out"
+        else
+            log "$IMPL: copyup_stall prober failed: $(head -c 300 "$ERR")"
+            record copyup_stall FAIL
+        fi
+        rm -f "$stop"
+        [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
+    else
+        record copyup_stall FAIL
+    fi
+    umount_impl
 }
 
 G_create() {
@@ -387,6 +413,7 @@ row fio_rr usio "fio 4k random read of the ${BIG_MB} MiB lower file (fresh mount
 row fio_rw usio "fio 4k random write, new ${FIO_WSIZE} file, ${FIO_RT}s"
 row copyup_append time "copy-up: append 1 byte to a ${CU_MB} MiB lower file"
 row copyup_chmod time "copy-up: chmod a ${CU_MB} MiB lower file"
+row copyup_stall time "slowest stat/lookup/list/create beside that chmod, same directory"
 row create time "create ${CREATE_N} files of 100 bytes"
 row delete time "delete them (rm -rf)"
 row untar time "untar ${SRC_N} files / ${SRC_MB} MB into the mount"

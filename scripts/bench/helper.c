@@ -2,6 +2,10 @@
  *   helper stat LISTFILE ROOT      lstat every path (newline-separated, relative to ROOT)
  *   helper create DIR N SIZE        create N files of SIZE bytes in DIR (must exist)
  *   helper readdir DIR              count entries via getdents (no stat), print the count
+ *   helper probe DIR NAME STOPFILE  until STOPFILE exists, repeat one round of small operations
+ *                                   in DIR: stat NAME, stat a missing name, list DIR, create and
+ *                                   remove a file; print the slowest round in seconds and the
+ *                                   number of rounds
  * Prints a count on stdout; exits 1 if any operation failed. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -10,7 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
 
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: helper stat|create|readdir ...\n"); return 2; }
@@ -54,6 +65,29 @@ int main(int argc, char **argv) {
         closedir(d);
         printf("%ld\n", c);
         return 0;
+    }
+    if (!strcmp(argv[1], "probe") && argc == 5) {
+        int dir = open(argv[2], O_RDONLY | O_DIRECTORY);
+        if (dir < 0) { perror(argv[2]); return 2; }
+        struct stat st; char name[64]; long rounds = 0, bad = 0; double worst = 0;
+        while (access(argv[4], F_OK) != 0) {
+            double t0 = now();
+            if (fstatat(dir, argv[3], &st, AT_SYMLINK_NOFOLLOW)) bad++;
+            snprintf(name, sizeof name, "probe-missing-%ld", rounds);
+            if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0) bad++;
+            DIR *d = opendir(argv[2]);
+            if (!d) bad++;
+            else { while (readdir(d)) ; closedir(d); }
+            snprintf(name, sizeof name, "probe-%ld", rounds);
+            int fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL, 0644);
+            if (fd < 0 || close(fd) || unlinkat(dir, name, 0)) bad++;
+            double t = now() - t0;
+            if (t > worst) worst = t;
+            rounds++;
+        }
+        printf("%.6f %ld\n", worst, rounds);
+        if (bad) fprintf(stderr, "helper probe: %ld failures\n", bad);
+        return bad ? 1 : 0;
     }
     fprintf(stderr, "helper: bad arguments\n");
     return 2;
