@@ -33,8 +33,9 @@ pub struct Fuse {
     /// first refusal.
     pub passthrough: AtomicBool,
     /// FUSE_HANDLE_KILLPRIV_V2 is on: the server drops setuid/setgid/capabilities on writes
-    /// and truncation by unprivileged callers (and the kernel stops asking for
-    /// `security.capability` before every write).
+    /// and truncation by unprivileged callers (and the kernel, which then marks an inode
+    /// S_NOSEC once it has found nothing to drop, asks for `security.capability` at an
+    /// inode's first write only, not before every write).
     killpriv: AtomicBool,
     backing: Mutex<Backing>,
     /// Signalled when an inode leaves [`InoMode::Storing`].
