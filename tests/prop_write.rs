@@ -1,10 +1,11 @@
 //! Property test: random operation sequences over a small name space on a fixed two-lower
-//! fixture, run on kernel overlayfs and on layerfs (fresh copies and mounts per case, one
-//! scratch directory reused). Per step errnos, merged trees and canonical uppers must match
-//! (see `tests/diffkit/mod.rs`).
+//! fixture, and on the same fixture with 16 layers between its top and bottom, run on kernel
+//! overlayfs and on layerfs (fresh copies and mounts per case, one scratch directory reused).
+//! Per step errnos, merged trees and canonical uppers must match (see `tests/diffkit/mod.rs`).
 //!
-//! Cases: 64 by default, `LAYERFS_PROPTEST_CASES=N` for more. Time is bounded: generation stops
-//! after `LAYERFS_PROPTEST_SECS` (default 150 s) and shrinking after 120 s. Failures are not
+//! Cases: 64 (two lowers) and 200 (18 lowers) by default, `LAYERFS_PROPTEST_CASES=N` for more.
+//! Time is bounded: generation stops after `LAYERFS_PROPTEST_SECS` (default 150 s and 60 s)
+//! and shrinking after 120 s. Failures are not
 //! persisted to a file: pin each shrunk failure in `tests/regressions.rs`.
 
 mod common;
@@ -47,12 +48,26 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[test]
 fn random_op_sequences_match_kernel() {
+    run_property("prop_write", &prop_stack(), 64, 150);
+}
+
+/// The same on a stack of 18 lowers ([`prop_stack_many`]): the merged name index and the
+/// parallel lower-directory opens of many-layer stacks under writes, whiteouts and renames.
+#[test]
+fn random_op_sequences_match_kernel_on_18_lowers() {
+    run_property("prop_write (18 lowers)", &prop_stack_many(), 200, 60);
+}
+
+/// Runs random op sequences on `stack`: `cases` by default (`LAYERFS_PROPTEST_CASES=N` for
+/// more), generation stopping after `secs` seconds (`LAYERFS_PROPTEST_SECS`).
+fn run_property(label: &str, stack: &Stack, cases: u32, secs: u64) {
     if !available() {
         return;
     }
-    let cases: u32 = std::env::var("LAYERFS_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let cases: u32 =
+        std::env::var("LAYERFS_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(cases);
     let budget = Duration::from_secs(
-        std::env::var("LAYERFS_PROPTEST_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(150),
+        std::env::var("LAYERFS_PROPTEST_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(secs),
     );
     let cfg = Config {
         cases,
@@ -73,9 +88,10 @@ fn random_op_sequences_match_kernel() {
             return Ok(());
         }
         ran.set(ran.get() + 1);
-        run_ops_in(&dir, &ops).map_err(|r| TestCaseError::fail(format!("ops {ops:?}\n{r}")))
+        run_ops_on(&dir, stack, &ops, avoid_known_bugs())
+            .map_err(|r| TestCaseError::fail(format!("ops {ops:?}\n{r}")))
     });
-    eprintln!("prop_write: {} cases run in {:.1}s", ran.get(), start.elapsed().as_secs_f64());
+    eprintln!("{label}: {} cases run in {:.1}s", ran.get(), start.elapsed().as_secs_f64());
     if let Err(e) = result {
         panic!("{e}");
     }

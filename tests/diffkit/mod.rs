@@ -1353,12 +1353,34 @@ pub fn prop_stack() -> Stack {
     Stack::new(vec![top, bottom])
 }
 
+/// The property test's fixture with 16 layers between its top and bottom, so that the root, `d`
+/// and `e` merge 16 to 18 lower directories: lookups there go through the merged name index
+/// and the parallel opening of lower directories that only stacks of many layers use. The
+/// middle layers add a file each to `d` (one of them whited out further down the stack) and
+/// `e/f`, and the lowest of them makes `e` opaque, hiding the bottom's `e/g`.
+pub fn prop_stack_many() -> Stack {
+    let mut layers = prop_stack().lowers;
+    let bottom = layers.pop().expect("bottom layer").file("e/g", "g-bottom\n");
+    for i in 1..=16 {
+        let mut l = Layer::new().dir("d").file(&format!("d/m{i}"), &format!("m{i}\n")).dir("e");
+        match i {
+            4 => l = l.file("e/f", "f-mid\n"),
+            9 => l = l.whiteout("d/m12"),
+            16 => l = l.opaque("e"),
+            _ => {}
+        }
+        layers.push(l);
+    }
+    layers.push(bottom);
+    Stack::new(layers)
+}
+
 /// Known layerfs bugs the property test steers around (each is pinned as an ignored test in
 /// `regressions.rs`; delete the entry here when the bug is fixed). Set `LAYERFS_PROPTEST_ALL=1`
 /// to generate them anyway.
 pub const AVOIDED_BUGS: &[(&str, &str)] = &[];
 
-fn avoid_known_bugs() -> bool {
+pub fn avoid_known_bugs() -> bool {
     std::env::var_os("LAYERFS_PROPTEST_ALL").is_none()
 }
 
@@ -1442,6 +1464,11 @@ pub fn run_ops_in(dir: &Path, ops: &[Op]) -> Result<(), String> {
 }
 
 pub fn run_ops_in_with(dir: &Path, ops: &[Op], avoid: bool) -> Result<(), String> {
+    run_ops_on(dir, &prop_stack(), ops, avoid)
+}
+
+/// Runs `ops` (then observes every name) on kernel overlayfs and layerfs over `stack`.
+pub fn run_ops_on(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool) -> Result<(), String> {
     let ops = ops.to_vec();
     let scenario = move |c: &mut Ctx| {
         for op in &ops {
@@ -1454,7 +1481,7 @@ pub fn run_ops_in_with(dir: &Path, ops: &[Op], avoid: bool) -> Result<(), String
         c.readdir("");
         c.readdir("d");
     };
-    try_run_both_in(dir, &prop_stack(), &scenario, "").map(|_| ())
+    try_run_both_in(dir, stack, &scenario, "").map(|_| ())
 }
 
 /// As [`run_ops_in`] in a fresh scratch directory; panics with the report.
