@@ -432,11 +432,9 @@ for g in "${GROUPS_ALL[@]}"; do [[ $g =~ $ONLY ]] && SEL+=("$g"); done
 [ ${#SEL[@]} -gt 0 ] || die "--only '$ONLY' selects no workload group (groups: ${GROUPS_ALL[*]})"
 NI=${#IMPLS[@]}
 SHORT_GROUPS=" deep5 deep50 deep500 readdir "
-declare -A GRUNS
 for g in "${SEL[@]}"; do
     n=$RUNS
     [[ $SHORT_GROUPS == *" $g "* ]] && n=$(( 2 * RUNS + 1 ))
-    GRUNS[$g]=$n
     for ((r = 0; r < n; r++)); do
         for ((k = 0; k < NI; k++)); do
             IMPL=${IMPLS[$(( (k + r) % NI ))]}   # rotate the order between runs

@@ -804,11 +804,14 @@ impl Filesystem for Fuse {
                         self.fs.forget(attr.ino.0, 1);
                         break;
                     }
-                    match attr.kind {
-                        _ if !ahead => {}
-                        fuser::FileType::Directory => subdirs.push(attr.ino.0),
-                        fuser::FileType::RegularFile if attr.size > 0 => files.push((attr.ino.0, attr.size)),
-                        _ => {}
+                    if ahead {
+                        match attr.kind {
+                            fuser::FileType::Directory => subdirs.push(attr.ino.0),
+                            fuser::FileType::RegularFile if attr.size > 0 => {
+                                files.push((attr.ino.0, attr.size))
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),

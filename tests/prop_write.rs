@@ -5,8 +5,8 @@
 //!
 //! Cases: 64 (two lowers) and 200 (18 lowers) by default, `LAYERFS_PROPTEST_CASES=N` for more.
 //! Time is bounded: generation stops after `LAYERFS_PROPTEST_SECS` (default 150 s and 60 s)
-//! and shrinking after 120 s. Failures are not
-//! persisted to a file: pin each shrunk failure in `tests/regressions.rs`.
+//! and shrinking after 120 s. Failures are not persisted to a file: pin each shrunk failure in
+//! `tests/regressions.rs`.
 
 mod common;
 mod diffkit;

@@ -762,12 +762,12 @@ impl OverlayFs {
         self.whiteout_style
     }
 
-    /// True when nothing can be written (no upper layer, or `ro`).
     /// Whether walks are read ahead (`read_ahead=1`, see [`ahead`]).
     pub fn reads_ahead(&self) -> bool {
         self.opts.read_ahead
     }
 
+    /// True when nothing can be written (no upper layer, or `ro`).
     pub fn is_read_only(&self) -> bool {
         self.opts.read_only || !self.has_upper
     }

@@ -1384,11 +1384,6 @@ pub fn avoid_known_bugs() -> bool {
     std::env::var_os("LAYERFS_PROPTEST_ALL").is_none()
 }
 
-/// Applies one op to a context (records its steps), steering around [`AVOIDED_BUGS`].
-pub fn apply(c: &mut Ctx, op: &Op) {
-    apply_with(c, op, avoid_known_bugs())
-}
-
 /// Applies one op; with `avoid`, ops that would hit an [`AVOIDED_BUGS`] entry are recorded as
 /// skipped instead (the decision is taken from what the mount shows, so a difference between
 /// the two sides still shows in the log).
@@ -1458,16 +1453,8 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
     }
 }
 
-/// Runs an op list on both implementations in `dir` (cleared first); `Err` holds the report.
-pub fn run_ops_in(dir: &Path, ops: &[Op]) -> Result<(), String> {
-    run_ops_in_with(dir, ops, avoid_known_bugs())
-}
-
-pub fn run_ops_in_with(dir: &Path, ops: &[Op], avoid: bool) -> Result<(), String> {
-    run_ops_on(dir, &prop_stack(), ops, avoid)
-}
-
-/// Runs `ops` (then observes every name) on kernel overlayfs and layerfs over `stack`.
+/// Runs `ops` (then observes every name) on kernel overlayfs and layerfs over `stack`, in `dir`
+/// (cleared first); `Err` holds the report. `avoid`: steer around [`AVOIDED_BUGS`].
 pub fn run_ops_on(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool) -> Result<(), String> {
     let ops = ops.to_vec();
     let scenario = move |c: &mut Ctx| {
@@ -1484,11 +1471,11 @@ pub fn run_ops_on(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool) -> Result<
     try_run_both_in(dir, stack, &scenario, "").map(|_| ())
 }
 
-/// As [`run_ops_in`] in a fresh scratch directory; panics with the report.
-/// Pinned regressions run every op as written (no [`AVOIDED_BUGS`] steering).
+/// [`run_ops_on`] the property test's two-lower stack in a fresh scratch directory; panics
+/// with the report. Pinned regressions run every op as written (no [`AVOIDED_BUGS`] steering).
 pub fn check_ops(ops: &[Op]) {
     let s = Scratch::new();
-    if let Err(r) = run_ops_in_with(s.dir.path(), ops, false) {
+    if let Err(r) = run_ops_on(s.dir.path(), &prop_stack(), ops, false) {
         panic!("ops {ops:?}\n{r}");
     }
 }
