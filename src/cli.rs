@@ -23,7 +23,8 @@ options (-o, comma-separated, may repeat):
   squash_to_root, squash_to_uid=N, squash_to_gid=N   report these owners
   noxattrs=1           xattr calls fail with ENOSYS
   read_ahead=0|1       read ahead of tree walks: subdirectories, and the data of
-                       files opened in listing order (default 1)
+                       files opened in listing order; and of sequential reads the
+                       server serves (default 1)
   threads=N            worker threads (default: CPU count)
   passthrough=0|1      FUSE passthrough for upper files (default 1, root, kernel 6.9+)
   writeback=0|1        kernel writeback cache where passthrough is not used (default 0)

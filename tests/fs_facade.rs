@@ -1,7 +1,7 @@
 //! Tests of the union façade without FUSE: `OverlayFs` called directly.
 mod common;
-use common::{Scratch, evict, resident};
-use layerfs::fs::{Caller, FsOptions, OverlayFs, SetAttr};
+use common::{Scratch, evict, resident, resident_in};
+use layerfs::fs::{Caller, FsOptions, OverlayFs, ReadData, SetAttr};
 use std::ffi::OsStr;
 use std::fs;
 
@@ -346,8 +346,76 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
 }
 
 #[test]
+fn sequential_mapped_reads_ask_for_the_next_bytes_ahead() {
+    use layerfs::fs::READ_AHEAD;
+    const MIB: u64 = 1 << 20;
+    let s = Scratch::new();
+    let (l1, u, w) = (s.path("l1"), s.path("u"), s.path("w"));
+    fs::create_dir_all(&l1).unwrap();
+    let big = l1.join("big");
+    let len = 4 * READ_AHEAD;
+    fs::write(&big, vec![7u8; len as usize]).unwrap();
+    let mount = |read_ahead: bool| {
+        let mut o = FsOptions::new(vec![l1.clone()]);
+        o.upper = Some(u.clone());
+        o.work = Some(w.clone());
+        o.read_ahead = read_ahead;
+        let fs = OverlayFs::new(o).unwrap();
+        let ino = fs.lookup(1, OsStr::new("big")).unwrap().ino.0;
+        let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
+        evict(&big);
+        assert_eq!(resident(&big), 0, "the page cache cannot be checked here");
+        (fs, fh)
+    };
+    // Reads 1 MiB at `off`; returns the bytes asked for by it.
+    let read = |fs: &OverlayFs, fh: u64, off: u64| {
+        let before = fs.read_asked_bytes();
+        let mut buf = Vec::new();
+        let r = fs.read(fh, off, MIB as u32, &mut buf).unwrap();
+        assert!(matches!(r, ReadData::Mapped(_)));
+        assert!(r.bytes().len() == MIB as usize && r.bytes().iter().all(|&b| b == 7));
+        fs.read_asked_bytes() - before
+    };
+    // WILLNEED starts the reads and returns: wait for the MiB at `off` (read-ahead is advice,
+    // and memory pressure may drop a page: most of it is enough).
+    let comes_in = |off: u64| {
+        let t = std::time::Instant::now();
+        let pages = (MIB / 4096) as usize;
+        let mut got = resident_in(&big, off as usize, MIB as usize);
+        while got < pages && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            got = resident_in(&big, off as usize, MIB as usize);
+        }
+        assert!(got * 4 >= pages * 3, "{got} of {pages} pages at {off} read ahead");
+    };
+
+    let (fs, fh) = mount(true);
+    // A read from the start begins a stream: its own range and the next READ_AHEAD bytes.
+    // The window's last MiB lies past what the kernel reads around a fault on this disk.
+    assert_eq!(read(&fs, fh, 0), MIB + READ_AHEAD);
+    comes_in(READ_AHEAD);
+    // The next read moves the window by its own size, asking only for the new part.
+    assert_eq!(read(&fs, fh, MIB), MIB);
+    comes_in(READ_AHEAD + MIB);
+    // The kernel's read-ahead sends several reads at once, in any order: a read a little
+    // behind the last one is still the stream, and asks for nothing new.
+    assert_eq!(read(&fs, fh, 0), 0);
+    // A read far off is no stream: its own range only; a read after it starts a new one.
+    let far = 3 * READ_AHEAD;
+    assert_eq!(read(&fs, fh, far), MIB);
+    assert_eq!(read(&fs, fh, far + MIB), MIB + READ_AHEAD);
+    fs.release(fh);
+
+    // Nothing with read_ahead=0.
+    let (fs, fh) = mount(false);
+    assert_eq!(read(&fs, fh, 0), 0);
+    assert_eq!(read(&fs, fh, MIB), 0);
+    fs.release(fh);
+}
+
+#[test]
 fn large_reads_are_answered_from_a_mapping_of_the_file() {
-    use layerfs::fs::{MAP_READ_MIN, ReadData};
+    use layerfs::fs::MAP_READ_MIN;
     use std::io::Write;
     let s = Scratch::new();
     let (l1, u, w) = (s.path("l1"), s.path("u"), s.path("w"));

@@ -14,7 +14,7 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fuser::{FileAttr, FileType};
 use parking_lot::RwLock;
@@ -63,6 +63,9 @@ fn is_write(flags: i32) -> bool {
 /// than `pread` into a buffer); below it, the mapping's set-up costs more than the copy.
 pub const MAP_READ_MIN: usize = 128 << 10;
 
+/// How far past a sequential mapped read the file's data is asked for (see [`OverlayFs::read`]).
+pub const READ_AHEAD: u64 = 8 << 20;
+
 /// The bytes a READ answers with.
 pub enum ReadData<'b> {
     /// Read into the caller's buffer.
@@ -86,6 +89,8 @@ impl OverlayFs {
         self.files.write().insert(
             fh,
             Arc::new(FileHandle {
+                next_read: AtomicU64::new(0),
+                ahead_to: AtomicU64::new(0),
                 node,
                 fd: RwLock::new(Arc::new(fd)),
                 from_lower: AtomicBool::new(from_lower),
@@ -176,6 +181,7 @@ impl OverlayFs {
         let fd = self.handle_fd(&h)?;
         let size = size as usize;
         if size >= MAP_READ_MIN {
+            self.ask_ahead(&h, &fd, offset, size as u64);
             match sys::FileView::map(fd.as_fd(), offset, size) {
                 Ok(Some(view)) => return Ok(ReadData::Mapped(view)),
                 Ok(None) => return Ok(ReadData::Copied(&buf[..0])),
@@ -195,6 +201,46 @@ impl OverlayFs {
             }
         }
         Ok(ReadData::Copied(&buf[..got]))
+    }
+
+    /// Starts the disk reads for a mapped read before the mapping waits for them. Faults on a
+    /// fresh mapping read the file 128 KiB at a time (the lower disk's read-around), each
+    /// waited for in turn, and a new mapping per request keeps no read-ahead history; so the
+    /// read's own range is asked for in one go, and on a sequential stream (a read starting
+    /// within [`READ_AHEAD`] of where the handle's last one ended: the kernel's read-ahead
+    /// sends several at once, in any order) also the next [`READ_AHEAD`] bytes, each byte
+    /// once, so the disk works ahead of the kernel's requests. Advice only: errors are ignored.
+    /// Off with `read_ahead=0`.
+    fn ask_ahead(&self, h: &FileHandle, fd: &OwnedFd, offset: u64, size: u64) {
+        if !self.opts.read_ahead {
+            return;
+        }
+        let end = offset + size;
+        let last = h.next_read.swap(end, Ordering::Relaxed);
+        let (from, to) = if offset.abs_diff(last) > READ_AHEAD {
+            (offset, end)
+        } else {
+            let to = end + READ_AHEAD;
+            (h.ahead_to.fetch_max(to, Ordering::Relaxed).max(offset), to)
+        };
+        // The kernel reads at most the disk's read-ahead window or largest request of one
+        // WILLNEED (as little as 128 KiB), so the range is asked for in pieces.
+        const PIECE: u64 = 256 << 10;
+        let mut at = from;
+        while at < to {
+            let n = PIECE.min(to - at);
+            if sys::will_need(fd.as_fd(), at, n).is_err() {
+                break;
+            }
+            at += n;
+        }
+        self.read_asked.fetch_add(at.saturating_sub(from), Ordering::Relaxed);
+    }
+
+    /// Bytes asked for by mapped reads so far: their own ranges, and ahead of sequential ones
+    /// (for tests and statistics).
+    pub fn read_asked_bytes(&self) -> u64 {
+        self.read_asked.load(Ordering::Relaxed)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {

@@ -44,7 +44,7 @@ use crate::sys::{self, Stat};
 use crate::whiteout::{self, EntryClass, WhiteoutStyle};
 
 pub use dir_ops::Caller;
-pub use file_ops::{MAP_READ_MIN, Opened, ReadData, SetAttr};
+pub use file_ops::{MAP_READ_MIN, Opened, READ_AHEAD, ReadData, SetAttr};
 
 /// The FUSE root node id.
 pub const ROOT_ID: u64 = 1;
@@ -345,6 +345,11 @@ pub(crate) struct FileHandle {
     pub fd: RwLock<Arc<OwnedFd>>,
     /// Opened read-only on a lower layer: switch to the upper copy once there is one.
     pub from_lower: AtomicBool,
+    /// Where the last large read through this handle ended: a read starting near there is
+    /// sequential, and the file's next [`file_ops::READ_AHEAD`] bytes are asked for ahead.
+    pub next_read: AtomicU64,
+    /// How far ahead reads through this handle have been asked for already.
+    pub ahead_to: AtomicU64,
 }
 
 /// The union filesystem.
@@ -367,6 +372,8 @@ pub struct OverlayFs {
     pub(crate) nodes: RwLock<HashMap<u64, lite::Slot>>,
     /// The most nodes held since memory was last given back ([`TRIM_MIN_NODES`]).
     pub(crate) nodes_peak: AtomicUsize,
+    /// Bytes of files asked for by mapped reads (see `ask_ahead`), for tests and statistics.
+    pub(crate) read_asked: AtomicU64,
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
@@ -686,6 +693,7 @@ impl OverlayFs {
             acl: AtomicBool::new(acl),
             nodes: RwLock::new(HashMap::new()),
             nodes_peak: AtomicUsize::new(0),
+            read_asked: AtomicU64::new(0),
             upper_ids: Mutex::new(HashMap::new()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),

@@ -565,14 +565,21 @@ impl Rng {
 
 /// Pages of `path` in the page cache.
 pub fn resident(path: &std::path::Path) -> usize {
+    let len = fs::metadata(path).unwrap().len() as usize;
+    resident_in(path, 0, len)
+}
+
+/// Pages of `path` in the page cache among the `len` bytes at `off` (a multiple of the page
+/// size).
+pub fn resident_in(path: &std::path::Path, off: usize, len: usize) -> usize {
     use std::os::fd::AsRawFd;
     let f = fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
     // SAFETY: a shared read-only mapping of an open file, unmapped below; mincore writes one
     // byte per page into `v`, which has that many.
     unsafe {
         let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_eq!(off % page, 0);
+        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), off as i64);
         assert_ne!(p, libc::MAP_FAILED);
         let mut v = vec![0u8; len.div_ceil(page)];
         assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
