@@ -8,7 +8,8 @@
 #   --quick          sizes scaled down ~10x (smoke run, a few minutes)
 #   --runs N         runs per cell, the median is printed (default 3); the short groups
 #                    (deep5 deep50 deep500 readdir: well under a second a cell, where one
-#                    unlucky wake-up moves a median) get 2N+1
+#                    unlucky wake-up moves a median) and seqread (its cold read follows the
+#                    shared disk: 1.4-2.6 s for one file within minutes) get 2N+1
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
 #                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup create tar
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
@@ -243,7 +244,7 @@ ROWS=()
 IMPL=
 
 row() { ROWS+=("$1"); UNIT[$1]=$2; LABEL[$1]=$3; }
-record() { RES["$1|$IMPL"]+="$2 "; }
+record() { RES["$1|$IMPL"]+="$2 "; log "  $1 $IMPL: $2"; }  # every value in the log too
 
 # t ROW CMD...: time CMD (external command), record seconds; stdout kept in $WORK/last.out
 t() {
@@ -431,7 +432,7 @@ SEL=()
 for g in "${GROUPS_ALL[@]}"; do [[ $g =~ $ONLY ]] && SEL+=("$g"); done
 [ ${#SEL[@]} -gt 0 ] || die "--only '$ONLY' selects no workload group (groups: ${GROUPS_ALL[*]})"
 NI=${#IMPLS[@]}
-SHORT_GROUPS=" deep5 deep50 deep500 readdir "
+SHORT_GROUPS=" deep5 deep50 deep500 readdir seqread "
 for g in "${SEL[@]}"; do
     n=$RUNS
     [[ $SHORT_GROUPS == *" $g "* ]] && n=$(( 2 * RUNS + 1 ))
@@ -492,7 +493,7 @@ table() {
         unset M
     done
     echo
-    echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat and readdir rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
+    echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat, readdir and sequential read rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
     local i d5 d500 sc=
