@@ -437,8 +437,16 @@ for g in "${SEL[@]}"; do
     n=$RUNS
     [[ $SHORT_GROUPS == *" $g "* ]] && n=$(( 2 * RUNS + 1 ))
     for ((r = 0; r < n; r++)); do
-        for ((k = 0; k < NI; k++)); do
-            IMPL=${IMPLS[$(( (k + r) % NI ))]}   # rotate the order between runs
+        # A new order each run (a seeded shuffle, the same on every invocation): a column
+        # right after another one's run can be slower (seen after kernel overlayfs and after
+        # fuse-overlayfs), and a rotation would keep the same neighbour before each column.
+        RANDOM=$(( r + 1 ))
+        ORDER=("${IMPLS[@]}")
+        for ((k = NI - 1; k > 0; k--)); do
+            j=$(( RANDOM % (k + 1) ))
+            tmp=${ORDER[$k]}; ORDER[$k]=${ORDER[$j]}; ORDER[$j]=$tmp
+        done
+        for IMPL in "${ORDER[@]}"; do
             log "$g: run $((r + 1))/$n: $IMPL"
             "G_$g"
         done
