@@ -63,7 +63,7 @@ fn is_write(flags: i32) -> bool {
 /// than `pread` into a buffer); below it, the mapping's set-up costs more than the copy.
 pub const MAP_READ_MIN: usize = 128 << 10;
 
-/// How far past a sequential mapped read the file's data is asked for (see [`OverlayFs::read`]).
+/// How far past a sequential mapped read the file's data is asked for (see `ask_ahead`).
 pub const READ_AHEAD: u64 = 8 << 20;
 
 /// The bytes a READ answers with.
@@ -89,11 +89,11 @@ impl OverlayFs {
         self.files.write().insert(
             fh,
             Arc::new(FileHandle {
-                next_read: AtomicU64::new(0),
-                ahead_to: AtomicU64::new(0),
                 node,
                 fd: RwLock::new(Arc::new(fd)),
                 from_lower: AtomicBool::new(from_lower),
+                next_read: AtomicU64::new(0),
+                ahead_to: AtomicU64::new(0),
             }),
         );
         let direct = flags & libc::O_DIRECT != 0;
@@ -204,13 +204,13 @@ impl OverlayFs {
     }
 
     /// Starts the disk reads for a mapped read before the mapping waits for them. Faults on a
-    /// fresh mapping read the file 128 KiB at a time (the lower disk's read-around), each
-    /// waited for in turn, and a new mapping per request keeps no read-ahead history; so the
-    /// read's own range is asked for in one go, and on a sequential stream (a read starting
-    /// within [`READ_AHEAD`] of where the handle's last one ended: the kernel's read-ahead
-    /// sends several at once, in any order) also the next [`READ_AHEAD`] bytes, each byte
-    /// once, so the disk works ahead of the kernel's requests. Advice only: errors are ignored.
-    /// Off with `read_ahead=0`.
+    /// fresh mapping read the file through the disk's read-around (`read_ahead_kb`), each miss
+    /// waited for in turn, and nothing works ahead of the next request; so the read's own
+    /// range is asked for in one go, and on a sequential stream (a read starting within
+    /// [`READ_AHEAD`] of where the handle's last one ended: the kernel's read-ahead sends
+    /// several at once, in any order) also the next [`READ_AHEAD`] bytes, each byte once, so
+    /// the disk works ahead of the kernel's requests. Advice only: errors are ignored. Off
+    /// with `read_ahead=0`.
     fn ask_ahead(&self, h: &FileHandle, fd: &OwnedFd, offset: u64, size: u64) {
         if !self.opts.read_ahead {
             return;
