@@ -181,8 +181,12 @@ impl OverlayFs {
         let fd = self.handle_fd(&h)?;
         let size = size as usize;
         if size >= MAP_READ_MIN {
-            self.ask_ahead(&h, &fd, offset, size as u64);
-            match sys::FileView::map(fd.as_fd(), offset, size) {
+            let mapped = sys::fstat(fd.as_fd()).and_then(|st| {
+                let eof = st.st_size as u64;
+                self.ask_ahead(&h, &fd, offset, size as u64, eof);
+                sys::FileView::map(fd.as_fd(), offset, size, eof)
+            });
+            match mapped {
                 Ok(Some(view)) => return Ok(ReadData::Mapped(view)),
                 Ok(None) => return Ok(ReadData::Copied(&buf[..0])),
                 Err(e) => log::debug!("read: mapping fh {fh} failed ({e}), reading instead"),
@@ -209,18 +213,19 @@ impl OverlayFs {
     /// range is asked for in one go, and on a sequential stream (a read starting within
     /// [`READ_AHEAD`] of where the handle's last one ended: the kernel's read-ahead sends
     /// several at once, in any order) also the next [`READ_AHEAD`] bytes, each byte once, so
-    /// the disk works ahead of the kernel's requests. Advice only: errors are ignored. Off
-    /// with `read_ahead=0`.
-    fn ask_ahead(&self, h: &FileHandle, fd: &OwnedFd, offset: u64, size: u64) {
+    /// the disk works ahead of the kernel's requests. Nothing past `eof`, the file's size.
+    /// Advice only: errors are ignored. Off with `read_ahead=0`.
+    fn ask_ahead(&self, h: &FileHandle, fd: &OwnedFd, offset: u64, size: u64, eof: u64) {
         if !self.opts.read_ahead {
             return;
         }
         let end = offset + size;
         let last = h.next_read.swap(end, Ordering::Relaxed);
         let (from, to) = if offset.abs_diff(last) > READ_AHEAD {
-            (offset, end)
+            (offset, end.min(eof))
         } else {
-            let to = end + READ_AHEAD;
+            // Cut at the end of file before it is kept: a file that grows is asked for again.
+            let to = (end + READ_AHEAD).min(eof);
             (h.ahead_to.fetch_max(to, Ordering::Relaxed).max(offset), to)
         };
         // The kernel reads at most the disk's read-ahead window or largest request of one

@@ -477,11 +477,10 @@ pub struct FileView {
 }
 
 impl FileView {
-    /// Maps the bytes `[off, off + len)` of `fd`, cut at the file's end, with their pages
-    /// faulted in (`MAP_POPULATE`, which reads them from disk if they are not cached).
-    /// `None` when `off` is at or past the end.
-    pub fn map(fd: BorrowedFd, off: u64, len: usize) -> io::Result<Option<FileView>> {
-        let size = fstat(fd)?.st_size as u64;
+    /// Maps the bytes `[off, off + len)` of `fd`, cut at the file's end (`size`, from an
+    /// `fstat` just before), with their pages faulted in (`MAP_POPULATE`, which reads them
+    /// from disk if they are not cached). `None` when `off` is at or past the end.
+    pub fn map(fd: BorrowedFd, off: u64, len: usize, size: u64) -> io::Result<Option<FileView>> {
         if off >= size || len == 0 {
             return Ok(None);
         }
