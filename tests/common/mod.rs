@@ -579,7 +579,14 @@ pub fn resident_in(path: &std::path::Path, off: usize, len: usize) -> usize {
     unsafe {
         let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
         assert_eq!(off % page, 0);
-        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), off as i64);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            off as i64,
+        );
         assert_ne!(p, libc::MAP_FAILED);
         let mut v = vec![0u8; len.div_ceil(page)];
         assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
