@@ -15,9 +15,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
 if ((${#missing[@]})); then
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -41,4 +41,14 @@ if ! rust_ok; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal \
     || { echo "deps.sh: cannot install Rust through rustup (https://rustup.rs)" >&2; exit 1; }
   rust_ok || { echo "deps.sh: cargo 1.85 or later is needed, found: $(cargo --version 2>&1)" >&2; exit 1; }
+fi
+# rustfmt: scripts/test.sh checks the formatting first (rustup's minimal profile leaves it out).
+if ! cargo fmt --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null; then
+    rustup component add rustfmt >/dev/null \
+      || { echo "deps.sh: cannot add rustfmt (rustup component add rustfmt)" >&2; exit 1; }
+  else
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustfmt >/dev/null \
+      || { echo "deps.sh: cannot install rustfmt" >&2; exit 1; }
+  fi
 fi
