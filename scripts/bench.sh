@@ -18,8 +18,11 @@
 #   --layerfs PATH   the layerfs binary (default: $CARGO_TARGET_DIR/release/layerfs, else
 #                    <repo>/target/release/layerfs)
 #   --extra NAME=PATH   another fuse-overlayfs compatible binary as an extra column (repeatable)
-#   --no-userspace-column  skip the "layerfs passthrough=0" column (file data served by the
-#                    server, as in rootless mounts)
+#   --no-userspace-column  skip the "layerfs passthrough=0,uring=0" column (file data served
+#                    by the server, requests through /dev/fuse: a rootless mount on a machine
+#                    whose fuse module does not offer io_uring)
+#   --uring on|off|asis  the fuse module's enable_uring during the run (default on: the layerfs
+#                    column then serves through io_uring queues; restored afterwards)
 # Needs root (kernel overlay mounts, drop_caches, mknod of whiteouts).
 # Every "cold" cell is a fresh mount after `sync; echo 3 > /proc/sys/vm/drop_caches` (for every
 # column, including the plain directory). Write workloads get a fresh upper dir per mount.
@@ -38,6 +41,7 @@ FOVL=$(command -v fuse-overlayfs || true)
 KERNEL=1
 EXTRAS=()
 USERSPACE_COL=1
+URING=on
 
 usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --extra) EXTRAS+=("$2"); shift ;;
         --no-kernel) KERNEL=0 ;;
         --no-userspace-column) USERSPACE_COL=0 ;;
+        --uring) URING=$2; shift ;;
         -h|--help) usage 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; usage 2 ;;
     esac
@@ -99,9 +104,10 @@ KIND[plain]=plain
 IMPLS+=(fuse-overlayfs layerfs)
 KIND[fuse-overlayfs]=fuse; BIN[fuse-overlayfs]=$FOVL
 KIND[layerfs]=fuse; BIN[layerfs]=$LAYERFS
-# rootless mounts have no passthrough: the same binary serving file data itself
-UCOL="layerfs passthrough=0"
-[ "$USERSPACE_COL" = 1 ] && { IMPLS+=("$UCOL"); KIND[$UCOL]=fuse; BIN[$UCOL]=$LAYERFS; XOPT[$UCOL]=,passthrough=0; }
+# rootless mounts have no passthrough, and no io_uring unless an admin turned it on: the same
+# binary serving file data itself, through /dev/fuse
+UCOL="layerfs passthrough=0,uring=0"
+[ "$USERSPACE_COL" = 1 ] && { IMPLS+=("$UCOL"); KIND[$UCOL]=fuse; BIN[$UCOL]=$LAYERFS; XOPT[$UCOL]=,passthrough=0,uring=0; }
 for e in "${EXTRAS[@]}"; do
     n=${e%%=*}; p=${e#*=}
     [ -n "$n" ] && [ "$n" != "$e" ] && [ -x "$p" ] || die "--extra wants NAME=PATH to an executable ($e)"
@@ -134,7 +140,16 @@ cleanup() {
     done
     if grep -q " $WORK/" /proc/mounts; then echo "bench.sh: WARNING: mounts left under $WORK" >&2; fi
 }
-trap cleanup EXIT
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_WAS=$(cat "$URING_PARAM" 2>/dev/null || echo -)
+case $URING in
+    on|off) [ -w "$URING_PARAM" ] || die "--uring $URING: $URING_PARAM is not writable (kernel without FUSE over io_uring?)"
+            [ "$URING" = on ] && echo Y > "$URING_PARAM" || echo N > "$URING_PARAM" ;;
+    asis) ;;
+    *) die "--uring wants on, off or asis" ;;
+esac
+restore_uring() { [ "$URING_WAS" = - ] || [ "$URING" = asis ] || echo "$URING_WAS" > "$URING_PARAM"; }
+trap 'cleanup; restore_uring' EXIT
 trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM HUP
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
@@ -468,7 +483,7 @@ table() {
     for i in "${IMPLS[@]}"; do hdr+=" $i |"; sep+="---:|"; done
     hdr+=" layerfs / fuse-overlayfs |"; sep+="---:|"
     [ "$KERNEL" = 1 ] && { hdr+=" layerfs / kernel |"; sep+="---:|"; }
-    [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && { hdr+=" passthrough=0 / kernel |"; sep+="---:|"; }
+    [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && { hdr+=" passthrough=0,uring=0 / kernel |"; sep+="---:|"; }
     echo "$hdr"; echo "$sep"
     for r in "${ROWS[@]}"; do
         local any=0
@@ -513,6 +528,7 @@ table() {
     [ -n "$sc" ] && echo "Lookup scaling, 500 layers / 5 layers (cold stat rows): $sc."
     echo
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df -T "$WORK" | awk 'NR==2{print $2}')"
+    echo "FUSE over io_uring: the fuse module's enable_uring was $(cat "$URING_PARAM" 2>/dev/null || echo 'absent') during the run (--uring $URING); where it is Y the layerfs column serves through io_uring queues, fuse-overlayfs does not use them"
     echo "Versions: $("$FOVL" --version 2>&1 | grep -m1 -i 'fuse-overlayfs'), $(fio --version), layerfs binary $LAYERFS built $(date -r "$LAYERFS" '+%F %T') (repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 }
 

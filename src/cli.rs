@@ -27,6 +27,8 @@ options (-o, comma-separated, may repeat):
                        server serves (default 1)
   threads=N            worker threads (default: CPU count)
   passthrough=0|1      FUSE passthrough for upper files (default 1, root, kernel 6.9+)
+  uring=0|1            FUSE over io_uring where the kernel offers it (default 1; the
+                       fuse module's enable_uring, kernel 6.14+)
   writeback=0|1        kernel writeback cache where passthrough is not used (default 0)
   uidmapping=A:B:N..., gidmapping=...   on-disk ids A.. shown as B..
   noacl                no POSIX ACLs

@@ -236,6 +236,8 @@ pub struct Options {
     pub uidmapping: Vec<IdMapRange>,
     pub gidmapping: Vec<IdMapRange>,
     pub passthrough: bool,
+    /// `uring=0`: answer only through `/dev/fuse`, even where the kernel offers io_uring queues.
+    pub uring: bool,
     pub context: Option<String>,
     pub debug: bool,
     /// `trace=FILE`: one JSON line per operation.
@@ -282,6 +284,7 @@ impl Default for Options {
             uidmapping: Vec::new(),
             gidmapping: Vec::new(),
             passthrough: true,
+            uring: true,
             context: None,
             debug: false,
             trace: None,
@@ -367,6 +370,7 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
                 "volatile" => o.fsync = false,
                 "writeback" => o.writeback = parse_bool(&key, &need(&val)?)?,
                 "passthrough" => o.passthrough = parse_bool(&key, &need(&val)?)?,
+                "uring" => o.uring = parse_bool(&key, &need(&val)?)?,
                 "threaded" => {
                     let v = need(&val)?;
                     // fuse-overlayfs uses threaded=0|1; a larger number is a worker count here.
@@ -570,7 +574,7 @@ mod tests {
     #[test]
     fn parses_engine_options() {
         let o = parse_options(&[
-            "lowerdir=/l1:/l2,upperdir=/u,workdir=/w,context=\"a:b,c\",uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=5,xattr_permissions=2,volatile,timeout=0.5,userxattr,noacl,static_nlink,threaded=1,writeback=0,fsync=1,read_ahead=0".to_string(),
+            "lowerdir=/l1:/l2,upperdir=/u,workdir=/w,context=\"a:b,c\",uidmapping=:0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_uid=5,xattr_permissions=2,volatile,timeout=0.5,userxattr,noacl,static_nlink,threaded=1,writeback=0,fsync=1,read_ahead=0,uring=0".to_string(),
         ])
         .unwrap();
         assert_eq!(o.lowers, vec![PathBuf::from("/l1"), PathBuf::from("/l2")]);
@@ -583,7 +587,7 @@ mod tests {
         assert!(o.fsync); // fsync=1 came after volatile
         assert_eq!(o.timeout, 0.5);
         assert!(o.noacl && o.static_nlink);
-        assert!(!o.read_ahead);
+        assert!(!o.read_ahead && !o.uring);
         assert_eq!(o.warnings, vec!["unknown argument ignored: userxattr".to_string()]);
     }
 

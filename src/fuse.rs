@@ -13,10 +13,10 @@ use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::Error;
@@ -47,6 +47,79 @@ pub struct Fuse {
     pub exit_on_destroy: bool,
     /// Trace and fault injection (`-o trace=`, `-o faults=`); None costs one check per request.
     pub hooks: Option<Arc<Hooks>>,
+    /// The session's `/dev/fuse` (a duplicate), for passthrough backing files and the io_uring
+    /// queues; set once the session exists.
+    pub dev: OnceLock<Arc<OwnedFd>>,
+    /// Serve requests through FUSE-over-io_uring queues when the kernel offers it (`uring=`).
+    pub uring: bool,
+    /// Set at INIT when the kernel took FUSE_OVER_IO_URING: the queues are to be started.
+    pub uring_agreed: AtomicBool,
+    /// Who may use the mount (checked by fuser on `/dev/fuse`, by [`crate::uring`] there).
+    pub access: crate::uring::Access,
+}
+
+/// A backing file registered with the kernel for passthrough (FUSE_DEV_IOC_BACKING_OPEN),
+/// closed again when the last open handle that uses it is released.
+pub struct BackingFile {
+    pub id: u32,
+    dev: Arc<OwnedFd>,
+}
+
+impl Drop for BackingFile {
+    fn drop(&mut self) {
+        if let Err(e) = crate::sys::fuse_backing_close(&self.dev, self.id) {
+            log::debug!("closing backing file {}: {e}", self.id);
+        }
+    }
+}
+
+/// Who sent a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    fn of(req: &Request) -> Ctx {
+        Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    }
+}
+
+/// What an operation answers, for whichever transport carries the reply.
+pub enum Answer<'a> {
+    Err(i32),
+    Ok,
+    Entry(FileAttr),
+    Attr(FileAttr),
+    Data(&'a [u8]),
+    XattrSize(u32),
+    Open { fh: u64, flags: FopenFlags, backing: Option<u32> },
+    Create { attr: FileAttr, fh: u64, flags: FopenFlags, backing: Option<u32> },
+    Written(u32),
+    Statfs(libc::statvfs),
+    Offset(i64),
+}
+
+/// Where READDIR entries go; `add` returns true once the reply is full (the entry not added).
+pub trait DirOut {
+    fn add(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> bool;
+}
+
+/// Where READDIRPLUS entries go; `add` returns true once the reply is full.
+pub trait DirPlusOut {
+    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool;
+}
+
+/// Logs a failed operation and turns it into its answer.
+fn fail(op: &str, e: Error) -> Answer<'static> {
+    if e.is_expected() {
+        log::debug!("{op} -> {e}");
+    } else {
+        log::warn!("{op} -> {e}");
+    }
+    Answer::Err(e.errno)
 }
 
 /// How the open handles of each inode are served. The kernel requires every open of an inode
@@ -85,7 +158,7 @@ impl Drop for Truncation<'_> {
 
 enum InoMode {
     Cached(usize),
-    Passthrough(Arc<BackingId>, usize),
+    Passthrough(Arc<BackingFile>, usize),
     /// The inode's first open, read-only, of a small file whose data is being put into the
     /// kernel's page cache before the open is answered. Other opens and truncations of the
     /// inode wait for it: a write landing between the server's read of the data and the store
@@ -96,7 +169,7 @@ enum InoMode {
 /// How an open is answered.
 enum OpenMode {
     Cached,
-    Passthrough(Arc<BackingId>),
+    Passthrough(Arc<BackingFile>),
     /// Cached, with the whole file stored into the kernel's page cache first.
     Store,
 }
@@ -120,6 +193,10 @@ impl Fuse {
             notifier: Arc::new(OnceLock::new()),
             exit_on_destroy: false,
             hooks: None,
+            dev: OnceLock::new(),
+            uring: false,
+            uring_agreed: AtomicBool::new(false),
+            access: crate::uring::Access::All,
         }
     }
 
@@ -129,7 +206,7 @@ impl Fuse {
     #[allow(clippy::too_many_arguments)]
     fn hook<T: Outcome>(
         &self,
-        req: &Request,
+        ctx: &Ctx,
         op: Op,
         ino: u64,
         name: Option<&OsStr>,
@@ -139,20 +216,20 @@ impl Fuse {
     ) -> crate::error::Result<T> {
         match &self.hooks {
             None => f(),
-            Some(h) => h.run(req.pid(), op, ino, name, len, args, f),
+            Some(h) => h.run(ctx.pid, op, ino, name, len, args, f),
         }
     }
 
-    /// Picks the mode of a new open handle. `register` turns a real fd into a backing id
-    /// (ReplyOpen and ReplyCreate each have one). `may_store`: a read-only open that could be
+    /// Registers `fd` as a passthrough backing file with the kernel.
+    fn register(&self, fd: &OwnedFd) -> io::Result<BackingFile> {
+        let dev = self.dev.get().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let id = BackingId::create_raw(dev.as_ref(), fd)?;
+        Ok(BackingFile { id, dev: dev.clone() })
+    }
+
+    /// Picks the mode of a new open handle. `may_store`: a read-only open that could be
     /// answered by storing the file into the kernel's page cache ([`STORE_MAX`]).
-    fn open_mode(
-        &self,
-        ino: u64,
-        fh: u64,
-        may_store: bool,
-        register: impl FnOnce(&OwnedFd) -> io::Result<BackingId>,
-    ) -> OpenMode {
+    fn open_mode(&self, ino: u64, fh: u64, may_store: bool) -> OpenMode {
         // Sized before the lock, which every open and release takes: the size only picks the
         // mode, the store reads whatever the file holds by then.
         let small =
@@ -182,7 +259,7 @@ impl Fuse {
                     if (upper || self.fs.is_read_only())
                         && !(self.killpriv.load(Ordering::Relaxed) && self.fs.carries_privs(&fd)) =>
                 {
-                    match register(&fd) {
+                    match self.register(&fd) {
                         Ok(id) => mode = OpenMode::Passthrough(Arc::new(id)),
                         Err(e) => {
                             log::info!(
@@ -256,8 +333,8 @@ impl Fuse {
     /// Whether the server must drop privileges for this caller's truncation or write (the
     /// kernel's flag for that is not passed on by fuser for setattr and open: a caller other
     /// than root stands for "without CAP_FSETID").
-    fn kills_privs(&self, req: &Request) -> bool {
-        self.killpriv.load(Ordering::Relaxed) && req.uid() != 0
+    fn kills_privs(&self, ctx: &Ctx) -> bool {
+        self.killpriv.load(Ordering::Relaxed) && ctx.uid != 0
     }
 
     fn drop_backing(&self, fh: u64) {
@@ -279,18 +356,6 @@ impl Fuse {
 thread_local! {
     /// Each worker thread's read buffer: grown to the largest read once, then reused.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-macro_rules! reply_err {
-    ($reply:expr, $op:expr, $e:expr) => {{
-        let e: Error = $e;
-        if e.is_expected() {
-            log::debug!("{} -> {}", $op, e);
-        } else {
-            log::warn!("{} -> {}", $op, e);
-        }
-        $reply.error(Errno::from_i32(e.errno))
-    }};
 }
 
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -328,12 +393,663 @@ impl Fuse {
     }
 }
 
-fn caller(req: &Request, umask: u32) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid(), umask }
+fn caller(ctx: &Ctx, umask: u32) -> Caller {
+    Caller { uid: ctx.uid, gid: ctx.gid, umask }
 }
 
-impl Filesystem for Fuse {
+/// The arguments of a SETATTR, decoded by either transport.
+pub struct SetattrIn {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub ctime: bool,
+    pub fh: Option<u64>,
+}
+
+/// The operations, each answering for whichever transport decoded the request (fuser's
+/// `/dev/fuse` loop, or the io_uring queues in [`crate::uring`]).
+impl Fuse {
+    pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
+        log::debug!("lookup(parent={parent}, name={name:?})");
+        match self.hook(ctx, Op::Lookup, parent, Some(name), 0, |_| {}, || self.fs.lookup(parent, name)) {
+            Ok(attr) => Answer::Entry(attr),
+            Err(e) => fail("lookup", e),
+        }
+    }
+
+    pub fn forget(&self, ctx: &Ctx, ino: u64, nlookup: u64) {
+        log::debug!("forget(ino={ino}, n={nlookup})");
+        let f = || {
+            self.fs.forget(ino, nlookup);
+            Ok(())
+        };
+        let _ = self.hook(ctx, Op::Forget, ino, None, 0, |a| _ = a.n("n", nlookup), f);
+    }
+
+    pub fn getattr(&self, ctx: &Ctx, ino: u64, fh: Option<u64>) -> Answer<'static> {
+        log::debug!("getattr(ino={ino}, fh={fh:?})");
+        let args = |a: &mut Args| {
+            if let Some(f) = fh {
+                a.n("fh", f);
+            }
+        };
+        let r = self.hook(ctx, Op::Getattr, ino, None, 0, args, || match fh {
+            Some(fh) => self.fs.getattr_fh(ino, fh).or_else(|_| self.fs.getattr(ino)),
+            None => self.fs.getattr(ino),
+        });
+        match r {
+            Ok(attr) => Answer::Attr(attr),
+            Err(e) => fail("getattr", e),
+        }
+    }
+
+    pub fn setattr(&self, ctx: &Ctx, ino: u64, s: SetattrIn) -> Answer<'static> {
+        let SetattrIn { mode, uid, gid, size, atime, mtime, ctime, fh } = s;
+        log::debug!("setattr(ino={ino}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})");
+        let _truncation = size.and_then(|_| self.truncation(ino));
+        let (has_atime, has_mtime) = (atime.is_some(), mtime.is_some());
+        let sa = SetAttr { mode, uid, gid, size, atime, mtime, fh };
+        let args = |a: &mut Args| {
+            if let Some(m) = mode {
+                a.o("mode", m);
+            }
+            for (k, v) in [("uid", uid.map(u64::from)), ("gid", gid.map(u64::from)), ("size", size)] {
+                if let Some(v) = v {
+                    a.n(k, v);
+                }
+            }
+            if has_atime || has_mtime {
+                a.n("times", 1);
+            }
+        };
+        // Under KILLPRIV_V2 the kernel asks for the privilege drop of a write by a caller
+        // without CAP_FSETID as a setattr that carries nothing else (fuser does not pass the
+        // FATTR_KILL_SUIDGID bit itself).
+        let empty = [mode, uid, gid].iter().all(Option::is_none)
+            && size.is_none()
+            && !has_atime
+            && !has_mtime
+            && !ctime;
+        let kill = self.killpriv.load(Ordering::Relaxed) && empty
+            || size.is_some() && mode.is_none() && self.kills_privs(ctx);
+        let f = || {
+            let attr = self.fs.setattr(ino, sa)?;
+            if !kill {
+                return Ok(attr);
+            }
+            self.fs.kill_privs(ino, ctx.gid)?;
+            self.fs.getattr(ino)
+        };
+        match self.hook(ctx, Op::Setattr, ino, None, 0, args, f) {
+            Ok(attr) => Answer::Attr(attr),
+            Err(e) => fail("setattr", e),
+        }
+    }
+
+    /// READLINK: `k` gets the answer (the target is borrowed).
+    pub fn readlink(&self, ctx: &Ctx, ino: u64, k: impl FnOnce(Answer<'_>)) {
+        log::debug!("readlink(ino={ino})");
+        match self.hook(ctx, Op::Readlink, ino, None, 0, |_| {}, || self.fs.readlink(ino)) {
+            Ok(t) => k(Answer::Data(&t)),
+            Err(e) => k(fail("readlink", e)),
+        }
+    }
+
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Answer<'static> {
+        log::debug!("mknod(parent={parent}, name={name:?}, mode={mode:o}, rdev={rdev})");
+        let args = |a: &mut Args| _ = a.o("mode", mode).n("rdev", rdev);
+        let f = || self.fs.mknod(parent, name, mode, rdev as u64, caller(ctx, umask));
+        match self.hook(ctx, Op::Mknod, parent, Some(name), 0, args, f) {
+            Ok(attr) => Answer::Entry(attr),
+            Err(e) => fail("mknod", e),
+        }
+    }
+
+    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, umask: u32) -> Answer<'static> {
+        log::debug!("mkdir(parent={parent}, name={name:?}, mode={mode:o})");
+        let args = |a: &mut Args| _ = a.o("mode", mode);
+        let f = || self.fs.mkdir(parent, name, mode, caller(ctx, umask));
+        match self.hook(ctx, Op::Mkdir, parent, Some(name), 0, args, f) {
+            Ok(attr) => Answer::Entry(attr),
+            Err(e) => fail("mkdir", e),
+        }
+    }
+
+    pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
+        log::debug!("unlink(parent={parent}, name={name:?})");
+        let f = || self.fs.remove(parent, name, false);
+        match self.hook(ctx, Op::Unlink, parent, Some(name), 0, |_| {}, f) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("unlink", e),
+        }
+    }
+
+    pub fn rmdir(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
+        log::debug!("rmdir(parent={parent}, name={name:?})");
+        let f = || self.fs.remove(parent, name, true);
+        match self.hook(ctx, Op::Rmdir, parent, Some(name), 0, |_| {}, f) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("rmdir", e),
+        }
+    }
+
+    pub fn symlink(&self, ctx: &Ctx, parent: u64, link_name: &OsStr, target: &OsStr) -> Answer<'static> {
+        log::debug!("symlink(parent={parent}, name={link_name:?}, target={target:?})");
+        let args = |a: &mut Args| _ = a.s("target", target);
+        let f = || self.fs.symlink(parent, link_name, target, caller(ctx, 0));
+        match self.hook(ctx, Op::Symlink, parent, Some(link_name), 0, args, f) {
+            Ok(attr) => Answer::Entry(attr),
+            Err(e) => fail("symlink", e),
+        }
+    }
+
+    pub fn rename(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Answer<'static> {
+        log::debug!("rename({parent}/{name:?} -> {newparent}/{newname:?}, flags={flags})");
+        let args = |a: &mut Args| _ = a.path("newpath", newparent, newname).n("flags", flags);
+        let f = || self.fs.rename(parent, name, newparent, newname, flags);
+        match self.hook(ctx, Op::Rename, parent, Some(name), 0, args, f) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("rename", e),
+        }
+    }
+
+    pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &OsStr) -> Answer<'static> {
+        log::debug!("link(ino={ino}, newparent={newparent}, newname={newname:?})");
+        let args = |a: &mut Args| _ = a.n("target_ino", ino);
+        let f = || self.fs.link(ino, newparent, newname);
+        match self.hook(ctx, Op::Link, newparent, Some(newname), 0, args, f) {
+            Ok(attr) => Answer::Entry(attr),
+            Err(e) => fail("link", e),
+        }
+    }
+
+    pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> Answer<'static> {
+        log::debug!("open(ino={ino}, flags={flags:#x})");
+        let args = |a: &mut Args| _ = a.x("flags", flags as u32);
+        let kill = flags & libc::O_TRUNC != 0 && self.kills_privs(ctx);
+        let _truncation = (flags & libc::O_TRUNC != 0).then(|| self.truncation(ino)).flatten();
+        let f = || {
+            let o = self.fs.open(ino, flags)?;
+            if kill {
+                if let Err(e) = self.fs.kill_privs(ino, ctx.gid) {
+                    self.fs.release(o.fh);
+                    return Err(e);
+                }
+            }
+            Ok(o)
+        };
+        match self.hook(ctx, Op::Open, ino, None, 0, args, f) {
+            Ok(o) => {
+                let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
+                let may_store = read_only && o.keep_cache && flags & libc::O_TRUNC == 0;
+                let answer = match self.open_mode(ino, o.fh, may_store) {
+                    OpenMode::Passthrough(b) => {
+                        Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+                    }
+                    OpenMode::Cached => Answer::Open { fh: o.fh, flags: self.fopen(&o), backing: None },
+                    OpenMode::Store => {
+                        self.store(ino, o.fh);
+                        Answer::Open { fh: o.fh, flags: self.fopen(&o), backing: None }
+                    }
+                };
+                if read_only {
+                    self.fs.opened(ino);
+                }
+                answer
+            }
+            Err(e) => fail("open", e),
+        }
+    }
+
+    /// READ: `k` gets the answer (the data is borrowed from the worker's buffer or a mapping).
+    pub fn read(&self, ctx: &Ctx, ino: u64, fh: u64, offset: u64, size: u32, k: impl FnOnce(Answer<'_>)) {
+        log::debug!("read(ino={ino}, fh={fh}, off={offset}, size={size})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("size", size);
+        READ_BUF.with_borrow_mut(|buf| {
+            match self.hook(ctx, Op::Read, ino, None, 0, args, || self.fs.read(fh, offset, size, buf)) {
+                Ok(d) => k(Answer::Data(d.bytes())),
+                Err(e) => k(fail("read", e)),
+            }
+        })
+    }
+
+    pub fn write(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Answer<'static> {
+        let kill = self.killpriv.load(Ordering::Relaxed) && kill_suidgid;
+        log::debug!("write(ino={ino}, fh={fh}, off={offset}, len={})", data.len());
+        let (len, args) =
+            (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("len", data.len()));
+        let f = || {
+            if kill {
+                self.fs.kill_privs(ino, ctx.gid)?;
+            }
+            self.fs.write(fh, offset, data)
+        };
+        match self.hook(ctx, Op::Write, ino, None, len, args, f) {
+            Ok(n) => Answer::Written(n),
+            Err(e) => fail("write", e),
+        }
+    }
+
+    pub fn flush(&self, ctx: &Ctx, ino: u64, fh: u64) -> Answer<'static> {
+        log::debug!("flush(ino={ino}, fh={fh})");
+        match self.hook(ctx, Op::Flush, ino, None, 0, |a| _ = a.n("fh", fh), || Ok(())) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("flush", e),
+        }
+    }
+
+    pub fn release(&self, ctx: &Ctx, ino: u64, fh: u64) -> Answer<'static> {
+        log::debug!("release(ino={ino}, fh={fh})");
+        let f = || {
+            self.drop_backing(fh);
+            self.fs.release(fh);
+            Ok(())
+        };
+        let _ = self.hook(ctx, Op::Release, ino, None, 0, |a| _ = a.n("fh", fh), f);
+        Answer::Ok
+    }
+
+    pub fn fsync(&self, ctx: &Ctx, ino: u64, fh: u64, datasync: bool) -> Answer<'static> {
+        log::debug!("fsync(ino={ino}, fh={fh}, datasync={datasync})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("datasync", datasync);
+        match self.hook(ctx, Op::Fsync, ino, None, 0, args, || self.fs.fsync(fh, datasync)) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("fsync", e),
+        }
+    }
+
+    pub fn opendir(&self, ctx: &Ctx, ino: u64) -> Answer<'static> {
+        log::debug!("opendir(ino={ino})");
+        if self.hooks.is_none() && !self.ttl.is_zero() {
+            // No OPENDIR/RELEASEDIR round trips: after this ENOSYS the kernel opens directories
+            // itself, caching listings (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and dropping them
+            // on every change through the mount, and reads with fh 0 (`OverlayFs::readdir`).
+            // Hooked mounts keep OPENDIR to trace it; `timeout=0` keeps it to cache nothing.
+            return Answer::Err(libc::ENOSYS);
+        }
+        match self.hook(ctx, Op::Opendir, ino, None, 0, |_| {}, || self.fs.opendir(ino)) {
+            // The kernel may cache listings: every change to a directory goes through it, and
+            // it drops its cache on each of them.
+            Ok(fh) if !self.ttl.is_zero() => Answer::Open {
+                fh,
+                flags: FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                backing: None,
+            },
+            Ok(fh) => Answer::Open { fh, flags: FopenFlags::empty(), backing: None },
+            Err(e) => fail("opendir", e),
+        }
+    }
+
+    pub fn readdir(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        out: &mut dyn DirOut,
+    ) -> Answer<'static> {
+        log::debug!("readdir(ino={ino}, fh={fh}, offset={offset})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset);
+        match self.hook(ctx, Op::Readdir, ino, None, 0, args, || self.fs.readdir(ino, fh, offset)) {
+            Ok((entries, start)) => {
+                for e in &entries[start..] {
+                    if out.add(e.ino, e.cookie, e.kind, &e.name) {
+                        break;
+                    }
+                }
+                Answer::Ok
+            }
+            Err(e) => fail("readdir", e),
+        }
+    }
+
+    pub fn readdirplus(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        out: &mut dyn DirPlusOut,
+    ) -> Answer<'static> {
+        log::debug!("readdirplus(ino={ino}, fh={fh}, offset={offset})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset);
+        let (entries, start) =
+            match self.hook(ctx, Op::Readdirplus, ino, None, 0, args, || self.fs.readdir(ino, fh, offset)) {
+                Ok(e) => e,
+                Err(e) => return fail("readdirplus", e),
+            };
+        // What the read-ahead is told of (nothing is collected without it).
+        let ahead = self.fs.reads_ahead();
+        let mut subdirs = Vec::new();
+        let mut files = Vec::new();
+        for e in &entries[start..] {
+            let off = e.cookie;
+            if e.name == "." || e.name == ".." {
+                // The kernel takes no reference for these two.
+                let attr = match self.fs.getattr(e.ino).or_else(|_| self.fs.getattr(ino)) {
+                    Ok(a) => a,
+                    Err(e) => return fail("readdirplus", e),
+                };
+                if out.add(off, &e.name, &self.ttl, &attr) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry returned counts as a lookup; one that does not fit is given back.
+            match self.fs.lookup(ino, &e.name) {
+                Ok(attr) => {
+                    if out.add(off, &e.name, &self.ttl, &attr) {
+                        self.fs.forget(attr.ino.0, 1);
+                        break;
+                    }
+                    if ahead {
+                        match attr.kind {
+                            FileType::Directory => subdirs.push(attr.ino.0),
+                            FileType::RegularFile if attr.size > 0 => files.push((attr.ino.0, attr.size)),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
+            }
+        }
+        if ahead {
+            self.fs.listed(ino, offset, subdirs, files);
+        }
+        Answer::Ok
+    }
+
+    pub fn releasedir(&self, ctx: &Ctx, ino: u64, fh: u64) -> Answer<'static> {
+        log::debug!("releasedir(ino={ino}, fh={fh})");
+        let f = || {
+            self.fs.releasedir(fh);
+            Ok(())
+        };
+        let _ = self.hook(ctx, Op::Releasedir, ino, None, 0, |a| _ = a.n("fh", fh), f);
+        Answer::Ok
+    }
+
+    pub fn fsyncdir(&self, ctx: &Ctx, ino: u64, datasync: bool) -> Answer<'static> {
+        log::debug!("fsyncdir(ino={ino})");
+        let args = |a: &mut Args| _ = a.n("datasync", datasync);
+        match self.hook(ctx, Op::Fsyncdir, ino, None, 0, args, || self.fs.fsyncdir(ino, datasync)) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("fsyncdir", e),
+        }
+    }
+
+    pub fn statfs(&self, ctx: &Ctx, ino: u64) -> Answer<'static> {
+        log::debug!("statfs()");
+        match self.hook(ctx, Op::Statfs, ino, None, 0, |_| {}, || self.fs.statfs()) {
+            Ok(s) => Answer::Statfs(s),
+            Err(e) => fail("statfs", e),
+        }
+    }
+
+    pub fn setxattr(&self, ctx: &Ctx, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Answer<'static> {
+        log::debug!("setxattr(ino={ino}, name={name:?}, len={})", value.len());
+        let args = |a: &mut Args| _ = a.s("name", name).n("len", value.len()).n("flags", flags);
+        let f = || self.fs.setxattr(ino, name, value, flags);
+        match self.hook(ctx, Op::Setxattr, ino, None, 0, args, f) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("setxattr", e),
+        }
+    }
+
+    /// GETXATTR: `k` gets the answer (the value is borrowed).
+    pub fn getxattr(&self, ctx: &Ctx, ino: u64, name: &OsStr, size: u32, k: impl FnOnce(Answer<'_>)) {
+        log::debug!("getxattr(ino={ino}, name={name:?}, size={size})");
+        let args = |a: &mut Args| _ = a.s("name", name).n("size", size);
+        match self.hook(ctx, Op::Getxattr, ino, None, 0, args, || self.fs.getxattr(ino, name)) {
+            Ok(v) => k(xattr_answer(&v, size)),
+            Err(e) => k(fail("getxattr", e)),
+        }
+    }
+
+    /// LISTXATTR: `k` gets the answer (the list is borrowed).
+    pub fn listxattr(&self, ctx: &Ctx, ino: u64, size: u32, k: impl FnOnce(Answer<'_>)) {
+        log::debug!("listxattr(ino={ino}, size={size})");
+        let args = |a: &mut Args| _ = a.n("size", size);
+        match self.hook(ctx, Op::Listxattr, ino, None, 0, args, || self.fs.listxattr(ino)) {
+            Ok(v) => k(xattr_answer(&v, size)),
+            Err(e) => k(fail("listxattr", e)),
+        }
+    }
+
+    pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &OsStr) -> Answer<'static> {
+        log::debug!("removexattr(ino={ino}, name={name:?})");
+        let args = |a: &mut Args| _ = a.s("name", name);
+        match self.hook(ctx, Op::Removexattr, ino, None, 0, args, || self.fs.removexattr(ino, name)) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("removexattr", e),
+        }
+    }
+
+    pub fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> Answer<'static> {
+        log::debug!("access(ino={ino}, mask={mask})");
+        let args = |a: &mut Args| _ = a.n("mask", mask);
+        match self.hook(ctx, Op::Access, ino, None, 0, args, || self.fs.access(ino, mask)) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("access", e),
+        }
+    }
+
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Answer<'static> {
+        log::debug!("create(parent={parent}, name={name:?}, mode={mode:o}, flags={flags:#x})");
+        let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
+        let f = || self.fs.create(parent, name, mode, flags, caller(ctx, umask));
+        match self.hook(ctx, Op::Create, parent, Some(name), 0, args, f) {
+            Ok((attr, o)) => match self.open_mode(attr.ino.0, o.fh, false) {
+                OpenMode::Passthrough(b) => {
+                    Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+                }
+                // Not asked for by create (may_store is false).
+                OpenMode::Cached | OpenMode::Store => {
+                    Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
+                }
+            },
+            Err(e) => fail("create", e),
+        }
+    }
+
+    pub fn fallocate(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Answer<'static> {
+        log::debug!("fallocate(ino={ino}, off={offset}, len={length}, mode={mode})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("len", length).n("mode", mode);
+        let kill = self.kills_privs(ctx);
+        let f = || {
+            if kill {
+                self.fs.kill_privs(ino, ctx.gid)?;
+            }
+            self.fs.fallocate(fh, offset, length, mode)
+        };
+        match self.hook(ctx, Op::Fallocate, ino, None, 0, args, f) {
+            Ok(()) => Answer::Ok,
+            Err(e) => fail("fallocate", e),
+        }
+    }
+
+    pub fn lseek(&self, ctx: &Ctx, ino: u64, fh: u64, offset: i64, whence: i32) -> Answer<'static> {
+        log::debug!("lseek(ino={ino}, off={offset}, whence={whence})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("whence", whence);
+        match self.hook(ctx, Op::Lseek, ino, None, 0, args, || self.fs.lseek(fh, offset, whence)) {
+            Ok(o) => Answer::Offset(o),
+            Err(e) => fail("lseek", e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        ctx: &Ctx,
+        ino_in: u64,
+        fh_in: u64,
+        offset_in: u64,
+        ino_out: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Answer<'static> {
+        log::debug!("copy_file_range({ino_in} -> {ino_out}, len={len})");
+        let args = |a: &mut Args| {
+            a.n("fh_in", fh_in).n("off_in", offset_in).n("ino_out", ino_out);
+            a.n("fh_out", fh_out).n("off_out", offset_out).n("len", len);
+        };
+        let kill = self.kills_privs(ctx);
+        let f = || {
+            if kill {
+                self.fs.kill_privs(ino_out, ctx.gid)?;
+            }
+            self.fs.copy_file_range(fh_in, offset_in, fh_out, offset_out, len)
+        };
+        match self.hook(ctx, Op::CopyFileRange, ino_in, None, len, args, f) {
+            Ok(n) => Answer::Written(n),
+            Err(e) => fail("copy_file_range", e),
+        }
+    }
+}
+
+/// The answer to GETXATTR/LISTXATTR of a `size`-byte buffer: the length when asked with 0,
+/// ERANGE when the value does not fit.
+fn xattr_answer(v: &[u8], size: u32) -> Answer<'_> {
+    if size == 0 {
+        Answer::XattrSize(v.len() as u32)
+    } else if v.len() > size as usize {
+        Answer::Err(libc::ERANGE)
+    } else {
+        Answer::Data(v)
+    }
+}
+
+/// fuser's `Filesystem`, over the shared [`Fuse`] (which the io_uring queues use as well).
+pub struct FuseFs(pub Arc<Fuse>);
+
+impl DirOut for ReplyDirectory {
+    fn add(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> bool {
+        ReplyDirectory::add(self, INodeNo(ino), off, kind, name)
+    }
+}
+
+impl DirPlusOut for ReplyDirectoryPlus {
+    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool {
+        ReplyDirectoryPlus::add(self, attr.ino, off, name, ttl, attr, Generation(0))
+    }
+}
+
+/// An answer that does not fit the reply type it was given to: a bug, reported as EIO.
+fn mismatch(op: &str) -> Errno {
+    log::error!("{op}: answer of the wrong kind");
+    Errno::EIO
+}
+
+fn to_entry(f: &Fuse, a: Answer<'_>, r: ReplyEntry) {
+    match a {
+        Answer::Entry(attr) => r.entry(&f.ttl, &attr, Generation(0)),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("entry")),
+    }
+}
+
+fn to_attr(f: &Fuse, a: Answer<'_>, r: ReplyAttr) {
+    match a {
+        Answer::Attr(attr) => r.attr(&f.ttl, &attr),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("attr")),
+    }
+}
+
+fn to_empty(a: Answer<'_>, r: ReplyEmpty) {
+    match a {
+        Answer::Ok => r.ok(),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("empty")),
+    }
+}
+
+fn to_data(a: Answer<'_>, r: ReplyData) {
+    match a {
+        Answer::Data(d) => r.data(d),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("data")),
+    }
+}
+
+fn to_xattr(a: Answer<'_>, r: ReplyXattr) {
+    match a {
+        Answer::XattrSize(n) => r.size(n),
+        Answer::Data(d) => r.data(d),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("xattr")),
+    }
+}
+
+fn to_written(a: Answer<'_>, r: ReplyWrite) {
+    match a {
+        Answer::Written(n) => r.written(n),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("write")),
+    }
+}
+
+fn to_open(a: Answer<'_>, r: ReplyOpen) {
+    match a {
+        Answer::Open { fh, flags, backing: Some(id) } => {
+            // The id stays registered: the handle's BackingFile closes it at release.
+            let b = unsafe { r.wrap_backing(id) };
+            r.opened_passthrough(FileHandle(fh), flags, &b);
+            let _ = b.into_raw();
+        }
+        Answer::Open { fh, flags, backing: None } => r.opened(FileHandle(fh), flags),
+        Answer::Err(e) => r.error(Errno::from_i32(e)),
+        _ => r.error(mismatch("open")),
+    }
+}
+
+impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let f = &*self.0;
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
@@ -346,49 +1062,58 @@ impl Filesystem for Fuse {
         // Owners and modes kept in override xattrs would need the privilege drop applied there
         // too: such mounts leave it to the kernel.
         if config.capabilities().contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
-            && !self.fs.reads_override_xattrs()
+            && !f.fs.reads_override_xattrs()
             && config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok()
         {
-            self.killpriv.store(true, Ordering::Relaxed);
+            f.killpriv.store(true, Ordering::Relaxed);
         }
         // The umask is applied by layerfs (not under a default ACL), as POSIX ACLs need.
         if config.capabilities().contains(InitFlags::FUSE_DONT_MASK) {
             let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         }
-        if self.fs.acl_enabled() {
+        if f.fs.acl_enabled() {
             if config.capabilities().contains(InitFlags::FUSE_POSIX_ACL) {
                 let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
             } else {
-                self.fs.disable_acl("the kernel does not offer FUSE_POSIX_ACL");
+                f.fs.disable_acl("the kernel does not offer FUSE_POSIX_ACL");
             }
         }
-        if self.passthrough.load(Ordering::Relaxed) {
+        if f.passthrough.load(Ordering::Relaxed) {
             let caps = config.capabilities();
             if caps.contains(InitFlags::FUSE_PASSTHROUGH) {
                 let _ = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
                 // Backing files may themselves sit on a stacked filesystem (overlayfs).
                 let _ = config.set_max_stack_depth(2);
             } else {
-                self.passthrough.store(false, Ordering::Relaxed);
+                f.passthrough.store(false, Ordering::Relaxed);
             }
         }
-        if self.writeback
-            && !self.passthrough.load(Ordering::Relaxed)
+        if f.writeback
+            && !f.passthrough.load(Ordering::Relaxed)
             && config.capabilities().contains(InitFlags::FUSE_WRITEBACK_CACHE)
             && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok()
         {
-            self.fs.set_writeback_cache();
+            f.fs.set_writeback_cache();
             log::info!("FUSE writeback cache on");
+        }
+        // The kernel offers FUSE-over-io_uring only where the fuse module's `enable_uring` is on.
+        if f.uring
+            && f.hooks.is_none()
+            && config.capabilities().contains(InitFlags::FUSE_OVER_IO_URING)
+            && config.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok()
+        {
+            // The queues are started once the session exists (`mount::run`).
+            f.uring_agreed.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
 
     fn destroy(&mut self) {
         log::debug!("destroy: the mount is gone");
-        if let Some(h) = &self.hooks {
+        if let Some(h) = &self.0.hooks {
             h.shutdown();
         }
-        if self.exit_on_destroy {
+        if self.0.exit_on_destroy {
             // fuser would now unmount the mountpoint *by path* (its "still mounted?" check reads
             // an aborted connection as mounted), which takes down a new mount made at the same
             // path meanwhile. Our mount is already gone when we get here, so stop right away.
@@ -397,44 +1122,15 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        log::debug!("lookup(parent={}, name={:?})", parent.0, name);
-        match self.hook(req, Op::Lookup, parent.0, Some(name), 0, |_| {}, || self.fs.lookup(parent.0, name)) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Err(e) => reply_err!(reply, "lookup", e),
-        }
+        to_entry(&self.0, self.0.lookup(&Ctx::of(req), parent.0, name), reply)
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        log::debug!("forget(ino={}, n={nlookup})", ino.0);
-        let _ = self.hook(
-            req,
-            Op::Forget,
-            ino.0,
-            None,
-            0,
-            |a| _ = a.n("n", nlookup),
-            || {
-                self.fs.forget(ino.0, nlookup);
-                Ok(())
-            },
-        );
+        self.0.forget(&Ctx::of(req), ino.0, nlookup)
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        log::debug!("getattr(ino={}, fh={:?})", ino.0, fh.map(|f| f.0));
-        let args = |a: &mut Args| {
-            if let Some(f) = fh {
-                a.n("fh", f.0);
-            }
-        };
-        let r = self.hook(req, Op::Getattr, ino.0, None, 0, args, || match fh {
-            Some(fh) => self.fs.getattr_fh(ino.0, fh.0).or_else(|_| self.fs.getattr(ino.0)),
-            None => self.fs.getattr(ino.0),
-        });
-        match r {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
-            Err(e) => reply_err!(reply, "getattr", e),
-        }
+        to_attr(&self.0, self.0.getattr(&Ctx::of(req), ino.0, fh.map(|f| f.0)), reply)
     }
 
     fn setattr(
@@ -455,60 +1151,21 @@ impl Filesystem for Fuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        log::debug!("setattr(ino={}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})", ino.0);
-        let _truncation = size.and_then(|_| self.truncation(ino.0));
-        let sa = SetAttr {
+        let s = SetattrIn {
             mode,
             uid,
             gid,
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            ctime: ctime.is_some(),
             fh: fh.map(|f| f.0),
         };
-        let args = |a: &mut Args| {
-            if let Some(m) = mode {
-                a.o("mode", m);
-            }
-            for (k, v) in [("uid", uid.map(u64::from)), ("gid", gid.map(u64::from)), ("size", size)] {
-                if let Some(v) = v {
-                    a.n(k, v);
-                }
-            }
-            if atime.is_some() || mtime.is_some() {
-                a.n("times", 1);
-            }
-        };
-        // Under KILLPRIV_V2 the kernel asks for the privilege drop of a write by a caller
-        // without CAP_FSETID as a setattr that carries nothing else (fuser does not pass the
-        // FATTR_KILL_SUIDGID bit itself).
-        let empty = [mode, uid, gid].iter().all(Option::is_none)
-            && size.is_none()
-            && atime.is_none()
-            && mtime.is_none()
-            && ctime.is_none();
-        let kill = self.killpriv.load(Ordering::Relaxed) && empty
-            || size.is_some() && mode.is_none() && self.kills_privs(req);
-        let f = || {
-            let attr = self.fs.setattr(ino.0, sa)?;
-            if !kill {
-                return Ok(attr);
-            }
-            self.fs.kill_privs(ino.0, req.gid())?;
-            self.fs.getattr(ino.0)
-        };
-        match self.hook(req, Op::Setattr, ino.0, None, 0, args, f) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
-            Err(e) => reply_err!(reply, "setattr", e),
-        }
+        to_attr(&self.0, self.0.setattr(&Ctx::of(req), ino.0, s), reply)
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        log::debug!("readlink(ino={})", ino.0);
-        match self.hook(req, Op::Readlink, ino.0, None, 0, |_| {}, || self.fs.readlink(ino.0)) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply_err!(reply, "readlink", e),
-        }
+        self.0.readlink(&Ctx::of(req), ino.0, |a| to_data(a, reply))
     }
 
     fn mknod(
@@ -521,51 +1178,23 @@ impl Filesystem for Fuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        log::debug!("mknod(parent={}, name={name:?}, mode={mode:o}, rdev={rdev})", parent.0);
-        let args = |a: &mut Args| _ = a.o("mode", mode).n("rdev", rdev);
-        let f = || self.fs.mknod(parent.0, name, mode, rdev as u64, caller(req, umask));
-        match self.hook(req, Op::Mknod, parent.0, Some(name), 0, args, f) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Err(e) => reply_err!(reply, "mknod", e),
-        }
+        to_entry(&self.0, self.0.mknod(&Ctx::of(req), parent.0, name, mode, umask, rdev), reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        log::debug!("mkdir(parent={}, name={name:?}, mode={mode:o})", parent.0);
-        let args = |a: &mut Args| _ = a.o("mode", mode);
-        let f = || self.fs.mkdir(parent.0, name, mode, caller(req, umask));
-        match self.hook(req, Op::Mkdir, parent.0, Some(name), 0, args, f) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Err(e) => reply_err!(reply, "mkdir", e),
-        }
+        to_entry(&self.0, self.0.mkdir(&Ctx::of(req), parent.0, name, mode, umask), reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        log::debug!("unlink(parent={}, name={name:?})", parent.0);
-        let f = || self.fs.remove(parent.0, name, false);
-        match self.hook(req, Op::Unlink, parent.0, Some(name), 0, |_| {}, f) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "unlink", e),
-        }
+        to_empty(self.0.unlink(&Ctx::of(req), parent.0, name), reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        log::debug!("rmdir(parent={}, name={name:?})", parent.0);
-        let f = || self.fs.remove(parent.0, name, true);
-        match self.hook(req, Op::Rmdir, parent.0, Some(name), 0, |_| {}, f) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "rmdir", e),
-        }
+        to_empty(self.0.rmdir(&Ctx::of(req), parent.0, name), reply)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        log::debug!("symlink(parent={}, name={link_name:?}, target={target:?})", parent.0);
-        let args = |a: &mut Args| _ = a.s("target", target.as_os_str());
-        let f = || self.fs.symlink(parent.0, link_name, target.as_os_str(), caller(req, 0));
-        match self.hook(req, Op::Symlink, parent.0, Some(link_name), 0, args, f) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Err(e) => reply_err!(reply, "symlink", e),
-        }
+        to_entry(&self.0, self.0.symlink(&Ctx::of(req), parent.0, link_name, target.as_os_str()), reply)
     }
 
     fn rename(
@@ -578,60 +1207,15 @@ impl Filesystem for Fuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        log::debug!("rename({}/{name:?} -> {}/{newname:?}, flags={})", parent.0, newparent.0, flags.bits());
-        let args = |a: &mut Args| _ = a.path("newpath", newparent.0, newname).n("flags", flags.bits());
-        let f = || self.fs.rename(parent.0, name, newparent.0, newname, flags.bits());
-        match self.hook(req, Op::Rename, parent.0, Some(name), 0, args, f) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "rename", e),
-        }
+        to_empty(self.0.rename(&Ctx::of(req), parent.0, name, newparent.0, newname, flags.bits()), reply)
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        log::debug!("link(ino={}, newparent={}, newname={newname:?})", ino.0, newparent.0);
-        let args = |a: &mut Args| _ = a.n("target_ino", ino.0);
-        let f = || self.fs.link(ino.0, newparent.0, newname);
-        match self.hook(req, Op::Link, newparent.0, Some(newname), 0, args, f) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Err(e) => reply_err!(reply, "link", e),
-        }
+        to_entry(&self.0, self.0.link(&Ctx::of(req), ino.0, newparent.0, newname), reply)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        log::debug!("open(ino={}, flags={:#x})", ino.0, flags.0);
-        let args = |a: &mut Args| _ = a.x("flags", flags.0 as u32);
-        let kill = flags.0 & libc::O_TRUNC != 0 && self.kills_privs(req);
-        let _truncation = (flags.0 & libc::O_TRUNC != 0).then(|| self.truncation(ino.0)).flatten();
-        let f = || {
-            let o = self.fs.open(ino.0, flags.0)?;
-            if kill {
-                if let Err(e) = self.fs.kill_privs(ino.0, req.gid()) {
-                    self.fs.release(o.fh);
-                    return Err(e);
-                }
-            }
-            Ok(o)
-        };
-        match self.hook(req, Op::Open, ino.0, None, 0, args, f) {
-            Ok(o) => {
-                let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
-                let may_store = read_only && o.keep_cache && flags.0 & libc::O_TRUNC == 0;
-                match self.open_mode(ino.0, o.fh, may_store, |fd| reply.open_backing(fd)) {
-                    OpenMode::Passthrough(id) => {
-                        reply.opened_passthrough(FileHandle(o.fh), self.noflush(), &id)
-                    }
-                    OpenMode::Cached => reply.opened(FileHandle(o.fh), self.fopen(&o)),
-                    OpenMode::Store => {
-                        self.store(ino.0, o.fh);
-                        reply.opened(FileHandle(o.fh), self.fopen(&o))
-                    }
-                }
-                if read_only {
-                    self.fs.opened(ino.0);
-                }
-            }
-            Err(e) => reply_err!(reply, "open", e),
-        }
+        to_open(self.0.open(&Ctx::of(req), ino.0, flags.0), reply)
     }
 
     fn read(
@@ -645,14 +1229,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        log::debug!("read(ino={}, fh={}, off={offset}, size={size})", ino.0, fh.0);
-        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("size", size);
-        READ_BUF.with_borrow_mut(|buf| {
-            match self.hook(req, Op::Read, ino.0, None, 0, args, || self.fs.read(fh.0, offset, size, buf)) {
-                Ok(d) => reply.data(d.bytes()),
-                Err(e) => reply_err!(reply, "read", e),
-            }
-        })
+        self.0.read(&Ctx::of(req), ino.0, fh.0, offset, size, |a| to_data(a, reply))
     }
 
     fn write(
@@ -667,29 +1244,12 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let kill = self.killpriv.load(Ordering::Relaxed)
-            && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        log::debug!("write(ino={}, fh={}, off={offset}, len={})", ino.0, fh.0, data.len());
-        let (len, args) =
-            (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("len", data.len()));
-        let f = || {
-            if kill {
-                self.fs.kill_privs(ino.0, req.gid())?;
-            }
-            self.fs.write(fh.0, offset, data)
-        };
-        match self.hook(req, Op::Write, ino.0, None, len, args, f) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply_err!(reply, "write", e),
-        }
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        to_written(self.0.write(&Ctx::of(req), ino.0, fh.0, offset, data, kill), reply)
     }
 
     fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        log::debug!("flush(ino={}, fh={})", ino.0, fh.0);
-        match self.hook(req, Op::Flush, ino.0, None, 0, |a| _ = a.n("fh", fh.0), || Ok(())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "flush", e),
-        }
+        to_empty(self.0.flush(&Ctx::of(req), ino.0, fh.0), reply)
     }
 
     fn release(
@@ -702,65 +1262,21 @@ impl Filesystem for Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        log::debug!("release(ino={}, fh={})", ino.0, fh.0);
-        let _ = self.hook(
-            req,
-            Op::Release,
-            ino.0,
-            None,
-            0,
-            |a| _ = a.n("fh", fh.0),
-            || {
-                self.drop_backing(fh.0);
-                self.fs.release(fh.0);
-                Ok(())
-            },
-        );
-        reply.ok();
+        to_empty(self.0.release(&Ctx::of(req), ino.0, fh.0), reply)
     }
 
     fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        log::debug!("fsync(ino={}, fh={}, datasync={datasync})", ino.0, fh.0);
-        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("datasync", datasync);
-        match self.hook(req, Op::Fsync, ino.0, None, 0, args, || self.fs.fsync(fh.0, datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "fsync", e),
-        }
+        to_empty(self.0.fsync(&Ctx::of(req), ino.0, fh.0, datasync), reply)
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        log::debug!("opendir(ino={})", ino.0);
-        if self.hooks.is_none() && !self.ttl.is_zero() {
-            // No OPENDIR/RELEASEDIR round trips: after this ENOSYS the kernel opens directories
-            // itself, caching listings (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and dropping them
-            // on every change through the mount, and reads with fh 0 (`OverlayFs::readdir`).
-            // Hooked mounts keep OPENDIR to trace it; `timeout=0` keeps it to cache nothing.
-            return reply.error(Errno::ENOSYS);
-        }
-        match self.hook(req, Op::Opendir, ino.0, None, 0, |_| {}, || self.fs.opendir(ino.0)) {
-            // The kernel may cache listings: every change to a directory goes through it, and
-            // it drops its cache on each of them.
-            Ok(fh) if !self.ttl.is_zero() => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply_err!(reply, "opendir", e),
-        }
+        to_open(self.0.opendir(&Ctx::of(req), ino.0), reply)
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        log::debug!("readdir(ino={}, fh={}, offset={offset})", ino.0, fh.0);
-        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset);
-        match self.hook(req, Op::Readdir, ino.0, None, 0, args, || self.fs.readdir(ino.0, fh.0, offset)) {
-            Ok((entries, start)) => {
-                for e in &entries[start..] {
-                    if reply.add(INodeNo(e.ino), e.cookie, e.kind, &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply_err!(reply, "readdir", e),
+        match self.0.readdir(&Ctx::of(req), ino.0, fh.0, offset, &mut reply) {
+            Answer::Err(e) => reply.error(Errno::from_i32(e)),
+            _ => reply.ok(),
         }
     }
 
@@ -772,87 +1288,23 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        log::debug!("readdirplus(ino={}, fh={}, offset={offset})", ino.0, fh.0);
-        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset);
-        let (entries, start) = match self
-            .hook(req, Op::Readdirplus, ino.0, None, 0, args, || self.fs.readdir(ino.0, fh.0, offset))
-        {
-            Ok(e) => e,
-            Err(e) => return reply_err!(reply, "readdirplus", e),
-        };
-        // What the read-ahead is told of (nothing is collected without it).
-        let ahead = self.fs.reads_ahead();
-        let mut subdirs = Vec::new();
-        let mut files = Vec::new();
-        for e in &entries[start..] {
-            let off = e.cookie;
-            if e.name == "." || e.name == ".." {
-                // The kernel takes no reference for these two.
-                let attr = match self.fs.getattr(e.ino).or_else(|_| self.fs.getattr(ino.0)) {
-                    Ok(a) => a,
-                    Err(e) => return reply_err!(reply, "readdirplus", e),
-                };
-                if reply.add(attr.ino, off, &e.name, &self.ttl, &attr, Generation(0)) {
-                    break;
-                }
-                continue;
-            }
-            // Each entry returned counts as a lookup; one that does not fit is given back.
-            match self.fs.lookup(ino.0, &e.name) {
-                Ok(attr) => {
-                    if reply.add(attr.ino, off, &e.name, &self.ttl, &attr, Generation(0)) {
-                        self.fs.forget(attr.ino.0, 1);
-                        break;
-                    }
-                    if ahead {
-                        match attr.kind {
-                            fuser::FileType::Directory => subdirs.push(attr.ino.0),
-                            fuser::FileType::RegularFile if attr.size > 0 => {
-                                files.push((attr.ino.0, attr.size))
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
-            }
-        }
-        reply.ok();
-        if ahead {
-            self.fs.listed(ino.0, offset, subdirs, files);
+        match self.0.readdirplus(&Ctx::of(req), ino.0, fh.0, offset, &mut reply) {
+            Answer::Err(e) => reply.error(Errno::from_i32(e)),
+            _ => reply.ok(),
         }
     }
 
     fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        log::debug!("releasedir(ino={}, fh={})", ino.0, fh.0);
-        let _ = self.hook(
-            req,
-            Op::Releasedir,
-            ino.0,
-            None,
-            0,
-            |a| _ = a.n("fh", fh.0),
-            || {
-                self.fs.releasedir(fh.0);
-                Ok(())
-            },
-        );
-        reply.ok();
+        to_empty(self.0.releasedir(&Ctx::of(req), ino.0, fh.0), reply)
     }
 
     fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        log::debug!("fsyncdir(ino={})", ino.0);
-        let args = |a: &mut Args| _ = a.n("datasync", datasync);
-        match self.hook(req, Op::Fsyncdir, ino.0, None, 0, args, || self.fs.fsyncdir(ino.0, datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "fsyncdir", e),
-        }
+        to_empty(self.0.fsyncdir(&Ctx::of(req), ino.0, datasync), reply)
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        log::debug!("statfs()");
-        match self.hook(req, Op::Statfs, ino.0, None, 0, |_| {}, || self.fs.statfs()) {
-            Ok(s) => reply.statfs(
+        match self.0.statfs(&Ctx::of(req), ino.0) {
+            Answer::Statfs(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
                 s.f_bavail,
@@ -862,7 +1314,8 @@ impl Filesystem for Fuse {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply_err!(reply, "statfs", e),
+            Answer::Err(e) => reply.error(Errno::from_i32(e)),
+            _ => reply.error(mismatch("statfs")),
         }
     }
 
@@ -876,53 +1329,23 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        log::debug!("setxattr(ino={}, name={name:?}, len={})", ino.0, value.len());
-        let args = |a: &mut Args| _ = a.s("name", name).n("len", value.len()).n("flags", flags);
-        let f = || self.fs.setxattr(ino.0, name, value, flags);
-        match self.hook(req, Op::Setxattr, ino.0, None, 0, args, f) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "setxattr", e),
-        }
+        to_empty(self.0.setxattr(&Ctx::of(req), ino.0, name, value, flags), reply)
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        log::debug!("getxattr(ino={}, name={name:?}, size={size})", ino.0);
-        let args = |a: &mut Args| _ = a.s("name", name).n("size", size);
-        match self.hook(req, Op::Getxattr, ino.0, None, 0, args, || self.fs.getxattr(ino.0, name)) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply_err!(reply, "getxattr", e),
-        }
+        self.0.getxattr(&Ctx::of(req), ino.0, name, size, |a| to_xattr(a, reply))
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        log::debug!("listxattr(ino={}, size={size})", ino.0);
-        let args = |a: &mut Args| _ = a.n("size", size);
-        match self.hook(req, Op::Listxattr, ino.0, None, 0, args, || self.fs.listxattr(ino.0)) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply_err!(reply, "listxattr", e),
-        }
+        self.0.listxattr(&Ctx::of(req), ino.0, size, |a| to_xattr(a, reply))
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        log::debug!("removexattr(ino={}, name={name:?})", ino.0);
-        let args = |a: &mut Args| _ = a.s("name", name);
-        match self.hook(req, Op::Removexattr, ino.0, None, 0, args, || self.fs.removexattr(ino.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "removexattr", e),
-        }
+        to_empty(self.0.removexattr(&Ctx::of(req), ino.0, name), reply)
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        log::debug!("access(ino={}, mask={})", ino.0, mask.bits());
-        let args = |a: &mut Args| _ = a.n("mask", mask.bits());
-        match self.hook(req, Op::Access, ino.0, None, 0, args, || self.fs.access(ino.0, mask.bits())) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "access", e),
-        }
+        to_empty(self.0.access(&Ctx::of(req), ino.0, mask.bits()), reply)
     }
 
     fn create(
@@ -935,21 +1358,18 @@ impl Filesystem for Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        log::debug!("create(parent={}, name={name:?}, mode={mode:o}, flags={flags:#x})", parent.0);
-        let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
-        let f = || self.fs.create(parent.0, name, mode, flags, caller(req, umask));
-        match self.hook(req, Op::Create, parent.0, Some(name), 0, args, f) {
-            Ok((attr, o)) => {
-                let (ttl, g, fh) = (&self.ttl, Generation(0), FileHandle(o.fh));
-                match self.open_mode(attr.ino.0, o.fh, false, |fd| reply.open_backing(fd)) {
-                    OpenMode::Passthrough(id) => {
-                        reply.created_passthrough(ttl, &attr, g, fh, self.noflush(), &id)
-                    }
-                    // Not asked for by create (may_store is false).
-                    OpenMode::Cached | OpenMode::Store => reply.created(ttl, &attr, g, fh, self.fopen(&o)),
-                }
+        match self.0.create(&Ctx::of(req), parent.0, name, mode, umask, flags) {
+            Answer::Create { attr, fh, flags, backing: Some(id) } => {
+                // The id stays registered: the handle's BackingFile closes it at release.
+                let b = unsafe { reply.wrap_backing(id) };
+                reply.created_passthrough(&self.0.ttl, &attr, Generation(0), FileHandle(fh), flags, &b);
+                let _ = b.into_raw();
             }
-            Err(e) => reply_err!(reply, "create", e),
+            Answer::Create { attr, fh, flags, backing: None } => {
+                reply.created(&self.0.ttl, &attr, Generation(0), FileHandle(fh), flags)
+            }
+            Answer::Err(e) => reply.error(Errno::from_i32(e)),
+            _ => reply.error(mismatch("create")),
         }
     }
 
@@ -963,19 +1383,7 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        log::debug!("fallocate(ino={}, off={offset}, len={length}, mode={mode})", ino.0);
-        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("len", length).n("mode", mode);
-        let kill = self.kills_privs(req);
-        let f = || {
-            if kill {
-                self.fs.kill_privs(ino.0, req.gid())?;
-            }
-            self.fs.fallocate(fh.0, offset, length, mode)
-        };
-        match self.hook(req, Op::Fallocate, ino.0, None, 0, args, f) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply_err!(reply, "fallocate", e),
-        }
+        to_empty(self.0.fallocate(&Ctx::of(req), ino.0, fh.0, offset, length, mode), reply)
     }
 
     fn lseek(
@@ -987,11 +1395,10 @@ impl Filesystem for Fuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        log::debug!("lseek(ino={}, off={offset}, whence={whence})", ino.0);
-        let args = |a: &mut Args| _ = a.n("fh", fh.0).n("off", offset).n("whence", whence);
-        match self.hook(req, Op::Lseek, ino.0, None, 0, args, || self.fs.lseek(fh.0, offset, whence)) {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply_err!(reply, "lseek", e),
+        match self.0.lseek(&Ctx::of(req), ino.0, fh.0, offset, whence) {
+            Answer::Offset(o) => reply.offset(o),
+            Answer::Err(e) => reply.error(Errno::from_i32(e)),
+            _ => reply.error(mismatch("lseek")),
         }
     }
 
@@ -1008,21 +1415,16 @@ impl Filesystem for Fuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        log::debug!("copy_file_range({} -> {}, len={len})", ino_in.0, ino_out.0);
-        let args = |a: &mut Args| {
-            a.n("fh_in", fh_in.0).n("off_in", offset_in).n("ino_out", ino_out.0);
-            a.n("fh_out", fh_out.0).n("off_out", offset_out).n("len", len);
-        };
-        let kill = self.kills_privs(req);
-        let f = || {
-            if kill {
-                self.fs.kill_privs(ino_out.0, req.gid())?;
-            }
-            self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        };
-        match self.hook(req, Op::CopyFileRange, ino_in.0, None, len, args, f) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply_err!(reply, "copy_file_range", e),
-        }
+        let a = self.0.copy_file_range(
+            &Ctx::of(req),
+            ino_in.0,
+            fh_in.0,
+            offset_in,
+            ino_out.0,
+            fh_out.0,
+            offset_out,
+            len,
+        );
+        to_written(a, reply)
     }
 }

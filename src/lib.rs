@@ -30,4 +30,5 @@ pub mod oci;
 pub mod ovr;
 pub mod sys;
 pub mod trace;
+pub mod uring;
 pub mod whiteout;

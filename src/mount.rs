@@ -7,7 +7,7 @@
 //! unmount first.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,10 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::config::{MountConfig, WhiteoutChoice};
 use crate::faults::{self, Faults};
 use crate::fs::{FsOptions, IdMap, OverlayFs};
-use crate::fuse::Fuse;
+use crate::fuse::{Fuse, FuseFs};
 use crate::sys;
 use crate::trace::{Hooks, Tracer};
+use crate::uring::Access;
 
 /// What the behaviour-testing options ask for, read and checked before forking.
 struct HookPlan {
@@ -178,7 +179,13 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         passthrough,
     );
     fuse.exit_on_destroy = true;
+    fuse.uring = cfg.opts.uring && std::env::var_os("LAYERFS_NO_URING").is_none();
     let fcfg = fuser_config(&cfg, source);
+    fuse.access = match fcfg.acl {
+        SessionACL::All => Access::All,
+        SessionACL::RootAndOwner => Access::RootAndOwner(sys::geteuid()),
+        SessionACL::Owner => Access::Owner(sys::geteuid()),
+    };
 
     let mut notify: Option<OwnedFd> = None;
     if !cfg.foreground {
@@ -205,10 +212,13 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     sys::block_term_signals();
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
     let notifier = fuse.notifier.clone();
+    let mut shared = None;
     let session = match hooks {
         Ok(h) => {
             fuse.hooks = h.clone();
-            fuser::Session::new(fuse, &cfg.mountpoint, &fcfg)
+            let fuse = Arc::new(fuse);
+            shared = Some(fuse.clone());
+            fuser::Session::new(FuseFs(fuse), &cfg.mountpoint, &fcfg)
                 .inspect_err(|_| {
                     if let Some(h) = &h {
                         h.shutdown();
@@ -229,6 +239,26 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         }
     };
     let _ = notifier.set(session.notifier());
+    if let Some(fuse) = &shared {
+        match sys::dup_cloexec(session.as_fd()) {
+            Ok(fd) => _ = fuse.dev.set(Arc::new(fd)),
+            Err(e) => log::warn!("/dev/fuse: {e}: no passthrough"),
+        }
+        // Agreed at INIT (in Session::new): from now on the kernel holds every request back
+        // until all queues have registered, so a mount whose queues fail is given up.
+        if fuse.uring_agreed.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = crate::uring::start(fuse) {
+                let msg = format!("FUSE over io_uring: {e} (uring=0 serves through /dev/fuse only)");
+                log::error!("{msg}");
+                drop(session);
+                if let Some(w) = notify.take() {
+                    let _ = std::fs::File::from(w).write_all(msg.as_bytes());
+                    std::process::exit(1);
+                }
+                return Err(msg);
+            }
+        }
+    }
     raise_read_ahead(&cfg.mountpoint);
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()

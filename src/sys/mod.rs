@@ -694,3 +694,45 @@ pub fn minor(dev: u64) -> u32 {
 pub fn bfd<T: AsFd>(f: &T) -> BorrowedFd<'_> {
     f.as_fd()
 }
+
+/// FUSE_DEV_IOC_BACKING_CLOSE: unregisters a passthrough backing file from a FUSE connection.
+pub fn fuse_backing_close(dev: &OwnedFd, id: u32) -> io::Result<()> {
+    // _IOW(229, 2, uint32_t)
+    const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE as _, &id) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Restricts the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// A CPU list as the kernel prints it ("0-3,8,10-11").
+pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b) = (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?);
+        cpus.extend(a..=b.max(a));
+    }
+    Some(cpus)
+}
+
+/// The CPUs of `/sys/devices/system/cpu/{possible,online}` (`which`).
+pub fn cpu_list(which: &str) -> Vec<usize> {
+    std::fs::read_to_string(format!("/sys/devices/system/cpu/{which}"))
+        .ok()
+        .and_then(|s| parse_cpu_list(&s))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect())
+}
+
+/// A close-on-exec duplicate of `fd`.
+pub fn dup_cloexec(fd: BorrowedFd) -> io::Result<OwnedFd> {
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(unsafe { OwnedFd::from_raw_fd(r) }) }
+}

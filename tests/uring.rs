@@ -1,0 +1,127 @@
+//! FUSE over io_uring: where the fuse module's `enable_uring` is on, requests are answered by
+//! the per-CPU queue threads, with the same results as through `/dev/fuse`; `uring=0` (or a
+//! kernel without it) serves through `/dev/fuse` only.
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+fn uring_enabled() -> bool {
+    fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|s| s.trim() == "Y")
+}
+
+/// The server process of the mount at `mnt` (its command line ends with the mountpoint).
+fn server_pid(mnt: &Path) -> u32 {
+    let want = mnt.to_string_lossy().into_owned();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> =
+            cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a.ends_with("layerfs")) && args.contains(&want) {
+            return pid;
+        }
+    }
+    panic!("no server process for {want}");
+}
+
+/// Voluntary context switches of the server's `uring-*` threads, and how many there are.
+fn uring_switches(pid: u32) -> (usize, u64) {
+    let (mut n, mut sw) = (0, 0);
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("uring-") {
+            continue;
+        }
+        n += 1;
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        sw += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (n, sw)
+}
+
+/// The same operations through the mount, whatever the transport: what they return.
+fn exercise(m: &Path) -> Vec<String> {
+    let mut seen = Vec::new();
+    for i in 0..200 {
+        seen.push(format!("{:?}", fs::metadata(m.join(format!("d/f{i:03}"))).map(|m| m.len()).ok()));
+    }
+    fs::write(m.join("d/f000"), b"changed").unwrap();
+    seen.push(String::from_utf8(fs::read(m.join("d/f000")).unwrap()).unwrap());
+    let big: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    fs::write(m.join("big"), &big).unwrap();
+    assert!(fs::read(m.join("big")).unwrap() == big, "3 MiB file read back differs");
+    assert!(fs::read(m.join("lowbig")).unwrap() == big, "3 MiB lower file read differs");
+    fs::create_dir(m.join("n")).unwrap();
+    fs::rename(m.join("d/f001"), m.join("n/moved")).unwrap();
+    symlink("moved", m.join("n/link")).unwrap();
+    seen.push(fs::read_link(m.join("n/link")).unwrap().to_string_lossy().into_owned());
+    fs::set_permissions(m.join("n/moved"), fs::Permissions::from_mode(0o600)).unwrap();
+    seen.push(format!("{:o}", fs::metadata(m.join("n/moved")).unwrap().permissions().mode()));
+    let x = sh(m, "setfattr -n user.k -v val n/moved && getfattr --only-values -n user.k n/moved");
+    seen.push(format!("{x:?}"));
+    fs::remove_file(m.join("d/f002")).unwrap();
+    let mut names: Vec<String> = fs::read_dir(m.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    seen.push(format!("{} entries, first {:?}", names.len(), names.first()));
+    seen.push(format!("{:?}", fs::metadata(m.join("d/f002")).map(|_| ()).map_err(|e| e.raw_os_error())));
+    seen.push(format!("{:?}", sh(m, "df -P . | tail -1 | wc -w")));
+    seen
+}
+
+#[test]
+fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
+    if !can_mount() {
+        return;
+    }
+    let enabled = uring_enabled() && std::env::var_os("LAYERFS_NO_URING").is_none();
+    if !enabled {
+        assert!(
+            std::env::var_os("LAYERFS_REQUIRE_URING").is_none(),
+            "LAYERFS_REQUIRE_URING is set but the fuse module's enable_uring is not on"
+        );
+        eprintln!("note: enable_uring is off (or LAYERFS_NO_URING set): only /dev/fuse is checked");
+    }
+    let mut results = Vec::new();
+    for uring in [true, false] {
+        let s = Scratch::new();
+        let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+        fs::create_dir_all(l.join("d")).unwrap();
+        for i in 0..200 {
+            fs::write(l.join(format!("d/f{i:03}")), vec![b'x'; i]).unwrap();
+        }
+        let big: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i % 251) as u8).collect();
+        fs::write(l.join("lowbig"), &big).unwrap();
+        let mnt =
+            mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, if uring { "" } else { "uring=0" });
+        let pid = server_pid(&m);
+        let (threads, before) = uring_switches(pid);
+        results.push(exercise(&m));
+        let (_, after) = uring_switches(pid);
+        if uring && enabled {
+            assert!(threads > 0, "enable_uring is on but the server has no io_uring queue threads");
+            // 200 lookups alone wake the queue threads at least 200 times.
+            assert!(
+                after - before >= 200,
+                "io_uring threads woke {} times for about 250 requests",
+                after - before
+            );
+        } else {
+            assert_eq!(
+                threads, 0,
+                "uring={} with enable_uring={enabled}: queue threads running",
+                uring as u8
+            );
+        }
+        drop(mnt);
+    }
+    assert_eq!(results[0], results[1], "io_uring and /dev/fuse answers differ");
+}
