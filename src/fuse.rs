@@ -632,6 +632,17 @@ impl Fuse {
         })
     }
 
+    /// READ into `dst` (at most its length); the answer is `Written(n)`: `n` bytes were read.
+    pub fn read_into(&self, ctx: &Ctx, ino: u64, fh: u64, offset: u64, dst: &mut [u8]) -> Answer<'static> {
+        let size = dst.len();
+        log::debug!("read(ino={ino}, fh={fh}, off={offset}, size={size})");
+        let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("size", size);
+        match self.hook(ctx, Op::Read, ino, None, 0, args, || self.fs.read_into(fh, offset, dst)) {
+            Ok(n) => Answer::Written(n as u32),
+            Err(e) => fail("read", e),
+        }
+    }
+
     pub fn write(
         &self,
         ctx: &Ctx,

@@ -170,6 +170,12 @@ impl Outcome for crate::fs::ReadData<'_> {
         self.bytes().len() as u64
     }
 }
+/// Bytes read into a buffer.
+impl Outcome for usize {
+    fn ret(&self) -> u64 {
+        *self as u64
+    }
+}
 impl Outcome for u32 {
     fn ret(&self) -> u64 {
         *self as u64

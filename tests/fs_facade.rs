@@ -472,3 +472,37 @@ fn large_reads_are_answered_from_a_mapping_of_the_file() {
     assert_eq!(fs.read(fh, 0, max, &mut buf).unwrap().bytes(), &data[..4096]);
     fs.release(fh);
 }
+
+/// `read_into` (the io_uring transport's read, straight into its reply buffer) returns the
+/// file's bytes, stops at the end of the file, and asks ahead on a sequential stream as the
+/// mapped read does.
+#[test]
+fn read_into_reads_the_bytes_and_asks_ahead() {
+    use layerfs::fs::READ_AHEAD;
+    const MIB: usize = 1 << 20;
+    let s = Scratch::new();
+    let (l1, u, w) = (s.path("l1"), s.path("u"), s.path("w"));
+    fs::create_dir_all(&l1).unwrap();
+    let data: Vec<u8> = (0..3 * MIB + 100).map(|i| (i % 253) as u8).collect();
+    fs::write(l1.join("f"), &data).unwrap();
+    let mut o = FsOptions::new(vec![l1.clone()]);
+    o.upper = Some(u.clone());
+    o.work = Some(w.clone());
+    let fs = OverlayFs::new(o).unwrap();
+    let ino = fs.lookup(1, OsStr::new("f")).unwrap().ino.0;
+    let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
+    let mut buf = vec![0u8; MIB];
+    let before = fs.read_asked_bytes();
+    assert_eq!(fs.read_into(fh, 0, &mut buf).unwrap(), MIB);
+    assert!(buf == data[..MIB]);
+    // A stream's first read asks for itself and what follows, up to the end of the file.
+    let asked = fs.read_asked_bytes() - before;
+    assert_eq!(asked, (MIB as u64 + READ_AHEAD).min(data.len() as u64));
+    assert_eq!(fs.read_into(fh, MIB as u64, &mut buf).unwrap(), MIB);
+    assert!(buf == data[MIB..2 * MIB]);
+    let n = fs.read_into(fh, 3 * MIB as u64, &mut buf).unwrap();
+    assert_eq!(n, 100);
+    assert!(buf[..n] == data[3 * MIB..]);
+    assert_eq!(fs.read_into(fh, data.len() as u64, &mut buf).unwrap(), 0);
+    fs.release(fh);
+}

@@ -195,19 +195,24 @@ impl OverlayFs {
         if buf.len() < size {
             buf.resize(size, 0);
         }
-        let mut got = 0usize;
-        while got < size {
-            match sys::pread(fd.as_fd(), &mut buf[got..size], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(Error::io(e, "read")),
-            }
-        }
+        let got = pread_full(&fd, &mut buf[..size], offset)?;
         Ok(ReadData::Copied(&buf[..got]))
     }
 
-    /// Starts the disk reads for a mapped read before the mapping waits for them. Faults on a
+    /// Reads up to `dst.len()` bytes at `offset` straight into `dst` (the io_uring transport's
+    /// reply buffer); returns how many. Large reads ask the disk ahead as [`Self::read`] does.
+    pub fn read_into(&self, fh: u64, offset: u64, dst: &mut [u8]) -> Result<usize> {
+        let h = self.file(fh)?;
+        let fd = self.handle_fd(&h)?;
+        if dst.len() >= MAP_READ_MIN && self.opts.read_ahead {
+            if let Ok(st) = sys::fstat(fd.as_fd()) {
+                self.ask_ahead(&h, &fd, offset, dst.len() as u64, st.st_size as u64);
+            }
+        }
+        pread_full(&fd, dst, offset)
+    }
+
+    /// Starts the disk reads for a large read before it waits for them. Faults on a
     /// fresh mapping read the file through the disk's read-around (`read_ahead_kb`), each miss
     /// waited for in turn, and nothing works ahead of the next request; so the read's own
     /// range is asked for in one go, and on a sequential stream (a read starting within
@@ -540,4 +545,18 @@ impl OverlayFs {
         let up = node.upper().ok_or(Error::errno(libc::EIO))?;
         up.loc.removexattr(&cn).map_err(|e| Error::io(e, "removexattr"))
     }
+}
+
+/// `pread` until `dst` is full or the file ends; returns the bytes read.
+fn pread_full(fd: &OwnedFd, dst: &mut [u8], offset: u64) -> Result<usize> {
+    let mut got = 0usize;
+    while got < dst.len() {
+        match sys::pread(fd.as_fd(), &mut dst[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(Error::io(e, "read")),
+        }
+    }
+    Ok(got)
 }
