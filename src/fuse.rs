@@ -112,6 +112,16 @@ pub trait DirPlusOut {
     fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool;
 }
 
+/// The answer to an operation that returns nothing.
+fn done(op: &str, r: crate::error::Result<()>) -> Answer<'static> {
+    r.map_or_else(|e| fail(op, e), |()| Answer::Ok)
+}
+
+/// The answer to an operation that makes or finds a name.
+fn entry(op: &str, r: crate::error::Result<FileAttr>) -> Answer<'static> {
+    r.map_or_else(|e| fail(op, e), Answer::Entry)
+}
+
 /// Logs a failed operation and turns it into its answer.
 fn fail(op: &str, e: Error) -> Answer<'static> {
     if e.is_expected() {
@@ -397,16 +407,11 @@ fn caller(ctx: &Ctx, umask: u32) -> Caller {
     Caller { uid: ctx.uid, gid: ctx.gid, umask }
 }
 
-/// The arguments of a SETATTR, decoded by either transport.
+/// The arguments of a SETATTR, decoded by either transport: the fields to set, and whether
+/// the ctime was given.
 pub struct SetattrIn {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub atime: Option<SetTime>,
-    pub mtime: Option<SetTime>,
+    pub attr: SetAttr,
     pub ctime: bool,
-    pub fh: Option<u64>,
 }
 
 /// The operations, each answering for whichever transport decoded the request (fuser's
@@ -414,10 +419,10 @@ pub struct SetattrIn {
 impl Fuse {
     pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
         log::debug!("lookup(parent={parent}, name={name:?})");
-        match self.hook(ctx, Op::Lookup, parent, Some(name), 0, |_| {}, || self.fs.lookup(parent, name)) {
-            Ok(attr) => Answer::Entry(attr),
-            Err(e) => fail("lookup", e),
-        }
+        entry(
+            "lookup",
+            self.hook(ctx, Op::Lookup, parent, Some(name), 0, |_| {}, || self.fs.lookup(parent, name)),
+        )
     }
 
     pub fn forget(&self, ctx: &Ctx, ino: u64, nlookup: u64) {
@@ -447,11 +452,11 @@ impl Fuse {
     }
 
     pub fn setattr(&self, ctx: &Ctx, ino: u64, s: SetattrIn) -> Answer<'static> {
-        let SetattrIn { mode, uid, gid, size, atime, mtime, ctime, fh } = s;
+        let SetattrIn { attr: sa, ctime } = s;
+        let SetAttr { mode, uid, gid, size, atime, mtime, .. } = sa;
         log::debug!("setattr(ino={ino}, mode={mode:?}, uid={uid:?}, gid={gid:?}, size={size:?})");
         let _truncation = size.and_then(|_| self.truncation(ino));
         let (has_atime, has_mtime) = (atime.is_some(), mtime.is_some());
-        let sa = SetAttr { mode, uid, gid, size, atime, mtime, fh };
         let args = |a: &mut Args| {
             if let Some(m) = mode {
                 a.o("mode", m);
@@ -510,48 +515,33 @@ impl Fuse {
         log::debug!("mknod(parent={parent}, name={name:?}, mode={mode:o}, rdev={rdev})");
         let args = |a: &mut Args| _ = a.o("mode", mode).n("rdev", rdev);
         let f = || self.fs.mknod(parent, name, mode, rdev as u64, caller(ctx, umask));
-        match self.hook(ctx, Op::Mknod, parent, Some(name), 0, args, f) {
-            Ok(attr) => Answer::Entry(attr),
-            Err(e) => fail("mknod", e),
-        }
+        entry("mknod", self.hook(ctx, Op::Mknod, parent, Some(name), 0, args, f))
     }
 
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, umask: u32) -> Answer<'static> {
         log::debug!("mkdir(parent={parent}, name={name:?}, mode={mode:o})");
         let args = |a: &mut Args| _ = a.o("mode", mode);
         let f = || self.fs.mkdir(parent, name, mode, caller(ctx, umask));
-        match self.hook(ctx, Op::Mkdir, parent, Some(name), 0, args, f) {
-            Ok(attr) => Answer::Entry(attr),
-            Err(e) => fail("mkdir", e),
-        }
+        entry("mkdir", self.hook(ctx, Op::Mkdir, parent, Some(name), 0, args, f))
     }
 
     pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
         log::debug!("unlink(parent={parent}, name={name:?})");
         let f = || self.fs.remove(parent, name, false);
-        match self.hook(ctx, Op::Unlink, parent, Some(name), 0, |_| {}, f) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("unlink", e),
-        }
+        done("unlink", self.hook(ctx, Op::Unlink, parent, Some(name), 0, |_| {}, f))
     }
 
     pub fn rmdir(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
         log::debug!("rmdir(parent={parent}, name={name:?})");
         let f = || self.fs.remove(parent, name, true);
-        match self.hook(ctx, Op::Rmdir, parent, Some(name), 0, |_| {}, f) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("rmdir", e),
-        }
+        done("rmdir", self.hook(ctx, Op::Rmdir, parent, Some(name), 0, |_| {}, f))
     }
 
     pub fn symlink(&self, ctx: &Ctx, parent: u64, link_name: &OsStr, target: &OsStr) -> Answer<'static> {
         log::debug!("symlink(parent={parent}, name={link_name:?}, target={target:?})");
         let args = |a: &mut Args| _ = a.s("target", target);
         let f = || self.fs.symlink(parent, link_name, target, caller(ctx, 0));
-        match self.hook(ctx, Op::Symlink, parent, Some(link_name), 0, args, f) {
-            Ok(attr) => Answer::Entry(attr),
-            Err(e) => fail("symlink", e),
-        }
+        entry("symlink", self.hook(ctx, Op::Symlink, parent, Some(link_name), 0, args, f))
     }
 
     pub fn rename(
@@ -566,20 +556,14 @@ impl Fuse {
         log::debug!("rename({parent}/{name:?} -> {newparent}/{newname:?}, flags={flags})");
         let args = |a: &mut Args| _ = a.path("newpath", newparent, newname).n("flags", flags);
         let f = || self.fs.rename(parent, name, newparent, newname, flags);
-        match self.hook(ctx, Op::Rename, parent, Some(name), 0, args, f) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("rename", e),
-        }
+        done("rename", self.hook(ctx, Op::Rename, parent, Some(name), 0, args, f))
     }
 
     pub fn link(&self, ctx: &Ctx, ino: u64, newparent: u64, newname: &OsStr) -> Answer<'static> {
         log::debug!("link(ino={ino}, newparent={newparent}, newname={newname:?})");
         let args = |a: &mut Args| _ = a.n("target_ino", ino);
         let f = || self.fs.link(ino, newparent, newname);
-        match self.hook(ctx, Op::Link, newparent, Some(newname), 0, args, f) {
-            Ok(attr) => Answer::Entry(attr),
-            Err(e) => fail("link", e),
-        }
+        entry("link", self.hook(ctx, Op::Link, newparent, Some(newname), 0, args, f))
     }
 
     pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> Answer<'static> {
@@ -670,10 +654,7 @@ impl Fuse {
 
     pub fn flush(&self, ctx: &Ctx, ino: u64, fh: u64) -> Answer<'static> {
         log::debug!("flush(ino={ino}, fh={fh})");
-        match self.hook(ctx, Op::Flush, ino, None, 0, |a| _ = a.n("fh", fh), || Ok(())) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("flush", e),
-        }
+        done("flush", self.hook(ctx, Op::Flush, ino, None, 0, |a| _ = a.n("fh", fh), || Ok(())))
     }
 
     pub fn release(&self, ctx: &Ctx, ino: u64, fh: u64) -> Answer<'static> {
@@ -690,10 +671,7 @@ impl Fuse {
     pub fn fsync(&self, ctx: &Ctx, ino: u64, fh: u64, datasync: bool) -> Answer<'static> {
         log::debug!("fsync(ino={ino}, fh={fh}, datasync={datasync})");
         let args = |a: &mut Args| _ = a.n("fh", fh).n("datasync", datasync);
-        match self.hook(ctx, Op::Fsync, ino, None, 0, args, || self.fs.fsync(fh, datasync)) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("fsync", e),
-        }
+        done("fsync", self.hook(ctx, Op::Fsync, ino, None, 0, args, || self.fs.fsync(fh, datasync)))
     }
 
     pub fn opendir(&self, ctx: &Ctx, ino: u64) -> Answer<'static> {
@@ -810,10 +788,7 @@ impl Fuse {
     pub fn fsyncdir(&self, ctx: &Ctx, ino: u64, datasync: bool) -> Answer<'static> {
         log::debug!("fsyncdir(ino={ino})");
         let args = |a: &mut Args| _ = a.n("datasync", datasync);
-        match self.hook(ctx, Op::Fsyncdir, ino, None, 0, args, || self.fs.fsyncdir(ino, datasync)) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("fsyncdir", e),
-        }
+        done("fsyncdir", self.hook(ctx, Op::Fsyncdir, ino, None, 0, args, || self.fs.fsyncdir(ino, datasync)))
     }
 
     pub fn statfs(&self, ctx: &Ctx, ino: u64) -> Answer<'static> {
@@ -828,10 +803,7 @@ impl Fuse {
         log::debug!("setxattr(ino={ino}, name={name:?}, len={})", value.len());
         let args = |a: &mut Args| _ = a.s("name", name).n("len", value.len()).n("flags", flags);
         let f = || self.fs.setxattr(ino, name, value, flags);
-        match self.hook(ctx, Op::Setxattr, ino, None, 0, args, f) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("setxattr", e),
-        }
+        done("setxattr", self.hook(ctx, Op::Setxattr, ino, None, 0, args, f))
     }
 
     /// GETXATTR: `k` gets the answer (the value is borrowed).
@@ -857,19 +829,16 @@ impl Fuse {
     pub fn removexattr(&self, ctx: &Ctx, ino: u64, name: &OsStr) -> Answer<'static> {
         log::debug!("removexattr(ino={ino}, name={name:?})");
         let args = |a: &mut Args| _ = a.s("name", name);
-        match self.hook(ctx, Op::Removexattr, ino, None, 0, args, || self.fs.removexattr(ino, name)) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("removexattr", e),
-        }
+        done(
+            "removexattr",
+            self.hook(ctx, Op::Removexattr, ino, None, 0, args, || self.fs.removexattr(ino, name)),
+        )
     }
 
     pub fn access(&self, ctx: &Ctx, ino: u64, mask: i32) -> Answer<'static> {
         log::debug!("access(ino={ino}, mask={mask})");
         let args = |a: &mut Args| _ = a.n("mask", mask);
-        match self.hook(ctx, Op::Access, ino, None, 0, args, || self.fs.access(ino, mask)) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("access", e),
-        }
+        done("access", self.hook(ctx, Op::Access, ino, None, 0, args, || self.fs.access(ino, mask)))
     }
 
     pub fn create(
@@ -916,10 +885,7 @@ impl Fuse {
             }
             self.fs.fallocate(fh, offset, length, mode)
         };
-        match self.hook(ctx, Op::Fallocate, ino, None, 0, args, f) {
-            Ok(()) => Answer::Ok,
-            Err(e) => fail("fallocate", e),
-        }
+        done("fallocate", self.hook(ctx, Op::Fallocate, ino, None, 0, args, f))
     }
 
     pub fn lseek(&self, ctx: &Ctx, ino: u64, fh: u64, offset: i64, whence: i32) -> Answer<'static> {
@@ -995,53 +961,40 @@ fn mismatch(op: &str) -> Errno {
     Errno::EIO
 }
 
+/// Sends `$a` as reply `$r`: the listed answers as given, an error as the error, anything else
+/// as a [`mismatch`].
+macro_rules! send {
+    ($a:expr, $r:ident, $what:literal, $($p:pat => $e:expr),+ $(,)?) => {
+        match $a {
+            $($p => $e,)+
+            Answer::Err(e) => $r.error(Errno::from_i32(e)),
+            _ => $r.error(mismatch($what)),
+        }
+    };
+}
+
 fn to_entry(f: &Fuse, a: Answer<'_>, r: ReplyEntry) {
-    match a {
-        Answer::Entry(attr) => r.entry(&f.ttl, &attr, Generation(0)),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("entry")),
-    }
+    send!(a, r, "entry", Answer::Entry(attr) => r.entry(&f.ttl, &attr, Generation(0)))
 }
 
 fn to_attr(f: &Fuse, a: Answer<'_>, r: ReplyAttr) {
-    match a {
-        Answer::Attr(attr) => r.attr(&f.ttl, &attr),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("attr")),
-    }
+    send!(a, r, "attr", Answer::Attr(attr) => r.attr(&f.ttl, &attr))
 }
 
 fn to_empty(a: Answer<'_>, r: ReplyEmpty) {
-    match a {
-        Answer::Ok => r.ok(),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("empty")),
-    }
+    send!(a, r, "empty", Answer::Ok => r.ok())
 }
 
 fn to_data(a: Answer<'_>, r: ReplyData) {
-    match a {
-        Answer::Data(d) => r.data(d),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("data")),
-    }
+    send!(a, r, "data", Answer::Data(d) => r.data(d))
 }
 
 fn to_xattr(a: Answer<'_>, r: ReplyXattr) {
-    match a {
-        Answer::XattrSize(n) => r.size(n),
-        Answer::Data(d) => r.data(d),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("xattr")),
-    }
+    send!(a, r, "xattr", Answer::XattrSize(n) => r.size(n), Answer::Data(d) => r.data(d))
 }
 
 fn to_written(a: Answer<'_>, r: ReplyWrite) {
-    match a {
-        Answer::Written(n) => r.written(n),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("write")),
-    }
+    send!(a, r, "write", Answer::Written(n) => r.written(n))
 }
 
 fn to_open(a: Answer<'_>, r: ReplyOpen) {
@@ -1162,16 +1115,16 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let s = SetattrIn {
+        let attr = SetAttr {
             mode,
             uid,
             gid,
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
-            ctime: ctime.is_some(),
             fh: fh.map(|f| f.0),
         };
+        let s = SetattrIn { attr, ctime: ctime.is_some() };
         to_attr(&self.0, self.0.setattr(&Ctx::of(req), ino.0, s), reply)
     }
 

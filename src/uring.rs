@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use fuser::{FileAttr, FileType};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
+use crate::fs::SetAttr;
 use crate::fuse::{Answer, Ctx, DirOut, DirPlusOut, Fuse, SetattrIn};
 use crate::sys::SetTime;
 
@@ -569,16 +570,16 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
         FUSE_SETATTR => {
             let valid = rd32(op, 0);
             let opt32 = |bit: u32, at: usize| (valid & bit != 0).then(|| rd32(op, at));
-            let s = SetattrIn {
+            let attr = SetAttr {
                 mode: opt32(FATTR_MODE, 68),
                 uid: opt32(FATTR_UID, 76),
                 gid: opt32(FATTR_GID, 80),
                 size: (valid & FATTR_SIZE != 0).then(|| rd64(op, 16)),
                 atime: set_time(valid, FATTR_ATIME, FATTR_ATIME_NOW, rd64(op, 32), rd32(op, 56)),
                 mtime: set_time(valid, FATTR_MTIME, FATTR_MTIME_NOW, rd64(op, 40), rd32(op, 60)),
-                ctime: valid & FATTR_CTIME != 0,
                 fh: (valid & FATTR_FH != 0).then(|| rd64(op, 8)),
             };
+            let s = SetattrIn { attr, ctime: valid & FATTR_CTIME != 0 };
             f.setattr(ctx, ino, s)
         }
         FUSE_SYMLINK => {

@@ -1176,7 +1176,9 @@ pub struct Outcome {
 /// Runs `scenario` on one side: mount, scenario, snapshot of the merged tree, unmount.
 pub fn run_side(side: &mut Side, scenario: &dyn Fn(&mut Ctx)) -> Outcome {
     side.mount();
-    let t0 = now_secs();
+    // A second early: file times come from the kernel's coarse clock, which may still show the
+    // previous second just after `now` has passed into the next.
+    let t0 = now_secs() - 1;
     let mut c = Ctx::new(side);
     scenario(&mut c);
     let log = std::mem::take(&mut c.log);
