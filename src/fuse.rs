@@ -238,8 +238,9 @@ impl Fuse {
     }
 
     /// Picks the mode of a new open handle. `may_store`: a read-only open that could be
-    /// answered by storing the file into the kernel's page cache ([`STORE_MAX`]).
-    fn open_mode(&self, ino: u64, fh: u64, may_store: bool) -> OpenMode {
+    /// answered by storing the file into the kernel's page cache ([`STORE_MAX`]). `created`:
+    /// the mode of a file this request created, which can carry no capability xattr yet.
+    fn open_mode(&self, ino: u64, fh: u64, may_store: bool, created: Option<u32>) -> OpenMode {
         // Sized before the lock, which every open and release takes: the size only picks the
         // mode, the store reads whatever the file holds by then.
         let small =
@@ -267,7 +268,11 @@ impl Fuse {
             match self.fs.backing_file(fh) {
                 Ok((fd, upper))
                     if (upper || self.fs.is_read_only())
-                        && !(self.killpriv.load(Ordering::Relaxed) && self.fs.carries_privs(&fd)) =>
+                        && !(self.killpriv.load(Ordering::Relaxed)
+                            && match created {
+                                Some(mode) => crate::fs::privileged_mode(mode),
+                                None => self.fs.carries_privs(&fd),
+                            }) =>
                 {
                     match self.register(&fd) {
                         Ok(id) => mode = OpenMode::Passthrough(Arc::new(id)),
@@ -585,7 +590,7 @@ impl Fuse {
             Ok(o) => {
                 let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
                 let may_store = read_only && o.keep_cache && flags & libc::O_TRUNC == 0;
-                let answer = match self.open_mode(ino, o.fh, may_store) {
+                let answer = match self.open_mode(ino, o.fh, may_store, None) {
                     OpenMode::Passthrough(b) => {
                         Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                     }
@@ -854,7 +859,7 @@ impl Fuse {
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
         let f = || self.fs.create(parent, name, mode, flags, caller(ctx, umask));
         match self.hook(ctx, Op::Create, parent, Some(name), 0, args, f) {
-            Ok((attr, o)) => match self.open_mode(attr.ino.0, o.fh, false) {
+            Ok((attr, o)) => match self.open_mode(attr.ino.0, o.fh, false, Some(attr.perm as u32)) {
                 OpenMode::Passthrough(b) => {
                     Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                 }

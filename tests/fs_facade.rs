@@ -506,3 +506,42 @@ fn read_into_reads_the_bytes_and_asks_ahead() {
     assert_eq!(fs.read_into(fh, data.len() as u64, &mut buf).unwrap(), 0);
     fs.release(fh);
 }
+
+#[test]
+fn a_created_file_is_its_own_read_write_backing_file_with_the_callers_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let (s, fs) = fixture();
+    let me = Caller { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, umask: 0o022 };
+    // Write-only, mode 0: the server's descriptor is still read-write (a new file's creator may
+    // open it so), and it is the one handed out as the passthrough backing file.
+    let (attr, o) = fs.create(1, OsStr::new("new"), 0o100000, libc::O_WRONLY | libc::O_CREAT, me).unwrap();
+    let (fd, upper) = fs.backing_file(o.fh).unwrap();
+    assert!(upper);
+    let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&*fd), libc::F_GETFL) };
+    assert_eq!(fl & libc::O_ACCMODE, libc::O_RDWR, "backing descriptor is read-write");
+    let (fd2, _) = fs.backing_file(o.fh).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&fd, &fd2), "the handle's own descriptor, not a new open");
+    fs.write(o.fh, 0, b"data").unwrap();
+    let m = fs::metadata(s.path("u").join("new")).unwrap();
+    assert_eq!((attr.perm, attr.uid, attr.gid, attr.size), (0, m.uid(), m.gid(), 0));
+    assert_eq!((m.uid(), m.gid()), (me.uid, me.gid), "owner already right: kept");
+    assert_eq!(m.mode() & 0o7777, 0);
+    fs.release(o.fh);
+    assert_eq!(fs::read(s.path("u").join("new")).unwrap(), b"data");
+    // A sync handle is not a backing file for the others: a fresh descriptor is.
+    let (_, o) = fs.create(1, OsStr::new("app"), 0o100644, libc::O_RDWR | libc::O_SYNC, me).unwrap();
+    let (fd3, _) = fs.backing_file(o.fh).unwrap();
+    let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&*fd3), libc::F_GETFL) };
+    assert_eq!(fl & libc::O_SYNC, 0, "a sync handle's flags do not reach the backing file");
+    fs.release(o.fh);
+    // Another owner (as root): chowned.
+    if me.uid == 0 {
+        let other = Caller { uid: 4321, gid: 8765, umask: 0o022 };
+        let (attr, o) = fs.create(1, OsStr::new("theirs"), 0o104755, libc::O_WRONLY, other).unwrap();
+        let m = fs::metadata(s.path("u").join("theirs")).unwrap();
+        assert_eq!((m.uid(), m.gid(), attr.uid, attr.gid), (4321, 8765, 4321, 8765));
+        assert_eq!(m.mode() & 0o7777, 0o4755, "setuid put back after the chown");
+        assert_eq!(attr.perm, 0o4755);
+        fs.release(o.fh);
+    }
+}

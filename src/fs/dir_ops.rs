@@ -120,12 +120,26 @@ impl OverlayFs {
     }
 
     /// Sets the owner of a new object: the caller, with the group of a setgid parent.
-    fn set_owner(&self, loc: &Loc, caller: Caller, pst: &Stat, mode: Option<u32>) -> Result<()> {
+    /// `fd`: the new object opened (a file), through which its owner is read first: a file
+    /// that already has the owner (the caller is the server's own user) is not chowned.
+    fn set_owner(
+        &self,
+        loc: &Loc,
+        fd: Option<&OwnedFd>,
+        caller: Caller,
+        pst: &Stat,
+        mode: Option<u32>,
+    ) -> Result<()> {
         if !self.can_chown {
             return Ok(());
         }
         let (uid, cgid) = self.disk_owner(caller.uid, caller.gid)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { cgid };
+        if let Some(st) = fd.and_then(|fd| sys::fstat(fd.as_fd()).ok()) {
+            if st.st_uid == uid && st.st_gid == gid {
+                return Ok(());
+            }
+        }
         if let Err(e) = loc.chown(uid, gid) {
             if !self.squashing() {
                 return Err(Error::io(e, "chown new"));
@@ -280,7 +294,8 @@ impl OverlayFs {
             _ => Loc::Dir(pfd.clone()).getxattr(c"system.posix_acl_default").ok(),
         };
         let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
-        let tmp = self.tmp_name();
+        // A staging name in workdir, only where the object is made there.
+        let tmp = if via_work { self.tmp_name() } else { CString::default() };
         let stage = match (&dacl, via_work) {
             (Some(v), true) => {
                 sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "staging dir"))?;
@@ -389,7 +404,7 @@ impl OverlayFs {
             let r = if self.write_ovr {
                 self.record_owner(&loc, caller, &pst, perm, new_kind)
             } else {
-                self.set_owner(&loc, caller, &pst, mode_for_owner)
+                self.set_owner(&loc, file_fd.as_ref(), caller, &pst, mode_for_owner)
             };
             if let Err(e) = r {
                 if !via_work {
@@ -430,7 +445,11 @@ impl OverlayFs {
             Loc::Dir(fd) => Loc::Dir(fd),
             Loc::At(..) | Loc::Pinned(_) => Loc::At(pfd.clone(), cn.clone()),
         };
-        let st = final_loc.stat().map_err(|e| Error::io(e, "stat new"))?;
+        let st = match &file_fd {
+            Some(fd) => sys::fstat(fd.as_fd()),
+            None => final_loc.stat(),
+        }
+        .map_err(|e| Error::io(e, "stat new"))?;
         let node = match obj {
             NewObj::Link { .. } => None,
             _ => Some(()),

@@ -54,6 +54,12 @@ fn real_flags(flags: i32) -> i32 {
     flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_APPEND | libc::O_DIRECT)
 }
 
+/// Whether a file's mode makes writes to it drop privileges: setuid, or setgid with group
+/// execute (the kernel's `should_remove_suid`).
+pub fn privileged_mode(mode: u32) -> bool {
+    mode & libc::S_ISUID != 0 || mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+}
+
 fn is_write(flags: i32) -> bool {
     let acc = flags & libc::O_ACCMODE;
     acc == libc::O_WRONLY || acc == libc::O_RDWR || flags & libc::O_TRUNC != 0
@@ -94,6 +100,10 @@ impl OverlayFs {
                 from_lower: AtomicBool::new(from_lower),
                 next_read: AtomicU64::new(0),
                 ahead_to: AtomicU64::new(0),
+                plain_rw: flags & libc::O_ACCMODE == libc::O_RDWR
+                    && flags
+                        & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
+                        == 0,
             }),
         );
         let direct = flags & libc::O_DIRECT != 0;
@@ -149,14 +159,20 @@ impl OverlayFs {
     ) -> Result<(FileAttr, Opened)> {
         let p = self.node(parent)?;
         let mut flags = real_flags(flags);
-        if self.writeback_cache.load(Ordering::Relaxed) && flags & libc::O_ACCMODE == libc::O_WRONLY {
-            // A new file can always be opened read-write by its creator.
+        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            // A new file can always be opened read-write by its creator, and so opened it can
+            // be its own passthrough backing file (under the writeback cache, the kernel may
+            // also read through a write-only handle).
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         let obj = NewObj::File { mode, flags };
         let (node, fd) = self.create_upper(&p, name, obj, caller)?;
         let fd = fd.ok_or(Error::errno(libc::EIO))?;
-        let attr = self.node_attr(&node)?;
+        let mut st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "stat new"))?;
+        if let Some(top) = node.top() {
+            self.apply_override(&mut st, &top.loc, top.layer);
+        }
+        let attr = self.attr_from_stat(node.ino, &st, false);
         Ok((attr, self.register_file(node, fd, false, flags)))
     }
 
@@ -310,9 +326,7 @@ impl OverlayFs {
     /// writes the server never sees.
     pub fn carries_privs(&self, fd: &OwnedFd) -> bool {
         let Ok(st) = sys::fstat(fd.as_fd()) else { return true };
-        if st.st_mode & libc::S_ISUID != 0
-            || st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
-        {
+        if privileged_mode(st.st_mode) {
             return true;
         }
         let path = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(fd), None);
@@ -326,12 +340,16 @@ impl OverlayFs {
     /// A descriptor of the real file behind an open handle, for FUSE passthrough: read-write for
     /// an upper file (every later open of the inode shares one backing file), read-only for a
     /// lower one. The bool says whether it is the upper file.
-    pub fn backing_file(&self, fh: u64) -> Result<(OwnedFd, bool)> {
+    pub fn backing_file(&self, fh: u64) -> Result<(Arc<OwnedFd>, bool)> {
         let h = self.file(fh)?;
         let top = h.node.top().ok_or(Error::errno(libc::ESTALE))?;
+        if top.is_upper && h.plain_rw && !h.from_lower.load(Ordering::Relaxed) {
+            // The handle's own descriptor will do (the kernel takes its own reference).
+            return Ok((h.fd.read().clone(), true));
+        }
         let flags = if top.is_upper { libc::O_RDWR } else { libc::O_RDONLY };
         let fd = top.loc.open(flags).map_err(|e| Error::io(e, "backing open"))?;
-        Ok((fd, top.is_upper))
+        Ok((Arc::new(fd), top.is_upper))
     }
 
     /// The size of the file an open handle reads.

@@ -44,7 +44,7 @@ use crate::sys::{self, Stat};
 use crate::whiteout::{self, EntryClass, WhiteoutStyle};
 
 pub use dir_ops::Caller;
-pub use file_ops::{MAP_READ_MIN, Opened, READ_AHEAD, ReadData, SetAttr};
+pub use file_ops::{MAP_READ_MIN, Opened, READ_AHEAD, ReadData, SetAttr, privileged_mode};
 
 /// The FUSE root node id.
 pub const ROOT_ID: u64 = 1;
@@ -350,6 +350,9 @@ pub(crate) struct FileHandle {
     pub next_read: AtomicU64,
     /// How far ahead reads through this handle have been asked for already.
     pub ahead_to: AtomicU64,
+    /// The descriptor is read-write with no flag that would change other handles' I/O
+    /// (append, direct, sync, noatime): it can stand as the file's passthrough backing file.
+    pub plain_rw: bool,
 }
 
 /// The union filesystem.
