@@ -92,14 +92,21 @@ impl Loc {
         }
     }
 
+    /// Where the object's xattrs are read from.
+    pub fn xattr_at(&self) -> sys::XattrAt<'_> {
+        match self {
+            Loc::Dir(fd) => sys::XattrAt::Dir(fd.as_raw_fd()),
+            Loc::At(dir, name) => sys::XattrAt::Name(dir.as_raw_fd(), name),
+            Loc::Pinned(fd) => sys::XattrAt::Pinned(fd.as_raw_fd()),
+        }
+    }
+
     pub fn getxattr(&self, name: &CStr) -> io::Result<Vec<u8>> {
-        let (p, follow) = self.xattr_path();
-        sys::getxattr(&p, name, follow)
+        self.xattr_at().get(name)
     }
 
     pub fn listxattr(&self) -> io::Result<Vec<u8>> {
-        let (p, follow) = self.xattr_path();
-        sys::listxattr(&p, follow)
+        self.xattr_at().list()
     }
 
     pub fn setxattr(&self, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
@@ -137,14 +144,14 @@ pub struct DirMarks {
 /// Reads the opaque xattrs of a directory fd and looks for a `.wh..wh..opq` entry.
 pub fn dir_marks(fd: &OwnedFd) -> DirMarks {
     let mut m = DirMarks::default();
-    let p = sys::proc_fd_path(fd.as_raw_fd(), None);
+    let at = sys::XattrAt::Dir(fd.as_raw_fd());
     // One listxattr tells whether any overlay xattr is there at all (the common case: none).
-    if let Ok(list) = sys::listxattr(&p, true) {
+    if let Ok(list) = at.list() {
         for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if whiteout::OPAQUE_XATTRS.contains(&n) {
                 let Ok(cn) = CString::new(n) else { continue };
                 let mut buf = [0u8; 8];
-                if let Ok(len) = sys::getxattr_into(&p, &cn, true, &mut buf) {
+                if let Ok(len) = at.get_into(&cn, &mut buf) {
                     match whiteout::opaque_value(&buf[..len.min(buf.len())]) {
                         OpaqueValue::Opaque => m.opaque = true,
                         OpaqueValue::XattrWhiteouts => m.xattr_whiteouts = true,
@@ -165,9 +172,9 @@ pub fn dir_marks(fd: &OwnedFd) -> DirMarks {
 
 /// True if a zero-size regular file carries an xattr whiteout mark.
 pub fn has_whiteout_xattr(dir: &OwnedFd, name: &CStr) -> bool {
-    let p = sys::proc_fd_path(dir.as_raw_fd(), Some(name));
+    let at = sys::XattrAt::Name(dir.as_raw_fd(), name);
     let mut buf = [0u8; 4];
     [whiteout::TRUSTED_WHITEOUT, whiteout::USER_WHITEOUT]
         .iter()
-        .any(|x| CString::new(*x).ok().is_some_and(|cx| sys::getxattr_into(&p, &cx, false, &mut buf).is_ok()))
+        .any(|x| CString::new(*x).ok().is_some_and(|cx| at.get_into(&cx, &mut buf).is_ok()))
 }

@@ -311,10 +311,10 @@ impl OverlayFs {
             loc.chmod(mode).map_err(|e| Error::io(e, "chmod"))?;
         }
         // Looked up first: removing even an absent security.* xattr needs privilege.
-        let (path, follow) = loc.xattr_path();
-        if sys::getxattr_into(&path, CAPS_XATTR, follow, &mut []).is_err() {
+        if loc.xattr_at().get_into(CAPS_XATTR, &mut []).is_err() {
             return Ok(());
         }
+        let (path, follow) = loc.xattr_path();
         match sys::removexattr(&path, CAPS_XATTR, follow) {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(Error::io(e, "removexattr")),
             _ => Ok(()),
@@ -329,9 +329,7 @@ impl OverlayFs {
         if privileged_mode(st.st_mode) {
             return true;
         }
-        let path = sys::proc_fd_path(std::os::fd::AsRawFd::as_raw_fd(fd), None);
-        let mut buf = [0u8; 0];
-        match sys::getxattr_into(&path, CAPS_XATTR, true, &mut buf) {
+        match sys::fgetxattr_len(fd.as_fd(), CAPS_XATTR) {
             Err(e) => e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EOPNOTSUPP),
             Ok(_) => true,
         }

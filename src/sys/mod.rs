@@ -14,6 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use libc::stat as Stat;
 
@@ -239,26 +240,151 @@ pub fn futimens_path(fd: BorrowedFd, atime: SetTime, mtime: SetTime) -> io::Resu
 }
 
 // ---- xattrs -------------------------------------------------------------------------------
-// All xattr calls take a path: `/proc/self/fd/DIR/NAME` (the l* variants, so a symlink in a layer
-// is never followed) or `/proc/self/fd/FD` (followed: the magic link is our own fd).
+// Xattrs are reached through [`XattrAt`] (getxattrat/listxattrat where the kernel has them) or
+// through a path: `/proc/self/fd/DIR/NAME` (the l* variants, so a symlink in a layer is never
+// followed) or `/proc/self/fd/FD` (followed: the magic link is our own fd).
 
-fn xattr_buf_loop(mut f: impl FnMut(&mut [u8]) -> libc::ssize_t) -> io::Result<Vec<u8>> {
+/// Reads a variable-length xattr value or list: `f` fills the buffer it is given (a size
+/// query when empty) and returns the length.
+fn xattr_buf_loop(mut f: impl FnMut(&mut [u8]) -> io::Result<usize>) -> io::Result<Vec<u8>> {
     let mut size = 256usize;
     loop {
         let mut buf = vec![0u8; size];
-        let r = f(&mut buf);
-        if r >= 0 {
-            buf.truncate(r as usize);
-            return Ok(buf);
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && size < (1 << 20) => {
+                // Ask for the real size, then retry with room to spare.
+                size = match f(&mut []) {
+                    Ok(need) if need > 0 => need + 64,
+                    _ => size * 4,
+                };
+            }
+            Err(e) => return Err(e),
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && size < (1 << 20) {
-            // Ask for the real size, then retry with room to spare.
-            let need = f(&mut []);
-            size = if need > 0 { need as usize + 64 } else { size * 4 };
-            continue;
+    }
+}
+
+/// An object whose xattrs are read: a directory by its own `O_PATH` fd, a non-directory by
+/// its directory's fd and its name, or a non-directory by an `O_PATH` fd of its own.
+#[derive(Clone, Copy, Debug)]
+pub enum XattrAt<'a> {
+    Dir(RawFd),
+    Name(RawFd, &'a CStr),
+    Pinned(RawFd),
+}
+
+/// Whether the kernel has getxattrat/listxattrat (6.13+): 0 not known yet, 1 yes, 2 no.
+static XATTRAT: AtomicU8 = AtomicU8::new(0);
+
+/// `struct xattr_args` of getxattrat(2).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+impl XattrAt<'_> {
+    /// The `/proc/self/fd` path that reaches the object, and whether to follow it.
+    fn proc_path(&self) -> (CString, bool) {
+        match *self {
+            XattrAt::Dir(fd) | XattrAt::Pinned(fd) => (proc_fd_path(fd, None), true),
+            XattrAt::Name(dir, name) => (proc_fd_path(dir, Some(name)), false),
         }
-        return Err(e);
+    }
+
+    /// Runs `at(dirfd, path, at_flags)` where the *xattrat calls reach the object (not an
+    /// `O_PATH` fd of a non-directory: they refuse those), else `proc(path, follow)` through
+    /// `/proc/self/fd`, which costs a walk of procfs per call. A directory reached by "." needs
+    /// search permission on itself, which `/proc` does not: that refusal is retried there.
+    fn call(
+        &self,
+        at: impl FnOnce(RawFd, &CStr, libc::c_int) -> libc::ssize_t,
+        proc: impl FnOnce(&CStr, bool) -> libc::ssize_t,
+    ) -> io::Result<usize> {
+        let via_at = match *self {
+            XattrAt::Dir(fd) => Some((fd, c".", 0)),
+            XattrAt::Name(dir, name) => Some((dir, name, libc::AT_SYMLINK_NOFOLLOW)),
+            XattrAt::Pinned(_) => None,
+        };
+        if let Some((fd, path, flags)) = via_at.filter(|_| XATTRAT.load(Ordering::Relaxed) != 2) {
+            match cvt_l(at(fd, path, flags)) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => XATTRAT.store(2, Ordering::Relaxed),
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) && matches!(self, XattrAt::Dir(_)) => {}
+                r => {
+                    XATTRAT.store(1, Ordering::Relaxed);
+                    return r;
+                }
+            }
+        }
+        let (p, follow) = self.proc_path();
+        cvt_l(proc(&p, follow))
+    }
+
+    /// getxattr into `buf` (a size query when empty); returns the value's length.
+    pub fn get_into(&self, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+        let (ptr, len) =
+            if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+        self.call(
+            |fd, path, flags| {
+                let mut args = XattrArgs { value: ptr as u64, size: len as u32, flags: 0 };
+                // SAFETY: valid C strings; `args` points to `len` writable bytes or none.
+                unsafe {
+                    libc::syscall(
+                        SYS_GETXATTRAT,
+                        fd,
+                        path.as_ptr(),
+                        flags,
+                        name.as_ptr(),
+                        &mut args as *mut XattrArgs,
+                        std::mem::size_of::<XattrArgs>(),
+                    ) as libc::ssize_t
+                }
+            },
+            |p, follow| {
+                // SAFETY: as above.
+                unsafe {
+                    if follow {
+                        libc::getxattr(p.as_ptr(), name.as_ptr(), ptr, len)
+                    } else {
+                        libc::lgetxattr(p.as_ptr(), name.as_ptr(), ptr, len)
+                    }
+                }
+            },
+        )
+    }
+
+    /// The whole value of an xattr.
+    pub fn get(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        xattr_buf_loop(|buf| self.get_into(name, buf))
+    }
+
+    /// The object's xattr names (NUL-separated raw list).
+    pub fn list(&self) -> io::Result<Vec<u8>> {
+        xattr_buf_loop(|buf| {
+            let (ptr, len): (*mut libc::c_char, usize) =
+                if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+            self.call(
+                // SAFETY: valid C string; `ptr` points to `len` writable bytes or is null.
+                |fd, path, flags| unsafe {
+                    libc::syscall(SYS_LISTXATTRAT, fd, path.as_ptr(), flags, ptr, len) as libc::ssize_t
+                },
+                // SAFETY: as above.
+                |p, follow| unsafe {
+                    if follow {
+                        libc::listxattr(p.as_ptr(), ptr, len)
+                    } else {
+                        libc::llistxattr(p.as_ptr(), ptr, len)
+                    }
+                },
+            )
+        })
     }
 }
 
@@ -268,14 +394,20 @@ pub fn getxattr(path: &CStr, name: &CStr, follow: bool) -> io::Result<Vec<u8>> {
         let (p, l) =
             if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
         // SAFETY: `p` is null with length 0, or points to `l` writable bytes.
-        unsafe {
+        cvt_l(unsafe {
             if follow {
                 libc::getxattr(path.as_ptr(), name.as_ptr(), p, l)
             } else {
                 libc::lgetxattr(path.as_ptr(), name.as_ptr(), p, l)
             }
-        }
+        })
     })
+}
+
+/// The length of an xattr's value, read through an open (not `O_PATH`) descriptor.
+pub fn fgetxattr_len(fd: BorrowedFd, name: &CStr) -> io::Result<usize> {
+    // SAFETY: a size query: no buffer.
+    cvt_l(unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0) })
 }
 
 /// Size-probe only: does the xattr exist, and how long is it. Cheaper than [`getxattr`].
@@ -297,9 +429,9 @@ pub fn listxattr(path: &CStr, follow: bool) -> io::Result<Vec<u8>> {
         let (p, l) =
             if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
         // SAFETY: as in getxattr.
-        unsafe {
+        cvt_l(unsafe {
             if follow { libc::listxattr(path.as_ptr(), p, l) } else { libc::llistxattr(path.as_ptr(), p, l) }
-        }
+        })
     })
 }
 
@@ -735,4 +867,49 @@ pub fn cpu_list(which: &str) -> Vec<usize> {
 pub fn dup_cloexec(fd: BorrowedFd) -> io::Result<OwnedFd> {
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(unsafe { OwnedFd::from_raw_fd(r) }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn set(path: &std::path::Path, name: &CStr, v: &[u8]) {
+        let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+        setxattr(&p, name, v, 0, false).unwrap();
+    }
+
+    #[test]
+    fn xattrs_read_by_directory_name_and_pinned_fd_as_through_proc() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::os::unix::fs::symlink("f", t.path().join("s")).unwrap();
+        let long = vec![b'v'; 1000]; // past the first 256-byte try
+        set(t.path(), c"user.a", b"1");
+        set(&f, c"user.b", &long);
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(t.path())
+            .unwrap()
+            .into();
+        let pinned = openat(dir.as_fd(), c"f", libc::O_PATH, 0).unwrap();
+        let d = XattrAt::Dir(dir.as_raw_fd());
+        assert_eq!(d.get(c"user.a").unwrap(), b"1");
+        assert!(d.list().unwrap().split(|&b| b == 0).any(|n| n == b"user.a"));
+        let n = XattrAt::Name(dir.as_raw_fd(), c"f");
+        assert_eq!(n.get(c"user.b").unwrap(), long);
+        assert_eq!(n.get_into(c"user.b", &mut []).unwrap(), 1000);
+        assert_eq!(n.get(c"user.none").unwrap_err().raw_os_error(), Some(libc::ENODATA));
+        assert_eq!(XattrAt::Pinned(pinned.as_raw_fd()).get(c"user.b").unwrap(), long);
+        // A symlink is not followed: its own (no) xattrs, not its target's.
+        assert!(XattrAt::Name(dir.as_raw_fd(), c"s").get(c"user.b").is_err());
+        assert!(XattrAt::Name(dir.as_raw_fd(), c"missing").get(c"user.b").is_err());
+        // The same answers through /proc.
+        let (p, follow) = n.proc_path();
+        assert_eq!(getxattr(&p, c"user.b", follow).unwrap(), long);
+        assert_eq!(listxattr(&p, follow).unwrap(), n.list().unwrap());
+    }
 }
