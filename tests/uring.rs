@@ -114,6 +114,15 @@ fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
                 "io_uring threads woke {} times for about 250 requests",
                 after - before
             );
+            // The 3 MiB lower file's reads are large: a queue thread's helper read them.
+            let helpers = fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().ends_with("-read"))
+                })
+                .count();
+            assert!(helpers > 0, "no io_uring read helper thread after large reads");
         } else {
             assert_eq!(
                 threads, 0,

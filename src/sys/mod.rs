@@ -843,6 +843,16 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Lets the calling thread run on every CPU again (undoes [`pin_to_cpu`], also inherited).
+pub fn unpin() -> io::Result<()> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in cpu_list("possible") {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// A CPU list as the kernel prints it ("0-3,8,10-11").
 pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     let mut cpus = Vec::new();
