@@ -534,8 +534,17 @@ fn a_created_file_is_its_own_read_write_backing_file_with_the_callers_owner() {
     let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&*fd3), libc::F_GETFL) };
     assert_eq!(fl & libc::O_SYNC, 0, "a sync handle's flags do not reach the backing file");
     fs.release(o.fh);
+    // A directory's owner is read through its fd the same way.
+    let d = fs.mkdir(1, OsStr::new("dir"), 0o755, me).unwrap();
+    let m = fs::metadata(s.path("u").join("dir")).unwrap();
+    assert_eq!((d.uid, d.gid, d.perm), (me.uid, me.gid, 0o755));
+    assert_eq!((m.uid(), m.gid()), (me.uid, me.gid));
     // Another owner (as root): chowned.
     if me.uid == 0 {
+        let d =
+            fs.mkdir(1, OsStr::new("their-dir"), 0o750, Caller { uid: 4321, gid: 8765, umask: 0 }).unwrap();
+        let m = fs::metadata(s.path("u").join("their-dir")).unwrap();
+        assert_eq!((m.uid(), m.gid(), d.uid, d.gid, d.perm), (4321, 8765, 4321, 8765, 0o750));
         let other = Caller { uid: 4321, gid: 8765, umask: 0o022 };
         let (attr, o) = fs.create(1, OsStr::new("theirs"), 0o104755, libc::O_WRONLY, other).unwrap();
         let m = fs::metadata(s.path("u").join("theirs")).unwrap();

@@ -120,8 +120,9 @@ impl OverlayFs {
     }
 
     /// Sets the owner of a new object: the caller, with the group of a setgid parent.
-    /// `fd`: the new object opened (a file), through which its owner is read first: a file
-    /// that already has the owner (the caller is the server's own user) is not chowned.
+    /// `fd`: the new object opened (a file), through which its owner is read first, as a new
+    /// directory's is through its own fd: one that already has the owner (the caller is the
+    /// server's own user) is not chowned.
     fn set_owner(
         &self,
         loc: &Loc,
@@ -135,7 +136,10 @@ impl OverlayFs {
         }
         let (uid, cgid) = self.disk_owner(caller.uid, caller.gid)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { cgid };
-        if let Some(st) = fd.and_then(|fd| sys::fstat(fd.as_fd()).ok()) {
+        // A directory is read through its own fd; other objects without an open fd would take
+        // a path walk to check, no cheaper than the chown.
+        let known = fd.or_else(|| loc.dir_fd().map(|d| &**d));
+        if let Some(st) = known.and_then(|fd| sys::fstat(fd.as_fd()).ok()) {
             if st.st_uid == uid && st.st_gid == gid {
                 return Ok(());
             }
@@ -250,14 +254,14 @@ impl OverlayFs {
     }
 
     /// Creates a new object under `pnode`, in upper; returns its node (one kernel reference
-    /// taken) and, for files, the open fd.
+    /// taken), its stat once made (as on disk) and, for files, the open fd.
     pub(crate) fn create_upper(
         &self,
         pnode: &Arc<Node>,
         name: &OsStr,
         obj: NewObj<'_>,
         caller: Caller,
-    ) -> Result<(Arc<Node>, Option<OwnedFd>)> {
+    ) -> Result<(Arc<Node>, Stat, Option<OwnedFd>)> {
         self.check_writable()?;
         let name = name.as_bytes();
         name::validate_new(name).map_err(|e| Error::errno(e.errno()))?;
@@ -475,13 +479,22 @@ impl OverlayFs {
             self.install(id, state)
         };
         n.lookups.fetch_add(1, Ordering::Relaxed);
-        Ok((n, file_fd))
+        Ok((n, st, file_fd))
+    }
+
+    /// The attributes of an object [`Self::create_upper`] just made, from the stat it returned
+    /// (no second stat): the override applied, one layer only.
+    pub(crate) fn new_attr(&self, node: &Node, mut st: Stat) -> FileAttr {
+        if let Some(top) = node.top() {
+            self.apply_override(&mut st, &top.loc, top.layer);
+        }
+        self.attr_from_stat(node.ino, &st, false)
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
         let p = self.node(parent)?;
-        let (n, _) = self.create_upper(&p, name, NewObj::Dir { mode }, caller)?;
-        self.node_attr(&n)
+        let (n, st, _) = self.create_upper(&p, name, NewObj::Dir { mode }, caller)?;
+        Ok(self.new_attr(&n, st))
     }
 
     pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Result<FileAttr> {
@@ -491,15 +504,15 @@ impl OverlayFs {
         } else {
             NewObj::Special { mode, rdev }
         };
-        let (n, _) = self.create_upper(&p, name, obj, caller)?;
-        self.node_attr(&n)
+        let (n, st, _) = self.create_upper(&p, name, obj, caller)?;
+        Ok(self.new_attr(&n, st))
     }
 
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: Caller) -> Result<FileAttr> {
         let p = self.node(parent)?;
         let t = cname(target.as_bytes())?;
-        let (n, _) = self.create_upper(&p, name, NewObj::Symlink { target: &t }, caller)?;
-        self.node_attr(&n)
+        let (n, st, _) = self.create_upper(&p, name, NewObj::Symlink { target: &t }, caller)?;
+        Ok(self.new_attr(&n, st))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr> {
@@ -522,7 +535,7 @@ impl OverlayFs {
         };
         let p = self.node(newparent)?;
         let caller = Caller { uid: 0, gid: 0, umask: 0 };
-        let (n, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
+        let (n, _, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
         self.node_attr(&n)
     }
 

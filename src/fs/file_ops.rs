@@ -166,13 +166,9 @@ impl OverlayFs {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         let obj = NewObj::File { mode, flags };
-        let (node, fd) = self.create_upper(&p, name, obj, caller)?;
+        let (node, st, fd) = self.create_upper(&p, name, obj, caller)?;
         let fd = fd.ok_or(Error::errno(libc::EIO))?;
-        let mut st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "stat new"))?;
-        if let Some(top) = node.top() {
-            self.apply_override(&mut st, &top.loc, top.layer);
-        }
-        let attr = self.attr_from_stat(node.ino, &st, false);
+        let attr = self.new_attr(&node, st);
         Ok((attr, self.register_file(node, fd, false, flags)))
     }
 

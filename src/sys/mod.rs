@@ -14,7 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use libc::stat as Stat;
 
@@ -276,8 +276,9 @@ pub enum XattrAt<'a> {
     Pinned(RawFd),
 }
 
-/// Whether the kernel has getxattrat/listxattrat (6.13+): 0 not known yet, 1 yes, 2 no.
-static XATTRAT: AtomicU8 = AtomicU8::new(0);
+/// Set once the kernel turned getxattrat/listxattrat (6.13+) down with ENOSYS. Only read on
+/// every call after that: no shared cache line is written per call.
+static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
 
 /// `struct xattr_args` of getxattrat(2).
 #[repr(C)]
@@ -313,14 +314,11 @@ impl XattrAt<'_> {
             XattrAt::Name(dir, name) => Some((dir, name, libc::AT_SYMLINK_NOFOLLOW)),
             XattrAt::Pinned(_) => None,
         };
-        if let Some((fd, path, flags)) = via_at.filter(|_| XATTRAT.load(Ordering::Relaxed) != 2) {
+        if let Some((fd, path, flags)) = via_at.filter(|_| !NO_XATTRAT.load(Ordering::Relaxed)) {
             match cvt_l(at(fd, path, flags)) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => XATTRAT.store(2, Ordering::Relaxed),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => NO_XATTRAT.store(true, Ordering::Relaxed),
                 Err(e) if e.raw_os_error() == Some(libc::EACCES) && matches!(self, XattrAt::Dir(_)) => {}
-                r => {
-                    XATTRAT.store(1, Ordering::Relaxed);
-                    return r;
-                }
+                r => return r,
             }
         }
         let (p, follow) = self.proc_path();
