@@ -113,6 +113,15 @@ pub fn start(fuse: &Arc<Fuse>) -> Result<(), String> {
     // The kernel keeps a queue per possible CPU; one that is offline now gets a single entry.
     let online = crate::sys::cpu_list("online");
     let queues = crate::sys::cpu_list("possible").into_iter().max().map_or(1, |m| m + 1);
+    // SCHED_IDLE only where the queue threads can leave it again (see Placement).
+    let cpus = online.len().max(1);
+    let placement = std::thread::spawn(|| {
+        crate::sys::set_sched_idle(true).and_then(|_| crate::sys::set_sched_idle(false)).is_ok()
+            && std::fs::File::open("/proc/loadavg").is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+    .then_some(cpus);
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = 0;
     for qid in 0..queues {
@@ -122,7 +131,7 @@ pub fn start(fuse: &Arc<Fuse>) -> Result<(), String> {
             std::thread::Builder::new()
                 .name(format!("uring-{qid}-{i}"))
                 .spawn(move || {
-                    if let Err(e) = serve(&fuse, &dev, qid as u16, &tx) {
+                    if let Err(e) = serve(&fuse, &dev, qid as u16, placement, &tx) {
                         log::warn!("io_uring queue {qid}: {e}");
                         let _ = tx.send(Err(format!("queue {qid}: {e}")));
                     }
@@ -138,7 +147,10 @@ pub fn start(fuse: &Arc<Fuse>) -> Result<(), String> {
             Err(_) => return Err("queues not registered within 10 s".into()),
         }
     }
-    log::info!("FUSE over io_uring: {queues} queues, {PER_QUEUE} entries per online CPU");
+    log::info!(
+        "FUSE over io_uring: {queues} queues, {PER_QUEUE} entries per online CPU{}",
+        if placement.is_some() { ", SCHED_IDLE while CPUs are spare" } else { "" }
+    );
     Ok(())
 }
 
@@ -150,11 +162,13 @@ fn rd64(b: &[u8], o: usize) -> u64 {
 }
 
 /// One thread's ring with its single entry: registers it (and says so on `registered`),
-/// then answers the requests the kernel puts into it until the connection ends.
+/// then answers the requests the kernel puts into it until the connection ends. With
+/// `placement` (the number of online CPUs), the thread's policy follows [`Placement`].
 fn serve(
     fuse: &Fuse,
     dev: &Arc<OwnedFd>,
     qid: u16,
+    placement: Option<usize>,
     registered: &Sender<Result<(), String>>,
 ) -> io::Result<()> {
     if let Err(e) = crate::sys::pin_to_cpu(qid as usize) {
@@ -194,6 +208,7 @@ fn serve(
         return Err(io::Error::from_raw_os_error(e));
     }
     let _ = registered.send(Ok(()));
+    let mut placement = placement.and_then(|cpus| Placement::new(cpus, qid));
     loop {
         let res = loop {
             match ring.submit_and_wait(1) {
@@ -205,6 +220,9 @@ fn serve(
                 break c.result();
             }
         };
+        if let Some(p) = &mut placement {
+            p.check(qid);
+        }
         if res < 0 {
             return match -res {
                 // The mount is gone.
@@ -220,6 +238,86 @@ fn serve(
         unsafe { ring.submission().push(&sqe(CMD_COMMIT_AND_FETCH, commit_id)) }
             .map_err(|_| io::Error::other("submission queue full"))?;
     }
+}
+
+/// How often a queue thread counts the runnable tasks, and how long there must be no more of
+/// them than CPUs before it goes back to `SCHED_IDLE`.
+const PLACEMENT_CHECK: Duration = Duration::from_millis(20);
+const PLACEMENT_CALM: Duration = Duration::from_millis(200);
+
+/// A queue thread's scheduling policy: `SCHED_IDLE` while the system has no more runnable
+/// tasks than CPUs, normal otherwise.
+///
+/// Replying wakes the requester, whose CPU is this queue's CPU, where the queue thread is
+/// still running. As a normal task it makes that CPU look busy, so the scheduler moves the
+/// requester to an idle CPU; the requester's next request then goes to that CPU's queue, and
+/// the reply moves it back. Every round trip paid an idle CPU's wake-up and a migration:
+/// 31-46 µs per `getxattr`, against 10-12 µs with the requester kept on one CPU (`taskset`).
+/// A CPU running only `SCHED_IDLE` tasks counts as idle for that choice, so the requester is
+/// woken where it was and runs as soon as the queue thread sleeps (`tar -x` of 30k files:
+/// 6.5-7.3 s against 11-11.7 s).
+///
+/// A `SCHED_IDLE` thread yields to every normal task on its CPU, and the queue threads are
+/// pinned: where tasks wait for CPUs anyway, the thread goes back to normal priority (a
+/// nice-10 requester beside two nice -10 CPU hogs took 3x longer with the threads left
+/// `SCHED_IDLE`). The count is `/proc/loadavg`'s runnable tasks, read at a request at most
+/// every [`PLACEMENT_CHECK`]. Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` (or a high
+/// `RLIMIT_NICE`), which [`start`] probes for; without it the threads stay normal.
+struct Placement {
+    loadavg: std::fs::File,
+    cpus: usize,
+    idle: bool,
+    next: Instant,
+    calm_since: Instant,
+}
+
+impl Placement {
+    fn new(cpus: usize, qid: u16) -> Option<Placement> {
+        let loadavg = std::fs::File::open("/proc/loadavg").ok()?;
+        let now = Instant::now();
+        // Calm from the start: the first check makes the thread SCHED_IDLE unless CPUs are short.
+        let calm_since = now.checked_sub(PLACEMENT_CALM).unwrap_or(now);
+        let mut p = Placement { loadavg, cpus, idle: false, next: now, calm_since };
+        p.check(qid);
+        Some(p)
+    }
+
+    fn check(&mut self, qid: u16) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + PLACEMENT_CHECK;
+        let mut buf = [0u8; 128];
+        let Some(running) = std::os::unix::fs::FileExt::read_at(&self.loadavg, &mut buf, 0)
+            .ok()
+            .and_then(|n| runnable(&buf[..n]))
+        else {
+            return;
+        };
+        let idle = if running > self.cpus {
+            self.calm_since = now;
+            false
+        } else {
+            self.idle || now.duration_since(self.calm_since) >= PLACEMENT_CALM
+        };
+        if idle != self.idle {
+            match crate::sys::set_sched_idle(idle) {
+                Ok(()) => {
+                    let policy = if idle { "SCHED_IDLE" } else { "SCHED_OTHER" };
+                    log::debug!("io_uring queue {qid}: {policy} ({running} tasks runnable)");
+                    self.idle = idle;
+                }
+                Err(e) => log::warn!("io_uring queue {qid}: scheduling policy: {e}"),
+            }
+        }
+    }
+}
+
+/// The number of runnable tasks in `/proc/loadavg` ("0.14 0.99 1.26 2/234 5678").
+fn runnable(loadavg: &[u8]) -> Option<usize> {
+    let field = std::str::from_utf8(loadavg).ok()?.split_ascii_whitespace().nth(3)?;
+    field.split_once('/')?.0.parse().ok()
 }
 
 /// A large READ handed to a queue thread's helper: the queue thread waits for it, so the
@@ -253,9 +351,12 @@ impl ReadHelper {
         let (tx, done) = std::sync::mpsc::sync_channel(1);
         let name = std::thread::current().name().map_or("uring-read".into(), |n| format!("{n}-read"));
         std::thread::Builder::new().name(name).spawn(move || {
-            // Spawned by a pinned queue thread, whose CPU set it inherits: free it.
+            // Spawned by a pinned queue thread, whose CPU set and policy it inherits: free it.
             if let Err(e) = crate::sys::unpin() {
                 log::debug!("io_uring read helper: not unpinned: {e}");
+            }
+            if crate::sys::sched_policy().is_ok_and(|p| p == libc::SCHED_IDLE) {
+                let _ = crate::sys::set_sched_idle(false);
             }
             while let Ok(j) = rx.recv() {
                 // SAFETY: the queue thread that sent the job waits for this answer, keeping
@@ -737,6 +838,14 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runnable_tasks_are_read_from_loadavg() {
+        assert_eq!(runnable(b"0.14 0.99 1.26 3/234 5678\n"), Some(3));
+        assert_eq!(runnable(b"0.00 0.00 0.00 1/1 1"), Some(1));
+        assert_eq!(runnable(b"0.14 0.99 1.26"), None);
+        assert_eq!(runnable(b"0.14 0.99 1.26 x/234 5678"), None);
+    }
 
     #[test]
     fn header_matches_the_kernel_layout() {

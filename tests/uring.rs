@@ -46,6 +46,22 @@ fn uring_switches(pid: u32) -> (usize, u64) {
 }
 
 /// The same operations through the mount, whatever the transport: what they return.
+/// The scheduling policy (`/proc/PID/task/TID/stat` field 41) of each io_uring thread.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim_end().to_string();
+        let Ok(stat) = fs::read_to_string(t.path().join("stat")) else { continue };
+        if !name.starts_with("uring-") {
+            continue;
+        }
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((name, policy));
+    }
+    out
+}
+
 fn exercise(m: &Path) -> Vec<String> {
     let mut seen = Vec::new();
     for i in 0..200 {
@@ -123,6 +139,30 @@ fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
                 })
                 .count();
             assert!(helpers > 0, "no io_uring read helper thread after large reads");
+            // As root, a queue thread is SCHED_IDLE while the CPUs are not all busy (so the
+            // requester is woken on its own CPU); its read helper is normal. A thread looks at
+            // the load when it answers a request: keep asking until one has seen calm.
+            if unsafe { libc::geteuid() } == 0 {
+                let name =
+                    std::ffi::CString::new(m.join("d/f001").into_os_string().into_encoded_bytes()).unwrap();
+                let mut policies = Vec::new();
+                for _ in 0..200 {
+                    // SAFETY: a NUL-terminated path and a null buffer of length 0.
+                    unsafe { libc::getxattr(name.as_ptr(), c"user.x".as_ptr(), std::ptr::null_mut(), 0) };
+                    policies = thread_policies(pid);
+                    if policies.iter().any(|(_, p)| *p == 5) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                assert!(
+                    policies.iter().any(|(n, p)| *p == 5 && !n.ends_with("-read")),
+                    "no io_uring queue thread became SCHED_IDLE (policy 5) in 5 s: {policies:?}"
+                );
+                for (name, policy) in policies.iter().filter(|(n, _)| n.ends_with("-read")) {
+                    assert_eq!(*policy, 0, "read helper {name} is not SCHED_OTHER");
+                }
+            }
         } else {
             assert_eq!(
                 threads, 0,

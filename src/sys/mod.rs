@@ -833,6 +833,23 @@ pub fn fuse_backing_close(dev: &OwnedFd, id: u32) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Sets the calling thread's scheduling policy to `SCHED_IDLE`, or back to `SCHED_OTHER` (its
+/// nice value unchanged). Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` or a `RLIMIT_NICE` that
+/// allows the thread's nice value; entering it is always allowed.
+pub fn set_sched_idle(idle: bool) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
+    cvt(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
+    Ok(())
+}
+
+/// The calling thread's scheduling policy (`SCHED_OTHER`, `SCHED_IDLE`, ...).
+pub fn sched_policy() -> io::Result<libc::c_int> {
+    // SAFETY: plain syscall on the calling thread.
+    cvt(unsafe { libc::sched_getscheduler(0) })
+}
+
 /// Restricts the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
