@@ -304,6 +304,7 @@ impl Placement {
         if idle != self.idle {
             match crate::sys::set_sched_idle(idle) {
                 Ok(()) => {
+                    IDLE.set(idle);
                     let policy = if idle { "SCHED_IDLE" } else { "SCHED_OTHER" };
                     log::debug!("io_uring queue {qid}: {policy} ({running} tasks runnable)");
                     self.idle = idle;
@@ -343,6 +344,8 @@ struct ReadHelper {
 
 thread_local! {
     static HELPER: std::cell::RefCell<Option<ReadHelper>> = const { std::cell::RefCell::new(None) };
+    /// Whether this queue thread is SCHED_IDLE now (see [`Placement`]).
+    static IDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl ReadHelper {
@@ -382,6 +385,17 @@ impl ReadHelper {
 /// pinned to one CPU, a cold 1 GiB lower file took 1.8 s through the queues against 0.65 s
 /// through `/dev/fuse`. Falls back to reading here when no helper can be had.
 fn read_by_helper(f: &Fuse, ctx: &Ctx, ino: u64, fh: u64, off: u64, buf: &mut [u8]) -> Answer<'static> {
+    // A SCHED_IDLE queue thread woken by its helper would wait for a reader busy on its CPU
+    // before it could pass the data on: large reads are waited for at normal priority.
+    let idle = IDLE.get() && crate::sys::set_sched_idle(false).is_ok();
+    let r = read_by_helper_as_is(f, ctx, ino, fh, off, buf);
+    if idle {
+        let _ = crate::sys::set_sched_idle(true);
+    }
+    r
+}
+
+fn read_by_helper_as_is(f: &Fuse, ctx: &Ctx, ino: u64, fh: u64, off: u64, buf: &mut [u8]) -> Answer<'static> {
     let job = ReadJob { fuse: f, ctx: *ctx, ino, fh, off, buf: buf.as_mut_ptr(), len: buf.len() };
     let r = HELPER.with_borrow_mut(|h| {
         if h.is_none() {
