@@ -352,7 +352,8 @@ impl ReadHelper {
     fn spawn() -> io::Result<ReadHelper> {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<ReadJob>(1);
         let (tx, done) = std::sync::mpsc::sync_channel(1);
-        let name = std::thread::current().name().map_or("uring-read".into(), |n| format!("{n}-read"));
+        // Within the kernel's 15 characters of a thread name up to 10000 CPUs ("uring-9999-3-rd").
+        let name = std::thread::current().name().map_or("uring-rd".into(), |n| format!("{n}-rd"));
         std::thread::Builder::new().name(name).spawn(move || {
             // Spawned by a pinned queue thread, whose CPU set and policy it inherits: free it.
             if let Err(e) = crate::sys::unpin() {

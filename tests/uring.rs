@@ -135,7 +135,7 @@ fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
                 .unwrap()
                 .flatten()
                 .filter(|t| {
-                    fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().ends_with("-read"))
+                    fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().ends_with("-rd"))
                 })
                 .count();
             assert!(helpers > 0, "no io_uring read helper thread after large reads");
@@ -156,10 +156,10 @@ fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
                     std::thread::sleep(std::time::Duration::from_millis(25));
                 }
                 assert!(
-                    policies.iter().any(|(n, p)| *p == 5 && !n.ends_with("-read")),
+                    policies.iter().any(|(n, p)| *p == 5 && !n.ends_with("-rd")),
                     "no io_uring queue thread became SCHED_IDLE (policy 5) in 5 s: {policies:?}"
                 );
-                for (name, policy) in policies.iter().filter(|(n, _)| n.ends_with("-read")) {
+                for (name, policy) in policies.iter().filter(|(n, _)| n.ends_with("-rd")) {
                     assert_eq!(*policy, 0, "read helper {name} is not SCHED_OTHER");
                 }
             }
