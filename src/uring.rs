@@ -258,10 +258,11 @@ const PLACEMENT_CALM: Duration = Duration::from_millis(200);
 /// 6.5-7.3 s against 11-11.7 s).
 ///
 /// A `SCHED_IDLE` thread yields to every normal task on its CPU, and the queue threads are
-/// pinned: where tasks wait for CPUs anyway, the thread goes back to normal priority (a
-/// nice-10 requester beside two nice -10 CPU hogs took 3x longer with the threads left
-/// `SCHED_IDLE`). The count is `/proc/loadavg`'s runnable tasks, read at a request at most
-/// every [`PLACEMENT_CHECK`]. Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` (or a high
+/// pinned: where tasks wait for CPUs anyway, the thread goes back to normal priority. (How
+/// much that saves did not show on this machine: 5000 calls of a nice-10 requester beside two
+/// nice -10 CPU hogs took 3.5-15.6 s from run to run, with normal threads as with these.)
+/// The count is `/proc/loadavg`'s runnable tasks, read at a request at most every
+/// [`PLACEMENT_CHECK`]. Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` (or a high
 /// `RLIMIT_NICE`), which [`start`] probes for; without it the threads stay normal.
 struct Placement {
     loadavg: std::fs::File,
