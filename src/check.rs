@@ -45,9 +45,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+use crate::layer;
 use crate::name;
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, OpaqueValue};
+use crate::whiteout;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -192,35 +193,6 @@ fn remove_tree(dir: &OwnedFd, n: &CStr) -> io::Result<()> {
 }
 
 /// The opaque state of one directory, from its own fd.
-#[derive(Clone, Copy, Debug, Default)]
-struct Marks {
-    /// An opaque xattr with value `y` is set.
-    xattr_opaque: bool,
-    /// `overlay.opaque=x`: xattr whiteouts are honoured here.
-    xattr_whiteouts: bool,
-}
-
-fn read_marks(fd: &OwnedFd) -> Marks {
-    let p = sys::proc_fd_path(fd.as_raw_fd(), None);
-    let mut m = Marks::default();
-    let Ok(list) = sys::listxattr(&p, true) else { return m };
-    for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !whiteout::OPAQUE_XATTRS.contains(&n) {
-            continue;
-        }
-        let Ok(cn) = CString::new(n) else { continue };
-        let mut buf = [0u8; 8];
-        if let Ok(len) = sys::getxattr_into(&p, &cn, true, &mut buf) {
-            match whiteout::opaque_value(&buf[..len.min(buf.len())]) {
-                OpaqueValue::Opaque => m.xattr_opaque = true,
-                OpaqueValue::XattrWhiteouts => m.xattr_whiteouts = true,
-                OpaqueValue::None => {}
-            }
-        }
-    }
-    m
-}
-
 /// Which opaque xattr this process could set on the directory, if any: `trusted.` as root,
 /// else `user.overlay.opaque` where the filesystem has user xattrs (probed by a read: ENODATA
 /// means supported, EOPNOTSUPP not).
@@ -254,14 +226,6 @@ fn make_opaque(dir: &OwnedFd, n: &CStr) -> io::Result<&'static str> {
     let marker = cs(name::OPAQUE_MARKER)?;
     sys::openat(fd.as_fd(), &marker, libc::O_WRONLY | libc::O_CREAT, 0o600)?;
     Ok(if user_ok { "user.overlay.opaque=y and .wh..wh..opq" } else { ".wh..wh..opq" })
-}
-
-fn has_whiteout_xattr(dir: &OwnedFd, n: &CStr) -> bool {
-    let p = sys::proc_fd_path(dir.as_raw_fd(), Some(n));
-    let mut buf = [0u8; 4];
-    [whiteout::TRUSTED_WHITEOUT, whiteout::USER_WHITEOUT]
-        .iter()
-        .any(|x| CString::new(*x).ok().is_some_and(|cx| sys::getxattr_into(&p, &cx, false, &mut buf).is_ok()))
 }
 
 struct Checker {
@@ -388,9 +352,9 @@ impl Checker {
                 Err(e) => self.error(&join(path, &ent.name), &e),
             }
         }
-        let marks = read_marks(fd);
+        let marks = layer::xattr_marks(fd);
         let has_marker = stats.iter().any(|(n, _, _)| n.as_slice() == name::OPAQUE_MARKER);
-        let opaque = marks.xattr_opaque || has_marker;
+        let opaque = marks.opaque || has_marker;
         let find = |n: &[u8]| stats.iter().find(|(m, _, _)| m.as_slice() == n).map(|(_, _, st)| *st);
 
         let mut subdirs = Vec::new();
@@ -398,7 +362,7 @@ impl Checker {
         for (n, cn, st) in &stats {
             let p = join(path, n);
             if n.as_slice() == name::OPAQUE_MARKER {
-                if !marks.xattr_opaque {
+                if !marks.opaque {
                     if let Some(x) = settable_opaque_xattr(fd) {
                         self.finding(
                             Kind::OpaqueMarker,
@@ -448,9 +412,9 @@ impl Checker {
                             let mut what = String::new();
                             if is_dir(&b) {
                                 let sub = open_dir_read(fd, &tn)?;
-                                let sm = read_marks(&sub);
+                                let sm = layer::xattr_marks(&sub);
                                 let sub_marker = sys::exists_at(sub.as_fd(), &cs(name::OPAQUE_MARKER)?)?;
-                                if !sm.xattr_opaque && !sub_marker {
+                                if !sm.opaque && !sub_marker {
                                     what = format!(
                                         "made {} opaque ({}), ",
                                         escape(target),
@@ -471,7 +435,7 @@ impl Checker {
             }
             let chardev_wh = whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev);
             let xattr_wh =
-                marks.xattr_whiteouts && is_reg(st) && st.st_size == 0 && has_whiteout_xattr(fd, cn);
+                marks.xattr_whiteouts && is_reg(st) && st.st_size == 0 && layer::has_whiteout_xattr(fd, cn);
             if opaque && (chardev_wh || xattr_wh) {
                 let form = if chardev_wh { "char device 0/0" } else { "xattr" };
                 self.finding(

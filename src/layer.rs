@@ -143,6 +143,18 @@ pub struct DirMarks {
 
 /// Reads the opaque xattrs of a directory fd and looks for a `.wh..wh..opq` entry.
 pub fn dir_marks(fd: &OwnedFd) -> DirMarks {
+    let mut m = xattr_marks(fd);
+    if !m.opaque {
+        let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();
+        if sys::exists_at(fd.as_fd(), &marker).unwrap_or(false) {
+            m.opaque = true;
+        }
+    }
+    m
+}
+
+/// What the opaque xattrs of a directory fd say (not the `.wh..wh..opq` entry).
+pub fn xattr_marks(fd: &OwnedFd) -> DirMarks {
     let mut m = DirMarks::default();
     let at = sys::XattrAt::Dir(fd.as_raw_fd());
     // One listxattr tells whether any overlay xattr is there at all (the common case: none).
@@ -159,12 +171,6 @@ pub fn dir_marks(fd: &OwnedFd) -> DirMarks {
                     }
                 }
             }
-        }
-    }
-    if !m.opaque {
-        let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();
-        if sys::exists_at(fd.as_fd(), &marker).unwrap_or(false) {
-            m.opaque = true;
         }
     }
     m

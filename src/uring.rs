@@ -267,7 +267,6 @@ const PLACEMENT_CALM: Duration = Duration::from_millis(200);
 struct Placement {
     loadavg: std::fs::File,
     cpus: usize,
-    idle: bool,
     next: Instant,
     calm_since: Instant,
 }
@@ -278,7 +277,7 @@ impl Placement {
         let now = Instant::now();
         // Calm from the start: the first check makes the thread SCHED_IDLE unless CPUs are short.
         let calm_since = now.checked_sub(PLACEMENT_CALM).unwrap_or(now);
-        let mut p = Placement { loadavg, cpus, idle: false, next: now, calm_since };
+        let mut p = Placement { loadavg, cpus, next: now, calm_since };
         p.check(qid);
         Some(p)
     }
@@ -296,19 +295,19 @@ impl Placement {
         else {
             return;
         };
+        let was = IDLE.get();
         let idle = if running > self.cpus {
             self.calm_since = now;
             false
         } else {
-            self.idle || now.duration_since(self.calm_since) >= PLACEMENT_CALM
+            was || now.duration_since(self.calm_since) >= PLACEMENT_CALM
         };
-        if idle != self.idle {
+        if idle != was {
             match crate::sys::set_sched_idle(idle) {
                 Ok(()) => {
                     IDLE.set(idle);
                     let policy = if idle { "SCHED_IDLE" } else { "SCHED_OTHER" };
                     log::debug!("io_uring queue {qid}: {policy} ({running} tasks runnable)");
-                    self.idle = idle;
                 }
                 Err(e) => log::warn!("io_uring queue {qid}: scheduling policy: {e}"),
             }
@@ -345,7 +344,7 @@ struct ReadHelper {
 
 thread_local! {
     static HELPER: std::cell::RefCell<Option<ReadHelper>> = const { std::cell::RefCell::new(None) };
-    /// Whether this queue thread is SCHED_IDLE now (see [`Placement`]).
+    /// Whether this queue thread is SCHED_IDLE now: its [`Placement`]'s state.
     static IDLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -356,12 +355,10 @@ impl ReadHelper {
         // Within the kernel's 15 characters of a thread name up to 10000 CPUs ("uring-9999-3-rd").
         let name = std::thread::current().name().map_or("uring-rd".into(), |n| format!("{n}-rd"));
         std::thread::Builder::new().name(name).spawn(move || {
-            // Spawned by a pinned queue thread, whose CPU set and policy it inherits: free it.
+            // Spawned by a pinned queue thread, whose CPU set it inherits: free it. (Its
+            // policy is normal: the queue thread spawns it from read_by_helper, as SCHED_OTHER.)
             if let Err(e) = crate::sys::unpin() {
                 log::debug!("io_uring read helper: not unpinned: {e}");
-            }
-            if crate::sys::sched_policy().is_ok_and(|p| p == libc::SCHED_IDLE) {
-                let _ = crate::sys::set_sched_idle(false);
             }
             while let Ok(j) = rx.recv() {
                 // SAFETY: the queue thread that sent the job waits for this answer, keeping

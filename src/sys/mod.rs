@@ -844,12 +844,6 @@ pub fn set_sched_idle(idle: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// The calling thread's scheduling policy (`SCHED_OTHER`, `SCHED_IDLE`, ...).
-pub fn sched_policy() -> io::Result<libc::c_int> {
-    // SAFETY: plain syscall on the calling thread.
-    cvt(unsafe { libc::sched_getscheduler(0) })
-}
-
 /// Restricts the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
