@@ -11,7 +11,8 @@
 #                    unlucky wake-up moves a median) and seqread (its cold read follows the
 #                    shared disk: 1.4-2.6 s for one file within minutes) get 2N+1
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
-#                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup create tar
+#                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create
+#                    tar (reflink: the copy-up rows again on a loop-mounted XFS, reflink=1)
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
 #                    built once per size set and reused by later invocations
 #   --out FILE       also write the table (Markdown) to FILE
@@ -43,7 +44,7 @@ EXTRAS=()
 USERSPACE_COL=1
 URING=on
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -207,7 +208,8 @@ abs_lowers() { local sd=$1 l out=; local IFS=:; for l in $(cat "$sd/lowers"); do
 
 # mount_impl IMPL STACK: sets MNT (the directory to work in), DPID, MOUNT_OK
 mount_impl() {
-    local impl=$1 sd=$STACKS/$2
+    local impl=$1 sd=$2
+    [[ $sd == /* ]] || sd=$STACKS/$2
     CUR_KIND=${KIND[$impl]}
     DPID=
     MOUNT_OK=0
@@ -391,6 +393,46 @@ G_copyup() {
     umount_impl
 }
 
+# The copy-up rows again where the filesystem can reflink: lower, upper and workdir on one XFS
+# (reflink=1) in a sparse image in WORK, loop-mounted while the run lasts (the exit's cleanup
+# unmounts it), its lower file written once per size set.
+XFS=$WORK/xfs
+xfs_ready() {
+    grep -q " $XFS " /proc/mounts && return 0
+    command -v mkfs.xfs >/dev/null || { log "reflink: no mkfs.xfs (apt-get install -y xfsprogs)"; return 1; }
+    local img=$WORK/xfs.img
+    if [ ! -f "$img.done" ] || [ "$(cat "$img.done")" != "$PARAMS" ]; then
+        log "building the XFS image for the reflink rows"
+        rm -f "$img" "$img.done"
+        truncate -s $(( 2 * CU_MB + 512 ))M "$img" && mkfs.xfs -q -f -m reflink=1 "$img" >"$ERR" 2>&1 \
+            || { log "mkfs.xfs failed: $(head -c 300 "$ERR")"; return 1; }
+        mkdir -p "$XFS" && mount -o loop "$img" "$XFS" || { log "loop mount of $img failed"; return 1; }
+        mkdir -p "$XFS/stack/l0" "$XFS/stack/plain"
+        echo l0 > "$XFS/stack/lowers"
+        dd if=/dev/urandom of="$XFS/stack/l0/big1g" bs=1M count="$CU_MB" status=none || return 1
+        cp -a --reflink=never "$XFS/stack/l0/." "$XFS/stack/plain/" || return 1
+        sync
+        echo "$PARAMS" > "$img.done"
+        return 0
+    fi
+    mkdir -p "$XFS" && mount -o loop "$img" "$XFS" || { log "loop mount of $img failed"; return 1; }
+}
+
+G_reflink() {
+    if ! xfs_ready; then record copyup_append_xfs FAIL; record copyup_chmod_xfs FAIL; return; fi
+    local up=$UP wk=$WK
+    UP=$XFS/upper WK=$XFS/workdir
+    cat "$XFS/stack/l0/big1g" "$XFS/stack/plain/big1g" >/dev/null
+    mount_impl "$IMPL" "$XFS/stack"
+    t copyup_append_xfs sh -c 'printf x >> "$1"' _ "$MNT/big1g"
+    umount_impl
+    mount_impl "$IMPL" "$XFS/stack"
+    t copyup_chmod_xfs chmod 0600 "$MNT/big1g"
+    [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
+    umount_impl
+    UP=$up WK=$wk
+}
+
 G_create() {
     mount_impl "$IMPL" big
     [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
@@ -430,12 +472,14 @@ row fio_rw usio "fio 4k random write, new ${FIO_WSIZE} file, ${FIO_RT}s"
 row copyup_append time "copy-up: append 1 byte to a ${CU_MB} MiB lower file"
 row copyup_chmod time "copy-up: chmod a ${CU_MB} MiB lower file"
 row copyup_stall time "slowest stat/lookup/list/create beside that chmod, same directory"
+row copyup_append_xfs time "copy-up on XFS (reflink=1): append 1 byte to a ${CU_MB} MiB lower file"
+row copyup_chmod_xfs time "copy-up on XFS (reflink=1): chmod a ${CU_MB} MiB lower file"
 row create time "create ${CREATE_N} files of 100 bytes"
 row delete time "delete them (rm -rf)"
 row untar time "untar ${SRC_N} files / ${SRC_MB} MB into the mount"
 row tarout time "tar them back out (cold)"
 
-GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup create tar)
+GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create tar)
 
 # ---------------------------------------------------------------- run
 cleanup  # stale mounts of an earlier interrupted run

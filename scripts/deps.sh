@@ -3,14 +3,15 @@
 set -euo pipefail
 # Tests: fuse3, attr (getfattr/setfattr), acl (setfacl/getfacl), util-linux (setpriv, unshare),
 # passwd (useradd), uidmap, python3, umoci, stress-ng and the engines; benchmarks: fio, gcc,
-# e2fsprogs (mkfs.ext4 for bench-layers.sh), procps (pgrep), fuse-overlayfs as the peer; mount,
+# e2fsprogs (mkfs.ext4 for bench-layers.sh; filefrag), xfsprogs (mkfs.xfs: a reflink filesystem for
+# tests/reflink.rs and the reflink rows), procps (pgrep), fuse-overlayfs as the peer; mount,
 # findutils for both.
 # Build: gcc (the sha2 and zstd crates compile C), curl and ca-certificates (rustup, when the
 # machine has no Rust yet or an old one). kmod (modprobe): kernel overlayfs and FUSE are modules
 # on most kernels, loaded here so the tests find them in /proc/filesystems.
 pkgs=(fuse3 fuse-overlayfs attr acl util-linux passwd coreutils tar gzip python3 gcc e2fsprogs umoci fio stress-ng
       podman buildah docker.io containerd runc uidmap slirp4netns curl ca-certificates
-      kmod mount procps findutils)
+      kmod mount procps findutils xfsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,7 +25,7 @@ fi
 # A distribution's /dev/fuse is world-usable; some minimal images leave it root-only.
 if [ -e /dev/fuse ] && [ "$(id -u)" = 0 ]; then chmod 0666 /dev/fuse; fi
 if [ "$(id -u)" = 0 ]; then
-  for m in overlay fuse; do
+  for m in overlay fuse xfs; do
     grep -qw "${m}" /proc/filesystems || modprobe "$m" 2>/dev/null || true
   done
 fi
