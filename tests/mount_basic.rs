@@ -83,21 +83,45 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
     }
 }
 
-/// As root the server raises its mount's read-ahead window to 1 MiB (the largest read
-/// request), so large reads it serves come in 1 MiB requests instead of 128 KiB ones.
+/// The read-ahead window (KiB) of the FUSE mount on `m`.
+fn mount_window(m: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(m).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// As root the server raises its mount's read-ahead window to at least 1 MiB (the largest read
+/// request), so large reads it serves come in 1 MiB requests instead of 128 KiB ones; and to the
+/// window of a layer's disk where that is larger (at most 16 MiB), as kernel overlayfs reads
+/// with the disk's window. The layers here are on an ext4 image whose loop device's window is
+/// set to 128 KiB, 4 MiB and 32 MiB in turn.
 #[test]
-fn the_mount_reads_ahead_a_mib_as_root() {
+fn the_mount_reads_ahead_a_mib_or_the_disk_window_as_root() {
     if !can_mount() || !root_or_skip("only root raises the read-ahead window") {
         return;
     }
-    use std::os::unix::fs::MetadataExt;
     let s = Scratch::new();
-    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
-    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
-    let dev = fs::metadata(&m).unwrap().dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let kb = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb")).unwrap();
-    assert_eq!(kb.trim(), "1024");
+    fs::File::create(s.dir.path().join("img")).unwrap().set_len(64 << 20).unwrap();
+    let (ok, out) = sh(s.dir.path(), "mkfs.ext4 -q -F img && mkdir -p x && mount -o loop img x");
+    assert!(ok, "loop-mounted ext4: {out}");
+    let _x = Mounted { mnt: s.dir.path().join("x"), fuse: false };
+    let x = s.dir.path().join("x");
+    let (_, loopdev) = sh(s.dir.path(), "findmnt -n -o SOURCE --target x");
+    let queue = format!("/sys/block/{}/queue/read_ahead_kb", loopdev.trim().trim_start_matches("/dev/"));
+    let (l, u, w, m) = (x.join("l"), x.join("u"), x.join("w"), s.path("m"));
+    for d in [&l, &u, &w] {
+        fs::create_dir(d).unwrap();
+    }
+    for (disk, want) in [(128, 1024), (4096, 4096), (32768, 16384)] {
+        fs::write(&queue, format!("{disk}\n")).unwrap();
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+        assert_eq!(mount_window(&m), want, "the disk's window was {disk} KiB");
+    }
 }
 
 /// Large reads of lower files are answered from a mapping of the lower file: a big file reads
