@@ -358,10 +358,14 @@ G_seqwrite() {
 
 G_copyup() {
     cat "$STACKS/big/l1/big1g" "$STACKS/big/plain/big1g" >/dev/null  # source in the page cache
+    # A sync before each timed copy-up: a copy left unsynced by the cell before (fuse-overlayfs
+    # does not fsync its copies) is written back then, not during this cell's fsync.
     mount_impl "$IMPL" big
+    sync
     t copyup_append sh -c 'printf x >> "$1"' _ "$MNT/big1g"
     umount_impl
     mount_impl "$IMPL" big
+    sync
     t copyup_chmod chmod 0600 "$MNT/big1g"
     [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
     umount_impl
@@ -369,6 +373,7 @@ G_copyup() {
     # rounds (stat, missing-name lookup, listing, create + remove) while the copy-up runs. Kept
     # apart from the timed chmod above, which the prober's CPU would slow down.
     mount_impl "$IMPL" big
+    sync
     if [ "$MOUNT_OK" = 1 ]; then
         local stop=$WORK/probe.stop pid out
         rm -f "$stop"
@@ -424,9 +429,11 @@ G_reflink() {
     UP=$XFS/upper WK=$XFS/workdir
     cat "$XFS/stack/l0/big1g" "$XFS/stack/plain/big1g" >/dev/null
     mount_impl "$IMPL" "$XFS/stack"
+    sync
     t copyup_append_xfs sh -c 'printf x >> "$1"' _ "$MNT/big1g"
     umount_impl
     mount_impl "$IMPL" "$XFS/stack"
+    sync
     t copyup_chmod_xfs chmod 0600 "$MNT/big1g"
     [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
     umount_impl

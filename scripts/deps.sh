@@ -3,15 +3,15 @@
 set -euo pipefail
 # Tests: fuse3, attr (getfattr/setfattr), acl (setfacl/getfacl), util-linux (setpriv, unshare),
 # passwd (useradd), uidmap, python3, umoci, stress-ng and the engines; benchmarks: fio, gcc,
-# e2fsprogs (mkfs.ext4 for bench-layers.sh; filefrag), xfsprogs (mkfs.xfs: a reflink filesystem for
-# tests/reflink.rs and the reflink rows), procps (pgrep), fuse-overlayfs as the peer; mount,
-# findutils for both.
+# e2fsprogs (mkfs.ext4 for bench-layers.sh; filefrag), xfsprogs (mkfs.xfs: a reflink filesystem
+# for tests/reflink.rs and the reflink rows), strace (tests/reflink.rs counts the server's
+# fsyncs), procps (pgrep), fuse-overlayfs as the peer; mount, findutils for both.
 # Build: gcc (the sha2 and zstd crates compile C), curl and ca-certificates (rustup, when the
 # machine has no Rust yet or an old one). kmod (modprobe): kernel overlayfs and FUSE are modules
 # on most kernels, loaded here so the tests find them in /proc/filesystems.
 pkgs=(fuse3 fuse-overlayfs attr acl util-linux passwd coreutils tar gzip python3 gcc e2fsprogs umoci fio stress-ng
       podman buildah docker.io containerd runc uidmap slirp4netns curl ca-certificates
-      kmod mount procps findutils xfsprogs)
+      kmod mount procps findutils xfsprogs strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,8 @@
 //! Copy-up where the filesystem can reflink (XFS with `reflink=1` on a loop device, as root):
 //! a chmod and an append copy no file data. The upper copy shares the lower file's extents
 //! (FIEMAP's shared flag, read by `filefrag -v`), the filesystem's free space does not drop by
-//! the file's size, holes stay holes, and the merged view and the lower file keep their bytes.
+//! the file's size, holes stay holes, the merged view and the lower file keep their bytes, and
+//! (as on kernel overlayfs) the clone is not fsynced.
 mod common;
 use common::*;
 use std::fs;
@@ -83,6 +84,62 @@ fn shared_bytes(p: &Path, upto: u64) -> u64 {
     ext.iter().filter(|e| e.2 && e.0 * blk < upto).map(|e| (e.1 * blk).min(upto - e.0 * blk)).sum()
 }
 
+/// The server's fsync calls, seen by `strace -f` attached to it.
+struct Fsyncs {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Fsyncs {
+    /// Attaches to the server of the mount `m`, then writes a probe file with `conv=fsync`
+    /// until its fsync shows in the log (so strace is attached), and starts counting there.
+    fn watch(m: &Path) -> Fsyncs {
+        let (_, pid) = sh(m, &format!("pgrep -n -f -- ' {}$'", m.display()));
+        let log = m.parent().unwrap().join("strace.log");
+        let child = Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&log)
+            .args(["-p", pid.trim()])
+            .spawn()
+            .expect("strace (scripts/deps.sh installs it)");
+        let mut f = Fsyncs { child, log };
+        for _ in 0..100 {
+            let (ok, out) = sh(m, "dd if=/dev/zero of=probe bs=4k count=1 conv=fsync status=none");
+            assert!(ok, "{out}");
+            if f.lines() > 0 {
+                fs::write(&f.log, "").unwrap();
+                return f;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = f.child.kill();
+        panic!("strace saw no fsync of the probe: {}", fs::read_to_string(&f.log).unwrap_or_default());
+    }
+
+    fn lines(&self) -> usize {
+        fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| l.contains("sync(")).count()
+    }
+
+    /// The fsyncs since `watch`; a last probe fsync checks that strace still sees them.
+    fn count(mut self, m: &Path) -> usize {
+        let n = self.lines();
+        let (ok, out) = sh(m, "dd if=/dev/zero of=probe bs=4k count=1 conv=fsync status=none");
+        assert!(ok, "{out}");
+        let mut seen = false;
+        for _ in 0..100 {
+            if self.lines() > n {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        assert!(seen, "strace stopped seeing fsyncs: {}", fs::read_to_string(&self.log).unwrap_or_default());
+        n
+    }
+}
+
 #[test]
 fn copy_up_on_a_reflink_filesystem_copies_no_data() {
     if !can_mount() || !root_or_skip("loop-mounts an XFS image") {
@@ -120,11 +177,15 @@ fn copy_up_on_a_reflink_filesystem_copies_no_data() {
     let sparse = sha(&l.join("sparse"));
 
     let mut g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let fsyncs = Fsyncs::watch(&m);
     let before = free_bytes(&x);
     fs::set_permissions(m.join("big"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::OpenOptions::new().append(true).open(m.join("app")).unwrap().write_all(b"!").unwrap();
     fs::set_permissions(m.join("sparse"), fs::Permissions::from_mode(0o600)).unwrap();
     let after = free_bytes(&x);
+    // Like kernel overlayfs, a cloned copy is not fsynced: the clone writes no data, and the
+    // filesystem's journal orders it before the rename.
+    assert_eq!(fsyncs.count(&m), 0, "the server fsynced a cloned copy-up");
 
     // All three were copied up: the upper holds them with the new mode and size.
     assert_eq!(fs::metadata(u.join("big")).unwrap().mode() & 0o7777, 0o600);

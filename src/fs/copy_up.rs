@@ -45,6 +45,9 @@ impl Drop for TmpGuard<'_> {
     }
 }
 
+/// What [`copy_data`] answers when the whole file was cloned (`FICLONE`): no data was written.
+pub(crate) const REFLINK: &str = "reflink";
+
 /// Copies `len` bytes of file data, keeping holes. Returns how the data was copied.
 ///
 /// With `durable` (the copy will be fsynced before it is renamed into place), writeback of
@@ -60,7 +63,7 @@ pub(crate) fn copy_data(
         return Ok("empty");
     }
     if sys::ficlone(dst, src).is_ok() {
-        return Ok("reflink");
+        return Ok(REFLINK);
     }
     let mut off: u64 = 0;
     let mut how = "copy_file_range";
@@ -230,9 +233,13 @@ impl OverlayFs {
                         .map_err(|e| Error::io(e, "copy-up data"))?;
                     sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;
                     log::debug!("copy-up {:?}: {} bytes by {how}", name, st.st_size);
-                }
-                if self.opts.fsync {
-                    sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
+                    // Copied data is on the disk before the rename puts it under the name, as
+                    // kernel overlayfs does. Like it, no fsync after a clone (a metadata change
+                    // the filesystem's journal orders before the rename, with no data of its
+                    // own to write back) nor for an empty file.
+                    if self.opts.fsync && how != REFLINK {
+                        sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
+                    }
                 }
                 Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
             }
