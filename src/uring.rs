@@ -191,14 +191,18 @@ fn serve(
             opcode::UringCmd80::new(types::Fd(fd), cmd_op).cmd(cmd).addr(Some(iov.as_ptr() as u64)).build();
         with_iovec_count(e, 2)
     };
-    // REGISTER completes only when a request arrives; an error completes at once.
+    // REGISTER completes when a request arrives for the entry, which can be at once (the last
+    // queue to register lets the kernel hand out the requests it held back), or with an error.
     let started = Instant::now();
-    loop {
+    let mut arrived = loop {
         // SAFETY: the iovecs, header and payload outlive the ring (dropped after it).
         unsafe { ring.submission().push(&sqe(CMD_REGISTER, 0)) }
             .map_err(|_| io::Error::other("submission queue full"))?;
         ring.submit()?;
-        let Some(c) = ring.completion().next() else { break };
+        let Some(c) = ring.completion().next() else { break None };
+        if c.result() >= 0 {
+            break Some(c.result());
+        }
         let e = -c.result();
         if e == libc::EAGAIN && started.elapsed() < Duration::from_secs(5) {
             // The kernel has not taken the INIT reply yet.
@@ -206,19 +210,22 @@ fn serve(
             continue;
         }
         return Err(io::Error::from_raw_os_error(e));
-    }
+    };
     let _ = registered.send(Ok(()));
     let mut placement = placement.and_then(|cpus| Placement::new(cpus, qid));
     loop {
-        let res = loop {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-            if let Some(c) = ring.completion().next() {
-                break c.result();
-            }
+        let res = match arrived.take() {
+            Some(res) => res,
+            None => loop {
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+                if let Some(c) = ring.completion().next() {
+                    break c.result();
+                }
+            },
         };
         if let Some(p) = &mut placement {
             p.check(qid);
