@@ -356,19 +356,25 @@ G_seqwrite() {
     umount_impl
 }
 
-G_copyup() {
-    cat "$STACKS/big/l1/big1g" "$STACKS/big/plain/big1g" >/dev/null  # source in the page cache
-    # A sync before each timed copy-up: a copy left unsynced by the cell before (fuse-overlayfs
-    # does not fsync its copies) is written back then, not during this cell's fsync.
-    mount_impl "$IMPL" big
+# copyup_cells STACK SUFFIX: the timed append and chmod of big1g, each on a fresh mount of
+# STACK, recorded as copyup_append$SUFFIX and copyup_chmod$SUFFIX. A sync before each: a copy
+# left unsynced by the cell before (fuse-overlayfs does not fsync its copies) is written back
+# then, not during this cell's fsync.
+copyup_cells() {
+    mount_impl "$IMPL" "$1"
     sync
-    t copyup_append sh -c 'printf x >> "$1"' _ "$MNT/big1g"
+    t "copyup_append$2" sh -c 'printf x >> "$1"' _ "$MNT/big1g"
     umount_impl
-    mount_impl "$IMPL" big
+    mount_impl "$IMPL" "$1"
     sync
-    t copyup_chmod chmod 0600 "$MNT/big1g"
+    t "copyup_chmod$2" chmod 0600 "$MNT/big1g"
     [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
     umount_impl
+}
+
+G_copyup() {
+    cat "$STACKS/big/l1/big1g" "$STACKS/big/plain/big1g" >/dev/null  # source in the page cache
+    copyup_cells big ""
     # The same chmod on a fresh mount, with a prober in the same directory: the slowest of its
     # rounds (stat, missing-name lookup, listing, create + remove) while the copy-up runs. Kept
     # apart from the timed chmod above, which the prober's CPU would slow down.
@@ -405,22 +411,22 @@ XFS=$WORK/xfs
 xfs_ready() {
     grep -q " $XFS " /proc/mounts && return 0
     command -v mkfs.xfs >/dev/null || { log "reflink: no mkfs.xfs (apt-get install -y xfsprogs)"; return 1; }
-    local img=$WORK/xfs.img
+    local img=$WORK/xfs.img fresh=0
     if [ ! -f "$img.done" ] || [ "$(cat "$img.done")" != "$PARAMS" ]; then
         log "building the XFS image for the reflink rows"
         rm -f "$img" "$img.done"
         truncate -s $(( 2 * CU_MB + 512 ))M "$img" && mkfs.xfs -q -f -m reflink=1 "$img" >"$ERR" 2>&1 \
             || { log "mkfs.xfs failed: $(head -c 300 "$ERR")"; return 1; }
-        mkdir -p "$XFS" && mount -o loop "$img" "$XFS" || { log "loop mount of $img failed"; return 1; }
-        mkdir -p "$XFS/stack/l0" "$XFS/stack/plain"
-        echo l0 > "$XFS/stack/lowers"
-        dd if=/dev/urandom of="$XFS/stack/l0/big1g" bs=1M count="$CU_MB" status=none || return 1
-        cp -a --reflink=never "$XFS/stack/l0/." "$XFS/stack/plain/" || return 1
-        sync
-        echo "$PARAMS" > "$img.done"
-        return 0
+        fresh=1
     fi
     mkdir -p "$XFS" && mount -o loop "$img" "$XFS" || { log "loop mount of $img failed"; return 1; }
+    [ "$fresh" = 1 ] || return 0
+    mkdir -p "$XFS/stack/l0" "$XFS/stack/plain"
+    echo l0 > "$XFS/stack/lowers"
+    dd if=/dev/urandom of="$XFS/stack/l0/big1g" bs=1M count="$CU_MB" status=none || return 1
+    cp -a --reflink=never "$XFS/stack/l0/." "$XFS/stack/plain/" || return 1
+    sync
+    echo "$PARAMS" > "$img.done"
 }
 
 G_reflink() {
@@ -428,15 +434,7 @@ G_reflink() {
     local up=$UP wk=$WK
     UP=$XFS/upper WK=$XFS/workdir
     cat "$XFS/stack/l0/big1g" "$XFS/stack/plain/big1g" >/dev/null
-    mount_impl "$IMPL" "$XFS/stack"
-    sync
-    t copyup_append_xfs sh -c 'printf x >> "$1"' _ "$MNT/big1g"
-    umount_impl
-    mount_impl "$IMPL" "$XFS/stack"
-    sync
-    t copyup_chmod_xfs chmod 0600 "$MNT/big1g"
-    [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
-    umount_impl
+    copyup_cells "$XFS/stack" _xfs
     UP=$up WK=$wk
 }
 

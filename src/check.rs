@@ -192,7 +192,6 @@ fn remove_tree(dir: &OwnedFd, n: &CStr) -> io::Result<()> {
     crate::fs::remove_tree_at(dir, n)
 }
 
-/// The opaque state of one directory, from its own fd.
 /// Which opaque xattr this process could set on the directory, if any: `trusted.` as root,
 /// else `user.overlay.opaque` where the filesystem has user xattrs (probed by a read: ENODATA
 /// means supported, EOPNOTSUPP not).

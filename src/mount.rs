@@ -340,7 +340,7 @@ fn disk_read_ahead_kb(dev: u64) -> Option<u64> {
 
 /// The `major:minor` of the last FUSE mount on `mountpoint` in a mountinfo text (the last,
 /// since a new mount on the same directory comes after the ones it covers).
-pub(crate) fn fuse_dev_in_mountinfo(info: &str, mountpoint: &std::path::Path) -> Option<String> {
+pub(crate) fn fuse_dev_in_mountinfo(info: &str, mountpoint: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     let want = mountpoint.as_os_str().as_bytes();
     let mut found = None;

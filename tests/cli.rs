@@ -133,21 +133,7 @@ fn engine_style_invocations_mount() {
     assert!(mline.starts_with("overlay ") && mline.contains(" fuse"), "{mline}");
 }
 
-fn server_pid(mnt: &std::path::Path) -> Option<i32> {
-    let needle = mnt.to_string_lossy().to_string();
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&cmd).to_string();
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if cmd.contains("layerfs") && cmd.contains(&needle) && !stat.contains(") Z ") {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-fn wait_gone(pid: i32) -> bool {
+fn wait_gone(pid: u32) -> bool {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -175,7 +161,7 @@ fn server_exits_on_unmount_and_unmounts_on_sigterm() {
     let g = mount_layerfs(std::slice::from_ref(&l), None, &m, "");
     let pid = server_pid(&m).expect("server process");
     // SAFETY: sending a signal to our own child server.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert!(wait_gone(pid), "server still running after SIGTERM");
     assert!(!is_mounted(&m), "SIGTERM left the mount behind");
     drop(g);

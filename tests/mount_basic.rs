@@ -106,11 +106,7 @@ fn the_mount_reads_ahead_a_mib_or_the_disk_window_as_root() {
         return;
     }
     let s = Scratch::new();
-    fs::File::create(s.dir.path().join("img")).unwrap().set_len(64 << 20).unwrap();
-    let (ok, out) = sh(s.dir.path(), "mkfs.ext4 -q -F img && mkdir -p x && mount -o loop img x");
-    assert!(ok, "loop-mounted ext4: {out}");
-    let _x = Mounted { mnt: s.dir.path().join("x"), fuse: false };
-    let x = s.dir.path().join("x");
+    let (_x, x) = loop_mount(s.dir.path(), 64, "mkfs.ext4 -q -F");
     let (_, loopdev) = sh(s.dir.path(), "findmnt -n -o SOURCE --target x");
     let queue = format!("/sys/block/{}/queue/read_ahead_kb", loopdev.trim().trim_start_matches("/dev/"));
     let (l, u, w, m) = (x.join("l"), x.join("u"), x.join("w"), s.path("m"));

@@ -94,12 +94,12 @@ impl Fsyncs {
     /// Attaches to the server of the mount `m`, then writes a probe file with `conv=fsync`
     /// until its fsync shows in the log (so strace is attached), and starts counting there.
     fn watch(m: &Path) -> Fsyncs {
-        let (_, pid) = sh(m, &format!("pgrep -n -f -- ' {}$'", m.display()));
+        let pid = server_pid(m).expect("server process");
         let log = m.parent().unwrap().join("strace.log");
         let child = Command::new("strace")
             .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
             .arg(&log)
-            .args(["-p", pid.trim()])
+            .args(["-p", &pid.to_string()])
             .spawn()
             .expect("strace (scripts/deps.sh installs it)");
         let mut f = Fsyncs { child, log };
@@ -151,14 +151,7 @@ fn copy_up_on_a_reflink_filesystem_copies_no_data() {
         return;
     }
     let s = Scratch::new();
-    let img = s.dir.path().join("xfs.img");
-    fs::File::create(&img).unwrap().set_len(640 * MIB).unwrap();
-    let (ok, out) = sh(s.dir.path(), "mkfs.xfs -q -f -m reflink=1 xfs.img");
-    assert!(ok, "mkfs.xfs: {out}");
-    let x = s.path("x");
-    let (ok, out) = sh(s.dir.path(), "mount -o loop xfs.img x");
-    assert!(ok, "loop mount of the XFS image: {out}");
-    let _xfs = Mounted { mnt: x.clone(), fuse: false };
+    let (_xfs, x) = loop_mount(s.dir.path(), 640, "mkfs.xfs -q -f -m reflink=1");
 
     let (l, u, w, m) = (x.join("l"), x.join("u"), x.join("w"), x.join("m"));
     for d in [&l, &u, &w, &m] {

@@ -99,6 +99,38 @@ impl Drop for Mounted {
     }
 }
 
+/// The live server process of the layerfs mount at `mnt`: a `layerfs` whose arguments include
+/// the mountpoint, not a zombie.
+pub fn server_pid(mnt: &Path) -> Option<u32> {
+    let want = mnt.to_string_lossy().into_owned();
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> =
+            cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if args.iter().any(|a| a.ends_with("layerfs")) && args.contains(&want) && !stat.contains(") Z ") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Makes a filesystem in a sparse image of `mib` MiB in `dir` (`mkfs` is the command, the
+/// image's path appended) and loop-mounts it on `dir/x`; unmounted (and the loop device freed)
+/// when the guard drops. Needs root.
+pub fn loop_mount(dir: &Path, mib: u64, mkfs: &str) -> (Mounted, PathBuf) {
+    let img = dir.join("fs.img");
+    fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
+    let (ok, out) = sh(dir, &format!("{mkfs} fs.img"));
+    assert!(ok, "{mkfs}: {out}");
+    let x = dir.join("x");
+    fs::create_dir_all(&x).unwrap();
+    let (ok, out) = sh(dir, "mount -o loop fs.img x");
+    assert!(ok, "loop mount of the {mkfs} image: {out}");
+    (Mounted { mnt: x.clone(), fuse: false }, x)
+}
+
 pub fn is_mounted(p: &Path) -> bool {
     let Ok(canon) = fs::canonicalize(p) else { return false };
     let m = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
