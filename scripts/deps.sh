@@ -28,6 +28,8 @@ if [ "$(id -u)" = 0 ]; then
   for m in overlay fuse xfs; do
     grep -qw "${m}" /proc/filesystems || modprobe "$m" 2>/dev/null || true
   done
+  # Loop devices: tests/reflink.rs and tests/mount_basic.rs mount filesystem images.
+  [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
 fi
 # Rust: edition 2024 needs 1.85 or later. Without it (or with an older one) rustup installs the
 # stable toolchain into ~/.cargo; callers put ~/.cargo/bin first on PATH (scripts/test.sh and
