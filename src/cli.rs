@@ -25,7 +25,7 @@ options (-o, comma-separated, may repeat):
   read_ahead=0|1       read ahead of tree walks: subdirectories, and the data of
                        files opened in listing order; and of sequential reads the
                        server serves (default 1)
-  threads=N            worker threads (default: CPU count)
+  threads=N            /dev/fuse threads (default: CPU count, at least 2)
   passthrough=0|1      FUSE passthrough for upper files (default 1, root, kernel 6.9+)
   uring=0|1            FUSE over io_uring where the kernel offers it (default 1; the
                        fuse module's enable_uring, kernel 6.14+)

@@ -1,27 +1,24 @@
-//! The thin adapter from fuser's `Filesystem` trait to [`OverlayFs`]: each method logs the
-//! request at debug level (`-d`), calls the façade, and replies. No union logic lives here.
+//! The operations as the server answers them, over [`OverlayFs`]: each logs the request at
+//! debug level (`-d`), calls the façade, and returns an [`Answer`] that the transport encodes
+//! ([`crate::devloop`] for `/dev/fuse`, [`crate::uring`] for io_uring). fuser's `Filesystem`
+//! is used only to mount and answer INIT. No union logic lives here.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, FileAttr, FileType, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, Request,
 };
 
 use crate::error::Error;
 use crate::fs::{Caller, Opened, OverlayFs, SetAttr};
-use crate::sys::SetTime;
 use crate::trace::{Args, Hooks, Op, Outcome};
 
 /// The fuser `Filesystem` for one mount.
@@ -79,12 +76,6 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
-}
-
-impl Ctx {
-    fn of(req: &Request) -> Ctx {
-        Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
-    }
 }
 
 /// What an operation answers, for whichever transport carries the reply.
@@ -373,20 +364,6 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
-    t.map(|t| match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let (s, n) = (d.as_secs() as i64, d.subsec_nanos() as i64);
-                if n == 0 { SetTime::At(-s, 0) } else { SetTime::At(-s - 1, 1_000_000_000 - n) }
-            }
-        },
-    })
-}
-
 impl Fuse {
     /// Open-reply flags of a file handle.
     fn fopen(&self, o: &Opened) -> FopenFlags {
@@ -428,6 +405,21 @@ impl Fuse {
             "lookup",
             self.hook(ctx, Op::Lookup, parent, Some(name), 0, |_| {}, || self.fs.lookup(parent, name)),
         )
+    }
+
+    /// The session is over (the mount is gone): stops the hooks, and with `exit_on_destroy`
+    /// the process.
+    pub fn session_ended(&self) {
+        log::debug!("destroy: the mount is gone");
+        if let Some(h) = &self.hooks {
+            h.shutdown();
+        }
+        if self.exit_on_destroy {
+            // fuser would now unmount the mountpoint *by path* (its "still mounted?" check reads
+            // an aborted connection as mounted), which takes down a new mount made at the same
+            // path meanwhile. Our mount is already gone when we get here, so stop right away.
+            std::process::exit(0);
+        }
     }
 
     pub fn forget(&self, ctx: &Ctx, ino: u64, nlookup: u64) {
@@ -945,76 +937,9 @@ fn xattr_answer(v: &[u8], size: u32) -> Answer<'_> {
     }
 }
 
-/// fuser's `Filesystem`, over the shared [`Fuse`] (which the io_uring queues use as well).
+/// fuser's `Filesystem`, over the shared [`Fuse`]: it answers INIT; the requests after it are
+/// read by layerfs's own threads.
 pub struct FuseFs(pub Arc<Fuse>);
-
-impl DirOut for ReplyDirectory {
-    fn add(&mut self, ino: u64, off: u64, kind: FileType, name: &OsStr) -> bool {
-        ReplyDirectory::add(self, INodeNo(ino), off, kind, name)
-    }
-}
-
-impl DirPlusOut for ReplyDirectoryPlus {
-    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool {
-        ReplyDirectoryPlus::add(self, attr.ino, off, name, ttl, attr, Generation(0))
-    }
-}
-
-/// An answer that does not fit the reply type it was given to: a bug, reported as EIO.
-fn mismatch(op: &str) -> Errno {
-    log::error!("{op}: answer of the wrong kind");
-    Errno::EIO
-}
-
-/// Sends `$a` as reply `$r`: the listed answers as given, an error as the error, anything else
-/// as a [`mismatch`].
-macro_rules! send {
-    ($a:expr, $r:ident, $what:literal, $($p:pat => $e:expr),+ $(,)?) => {
-        match $a {
-            $($p => $e,)+
-            Answer::Err(e) => $r.error(Errno::from_i32(e)),
-            _ => $r.error(mismatch($what)),
-        }
-    };
-}
-
-fn to_entry(f: &Fuse, a: Answer<'_>, r: ReplyEntry) {
-    send!(a, r, "entry", Answer::Entry(attr) => r.entry(&f.ttl, &attr, Generation(0)))
-}
-
-fn to_attr(f: &Fuse, a: Answer<'_>, r: ReplyAttr) {
-    send!(a, r, "attr", Answer::Attr(attr) => r.attr(&f.ttl, &attr))
-}
-
-fn to_empty(a: Answer<'_>, r: ReplyEmpty) {
-    send!(a, r, "empty", Answer::Ok => r.ok())
-}
-
-fn to_data(a: Answer<'_>, r: ReplyData) {
-    send!(a, r, "data", Answer::Data(d) => r.data(d))
-}
-
-fn to_xattr(a: Answer<'_>, r: ReplyXattr) {
-    send!(a, r, "xattr", Answer::XattrSize(n) => r.size(n), Answer::Data(d) => r.data(d))
-}
-
-fn to_written(a: Answer<'_>, r: ReplyWrite) {
-    send!(a, r, "write", Answer::Written(n) => r.written(n))
-}
-
-fn to_open(a: Answer<'_>, r: ReplyOpen) {
-    match a {
-        Answer::Open { fh, flags, backing: Some(id) } => {
-            // The id stays registered: the handle's BackingFile closes it at release.
-            let b = unsafe { r.wrap_backing(id) };
-            r.opened_passthrough(FileHandle(fh), flags, &b);
-            let _ = b.into_raw();
-        }
-        Answer::Open { fh, flags, backing: None } => r.opened(FileHandle(fh), flags),
-        Answer::Err(e) => r.error(Errno::from_i32(e)),
-        _ => r.error(mismatch("open")),
-    }
-}
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
@@ -1078,322 +1003,6 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
-        log::debug!("destroy: the mount is gone");
-        if let Some(h) = &self.0.hooks {
-            h.shutdown();
-        }
-        if self.0.exit_on_destroy {
-            // fuser would now unmount the mountpoint *by path* (its "still mounted?" check reads
-            // an aborted connection as mounted), which takes down a new mount made at the same
-            // path meanwhile. Our mount is already gone when we get here, so stop right away.
-            std::process::exit(0);
-        }
-    }
-
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        to_entry(&self.0, self.0.lookup(&Ctx::of(req), parent.0, name), reply)
-    }
-
-    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        self.0.forget(&Ctx::of(req), ino.0, nlookup)
-    }
-
-    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        to_attr(&self.0, self.0.getattr(&Ctx::of(req), ino.0, fh.map(|f| f.0)), reply)
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let attr = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: set_time(atime),
-            mtime: set_time(mtime),
-            fh: fh.map(|f| f.0),
-        };
-        let s = SetattrIn { attr, ctime: ctime.is_some() };
-        to_attr(&self.0, self.0.setattr(&Ctx::of(req), ino.0, s), reply)
-    }
-
-    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.0.readlink(&Ctx::of(req), ino.0, |a| to_data(a, reply))
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        to_entry(&self.0, self.0.mknod(&Ctx::of(req), parent.0, name, mode, umask, rdev), reply)
-    }
-
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        to_entry(&self.0, self.0.mkdir(&Ctx::of(req), parent.0, name, mode, umask), reply)
-    }
-
-    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        to_empty(self.0.unlink(&Ctx::of(req), parent.0, name), reply)
-    }
-
-    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        to_empty(self.0.rmdir(&Ctx::of(req), parent.0, name), reply)
-    }
-
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        to_entry(&self.0, self.0.symlink(&Ctx::of(req), parent.0, link_name, target.as_os_str()), reply)
-    }
-
-    fn rename(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        to_empty(self.0.rename(&Ctx::of(req), parent.0, name, newparent.0, newname, flags.bits()), reply)
-    }
-
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        to_entry(&self.0, self.0.link(&Ctx::of(req), ino.0, newparent.0, newname), reply)
-    }
-
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        to_open(self.0.open(&Ctx::of(req), ino.0, flags.0), reply)
-    }
-
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        self.0.read(&Ctx::of(req), ino.0, fh.0, offset, size, |a| to_data(a, reply))
-    }
-
-    fn write(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        to_written(self.0.write(&Ctx::of(req), ino.0, fh.0, offset, data, kill), reply)
-    }
-
-    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        to_empty(self.0.flush(&Ctx::of(req), ino.0, fh.0), reply)
-    }
-
-    fn release(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        to_empty(self.0.release(&Ctx::of(req), ino.0, fh.0), reply)
-    }
-
-    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        to_empty(self.0.fsync(&Ctx::of(req), ino.0, fh.0, datasync), reply)
-    }
-
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        to_open(self.0.opendir(&Ctx::of(req), ino.0), reply)
-    }
-
-    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.0.readdir(&Ctx::of(req), ino.0, fh.0, offset, &mut reply) {
-            Answer::Err(e) => reply.error(Errno::from_i32(e)),
-            _ => reply.ok(),
-        }
-    }
-
-    fn readdirplus(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        match self.0.readdirplus(&Ctx::of(req), ino.0, fh.0, offset, &mut reply) {
-            Answer::Err(e) => reply.error(Errno::from_i32(e)),
-            _ => reply.ok(),
-        }
-    }
-
-    fn releasedir(&self, req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        to_empty(self.0.releasedir(&Ctx::of(req), ino.0, fh.0), reply)
-    }
-
-    fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        to_empty(self.0.fsyncdir(&Ctx::of(req), ino.0, datasync), reply)
-    }
-
-    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.0.statfs(&Ctx::of(req), ino.0) {
-            Answer::Statfs(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
-            ),
-            Answer::Err(e) => reply.error(Errno::from_i32(e)),
-            _ => reply.error(mismatch("statfs")),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        to_empty(self.0.setxattr(&Ctx::of(req), ino.0, name, value, flags), reply)
-    }
-
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.0.getxattr(&Ctx::of(req), ino.0, name, size, |a| to_xattr(a, reply))
-    }
-
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.0.listxattr(&Ctx::of(req), ino.0, size, |a| to_xattr(a, reply))
-    }
-
-    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        to_empty(self.0.removexattr(&Ctx::of(req), ino.0, name), reply)
-    }
-
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        to_empty(self.0.access(&Ctx::of(req), ino.0, mask.bits()), reply)
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        match self.0.create(&Ctx::of(req), parent.0, name, mode, umask, flags) {
-            Answer::Create { attr, fh, flags, backing: Some(id) } => {
-                // The id stays registered: the handle's BackingFile closes it at release.
-                let b = unsafe { reply.wrap_backing(id) };
-                reply.created_passthrough(&self.0.ttl, &attr, Generation(0), FileHandle(fh), flags, &b);
-                let _ = b.into_raw();
-            }
-            Answer::Create { attr, fh, flags, backing: None } => {
-                reply.created(&self.0.ttl, &attr, Generation(0), FileHandle(fh), flags)
-            }
-            Answer::Err(e) => reply.error(Errno::from_i32(e)),
-            _ => reply.error(mismatch("create")),
-        }
-    }
-
-    fn fallocate(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        to_empty(self.0.fallocate(&Ctx::of(req), ino.0, fh.0, offset, length, mode), reply)
-    }
-
-    fn lseek(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        match self.0.lseek(&Ctx::of(req), ino.0, fh.0, offset, whence) {
-            Answer::Offset(o) => reply.offset(o),
-            Answer::Err(e) => reply.error(Errno::from_i32(e)),
-            _ => reply.error(mismatch("lseek")),
-        }
-    }
-
-    fn copy_file_range(
-        &self,
-        req: &Request,
-        ino_in: INodeNo,
-        fh_in: FileHandle,
-        offset_in: u64,
-        ino_out: INodeNo,
-        fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        let a = self.0.copy_file_range(
-            &Ctx::of(req),
-            ino_in.0,
-            fh_in.0,
-            offset_in,
-            ino_out.0,
-            fh_out.0,
-            offset_out,
-            len,
-        );
-        to_written(a, reply)
+        self.0.session_ended();
     }
 }

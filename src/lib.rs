@@ -18,6 +18,7 @@ pub mod check;
 pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod devloop;
 pub mod error;
 pub mod faults;
 pub mod fs;

@@ -136,9 +136,7 @@ pub fn fuser_config(cfg: &MountConfig, source: Option<&str>) -> Config {
     let mut c = Config::default();
     c.mount_options = mo;
     c.acl = acl;
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    c.n_threads = Some(o.threads.unwrap_or(cpus.max(2)));
-    c.clone_fd = true;
+    // Threads are layerfs's own (`devloop`): fuser only mounts and answers INIT.
     c
 }
 
@@ -214,20 +212,18 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     sys::block_term_signals();
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
     let notifier = fuse.notifier.clone();
-    let mut shared = None;
+    if let Ok(h) = &hooks {
+        fuse.hooks = h.clone();
+    }
+    let fuse = Arc::new(fuse);
     let session = match hooks {
-        Ok(h) => {
-            fuse.hooks = h.clone();
-            let fuse = Arc::new(fuse);
-            shared = Some(fuse.clone());
-            fuser::Session::new(FuseFs(fuse), &cfg.mountpoint, &fcfg)
-                .inspect_err(|_| {
-                    if let Some(h) = &h {
-                        h.shutdown();
-                    }
-                })
-                .map_err(|e| format!("mount {}: {e}", cfg.mountpoint.display()))
-        }
+        Ok(h) => fuser::Session::new(FuseFs(fuse.clone()), &cfg.mountpoint, &fcfg)
+            .inspect_err(|_| {
+                if let Some(h) = &h {
+                    h.shutdown();
+                }
+            })
+            .map_err(|e| format!("mount {}: {e}", cfg.mountpoint.display())),
         Err(e) => Err(e),
     };
     let mut session = match session {
@@ -241,24 +237,22 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         }
     };
     let _ = notifier.set(session.notifier());
-    if let Some(fuse) = &shared {
-        match sys::dup_cloexec(session.as_fd()) {
-            Ok(fd) => _ = fuse.dev.set(Arc::new(fd)),
-            Err(e) => log::warn!("/dev/fuse: {e}: no passthrough"),
-        }
-        // Agreed at INIT (in Session::new): from now on the kernel holds every request back
-        // until all queues have registered, so a mount whose queues fail is given up.
-        if fuse.uring_agreed.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Err(e) = crate::uring::start(fuse) {
-                let msg = format!("FUSE over io_uring: {e} (uring=0 serves through /dev/fuse only)");
-                log::error!("{msg}");
-                drop(session);
-                if let Some(w) = notify.take() {
-                    let _ = std::fs::File::from(w).write_all(msg.as_bytes());
-                    std::process::exit(1);
-                }
-                return Err(msg);
+    match sys::dup_cloexec(session.as_fd()) {
+        Ok(fd) => _ = fuse.dev.set(Arc::new(fd)),
+        Err(e) => log::warn!("/dev/fuse: {e}: no passthrough"),
+    }
+    // Agreed at INIT (in Session::new): from now on the kernel holds every request back
+    // until all queues have registered, so a mount whose queues fail is given up.
+    if fuse.uring_agreed.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Err(e) = crate::uring::start(&fuse) {
+            let msg = format!("FUSE over io_uring: {e} (uring=0 serves through /dev/fuse only)");
+            log::error!("{msg}");
+            drop(session);
+            if let Some(w) = notify.take() {
+                let _ = std::fs::File::from(w).write_all(msg.as_bytes());
+                std::process::exit(1);
             }
+            return Err(msg);
         }
     }
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
@@ -279,7 +273,11 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         let _ = std::env::set_current_dir("/");
         sys::redirect_stdio_to_null(cfg.opts.debug);
     }
-    session.run().map_err(|e| format!("session: {e}"))
+    // fuser answered INIT; layerfs's own threads read every request after it.
+    let r = crate::devloop::serve(&fuse, session.as_fd(), cfg.opts.threads);
+    fuse.session_ended();
+    drop(session);
+    r.map_err(|e| format!("session: {e}"))
 }
 
 /// The least read-ahead window of the mount's own backing device info, in KiB: as large as one

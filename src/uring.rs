@@ -9,9 +9,9 @@
 //!
 //! Each queue has [`PER_QUEUE`] threads, each with its own ring and one registered entry (a
 //! header buffer and a payload buffer): a thread blocked in a slow operation (a copy-up) holds
-//! only its own entry, and the CPU's other requests go to the others. fuser's `/dev/fuse`
-//! threads stay: they answer INIT, the requests made before every queue is registered, and
-//! FORGET and INTERRUPT, which the kernel still sends there.
+//! only its own entry, and the CPU's other requests go to the others. The `/dev/fuse` threads
+//! ([`crate::devloop`]) stay: they answer the requests made before every queue is registered,
+//! and FORGET and INTERRUPT, which the kernel still sends there.
 
 use std::ffi::OsStr;
 use std::io;
@@ -115,13 +115,7 @@ pub fn start(fuse: &Arc<Fuse>) -> Result<(), String> {
     let queues = crate::sys::cpu_list("possible").into_iter().max().map_or(1, |m| m + 1);
     // SCHED_IDLE only where the queue threads can leave it again (see Placement).
     let cpus = online.len().max(1);
-    let placement = std::thread::spawn(|| {
-        crate::sys::set_sched_idle(true).and_then(|_| crate::sys::set_sched_idle(false)).is_ok()
-            && std::fs::File::open("/proc/loadavg").is_ok()
-    })
-    .join()
-    .unwrap_or(false)
-    .then_some(cpus);
+    let placement = placement_allowed().then_some(cpus);
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = 0;
     for qid in 0..queues {
@@ -154,10 +148,10 @@ pub fn start(fuse: &Arc<Fuse>) -> Result<(), String> {
     Ok(())
 }
 
-fn rd32(b: &[u8], o: usize) -> u32 {
+pub(crate) fn rd32(b: &[u8], o: usize) -> u32 {
     u32::from_ne_bytes(b[o..o + 4].try_into().unwrap())
 }
-fn rd64(b: &[u8], o: usize) -> u64 {
+pub(crate) fn rd64(b: &[u8], o: usize) -> u64 {
     u64::from_ne_bytes(b[o..o + 8].try_into().unwrap())
 }
 
@@ -271,7 +265,7 @@ const PLACEMENT_CALM: Duration = Duration::from_millis(200);
 /// The count is `/proc/loadavg`'s runnable tasks, read at a request at most every
 /// [`PLACEMENT_CHECK`]. Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` (or a high
 /// `RLIMIT_NICE`), which [`start`] probes for; without it the threads stay normal.
-struct Placement {
+pub(crate) struct Placement {
     loadavg: std::fs::File,
     cpus: usize,
     next: Instant,
@@ -279,7 +273,7 @@ struct Placement {
 }
 
 impl Placement {
-    fn new(cpus: usize, qid: u16) -> Option<Placement> {
+    pub(crate) fn new(cpus: usize, qid: u16) -> Option<Placement> {
         let loadavg = std::fs::File::open("/proc/loadavg").ok()?;
         let now = Instant::now();
         // Calm from the start: the first check makes the thread SCHED_IDLE unless CPUs are short.
@@ -289,7 +283,7 @@ impl Placement {
         Some(p)
     }
 
-    fn check(&mut self, qid: u16) {
+    pub(crate) fn check(&mut self, qid: u16) {
         let now = Instant::now();
         if now < self.next {
             return;
@@ -314,12 +308,23 @@ impl Placement {
                 Ok(()) => {
                     IDLE.set(idle);
                     let policy = if idle { "SCHED_IDLE" } else { "SCHED_OTHER" };
-                    log::debug!("io_uring queue {qid}: {policy} ({running} tasks runnable)");
+                    log::debug!("server thread {qid}: {policy} ({running} tasks runnable)");
                 }
-                Err(e) => log::warn!("io_uring queue {qid}: scheduling policy: {e}"),
+                Err(e) => log::warn!("server thread {qid}: scheduling policy: {e}"),
             }
         }
     }
+}
+
+/// Whether server threads may follow [`Placement`]: they must be able to leave `SCHED_IDLE`
+/// again (probed on a throwaway thread) and read `/proc/loadavg`.
+pub(crate) fn placement_allowed() -> bool {
+    std::thread::spawn(|| {
+        crate::sys::set_sched_idle(true).and_then(|_| crate::sys::set_sched_idle(false)).is_ok()
+            && std::fs::File::open("/proc/loadavg").is_ok()
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 /// The number of runnable tasks in `/proc/loadavg` ("0.14 0.99 1.26 2/234 5678").
@@ -439,17 +444,8 @@ fn with_iovec_count(e: squeue::Entry128, n: u32) -> squeue::Entry128 {
 /// Fills in the reply to the request in `hdr`/`payload` (the `in_len` bytes of its payload);
 /// returns the length of the reply's payload.
 fn answer_request(fuse: &Fuse, hdr: &mut Header, payload: &mut [u8], in_len: usize) -> usize {
-    let h = &hdr.in_out;
-    let (opcode, unique, nodeid) = (rd32(h, 4), rd64(h, 8), rd64(h, 16));
-    let ctx = Ctx { uid: rd32(h, 24), gid: rd32(h, 28), pid: rd32(h, 32) };
-    log::debug!("FUSE({unique:3}) ino {nodeid:#018x} {} (io_uring, pid {})", op_name(opcode), ctx.pid);
-    let mut out = Reply { buf: payload, len: 0, error: 0 };
-    if !allowed(fuse.access, opcode, ctx.uid) {
-        out.error = libc::EACCES;
-    } else {
-        dispatch(fuse, &ctx, opcode, nodeid, &hdr.op_in, in_len, &mut out);
-    }
-    let (error, len) = (out.error, if out.error == 0 { out.len } else { 0 });
+    let (error, len) = answer_in(fuse, "io_uring", &hdr.in_out, &hdr.op_in, payload, in_len);
+    let unique = rd64(&hdr.in_out, 8);
     // struct fuse_out_header: len, error, unique
     let oh = &mut hdr.in_out;
     oh[0..4].copy_from_slice(&(16 + len as u32).to_ne_bytes());
@@ -458,8 +454,32 @@ fn answer_request(fuse: &Fuse, hdr: &mut Header, payload: &mut [u8], in_len: usi
     len
 }
 
+/// Answers a request whichever way it came: `inh` is its `struct fuse_in_header`, `op` its
+/// operation's fixed argument struct, and `payload` holds the `in_len` bytes that follow (names,
+/// data) and receives the reply's payload. Returns the reply's errno (0 for success) and
+/// payload length.
+pub(crate) fn answer_in(
+    fuse: &Fuse,
+    transport: &str,
+    inh: &[u8],
+    op: &[u8],
+    payload: &mut [u8],
+    in_len: usize,
+) -> (i32, usize) {
+    let (opcode, unique, nodeid) = (rd32(inh, 4), rd64(inh, 8), rd64(inh, 16));
+    let ctx = Ctx { uid: rd32(inh, 24), gid: rd32(inh, 28), pid: rd32(inh, 32) };
+    log::debug!("FUSE({unique:3}) ino {nodeid:#018x} {} ({transport}, pid {})", op_name(opcode), ctx.pid);
+    let mut out = Reply { buf: payload, len: 0, error: 0 };
+    if !allowed(fuse.access, opcode, ctx.uid) {
+        out.error = libc::EACCES;
+    } else {
+        dispatch(fuse, &ctx, opcode, nodeid, op, in_len, &mut out);
+    }
+    (out.error, if out.error == 0 { out.len } else { 0 })
+}
+
 /// The kernel's name of an operation, as `-d` logs requests.
-fn op_name(opcode: u32) -> std::borrow::Cow<'static, str> {
+pub(crate) fn op_name(opcode: u32) -> std::borrow::Cow<'static, str> {
     let n = match opcode {
         FUSE_LOOKUP => "LOOKUP",
         FUSE_GETATTR => "GETATTR",
@@ -499,8 +519,8 @@ fn op_name(opcode: u32) -> std::borrow::Cow<'static, str> {
     n.into()
 }
 
-/// fuser's check for mounts not open to all: other users may only finish what they hold.
-fn allowed(access: Access, opcode: u32, uid: u32) -> bool {
+/// fuser's check (which both transports repeat) for mounts not open to all: other users may only finish what they hold.
+pub(crate) fn allowed(access: Access, opcode: u32, uid: u32) -> bool {
     let ok = match access {
         Access::All => true,
         Access::RootAndOwner(owner) => uid == owner || uid == 0,
@@ -849,7 +869,7 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
             rd64(op, 40),
         ),
         _ => {
-            log::debug!("io_uring: opcode {opcode} not implemented");
+            log::debug!("opcode {opcode} not implemented");
             Answer::Err(libc::ENOSYS)
         }
     }

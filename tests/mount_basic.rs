@@ -289,3 +289,84 @@ fn stored_small_files_are_never_older_than_the_last_write() {
         assert_eq!(fs::read(&p).unwrap(), vec![254u8; len(250)], "{name}: the last version");
     }
 }
+
+/// The CPU list of `/proc/<status>`'s `Cpus_allowed_list`, and the scheduling policy (field 41
+/// of `stat`) of task `tid` of process `pid`.
+fn cpus_and_policy(pid: u32, tid: &str) -> (Vec<usize>, u32) {
+    let task = format!("/proc/{pid}/task/{tid}");
+    let status = fs::read_to_string(format!("{task}/status")).unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+    let stat = fs::read_to_string(format!("{task}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Fields from the 3rd on: policy is the 41st.
+    let policy = after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+    (layerfs::sys::parse_cpu_list(list).unwrap(), policy)
+}
+
+/// The server's threads, by name: (name, CPUs it may run on, scheduling policy).
+fn server_threads(pid: u32) -> Vec<(String, Vec<usize>, u32)> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) else { continue };
+        let (cpus, policy) = cpus_and_policy(pid, &tid);
+        v.push((comm.trim().to_string(), cpus, policy));
+    }
+    v
+}
+
+/// On a machine of at most `POLL_MAX_CPUS` CPUs the `/dev/fuse` threads are one per CPU the
+/// server may use, each pinned to its own; threads they start for work of their own (the
+/// read-ahead workers) run anywhere and never at `SCHED_IDLE`.
+#[test]
+fn dev_fuse_threads_are_pinned_one_per_cpu_and_their_helpers_are_not() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir_all(l.join("d")).unwrap();
+    for i in 0..20 {
+        fs::write(l.join(format!("d/f{i:02}")), vec![i as u8; 32 << 10]).unwrap();
+    }
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let pid = server_pid(&m).expect("server process");
+    let (allowed, _) = cpus_and_policy(std::process::id(), &std::process::id().to_string());
+    // A listed directory's files read in order start the read-ahead workers.
+    let names: Vec<_> = fs::read_dir(m.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    for n in &names[..4] {
+        fs::read(m.join("d").join(n)).unwrap();
+    }
+    // Requests may be answered (over io_uring) before the last /dev/fuse thread has named and
+    // pinned itself: wait for the threads to settle.
+    let (want, poll) = (allowed.len().max(2), allowed.len() <= layerfs::devloop::POLL_MAX_CPUS);
+    let settled = |v: &[(String, Vec<usize>, u32)]| {
+        v.iter().any(|t| t.0 == "read-ahead")
+            && v.iter().filter(|t| t.0.starts_with("fuse-") && (!poll || t.1.len() == 1)).count() == want
+    };
+    let t = std::time::Instant::now();
+    while !settled(&server_threads(pid)) && t.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let threads = server_threads(pid);
+    let fuse: Vec<_> = threads.iter().filter(|t| t.0.starts_with("fuse-")).collect();
+    assert_eq!(fuse.len(), want, "{threads:?}");
+    if poll {
+        let mut pinned: Vec<usize> = fuse
+            .iter()
+            .map(|t| {
+                assert_eq!(t.1.len(), 1, "{} is pinned to one CPU: {threads:?}", t.0);
+                t.1[0]
+            })
+            .collect();
+        pinned.sort();
+        pinned.dedup();
+        assert_eq!(pinned, allowed, "one thread on each CPU: {threads:?}");
+    }
+    let helpers: Vec<_> = threads.iter().filter(|t| t.0 == "read-ahead").collect();
+    assert!(!helpers.is_empty(), "read-ahead workers started: {threads:?}");
+    for h in helpers {
+        assert_eq!(h.1, allowed, "a read-ahead worker may run on every CPU: {threads:?}");
+        assert_ne!(h.2, libc::SCHED_IDLE as u32, "and not at SCHED_IDLE: {threads:?}");
+    }
+}

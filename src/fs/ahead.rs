@@ -143,7 +143,10 @@ impl ReadAhead {
         self.started.get_or_init(|| {
             for _ in 0..THREADS {
                 let q = self.queue.clone();
-                let spawned = std::thread::Builder::new().name("read-ahead".into()).spawn(move || worker(&q));
+                let spawned = std::thread::Builder::new().name("read-ahead".into()).spawn(move || {
+                    crate::sys::free_thread();
+                    worker(&q)
+                });
                 if let Err(e) = spawned {
                     log::warn!("read-ahead thread: {e}");
                 }

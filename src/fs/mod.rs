@@ -595,7 +595,10 @@ fn par_for(n: usize, f: impl Fn(usize) + Sync) {
     };
     std::thread::scope(|sc| {
         for _ in 1..PROBE_THREADS.min(n) {
-            sc.spawn(work);
+            sc.spawn(|| {
+                crate::sys::free_thread();
+                work()
+            });
         }
         work();
     });

@@ -862,6 +862,17 @@ pub fn unpin() -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Frees a thread started by a server thread from what it inherited: the CPU the server
+/// thread is pinned to and its `SCHED_IDLE` policy (see `uring::Placement`). For threads doing
+/// work of their own (read-ahead, parallel probes), which should run wherever a CPU is free.
+pub fn free_thread() {
+    let _ = unpin();
+    // SAFETY: plain syscall on the calling thread.
+    if unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE {
+        let _ = set_sched_idle(false);
+    }
+}
+
 /// A CPU list as the kernel prints it ("0-3,8,10-11").
 pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     let mut cpus = Vec::new();
