@@ -274,7 +274,8 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         sys::redirect_stdio_to_null(cfg.opts.debug);
     }
     // fuser answered INIT; layerfs's own threads read every request after it.
-    let r = crate::devloop::serve(&fuse, session.as_fd(), cfg.opts.threads);
+    let uring = fuse.uring_agreed.load(std::sync::atomic::Ordering::Relaxed);
+    let r = crate::devloop::serve(&fuse, session.as_fd(), cfg.opts.threads, uring);
     fuse.session_ended();
     drop(session);
     r.map_err(|e| format!("session: {e}"))
