@@ -106,6 +106,20 @@ fn clone_dev(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
 /// wakes one thread per CPU, which on a larger machine costs more than it saves.
 pub const POLL_MAX_CPUS: usize = 4;
 
+/// A duplicate of the session's descriptor (made non-blocking with `nonblock`, which holds for
+/// the session's own descriptor too: it is the same open file).
+fn shared_dev(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
+    let fd = crate::sys::dup_cloexec(session)?;
+    if nonblock {
+        // SAFETY: fcntl on a descriptor we own.
+        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
 /// Serves the session whose descriptor is `session` until it ends (the mount is gone), with
 /// `threads` threads (default: one per CPU this process may use, at least two). Where the
 /// process may use at most [`POLL_MAX_CPUS`] CPUs, thread `i` is pinned to the `i`-th of them
@@ -120,7 +134,17 @@ pub fn serve(fuse: &Arc<Fuse>, session: BorrowedFd, threads: Option<usize>, urin
     let placement = (poll && placement_allowed()).then_some(cpus.len());
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
-        let fd = clone_dev(session, poll)?;
+        // Where /dev/fuse cannot be opened (only the mount's descriptor was passed in), the
+        // threads share that descriptor: one connection, one device, no clones needed.
+        let fd = match clone_dev(session, poll) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if i == 0 {
+                    log::info!("/dev/fuse: no clone ({e}): the threads share the mount's descriptor");
+                }
+                shared_dev(session, poll)?
+            }
+        };
         let (fuse, cpu) = (fuse.clone(), cpus[i % cpus.len()]);
         let h = std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || {
             if poll && let Err(e) = crate::sys::pin_to_cpu(cpu) {
