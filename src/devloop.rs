@@ -16,10 +16,11 @@
 //! write, to the descriptor the request was read from.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::fuse::{Answer, Ctx, Fuse};
+use crate::sys;
 use crate::uring::{Placement, answer_in, op_name, placement_allowed, rd32, rd64};
 
 const FUSE_FORGET: u32 = 2;
@@ -34,9 +35,6 @@ const IN_HEADER: usize = 40;
 /// A read buffer: the kernel refuses reads into less than room for a WRITE of `max_write`
 /// (1 MiB) with its headers.
 const BUF: usize = (1 << 20) + 4096;
-
-/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
-const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 
 /// The size of an operation's fixed argument struct, which comes between the header and the
 /// payload (names, data) on `/dev/fuse`, as the kernel sends them to a server of protocol 7.31
@@ -68,40 +66,6 @@ fn op_size(opcode: u32) -> usize {
     }
 }
 
-/// The CPUs this process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sched_getaffinity fills the set it is given, of the size it is told.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    let cpus: Vec<usize> = if r == 0 {
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-    } else {
-        Vec::new()
-    };
-    if cpus.is_empty() { crate::sys::cpu_list("online") } else { cpus }
-}
-
-/// A clone of the session's `/dev/fuse` descriptor (non-blocking with `nonblock`): it reads
-/// from the same connection, and a reply must be written to the clone its request was read
-/// from.
-fn clone_dev(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
-    let path = c"/dev/fuse";
-    let flags = libc::O_RDWR | libc::O_CLOEXEC | if nonblock { libc::O_NONBLOCK } else { 0 };
-    // SAFETY: plain open of a constant NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut src = session.as_raw_fd() as u32;
-    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the descriptor to clone) through the pointer.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), FUSE_DEV_IOC_CLONE as _, &mut src) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
 /// Up to this many CPUs, every server thread polls (see the module doc); each request then
 /// wakes one thread per CPU, which on a larger machine costs more than it saves.
 pub const POLL_MAX_CPUS: usize = 4;
@@ -109,13 +73,9 @@ pub const POLL_MAX_CPUS: usize = 4;
 /// A duplicate of the session's descriptor (made non-blocking with `nonblock`, which holds for
 /// the session's own descriptor too: it is the same open file).
 fn shared_dev(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
-    let fd = crate::sys::dup_cloexec(session)?;
+    let fd = sys::dup_cloexec(session)?;
     if nonblock {
-        // SAFETY: fcntl on a descriptor we own.
-        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-        if fl < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::set_nonblock(fd.as_fd())?;
     }
     Ok(fd)
 }
@@ -128,7 +88,7 @@ fn shared_dev(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
 /// FORGET, which nobody waits for: woken at every one, polling threads on every CPU slowed
 /// `rm -rf` of 20k files through the queues from 0.94-1.12 s to 1.4-1.9 s.
 pub fn serve(fuse: &Arc<Fuse>, session: BorrowedFd, threads: Option<usize>, uring: bool) -> io::Result<()> {
-    let cpus = allowed_cpus();
+    let cpus = sys::allowed_cpus();
     let n = threads.unwrap_or(cpus.len().max(2)).max(1);
     let poll = !uring && cpus.len() <= POLL_MAX_CPUS;
     let placement = (poll && placement_allowed()).then_some(cpus.len());
@@ -136,7 +96,7 @@ pub fn serve(fuse: &Arc<Fuse>, session: BorrowedFd, threads: Option<usize>, urin
     for i in 0..n {
         // Where /dev/fuse cannot be opened (only the mount's descriptor was passed in), the
         // threads share that descriptor: one connection, one device, no clones needed.
-        let fd = match clone_dev(session, poll) {
+        let fd = match sys::fuse_dev_clone(session, poll) {
             Ok(fd) => fd,
             Err(e) => {
                 if i == 0 {
@@ -147,11 +107,11 @@ pub fn serve(fuse: &Arc<Fuse>, session: BorrowedFd, threads: Option<usize>, urin
         };
         let (fuse, cpu) = (fuse.clone(), cpus[i % cpus.len()]);
         let h = std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || {
-            if poll && let Err(e) = crate::sys::pin_to_cpu(cpu) {
+            if poll && let Err(e) = sys::pin_to_cpu(cpu) {
                 log::debug!("server thread {i}: not pinned to CPU {cpu}: {e}");
             }
             let mut placement = placement.and_then(|c| Placement::new(c, i as u16));
-            serve_thread(&fuse, fd.as_raw_fd(), &mut placement, i as u16)
+            serve_thread(&fuse, fd.as_fd(), &mut placement, i as u16)
         })?;
         handles.push(h);
     }
@@ -174,18 +134,16 @@ pub fn serve(fuse: &Arc<Fuse>, session: BorrowedFd, threads: Option<usize>, urin
     res
 }
 
-fn serve_thread(fuse: &Fuse, fd: i32, placement: &mut Option<Placement>, id: u16) -> io::Result<()> {
+fn serve_thread(fuse: &Fuse, fd: BorrowedFd, placement: &mut Option<Placement>, id: u16) -> io::Result<()> {
     let mut buf = vec![0u8; BUF];
     loop {
-        // SAFETY: read into our own buffer of its length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
+        // Read first, poll only when nothing is there: a request queued meanwhile costs one
+        // system call, not two.
+        let n = match sys::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN) => {
-                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                    // SAFETY: one valid pollfd. An error (EINTR) just reads again.
-                    unsafe { libc::poll(&mut p, 1, -1) };
+                    sys::wait_readable(fd);
                     continue;
                 }
                 // ENOENT: the request was interrupted before it could be read.
@@ -193,9 +151,8 @@ fn serve_thread(fuse: &Fuse, fd: i32, placement: &mut Option<Placement>, id: u16
                 // The connection is gone: unmounted or aborted.
                 Some(libc::ENODEV) => return Ok(()),
                 _ => return Err(e),
-            }
-        }
-        let n = n as usize;
+            },
+        };
         if n < IN_HEADER {
             log::warn!("/dev/fuse: short request of {n} bytes");
             continue;
@@ -208,7 +165,7 @@ fn serve_thread(fuse: &Fuse, fd: i32, placement: &mut Option<Placement>, id: u16
 }
 
 /// Answers the `n`-byte request at the start of `buf`.
-fn answer(fuse: &Fuse, fd: i32, buf: &mut [u8], n: usize) {
+fn answer(fuse: &Fuse, fd: BorrowedFd, buf: &mut [u8], n: usize) {
     let mut inh = [0u8; IN_HEADER];
     inh.copy_from_slice(&buf[..IN_HEADER]);
     let (opcode, unique, nodeid) = (rd32(&inh, 4), rd64(&inh, 8), rd64(&inh, 16));
@@ -262,19 +219,13 @@ fn answer(fuse: &Fuse, fd: i32, buf: &mut [u8], n: usize) {
 }
 
 /// Writes a reply: its `fuse_out_header` and `data`, in one write.
-fn send(fd: i32, unique: u64, error: i32, data: &[u8]) {
+fn send(fd: BorrowedFd, unique: u64, error: i32, data: &[u8]) {
     let mut oh = [0u8; 16];
     oh[0..4].copy_from_slice(&((16 + data.len()) as u32).to_ne_bytes());
     oh[4..8].copy_from_slice(&(-error).to_ne_bytes());
     oh[8..16].copy_from_slice(&unique.to_ne_bytes());
-    let iov = [
-        libc::iovec { iov_base: oh.as_mut_ptr().cast(), iov_len: 16 },
-        libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() },
-    ];
-    // SAFETY: two valid iovecs over live buffers.
-    let r = unsafe { libc::writev(fd, iov.as_ptr(), if data.is_empty() { 1 } else { 2 }) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
+    let iov = [io::IoSlice::new(&oh), io::IoSlice::new(data)];
+    if let Err(e) = sys::writev(fd, &iov[..if data.is_empty() { 1 } else { 2 }]) {
         // ENOENT: the request was interrupted or aborted meanwhile; ENODEV: the mount is gone.
         if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV)) {
             log::warn!("/dev/fuse: reply to request {unique}: {e}");
@@ -287,12 +238,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clone_ioctl_number_is_ior_229_0_u32() {
-        // _IOR(type, nr, size) = (2 << 30) | (size << 16) | (type << 8) | nr
-        assert_eq!(FUSE_DEV_IOC_CLONE, (2 << 30) | (4 << 16) | (229 << 8));
-    }
-
-    #[test]
     fn argument_structs_have_the_kernel_sizes() {
         assert_eq!(op_size(1), 0); // LOOKUP: a name only
         assert_eq!(op_size(4), 88);
@@ -300,10 +245,5 @@ mod tests {
         assert_eq!(op_size(44), 40);
         assert_eq!(op_size(47), 56);
         assert_eq!(op_size(10), 0); // UNLINK
-    }
-
-    #[test]
-    fn allowed_cpus_are_some() {
-        assert!(!allowed_cpus().is_empty());
     }
 }

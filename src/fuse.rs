@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::fs::{Caller, Opened, OverlayFs, SetAttr};
 use crate::trace::{Args, Hooks, Op, Outcome};
 
-/// The fuser `Filesystem` for one mount.
+/// The server side of one mount: what every transport answers requests with.
 pub struct Fuse {
     pub fs: Arc<OverlayFs>,
     pub ttl: Duration,
@@ -51,7 +51,7 @@ pub struct Fuse {
     pub uring: bool,
     /// Set at INIT when the kernel took FUSE_OVER_IO_URING: the queues are to be started.
     pub uring_agreed: AtomicBool,
-    /// Who may use the mount (checked by fuser on `/dev/fuse`, by [`crate::uring`] there).
+    /// Who may use the mount (checked by `uring::answer_in` for both transports).
     pub access: crate::uring::Access,
 }
 
@@ -337,7 +337,7 @@ impl Fuse {
     }
 
     /// Whether the server must drop privileges for this caller's truncation or write (the
-    /// kernel's flag for that is not passed on by fuser for setattr and open: a caller other
+    /// kernel's flag for that is not decoded for setattr and open: a caller other
     /// than root stands for "without CAP_FSETID").
     fn kills_privs(&self, ctx: &Ctx) -> bool {
         self.killpriv.load(Ordering::Relaxed) && ctx.uid != 0
@@ -396,8 +396,8 @@ pub struct SetattrIn {
     pub ctime: bool,
 }
 
-/// The operations, each answering for whichever transport decoded the request (fuser's
-/// `/dev/fuse` loop, or the io_uring queues in [`crate::uring`]).
+/// The operations, each answering for whichever transport decoded the request (the
+/// `/dev/fuse` threads in [`crate::devloop`], or the io_uring queues in [`crate::uring`]).
 impl Fuse {
     pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
         log::debug!("lookup(parent={parent}, name={name:?})");
@@ -468,8 +468,8 @@ impl Fuse {
             }
         };
         // Under KILLPRIV_V2 the kernel asks for the privilege drop of a write by a caller
-        // without CAP_FSETID as a setattr that carries nothing else (fuser does not pass the
-        // FATTR_KILL_SUIDGID bit itself).
+        // without CAP_FSETID as a setattr that carries nothing else (the FATTR_KILL_SUIDGID bit
+        // itself is not decoded).
         let empty = [mode, uid, gid].iter().all(Option::is_none)
             && size.is_none()
             && !has_atime

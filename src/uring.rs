@@ -367,11 +367,8 @@ impl ReadHelper {
         // Within the kernel's 15 characters of a thread name up to 10000 CPUs ("uring-9999-3-rd").
         let name = std::thread::current().name().map_or("uring-rd".into(), |n| format!("{n}-rd"));
         std::thread::Builder::new().name(name).spawn(move || {
-            // Spawned by a pinned queue thread, whose CPU set it inherits: free it. (Its
-            // policy is normal: the queue thread spawns it from read_by_helper, as SCHED_OTHER.)
-            if let Err(e) = crate::sys::unpin() {
-                log::debug!("io_uring read helper: not unpinned: {e}");
-            }
+            // Spawned by a pinned queue thread, whose CPU set it inherits: free it.
+            crate::sys::free_thread();
             while let Ok(j) = rx.recv() {
                 // SAFETY: the queue thread that sent the job waits for this answer, keeping
                 // the Fuse and the buffer alive and untouched meanwhile.
@@ -519,7 +516,8 @@ pub(crate) fn op_name(opcode: u32) -> std::borrow::Cow<'static, str> {
     n.into()
 }
 
-/// fuser's check (which both transports repeat) for mounts not open to all: other users may only finish what they hold.
+/// fuser's check for mounts not open to all, as both transports make it: other users may only
+/// finish what they hold.
 pub(crate) fn allowed(access: Access, opcode: u32, uid: u32) -> bool {
     let ok = match access {
         Access::All => true,

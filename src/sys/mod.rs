@@ -862,6 +862,65 @@ pub fn unpin() -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// The CPUs the calling thread may run on (`sched_getaffinity`); the online CPUs where the
+/// kernel does not say.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the set it is given, of the size it is told.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    let cpus: Vec<usize> = if r == 0 {
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() { cpu_list("online") } else { cpus }
+}
+
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+
+/// A clone of a FUSE session's `/dev/fuse` descriptor (`FUSE_DEV_IOC_CLONE`), non-blocking
+/// with `nonblock`: it reads from the same connection, and a reply must be written to the
+/// clone its request was read from.
+pub fn fuse_dev_clone(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_CLOEXEC | if nonblock { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: plain open of a constant NUL-terminated path.
+    let fd = cvt(unsafe { libc::open(c"/dev/fuse".as_ptr(), flags) })?;
+    // SAFETY: fd was just opened and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut src = session.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the descriptor to clone) through the pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), FUSE_DEV_IOC_CLONE as _, &mut src) })?;
+    Ok(fd)
+}
+
+/// Sets `O_NONBLOCK` on the open file `fd` refers to (shared by its duplicates).
+pub fn set_nonblock(fd: BorrowedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor.
+    let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// `read(2)` into `buf`.
+pub fn read(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: read into a buffer we own, of its length.
+    cvt_l(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Waits until `fd` is readable (or in error). An interrupted wait returns as well.
+pub fn wait_readable(fd: BorrowedFd) {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, -1) };
+}
+
+/// `writev(2)` of `bufs` (`IoSlice` has `struct iovec`'s layout).
+pub fn writev(fd: BorrowedFd, bufs: &[io::IoSlice]) -> io::Result<usize> {
+    // SAFETY: IoSlice is guaranteed ABI-compatible with iovec; the slices outlive the call.
+    cvt_l(unsafe { libc::writev(fd.as_raw_fd(), bufs.as_ptr().cast(), bufs.len() as libc::c_int) })
+}
+
 /// Frees a thread started by a server thread from what it inherited: the CPU the server
 /// thread is pinned to and its `SCHED_IDLE` policy (see `uring::Placement`). For threads doing
 /// work of their own (read-ahead, parallel probes), which should run wherever a CPU is free.
@@ -903,6 +962,17 @@ pub fn dup_cloexec(fd: BorrowedFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn fuse_clone_ioctl_is_ior_229_0_u32() {
+        // _IOR(type, nr, size) = (2 << 30) | (size << 16) | (type << 8) | nr
+        assert_eq!(FUSE_DEV_IOC_CLONE, (2 << 30) | (4 << 16) | (229 << 8));
+    }
+
+    #[test]
+    fn allowed_cpus_are_some() {
+        assert!(!allowed_cpus().is_empty());
+    }
 
     fn set(path: &std::path::Path, name: &CStr, v: &[u8]) {
         let p = CString::new(path.as_os_str().as_bytes()).unwrap();
