@@ -248,7 +248,8 @@ fn read_ahead(dirs: &LowerDirs) {
         if ld.index.get().is_some() {
             continue; // read already: a lookup or the walk itself got there first
         }
-        let Ok(raw) = stat_all(&ld.fd) else { continue };
+        let Ok(fd) = ld.fd.get() else { continue };
+        let Ok(raw) = stat_all(&fd) else { continue };
         if dirs.len() >= INDEX_MIN_LOWERS {
             ld.index.get_or_init(|| DirIndex::from_raw(&raw));
         }
@@ -379,9 +380,13 @@ mod tests {
             let d = root.join(l);
             std::fs::create_dir_all(d.join("sub")).unwrap();
             std::fs::write(d.join(format!("f{i}")), b"x").unwrap();
-            lds.push(LowerDir::new(i + 1, open(&d), DirMarks::default()));
+            lds.push(LowerDir::new(i + 1, super::super::dirfd::DirFd::fixed(open(&d)), DirMarks::default()));
         }
-        let one = LowerDirs::from(vec![LowerDir::new(1, open(&root.join("l0")), DirMarks::default())]);
+        let one = LowerDirs::from(vec![LowerDir::new(
+            1,
+            super::super::dirfd::DirFd::fixed(open(&root.join("l0"))),
+            DirMarks::default(),
+        )]);
         let two = LowerDirs::from(lds);
         read_ahead(&two);
         read_ahead(&one);

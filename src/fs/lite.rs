@@ -12,8 +12,8 @@
 //! lower layer `layer` of its parent, nothing above it. The lower directory is the parent's
 //! directory in that layer; lower directories never move, so it is found again when needed.
 
+use super::dirfd::DirFd;
 use std::ffi::CStr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -103,7 +103,7 @@ enum Entry {
 
 /// The layer and lower directory of a resolution a lite entry can stand for: a non-directory
 /// of a lower layer, with no upper object.
-pub(crate) fn lite_layer(s: &NodeState) -> Option<(u16, Arc<OwnedFd>)> {
+pub(crate) fn lite_layer(s: &NodeState) -> Option<(u16, DirFd)> {
     if s.kind == FileType::Directory || s.upper.is_some() || s.unlinked || !s.lower_dirs.is_empty() {
         return None;
     }
@@ -155,7 +155,7 @@ impl OverlayFs {
     }
 
     /// The directory of a lite entry's lower object: the parent's, in that layer.
-    fn lite_dir(&self, parent: &Node, layer: u16) -> Result<Arc<OwnedFd>> {
+    fn lite_dir(&self, parent: &Node, layer: u16) -> Result<DirFd> {
         let s = parent.state.lock();
         let ld = s.lower_dirs.iter().find(|d| d.layer == usize::from(layer));
         ld.map(|d| d.fd.clone()).ok_or(Error::new(libc::ESTALE, "lower directory gone"))
@@ -204,7 +204,8 @@ impl OverlayFs {
         match self.entry(id)? {
             Entry::Full(node) => self.node_attr(&node),
             Entry::Lite { parent, name, layer, .. } => {
-                let loc = Loc::At(self.lite_dir(&parent, layer)?, name);
+                let dir = self.lite_dir(&parent, layer)?.get().map_err(|e| Error::io(e, "lower dir"))?;
+                let loc = Loc::At(dir, name);
                 let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
                 Ok(self.attr_from_stat(id, &st, false))
             }
@@ -229,7 +230,7 @@ impl OverlayFs {
         match self.entry(id).ok()? {
             Entry::Full(n) => n.top().map(|t| t.loc.clone()),
             Entry::Lite { parent, name, layer, .. } => {
-                Some(Loc::At(self.lite_dir(&parent, layer).ok()?, name))
+                Some(Loc::At(self.lite_dir(&parent, layer).ok()?.get().ok()?, name))
             }
         }
     }

@@ -21,6 +21,7 @@
 mod ahead;
 mod copy_up;
 mod dir_ops;
+pub(crate) mod dirfd;
 mod file_ops;
 mod lite;
 
@@ -35,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 use parking_lot::{Mutex, RwLock};
 
+use self::dirfd::DirFd;
 use crate::error::{Error, Result};
 use crate::layer::{self, DirMarks, Layer, Loc};
 use crate::merge::{self, ListItem, Probe, Resolution, Resolver};
@@ -136,7 +138,7 @@ impl FsOptions {
 #[derive(Clone, Debug)]
 pub(crate) struct LowerDir {
     pub layer: usize,
-    pub fd: Arc<OwnedFd>,
+    pub fd: DirFd,
     pub marks: DirMarks,
     pub index: SharedIndex,
 }
@@ -145,7 +147,7 @@ pub(crate) struct LowerDir {
 pub(crate) type SharedIndex = Arc<std::sync::OnceLock<DirIndex>>;
 
 impl LowerDir {
-    pub(crate) fn new(layer: usize, fd: Arc<OwnedFd>, marks: DirMarks) -> LowerDir {
+    pub(crate) fn new(layer: usize, fd: DirFd, marks: DirMarks) -> LowerDir {
         LowerDir { layer, fd, marks, index: Arc::default() }
     }
 }
@@ -194,7 +196,7 @@ pub(crate) struct NodeState {
     pub lower_dirs: LowerDirs,
     /// For non-directories: the layer index and directory of the lower object, which has the
     /// node's `name` (a node is renamed only once it has an upper, which then hides the lower).
-    pub lower: Option<(usize, Arc<OwnedFd>)>,
+    pub lower: Option<(usize, DirFd)>,
     /// Set once the last name was removed through the mount.
     pub unlinked: bool,
 }
@@ -217,7 +219,7 @@ impl NodeState {
         name: Arc<CStr>,
         kind: FileType,
         upper: Option<Loc>,
-        lower: Option<(usize, Arc<OwnedFd>)>,
+        lower: Option<(usize, DirFd)>,
     ) -> NodeState {
         NodeState {
             parent: None,
@@ -291,9 +293,26 @@ pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
         return Some((u.clone(), 0));
     }
     if let Some((li, dir)) = &s.lower {
-        return Some((Loc::At(dir.clone(), s.name.clone()), *li));
+        return Some((Loc::At(reopened(dir)?, s.name.clone()), *li));
     }
-    s.lower_dirs.first().map(|d| (Loc::Dir(d.fd.clone()), d.layer))
+    s.lower_dirs.first().and_then(|d| Some((Loc::Dir(reopened(&d.fd)?), d.layer)))
+}
+
+/// How many lower directory descriptors may stay open at once; the least recently used beyond
+/// it are closed, and opened again when used (see [`dirfd`]).
+pub fn set_lower_dir_budget(n: usize) {
+    dirfd::set_limit(n)
+}
+
+/// A lower directory's descriptor, opened again if it was closed (see [`dirfd`]).
+fn lower_fd(ld: &LowerDir) -> Result<Arc<OwnedFd>> {
+    ld.fd.get().map_err(|e| Error::io(e, "lower dir"))
+}
+
+/// A lower directory's descriptor, opened again if it was closed (see [`dirfd`]); None, logged,
+/// when it cannot be.
+fn reopened(d: &DirFd) -> Option<Arc<OwnedFd>> {
+    d.get().map_err(|e| log::warn!("lower directory: {e}")).ok()
 }
 
 /// One entry of a merged listing.
@@ -727,7 +746,7 @@ impl OverlayFs {
                 upper_marks = marks;
                 stop = marks.opaque;
             } else if !stop {
-                lower_dirs.push(LowerDir::new(i, l.root.clone(), marks));
+                lower_dirs.push(LowerDir::new(i, DirFd::fixed(l.root.clone()), marks));
                 if marks.opaque {
                     stop = true;
                 }
@@ -992,7 +1011,8 @@ impl OverlayFs {
         if nlowers < INDEX_MIN_LOWERS {
             return Ok(None);
         }
-        let rfd = sys::reopen(ld.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+        let fd = ld.fd.get().map_err(|e| Error::io(e, "lower dir"))?;
+        let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|e| Error::io(e, "opendir"))?;
         let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
         Ok(Some(ld.index.get_or_init(|| DirIndex::from_raw(&raw))))
@@ -1028,7 +1048,8 @@ impl OverlayFs {
 
     /// A directory of a lower layer, opened, with its marks.
     fn open_lower_subdir(&self, ld: &LowerDir, cname: &CStr) -> Result<(Arc<OwnedFd>, DirMarks)> {
-        let fd = Arc::new(layer::open_dir_at(ld.fd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?);
+        let pfd = ld.fd.get().map_err(|e| Error::io(e, "lower dir"))?;
+        let fd = Arc::new(layer::open_dir_at(pfd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?);
         let marks = if self.layers[ld.layer].is_bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
         Ok((fd, marks))
     }
@@ -1078,7 +1099,7 @@ impl OverlayFs {
     ) -> Result<(Probe, Option<Found>)> {
         let bottom = self.layers[ld.layer].is_bottom;
         let Some(ix) = self.lower_index(ld, nlowers)? else {
-            return self.probe(&ld.fd, ld.marks, name, cname, bottom);
+            return self.probe(&lower_fd(ld)?, ld.marks, name, cname, bottom);
         };
         let whited = !bottom && ix.whited_out(name);
         let Some((dtype, ino)) = ix.entry(name) else {
@@ -1101,7 +1122,7 @@ impl OverlayFs {
             libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFSOCK }))),
             libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFBLK }))),
             // Char devices may be whiteouts, unknown types need a stat: ask the layer.
-            _ => self.probe(&ld.fd, ld.marks, name, cname, bottom),
+            _ => self.probe(&lower_fd(ld)?, ld.marks, name, cname, bottom),
         }
     }
 
@@ -1124,12 +1145,12 @@ impl OverlayFs {
             (s.upper.as_ref().and_then(|u| u.dir_fd().cloned()), s.upper_marks, s.lower_dirs.clone())
         };
         let mut resolver = Resolver::new();
-        let mut found: Vec<(usize, Found, Arc<OwnedFd>)> = Vec::new();
+        let mut found: Vec<(usize, Found, DirFd)> = Vec::new();
         let mut go = true;
         if let Some(ud) = &upper_dir {
             let (p, f) = self.probe(ud, upper_marks, name, &cn, lowers.is_empty())?;
             if let Some(f) = f {
-                found.push((0, f, ud.clone()));
+                found.push((0, f, DirFd::fixed(ud.clone())));
             }
             go = resolver.feed(p);
         } else {
@@ -1162,10 +1183,10 @@ impl OverlayFs {
                 let Some((_, Found::NonDir { ino, mode }, dirfd)) = find(li) else {
                     return Err(Error::new(libc::EIO, "resolve"));
                 };
-                let loc = Loc::At(dirfd.clone(), cn.clone());
                 let is_upper = pos == 0 && upper_dir.is_some();
                 let id = if is_upper { self.ino_for(li, *ino) } else { lower_leaf_id(parent.ino, name) };
                 let state = if is_upper {
+                    let loc = Loc::At(dirfd.get().map_err(|e| Error::io(e, "upper dir"))?, cn.clone());
                     NodeState::non_dir(cn.clone(), kind_of(*mode), Some(loc), None)
                 } else {
                     NodeState::non_dir(cn.clone(), kind_of(*mode), None, Some((li, dirfd.clone())))
@@ -1179,7 +1200,7 @@ impl OverlayFs {
                 let mut id = None;
                 for pos in layers {
                     let li = pos_to_layer(pos);
-                    let Some((_, Found::Dir { ino, fd, marks }, _)) = find(li) else {
+                    let Some((_, Found::Dir { ino, fd, marks }, pdir)) = find(li) else {
                         return Err(Error::new(libc::EIO, "resolve dir"));
                     };
                     if id.is_none() {
@@ -1189,7 +1210,8 @@ impl OverlayFs {
                         upper = Some(Loc::Dir(fd.clone()));
                         umarks = *marks;
                     } else {
-                        lower_dirs.push(LowerDir::new(li, fd.clone(), *marks));
+                        let d = DirFd::child(pdir, cn.clone(), fd.clone(), *ino);
+                        lower_dirs.push(LowerDir::new(li, d, *marks));
                     }
                 }
                 let state = NodeState {
@@ -1236,7 +1258,7 @@ impl OverlayFs {
         };
         if let Some((layer, fd)) = lite::lite_layer(&state) {
             // A lower file: a lite entry, unless a full node has its id already.
-            let loc = Loc::At(fd, state.name.clone());
+            let loc = Loc::At(fd.get().map_err(|e| Error::io(e, "lower dir"))?, state.name.clone());
             let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
             if self.add_lite(id, &pnode, name, layer, state.kind) {
                 return Ok(self.attr_from_stat(id, &st, false));
@@ -1377,7 +1399,7 @@ impl OverlayFs {
             dirs.push((0, u, umarks, None));
         }
         for l in lowers.iter() {
-            dirs.push((l.layer, l.fd.clone(), l.marks, Some(l.index.clone())));
+            dirs.push((l.layer, lower_fd(l)?, l.marks, Some(l.index.clone())));
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
         for (li, fd, marks, index) in &dirs {

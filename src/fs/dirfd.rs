@@ -1,0 +1,204 @@
+//! Lower directory descriptors, held within a budget.
+//!
+//! Every directory node keeps a descriptor of each lower directory that merges into it, for as
+//! long as the kernel holds the node, and the kernel holds nodes until memory runs short. A
+//! walk of a tree whose directories sit in many layers (500 directories in 40 layers: 20000
+//! descriptors) reached the process's open-file limit, and every later open, of anything,
+//! failed with EMFILE. So a lower directory's descriptor may be closed and opened again: it
+//! keeps its parent's handle and its name, and lower layers do not change under a mount, so the
+//! same walk reaches the same directory (its inode number is checked, never followed through
+//! a symlink). Once more are open than [`set_limit`] allows (half the open-file limit), the
+//! least recently used are closed, clock-wise: each use marks a handle, and the sweep gives a
+//! marked handle a second chance. Layer roots are never closed.
+
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::layer;
+use crate::sys;
+
+/// A lower directory's descriptor, open or openable again.
+#[derive(Clone, Debug)]
+pub(crate) struct DirFd(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+    used: AtomicBool,
+    /// Where it is opened again from: the parent directory and the name there. None: never
+    /// closed (a layer root).
+    from: Option<(DirFd, Arc<CStr>)>,
+    ino: u64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.from.is_some() && self.fd.get_mut().is_some() {
+            BUDGET.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Budget {
+    limit: AtomicUsize,
+    open: AtomicUsize,
+    /// Handles that may be open, oldest first (some already dropped or closed).
+    ring: Mutex<VecDeque<Weak<Inner>>>,
+}
+
+static BUDGET: Budget = Budget {
+    limit: AtomicUsize::new(usize::MAX),
+    open: AtomicUsize::new(0),
+    ring: Mutex::new(VecDeque::new()),
+};
+
+/// At most this many closable descriptors stay open (at least 16).
+pub(crate) fn set_limit(n: usize) {
+    BUDGET.limit.store(n.max(16), Ordering::Relaxed);
+    evict();
+}
+
+/// How many closable descriptors are open now.
+#[cfg(test)]
+pub(crate) fn open_count() -> usize {
+    BUDGET.open.load(Ordering::Relaxed)
+}
+
+impl DirFd {
+    /// A descriptor that stays open (a layer root).
+    pub(crate) fn fixed(fd: Arc<OwnedFd>) -> DirFd {
+        DirFd(Arc::new(Inner { fd: Mutex::new(Some(fd)), used: AtomicBool::new(true), from: None, ino: 0 }))
+    }
+
+    /// `fd`, directory `name` of `parent` with inode number `ino`, just opened.
+    pub(crate) fn child(parent: &DirFd, name: Arc<CStr>, fd: Arc<OwnedFd>, ino: u64) -> DirFd {
+        let d = DirFd(Arc::new(Inner {
+            fd: Mutex::new(Some(fd)),
+            used: AtomicBool::new(true),
+            from: Some((parent.clone(), name)),
+            ino,
+        }));
+        register(&d.0);
+        d
+    }
+
+    /// The descriptor, opened again if it was closed.
+    pub(crate) fn get(&self) -> io::Result<Arc<OwnedFd>> {
+        let mut g = self.0.fd.lock();
+        self.0.used.store(true, Ordering::Relaxed);
+        if let Some(fd) = &*g {
+            return Ok(fd.clone());
+        }
+        let Some((parent, name)) = &self.0.from else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let pfd = parent.get()?;
+        let fd = layer::open_dir_at(pfd.as_fd(), name)?;
+        if sys::fstat(fd.as_fd())?.st_ino != self.0.ino {
+            // Lower layers must not change under a mount; this one did.
+            log::warn!("lower directory {:?} was replaced under the mount", name);
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let fd = Arc::new(fd);
+        *g = Some(fd.clone());
+        drop(g);
+        register(&self.0);
+        Ok(fd)
+    }
+}
+
+/// Counts a newly opened closable descriptor and closes others while over the limit.
+fn register(inner: &Arc<Inner>) {
+    BUDGET.open.fetch_add(1, Ordering::Relaxed);
+    BUDGET.ring.lock().push_back(Arc::downgrade(inner));
+    evict();
+}
+
+fn evict() {
+    let limit = BUDGET.limit.load(Ordering::Relaxed);
+    if BUDGET.open.load(Ordering::Relaxed) <= limit {
+        return;
+    }
+    let mut ring = BUDGET.ring.lock();
+    // Entries of dropped handles are shed here; a full pass twice over bounds the work when
+    // everything is in use.
+    if ring.len() > 2 * BUDGET.open.load(Ordering::Relaxed) + 1024 {
+        ring.retain(|w| w.strong_count() > 0);
+    }
+    let mut turns = 2 * ring.len();
+    while turns > 0 && BUDGET.open.load(Ordering::Relaxed) > limit {
+        turns -= 1;
+        let Some(w) = ring.pop_front() else { break };
+        let Some(inner) = w.upgrade() else { continue };
+        if inner.used.swap(false, Ordering::Relaxed) {
+            ring.push_back(w);
+            continue;
+        }
+        // A handle being opened or read right now is skipped (it holds its lock).
+        let Some(mut g) = inner.fd.try_lock() else {
+            ring.push_back(w);
+            continue;
+        };
+        if g.take().is_some() {
+            BUDGET.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::os::unix::fs::MetadataExt;
+
+    fn open(p: &std::path::Path) -> OwnedFd {
+        let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        sys::open_trusted(&c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap()
+    }
+
+    #[test]
+    fn closed_descriptors_open_again_to_the_same_directory() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            std::fs::create_dir_all(t.path().join(format!("d{i}/e"))).unwrap();
+            std::fs::write(t.path().join(format!("d{i}/e/f")), format!("{i}")).unwrap();
+        }
+        std::fs::create_dir(t.path().join("moved")).unwrap();
+        let root = DirFd::fixed(Arc::new(open(t.path())));
+        let mut kids = Vec::new();
+        for i in 0..40 {
+            let name: Arc<CStr> = Arc::from(CString::new(format!("d{i}")).unwrap().as_c_str());
+            let p = t.path().join(format!("d{i}"));
+            let ino = std::fs::metadata(&p).unwrap().ino();
+            let d = DirFd::child(&root, name, Arc::new(open(&p)), ino);
+            let e = DirFd::child(&d, Arc::from(c"e"), Arc::new(open(&p.join("e"))), {
+                std::fs::metadata(p.join("e")).unwrap().ino()
+            });
+            kids.push((d, e));
+        }
+        set_limit(16);
+        assert!(kids.iter().any(|(d, _)| d.0.fd.lock().is_none()), "some were closed");
+        for (i, (_, e)) in kids.iter().enumerate() {
+            let fd = e.get().unwrap();
+            let f = sys::openat(fd.as_fd(), c"f", libc::O_RDONLY, 0).unwrap();
+            let mut b = [0u8; 8];
+            let n = sys::pread(f.as_fd(), &mut b, 0).unwrap();
+            assert_eq!(&b[..n], i.to_string().as_bytes());
+        }
+        // A directory replaced under the mount is refused, never followed elsewhere.
+        let (d0, _) = &kids[0];
+        if d0.0.fd.lock().take().is_some() {
+            BUDGET.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        std::fs::rename(t.path().join("d0"), t.path().join("moved/d0")).unwrap();
+        std::fs::create_dir(t.path().join("d0")).unwrap();
+        assert_eq!(d0.get().unwrap_err().raw_os_error(), Some(libc::ESTALE));
+        set_limit(usize::MAX);
+    }
+}
