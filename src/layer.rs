@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use crate::fs::dirfd::DirFd;
 use crate::sys::{self, SetTime, Stat};
 use crate::whiteout::{self, OpaqueValue};
 
@@ -29,101 +30,151 @@ pub struct Layer {
 /// Where a real object lives.
 #[derive(Clone, Debug)]
 pub enum Loc {
-    /// A directory, by its own `O_PATH` fd.
-    Dir(Arc<OwnedFd>),
+    /// A directory, by its own `O_PATH` fd (closed and opened again on use when many are open,
+    /// see [`DirFd`]).
+    Dir(DirFd),
     /// A non-directory, by its parent directory's fd and its name.
-    At(Arc<OwnedFd>, Arc<CStr>),
+    At(DirFd, Arc<CStr>),
     /// A non-directory whose name went away while the kernel still holds it (open files, other
     /// hard links), by an `O_PATH` fd of its own.
     Pinned(Arc<OwnedFd>),
 }
 
+/// A [`Loc`] with its descriptors open, for the length of one operation.
+#[derive(Clone, Debug)]
+pub enum Live {
+    Dir(Arc<OwnedFd>),
+    At(Arc<OwnedFd>, Arc<CStr>),
+    Pinned(Arc<OwnedFd>),
+}
+
 impl Loc {
+    /// A directory that stays open (layer roots, workdir entries).
+    pub fn fixed_dir(fd: Arc<OwnedFd>) -> Loc {
+        Loc::Dir(DirFd::fixed(fd))
+    }
+
+    /// The location with its descriptors open.
+    pub fn live(&self) -> io::Result<Live> {
+        Ok(match self {
+            Loc::Dir(d) => Live::Dir(d.get()?),
+            Loc::At(d, name) => Live::At(d.get()?, name.clone()),
+            Loc::Pinned(fd) => Live::Pinned(fd.clone()),
+        })
+    }
+
+    pub fn stat(&self) -> io::Result<Stat> {
+        self.live()?.stat()
+    }
+
+    /// Opens the object for I/O. Never follows a symlink.
+    pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
+        self.live()?.open(flags)
+    }
+
+    pub fn readlink(&self) -> io::Result<Vec<u8>> {
+        self.live()?.readlink()
+    }
+
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        self.live()?.chmod(mode)
+    }
+
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        self.live()?.chown(uid, gid)
+    }
+
+    pub fn utimes(&self, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+        self.live()?.utimes(atime, mtime)
+    }
+
+    pub fn getxattr(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        self.live()?.xattr_at().get(name)
+    }
+
+    pub fn listxattr(&self) -> io::Result<Vec<u8>> {
+        self.live()?.xattr_at().list()
+    }
+
+    pub fn setxattr(&self, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let (p, follow) = self.live()?.xattr_path();
+        sys::setxattr(&p, name, value, flags, follow)
+    }
+
+    pub fn removexattr(&self, name: &CStr) -> io::Result<()> {
+        let (p, follow) = self.live()?.xattr_path();
+        sys::removexattr(&p, name, follow)
+    }
+
+    /// The directory's handle, for a directory location.
+    pub fn dir_fd(&self) -> Option<&DirFd> {
+        match self {
+            Loc::Dir(fd) => Some(fd),
+            Loc::At(..) | Loc::Pinned(_) => None,
+        }
+    }
+}
+
+impl Live {
     pub fn stat(&self) -> io::Result<Stat> {
         match self {
-            Loc::Dir(fd) | Loc::Pinned(fd) => sys::fstat(fd.as_fd()),
-            Loc::At(dir, name) => sys::fstatat(dir.as_fd(), name),
+            Live::Dir(fd) | Live::Pinned(fd) => sys::fstat(fd.as_fd()),
+            Live::At(dir, name) => sys::fstatat(dir.as_fd(), name),
         }
     }
 
     /// Opens the object for I/O. Never follows a symlink.
     pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
         match self {
-            Loc::Dir(fd) | Loc::Pinned(fd) => sys::reopen(fd.as_fd(), flags),
-            Loc::At(dir, name) => sys::openat(dir.as_fd(), name, flags, 0),
+            Live::Dir(fd) | Live::Pinned(fd) => sys::reopen(fd.as_fd(), flags),
+            Live::At(dir, name) => sys::openat(dir.as_fd(), name, flags, 0),
         }
     }
 
-    /// The path and follow mode for xattr syscalls on this object.
+    /// The path and follow mode for xattr syscalls on this object (valid while `self` lives).
     pub fn xattr_path(&self) -> (CString, bool) {
         match self {
-            Loc::Dir(fd) | Loc::Pinned(fd) => (sys::proc_fd_path(fd.as_raw_fd(), None), true),
-            Loc::At(dir, name) => (sys::proc_fd_path(dir.as_raw_fd(), Some(name)), false),
+            Live::Dir(fd) | Live::Pinned(fd) => (sys::proc_fd_path(fd.as_raw_fd(), None), true),
+            Live::At(dir, name) => (sys::proc_fd_path(dir.as_raw_fd(), Some(name)), false),
         }
     }
 
     pub fn readlink(&self) -> io::Result<Vec<u8>> {
         match self {
-            Loc::Dir(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            Live::Dir(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
             // readlinkat with an empty path reads the link an O_PATH fd refers to.
-            Loc::Pinned(fd) => sys::readlinkat(fd.as_fd(), c""),
-            Loc::At(dir, name) => sys::readlinkat(dir.as_fd(), name),
+            Live::Pinned(fd) => sys::readlinkat(fd.as_fd(), c""),
+            Live::At(dir, name) => sys::readlinkat(dir.as_fd(), name),
         }
     }
 
     pub fn chmod(&self, mode: u32) -> io::Result<()> {
         match self {
-            Loc::Dir(fd) | Loc::Pinned(fd) => sys::fchmod(fd.as_fd(), mode),
-            Loc::At(dir, name) => sys::fchmodat(dir.as_fd(), name, mode),
+            Live::Dir(fd) | Live::Pinned(fd) => sys::fchmod(fd.as_fd(), mode),
+            Live::At(dir, name) => sys::fchmodat(dir.as_fd(), name, mode),
         }
     }
 
     pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
         match self {
-            Loc::Dir(fd) | Loc::Pinned(fd) => sys::fchown_fd(fd.as_fd(), uid, gid),
-            Loc::At(dir, name) => sys::fchownat(dir.as_fd(), name, uid, gid),
+            Live::Dir(fd) | Live::Pinned(fd) => sys::fchown_fd(fd.as_fd(), uid, gid),
+            Live::At(dir, name) => sys::fchownat(dir.as_fd(), name, uid, gid),
         }
     }
 
     pub fn utimes(&self, atime: SetTime, mtime: SetTime) -> io::Result<()> {
         match self {
-            Loc::Dir(fd) | Loc::Pinned(fd) => sys::futimens_path(fd.as_fd(), atime, mtime),
-            Loc::At(dir, name) => sys::utimensat(dir.as_fd(), name, atime, mtime),
+            Live::Dir(fd) | Live::Pinned(fd) => sys::futimens_path(fd.as_fd(), atime, mtime),
+            Live::At(dir, name) => sys::utimensat(dir.as_fd(), name, atime, mtime),
         }
     }
 
-    /// Where the object's xattrs are read from.
+    /// Where the object's xattrs are read from (valid while `self` lives).
     pub fn xattr_at(&self) -> sys::XattrAt<'_> {
         match self {
-            Loc::Dir(fd) => sys::XattrAt::Dir(fd.as_raw_fd()),
-            Loc::At(dir, name) => sys::XattrAt::Name(dir.as_raw_fd(), name),
-            Loc::Pinned(fd) => sys::XattrAt::Pinned(fd.as_raw_fd()),
-        }
-    }
-
-    pub fn getxattr(&self, name: &CStr) -> io::Result<Vec<u8>> {
-        self.xattr_at().get(name)
-    }
-
-    pub fn listxattr(&self) -> io::Result<Vec<u8>> {
-        self.xattr_at().list()
-    }
-
-    pub fn setxattr(&self, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-        let (p, follow) = self.xattr_path();
-        sys::setxattr(&p, name, value, flags, follow)
-    }
-
-    pub fn removexattr(&self, name: &CStr) -> io::Result<()> {
-        let (p, follow) = self.xattr_path();
-        sys::removexattr(&p, name, follow)
-    }
-
-    /// The directory fd, for a directory location.
-    pub fn dir_fd(&self) -> Option<&Arc<OwnedFd>> {
-        match self {
-            Loc::Dir(fd) => Some(fd),
-            Loc::At(..) | Loc::Pinned(_) => None,
+            Live::Dir(fd) => sys::XattrAt::Dir(fd.as_raw_fd()),
+            Live::At(dir, name) => sys::XattrAt::Name(dir.as_raw_fd(), name),
+            Live::Pinned(fd) => sys::XattrAt::Pinned(fd.as_raw_fd()),
         }
     }
 }

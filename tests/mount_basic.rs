@@ -470,4 +470,31 @@ fn a_tree_needing_more_descriptors_than_the_open_file_limit_is_served_whole() {
         assert_eq!(names[0], "f01");
         assert_eq!(names[11], "new");
     }
+    // Upper directories too: 300 new ones, each holding a file and a subdirectory, then half
+    // of them renamed (into each other as well) while their descriptors come and go.
+    for i in 0..300 {
+        fs::create_dir_all(m.join(format!("n{i:03}/sub"))).unwrap();
+        fs::write(m.join(format!("n{i:03}/sub/x")), format!("{i}")).unwrap();
+    }
+    for i in (0..300).step_by(2) {
+        fs::rename(m.join(format!("n{i:03}")), m.join(format!("n{:03}/moved", i + 1))).unwrap();
+    }
+    for i in (1..300).step_by(2) {
+        fs::rename(m.join(format!("n{i:03}")), m.join(format!("r{i:03}"))).unwrap();
+    }
+    for round in 0..2 {
+        for i in (1..300).step_by(2) {
+            let r = m.join(format!("r{i:03}"));
+            assert_eq!(fs::read_to_string(r.join("sub/x")).unwrap(), format!("{i}"), "round {round}");
+            assert_eq!(fs::read_to_string(r.join("moved/sub/x")).unwrap(), format!("{}", i - 1));
+            fs::write(r.join(format!("moved/sub/y{round}")), b"y").unwrap();
+        }
+    }
+    let mut seen = Vec::new();
+    walk(&m, &mut seen);
+    assert_eq!(seen.len(), 60 + 60 * 12 + 150 * 8);
+    drop(_mnt);
+    for i in (1..300).step_by(2) {
+        assert_eq!(fs::read(u.join(format!("r{i:03}/moved/sub/y1"))).unwrap(), b"y");
+    }
 }

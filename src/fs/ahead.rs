@@ -306,7 +306,7 @@ impl OverlayFs {
                 let n = self.full_node(id)?; // None: forgotten meanwhile
                 let s = n.state.lock();
                 Some(Job::Dir {
-                    upper: s.upper.as_ref().and_then(|u| u.dir_fd().cloned()),
+                    upper: s.upper.as_ref().and_then(|u| u.dir_fd()?.get().ok()),
                     lowers: s.lower_dirs.clone(),
                 })
             })

@@ -21,9 +21,10 @@ use std::sync::atomic::Ordering;
 
 use fuser::FileType;
 
+use super::dirfd::DirFd;
 use super::{Node, OverlayFs, remove_tree_at};
 use crate::error::{Error, Result};
-use crate::layer::{self, Loc};
+use crate::layer::{self, Live, Loc};
 use crate::ovr;
 use crate::sys::{self, SetTime};
 use crate::whiteout;
@@ -168,17 +169,19 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
 }
 
 impl OverlayFs {
-    /// Makes sure a directory node exists in upper; returns its upper fd.
-    pub(crate) fn ensure_upper_dir(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
+    /// Makes sure a directory node exists in upper; returns its upper directory's handle and
+    /// descriptor (open while the descriptor is held).
+    pub(crate) fn ensure_upper_dir(&self, node: &Arc<Node>) -> Result<(DirFd, Arc<OwnedFd>)> {
         self.check_writable()?;
         if !node.has_upper.load(Ordering::Acquire) {
             self.copy_up(node, true)?;
         }
-        let s = node.state.lock();
-        match &s.upper {
-            Some(Loc::Dir(fd)) => Ok(fd.clone()),
-            _ => Err(Error::errno(libc::ENOTDIR)),
-        }
+        let d = match &node.state.lock().upper {
+            Some(Loc::Dir(d)) => d.clone(),
+            _ => return Err(Error::errno(libc::ENOTDIR)),
+        };
+        let fd = d.get().map_err(|e| Error::io(e, "upper dir"))?;
+        Ok((d, fd))
     }
 
     /// Copies a node up (with its data unless `with_data` is false: O_TRUNC, truncate to 0).
@@ -197,7 +200,7 @@ impl OverlayFs {
         };
         let parent = parent.ok_or(Error::new(libc::EIO, "copy-up of a node without parent"))?;
         let (src, src_layer) = src.ok_or(Error::new(libc::ESTALE, "copy-up source"))?;
-        let pfd = self.ensure_upper_dir(&parent)?;
+        let (pdir, pfd) = self.ensure_upper_dir(&parent)?;
         let st = src.stat().map_err(|e| Error::io(e, "copy-up stat"))?;
         // Owner and mode as the mount shows them; kept in the upper's override xattr when the
         // mount writes them there or the source carries one.
@@ -221,7 +224,7 @@ impl OverlayFs {
             FileType::Directory => {
                 sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
                 let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up"))?;
-                Loc::Dir(Arc::new(fd))
+                Loc::fixed_dir(Arc::new(fd))
             }
             FileType::RegularFile => {
                 let dst =
@@ -241,18 +244,18 @@ impl OverlayFs {
                         sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
                     }
                 }
-                Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
+                Loc::At(DirFd::fixed(work.clone()), Arc::from(tmp.as_c_str()))
             }
             FileType::Symlink => {
                 let target = src.readlink().map_err(|e| Error::io(e, "copy-up readlink"))?;
                 let t = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
                 sys::symlinkat(&t, work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up symlink"))?;
-                Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
+                Loc::At(DirFd::fixed(work.clone()), Arc::from(tmp.as_c_str()))
             }
             _ => {
                 sys::mknodat(work.as_fd(), &tmp, (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)
                     .map_err(|e| Error::io(e, "copy-up mknod"))?;
-                Loc::At(work.clone(), Arc::from(tmp.as_c_str()))
+                Loc::At(DirFd::fixed(work.clone()), Arc::from(tmp.as_c_str()))
             }
         };
         copy_xattrs(&src, &tloc)?;
@@ -277,15 +280,19 @@ impl OverlayFs {
             match sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {
                 Ok(()) => {
                     guard.armed = false;
-                    match tloc {
-                        Loc::Dir(fd) => Loc::Dir(fd),
-                        _ => Loc::At(pfd.clone(), name.clone()),
+                    match tloc.live().map_err(|e| Error::io(e, "copy-up"))? {
+                        Live::Dir(fd) => {
+                            let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
+                            Loc::Dir(DirFd::child(&pdir, name.clone(), fd, ino))
+                        }
+                        _ => Loc::At(pdir.clone(), name.clone()),
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && kind == FileType::Directory => {
                     // Another node object for the same directory copied it up already.
                     let fd = layer::open_dir_at(pfd.as_fd(), &name).map_err(|e| Error::io(e, "copy-up"))?;
-                    Loc::Dir(Arc::new(fd))
+                    let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
+                    Loc::Dir(DirFd::child(&pdir, name.clone(), Arc::new(fd), ino))
                 }
                 Err(e) => return Err(Error::io(e, "copy-up rename")),
             }

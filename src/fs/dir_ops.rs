@@ -25,9 +25,10 @@ use fuser::{FileAttr, FileType};
 use parking_lot::RwLockWriteGuard;
 
 use super::copy_up::TmpGuard;
+use super::dirfd::DirFd;
 use super::{DirMarks, Node, NodeState, OverlayFs, cname, kind_of, remove_tree_at};
 use crate::error::{Error, Result};
-use crate::layer::{self, Loc};
+use crate::layer::{self, Live, Loc};
 use crate::merge::{Resolution, Resolver};
 use crate::name;
 use crate::ovr;
@@ -109,7 +110,8 @@ impl OverlayFs {
         if let Err(e) = loc.setxattr(c"user.overlay.opaque", b"y", 0) {
             log::debug!("user.overlay.opaque not set ({e}); the .wh..wh..opq marker alone marks it");
         }
-        if let Some(fd) = loc.dir_fd() {
+        if let Some(d) = loc.dir_fd() {
+            let fd = d.get().map_err(|e| Error::io(e, "opaque marker"))?;
             let marker = CString::new(name::OPAQUE_MARKER).unwrap_or_default();
             match sys::openat(fd.as_fd(), &marker, libc::O_WRONLY | libc::O_CREAT, 0o600) {
                 Ok(_) => {}
@@ -138,7 +140,8 @@ impl OverlayFs {
         let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { cgid };
         // A directory is read through its own fd; other objects without an open fd would take
         // a path walk to check, no cheaper than the chown.
-        let known = fd.or_else(|| loc.dir_fd().map(|d| &**d));
+        let dfd = loc.dir_fd().and_then(|d| d.get().ok());
+        let known = fd.or(dfd.as_deref());
         if let Some(st) = known.and_then(|fd| sys::fstat(fd.as_fd()).ok()) {
             if st.st_uid == uid && st.st_gid == gid {
                 return Ok(());
@@ -271,7 +274,7 @@ impl OverlayFs {
                 return Err(Error::errno(libc::EPERM));
             }
         }
-        let pfd = self.ensure_upper_dir(pnode)?;
+        let (pdir, pfd) = self.ensure_upper_dir(pnode)?;
         let _g = pnode.dir_lock.write();
         self.dir_changed(pnode.ino);
         if self.lookup_locked(pnode, name)?.is_some() {
@@ -286,7 +289,7 @@ impl OverlayFs {
         let is_dir = matches!(obj, NewObj::Dir { .. });
         let opaque = is_dir && (slot.is_whiteout || slot.wh_file || self.lower_positive(pnode, name)?);
         // The parent as the mount shows it (setgid and group from the override xattr).
-        let pst = self.stat_eff(&Loc::Dir(pfd.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
+        let pst = self.stat_eff(&Loc::Dir(pdir.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
         let via_work = slot.is_whiteout || opaque;
         let work = self.work_fd()?;
         // A default ACL on the parent: the upper filesystem applies it (and ignores the umask)
@@ -295,7 +298,7 @@ impl OverlayFs {
         let dacl = match &obj {
             NewObj::Symlink { .. } | NewObj::Link { .. } => None,
             _ if !self.acl_enabled() => None,
-            _ => Loc::Dir(pfd.clone()).getxattr(c"system.posix_acl_default").ok(),
+            _ => Loc::Dir(pdir.clone()).getxattr(c"system.posix_acl_default").ok(),
         };
         let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
         // A staging name in workdir, only where the object is made there.
@@ -304,12 +307,12 @@ impl OverlayFs {
             (Some(v), true) => {
                 sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "staging dir"))?;
                 let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "staging dir"))?;
-                let l = Loc::Dir(Arc::new(fd));
-                if let Err(e) = l.setxattr(c"system.posix_acl_default", v, 0) {
+                let sfd = Arc::new(fd);
+                if let Err(e) = Loc::fixed_dir(sfd.clone()).setxattr(c"system.posix_acl_default", v, 0) {
                     let _ = remove_tree_at(work, &tmp);
                     return Err(Error::io(e, "staging dir default ACL"));
                 }
-                l.dir_fd().cloned()
+                Some(sfd)
             }
             _ => None,
         };
@@ -320,6 +323,7 @@ impl OverlayFs {
         };
         let mut guard = TmpGuard { dir: work, name: tmp, armed: via_work };
         let mut file_fd = None;
+        let mut new_dir = None;
         let mode_for_owner;
         // With xattr_permissions the real object stays reachable by the server whatever the
         // mode; the mode asked for goes into the xattr.
@@ -340,7 +344,7 @@ impl OverlayFs {
                 .map_err(|e| Error::io(e, "create"))?;
                 file_fd = Some(fd);
                 mode_for_owner = (!self.write_ovr).then_some(perm);
-                Loc::At(dir.clone(), at.clone())
+                Loc::At(DirFd::fixed(dir.clone()), at.clone())
             }
             NewObj::Dir { mode } => {
                 let mut m = *mode & 0o7777 & !umask;
@@ -351,8 +355,9 @@ impl OverlayFs {
                 new_kind = ovr::Kind::Dir;
                 let real = (m & xo) | reach_d;
                 sys::mkdirat(dir.as_fd(), &at, real).map_err(|e| Error::io(e, "mkdir"))?;
-                let fd = layer::open_dir_at(dir.as_fd(), &at).map_err(|e| Error::io(e, "mkdir"))?;
-                let l = Loc::Dir(Arc::new(fd));
+                let fd = Arc::new(layer::open_dir_at(dir.as_fd(), &at).map_err(|e| Error::io(e, "mkdir"))?);
+                new_dir = Some(fd.clone());
+                let l = Loc::fixed_dir(fd);
                 if via_work && real & libc::S_ISGID != 0 {
                     l.chmod(real).map_err(|e| Error::io(e, "mkdir"))?;
                 }
@@ -385,23 +390,23 @@ impl OverlayFs {
                     Err(e) => return Err(Error::io(e, "mknod")),
                 }
                 mode_for_owner = (!self.write_ovr).then_some(fmt | perm);
-                Loc::At(dir.clone(), at.clone())
+                Loc::At(DirFd::fixed(dir.clone()), at.clone())
             }
             NewObj::Symlink { target } => {
                 sys::symlinkat(target, dir.as_fd(), &at).map_err(|e| Error::io(e, "symlink"))?;
                 mode_for_owner = None;
                 new_kind = ovr::Kind::Symlink;
                 perm = 0o777;
-                Loc::At(dir.clone(), at.clone())
+                Loc::At(DirFd::fixed(dir.clone()), at.clone())
             }
             NewObj::Link { src } => {
-                match src {
-                    Loc::At(sdir, sname) => sys::linkat(sdir.as_fd(), sname, dir.as_fd(), &at),
-                    Loc::Dir(fd) | Loc::Pinned(fd) => sys::link_fd(fd.as_fd(), dir.as_fd(), &at),
+                match src.live().map_err(|e| Error::io(e, "link"))? {
+                    Live::At(sdir, sname) => sys::linkat(sdir.as_fd(), &sname, dir.as_fd(), &at),
+                    Live::Dir(fd) | Live::Pinned(fd) => sys::link_fd(fd.as_fd(), dir.as_fd(), &at),
                 }
                 .map_err(|e| Error::io(e, "link"))?;
                 mode_for_owner = None;
-                Loc::At(dir.clone(), at.clone())
+                Loc::At(DirFd::fixed(dir.clone()), at.clone())
             }
         };
         if !matches!(obj, NewObj::Link { .. }) {
@@ -445,9 +450,12 @@ impl OverlayFs {
                 let _ = sys::unlinkat(pfd.as_fd(), &w, false);
             }
         }
-        let final_loc = match loc {
-            Loc::Dir(fd) => Loc::Dir(fd),
-            Loc::At(..) | Loc::Pinned(_) => Loc::At(pfd.clone(), cn.clone()),
+        let final_loc = match new_dir {
+            Some(fd) => {
+                let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "stat new"))?.st_ino;
+                Loc::Dir(DirFd::child(&pdir, cn.clone(), fd, ino))
+            }
+            None => Loc::At(pdir.clone(), cn.clone()),
         };
         let st = match &file_fd {
             Some(fd) => sys::fstat(fd.as_fd()),
@@ -548,7 +556,7 @@ impl OverlayFs {
             return Err(Error::errno(libc::ENOENT));
         }
         let pnode = self.node(parent)?;
-        let pfd = self.ensure_upper_dir(&pnode)?;
+        let (_, pfd) = self.ensure_upper_dir(&pnode)?;
         let _g = pnode.dir_lock.write();
         self.dir_changed(pnode.ino);
         let child = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
@@ -654,8 +662,8 @@ impl OverlayFs {
             self.copy_up(d, true)?;
         }
         self.copy_up(&src, true)?;
-        let opfd = self.ensure_upper_dir(&opn)?;
-        let npfd = self.ensure_upper_dir(&npn)?;
+        let (opdir, opfd) = self.ensure_upper_dir(&opn)?;
+        let (npdir, npfd) = self.ensure_upper_dir(&npn)?;
         let (_g1, _g2) = Self::lock_two(&opn, &npn);
         self.dir_changed(opn.ino);
         self.dir_changed(npn.ino);
@@ -683,8 +691,8 @@ impl OverlayFs {
             self.pin_upper(&d);
             sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_EXCHANGE)
                 .map_err(|e| Error::io(e, "rename exchange"))?;
-            for (n, p, pfd, nm, cn) in [(&src, &npn, &npfd, nname, &ncn), (&d, &opn, &opfd, oname, &ocn)] {
-                self.moved(n, p, pfd, nm, cn)?;
+            for (n, p, pdir, nm, cn) in [(&src, &npn, &npdir, nname, &ncn), (&d, &opn, &opdir, oname, &ocn)] {
+                self.moved(n, p, pdir, nm, cn)?;
             }
             return Ok(());
         }
@@ -748,7 +756,7 @@ impl OverlayFs {
             let mut ds = d.state.lock();
             ds.unlinked = true;
         }
-        self.moved(&src, &npn, &npfd, nname, &ncn)?;
+        self.moved(&src, &npn, &npdir, nname, &ncn)?;
         Ok(())
     }
 
@@ -758,7 +766,7 @@ impl OverlayFs {
         &self,
         node: &Arc<Node>,
         pnode: &Arc<Node>,
-        pfd: &Arc<OwnedFd>,
+        pdir: &DirFd,
         name: &[u8],
         cn: &Arc<CStr>,
     ) -> Result<()> {
@@ -791,8 +799,12 @@ impl OverlayFs {
                 // merges (it was made opaque above when a lower layer has that name).
                 s.upper_marks.opaque |= made_opaque;
                 s.lower_dirs = super::LowerDirs::default();
+                if let Some(Loc::Dir(d)) = &s.upper {
+                    // Opened again (when closed) from its new place.
+                    d.moved_to(pdir, cn.clone());
+                }
             } else {
-                s.upper = Some(Loc::At(pfd.clone(), cn.clone()));
+                s.upper = Some(Loc::At(pdir.clone(), cn.clone()));
             }
         }
         Ok(())

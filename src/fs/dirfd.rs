@@ -31,15 +31,16 @@ pub(crate) struct DirFd(Arc<Inner>);
 struct Inner {
     fd: Mutex<Option<Arc<OwnedFd>>>,
     used: AtomicBool,
-    /// Where it is opened again from: the parent directory and the name there. None: never
-    /// closed (a layer root).
-    from: Option<(DirFd, Arc<CStr>)>,
+    /// Where it is opened again from: the parent directory and the name there (an upper
+    /// directory's change when it is renamed). None: never closed (a layer root, workdir).
+    from: Mutex<Option<(DirFd, Arc<CStr>)>>,
+    closable: bool,
     ino: u64,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.from.is_some() && self.fd.get_mut().is_some() {
+        if self.closable && self.fd.get_mut().is_some() {
             BUDGET.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -64,16 +65,16 @@ pub(crate) fn set_limit(n: usize) {
     evict();
 }
 
-/// How many closable descriptors are open now.
-#[cfg(test)]
-pub(crate) fn open_count() -> usize {
-    BUDGET.open.load(Ordering::Relaxed)
-}
-
 impl DirFd {
     /// A descriptor that stays open (a layer root).
     pub(crate) fn fixed(fd: Arc<OwnedFd>) -> DirFd {
-        DirFd(Arc::new(Inner { fd: Mutex::new(Some(fd)), used: AtomicBool::new(true), from: None, ino: 0 }))
+        DirFd(Arc::new(Inner {
+            fd: Mutex::new(Some(fd)),
+            used: AtomicBool::new(true),
+            from: Mutex::new(None),
+            closable: false,
+            ino: 0,
+        }))
     }
 
     /// `fd`, directory `name` of `parent` with inode number `ino`, just opened.
@@ -81,30 +82,65 @@ impl DirFd {
         let d = DirFd(Arc::new(Inner {
             fd: Mutex::new(Some(fd)),
             used: AtomicBool::new(true),
-            from: Some((parent.clone(), name)),
+            from: Mutex::new(Some((parent.clone(), name))),
+            closable: true,
             ino,
         }));
         register(&d.0);
         d
     }
 
+    /// The directory moved to `name` in `parent` (an upper directory renamed through the
+    /// mount; set right after the rename, see [`DirFd::get`]).
+    pub(crate) fn moved_to(&self, parent: &DirFd, name: Arc<CStr>) {
+        let mut f = self.0.from.lock();
+        if f.is_some() {
+            *f = Some((parent.clone(), name));
+        }
+    }
+
     /// The descriptor, opened again if it was closed.
+    ///
+    /// An upper directory may be renamed through the mount while it is opened again: between
+    /// the rename and [`DirFd::moved_to`] its old name is missing or names another directory
+    /// (told by the inode number). Then the walk is tried again, for a while, and the
+    /// directory is never taken for another.
     pub(crate) fn get(&self) -> io::Result<Arc<OwnedFd>> {
         let mut g = self.0.fd.lock();
         self.0.used.store(true, Ordering::Relaxed);
         if let Some(fd) = &*g {
             return Ok(fd.clone());
         }
-        let Some((parent, name)) = &self.0.from else {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        let mut tries = 0;
+        let fd = loop {
+            let Some((parent, name)) = self.0.from.lock().clone() else {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            };
+            let found = parent.get().and_then(|p| layer::open_dir_at(p.as_fd(), &name)).and_then(|fd| {
+                if sys::fstat(fd.as_fd())?.st_ino == self.0.ino {
+                    Ok(fd)
+                } else {
+                    Err(io::Error::from_raw_os_error(libc::ESTALE))
+                }
+            });
+            match found {
+                Ok(fd) => break fd,
+                Err(e)
+                    if tries < 150 && matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESTALE)) =>
+                {
+                    tries += 1;
+                    if tries < 50 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                Err(e) => {
+                    log::warn!("directory {name:?} could not be opened again: {e}");
+                    return Err(e);
+                }
+            }
         };
-        let pfd = parent.get()?;
-        let fd = layer::open_dir_at(pfd.as_fd(), name)?;
-        if sys::fstat(fd.as_fd())?.st_ino != self.0.ino {
-            // Lower layers must not change under a mount; this one did.
-            log::warn!("lower directory {:?} was replaced under the mount", name);
-            return Err(io::Error::from_raw_os_error(libc::ESTALE));
-        }
         let fd = Arc::new(fd);
         *g = Some(fd.clone());
         drop(g);

@@ -307,10 +307,11 @@ impl OverlayFs {
             loc.chmod(mode).map_err(|e| Error::io(e, "chmod"))?;
         }
         // Looked up first: removing even an absent security.* xattr needs privilege.
-        if loc.xattr_at().get_into(CAPS_XATTR, &mut []).is_err() {
+        let live = loc.live().map_err(|e| Error::io(e, "xattr"))?;
+        if live.xattr_at().get_into(CAPS_XATTR, &mut []).is_err() {
             return Ok(());
         }
-        let (path, follow) = loc.xattr_path();
+        let (path, follow) = live.xattr_path();
         match sys::removexattr(&path, CAPS_XATTR, follow) {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(Error::io(e, "removexattr")),
             _ => Ok(()),

@@ -204,8 +204,7 @@ impl OverlayFs {
         match self.entry(id)? {
             Entry::Full(node) => self.node_attr(&node),
             Entry::Lite { parent, name, layer, .. } => {
-                let dir = self.lite_dir(&parent, layer)?.get().map_err(|e| Error::io(e, "lower dir"))?;
-                let loc = Loc::At(dir, name);
+                let loc = Loc::At(self.lite_dir(&parent, layer)?, name);
                 let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
                 Ok(self.attr_from_stat(id, &st, false))
             }
@@ -230,7 +229,7 @@ impl OverlayFs {
         match self.entry(id).ok()? {
             Entry::Full(n) => n.top().map(|t| t.loc.clone()),
             Entry::Lite { parent, name, layer, .. } => {
-                Some(Loc::At(self.lite_dir(&parent, layer).ok()?.get().ok()?, name))
+                Some(Loc::At(self.lite_dir(&parent, layer).ok()?, name))
             }
         }
     }

@@ -293,9 +293,9 @@ pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
         return Some((u.clone(), 0));
     }
     if let Some((li, dir)) = &s.lower {
-        return Some((Loc::At(reopened(dir)?, s.name.clone()), *li));
+        return Some((Loc::At(dir.clone(), s.name.clone()), *li));
     }
-    s.lower_dirs.first().and_then(|d| Some((Loc::Dir(reopened(&d.fd)?), d.layer)))
+    s.lower_dirs.first().map(|d| (Loc::Dir(d.fd.clone()), d.layer))
 }
 
 /// How many lower directory descriptors may stay open at once; the least recently used beyond
@@ -307,12 +307,6 @@ pub fn set_lower_dir_budget(n: usize) {
 /// A lower directory's descriptor, opened again if it was closed (see [`dirfd`]).
 fn lower_fd(ld: &LowerDir) -> Result<Arc<OwnedFd>> {
     ld.fd.get().map_err(|e| Error::io(e, "lower dir"))
-}
-
-/// A lower directory's descriptor, opened again if it was closed (see [`dirfd`]); None, logged,
-/// when it cannot be.
-fn reopened(d: &DirFd) -> Option<Arc<OwnedFd>> {
-    d.get().map_err(|e| log::warn!("lower directory: {e}")).ok()
 }
 
 /// One entry of a merged listing.
@@ -742,7 +736,7 @@ impl OverlayFs {
         for (i, l) in self.layers.iter().enumerate() {
             let marks = if l.is_bottom { DirMarks::default() } else { layer::dir_marks(&l.root) };
             if l.is_upper {
-                upper = Some(Loc::Dir(l.root.clone()));
+                upper = Some(Loc::fixed_dir(l.root.clone()));
                 upper_marks = marks;
                 stop = marks.opaque;
             } else if !stop {
@@ -1148,9 +1142,10 @@ impl OverlayFs {
         let mut found: Vec<(usize, Found, DirFd)> = Vec::new();
         let mut go = true;
         if let Some(ud) = &upper_dir {
-            let (p, f) = self.probe(ud, upper_marks, name, &cn, lowers.is_empty())?;
+            let udfd = ud.get().map_err(|e| Error::io(e, "upper dir"))?;
+            let (p, f) = self.probe(&udfd, upper_marks, name, &cn, lowers.is_empty())?;
             if let Some(f) = f {
-                found.push((0, f, DirFd::fixed(ud.clone())));
+                found.push((0, f, ud.clone()));
             }
             go = resolver.feed(p);
         } else {
@@ -1186,7 +1181,7 @@ impl OverlayFs {
                 let is_upper = pos == 0 && upper_dir.is_some();
                 let id = if is_upper { self.ino_for(li, *ino) } else { lower_leaf_id(parent.ino, name) };
                 let state = if is_upper {
-                    let loc = Loc::At(dirfd.get().map_err(|e| Error::io(e, "upper dir"))?, cn.clone());
+                    let loc = Loc::At(dirfd.clone(), cn.clone());
                     NodeState::non_dir(cn.clone(), kind_of(*mode), Some(loc), None)
                 } else {
                     NodeState::non_dir(cn.clone(), kind_of(*mode), None, Some((li, dirfd.clone())))
@@ -1207,7 +1202,7 @@ impl OverlayFs {
                         id = Some(self.ino_for(li, *ino));
                     }
                     if pos == 0 && upper_dir.is_some() {
-                        upper = Some(Loc::Dir(fd.clone()));
+                        upper = Some(Loc::Dir(DirFd::child(pdir, cn.clone(), fd.clone(), *ino)));
                         umarks = *marks;
                     } else {
                         let d = DirFd::child(pdir, cn.clone(), fd.clone(), *ino);
@@ -1258,7 +1253,7 @@ impl OverlayFs {
         };
         if let Some((layer, fd)) = lite::lite_layer(&state) {
             // A lower file: a lite entry, unless a full node has its id already.
-            let loc = Loc::At(fd.get().map_err(|e| Error::io(e, "lower dir"))?, state.name.clone());
+            let loc = Loc::At(fd, state.name.clone());
             let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
             if self.add_lite(id, &pnode, name, layer, state.kind) {
                 return Ok(self.attr_from_stat(id, &st, false));
@@ -1396,7 +1391,7 @@ impl OverlayFs {
         let nlowers = lowers.len();
         let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<SharedIndex>)> = Vec::new();
         if let Some(u) = upper {
-            dirs.push((0, u, umarks, None));
+            dirs.push((0, u.get().map_err(|e| Error::io(e, "upper dir"))?, umarks, None));
         }
         for l in lowers.iter() {
             dirs.push((l.layer, lower_fd(l)?, l.marks, Some(l.index.clone())));
@@ -1469,7 +1464,7 @@ impl OverlayFs {
             if kind == Some(FileType::RegularFile) && self.ovr[li].is_some() {
                 // A regular file may stand for a device, FIFO or socket: d_type as stat shows it.
                 if let Ok(cn) = CString::new(e.name.clone()) {
-                    let loc = Loc::At(fd.clone(), Arc::from(cn));
+                    let loc = Loc::At(DirFd::fixed(fd.clone()), Arc::from(cn));
                     if let Some(o) = self.read_override(&loc, li) {
                         if let Some((mode, ..)) = ovr::apply(&o, libc::S_IFREG, 0) {
                             kind = Some(kind_of(mode));
