@@ -25,7 +25,7 @@ use crate::sys;
 
 /// A lower directory's descriptor, open or openable again.
 #[derive(Clone, Debug)]
-pub(crate) struct DirFd(Arc<Inner>);
+pub struct DirFd(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {

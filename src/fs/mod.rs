@@ -21,7 +21,7 @@
 mod ahead;
 mod copy_up;
 mod dir_ops;
-pub(crate) mod dirfd;
+pub mod dirfd;
 mod file_ops;
 mod lite;
 
