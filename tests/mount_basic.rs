@@ -380,7 +380,8 @@ fn dev_fuse_threads_are_pinned_one_per_cpu_and_their_helpers_are_not() {
     }
 }
 
-/// A server started with an open-file limit of `nofile` (as `prlimit --nofile` sets it).
+/// A server started with an open-file limit of `nofile` (as `prlimit --nofile` sets it) that it
+/// cannot raise.
 fn mount_with_nofile(
     lowers: &[std::path::PathBuf],
     u: &std::path::Path,
@@ -390,7 +391,13 @@ fn mount_with_nofile(
 ) -> Mounted {
     let low: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
     let o = format!("lowerdir={},upperdir={},workdir={}", low.join(":"), u.display(), w.display());
-    let out = std::process::Command::new("prlimit")
+    // As root without CAP_SYS_RESOURCE (dropped from the bounding set), as here, so that
+    // layerfs cannot raise the limit again wherever root has it.
+    let mut cmd = std::process::Command::new(if is_root() { "setpriv" } else { "prlimit" });
+    if is_root() {
+        cmd.args(["--bounding-set=-sys_resource", "prlimit"]);
+    }
+    let out = cmd
         .arg(format!("--nofile={nofile}:{nofile}"))
         .arg(layerfs_bin())
         .args(["-o", &o])

@@ -151,8 +151,16 @@ impl DirFd {
 
 /// Counts a newly opened closable descriptor and closes others while over the limit.
 fn register(inner: &Arc<Inner>) {
-    BUDGET.open.fetch_add(1, Ordering::Relaxed);
-    BUDGET.ring.lock().push_back(Arc::downgrade(inner));
+    let open = BUDGET.open.fetch_add(1, Ordering::Relaxed) + 1;
+    {
+        let mut ring = BUDGET.ring.lock();
+        ring.push_back(Arc::downgrade(inner));
+        // The entries of dropped handles go once they are half the ring (each keeps its
+        // handle's memory, though not its descriptor).
+        if ring.len() > 2 * open + 1024 {
+            ring.retain(|w| w.strong_count() > 0);
+        }
+    }
     evict();
 }
 
@@ -162,11 +170,7 @@ fn evict() {
         return;
     }
     let mut ring = BUDGET.ring.lock();
-    // Entries of dropped handles are shed here; a full pass twice over bounds the work when
-    // everything is in use.
-    if ring.len() > 2 * BUDGET.open.load(Ordering::Relaxed) + 1024 {
-        ring.retain(|w| w.strong_count() > 0);
-    }
+    // Twice round the ring at most, when everything is in use.
     let mut turns = 2 * ring.len();
     while turns > 0 && BUDGET.open.load(Ordering::Relaxed) > limit {
         turns -= 1;
