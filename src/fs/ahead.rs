@@ -225,7 +225,7 @@ fn data_ahead(loc: &Loc, size: u64) {
 /// kernel's caches, as a listing of `dir` will want them (its lookups open each subdirectory
 /// and check it for the marker).
 fn stat_all(dir: &OwnedFd) -> std::io::Result<Vec<sys::DirEntry>> {
-    let rfd = sys::reopen(dir.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let rfd = sys::reopen_dir(dir.as_fd())?;
     let raw = sys::read_dir_all(rfd.as_fd())?;
     drop(rfd);
     let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();

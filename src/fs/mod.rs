@@ -1006,8 +1006,7 @@ impl OverlayFs {
             return Ok(None);
         }
         let fd = ld.fd.get().map_err(|e| Error::io(e, "lower dir"))?;
-        let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-            .map_err(|e| Error::io(e, "opendir"))?;
+        let rfd = sys::reopen_dir(fd.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
         let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
         Ok(Some(ld.index.get_or_init(|| DirIndex::from_raw(&raw))))
     }
@@ -1398,8 +1397,7 @@ impl OverlayFs {
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
         for (li, fd, marks, index) in &dirs {
-            let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .map_err(|e| Error::io(e, "opendir"))?;
+            let rfd = sys::reopen_dir(fd.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
             let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
             if let Some(ix) = index {
                 if nlowers >= INDEX_MIN_LOWERS && ix.get().is_none() {
@@ -1632,7 +1630,7 @@ fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
 
 /// Removes everything inside a directory (never following symlinks).
 pub(crate) fn clean_dir(fd: &OwnedFd) -> std::io::Result<()> {
-    let rfd = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let rfd = sys::reopen_dir(fd.as_fd())?;
     for e in sys::read_dir_all(rfd.as_fd())? {
         let Ok(cn) = CString::new(e.name) else { continue };
         remove_tree_at(fd, &cn)?;
