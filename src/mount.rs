@@ -156,6 +156,11 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     for w in &cfg.opts.warnings {
         eprintln!("layerfs: {w}");
     }
+    // Before any thread starts (they inherit it): server threads may run in SCHED_IDLE (see
+    // uring's Placement), which would otherwise put their disk reads in the idle I/O class.
+    if let Err(e) = sys::pin_io_priority() {
+        log::warn!("I/O priority not set: {e}");
+    }
     let nofile = sys::raise_nofile_limit();
     // Half the descriptors for lower directories, the rest for files, upper directories and
     // the server's own (see `fs::dirfd`).

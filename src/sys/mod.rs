@@ -854,6 +854,30 @@ pub fn set_sched_idle(idle: bool) -> io::Result<()> {
     Ok(())
 }
 
+const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+const IOPRIO_CLASS_SHIFT: u32 = 13;
+const IOPRIO_CLASS_BE: libc::c_int = 2;
+
+/// Makes the calling thread's I/O priority explicit where it is implied (class "none"): the
+/// best-effort class at the level its nice value implies, which is what it has now. Threads
+/// started after inherit it. An implied I/O priority follows the CPU policy, and a thread in
+/// `SCHED_IDLE` gets the idle I/O class, whose reads mq-deadline serves after everyone else's,
+/// even when nobody else reads. An I/O priority set by the user (`ionice`) is kept.
+pub fn pin_io_priority() -> io::Result<()> {
+    // SAFETY: plain syscalls on the calling thread (who = 0).
+    let cur = cvt(unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) } as libc::c_int)?;
+    if cur >> IOPRIO_CLASS_SHIFT != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above; getpriority may return -1 legitimately, which clamps below.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let level = ((nice.clamp(-20, 19) + 20) / 5) as libc::c_int;
+    let prio = (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | level;
+    // SAFETY: as above.
+    cvt(unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, prio) } as libc::c_int)?;
+    Ok(())
+}
+
 /// Restricts the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
