@@ -162,9 +162,9 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         log::warn!("I/O priority not set: {e}");
     }
     let nofile = sys::raise_nofile_limit();
-    // Half the descriptors for lower directories, the rest for files, upper directories and
-    // the server's own (see `fs::dirfd`).
-    crate::fs::set_lower_dir_budget(usize::try_from(nofile / 2).unwrap_or(usize::MAX));
+    // Half the descriptors for directories, the rest for open files and the server's own (see
+    // `fs::dirfd`).
+    crate::fs::set_dir_budget(usize::try_from(nofile / 2).unwrap_or(usize::MAX));
     // Modes of new objects are exactly what the request asks for: the caller's umask is
     // applied by layerfs itself (FUSE_DONT_MASK), and not at all under a default ACL.
     sys::umask(0);

@@ -180,7 +180,7 @@ impl OverlayFs {
             Some(Loc::Dir(d)) => d.clone(),
             _ => return Err(Error::errno(libc::ENOTDIR)),
         };
-        let fd = d.get().map_err(|e| Error::io(e, "upper dir"))?;
+        let fd = super::dir_open(&d)?;
         Ok((d, fd))
     }
 
@@ -220,6 +220,7 @@ impl OverlayFs {
         } else {
             st.st_mode & 0o7777
         };
+        let wdir = DirFd::fixed(work.clone());
         let tloc = match kind {
             FileType::Directory => {
                 sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
@@ -244,18 +245,18 @@ impl OverlayFs {
                         sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
                     }
                 }
-                Loc::At(DirFd::fixed(work.clone()), Arc::from(tmp.as_c_str()))
+                Loc::At(wdir, Arc::from(tmp.as_c_str()))
             }
             FileType::Symlink => {
                 let target = src.readlink().map_err(|e| Error::io(e, "copy-up readlink"))?;
                 let t = CString::new(target).map_err(|_| Error::errno(libc::EINVAL))?;
                 sys::symlinkat(&t, work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up symlink"))?;
-                Loc::At(DirFd::fixed(work.clone()), Arc::from(tmp.as_c_str()))
+                Loc::At(wdir, Arc::from(tmp.as_c_str()))
             }
             _ => {
                 sys::mknodat(work.as_fd(), &tmp, (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)
                     .map_err(|e| Error::io(e, "copy-up mknod"))?;
-                Loc::At(DirFd::fixed(work.clone()), Arc::from(tmp.as_c_str()))
+                Loc::At(wdir, Arc::from(tmp.as_c_str()))
             }
         };
         copy_xattrs(&src, &tloc)?;

@@ -111,7 +111,7 @@ impl OverlayFs {
             log::debug!("user.overlay.opaque not set ({e}); the .wh..wh..opq marker alone marks it");
         }
         if let Some(d) = loc.dir_fd() {
-            let fd = d.get().map_err(|e| Error::io(e, "opaque marker"))?;
+            let fd = super::dir_open(d)?;
             let marker = CString::new(name::OPAQUE_MARKER).unwrap_or_default();
             match sys::openat(fd.as_fd(), &marker, libc::O_WRONLY | libc::O_CREAT, 0o600) {
                 Ok(_) => {}
@@ -321,6 +321,8 @@ impl OverlayFs {
             (None, true) => (work.clone(), Arc::from(tmp.as_c_str())),
             (None, false) => (pfd.clone(), cn.clone()),
         };
+        // `dir` as a location's directory: the parent's own handle when made in place.
+        let ldir = if stage.is_none() && !via_work { pdir.clone() } else { DirFd::fixed(dir.clone()) };
         let mut guard = TmpGuard { dir: work, name: tmp, armed: via_work };
         let mut file_fd = None;
         let mut new_dir = None;
@@ -344,7 +346,7 @@ impl OverlayFs {
                 .map_err(|e| Error::io(e, "create"))?;
                 file_fd = Some(fd);
                 mode_for_owner = (!self.write_ovr).then_some(perm);
-                Loc::At(DirFd::fixed(dir.clone()), at.clone())
+                Loc::At(ldir, at.clone())
             }
             NewObj::Dir { mode } => {
                 let mut m = *mode & 0o7777 & !umask;
@@ -390,14 +392,14 @@ impl OverlayFs {
                     Err(e) => return Err(Error::io(e, "mknod")),
                 }
                 mode_for_owner = (!self.write_ovr).then_some(fmt | perm);
-                Loc::At(DirFd::fixed(dir.clone()), at.clone())
+                Loc::At(ldir, at.clone())
             }
             NewObj::Symlink { target } => {
                 sys::symlinkat(target, dir.as_fd(), &at).map_err(|e| Error::io(e, "symlink"))?;
                 mode_for_owner = None;
                 new_kind = ovr::Kind::Symlink;
                 perm = 0o777;
-                Loc::At(DirFd::fixed(dir.clone()), at.clone())
+                Loc::At(ldir, at.clone())
             }
             NewObj::Link { src } => {
                 match src.live().map_err(|e| Error::io(e, "link"))? {
@@ -406,7 +408,7 @@ impl OverlayFs {
                 }
                 .map_err(|e| Error::io(e, "link"))?;
                 mode_for_owner = None;
-                Loc::At(DirFd::fixed(dir.clone()), at.clone())
+                Loc::At(ldir, at.clone())
             }
         };
         if !matches!(obj, NewObj::Link { .. }) {

@@ -1,15 +1,17 @@
-//! Lower directory descriptors, held within a budget.
+//! Directory descriptors, held within a budget.
 //!
-//! Every directory node keeps a descriptor of each lower directory that merges into it, for as
-//! long as the kernel holds the node, and the kernel holds nodes until memory runs short. A
-//! walk of a tree whose directories sit in many layers (500 directories in 40 layers: 20000
-//! descriptors) reached the process's open-file limit, and every later open, of anything,
-//! failed with EMFILE. So a lower directory's descriptor may be closed and opened again: it
-//! keeps its parent's handle and its name, and lower layers do not change under a mount, so the
-//! same walk reaches the same directory (its inode number is checked, never followed through
-//! a symlink). Once more are open than [`set_limit`] allows (half the open-file limit), the
-//! least recently used are closed, clock-wise: each use marks a handle, and the sweep gives a
-//! marked handle a second chance. Layer roots are never closed.
+//! Every directory node keeps a descriptor of its upper directory and of each lower directory
+//! that merges into it, for as long as the kernel holds the node, and the kernel holds nodes
+//! until memory runs short. A walk of a tree whose directories sit in many layers (500
+//! directories in 40 layers: 20000 descriptors), or 25000 new directories, reached the
+//! process's open-file limit, and every later open, of anything, failed with EMFILE. So such a
+//! descriptor may be closed and opened again: its handle keeps its parent's handle and its name
+//! (lower layers do not change under a mount; an upper directory renamed through the mount is
+//! told its new place, [`DirFd::moved_to`]), and the same walk reaches the same directory (its
+//! inode number is checked, never followed through a symlink). Once more are open than
+//! [`set_limit`] allows (half the open-file limit), the least recently used are closed,
+//! clock-wise: each use marks a handle, and the sweep gives a marked handle a second chance.
+//! Layer roots and workdir entries are never closed.
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
@@ -23,7 +25,7 @@ use parking_lot::Mutex;
 use crate::layer;
 use crate::sys;
 
-/// A lower directory's descriptor, open or openable again.
+/// A directory's descriptor, open or openable again.
 #[derive(Clone, Debug)]
 pub struct DirFd(Arc<Inner>);
 
@@ -34,13 +36,13 @@ struct Inner {
     /// Where it is opened again from: the parent directory and the name there (an upper
     /// directory's change when it is renamed). None: never closed (a layer root, workdir).
     from: Mutex<Option<(DirFd, Arc<CStr>)>>,
-    closable: bool,
     ino: u64,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.closable && self.fd.get_mut().is_some() {
+        // Counted while open, when it can be closed at all.
+        if self.from.get_mut().is_some() && self.fd.get_mut().is_some() {
             BUDGET.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -72,7 +74,6 @@ impl DirFd {
             fd: Mutex::new(Some(fd)),
             used: AtomicBool::new(true),
             from: Mutex::new(None),
-            closable: false,
             ino: 0,
         }))
     }
@@ -83,7 +84,6 @@ impl DirFd {
             fd: Mutex::new(Some(fd)),
             used: AtomicBool::new(true),
             from: Mutex::new(Some((parent.clone(), name))),
-            closable: true,
             ino,
         }));
         register(&d.0);

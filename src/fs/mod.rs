@@ -298,15 +298,15 @@ pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
     s.lower_dirs.first().map(|d| (Loc::Dir(d.fd.clone()), d.layer))
 }
 
-/// How many lower directory descriptors may stay open at once; the least recently used beyond
-/// it are closed, and opened again when used (see [`dirfd`]).
-pub fn set_lower_dir_budget(n: usize) {
+/// How many directory descriptors may stay open at once; the least recently used beyond it
+/// are closed, and opened again when used (see [`dirfd`]).
+pub fn set_dir_budget(n: usize) {
     dirfd::set_limit(n)
 }
 
-/// A lower directory's descriptor, opened again if it was closed (see [`dirfd`]).
-fn lower_fd(ld: &LowerDir) -> Result<Arc<OwnedFd>> {
-    ld.fd.get().map_err(|e| Error::io(e, "lower dir"))
+/// A directory's descriptor, opened again if it was closed (see [`dirfd`]).
+pub(crate) fn dir_open(d: &DirFd) -> Result<Arc<OwnedFd>> {
+    d.get().map_err(|e| Error::io(e, "reopen dir"))
 }
 
 /// One entry of a merged listing.
@@ -1005,8 +1005,7 @@ impl OverlayFs {
         if nlowers < INDEX_MIN_LOWERS {
             return Ok(None);
         }
-        let fd = ld.fd.get().map_err(|e| Error::io(e, "lower dir"))?;
-        let rfd = sys::reopen_dir(fd.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
+        let rfd = sys::reopen_dir(dir_open(&ld.fd)?.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
         let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
         Ok(Some(ld.index.get_or_init(|| DirIndex::from_raw(&raw))))
     }
@@ -1041,8 +1040,9 @@ impl OverlayFs {
 
     /// A directory of a lower layer, opened, with its marks.
     fn open_lower_subdir(&self, ld: &LowerDir, cname: &CStr) -> Result<(Arc<OwnedFd>, DirMarks)> {
-        let pfd = ld.fd.get().map_err(|e| Error::io(e, "lower dir"))?;
-        let fd = Arc::new(layer::open_dir_at(pfd.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?);
+        let fd = Arc::new(
+            layer::open_dir_at(dir_open(&ld.fd)?.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?,
+        );
         let marks = if self.layers[ld.layer].is_bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
         Ok((fd, marks))
     }
@@ -1092,7 +1092,7 @@ impl OverlayFs {
     ) -> Result<(Probe, Option<Found>)> {
         let bottom = self.layers[ld.layer].is_bottom;
         let Some(ix) = self.lower_index(ld, nlowers)? else {
-            return self.probe(&lower_fd(ld)?, ld.marks, name, cname, bottom);
+            return self.probe(&dir_open(&ld.fd)?, ld.marks, name, cname, bottom);
         };
         let whited = !bottom && ix.whited_out(name);
         let Some((dtype, ino)) = ix.entry(name) else {
@@ -1115,7 +1115,7 @@ impl OverlayFs {
             libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFSOCK }))),
             libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFBLK }))),
             // Char devices may be whiteouts, unknown types need a stat: ask the layer.
-            _ => self.probe(&lower_fd(ld)?, ld.marks, name, cname, bottom),
+            _ => self.probe(&dir_open(&ld.fd)?, ld.marks, name, cname, bottom),
         }
     }
 
@@ -1141,8 +1141,7 @@ impl OverlayFs {
         let mut found: Vec<(usize, Found, DirFd)> = Vec::new();
         let mut go = true;
         if let Some(ud) = &upper_dir {
-            let udfd = ud.get().map_err(|e| Error::io(e, "upper dir"))?;
-            let (p, f) = self.probe(&udfd, upper_marks, name, &cn, lowers.is_empty())?;
+            let (p, f) = self.probe(&dir_open(ud)?, upper_marks, name, &cn, lowers.is_empty())?;
             if let Some(f) = f {
                 found.push((0, f, ud.clone()));
             }
@@ -1390,10 +1389,10 @@ impl OverlayFs {
         let nlowers = lowers.len();
         let mut dirs: Vec<(usize, Arc<OwnedFd>, DirMarks, Option<SharedIndex>)> = Vec::new();
         if let Some(u) = upper {
-            dirs.push((0, u.get().map_err(|e| Error::io(e, "upper dir"))?, umarks, None));
+            dirs.push((0, dir_open(&u)?, umarks, None));
         }
         for l in lowers.iter() {
-            dirs.push((l.layer, lower_fd(l)?, l.marks, Some(l.index.clone())));
+            dirs.push((l.layer, dir_open(&l.fd)?, l.marks, Some(l.index.clone())));
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
         for (li, fd, marks, index) in &dirs {

@@ -889,7 +889,9 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 /// Lets the calling thread run on every CPU again (undoes [`pin_to_cpu`], also inherited).
 pub fn unpin() -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for cpu in cpu_list("possible") {
+    // Read once: threads started per many-layer lookup call this each.
+    static POSSIBLE: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    for &cpu in POSSIBLE.get_or_init(|| cpu_list("possible")) {
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
     let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
