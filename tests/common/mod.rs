@@ -146,8 +146,8 @@ fn join_layers(lowers: &[PathBuf]) -> String {
         .join(":")
 }
 
-/// Mounts layerfs (daemonised, as engines run it); panics with its stderr on failure.
-pub fn mount_layerfs(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> Mounted {
+/// The `-o` argument for `lowers`, upper and workdir, and `extra` options.
+pub fn mount_options(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, extra: &str) -> String {
     let mut o = format!("lowerdir={}", join_layers(lowers));
     if let Some((u, w)) = uw {
         o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
@@ -156,6 +156,12 @@ pub fn mount_layerfs(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path,
         o.push(',');
         o.push_str(extra);
     }
+    o
+}
+
+/// Mounts layerfs (daemonised, as engines run it); panics with its stderr on failure.
+pub fn mount_layerfs(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path, extra: &str) -> Mounted {
+    let o = mount_options(lowers, uw, extra);
     let out = Command::new(layerfs_bin()).arg("-o").arg(&o).arg(mnt).output().expect("run layerfs");
     assert!(out.status.success(), "layerfs mount failed: {}\n{}", String::from_utf8_lossy(&out.stderr), o);
     assert!(is_mounted(mnt), "layerfs exited 0 but {} is not mounted", mnt.display());
