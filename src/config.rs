@@ -236,6 +236,9 @@ pub struct Options {
     pub uidmapping: Vec<IdMapRange>,
     pub gidmapping: Vec<IdMapRange>,
     pub passthrough: bool,
+    /// `passthrough=all`: lower files opened read-only are passed through too; a descriptor
+    /// opened so keeps reading the lower file after a copy-up.
+    pub passthrough_lower: bool,
     /// `uring=0`: answer only through `/dev/fuse`, even where the kernel offers io_uring queues.
     pub uring: bool,
     pub context: Option<String>,
@@ -284,6 +287,7 @@ impl Default for Options {
             uidmapping: Vec::new(),
             gidmapping: Vec::new(),
             passthrough: true,
+            passthrough_lower: false,
             uring: true,
             context: None,
             debug: false,
@@ -369,7 +373,13 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
                 "fsync" | "sync_fs" => o.fsync = parse_bool(&key, &need(&val)?)?,
                 "volatile" => o.fsync = false,
                 "writeback" => o.writeback = parse_bool(&key, &need(&val)?)?,
-                "passthrough" => o.passthrough = parse_bool(&key, &need(&val)?)?,
+                "passthrough" => {
+                    let v = need(&val)?;
+                    o.passthrough_lower = v == "all";
+                    o.passthrough = o.passthrough_lower
+                        || parse_bool(&key, &v)
+                            .map_err(|_| format!("invalid value for {key}: {v} (want 0, 1 or all)"))?;
+                }
                 "uring" => o.uring = parse_bool(&key, &need(&val)?)?,
                 "threaded" => {
                     let v = need(&val)?;
@@ -603,6 +613,20 @@ mod tests {
         assert!(parse_options(&["xattr_permissions=3".into()]).is_err());
         let o = parse_options(&["whiteout=wh".into()]).unwrap();
         assert_eq!(o.whiteout, WhiteoutChoice::Fixed(WhiteoutStyle::WhFile));
+        let e = parse_options(&["passthrough=some".into()]).unwrap_err();
+        assert!(e.contains("want 0, 1 or all"), "{e}");
+    }
+
+    #[test]
+    fn passthrough_all_also_passes_lower_files_and_a_later_value_wins() {
+        let o = parse_options(&["passthrough=all".into()]).unwrap();
+        assert!(o.passthrough && o.passthrough_lower);
+        let o = parse_options(&["passthrough=all,passthrough=1".into()]).unwrap();
+        assert!(o.passthrough && !o.passthrough_lower);
+        let o = parse_options(&["passthrough=all,passthrough=0".into()]).unwrap();
+        assert!(!o.passthrough && !o.passthrough_lower);
+        let o = parse_options(&[]).unwrap();
+        assert!(o.passthrough && !o.passthrough_lower);
     }
 
     #[test]

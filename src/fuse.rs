@@ -29,6 +29,12 @@ pub struct Fuse {
     /// Try FUSE passthrough (kernel 6.9+, needs CAP_SYS_ADMIN); switched off for good at the
     /// first refusal.
     pub passthrough: AtomicBool,
+    /// `passthrough=all`: lower files opened read-only in a writable mount are given to
+    /// passthrough too ([`Aliases`]).
+    pub lower_passthrough: bool,
+    aliases: Mutex<Aliases>,
+    /// Whether `aliases` holds any: requests then translate their node id.
+    any_alias: AtomicBool,
     /// FUSE_HANDLE_KILLPRIV_V2 is on: the server drops setuid/setgid/capabilities on writes
     /// and truncation by unprivileged callers (and the kernel, which then marks an inode
     /// S_NOSEC once it has found nothing to drop, asks for `security.capability` at an
@@ -82,12 +88,23 @@ pub struct Ctx {
 pub enum Answer<'a> {
     Err(i32),
     Ok,
-    Entry(FileAttr),
+    /// The attributes (`attr.ino` is the inode number shown) and the node id the kernel
+    /// refers to the object by, which differ for an alias ([`Aliases`]).
+    Entry(FileAttr, u64),
     Attr(FileAttr),
     Data(&'a [u8]),
     XattrSize(u32),
-    Open { fh: u64, flags: FopenFlags, backing: Option<u32> },
-    Create { attr: FileAttr, fh: u64, flags: FopenFlags, backing: Option<u32> },
+    Open {
+        fh: u64,
+        flags: FopenFlags,
+        backing: Option<u32>,
+    },
+    Create {
+        attr: FileAttr,
+        fh: u64,
+        flags: FopenFlags,
+        backing: Option<u32>,
+    },
     Written(u32),
     Statfs(libc::statvfs),
     Offset(i64),
@@ -100,17 +117,12 @@ pub trait DirOut {
 
 /// Where READDIRPLUS entries go; `add` returns true once the reply is full.
 pub trait DirPlusOut {
-    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool;
+    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr, id: u64) -> bool;
 }
 
 /// The answer to an operation that returns nothing.
 fn done(op: &str, r: crate::error::Result<()>) -> Answer<'static> {
     r.map_or_else(|e| fail(op, e), |()| Answer::Ok)
-}
-
-/// The answer to an operation that makes or finds a name.
-fn entry(op: &str, r: crate::error::Result<FileAttr>) -> Answer<'static> {
-    r.map_or_else(|e| fail(op, e), Answer::Entry)
 }
 
 /// Logs a failed operation and turns it into its answer.
@@ -123,13 +135,14 @@ fn fail(op: &str, e: Error) -> Answer<'static> {
     Answer::Err(e.errno)
 }
 
-/// How the open handles of each inode are served. The kernel requires every open of an inode
-/// to agree: all passthrough with one backing file, or none passthrough (mixing fails the open).
-/// So an inode's first open decides until its last handle closes: passthrough when the real
-/// file cannot change under it (an upper file, or any file of a read-only mount), otherwise
-/// served here (a lower file may be copied up while open, which would change the backing file).
-/// A small file opened read-only first is served here too, its data stored into the page cache
-/// at open ([`STORE_MAX`]).
+/// How the open handles of each inode are served, by the kernel's node id. The kernel requires
+/// every open of an inode to agree: all passthrough with one backing file, or none passthrough
+/// (mixing fails the open). So an inode's first open decides until its last handle closes:
+/// passthrough when the real file cannot change under it (an upper file, or any file of a
+/// read-only mount), otherwise served here (a lower file may be copied up while open, which
+/// would change the backing file), unless `passthrough=all` ([`Aliases`]). A small file opened
+/// read-only first is served here too, its data stored into the page cache at open
+/// ([`STORE_MAX`]).
 #[derive(Default)]
 struct Backing {
     by_ino: HashMap<u64, InoMode>,
@@ -159,7 +172,9 @@ impl Drop for Truncation<'_> {
 
 enum InoMode {
     Cached(usize),
-    Passthrough(Arc<BackingFile>, usize),
+    /// The backing file, the handles using it, and whether it is a lower file
+    /// (`passthrough=all`): then only read-only opens of a node not yet copied up may share it.
+    Passthrough(Arc<BackingFile>, usize, bool),
     /// The inode's first open, read-only, of a small file whose data is being put into the
     /// kernel's page cache before the open is answered. Other opens and truncations of the
     /// inode wait for it: a write landing between the server's read of the data and the store
@@ -173,7 +188,39 @@ enum OpenMode {
     Passthrough(Arc<BackingFile>),
     /// Cached, with the whole file stored into the kernel's page cache first.
     Store,
+    /// The inode is passed through to a lower file, and this open needs the upper one: the
+    /// node gets an alias and the open fails with ESTALE, which the kernel retries by path
+    /// ([`Aliases`]).
+    Conflict,
 }
+
+/// Second kernel inodes of one node, for `passthrough=all`.
+///
+/// There a lower file opened read-only is passed through to the lower file itself, and the
+/// kernel keeps an inode's backing file until its last handle closes. A copy-up needs the
+/// upper file as backing, which the kernel refuses for that inode meanwhile. So an open that
+/// needs the upper file of an inode passed through to the lower one gives the node a fresh
+/// node id (an alias of it, the inode number shown stays the node's) and fails with ESTALE:
+/// the kernel retries an open by path once with every name revalidated, the lookup now
+/// answers the alias, and the kernel, seeing a different node id, drops its entry and opens
+/// a new inode, which passes through to the upper file. Handles opened before keep reading
+/// the lower file (as on fuse-overlayfs, and on kernel overlayfs before Linux 4.19); an open
+/// that is not by path (`/proc/self/fd/N`) gets the ESTALE.
+///
+/// Every request names the node by the kernel's id: an alias is translated to its node
+/// ([`Fuse::node_of`]), and the node's lookup count covers the alias's references too.
+#[derive(Default)]
+struct Aliases {
+    /// Alias id -> (node id, kernel references to the alias).
+    by_id: HashMap<u64, (u64, u64)>,
+    /// Node id -> the alias that lookups of the node answer with.
+    current: HashMap<u64, u64>,
+    next: u64,
+}
+
+/// Where alias ids start (node ids elsewhere are inode numbers of the layers or hashes; an
+/// alias id is also checked against the live nodes when made).
+const ALIAS_BASE: u64 = 0xa11a_5000_0000_0000;
 
 /// Files up to this size opened read-only while no other handle is open are stored into the
 /// kernel's page cache (FUSE_NOTIFY_STORE) before the OPEN is answered, so the reads that
@@ -188,6 +235,9 @@ impl Fuse {
             ttl,
             writeback,
             passthrough: AtomicBool::new(passthrough),
+            lower_passthrough: false,
+            aliases: Mutex::new(Aliases::default()),
+            any_alias: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stored: Condvar::new(),
@@ -228,43 +278,66 @@ impl Fuse {
         Ok(BackingFile { id, dev: dev.clone() })
     }
 
-    /// Picks the mode of a new open handle. `may_store`: a read-only open that could be
-    /// answered by storing the file into the kernel's page cache ([`STORE_MAX`]). `created`:
-    /// the mode of a file this request created, which can carry no capability xattr yet.
-    fn open_mode(&self, ino: u64, fh: u64, may_store: bool, created: Option<u32>) -> OpenMode {
+    /// Picks the mode of a new open handle of the kernel's inode `ino`, of node `node` (they
+    /// differ for an alias). `read_only`: opened for reading only. `may_store`: a read-only
+    /// open that could be answered by storing the file into the kernel's page cache
+    /// ([`STORE_MAX`]). `created`: the mode of a file this request created, which can carry no
+    /// capability xattr yet.
+    fn open_mode(
+        &self,
+        ino: u64,
+        node: u64,
+        fh: u64,
+        read_only: bool,
+        may_store: bool,
+        created: Option<u32>,
+    ) -> OpenMode {
         // Sized before the lock, which every open and release takes: the size only picks the
-        // mode, the store reads whatever the file holds by then.
-        let small =
-            may_store && self.stores() && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX);
+        // mode, the store reads whatever the file holds by then. Stores are keyed by node id,
+        // as truncations are: none on an alias.
+        let small = may_store
+            && ino == node
+            && self.stores()
+            && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX);
         let mut b = self.backing.lock();
         self.wait_stored(&mut b, ino);
-        b.by_fh.insert(fh, ino);
         match b.by_ino.get_mut(&ino) {
             Some(InoMode::Cached(n)) => {
                 *n += 1;
+                b.by_fh.insert(fh, ino);
                 return OpenMode::Cached;
             }
-            Some(InoMode::Passthrough(id, n)) => {
+            Some(InoMode::Passthrough(id, n, lower)) => {
+                if *lower && (!read_only || self.fs.has_upper(node)) {
+                    return OpenMode::Conflict;
+                }
                 *n += 1;
-                return OpenMode::Passthrough(id.clone());
+                let id = id.clone();
+                b.by_fh.insert(fh, ino);
+                return OpenMode::Passthrough(id);
             }
             Some(InoMode::Storing(_)) | None => {}
         }
+        b.by_fh.insert(fh, ino);
         if small && !b.truncating.contains_key(&ino) {
             b.by_ino.insert(ino, InoMode::Storing(1));
             return OpenMode::Store;
         }
         let mut mode = OpenMode::Cached;
+        let mut lower = false;
         if self.passthrough.load(Ordering::Relaxed) {
             match self.fs.backing_file(fh) {
                 Ok((fd, upper))
-                    if (upper || self.fs.is_read_only())
-                        && !(self.killpriv.load(Ordering::Relaxed)
+                    if (upper || self.fs.is_read_only() || (self.lower_passthrough && read_only))
+                        && !(upper
+                            && self.killpriv.load(Ordering::Relaxed)
                             && match created {
                                 Some(mode) => crate::fs::privileged_mode(mode),
                                 None => self.fs.carries_privs(&fd),
                             }) =>
                 {
+                    // A lower file of a read-only mount is never copied up.
+                    lower = !upper && !self.fs.is_read_only();
                     match self.register(&fd) {
                         Ok(id) => mode = OpenMode::Passthrough(Arc::new(id)),
                         Err(e) => {
@@ -280,11 +353,108 @@ impl Fuse {
             }
         }
         let m = match &mode {
-            OpenMode::Cached | OpenMode::Store => InoMode::Cached(1),
-            OpenMode::Passthrough(id) => InoMode::Passthrough(id.clone(), 1),
+            OpenMode::Passthrough(id) => InoMode::Passthrough(id.clone(), 1, lower),
+            _ => InoMode::Cached(1),
         };
         b.by_ino.insert(ino, m);
         mode
+    }
+
+    /// The node a kernel node id stands for: itself, or the node of an alias ([`Aliases`]).
+    pub fn node_of(&self, id: u64) -> u64 {
+        if !self.any_alias.load(Ordering::Acquire) {
+            return id;
+        }
+        self.aliases.lock().by_id.get(&id).map_or(id, |a| a.0)
+    }
+
+    /// The node id to answer an entry of `attr`'s node with, which then holds one more kernel
+    /// reference: the node's current alias, if it has one.
+    fn kernel_id(&self, attr: &FileAttr) -> u64 {
+        let id = attr.ino.0;
+        if attr.kind != FileType::RegularFile || !self.any_alias.load(Ordering::Acquire) {
+            return id;
+        }
+        let mut a = self.aliases.lock();
+        let Some(alias) = a.current.get(&id).copied() else { return id };
+        if let Some(e) = a.by_id.get_mut(&alias) {
+            e.1 += 1;
+        }
+        alias
+    }
+
+    /// Gives `node` a new alias that lookups answer with from now on ([`Aliases`]), `ino`
+    /// being the kernel inode whose open needed it.
+    fn split(&self, ino: u64, node: u64) {
+        self.make_alias(node);
+        // The kernel may hold the old inode's attributes for the whole timeout: from now on
+        // they are to be asked for each time (see `is_split`).
+        if let Some(n) = self.notifier.get() {
+            for id in if ino == node { vec![ino] } else { vec![ino, node] } {
+                if let Err(e) = n.inval_inode(INodeNo(id), -1, 0) {
+                    log::debug!("invalidating the attributes of {id:#x}: {e}");
+                }
+            }
+        }
+    }
+
+    fn make_alias(&self, node: u64) {
+        let mut a = self.aliases.lock();
+        if let Some(cur) = a.current.get(&node) {
+            if a.by_id.get(cur).is_some_and(|e| e.1 == 0) {
+                // Not looked up yet (the kernel's retry is on its way): that one will do.
+                return;
+            }
+        }
+        let id = loop {
+            a.next += 1;
+            let id = ALIAS_BASE + a.next;
+            if !a.by_id.contains_key(&id) && !self.fs.holds(id) {
+                break id;
+            }
+        };
+        log::debug!("node {node:#x}: alias {id:#x}");
+        a.by_id.insert(id, (node, 0));
+        a.current.insert(node, id);
+        self.any_alias.store(true, Ordering::Release);
+    }
+
+    /// Whether `node` has an alias: then none of its kernel inodes may cache attributes, as
+    /// changes made through one (a passthrough write, a chmod) do not reach the other.
+    pub fn is_split(&self, node: u64) -> bool {
+        self.any_alias.load(Ordering::Acquire) && self.aliases.lock().current.contains_key(&node)
+    }
+
+    /// Drops `n` kernel references of the kernel's node id `id` (an alias, or a node). A
+    /// node's current alias stays while the node lives, also with no references left: the
+    /// kernel forgets the alias it was just answered with when that revalidated an entry of
+    /// the old inode, and then looks the name up again.
+    fn forget_id(&self, id: u64, n: u64) {
+        let node = self.node_of(id);
+        if node != id {
+            let mut a = self.aliases.lock();
+            let current = a.current.get(&node) == Some(&id);
+            if let Some(e) = a.by_id.get_mut(&id) {
+                e.1 = e.1.saturating_sub(n);
+                if e.1 == 0 && !current {
+                    a.by_id.remove(&id);
+                }
+            }
+        }
+        self.fs.forget(node, n);
+        if self.any_alias.load(Ordering::Acquire) {
+            // Checked under the lock, which a lookup answering the alias takes after it
+            // installed the node again.
+            let mut a = self.aliases.lock();
+            if !self.fs.holds(node) {
+                if let Some(alias) = a.current.remove(&node) {
+                    a.by_id.remove(&alias);
+                }
+                if a.by_id.is_empty() {
+                    self.any_alias.store(false, Ordering::Release);
+                }
+            }
+        }
     }
 
     /// Puts the data of a file opened with [`OpenMode::Store`] into the kernel's page cache,
@@ -347,7 +517,7 @@ impl Fuse {
         let mut b = self.backing.lock();
         let Some(ino) = b.by_fh.remove(&fh) else { return };
         let last = match b.by_ino.get_mut(&ino) {
-            Some(InoMode::Cached(n)) | Some(InoMode::Passthrough(_, n)) | Some(InoMode::Storing(n)) => {
+            Some(InoMode::Cached(n)) | Some(InoMode::Passthrough(_, n, _)) | Some(InoMode::Storing(n)) => {
                 *n -= 1;
                 *n == 0
             }
@@ -399,9 +569,17 @@ pub struct SetattrIn {
 /// The operations, each answering for whichever transport decoded the request (the
 /// `/dev/fuse` threads in [`crate::devloop`], or the io_uring queues in [`crate::uring`]).
 impl Fuse {
+    /// The answer to an operation that makes or finds a name.
+    fn entry(&self, op: &str, r: crate::error::Result<FileAttr>) -> Answer<'static> {
+        match r {
+            Ok(attr) => Answer::Entry(attr, self.kernel_id(&attr)),
+            Err(e) => fail(op, e),
+        }
+    }
+
     pub fn lookup(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
         log::debug!("lookup(parent={parent}, name={name:?})");
-        entry(
+        self.entry(
             "lookup",
             self.hook(ctx, Op::Lookup, parent, Some(name), 0, |_| {}, || self.fs.lookup(parent, name)),
         )
@@ -425,7 +603,7 @@ impl Fuse {
     pub fn forget(&self, ctx: &Ctx, ino: u64, nlookup: u64) {
         log::debug!("forget(ino={ino}, n={nlookup})");
         let f = || {
-            self.fs.forget(ino, nlookup);
+            self.forget_id(ino, nlookup);
             Ok(())
         };
         let _ = self.hook(ctx, Op::Forget, ino, None, 0, |a| _ = a.n("n", nlookup), f);
@@ -512,14 +690,14 @@ impl Fuse {
         log::debug!("mknod(parent={parent}, name={name:?}, mode={mode:o}, rdev={rdev})");
         let args = |a: &mut Args| _ = a.o("mode", mode).n("rdev", rdev);
         let f = || self.fs.mknod(parent, name, mode, rdev as u64, caller(ctx, umask));
-        entry("mknod", self.hook(ctx, Op::Mknod, parent, Some(name), 0, args, f))
+        self.entry("mknod", self.hook(ctx, Op::Mknod, parent, Some(name), 0, args, f))
     }
 
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, umask: u32) -> Answer<'static> {
         log::debug!("mkdir(parent={parent}, name={name:?}, mode={mode:o})");
         let args = |a: &mut Args| _ = a.o("mode", mode);
         let f = || self.fs.mkdir(parent, name, mode, caller(ctx, umask));
-        entry("mkdir", self.hook(ctx, Op::Mkdir, parent, Some(name), 0, args, f))
+        self.entry("mkdir", self.hook(ctx, Op::Mkdir, parent, Some(name), 0, args, f))
     }
 
     pub fn unlink(&self, ctx: &Ctx, parent: u64, name: &OsStr) -> Answer<'static> {
@@ -538,7 +716,7 @@ impl Fuse {
         log::debug!("symlink(parent={parent}, name={link_name:?}, target={target:?})");
         let args = |a: &mut Args| _ = a.s("target", target);
         let f = || self.fs.symlink(parent, link_name, target, caller(ctx, 0));
-        entry("symlink", self.hook(ctx, Op::Symlink, parent, Some(link_name), 0, args, f))
+        self.entry("symlink", self.hook(ctx, Op::Symlink, parent, Some(link_name), 0, args, f))
     }
 
     pub fn rename(
@@ -560,29 +738,31 @@ impl Fuse {
         log::debug!("link(ino={ino}, newparent={newparent}, newname={newname:?})");
         let args = |a: &mut Args| _ = a.n("target_ino", ino);
         let f = || self.fs.link(ino, newparent, newname);
-        entry("link", self.hook(ctx, Op::Link, newparent, Some(newname), 0, args, f))
+        self.entry("link", self.hook(ctx, Op::Link, newparent, Some(newname), 0, args, f))
     }
 
+    /// OPEN of the kernel's inode `ino` (a node, or an alias of one: [`Aliases`]).
     pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> Answer<'static> {
         log::debug!("open(ino={ino}, flags={flags:#x})");
+        let node = self.node_of(ino);
         let args = |a: &mut Args| _ = a.x("flags", flags as u32);
         let kill = flags & libc::O_TRUNC != 0 && self.kills_privs(ctx);
-        let _truncation = (flags & libc::O_TRUNC != 0).then(|| self.truncation(ino)).flatten();
+        let _truncation = (flags & libc::O_TRUNC != 0).then(|| self.truncation(node)).flatten();
         let f = || {
-            let o = self.fs.open(ino, flags)?;
+            let o = self.fs.open(node, flags)?;
             if kill {
-                if let Err(e) = self.fs.kill_privs(ino, ctx.gid) {
+                if let Err(e) = self.fs.kill_privs(node, ctx.gid) {
                     self.fs.release(o.fh);
                     return Err(e);
                 }
             }
             Ok(o)
         };
-        match self.hook(ctx, Op::Open, ino, None, 0, args, f) {
+        match self.hook(ctx, Op::Open, node, None, 0, args, f) {
             Ok(o) => {
                 let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
                 let may_store = read_only && o.keep_cache && flags & libc::O_TRUNC == 0;
-                let answer = match self.open_mode(ino, o.fh, may_store, None) {
+                let answer = match self.open_mode(ino, node, o.fh, read_only, may_store, None) {
                     OpenMode::Passthrough(b) => {
                         Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                     }
@@ -591,9 +771,15 @@ impl Fuse {
                         self.store(ino, o.fh);
                         Answer::Open { fh: o.fh, flags: self.fopen(&o), backing: None }
                     }
+                    OpenMode::Conflict => {
+                        // The copy-up (and an O_TRUNC) stand: the retry finds them done.
+                        self.fs.release(o.fh);
+                        self.split(ino, node);
+                        return Answer::Err(libc::ESTALE);
+                    }
                 };
                 if read_only {
-                    self.fs.opened(ino);
+                    self.fs.opened(node);
                 }
                 answer
             }
@@ -743,7 +929,7 @@ impl Fuse {
                     Ok(a) => a,
                     Err(e) => return fail("readdirplus", e),
                 };
-                if out.add(off, &e.name, &self.ttl, &attr) {
+                if out.add(off, &e.name, &self.ttl, &attr, attr.ino.0) {
                     break;
                 }
                 continue;
@@ -751,8 +937,9 @@ impl Fuse {
             // Each entry returned counts as a lookup; one that does not fit is given back.
             match self.fs.lookup(ino, &e.name) {
                 Ok(attr) => {
-                    if out.add(off, &e.name, &self.ttl, &attr) {
-                        self.fs.forget(attr.ino.0, 1);
+                    let id = self.kernel_id(&attr);
+                    if out.add(off, &e.name, &self.ttl, &attr, id) {
+                        self.forget_id(id, 1);
                         break;
                     }
                     if ahead {
@@ -851,15 +1038,18 @@ impl Fuse {
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
         let f = || self.fs.create(parent, name, mode, flags, caller(ctx, umask));
         match self.hook(ctx, Op::Create, parent, Some(name), 0, args, f) {
-            Ok((attr, o)) => match self.open_mode(attr.ino.0, o.fh, false, Some(attr.perm as u32)) {
-                OpenMode::Passthrough(b) => {
-                    Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+            // A new file: no other open of its inode, so no conflict either.
+            Ok((attr, o)) => {
+                match self.open_mode(attr.ino.0, attr.ino.0, o.fh, false, false, Some(attr.perm as u32)) {
+                    OpenMode::Passthrough(b) => {
+                        Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+                    }
+                    // Not asked for by create (may_store is false).
+                    OpenMode::Cached | OpenMode::Store | OpenMode::Conflict => {
+                        Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
+                    }
                 }
-                // Not asked for by create (may_store is false).
-                OpenMode::Cached | OpenMode::Store => {
-                    Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
-                }
-            },
+            }
             Err(e) => fail("create", e),
         }
     }

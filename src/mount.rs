@@ -186,6 +186,7 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         cfg.opts.writeback && plan.is_none(),
         passthrough,
     );
+    fuse.lower_passthrough = passthrough && cfg.opts.passthrough_lower;
     fuse.exit_on_destroy = true;
     fuse.uring = cfg.opts.uring && std::env::var_os("LAYERFS_NO_URING").is_none();
     let fcfg = fuser_config(&cfg, source);

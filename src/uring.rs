@@ -582,8 +582,11 @@ impl Reply<'_> {
         self.u32(0);
     }
     /// `struct fuse_entry_out`.
-    fn entry(&mut self, ttl: &Duration, a: &FileAttr) {
-        self.u64(a.ino.0);
+    fn entry(&mut self, ttl: &Duration, a: &FileAttr, id: u64) {
+        // An alias: its node has two kernel inodes, whose attributes are not to be cached
+        // ([`Fuse::is_split`]).
+        let ttl = if id != a.ino.0 { &Duration::ZERO } else { ttl };
+        self.u64(id);
         self.u64(0);
         self.u64(ttl.as_secs());
         self.u64(ttl.as_secs());
@@ -602,7 +605,7 @@ impl Reply<'_> {
         match a {
             Answer::Err(e) => self.error = e,
             Answer::Ok => {}
-            Answer::Entry(attr) => self.entry(ttl, &attr),
+            Answer::Entry(attr, id) => self.entry(ttl, &attr, id),
             Answer::Attr(attr) => {
                 self.u64(ttl.as_secs());
                 self.u32(ttl.subsec_nanos());
@@ -620,7 +623,7 @@ impl Reply<'_> {
             }
             Answer::Open { fh, flags, backing } => self.open(fh, flags.bits(), backing),
             Answer::Create { attr, fh, flags, backing } => {
-                self.entry(ttl, &attr);
+                self.entry(ttl, &attr, attr.ino.0);
                 self.open(fh, flags.bits(), backing);
             }
             Answer::Written(n) => {
@@ -701,12 +704,12 @@ struct DirentsPlus<'r, 'a> {
 }
 
 impl DirPlusOut for DirentsPlus<'_, '_> {
-    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr) -> bool {
+    fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr, id: u64) -> bool {
         let size = 128 + (24 + name.len()).div_ceil(8) * 8;
         if self.out.len + size > self.max.min(self.out.buf.len()) {
             return true;
         }
-        self.out.entry(ttl, attr);
+        self.out.entry(ttl, attr, id);
         !dirent(self.out, self.max, attr.ino.0, off, attr.kind, name)
     }
 }
@@ -736,7 +739,11 @@ fn set_time(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<Set
 /// Decodes the request (its payload: the first `in_len` bytes of `out`'s buffer) and answers
 /// it into `out`.
 fn dispatch(fuse: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], in_len: usize, out: &mut Reply<'_>) {
-    let (f, ttl) = (fuse, fuse.ttl);
+    let f = fuse;
+    // OPEN keeps the kernel's id, which may be an alias: its handles are the kernel inode's.
+    let node = f.node_of(ino);
+    let ttl = if f.is_split(node) { Duration::ZERO } else { f.ttl };
+    let ino = if opcode == FUSE_OPEN { ino } else { node };
     // Operations whose reply carries data read no payload but a name: copied out first, as the
     // reply is written over the payload.
     match opcode {
@@ -828,7 +835,7 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
             let n = name!(2);
             f.rename(ctx, ino, n[0], rd64(op, 0), n[1], rd32(op, 8))
         }
-        FUSE_LINK => f.link(ctx, rd64(op, 0), ino, name!(1)[0]),
+        FUSE_LINK => f.link(ctx, f.node_of(rd64(op, 0)), ino, name!(1)[0]),
         FUSE_OPEN => f.open(ctx, ino, rd32(op, 0) as i32),
         FUSE_WRITE => {
             let (fh, off, size, wflags) = (rd64(op, 0), rd64(op, 8), rd32(op, 16) as usize, rd32(op, 20));
@@ -861,7 +868,7 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
             ino,
             rd64(op, 0),
             rd64(op, 8),
-            rd64(op, 16),
+            f.node_of(rd64(op, 16)),
             rd64(op, 24),
             rd64(op, 32),
             rd64(op, 40),

@@ -5,9 +5,10 @@
 //! lower file before its copy-up is kept and read from too (it must see the copied-up data).
 //! At the end the mount is remounted and both files compared in full.
 //!
-//! Run twice: with the default mount (FUSE passthrough for upper files when root), and with
-//! the kernel's writeback cache (`passthrough=0,writeback=1`), which may only be offered
-//! because this passes.
+//! Run three times: with the default mount (FUSE passthrough for upper files when root), with
+//! lower files passed through too (`passthrough=all`: the early descriptor then keeps reading
+//! the lower file's data), and with the kernel's writeback cache (`passthrough=0,writeback=1`),
+//! which may only be offered because this passes.
 //!
 //! `LAYERFS_FSX_OPS` sets the operations per file (default 50000). On a mismatch the tail of the
 //! operation log is printed.
@@ -39,6 +40,9 @@ struct Fsx {
     file: File,
     /// Read-only descriptor opened before the copy-up (lower file only).
     early_ro: Option<File>,
+    /// What that descriptor reads when it stays on the lower file (`passthrough=all`); `None`:
+    /// it reads the copied-up data, the model.
+    early_frozen: Option<Vec<u8>>,
     model: Vec<u8>,
     rng: Rng,
     log: VecDeque<String>,
@@ -79,9 +83,13 @@ impl Fsx {
     }
 
     fn check_range(&self, got: &[u8], off: u64, via: &str) {
+        self.check_against(&self.model, got, off, via);
+    }
+
+    fn check_against(&self, model: &[u8], got: &[u8], off: u64, via: &str) {
         let off = off as usize;
-        let end = (off + got.len()).min(self.model.len());
-        let want = if off < self.model.len() { &self.model[off..end] } else { &[][..] };
+        let end = (off + got.len()).min(model.len());
+        let want = if off < model.len() { &model[off..end] } else { &[][..] };
         if got != want {
             let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
             self.fail(format!(
@@ -124,7 +132,10 @@ impl Fsx {
             }
         }
         buf.truncate(got);
-        self.check_range(&buf, off, via);
+        match (use_early, &self.early_frozen) {
+            (true, Some(frozen)) => self.check_against(frozen, &buf, off, via),
+            _ => self.check_range(&buf, off, via),
+        }
     }
 
     fn write_at(&mut self, off: u64, data: &[u8]) {
@@ -335,6 +346,22 @@ fn fsx_copied_up_and_upper_files() {
     run_fsx(&s, guard, "");
 }
 
+/// The same with lower files passed through too (`passthrough=all`, as root on kernel 6.9+):
+/// the descriptor opened before the copy-up stays on the lower file and must read exactly its
+/// data throughout; every other read must match the model. The copy-up gives the file a second
+/// kernel inode (an alias), which the read-write open lands on after the kernel's ESTALE retry.
+#[test]
+fn fsx_lower_files_passed_through() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("lowerfile"), lower_data()).unwrap();
+    let guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "passthrough=all");
+    run_fsx(&s, guard, "passthrough=all");
+}
+
 /// The same with the kernel's writeback cache. The server runs in the foreground with its log
 /// kept, so the test knows the cache was really negotiated (else it proves nothing).
 #[test]
@@ -376,6 +403,7 @@ fn fsx_writeback_cache() {
 /// Runs the fsx workload on a mount of `s`'s l/u/w at m (mounted by the caller, with `extra`
 /// options that the remount at the end repeats).
 fn run_fsx(s: &Scratch, mut guard: Mounted, extra: &str) {
+    let frozen = extra.split(',').any(|o| o == "passthrough=all");
     let per_file: u64 = std::env::var("LAYERFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000);
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     let ldata = lower_data();
@@ -402,6 +430,7 @@ fn run_fsx(s: &Scratch, mut guard: Mounted, extra: &str) {
             path,
             file,
             early_ro,
+            early_frozen: frozen.then(|| ldata.clone()),
             model,
             rng: Rng(seed),
             log: VecDeque::new(),

@@ -199,6 +199,20 @@ impl OverlayFs {
         }
     }
 
+    /// Whether node `id` is held by the kernel (as a full node or a lite entry).
+    pub fn holds(&self, id: u64) -> bool {
+        self.nodes.read().contains_key(&id)
+    }
+
+    /// Whether node `id` has an upper object (was copied up or made there); a lite entry, a
+    /// lower file only looked up, has none.
+    pub fn has_upper(&self, id: u64) -> bool {
+        match self.nodes.read().get(&id) {
+            Some(Slot::Full(n)) => n.has_upper.load(Ordering::Acquire),
+            _ => false,
+        }
+    }
+
     /// The attributes of node `id`, a lite entry stat'ed without promoting it.
     pub fn getattr(&self, id: u64) -> Result<FileAttr> {
         match self.entry(id)? {
