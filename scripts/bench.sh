@@ -4,7 +4,7 @@
 #
 # usage: scripts/bench.sh [--quick] [--runs N] [--only REGEX] [--work DIR] [--out FILE]
 #                         [--layerfs PATH] [--fuse-overlayfs PATH] [--extra NAME=PATH]...
-#                         [--no-kernel] [--no-userspace-column] [--keep-stacks]
+#                         [--no-kernel] [--no-userspace-column] [--no-all-column] [--keep-stacks]
 #   --quick          sizes scaled down ~10x (smoke run, a few minutes)
 #   --runs N         runs per cell, the median is printed (default 3); the short groups
 #                    (deep5 deep50 deep500 readdir: well under a second a cell, where one
@@ -22,6 +22,9 @@
 #   --no-userspace-column  skip the "layerfs passthrough=0,uring=0" column (file data served
 #                    by the server, requests through /dev/fuse: a rootless mount on a machine
 #                    whose fuse module does not offer io_uring)
+#   --no-all-column  skip the "layerfs passthrough=all" column (lower files opened read-only
+#                    passed through too; run for the groups that read lower files: seqread
+#                    and fio)
 #   --uring on|off|asis  the fuse module's enable_uring during the run (default on: the layerfs
 #                    column then serves through io_uring queues; restored afterwards)
 # Needs root (kernel overlay mounts, drop_caches, mknod of whiteouts).
@@ -42,9 +45,10 @@ FOVL=$(command -v fuse-overlayfs || true)
 KERNEL=1
 EXTRAS=()
 USERSPACE_COL=1
+ALL_COL=1
 URING=on
 
-usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
         --fuse-overlayfs) FOVL=$2; shift ;;
         --extra) EXTRAS+=("$2"); shift ;;
         --no-kernel) KERNEL=0 ;;
+        --no-all-column) ALL_COL=0 ;;
         --no-userspace-column) USERSPACE_COL=0 ;;
         --uring) URING=$2; shift ;;
         -h|--help) usage 0 ;;
@@ -109,6 +114,11 @@ KIND[layerfs]=fuse; BIN[layerfs]=$LAYERFS
 # binary serving file data itself, through /dev/fuse
 UCOL="layerfs passthrough=0,uring=0"
 [ "$USERSPACE_COL" = 1 ] && { IMPLS+=("$UCOL"); KIND[$UCOL]=fuse; BIN[$UCOL]=$LAYERFS; XOPT[$UCOL]=,passthrough=0,uring=0; }
+# passthrough=all: lower files opened read-only passed through too (only where lower files are
+# read: the other groups would equal the layerfs column)
+ACOL="layerfs passthrough=all"
+ACOL_GROUPS=" seqread fio "
+[ "$ALL_COL" = 1 ] && { IMPLS+=("$ACOL"); KIND[$ACOL]=fuse; BIN[$ACOL]=$LAYERFS; XOPT[$ACOL]=,passthrough=all; }
 for e in "${EXTRAS[@]}"; do
     n=${e%%=*}; p=${e#*=}
     [ -n "$n" ] && [ "$n" != "$e" ] && [ -x "$p" ] || die "--extra wants NAME=PATH to an executable ($e)"
@@ -515,6 +525,7 @@ for g in "${SEL[@]}"; do
             tmp=${ORDER[$k]}; ORDER[$k]=${ORDER[$j]}; ORDER[$j]=$tmp
         done
         for IMPL in "${ORDER[@]}"; do
+            [[ $IMPL == "$ACOL" && $ACOL_GROUPS != *" $g "* ]] && continue
             log "$g: run $((r + 1))/$n: $IMPL"
             "G_$g"
         done
@@ -537,6 +548,7 @@ table() {
     hdr+=" layerfs / fuse-overlayfs |"; sep+="---:|"
     [ "$KERNEL" = 1 ] && { hdr+=" layerfs / kernel |"; sep+="---:|"; }
     [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && { hdr+=" passthrough=0,uring=0 / kernel |"; sep+="---:|"; }
+    [ "$KERNEL" = 1 ] && [ "$ALL_COL" = 1 ] && { hdr+=" passthrough=all / kernel |"; sep+="---:|"; }
     echo "$hdr"; echo "$sep"
     for r in "${ROWS[@]}"; do
         local any=0
@@ -565,6 +577,7 @@ table() {
         line+=" $(ratio "${M[layerfs]}" "${M[fuse-overlayfs]}") |"
         [ "$KERNEL" = 1 ] && line+=" $(ratio "${M[layerfs]}" "${M[kernel]}") |"
         [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && line+=" $(ratio "${M[$UCOL]}" "${M[kernel]}") |"
+        [ "$KERNEL" = 1 ] && [ "$ALL_COL" = 1 ] && line+=" $(ratio "${M[$ACOL]}" "${M[kernel]}") |"
         echo "$line"
         unset M
     done
