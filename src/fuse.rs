@@ -204,8 +204,8 @@ enum OpenMode {
 /// the kernel retries an open by path once with every name revalidated, the lookup now
 /// answers the alias, and the kernel, seeing a different node id, drops its entry and opens
 /// a new inode, which passes through to the upper file. Handles opened before keep reading
-/// the lower file (as on fuse-overlayfs, and on kernel overlayfs before Linux 4.19); an open
-/// that is not by path (`/proc/self/fd/N`) gets the ESTALE.
+/// the lower file (as on kernel overlayfs before Linux 4.19); an open that is not by path
+/// (`/proc/self/fd/N`) gets the ESTALE.
 ///
 /// Every request names the node by the kernel's id: an alias is translated to its node
 /// ([`Fuse::node_of`]), and the node's lookup count covers the alias's references too.
@@ -388,9 +388,10 @@ impl Fuse {
     fn split(&self, ino: u64, node: u64) {
         self.make_alias(node);
         // The kernel may hold the old inode's attributes for the whole timeout: from now on
-        // they are to be asked for each time (see `is_split`).
+        // they are to be asked for each time (see `resolve`).
         if let Some(n) = self.notifier.get() {
-            for id in if ino == node { vec![ino] } else { vec![ino, node] } {
+            let ids: &[u64] = if ino == node { &[ino] } else { &[ino, node] };
+            for &id in ids {
                 if let Err(e) = n.inval_inode(INodeNo(id), -1, 0) {
                     log::debug!("invalidating the attributes of {id:#x}: {e}");
                 }
@@ -419,10 +420,16 @@ impl Fuse {
         self.any_alias.store(true, Ordering::Release);
     }
 
-    /// Whether `node` has an alias: then none of its kernel inodes may cache attributes, as
-    /// changes made through one (a passthrough write, a chmod) do not reach the other.
-    pub fn is_split(&self, node: u64) -> bool {
-        self.any_alias.load(Ordering::Acquire) && self.aliases.lock().current.contains_key(&node)
+    /// The node a kernel node id stands for ([`Fuse::node_of`]), and whether the node has an
+    /// alias: then none of its kernel inodes may cache attributes, as changes made through one
+    /// (a passthrough write, a chmod) do not reach the other.
+    pub fn resolve(&self, id: u64) -> (u64, bool) {
+        if !self.any_alias.load(Ordering::Acquire) {
+            return (id, false);
+        }
+        let a = self.aliases.lock();
+        let node = a.by_id.get(&id).map_or(id, |e| e.0);
+        (node, a.current.contains_key(&node))
     }
 
     /// Drops `n` kernel references of the kernel's node id `id` (an alias, or a node). A

@@ -584,7 +584,7 @@ impl Reply<'_> {
     /// `struct fuse_entry_out`.
     fn entry(&mut self, ttl: &Duration, a: &FileAttr, id: u64) {
         // An alias: its node has two kernel inodes, whose attributes are not to be cached
-        // ([`Fuse::is_split`]).
+        // ([`Fuse::resolve`]).
         let ttl = if id != a.ino.0 { &Duration::ZERO } else { ttl };
         self.u64(id);
         self.u64(0);
@@ -741,8 +741,8 @@ fn set_time(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<Set
 fn dispatch(fuse: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], in_len: usize, out: &mut Reply<'_>) {
     let f = fuse;
     // OPEN keeps the kernel's id, which may be an alias: its handles are the kernel inode's.
-    let node = f.node_of(ino);
-    let ttl = if f.is_split(node) { Duration::ZERO } else { f.ttl };
+    let (node, split) = f.resolve(ino);
+    let ttl = if split { Duration::ZERO } else { f.ttl };
     let ino = if opcode == FUSE_OPEN { ino } else { node };
     // Operations whose reply carries data read no payload but a name: copied out first, as the
     // reply is written over the payload.
