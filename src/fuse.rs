@@ -1203,3 +1203,70 @@ impl Filesystem for FuseFs {
         self.0.session_ended();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::FsOptions;
+
+    fn fuse_over(dir: &std::path::Path) -> Fuse {
+        let (l, u, w) = (dir.join("l"), dir.join("u"), dir.join("w"));
+        for d in [&l, &u, &w] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(l.join("f"), b"lower").unwrap();
+        let mut o = FsOptions::new(vec![l]);
+        o.upper = Some(u);
+        o.work = Some(w);
+        Fuse::new(Arc::new(OverlayFs::new(o).unwrap()), Duration::from_secs(1), false, true)
+    }
+
+    fn lookup(f: &Fuse) -> (u64, u64) {
+        let ctx = Ctx { uid: 0, gid: 0, pid: 1 };
+        match f.lookup(&ctx, 1, OsStr::new("f")) {
+            Answer::Entry(attr, id) => (attr.ino.0, id),
+            _ => panic!("lookup failed"),
+        }
+    }
+
+    /// The bookkeeping of a split node: lookups answer the alias and count its references,
+    /// requests translate it, the alias outlives its own references (the kernel forgets it
+    /// once while revalidating the old entry, then looks it up again) and goes with the node.
+    #[test]
+    fn an_alias_answers_lookups_until_its_node_is_forgotten() {
+        let t = tempfile::tempdir().unwrap();
+        let f = fuse_over(t.path());
+        let (node, id) = lookup(&f);
+        assert_eq!(node, id, "no alias: the node id itself");
+        assert_eq!(f.resolve(node), (node, false));
+
+        f.make_alias(node);
+        let (shown, alias) = lookup(&f);
+        assert_eq!(shown, node, "the inode number shown stays the node's");
+        assert_ne!(alias, node);
+        assert_eq!(f.resolve(alias), (node, true));
+        assert_eq!(f.resolve(node), (node, true));
+        assert_eq!(f.node_of(alias), node);
+        // A split before the alias was ever looked up reuses it.
+        f.forget_id(alias, 1);
+        f.make_alias(node);
+        assert_eq!(lookup(&f).1, alias, "still the current alias after its references went");
+        f.make_alias(node);
+        let (_, second) = lookup(&f);
+        assert_ne!(second, alias, "an alias the kernel holds is not reused");
+        assert_eq!(f.node_of(alias), node, "the older alias still reaches the node");
+        f.forget_id(alias, 1);
+        assert_eq!(f.node_of(alias), alias, "a forgotten old alias is gone");
+        assert_eq!(f.node_of(second), node);
+
+        // References: the node's first lookup, then `second`'s one.
+        f.forget_id(node, 1);
+        assert!(f.fs.holds(node), "the alias still holds the node");
+        f.forget_id(second, 1);
+        assert!(!f.fs.holds(node));
+        assert_eq!(f.resolve(second), (second, false), "the alias went with its node");
+        assert!(!f.any_alias.load(Ordering::Acquire));
+        let (n2, id2) = lookup(&f);
+        assert_eq!((n2, id2), (node, node), "a fresh lookup answers the node id again");
+    }
+}
