@@ -334,16 +334,21 @@ fn lower_data() -> Vec<u8> {
     (0..(1 << 20) + 1234).map(|_| r.next() as u8).collect()
 }
 
-#[test]
-fn fsx_copied_up_and_upper_files() {
+/// Mounts a fresh stack with the lower file and `extra` options and runs the workload on it.
+fn fsx_with(extra: &str) {
     if !can_mount() {
         return;
     }
     let s = Scratch::new();
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     fs::write(l.join("lowerfile"), lower_data()).unwrap();
-    let guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
-    run_fsx(&s, guard, "");
+    let guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, extra);
+    run_fsx(&s, guard, extra);
+}
+
+#[test]
+fn fsx_copied_up_and_upper_files() {
+    fsx_with("");
 }
 
 /// The same with lower files passed through too (`passthrough=all`, as root on kernel 6.9+):
@@ -352,14 +357,7 @@ fn fsx_copied_up_and_upper_files() {
 /// kernel inode (an alias), which the read-write open lands on after the kernel's ESTALE retry.
 #[test]
 fn fsx_lower_files_passed_through() {
-    if !can_mount() {
-        return;
-    }
-    let s = Scratch::new();
-    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
-    fs::write(l.join("lowerfile"), lower_data()).unwrap();
-    let guard = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "passthrough=all");
-    run_fsx(&s, guard, "passthrough=all");
+    fsx_with("passthrough=all");
 }
 
 /// The same with the kernel's writeback cache. The server runs in the foreground with its log

@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -19,6 +19,16 @@ const SIZE: usize = 1 << 20;
 
 fn data(seed: u8) -> Vec<u8> {
     (0..SIZE).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+/// A scratch stack whose lower layer holds `f` (1 MiB of `data(seed)`), mounted with
+/// `passthrough=all` when `mount`: the scratch, its l, u, w and m paths, and the guard.
+fn stack(seed: u8, mount: bool) -> (Scratch, [PathBuf; 4], Option<Mounted>) {
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("f"), data(seed)).unwrap();
+    let g = mount.then(|| mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "passthrough=all"));
+    (s, [l, u, w, m], g)
 }
 
 /// Reads a lower file directly, so that its pages are cached.
@@ -31,9 +41,7 @@ fn lower_files_are_passed_through_only_with_all() {
     if !can_mount() || !root_or_skip("FUSE passthrough needs root") {
         return;
     }
-    let s = Scratch::new();
-    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
-    fs::write(l.join("f"), data(1)).unwrap();
+    let (_s, [l, u, w, m], _) = stack(1, false);
     fs::write(u.join("up"), data(2)).unwrap();
     warm(&l.join("f"));
     warm(&u.join("up"));
@@ -67,11 +75,9 @@ fn a_copy_up_under_a_passed_through_reader_opens_a_second_inode() {
     if !can_mount() || !root_or_skip("FUSE passthrough needs root") {
         return;
     }
-    let s = Scratch::new();
-    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let (s, [l, u, _, m], g) = stack(3, true);
+    let mut g = g.unwrap();
     let orig = data(3);
-    fs::write(l.join("f"), &orig).unwrap();
-    let mut g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "passthrough=all");
     let p = m.join("f");
     let ino = fs::metadata(&p).unwrap().ino();
     let early = File::open(&p).unwrap();
@@ -141,10 +147,8 @@ fn a_split_file_can_be_renamed_linked_and_removed() {
     if !can_mount() || !root_or_skip("FUSE passthrough needs root") {
         return;
     }
-    let s = Scratch::new();
-    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
-    fs::write(l.join("f"), data(4)).unwrap();
-    let mut g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "passthrough=all");
+    let (_s, [l, _, _, m], g) = stack(4, true);
+    let mut g = g.unwrap();
     let early = File::open(m.join("f")).unwrap();
     assert_eq!(early.metadata().unwrap().len(), SIZE as u64);
     // Writes through the second inode pass the server by: the early descriptor's inode must
