@@ -28,7 +28,7 @@ options (-o, comma-separated, may repeat):
   threads=N            /dev/fuse threads (default: CPU count, at least 2)
   passthrough=0|1|all  FUSE passthrough for upper files (default 1, root, kernel 6.9+);
                        all: lower files opened read-only too (they then keep reading
-                       the lower file after a copy-up, as on fuse-overlayfs)
+                       the lower file after a copy-up, as kernel overlayfs before 4.19)
   uring=0|1            FUSE over io_uring where the kernel offers it (default 1; the
                        fuse module's enable_uring, kernel 6.14+)
   writeback=0|1        kernel writeback cache where passthrough is not used (default 0)

@@ -453,7 +453,7 @@ impl Fuse {
             // Checked under the lock, which a lookup answering the alias takes after it
             // installed the node again.
             let mut a = self.aliases.lock();
-            if !self.fs.holds(node) {
+            if a.current.contains_key(&node) && !self.fs.holds(node) {
                 if let Some(alias) = a.current.remove(&node) {
                     a.by_id.remove(&alias);
                 }
@@ -748,10 +748,10 @@ impl Fuse {
         self.entry("link", self.hook(ctx, Op::Link, newparent, Some(newname), 0, args, f))
     }
 
-    /// OPEN of the kernel's inode `ino` (a node, or an alias of one: [`Aliases`]).
-    pub fn open(&self, ctx: &Ctx, ino: u64, flags: i32) -> Answer<'static> {
+    /// OPEN of the kernel's inode `ino`, a node or an alias of one ([`Aliases`]); `node` is
+    /// the node it stands for ([`Fuse::resolve`]).
+    pub fn open(&self, ctx: &Ctx, ino: u64, node: u64, flags: i32) -> Answer<'static> {
         log::debug!("open(ino={ino}, flags={flags:#x})");
-        let node = self.node_of(ino);
         let args = |a: &mut Args| _ = a.x("flags", flags as u32);
         let kill = flags & libc::O_TRUNC != 0 && self.kills_privs(ctx);
         let _truncation = (flags & libc::O_TRUNC != 0).then(|| self.truncation(node)).flatten();

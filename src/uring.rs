@@ -740,13 +740,15 @@ fn set_time(valid: u32, set: u32, now: u32, secs: u64, nsecs: u32) -> Option<Set
 /// it into `out`.
 fn dispatch(fuse: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], in_len: usize, out: &mut Reply<'_>) {
     let f = fuse;
-    // OPEN keeps the kernel's id, which may be an alias: its handles are the kernel inode's.
+    // Requests name the node the kernel's id stands for (an alias's node: [`Fuse::resolve`]).
     let (node, split) = f.resolve(ino);
     let ttl = if split { Duration::ZERO } else { f.ttl };
-    let ino = if opcode == FUSE_OPEN { ino } else { node };
+    let (kid, ino) = (ino, node);
     // Operations whose reply carries data read no payload but a name: copied out first, as the
     // reply is written over the payload.
     match opcode {
+        // OPEN keeps the kernel's id too: an alias's handles are its own inode's.
+        FUSE_OPEN => return out.answer(&ttl, f.open(ctx, kid, ino, rd32(op, 0) as i32)),
         FUSE_READLINK => return f.readlink(ctx, ino, |a| out.answer(&ttl, a)),
         FUSE_READ => {
             let (fh, off, size) = (rd64(op, 0), rd64(op, 8), (rd32(op, 16) as usize).min(out.buf.len()));
@@ -836,7 +838,6 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
             f.rename(ctx, ino, n[0], rd64(op, 0), n[1], rd32(op, 8))
         }
         FUSE_LINK => f.link(ctx, f.node_of(rd64(op, 0)), ino, name!(1)[0]),
-        FUSE_OPEN => f.open(ctx, ino, rd32(op, 0) as i32),
         FUSE_WRITE => {
             let (fh, off, size, wflags) = (rd64(op, 0), rd64(op, 8), rd32(op, 16) as usize, rd32(op, 20));
             let Some(data) = p.get(..size) else { return Answer::Err(libc::EINVAL) };
