@@ -106,8 +106,24 @@ impl OverlayFs {
                         == 0,
             }),
         );
-        let direct = flags & libc::O_DIRECT != 0;
-        Opened { fh, keep_cache: !direct && !self.opts.timeout.is_zero(), direct_io: direct }
+        let o_direct = flags & libc::O_DIRECT != 0;
+        Opened {
+            fh,
+            keep_cache: !o_direct && !self.opts.timeout.is_zero(),
+            direct_io: o_direct || self.writes_direct(flags),
+        }
+    }
+
+    /// Whether a handle's writes skip FUSE's page cache (`FOPEN_DIRECT_IO`) though the caller
+    /// did not ask for O_DIRECT: a write-only handle when the writeback cache is off. Without
+    /// it each write is copied into FUSE's own cache on its way to the server, which copies
+    /// it again into the upper file's cache: twice the copies into fresh pages, and the data
+    /// cached twice. The handle cannot read, nor be mapped, so nothing it could see changes;
+    /// the kernel drops cached pages of the range before each such write, so other handles
+    /// read the new data. Only what the server serves is affected: a handle passed through
+    /// to its backing file (as root) takes neither path.
+    fn writes_direct(&self, flags: i32) -> bool {
+        flags & libc::O_ACCMODE == libc::O_WRONLY && !self.writeback_cache.load(Ordering::Relaxed)
     }
 
     /// Opens a real file for a handle. Under the writeback cache a write-only open becomes
@@ -158,6 +174,7 @@ impl OverlayFs {
         caller: Caller,
     ) -> Result<(FileAttr, Opened)> {
         let p = self.node(parent)?;
+        let direct = self.writes_direct(flags);
         let mut flags = real_flags(flags);
         if flags & libc::O_ACCMODE == libc::O_WRONLY {
             // A new file can always be opened read-write by its creator, and so opened it can
@@ -169,7 +186,9 @@ impl OverlayFs {
         let (node, st, fd) = self.create_upper(&p, name, obj, caller)?;
         let fd = fd.ok_or(Error::errno(libc::EIO))?;
         let attr = self.new_attr(&node, st);
-        Ok((attr, self.register_file(node, fd, false, flags)))
+        let mut opened = self.register_file(node, fd, false, flags);
+        opened.direct_io |= direct;
+        Ok((attr, opened))
     }
 
     /// The fd to use for a handle, switching a lower read handle to the upper copy.
