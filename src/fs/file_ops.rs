@@ -90,7 +90,16 @@ impl ReadData<'_> {
 }
 
 impl OverlayFs {
-    fn register_file(&self, node: Arc<Node>, fd: OwnedFd, from_lower: bool, flags: i32) -> Opened {
+    /// Registers a handle of `fd`, opened with `flags`; `write_only`: the caller opened it so
+    /// (CREATE opens the real file read-write even then).
+    fn register_file(
+        &self,
+        node: Arc<Node>,
+        fd: OwnedFd,
+        from_lower: bool,
+        flags: i32,
+        write_only: bool,
+    ) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.write().insert(
             fh,
@@ -110,7 +119,7 @@ impl OverlayFs {
         Opened {
             fh,
             keep_cache: !o_direct && !self.opts.timeout.is_zero(),
-            direct_io: o_direct || self.writes_direct(flags),
+            direct_io: o_direct || self.writes_direct(write_only),
         }
     }
 
@@ -122,8 +131,8 @@ impl OverlayFs {
     /// the kernel drops cached pages of the range before each such write, so other handles
     /// read the new data. Only what the server serves is affected: a handle passed through
     /// to its backing file (as root) takes neither path.
-    fn writes_direct(&self, flags: i32) -> bool {
-        flags & libc::O_ACCMODE == libc::O_WRONLY && !self.writeback_cache.load(Ordering::Relaxed)
+    fn writes_direct(&self, write_only: bool) -> bool {
+        write_only && !self.writeback_cache.load(Ordering::Relaxed)
     }
 
     /// Opens a real file for a handle. Under the writeback cache a write-only open becomes
@@ -162,7 +171,7 @@ impl OverlayFs {
             r.map_err(|e| Error::io(e, "truncate"))?;
         }
         drop(top);
-        Ok(self.register_file(node, fd, from_lower, flags))
+        Ok(self.register_file(node, fd, from_lower, flags, flags & libc::O_ACCMODE == libc::O_WRONLY))
     }
 
     pub fn create(
@@ -174,7 +183,7 @@ impl OverlayFs {
         caller: Caller,
     ) -> Result<(FileAttr, Opened)> {
         let p = self.node(parent)?;
-        let direct = self.writes_direct(flags);
+        let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
         let mut flags = real_flags(flags);
         if flags & libc::O_ACCMODE == libc::O_WRONLY {
             // A new file can always be opened read-write by its creator, and so opened it can
@@ -186,9 +195,7 @@ impl OverlayFs {
         let (node, st, fd) = self.create_upper(&p, name, obj, caller)?;
         let fd = fd.ok_or(Error::errno(libc::EIO))?;
         let attr = self.new_attr(&node, st);
-        let mut opened = self.register_file(node, fd, false, flags);
-        opened.direct_io |= direct;
-        Ok((attr, opened))
+        Ok((attr, self.register_file(node, fd, false, flags, write_only)))
     }
 
     /// The fd to use for a handle, switching a lower read handle to the upper copy.
