@@ -518,3 +518,46 @@ fn a_tree_needing_more_descriptors_than_the_open_file_limit_is_served_whole() {
         assert_eq!(fs::read(u.join(format!("r{i:03}/moved/sub/y1"))).unwrap(), b"y");
     }
 }
+
+/// A directory removed while something still holds it (an open descriptor, a working
+/// directory) keeps its node; once the server's descriptor budget had closed the directory's
+/// descriptor, the filesystem could give its inode number to a new directory, the new one got
+/// the removed one's node id, and the kernel took it for the dead directory: every name below
+/// it answered ENOENT (`mkdir -p new/sub` failed at the 21st directory with a limit of 80),
+/// and `fstat` of the held descriptor showed the new directory.
+#[test]
+fn a_removed_directory_still_held_keeps_its_inode_under_descriptor_pressure() {
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir_all(l.join("lower")).unwrap();
+    let _mnt = mount_with_nofile(std::slice::from_ref(&l), &u, &w, &m, 256);
+    // One removed upper directory, one removed lower one (a whiteout stands for it).
+    fs::create_dir(m.join("gone")).unwrap();
+    let held = [fs::File::open(m.join("gone")).unwrap(), fs::File::open(m.join("lower")).unwrap()];
+    let inos: Vec<u64> = held.iter().map(|f| f.metadata().unwrap().ino()).collect();
+    fs::remove_dir(m.join("gone")).unwrap();
+    fs::remove_dir(m.join("lower")).unwrap();
+    // Far more new directories than the budget (half the limit) keeps descriptors for.
+    for i in 0..600 {
+        fs::create_dir_all(m.join(format!("n{i:03}/sub"))).unwrap_or_else(|e| panic!("n{i:03}/sub: {e}"));
+        fs::write(m.join(format!("n{i:03}/sub/x")), format!("{i}")).unwrap();
+    }
+    for i in 0..600 {
+        assert_eq!(fs::read_to_string(m.join(format!("n{i:03}/sub/x"))).unwrap(), format!("{i}"));
+    }
+    for (f, ino) in held.iter().zip(&inos) {
+        let md = f.metadata().unwrap();
+        assert!(md.is_dir());
+        assert_eq!(md.ino(), *ino);
+    }
+    // The removed upper directory shows what kernel overlayfs shows for it: no links left.
+    assert_eq!(held[0].metadata().unwrap().nlink(), 0);
+    drop(held);
+    drop(_mnt);
+    assert!(!u.join("gone").exists());
+    assert_eq!(fs::read_dir(&u).unwrap().count(), 601, "600 new directories and the whiteout");
+}

@@ -583,7 +583,7 @@ impl OverlayFs {
         let cn = cname(name)?;
         // Keep the object reachable for the node (opens racing with this unlink, open
         // descriptors, other hard links): pin it before its name goes away.
-        self.pin_upper(&child);
+        self.pin_removed(&child);
         match (&upper, need_wh) {
             (Some(_), true) => self.replace_with_whiteout(&pfd, name, is_dir)?,
             (Some(_), false) => self.remove_upper(&pfd, &cn, is_dir)?,
@@ -591,6 +591,20 @@ impl OverlayFs {
         }
         child.state.lock().unlinked = true;
         Ok(())
+    }
+
+    /// Pins the upper object of a node whose name is about to go (removed, or replaced by a
+    /// rename): a non-directory as [`Self::pin_upper`] does, a directory by keeping its
+    /// descriptor open for the node's life ([`DirFd::pin`]).
+    fn pin_removed(&self, node: &Node) {
+        self.pin_upper(node);
+        let dir = match &node.state.lock().upper {
+            Some(Loc::Dir(d)) => d.clone(),
+            _ => return,
+        };
+        if let Err(e) = dir.pin() {
+            log::warn!("removed directory {:?}: descriptor not kept: {e}", node.state.lock().name);
+        }
     }
 
     /// Points a node's upper non-directory at an `O_PATH` fd of its own, so that requests on the
@@ -718,7 +732,7 @@ impl OverlayFs {
         }
         let need_wh_old = self.lower_positive(&opn, oname)?;
         if let Some(d) = &dst {
-            self.pin_upper(d);
+            self.pin_removed(d);
         }
         self.pin_upper(&src);
         let slot = self.upper_slot(&npfd, nname, &ncn)?;

@@ -37,12 +37,14 @@ struct Inner {
     /// directory's change when it is renamed). None: never closed (a layer root, workdir).
     from: Mutex<Option<(DirFd, Arc<CStr>)>>,
     ino: u64,
+    /// Never closed again ([`DirFd::pin`]), and no longer counted in the budget.
+    pinned: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // Counted while open, when it can be closed at all.
-        if self.from.get_mut().is_some() && self.fd.get_mut().is_some() {
+        if self.from.get_mut().is_some() && self.fd.get_mut().is_some() && !*self.pinned.get_mut() {
             BUDGET.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -75,6 +77,7 @@ impl DirFd {
             used: AtomicBool::new(true),
             from: Mutex::new(None),
             ino: 0,
+            pinned: AtomicBool::new(false),
         }))
     }
 
@@ -85,6 +88,7 @@ impl DirFd {
             used: AtomicBool::new(true),
             from: Mutex::new(Some((parent.clone(), name))),
             ino,
+            pinned: AtomicBool::new(false),
         }));
         register(&d.0);
         d
@@ -96,6 +100,28 @@ impl DirFd {
         let mut f = self.0.from.lock();
         if f.is_some() {
             *f = Some((parent.clone(), name));
+        }
+    }
+
+    /// Keeps the descriptor open for as long as the handle lives, out of the budget: for a
+    /// directory about to lose its name (removed, or replaced by a rename). It could not be
+    /// opened again afterwards, and the open descriptor is what keeps the directory's inode,
+    /// and so its inode number, from being reused while a node still stands for it (a
+    /// process's working directory, an open directory): a new directory given that number
+    /// would have the removed one's node id, and the kernel would take it for the dead one.
+    pub(crate) fn pin(&self) -> io::Result<()> {
+        loop {
+            {
+                let g = self.0.fd.lock();
+                if g.is_some() {
+                    // Under the descriptor's lock: an eviction (which takes it) sees the pin.
+                    if !self.0.pinned.swap(true, Ordering::Relaxed) && self.0.from.lock().is_some() {
+                        BUDGET.open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+            }
+            self.get()?;
         }
     }
 
@@ -176,6 +202,9 @@ fn evict() {
         turns -= 1;
         let Some(w) = ring.pop_front() else { break };
         let Some(inner) = w.upgrade() else { continue };
+        if inner.pinned.load(Ordering::Relaxed) {
+            continue; // out of the ring for good
+        }
         if inner.used.swap(false, Ordering::Relaxed) {
             ring.push_back(w);
             continue;
@@ -185,6 +214,9 @@ fn evict() {
             ring.push_back(w);
             continue;
         };
+        if inner.pinned.load(Ordering::Relaxed) {
+            continue; // pinned meanwhile
+        }
         if g.take().is_some() {
             BUDGET.open.fetch_sub(1, Ordering::Relaxed);
         }
