@@ -120,6 +120,28 @@ pub trait DirPlusOut {
     fn add(&mut self, off: u64, name: &OsStr, ttl: &Duration, attr: &FileAttr, id: u64) -> bool;
 }
 
+/// The attributes of a readdirplus entry sent without any (node id 0): only the inode number
+/// and type reach the listing.
+fn bare_attr(ino: u64, kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: std::time::UNIX_EPOCH,
+        mtime: std::time::UNIX_EPOCH,
+        ctime: std::time::UNIX_EPOCH,
+        crtime: std::time::UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 /// The answer to an operation that returns nothing.
 fn done(op: &str, r: crate::error::Result<()>) -> Answer<'static> {
     r.map_or_else(|e| fail(op, e), |()| Answer::Ok)
@@ -957,7 +979,18 @@ impl Fuse {
                         }
                     }
                 }
-                Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
+                Err(err) if err.errno == libc::ENOENT => {
+                    log::debug!("readdirplus: {:?} vanished: {err}", e.name)
+                }
+                Err(err) => {
+                    // The name is there but its attributes could not be had (EMFILE, EIO):
+                    // it is listed without them, never left out. Node id 0 tells the kernel
+                    // that no entry comes with it; a use of the name looks it up.
+                    log::debug!("readdirplus: {:?} listed without attributes: {err}", e.name);
+                    if out.add(off, &e.name, &Duration::ZERO, &bare_attr(e.ino, e.kind), 0) {
+                        break;
+                    }
+                }
             }
         }
         if ahead {

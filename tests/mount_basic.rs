@@ -394,34 +394,6 @@ fn dev_fuse_threads_are_pinned_one_per_cpu_and_their_helpers_are_not() {
     assert!(checked > want, "the I/O class of every thread, {checked} of them: {threads:?}");
 }
 
-/// A server started with an open-file limit of `nofile` (as `prlimit --nofile` sets it) that it
-/// cannot raise.
-fn mount_with_nofile(
-    lowers: &[std::path::PathBuf],
-    u: &std::path::Path,
-    w: &std::path::Path,
-    m: &std::path::Path,
-    nofile: u32,
-) -> Mounted {
-    let o = mount_options(lowers, Some((u, w)), "");
-    // As root without CAP_SYS_RESOURCE (dropped from the bounding set), as here, so that
-    // layerfs cannot raise the limit again wherever root has it.
-    let mut cmd = std::process::Command::new(if is_root() { "setpriv" } else { "prlimit" });
-    if is_root() {
-        cmd.args(["--bounding-set=-sys_resource", "prlimit"]);
-    }
-    let out = cmd
-        .arg(format!("--nofile={nofile}:{nofile}"))
-        .arg(layerfs_bin())
-        .args(["-o", &o])
-        .arg(m)
-        .output()
-        .expect("run prlimit layerfs");
-    assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(is_mounted(m));
-    Mounted { mnt: m.to_path_buf(), fuse: true }
-}
-
 /// Every entry below `dir`, with the bytes of each file.
 fn walk(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
     for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {

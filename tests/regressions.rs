@@ -48,3 +48,31 @@ fn regression_hardlinked_symlink_unlink_breaks_readlink() {
     check_ops(&[Link("b", "e/f"), RmRf("e"), Write("b", 0)]);
     check_ops(&[Symlink("a", "c"), Link("c", "d/x"), Unlink("d/x"), Append("c", 1)]);
 }
+
+/// Found by prop_write on 18 lowers with the server's open-file limit at 96: writing `d/x`
+/// (18 lower directories merge into `d`) and then listing the root left `d` out. Listing the
+/// root looked every name up for its attributes (READDIRPLUS), the lookup of `d` failed with
+/// EMFILE, and a name whose lookup failed was skipped as if it had just been removed. Such a
+/// name is now listed without attributes; only ENOENT still means it went away.
+#[test]
+fn regression_listing_keeps_a_name_whose_lookup_fails() {
+    need_mounts!();
+    let s = common::Scratch::new();
+    let stack = prop_stack_many();
+    let root = s.path("stack");
+    stack.build(&root);
+    let lowers: Vec<_> = (0..stack.lowers.len()).map(|i| root.join(format!("l{i}"))).collect();
+    let (u, w, m) = (root.join("u"), s.path("w"), s.path("m"));
+    for round in 0..3 {
+        let _mnt = common::mount_with_nofile(&lowers, &u, &w, &m, 96);
+        let write = std::fs::write(m.join("d/x"), format!("d/x-{round}\n"));
+        assert!(write.is_ok(), "round {round}: write: {write:?}");
+        for n in NAMES {
+            let _ = std::fs::symlink_metadata(m.join(n));
+        }
+        let mut names: Vec<String> =
+            std::fs::read_dir(&m).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c", "d", "e"], "round {round}");
+    }
+}

@@ -18,7 +18,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub fn layerfs_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_layerfs"))
+    std::env::var_os("LAYERFS_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_layerfs")))
 }
 
 pub fn must_mount() -> bool {
@@ -640,4 +642,26 @@ pub fn evict(path: &std::path::Path) {
     f.sync_all().unwrap();
     // SAFETY: plain syscall on an open fd.
     assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+}
+
+/// A server started with an open-file limit of `nofile` (as `prlimit --nofile` sets it) that it
+/// cannot raise.
+pub fn mount_with_nofile(lowers: &[PathBuf], u: &Path, w: &Path, m: &Path, nofile: u32) -> Mounted {
+    let o = mount_options(lowers, Some((u, w)), "");
+    // As root without CAP_SYS_RESOURCE (dropped from the bounding set), as here, so that
+    // layerfs cannot raise the limit again wherever root has it.
+    let mut cmd = std::process::Command::new(if is_root() { "setpriv" } else { "prlimit" });
+    if is_root() {
+        cmd.args(["--bounding-set=-sys_resource", "prlimit"]);
+    }
+    let out = cmd
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(layerfs_bin())
+        .args(["-o", &o])
+        .arg(m)
+        .output()
+        .expect("run prlimit layerfs");
+    assert!(out.status.success(), "mount failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(m));
+    Mounted { mnt: m.to_path_buf(), fuse: true }
 }
