@@ -190,6 +190,41 @@ fn register(inner: &Arc<Inner>) {
     evict();
 }
 
+/// The process ran out of descriptors (EMFILE) although the budget allowed what was open:
+/// other descriptors (open files, listings being read) took the rest. Closes every
+/// directory descriptor that can be opened again and is not in use right now, and lowers
+/// the budget to half of what was open, so the shortage does not come straight back.
+/// Answers how many were closed.
+pub(crate) fn relieve() -> usize {
+    let was = BUDGET.open.load(Ordering::Relaxed);
+    let mut closed = 0;
+    {
+        let mut ring = BUDGET.ring.lock();
+        for _ in 0..ring.len() {
+            let Some(w) = ring.pop_front() else { break };
+            let Some(inner) = w.upgrade() else { continue };
+            if inner.pinned.load(Ordering::Relaxed) {
+                continue;
+            }
+            // A handle being opened or read right now is skipped (it holds its lock).
+            if let Some(mut g) = inner.fd.try_lock() {
+                if !inner.pinned.load(Ordering::Relaxed) && g.take().is_some() {
+                    BUDGET.open.fetch_sub(1, Ordering::Relaxed);
+                    closed += 1;
+                    continue;
+                }
+            }
+            ring.push_back(w);
+        }
+    }
+    let limit = (was / 2).max(16);
+    if limit < BUDGET.limit.load(Ordering::Relaxed) {
+        BUDGET.limit.store(limit, Ordering::Relaxed);
+        log::warn!("out of file descriptors: closed {closed} directory descriptors, keeping at most {limit}");
+    }
+    closed
+}
+
 fn evict() {
     let limit = BUDGET.limit.load(Ordering::Relaxed);
     if BUDGET.open.load(Ordering::Relaxed) <= limit {

@@ -299,9 +299,12 @@ pub(crate) fn top_loc_layer_of(s: &NodeState) -> Option<(Loc, usize)> {
 }
 
 /// How many directory descriptors may stay open at once; the least recently used beyond it
-/// are closed, and opened again when used (see [`dirfd`]).
+/// are closed, and opened again when used (see [`dirfd`]). Where the process still runs out
+/// of descriptors, an open that fails with EMFILE closes them all and lowers the budget
+/// ([`dirfd::relieve`]) before it tries again.
 pub fn set_dir_budget(n: usize) {
-    dirfd::set_limit(n)
+    dirfd::set_limit(n);
+    sys::on_fd_shortage(dirfd::relieve);
 }
 
 /// A directory's descriptor, opened again if it was closed (see [`dirfd`]).

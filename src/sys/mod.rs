@@ -33,18 +33,37 @@ pub fn cstr(s: &OsStr) -> io::Result<CString> {
 
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
 pub fn openat(dir: BorrowedFd, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is a valid NUL-terminated string; the returned fd is owned by us.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
+    let open = || -> io::Result<OwnedFd> {
+        // SAFETY: `name` is a valid NUL-terminated string; the returned fd is owned by us.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        let fd = cvt(fd)?;
+        // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     };
-    let fd = cvt(fd)?;
-    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    match open() {
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => match FD_RELIEF.get() {
+            Some(relieve) if relieve() > 0 => open(),
+            _ => Err(e),
+        },
+        r => r,
+    }
+}
+
+/// What frees descriptors when the process has run out of them ([`on_fd_shortage`]).
+static FD_RELIEF: std::sync::OnceLock<fn() -> usize> = std::sync::OnceLock::new();
+
+/// Registers `relieve`, which closes descriptors that can be opened again and answers how
+/// many it closed: an [`openat`] that fails with EMFILE calls it and, if it closed any,
+/// tries once more.
+pub fn on_fd_shortage(relieve: fn() -> usize) {
+    let _ = FD_RELIEF.set(relieve);
 }
 
 /// Opens a trusted absolute path (layer roots at mount time, `/proc/self/fd/N` of our own fds).

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+/// The binary the tests run: the one cargo built, or `LAYERFS_TEST_BIN` (another build, or a
+/// wrapper that runs it some other way, e.g. under a low open-file limit).
 pub fn layerfs_bin() -> PathBuf {
     std::env::var_os("LAYERFS_TEST_BIN")
         .map(PathBuf::from)
