@@ -1262,6 +1262,58 @@ mod tests {
         }
     }
 
+    /// What READDIRPLUS answered: (name, node id, type).
+    #[derive(Default)]
+    struct Listed(Vec<(String, u64, FileType)>);
+
+    impl DirPlusOut for Listed {
+        fn add(&mut self, _off: u64, name: &OsStr, _ttl: &Duration, attr: &FileAttr, id: u64) -> bool {
+            self.0.push((name.to_string_lossy().into_owned(), id, attr.kind));
+            false
+        }
+    }
+
+    /// A name whose lookup fails for another reason than ENOENT (here EMFILE: the process has
+    /// no descriptor left to open the directory) stays in the listing, with node id 0 (no
+    /// attributes). It used to be left out, as if it had been removed. Exhausting descriptors
+    /// is process-wide, so the test runs itself again alone in a child process.
+    #[test]
+    fn a_listing_keeps_a_name_whose_lookup_fails() {
+        const NAME: &str = "fuse::tests::a_listing_keeps_a_name_whose_lookup_fails";
+        if std::env::var_os("LAYERFS_FD_SHORTAGE_CHILD").is_none() {
+            let st = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([NAME, "--exact", "--test-threads=1"])
+                .env("LAYERFS_FD_SHORTAGE_CHILD", "1")
+                .status()
+                .unwrap();
+            assert!(st.success(), "the child run failed: {st}");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let f = fuse_over(t.path());
+        std::fs::create_dir(t.path().join("l/d")).unwrap();
+        // The listing is made (and cached) while descriptors are left.
+        f.fs.readdir(crate::fs::ROOT_ID, 0, 0).unwrap();
+        // SAFETY: plain rlimit and dup calls; the descriptors stay open until the process exits.
+        unsafe {
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            lim.rlim_cur = lim.rlim_cur.min(256);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            while libc::dup(2) >= 0 {}
+        }
+        let mut out = Listed::default();
+        let ctx = Ctx { uid: 0, gid: 0, pid: 1 };
+        assert!(matches!(f.readdirplus(&ctx, crate::fs::ROOT_ID, 0, 0, &mut out), Answer::Ok));
+        let names: Vec<&str> = out.0.iter().map(|(n, ..)| n.as_str()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        for n in [".", "..", "f", "d"] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        let d = out.0.iter().find(|(n, ..)| n == "d").unwrap();
+        assert_eq!((d.1, d.2), (0, FileType::Directory), "d: listed without attributes, as a directory");
+    }
+
     /// The bookkeeping of a split node: lookups answer the alias and count its references,
     /// requests translate it, the alias outlives its own references (the kernel forgets it
     /// once while revalidating the old entry, then looks it up again) and goes with the node.

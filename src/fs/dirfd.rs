@@ -197,26 +197,7 @@ fn register(inner: &Arc<Inner>) {
 /// Answers how many were closed.
 pub(crate) fn relieve() -> usize {
     let was = BUDGET.open.load(Ordering::Relaxed);
-    let mut closed = 0;
-    {
-        let mut ring = BUDGET.ring.lock();
-        for _ in 0..ring.len() {
-            let Some(w) = ring.pop_front() else { break };
-            let Some(inner) = w.upgrade() else { continue };
-            if inner.pinned.load(Ordering::Relaxed) {
-                continue;
-            }
-            // A handle being opened or read right now is skipped (it holds its lock).
-            if let Some(mut g) = inner.fd.try_lock() {
-                if !inner.pinned.load(Ordering::Relaxed) && g.take().is_some() {
-                    BUDGET.open.fetch_sub(1, Ordering::Relaxed);
-                    closed += 1;
-                    continue;
-                }
-            }
-            ring.push_back(w);
-        }
-    }
+    let closed = sweep(false, || true);
     let limit = (was / 2).max(16);
     if limit < BUDGET.limit.load(Ordering::Relaxed) {
         BUDGET.limit.store(limit, Ordering::Relaxed);
@@ -230,21 +211,28 @@ fn evict() {
     if BUDGET.open.load(Ordering::Relaxed) <= limit {
         return;
     }
+    sweep(true, || BUDGET.open.load(Ordering::Relaxed) > limit);
+}
+
+/// Closes descriptors, oldest first, while `over()` holds: with `second_chance`, clock-wise
+/// (a handle used since the last sweep is marked unused and passed over, twice round the ring
+/// at most), else every one in a single turn. A handle being opened or read right now is
+/// skipped (it holds its lock); pinned ones leave the ring. Answers how many were closed.
+fn sweep(second_chance: bool, over: impl Fn() -> bool) -> usize {
     let mut ring = BUDGET.ring.lock();
-    // Twice round the ring at most, when everything is in use.
-    let mut turns = 2 * ring.len();
-    while turns > 0 && BUDGET.open.load(Ordering::Relaxed) > limit {
+    let mut turns = if second_chance { 2 * ring.len() } else { ring.len() };
+    let mut closed = 0;
+    while turns > 0 && over() {
         turns -= 1;
         let Some(w) = ring.pop_front() else { break };
         let Some(inner) = w.upgrade() else { continue };
         if inner.pinned.load(Ordering::Relaxed) {
             continue; // out of the ring for good
         }
-        if inner.used.swap(false, Ordering::Relaxed) {
+        if second_chance && inner.used.swap(false, Ordering::Relaxed) {
             ring.push_back(w);
             continue;
         }
-        // A handle being opened or read right now is skipped (it holds its lock).
         let Some(mut g) = inner.fd.try_lock() else {
             ring.push_back(w);
             continue;
@@ -254,8 +242,10 @@ fn evict() {
         }
         if g.take().is_some() {
             BUDGET.open.fetch_sub(1, Ordering::Relaxed);
+            closed += 1;
         }
     }
+    closed
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ impl OverlayFs {
         let p = self.node(parent)?;
         let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
         let mut flags = real_flags(flags);
-        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        if write_only {
             // A new file can always be opened read-write by its creator, and so opened it can
             // be its own passthrough backing file (under the writeback cache, the kernel may
             // also read through a write-only handle).
