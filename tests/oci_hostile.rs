@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -339,4 +340,95 @@ fn opaque_marker_after_the_layers_own_entries() {
     names.sort();
     assert_eq!(names, vec!["d", "d/new", "d/same", "d/sub", "d/sub/new2"]);
     assert_eq!(fs::read(flat.join("d/same")).unwrap(), b"upper");
+}
+
+/// A gzip stream whose data no longer matches its CRC: only reading the stream to its end
+/// finds out, and unpack stopped at the tar's end-of-archive blocks.
+#[test]
+fn gzip_checksum_mismatch() {
+    let tar = [good_prefix(), file("data", b"hello world\n"), end()].concat();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    e.write_all(&tar).unwrap();
+    let mut gz = e.finish().unwrap();
+    let at = gz.windows(11).position(|w| w == b"hello world").unwrap();
+    gz[at] = b'J';
+    assert_refused(&gz, "checksum");
+}
+
+/// One PAX record (`<length> <key>=<value>\n`, the length counting itself).
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while (len.to_string().len() + body.len()) != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+/// PAX sparse files (`tar --posix --sparse`): left to the entry as stored, their map and data
+/// were unpacked as the file, under a `GNUSparseFile.N/` name.
+#[test]
+fn pax_sparse_files_are_refused() {
+    for recs in [
+        vec![
+            ("GNU.sparse.major", "1"),
+            ("GNU.sparse.minor", "0"),
+            ("GNU.sparse.name", "s"),
+            ("GNU.sparse.realsize", "9000"),
+        ],
+        vec![
+            ("GNU.sparse.size", "9000"),
+            ("GNU.sparse.numblocks", "1"),
+            ("GNU.sparse.offset", "0"),
+            ("GNU.sparse.numbytes", "3"),
+        ],
+    ] {
+        let pax: Vec<u8> = recs.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let archive = [
+            good_prefix(),
+            raw_entry(b"PaxHeaders/s", b'x', b"", &pax, 0o644),
+            file("GNUSparseFile.1/s", b"1\n0\n3\nabc"),
+            end(),
+        ]
+        .concat();
+        assert_refused(&archive, "PAX sparse");
+    }
+}
+
+/// A GNU sparse entry of 64 MiB holding one 4 KiB block: unpacked with its holes, it takes
+/// about the space of its data (its zeros were written out: 64 MiB on disk).
+#[test]
+fn gnu_sparse_entry_keeps_its_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let (real, at) = (64u64 << 20, 32u64 << 20);
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..6].copy_from_slice(b"sparse");
+        g.sparse[0].set_offset(at);
+        g.sparse[0].set_length(4096);
+        // The map ends with an empty block at the real size (the trailing hole).
+        g.sparse[1].set_offset(real);
+        g.sparse[1].set_length(0);
+        g.set_real_size(real);
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(4096);
+    h.set_cksum();
+    let archive = [h.as_bytes().to_vec(), vec![b'x'; 4096], end()].concat();
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    fs::write(&tar, &archive).unwrap();
+    run_ok([OsStr::new("unpack"), s(&tar), s(&a.target)]);
+    let p = a.target.join("sparse");
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!(md.len(), real);
+    assert!(md.blocks() * 512 <= 1 << 20, "{} bytes allocated", md.blocks() * 512);
+    let data = fs::read(&p).unwrap();
+    assert!(data[at as usize..at as usize + 4096].iter().all(|&b| b == b'x'));
+    assert!(data[..at as usize].iter().chain(&data[at as usize + 4096..]).all(|&b| b == 0));
 }

@@ -356,6 +356,21 @@ fn read_xattrs(x: XattrFd<'_>, path: &[u8]) -> Result<(Xattrs, Option<Vec<u8>>)>
             continue;
         }
         if is_private_xattr(&n) {
+            // Kernel overlayfs's metacopy=on and redirect_dir=on leave objects whose meaning
+            // lies in a lower layer (the data; the directory moved): alone they make a wrong
+            // layer.
+            for (suffix, what) in [
+                (&b".overlay.metacopy"[..], "holds metadata only (an upper made with metacopy=on)"),
+                (&b".overlay.redirect"[..], "is a redirect (an upper made with redirect_dir=on)"),
+            ] {
+                if n.ends_with(suffix) {
+                    return Err(Error::new(format!(
+                        "{} {what}: its content is in a lower layer, so this upper cannot be \
+                         turned into a layer on its own",
+                        show(path)
+                    )));
+                }
+            }
             continue;
         }
         match fsutil::get_xattr(x, &n) {

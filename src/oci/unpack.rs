@@ -31,6 +31,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -131,9 +132,16 @@ pub fn unpack(tars: &[PathBuf], target: &Path, opts: &UnpackOptions) -> Result<U
         let r =
             if opts.diff_ids { MaybeHashing::Hash(HashingReader::new(r)) } else { MaybeHashing::Plain(r) };
         let r = ap.apply_layer(r).ctx(|| format!("{}", tar.display()))?;
-        if let MaybeHashing::Hash(h) = r {
-            let (d, _) = h.finish().ctx(|| format!("{}", tar.display()))?;
-            diff_ids.push(d);
+        // Read to the end either way: the decompressor checks the stream's checksum (gzip's
+        // CRC-32 and length, zstd's content checksum) only there.
+        match r {
+            MaybeHashing::Hash(h) => {
+                let (d, _) = h.finish().ctx(|| format!("{}", tar.display()))?;
+                diff_ids.push(d);
+            }
+            MaybeHashing::Plain(mut r) => {
+                io::copy(&mut r, &mut io::sink()).ctx(|| format!("{}", tar.display()))?;
+            }
         }
     }
     ap.finish()?;
@@ -312,6 +320,9 @@ struct DirAttrs {
     mtime_ns: u32,
 }
 
+/// Granularity at which a GNU sparse entry's zeros are left as holes.
+const SPARSE_BLOCK: usize = 4096;
+
 /// Counts bytes read (shared with the caller while the tar parser owns it).
 struct Counting<R> {
     inner: R,
@@ -438,8 +449,23 @@ impl Applier {
         let mut xattrs = Vec::new();
         if let Some(pax) = e.pax_extensions().map_err(|e| Error::new(format!("corrupt PAX header: {e}")))? {
             for ext in pax {
-                let ext = ext.map_err(|e| Error::new(format!("corrupt PAX record: {e}")))?;
+                // The tar crate splits records at newlines, not by their lengths: a value that
+                // holds a newline byte (a file capability can) reads as a malformed record.
+                let ext = ext.map_err(|e| {
+                    Error::new(format!(
+                        "corrupt PAX record, or one whose value holds a newline byte, which this \
+                         tar reader cannot read: {e}"
+                    ))
+                })?;
                 let key = ext.key_bytes();
+                if key.starts_with(b"GNU.sparse.") {
+                    // Left to the entry as stored, the map and data would be unpacked as the
+                    // file's content (under a GNUSparseFile.N/ name for formats 0.1 and 1.0).
+                    return Err(Error::new(
+                        "PAX sparse file (GNU.sparse.* records, as `tar --posix --sparse` writes): \
+                         not supported",
+                    ));
+                }
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     if is_private_xattr(name) {
                         if !self.warned_private {
@@ -613,6 +639,9 @@ impl Applier {
             Err(err) => return Err(Error::from(err).context("create")),
         };
         let size = e.size();
+        // A GNU sparse entry's holes come out of the reader as zeros: blocks of zeros are
+        // left as holes, so the file takes the disk space its data does, not its size.
+        let sparse = e.header().entry_type().is_gnu_sparse();
         let mut total = 0u64;
         while total < size {
             let n = match e.read(&mut self.buf) {
@@ -621,13 +650,26 @@ impl Applier {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(Error::new(format!("truncated or corrupt archive: {err}"))),
             };
-            f.write_all(&self.buf[..n]).ctx(|| "write")?;
+            if sparse {
+                let mut at = total;
+                for block in self.buf[..n].chunks(SPARSE_BLOCK) {
+                    if block.iter().any(|&b| b != 0) {
+                        f.write_all_at(block, at).ctx(|| "write")?;
+                    }
+                    at += block.len() as u64;
+                }
+            } else {
+                f.write_all(&self.buf[..n]).ctx(|| "write")?;
+            }
             total += n as u64;
         }
         if total != size {
             return Err(Error::new(format!(
                 "truncated archive: file data ends after {total} of {size} bytes"
             )));
+        }
+        if sparse {
+            f.set_len(size).ctx(|| "set the size")?;
         }
         self.finish_fd(&f, meta)?;
         self.note_created(path);
