@@ -252,6 +252,17 @@ pub const STORE_MAX: u64 = 64 << 10;
 
 impl Fuse {
     pub fn new(fs: Arc<OverlayFs>, ttl: Duration, writeback: bool, passthrough: bool) -> Fuse {
+        let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::new(OnceLock::new());
+        // A directory copied up as the ancestor of a change keeps the lower's attributes in the
+        // kernel (link count, size) for the whole timeout: they are to be asked for again.
+        let n = notifier.clone();
+        let _ = fs.dir_copied_up.set(Box::new(move |id| {
+            if let Some(n) = n.get() {
+                if let Err(e) = n.inval_inode(INodeNo(id), -1, 0) {
+                    log::debug!("invalidating the attributes of {id:#x}: {e}");
+                }
+            }
+        }));
         Fuse {
             fs,
             ttl,
@@ -263,7 +274,7 @@ impl Fuse {
             killpriv: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stored: Condvar::new(),
-            notifier: Arc::new(OnceLock::new()),
+            notifier,
             exit_on_destroy: false,
             hooks: None,
             dev: OnceLock::new(),
@@ -685,6 +696,17 @@ impl Fuse {
         let kill = self.killpriv.load(Ordering::Relaxed) && empty
             || size.is_some() && mode.is_none() && self.kills_privs(ctx);
         let f = || {
+            if kill && empty && ctx.uid != 0 && !self.fs.has_writer(ino) {
+                // No write can be asking: this is chown(-1, -1), whose dropping of setuid or
+                // setgid the VFS treats as a mode change, the owner's alone to make.
+                let a = self.fs.getattr(ino)?;
+                let p = a.perm as u32;
+                let drops = p & libc::S_ISUID != 0
+                    || p & libc::S_ISGID != 0 && (p & libc::S_IXGRP != 0 || a.gid != ctx.gid);
+                if drops && a.uid != ctx.uid {
+                    return Err(Error::errno(libc::EPERM));
+                }
+            }
             let attr = self.fs.setattr(ino, sa)?;
             if !kill {
                 return Ok(attr);

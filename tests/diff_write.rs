@@ -6,9 +6,9 @@
 //! The runner, the fixture builder and the list of tolerated differences (`TOLERATED`) live in
 //! `tests/diffkit/mod.rs`, shared with `prop_write.rs` and `regressions.rs`.
 //!
-//! File mtimes are compared with `snapshot(mnt, true)` for every scenario; only files whose
-//! mtime on *both* sides is from after the scenario started are exempt (wall clocks of the two
-//! runs differ). A file copied up must keep its lower mtime on both sides.
+//! File and directory mtimes are compared for every scenario; only those whose mtime on *both*
+//! sides is from after the scenario started are exempt (wall clocks of the two runs differ). A
+//! file copied up must keep its lower mtime on both sides, and its directory its own.
 
 mod common;
 mod diffkit;
@@ -504,7 +504,10 @@ fn setattr_cases() {
         c.stat_times("d_top");
         c.chown("f_own", u32::MAX, 0); // only gid
         c.lstat("f_own");
+        c.chmod("d_both/x", 0o600); // copies up d_both and x: neither copy-up changes d_both's times
+        c.stat_times("d_both");
         c.remount();
+        c.stat_times("d_both");
         c.lstat("f_low");
         c.stat_times("f_own");
         c.stat_times("d_top");

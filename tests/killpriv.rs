@@ -80,3 +80,44 @@ fn unprivileged_writes_drop_privileges_without_passthrough() {
     let s = common::Scratch::new();
     check(&run_both_in(s.dir.path(), &stack(), &scenario, "passthrough=0"));
 }
+
+/// A copy-up keeps file capabilities (it used to set the owner after the xattrs, and a chown
+/// drops `security.capability`), and `chown(f, -1, -1)` by a caller who does not own a setuid
+/// file is refused (the VFS counts the dropping of setuid as a mode change); the server got it
+/// as an empty setattr and dropped the bit for anyone.
+fn copy_up_and_chown_scenario(c: &mut Ctx) {
+    c.sh("chmod 777 . && chown 65534 own_suid && chmod 4755 other_suid own_suid", false);
+    c.sh("chmod 0755 low_caps && getfattr -n security.capability -e hex low_caps 2>&1 | grep -c 0x01", false);
+    let chown_noop = |f: &str| {
+        format!(
+            "{NOBODY} /usr/bin/python3 -c \"import os; os.chown('{f}', -1, -1)\" 2>&1 | tail -1; \
+             stat -c '%n %a' {f}"
+        )
+    };
+    c.sh(&chown_noop("other_suid"), false);
+    c.sh(&chown_noop("own_suid"), false);
+    c.remount();
+    c.sh("stat -c '%n %a' other_suid own_suid; getfattr -n security.capability -e hex low_caps 2>&1 | grep -c 0x01", false);
+}
+
+#[test]
+fn copy_up_keeps_caps_and_a_non_owner_chown_keeps_setuid() {
+    if !available() {
+        return;
+    }
+    const RAW_CAPS: &str = "\u{1}\0\0\u{2}\0 \0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+    let stack = Stack::new(vec![
+        Layer::new()
+            .file("low_caps", "lower\n")
+            .xattr("low_caps", "security.capability", RAW_CAPS)
+            .file("other_suid", "x\n")
+            .owner("other_suid", 1500, 1500)
+            .file("own_suid", "x\n"),
+    ]);
+    let log = run_both(&stack, copy_up_and_chown_scenario);
+    let all: String = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
+    eprintln!("{all}");
+    assert!(all.contains("grep -c 0x01 -> 0\n1\n"), "caps lost on copy-up:\n{all}");
+    assert!(all.contains("Operation not permitted: 'other_suid'\nother_suid 4755"), "{all}");
+    assert!(all.contains("own_suid 755"), "the owner's chown keeps setuid:\n{all}");
+}

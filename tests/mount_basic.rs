@@ -533,3 +533,76 @@ fn a_removed_directory_still_held_keeps_its_inode_under_descriptor_pressure() {
     assert!(!u.join("gone").exists());
     assert_eq!(fs::read_dir(&u).unwrap().count(), 601, "600 new directories and the whiteout");
 }
+
+/// Unlinking a name, or renaming another file over it, while an open copies its file up waits
+/// for the copy-up, as on kernel overlayfs. Neither waited: the copy-up then found its name
+/// taken, and the open (no O_CREAT) failed with EEXIST.
+#[test]
+fn unlink_and_rename_over_wait_for_a_copy_up_under_way() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let l = s.path("l");
+    fs::create_dir_all(l.join("d")).unwrap();
+    // Big enough that the copy-up (data, then fsync) takes a while.
+    let mut f = fs::File::create(l.join("d/big")).unwrap();
+    for _ in 0..128 {
+        f.write_all(&[b'a'; 1 << 20]).unwrap();
+    }
+    drop(f);
+    fs::write(l.join("d/other"), b"other").unwrap();
+    for op in ["unlink", "rename"] {
+        let mut raced = 0;
+        for round in 0..4 {
+            let (u, w, m) =
+                (s.path(&format!("u-{op}{round}")), s.path(&format!("w-{op}{round}")), s.path("m"));
+            let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+            let p = m.join("d/big");
+            let opener =
+                std::thread::spawn(move || fs::OpenOptions::new().read(true).write(true).open(p).map(drop));
+            // The copy-up's temporary file shows in WORKDIR/work while it runs.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !opener.is_finished() && Instant::now() < deadline {
+                if fs::read_dir(w.join("work")).is_ok_and(|mut d| d.next().is_some()) {
+                    raced += 1;
+                    break;
+                }
+            }
+            match op {
+                "unlink" => fs::remove_file(m.join("d/big")).unwrap(),
+                _ => fs::rename(m.join("d/other"), m.join("d/big")).unwrap(),
+            }
+            let opened = opener.join().unwrap();
+            assert!(opened.is_ok(), "{op} during the copy-up, round {round}: the open got {opened:?}");
+            match op {
+                "unlink" => assert!(!m.join("d/big").exists()),
+                _ => assert_eq!(fs::read(m.join("d/big")).unwrap(), b"other"),
+            }
+        }
+        assert!(raced > 0, "{op}: no round caught the copy-up under way");
+    }
+}
+
+/// A directory copied up as the ancestor of a change reports the upper's attributes at once
+/// (a merged directory's link count is 1, as on kernel overlayfs): the kernel held the lower
+/// directory's until the attribute timeout.
+#[test]
+fn a_directory_copied_up_for_a_change_below_it_shows_new_attributes() {
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir_all(l.join("d/sub/deeper")).unwrap();
+    fs::create_dir_all(l.join("d/sub2")).unwrap();
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 4);
+    assert_eq!(fs::metadata(m.join("d/sub")).unwrap().nlink(), 3);
+    fs::create_dir(m.join("d/sub/deeper/new")).unwrap();
+    assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 1);
+    assert_eq!(fs::metadata(m.join("d/sub")).unwrap().nlink(), 1);
+}

@@ -259,6 +259,10 @@ impl OverlayFs {
                 Loc::At(wdir, Arc::from(tmp.as_c_str()))
             }
         };
+        // The owner before the xattrs: a chown drops file capabilities (security.capability).
+        if !in_xattr && self.can_chown {
+            tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
+        }
         copy_xattrs(&src, &tloc)?;
         if in_xattr {
             let o = ovr::Override {
@@ -268,8 +272,6 @@ impl OverlayFs {
                 kind: ovr::Kind::from_mode(eff.st_mode, eff.st_rdev),
             };
             self.write_override(&tloc, &o)?;
-        } else if self.can_chown {
-            tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
         }
         if kind != FileType::Symlink {
             tloc.chmod(perm).map_err(|e| Error::io(e, "copy-up chmod"))?;
@@ -278,9 +280,21 @@ impl OverlayFs {
             .map_err(|e| Error::io(e, "copy-up utimes"))?;
         let new_loc = {
             let _pl = parent.dir_lock.write();
+            // A copy-up is not a change of its directory: its times are put back after the
+            // rename, as kernel overlayfs does (best effort).
+            let ptimes = sys::fstat(pfd.as_fd()).ok();
             match sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {
                 Ok(()) => {
                     guard.armed = false;
+                    if let Some(p) = ptimes {
+                        let t = (
+                            SetTime::At(p.st_atime, p.st_atime_nsec),
+                            SetTime::At(p.st_mtime, p.st_mtime_nsec),
+                        );
+                        if let Err(e) = sys::futimens_path(pfd.as_fd(), t.0, t.1) {
+                            log::debug!("copy-up {name:?}: restoring the directory's times: {e}");
+                        }
+                    }
                     match tloc.live().map_err(|e| Error::io(e, "copy-up"))? {
                         Live::Dir(fd) => {
                             let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
@@ -305,9 +319,16 @@ impl OverlayFs {
                 self.upper_ids.lock().insert(key, node.ino);
             }
         }
-        let mut s = node.state.lock();
-        s.upper = Some(new_loc);
-        node.has_upper.store(true, Ordering::Release);
+        {
+            let mut s = node.state.lock();
+            s.upper = Some(new_loc);
+            node.has_upper.store(true, Ordering::Release);
+        }
+        if kind == FileType::Directory {
+            if let Some(f) = self.dir_copied_up.get() {
+                f(node.ino);
+            }
+        }
         Ok(())
     }
 }

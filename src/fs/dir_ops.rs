@@ -559,9 +559,16 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let (_, pfd) = self.ensure_upper_dir(&pnode)?;
-        let _g = pnode.dir_lock.write();
+        let (_g, child) = loop {
+            let g = pnode.dir_lock.write();
+            let child = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
+            if !Self::copying_up(&child) {
+                break (g, child);
+            }
+            drop(g);
+            drop(child.copy_lock.lock());
+        };
         self.dir_changed(pnode.ino);
-        let child = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
         let (kind, upper) = {
             let s = child.state.lock();
             (s.kind, s.upper.clone())
@@ -591,6 +598,13 @@ impl OverlayFs {
         }
         child.state.lock().unlinked = true;
         Ok(())
+    }
+
+    /// Whether a copy-up of `node` is under way. Removing or replacing its name waits for it
+    /// (as the kernel's unlink and rename wait on the copy-up's inode lock): otherwise the
+    /// copy-up would find its name taken, and the open that asked for it fail with EEXIST.
+    fn copying_up(node: &Node) -> bool {
+        !node.has_upper.load(Ordering::Acquire) && node.copy_lock.try_lock().is_none()
     }
 
     /// Pins the upper object of a node whose name is about to go (removed, or replaced by a
@@ -646,6 +660,22 @@ impl OverlayFs {
 
     /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
     pub fn rename(&self, oldp: u64, oname: &OsStr, newp: u64, nname: &OsStr, flags: u32) -> Result<()> {
+        while let Some(busy) = self.rename_once(oldp, oname, newp, nname, flags)? {
+            drop(busy.copy_lock.lock());
+        }
+        Ok(())
+    }
+
+    /// One attempt at a rename; `Some(node)`: the name it would replace is being copied up,
+    /// to be waited for before trying again.
+    fn rename_once(
+        &self,
+        oldp: u64,
+        oname: &OsStr,
+        newp: u64,
+        nname: &OsStr,
+        flags: u32,
+    ) -> Result<Option<Arc<Node>>> {
         self.check_writable()?;
         let (oname, nname) = (oname.as_bytes(), nname.as_bytes());
         name::validate(oname).map_err(|e| Error::errno(e.errno()))?;
@@ -689,13 +719,16 @@ impl OverlayFs {
             return Err(Error::new(libc::EAGAIN, "rename raced"));
         }
         let dst = self.lookup_locked(&npn, nname)?;
+        if let Some(d) = dst.as_ref().filter(|d| Self::copying_up(d)) {
+            return Ok(Some(d.clone()));
+        }
         let ocn = super::arc_cname(oname)?;
         let ncn = super::arc_cname(nname)?;
         let src_dir = src.is_dir();
         if let Some(d) = &dst {
             if Arc::ptr_eq(d, &src) && !exchange {
                 // Two names of one object (or the same name): nothing to do.
-                return Ok(());
+                return Ok(None);
             }
         }
         if exchange {
@@ -710,7 +743,7 @@ impl OverlayFs {
             for (n, p, pdir, nm, cn) in [(&src, &npn, &npdir, nname, &ncn), (&d, &opn, &opdir, oname, &ocn)] {
                 self.moved(n, p, pdir, nm, cn)?;
             }
-            return Ok(());
+            return Ok(None);
         }
         if let Some(d) = &dst {
             if flags & sys::RENAME_NOREPLACE != 0 {
@@ -773,7 +806,7 @@ impl OverlayFs {
             ds.unlinked = true;
         }
         self.moved(&src, &npn, &npdir, nname, &ncn)?;
-        Ok(())
+        Ok(None)
     }
 
     /// Updates a node moved to `pnode/name`; a directory landing on a name that a lower layer

@@ -109,6 +109,7 @@ impl OverlayFs {
                 from_lower: AtomicBool::new(from_lower),
                 next_read: AtomicU64::new(0),
                 ahead_to: AtomicU64::new(0),
+                writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
                 plain_rw: flags & libc::O_ACCMODE == libc::O_RDWR
                     && flags
                         & (libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)
@@ -309,6 +310,12 @@ impl OverlayFs {
             }
         }
         Ok(done as u32)
+    }
+
+    /// Whether a handle open for writing refers to `ino`'s node.
+    pub fn has_writer(&self, ino: u64) -> bool {
+        let Ok(node) = self.node(ino) else { return false };
+        self.files.read().values().any(|h| h.writable && Arc::ptr_eq(&h.node, &node))
     }
 
     /// Drops what a write by an unprivileged caller must drop (the kernel leaves it to the

@@ -29,8 +29,8 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
@@ -369,6 +369,8 @@ pub(crate) struct FileHandle {
     /// The descriptor is read-write with no flag that would change other handles' I/O
     /// (append, direct, sync, noatime): it can stand as the file's passthrough backing file.
     pub plain_rw: bool,
+    /// Opened for writing.
+    pub writable: bool,
 }
 
 /// The union filesystem.
@@ -395,6 +397,9 @@ pub struct OverlayFs {
     pub(crate) read_asked: AtomicU64,
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
+    /// Told the node id of each directory copied up: its attributes (link count, size,
+    /// ctime) are now the upper's, and the kernel may hold the lower's (see `Fuse::new`).
+    pub dir_copied_up: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     /// Listings for READDIR without a handle, by directory node id.
@@ -717,6 +722,7 @@ impl OverlayFs {
             nodes_peak: AtomicUsize::new(0),
             read_asked: AtomicU64::new(0),
             upper_ids: Mutex::new(HashMap::new()),
+            dir_copied_up: OnceLock::new(),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             listings: Mutex::new(lru::LruCache::new(

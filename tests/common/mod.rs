@@ -315,8 +315,23 @@ fn kind_char(ft: &fs::FileType) -> char {
 /// non-directories (directory mtimes legitimately differ between implementations).
 pub fn snapshot(root: &Path, with_mtime: bool) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
-    walk(root, root, with_mtime, &mut out);
+    walk(root, root, if with_mtime { Mtimes::Files } else { Mtimes::No }, &mut out);
     out
+}
+
+/// [`snapshot`] with the mtimes of directories too: for trees whose directories came from the
+/// same layers on both sides (the differential write runs).
+pub fn snapshot_all_mtimes(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    walk(root, root, Mtimes::All, &mut out);
+    out
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mtimes {
+    No,
+    Files,
+    All,
 }
 
 /// A snapshot entry standing for an error (`?` readdir, `!` stat), so it shows in a diff.
@@ -324,7 +339,7 @@ fn error_entry(kind: char, e: &std::io::Error) -> Entry {
     Entry { kind, mode: 0, uid: 0, gid: 0, size: 0, content: e.to_string(), xattrs: vec![], mtime: None }
 }
 
-fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, Entry>) {
+fn walk(root: &Path, dir: &Path, mtimes: Mtimes, out: &mut BTreeMap<String, Entry>) {
     let mut names: Vec<_> = match fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
         Err(e) => {
@@ -358,11 +373,15 @@ fn walk(root: &Path, dir: &Path, with_mtime: bool, out: &mut BTreeMap<String, En
             size: if kind == 'f' || kind == 'l' { md.size() } else { 0 },
             content,
             xattrs: xattrs(&p, false),
-            mtime: if with_mtime && kind == 'f' { Some(md.mtime()) } else { None },
+            mtime: if mtimes == Mtimes::All || mtimes == Mtimes::Files && kind == 'f' {
+                Some(md.mtime())
+            } else {
+                None
+            },
         };
         out.insert(rel, e);
         if kind == 'd' {
-            walk(root, &p, with_mtime, out);
+            walk(root, &p, mtimes, out);
         }
     }
 }
