@@ -196,17 +196,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
             let first = first_of_inode.entry((md.dev(), md.ino())).or_insert_with(|| p.clone()).clone();
             d.push_str(&format!(" nlink={} group={first}", md.nlink()));
         }
-        if !ft.is_symlink() {
-            for (k, v) in layerfs::oci::xattrs_nofollow(&full).unwrap() {
-                if k.starts_with(b"security.selinux") {
-                    continue;
-                }
-                d.push_str(&format!(
-                    " xattr:{}={}",
-                    String::from_utf8_lossy(&k),
-                    String::from_utf8_lossy(&v)
-                ));
+        for (k, v) in layerfs::oci::xattrs_nofollow(&full).unwrap() {
+            if k.starts_with(b"security.selinux") {
+                continue;
             }
+            d.push_str(&format!(" xattr:{}={}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)));
         }
         out.insert(p, d);
     }

@@ -239,3 +239,25 @@ fn diff_cli_writes_stdout_or_file() {
     let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+/// xattrs of a symlink (trusted.* and security.* may be set on one) go into the layer and come
+/// back out of it; `diff` left them out and `unpack` skipped them.
+#[test]
+fn symlink_xattrs_round_trip() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    fs::create_dir(&a).unwrap();
+    std::os::unix::fs::symlink("target", a.join("link")).unwrap();
+    oci::set_xattr_nofollow(&a.join("link"), "trusted.foo", b"bar").unwrap();
+    let snap_a = snapshot(&a);
+    assert!(snap_a["link"].contains("xattr:trusted.foo=bar"), "{snap_a:?}");
+    let t = tmp.path().join("l.tar");
+    oci::export_to_file(&a, &t).unwrap();
+    let b = tmp.path().join("b");
+    run_ok(["unpack".as_ref(), s(&t), s(&b)]);
+    assert_same_snapshot(&snapshot(&b), &snap_a, "symlink xattrs");
+}

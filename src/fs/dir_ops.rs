@@ -809,8 +809,8 @@ impl OverlayFs {
         Ok(None)
     }
 
-    /// Updates a node moved to `pnode/name`; a directory landing on a name that a lower layer
-    /// has becomes opaque.
+    /// Updates a node moved to `pnode/name`; a directory landing in a merged directory, or on a
+    /// name that a lower layer has, becomes opaque.
     fn moved(
         &self,
         node: &Arc<Node>,
@@ -821,7 +821,9 @@ impl OverlayFs {
     ) -> Result<()> {
         let is_dir = node.is_dir();
         let mut made_opaque = false;
-        if is_dir && self.lower_positive(pnode, name)? {
+        // As kernel overlayfs: a directory moved into a merged directory becomes opaque (it
+        // would otherwise merge with whatever a lower layer has, or gets, at its new name).
+        if is_dir && (Self::has_lower_content(pnode) || self.lower_positive(pnode, name)?) {
             let (loc, marks) = {
                 let s = node.state.lock();
                 (s.upper.clone(), s.upper_marks)

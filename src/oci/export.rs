@@ -558,6 +558,7 @@ impl<W: Write> Exporter<W> {
                 h.link =
                     fsutil::readlink_at(dfd.as_fd(), name).ctx(|| format!("readlink {}", show(&path)))?;
                 h.mode = 0o777;
+                h.xattrs = read_xattrs(XattrFd::Link(dfd.as_fd(), name), &path)?.0;
                 self.out.entry(&h, None)
             }
             libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {

@@ -251,43 +251,58 @@ pub enum XattrFd<'a> {
     Fd(BorrowedFd<'a>),
     /// An O_PATH fd of a non-symlink: the `/proc/self/fd/N` path.
     Proc(BorrowedFd<'a>),
+    /// A symlink, by its directory and name: l*xattr calls on `/proc/self/fd/N/NAME`.
+    Link(BorrowedFd<'a>, &'a [u8]),
+}
+
+/// The path an [`XattrFd`] is reached by, and whether its last component is not to be
+/// followed; `None` for an fd.
+fn xattr_path(x: XattrFd<'_>) -> io::Result<Option<(CString, bool)>> {
+    Ok(match x {
+        XattrFd::Fd(_) => None,
+        XattrFd::Proc(fd) => Some((proc_path(fd.as_raw_fd()), false)),
+        XattrFd::Link(dir, name) => {
+            if name.is_empty() || name.contains(&b'/') {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+            p.extend_from_slice(name);
+            Some((cstr(&p)?, true))
+        }
+    })
 }
 
 pub fn set_xattr(x: XattrFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
     let n = cstr(name)?;
-    match x {
-        // SAFETY: live fd; `n` valid C string; value pointer/len describe a valid slice.
-        XattrFd::Fd(fd) => {
-            cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
-                .map(drop)
-        }
-        XattrFd::Proc(fd) => {
-            let p = proc_path(fd.as_raw_fd());
-            // SAFETY: valid C strings and value slice; the magic link names the O_PATH inode.
-            cvt(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
-                .map(drop)
-        }
+    let (ptr, len) = (value.as_ptr().cast(), value.len());
+    // SAFETY (all three): a live fd or a valid C path, a valid C name, and a pointer and length
+    // describing the value slice.
+    match (x, xattr_path(x)?) {
+        (XattrFd::Fd(fd), _) => cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), n.as_ptr(), ptr, len, 0) }),
+        (_, Some((p, true))) => cvt(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), ptr, len, 0) }),
+        (_, Some((p, false))) => cvt(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), ptr, len, 0) }),
+        (_, None) => unreachable!("only an fd has no path"),
     }
+    .map(drop)
 }
 
 /// Returns `Ok(None)` when the attribute does not exist (or xattrs are not
 /// supported).
 pub fn get_xattr(x: XattrFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let n = cstr(name)?;
-    let p = if let XattrFd::Proc(fd) = x { Some(proc_path(fd.as_raw_fd())) } else { None };
+    let path = xattr_path(x)?;
     let call = |buf: &mut [u8]| -> io::Result<usize> {
         let (ptr, len) =
             if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
-        match (x, &p) {
-            // SAFETY: live fd, valid name, ptr/len describe writable memory (or null/0 to query the size).
+        // SAFETY (all three): a live fd or a valid C path, a valid C name, and ptr/len
+        // describing writable memory (or null/0 to query the size).
+        match (x, &path) {
             (XattrFd::Fd(fd), _) => {
                 cvt_ssize(unsafe { libc::fgetxattr(fd.as_raw_fd(), n.as_ptr(), ptr, len) })
             }
-            // SAFETY: as above, through the magic link path.
-            (XattrFd::Proc(_), Some(p)) => {
-                cvt_ssize(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, len) })
-            }
-            (XattrFd::Proc(_), None) => unreachable!(),
+            (_, Some((p, true))) => cvt_ssize(unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), ptr, len) }),
+            (_, Some((p, false))) => cvt_ssize(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, len) }),
+            (_, None) => unreachable!("only an fd has no path"),
         }
     };
     read_sized(call).map(Some).or_else(|e| match e.raw_os_error() {
@@ -298,16 +313,17 @@ pub fn get_xattr(x: XattrFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
 
 /// Names of all xattrs (empty when unsupported).
 pub fn list_xattrs(x: XattrFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let p = if let XattrFd::Proc(fd) = x { Some(proc_path(fd.as_raw_fd())) } else { None };
+    let path = xattr_path(x)?;
     let call = |buf: &mut [u8]| -> io::Result<usize> {
         let (ptr, len) =
             if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
-        match (x, &p) {
-            // SAFETY: live fd; ptr/len describe writable memory (or null/0 to query the size).
+        // SAFETY (all three): a live fd or a valid C path, and ptr/len describing writable
+        // memory (or null/0 to query the size).
+        match (x, &path) {
             (XattrFd::Fd(fd), _) => cvt_ssize(unsafe { libc::flistxattr(fd.as_raw_fd(), ptr, len) }),
-            // SAFETY: as above, through the magic link path.
-            (XattrFd::Proc(_), Some(p)) => cvt_ssize(unsafe { libc::listxattr(p.as_ptr(), ptr, len) }),
-            (XattrFd::Proc(_), None) => unreachable!(),
+            (_, Some((p, true))) => cvt_ssize(unsafe { libc::llistxattr(p.as_ptr(), ptr, len) }),
+            (_, Some((p, false))) => cvt_ssize(unsafe { libc::listxattr(p.as_ptr(), ptr, len) }),
+            (_, None) => unreachable!("only an fd has no path"),
         }
     };
     let raw = match read_sized(call) {

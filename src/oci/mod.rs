@@ -33,8 +33,8 @@ pub use export::{ExportReport, export, export_to_file};
 pub use store::lowerdirs_for;
 pub use unpack::{UnpackOptions, UnpackReport, WhiteoutMode, unpack};
 
-/// All xattrs of `path` (sorted), without following a final symlink (a
-/// symlink reports none). A helper for tests and tools.
+/// All xattrs of `path` (sorted), without following a final symlink. A helper for tests and
+/// tools.
 pub fn xattrs_nofollow(path: &std::path::Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     with_path_fd(path, |x| {
         let mut out = Vec::new();
@@ -49,8 +49,7 @@ pub fn xattrs_nofollow(path: &std::path::Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>
     .map(|o| o.unwrap_or_default())
 }
 
-/// Sets an xattr on `path` without following a final symlink (refused for
-/// symlinks). A helper for tests and tools.
+/// Sets an xattr on `path` without following a final symlink. A helper for tests and tools.
 pub fn set_xattr_nofollow(path: &std::path::Path, name: &str, value: &[u8]) -> Result<()> {
     with_path_fd(path, |x| fsutil::set_xattr(x, name.as_bytes(), value))?
         .ok_or_else(|| Error::new(format!("{}: xattrs on symlinks are not supported", path.display())))
@@ -70,8 +69,10 @@ fn with_path_fd<T>(
     let name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b".");
     let fd = fsutil::open_path_at(dfd.as_fd(), name).map_err(|e| Error::from(e).context(path.display()))?;
     let st = fsutil::fstat(fd.as_fd())?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        return Ok(None);
-    }
-    Ok(Some(f(fsutil::XattrFd::Proc(fd.as_fd())).map_err(|e| Error::from(e).context(path.display()))?))
+    let x = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        fsutil::XattrFd::Link(dfd.as_fd(), name)
+    } else {
+        fsutil::XattrFd::Proc(fd.as_fd())
+    };
+    Ok(Some(f(x).map_err(|e| Error::from(e).context(path.display()))?))
 }

@@ -747,9 +747,8 @@ impl Applier {
         if self.am_root {
             fsutil::chown_at(pfd.as_fd(), &name, meta.uid, meta.gid).ctx(|| "chown")?;
         }
-        if !meta.xattrs.is_empty() {
-            log::warn!("ignoring xattrs of symlink {}", show(path));
-        }
+        // (user.* xattrs are not allowed on symlinks: warned about and skipped.)
+        self.set_xattrs(XattrFd::Link(pfd.as_fd(), &name), &meta.xattrs)?;
         fsutil::utimes_at(pfd.as_fd(), &name, meta.mtime, meta.mtime_ns).ctx(|| "set mtime")?;
         self.note_created(path);
         self.linkable.insert(path.to_vec());

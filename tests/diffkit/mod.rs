@@ -56,10 +56,6 @@ pub const TOLERATED: &[(&str, &str)] = &[
         "kernel whiteouts share one inode",
         "the kernel makes every whiteout a hard link of one shared 0/0 device; whiteouts are left out of the upper hard-link groups",
     ),
-    (
-        "opaque flag on an upper directory where the lower union has no non-empty directory",
-        "the kernel marks every directory renamed into a merged parent opaque; where the lower layers together show nothing under that path the flag hides nothing (checked through a read-only kernel overlay of the pristine lowers)",
-    ),
     ("st_blocks, st_blksize, st_dev", "storage details"),
     (
         "kernel WORKDIR contents",
@@ -1057,40 +1053,6 @@ fn diff_merged(k: &BTreeMap<String, Entry>, kt0: i64, f: &BTreeMap<String, Entry
     diff_snapshots("kernel", &k2, "layerfs", &f2)
 }
 
-/// Clears the opaque mark on upper directories where it has no effect: where the union of the
-/// lower layers alone shows no non-empty directory at that path (see [`TOLERATED`]). The lower
-/// union is read through a read-only kernel overlay of the pristine lowers.
-pub fn drop_ineffective_opaque(
-    a: &mut BTreeMap<String, Entry>,
-    b: &mut BTreeMap<String, Entry>,
-    lowers: &[PathBuf],
-    scratch: &Path,
-) {
-    let differing: Vec<String> = a
-        .iter()
-        .filter(|(k, e)| {
-            e.kind == 'd'
-                && b.get(*k)
-                    .is_some_and(|o| o.kind == 'd' && (o.content == "opaque") != (e.content == "opaque"))
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
-    if differing.is_empty() {
-        return;
-    }
-    let mnt = scratch.join("lower-union");
-    fs::create_dir_all(&mnt).unwrap();
-    let _m = if lowers.len() > 1 { Some(mount_overlay(lowers, None, &mnt)) } else { None };
-    let root = if lowers.len() > 1 { mnt.clone() } else { lowers[0].clone() };
-    for k in differing {
-        let matters = fs::read_dir(root.join(&k)).map(|mut rd| rd.next().is_some()).unwrap_or(false);
-        if !matters {
-            a.get_mut(&k).unwrap().content.clear();
-            b.get_mut(&k).unwrap().content.clear();
-        }
-    }
-}
-
 /// Groups of paths sharing an inode (hard-link structure), as sorted path lists.
 pub fn link_groups(root: &Path) -> Vec<Vec<String>> {
     let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -1206,9 +1168,7 @@ pub fn compare_sides(
         problems.push(format!("merged trees differ:\n{}", d.join("\n")));
     }
     if !k.read_only {
-        let lowers: Vec<PathBuf> = (0..nlowers).map(|i| pristine.join(format!("l{i}"))).collect();
-        let (mut cu_k, mut cu_f) = (canonical_upper(&k.upper), canonical_upper(&f.upper));
-        drop_ineffective_opaque(&mut cu_k, &mut cu_f, &lowers, pristine.parent().unwrap());
+        let (cu_k, cu_f) = (canonical_upper(&k.upper), canonical_upper(&f.upper));
         let d = diff_snapshots("kernel", &cu_k, "layerfs", &cu_f);
         if !d.is_empty() {
             problems.push(format!("canonical uppers differ:\n{}", d.join("\n")));
