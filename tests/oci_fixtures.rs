@@ -261,3 +261,27 @@ fn symlink_xattrs_round_trip() {
     run_ok(["unpack".as_ref(), s(&t), s(&b)]);
     assert_same_snapshot(&snapshot(&b), &snap_a, "symlink xattrs");
 }
+
+/// A file capability whose value holds a newline byte (cap_dac_override + cap_fowner) goes
+/// through `diff` and back through `unpack` (the tar crate alone refuses its PAX record).
+#[test]
+fn a_capability_with_a_newline_byte_round_trips() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    fs::create_dir(&a).unwrap();
+    fs::write(a.join("tool"), b"#!/bin/sh\n").unwrap();
+    let caps = b"\x01\x00\x00\x02\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    oci::set_xattr_nofollow(&a.join("tool"), "security.capability", caps).unwrap();
+    let snap_a = snapshot(&a);
+    let t = tmp.path().join("l.tar");
+    oci::export_to_file(&a, &t).unwrap();
+    let b = tmp.path().join("b");
+    run_ok(["unpack".as_ref(), s(&t), s(&b)]);
+    assert_same_snapshot(&snapshot(&b), &snap_a, "capability with a newline byte");
+    let x = oci::xattrs_nofollow(&b.join("tool")).unwrap();
+    assert_eq!(x, vec![(b"security.capability".to_vec(), caps.to_vec())]);
+}

@@ -432,3 +432,60 @@ fn gnu_sparse_entry_keeps_its_holes() {
     assert!(data[at as usize..at as usize + 4096].iter().all(|&b| b == b'x'));
     assert!(data[..at as usize].iter().chain(&data[at as usize + 4096..]).all(|&b| b == 0));
 }
+
+/// PAX records are read by their lengths: a value may hold newlines (binary xattrs such as a
+/// file capability or an ACL can). The tar crate splits at newlines, so such an archive was
+/// refused, and a value holding `\n<len> linkpath=...` could have named another target.
+#[test]
+fn pax_values_with_newlines() {
+    use std::os::unix::fs::MetadataExt;
+    let caps = "\u{1}\0\0\u{2}\n\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+    let forged_link = "x\n26 linkpath=/etc/evil-one\n";
+    let forged_path = "x\n13 path=evil\n";
+    let pax =
+        |recs: &[(&str, &str)]| -> Vec<u8> { recs.iter().flat_map(|(k, v)| pax_record(k, v)).collect() };
+    let archive = [
+        dir("d/"),
+        raw_entry(
+            b"PaxHeaders/f",
+            b'x',
+            b"",
+            &pax(&[("SCHILY.xattr.user.nl", "a\nb"), ("mtime", "1700000001.5")]),
+            0o644,
+        ),
+        file("d/f", b"data\n"),
+        raw_entry(
+            b"PaxHeaders/l",
+            b'x',
+            b"",
+            &pax(&[("comment", forged_link), ("SCHILY.xattr.user.c", caps)]),
+            0o644,
+        ),
+        symlink("d/link", "harmless"),
+        raw_entry(
+            b"PaxHeaders/g",
+            b'x',
+            b"",
+            &pax(&[("comment", forged_path), ("path", "d/with\nnewline")]),
+            0o644,
+        ),
+        file("d/plain-name", b"x"),
+        raw_entry(b"PaxHeaders/h", b'x', b"", &pax(&[("comment", forged_path)]), 0o644),
+        file("d/header-name", b"y"),
+        end(),
+    ]
+    .concat();
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    fs::write(&tar, &archive).unwrap();
+    run_ok([OsStr::new("unpack"), s(&tar), s(&a.target)]);
+    let t = &a.target;
+    let x = layerfs::oci::xattrs_nofollow(&t.join("d/f")).unwrap();
+    assert_eq!(x, vec![(b"user.nl".to_vec(), b"a\nb".to_vec())]);
+    assert_eq!(fs::metadata(t.join("d/f")).unwrap().mtime(), 1_700_000_001);
+    assert_eq!(fs::read_link(t.join("d/link")).unwrap(), Path::new("harmless"));
+    // (user.* xattrs cannot be set on a symlink: skipped with a warning.)
+    assert_eq!(fs::read(t.join("d/with\nnewline")).unwrap(), b"x");
+    assert_eq!(fs::read(t.join("d/header-name")).unwrap(), b"y");
+    assert!(!t.join("evil").exists() && !t.join("d/plain-name").exists());
+}

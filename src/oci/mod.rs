@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 mod fsutil;
 pub mod paths;
+pub mod paxtap;
 pub mod progress;
 pub mod store;
 pub mod unpack;

@@ -27,7 +27,7 @@
 //!   only an `EEXIST` triggers the replace path, data is copied with a 1 MiB
 //!   buffer, nothing is fsynced.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -39,6 +39,7 @@ use super::digest::{self, BUF_SIZE, HashingReader};
 use super::error::{Context, Error, Result, show};
 use super::fsutil::{self, XattrFd};
 use super::paths::{self, Action};
+use super::paxtap;
 
 /// Form of materialised whiteouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +312,8 @@ struct Meta {
     mtime: i64,
     mtime_ns: u32,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The link target, where PAX records read by their lengths decide it.
+    link: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,20 +325,6 @@ struct DirAttrs {
 
 /// Granularity at which a GNU sparse entry's zeros are left as holes.
 const SPARSE_BLOCK: usize = 4096;
-
-/// Counts bytes read (shared with the caller while the tar parser owns it).
-struct Counting<R> {
-    inner: R,
-    n: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n.set(self.n.get() + n as u64);
-        Ok(n)
-    }
-}
 
 fn errno_is(e: &io::Error, codes: &[i32]) -> bool {
     e.raw_os_error().is_some_and(|c| codes.contains(&c))
@@ -393,7 +382,8 @@ impl Applier {
         self.linkable.clear();
         self.whiteouts.clear();
         let count = Rc::new(Cell::new(0u64));
-        let mut ar = tar::Archive::new(Counting { inner: r, n: count.clone() });
+        let found = Rc::new(RefCell::new(paxtap::Found::default()));
+        let mut ar = tar::Archive::new(paxtap::Tap::new(r, count.clone(), found.clone()));
         let mut expected_end = 0u64;
         {
             let entries = ar.entries().map_err(|e| Error::new(format!("corrupt archive: {e}")))?;
@@ -406,9 +396,24 @@ impl Applier {
                 } else {
                     e.size()
                 };
+                let chain = found.borrow_mut().chain(expected_end, e.raw_header_position());
                 expected_end = e.raw_file_position().saturating_add(disk.div_ceil(512).saturating_mul(512));
-                let raw = e.path_bytes().into_owned();
-                self.entry(&raw, &mut e).ctx(|| format!("entry {}", show(&raw)))?;
+                // Its data is no place for headers.
+                found.borrow_mut().skip_to(expected_end);
+                let pax = match &chain {
+                    Some(paxtap::Chain { pax: Some(Some(body)), .. }) => Some(
+                        paxtap::parse(body).map_err(|m| Error::new(format!("corrupt PAX header: {m}")))?,
+                    ),
+                    _ => None,
+                };
+                let raw = match (&pax, &chain) {
+                    (Some(recs), Some(c)) if !c.long_name => last_record(recs, b"path")
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_else(|| e.header().path_bytes().into_owned()),
+                    _ => e.path_bytes().into_owned(),
+                };
+                let records = pax.map(|recs| (recs, chain.is_some_and(|c| c.long_link)));
+                self.entry(&raw, &mut e, records).ctx(|| format!("entry {}", show(&raw)))?;
             }
         }
         if count.get() < expected_end.saturating_add(512) {
@@ -420,6 +425,27 @@ impl Applier {
         }
         self.apply_dir_attrs()?;
         Ok(ar.into_inner().inner)
+    }
+
+    /// The entry's PAX records: read by their lengths ([`paxtap`]) where given, else as the
+    /// tar crate reads them.
+    fn pax_records<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if let Some(pax) = e.pax_extensions().map_err(|e| Error::new(format!("corrupt PAX header: {e}")))? {
+            for ext in pax {
+                // The tar crate splits records at newlines, not by their lengths: a value that
+                // holds a newline byte reads as a malformed record (the unpacker reads such
+                // headers itself, see paxtap; this is what is left when it could not).
+                let ext = ext.map_err(|e| {
+                    Error::new(format!(
+                        "corrupt PAX record, or one whose value holds a newline byte, which this \
+                         tar reader cannot read: {e}"
+                    ))
+                })?;
+                out.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -438,62 +464,89 @@ impl Applier {
         Ok(())
     }
 
-    fn meta_of<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<Meta> {
+    /// `records`: the entry's PAX records read by their lengths, and whether a GNU long link
+    /// header stands before it (which the tar crate lets decide the link target).
+    fn meta_of<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        records: Option<(Vec<(Vec<u8>, Vec<u8>)>, bool)>,
+    ) -> Result<Meta> {
         let h = e.header();
         let bad = |what: &str| Error::new(format!("corrupt header field {what}"));
         let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
-        let uid = u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid (too large)"))?;
-        let gid = u32::try_from(h.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid (too large)"))?;
+        let mut uid = h.uid().map_err(|_| bad("uid"))?;
+        let mut gid = h.gid().map_err(|_| bad("gid"))?;
         let mut mtime = i64::try_from(h.mtime().map_err(|_| bad("mtime"))?).unwrap_or(i64::MAX);
         let mut mtime_ns = 0u32;
         let mut xattrs = Vec::new();
-        if let Some(pax) = e.pax_extensions().map_err(|e| Error::new(format!("corrupt PAX header: {e}")))? {
-            for ext in pax {
-                // The tar crate splits records at newlines, not by their lengths: a value that
-                // holds a newline byte (a file capability can) reads as a malformed record.
-                let ext = ext.map_err(|e| {
-                    Error::new(format!(
-                        "corrupt PAX record, or one whose value holds a newline byte, which this \
-                         tar reader cannot read: {e}"
-                    ))
-                })?;
-                let key = ext.key_bytes();
-                if key.starts_with(b"GNU.sparse.") {
-                    // Left to the entry as stored, the map and data would be unpacked as the
-                    // file's content (under a GNUSparseFile.N/ name for formats 0.1 and 1.0).
-                    return Err(Error::new(
-                        "PAX sparse file (GNU.sparse.* records, as `tar --posix --sparse` writes): \
-                         not supported",
-                    ));
+        let mut link = None;
+        let own = records.is_some();
+        let (recs, long_link) = match records {
+            Some(r) => r,
+            None => (Self::pax_records(e)?, false),
+        };
+        for (key, value) in &recs {
+            let num = || std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+            if key.starts_with(b"GNU.sparse.") {
+                // Left to the entry as stored, the map and data would be unpacked as the
+                // file's content (under a GNUSparseFile.N/ name for formats 0.1 and 1.0).
+                return Err(Error::new(
+                    "PAX sparse file (GNU.sparse.* records, as `tar --posix --sparse` writes): \
+                     not supported",
+                ));
+            }
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                if is_private_xattr(name) {
+                    if !self.warned_private {
+                        log::warn!("ignoring private xattr {} in layer", show(name));
+                        self.warned_private = true;
+                    }
+                    continue;
                 }
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if is_private_xattr(name) {
-                        if !self.warned_private {
-                            log::warn!("ignoring private xattr {} in layer", show(name));
-                            self.warned_private = true;
-                        }
-                        continue;
-                    }
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-                } else if key == b"mtime" {
-                    if let Some((s, ns)) = parse_pax_time(ext.value_bytes()) {
-                        mtime = s;
-                        mtime_ns = ns;
-                    }
+                xattrs.push((name.to_vec(), value.clone()));
+            } else if key == b"mtime" {
+                if let Some((s, ns)) = parse_pax_time(value) {
+                    mtime = s;
+                    mtime_ns = ns;
+                }
+            } else if own && key == b"uid" {
+                uid = num().ok_or_else(|| bad("uid (PAX)"))?;
+            } else if own && key == b"gid" {
+                gid = num().ok_or_else(|| bad("gid (PAX)"))?;
+            } else if own && key == b"linkpath" && !long_link {
+                link = Some(value.clone());
+            } else if own && key == b"size" && !e.header().entry_type().is_gnu_sparse() {
+                // The tar crate stops at the first record it cannot read when it looks for the
+                // size: past a value with a newline, it skipped by the header's size instead.
+                if num() != Some(e.size()) {
+                    return Err(Error::new(
+                        "a PAX size record the tar reader misread (after a value holding a newline)",
+                    ));
                 }
             }
         }
-        Ok(Meta { mode, uid, gid, mtime, mtime_ns, xattrs })
+        if own && link.is_none() && !long_link {
+            // Not a PAX target: the header's own (the crate may have taken a piece of a value).
+            link = e.header().link_name_bytes().map(|l| l.into_owned());
+        }
+        let uid = u32::try_from(uid).map_err(|_| bad("uid (too large)"))?;
+        let gid = u32::try_from(gid).map_err(|_| bad("gid (too large)"))?;
+        Ok(Meta { mode, uid, gid, mtime, mtime_ns, xattrs, link })
     }
 
-    fn entry<R: Read>(&mut self, raw: &[u8], e: &mut tar::Entry<'_, R>) -> Result<()> {
+    fn entry<R: Read>(
+        &mut self,
+        raw: &[u8],
+        e: &mut tar::Entry<'_, R>,
+        records: Option<(Vec<(Vec<u8>, Vec<u8>)>, bool)>,
+    ) -> Result<()> {
         let path = paths::sanitize(raw).map_err(|e| Error::new(e.to_string()))?;
         let et = e.header().entry_type();
         if et.is_pax_global_extensions() {
             return Ok(());
         }
         let action = paths::classify(&path).map_err(|e| Error::new(e.to_string()))?;
-        let meta = self.meta_of(e)?;
+        let meta = self.meta_of(e, records)?;
         match action {
             Action::Whiteout(t) => self.whiteout(&path, &t, &meta),
             Action::Opaque(d) => self.opaque(&path, &d, &meta),
@@ -606,12 +659,12 @@ impl Applier {
             T::Regular | T::Continuous | T::GNUSparse => self.create_file(path, e, &meta),
             T::Directory => self.create_dir(path, &meta),
             T::Symlink => {
-                let target = e.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
-                self.create_symlink(path, &target, &meta)
+                let target = meta.link.clone().or_else(|| e.link_name_bytes().map(|c| c.into_owned()));
+                self.create_symlink(path, &target.unwrap_or_default(), &meta)
             }
             T::Link => {
-                let target = e.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
-                self.create_hardlink(path, &target)
+                let target = meta.link.clone().or_else(|| e.link_name_bytes().map(|c| c.into_owned()));
+                self.create_hardlink(path, &target.unwrap_or_default())
             }
             T::Char | T::Block | T::Fifo => {
                 let h = e.header();
@@ -959,6 +1012,11 @@ impl Applier {
 }
 
 /// Keeps error details short (the tar crate quotes raw header bytes).
+/// The value of the last record with `key` (later records win).
+fn last_record<'a>(recs: &'a [(Vec<u8>, Vec<u8>)], key: &[u8]) -> Option<&'a [u8]> {
+    recs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+}
+
 fn clip(s: &str) -> String {
     if s.chars().count() <= 100 {
         return s.to_string();
