@@ -204,8 +204,11 @@ impl<R: Read> Read for Tap<R> {
     }
 }
 
+/// PAX records: (key, value) pairs in their order.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The records of a PAX header body, by their lengths.
-pub fn parse(body: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn parse(body: &[u8]) -> Result<Records, String> {
     let mut out = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {

@@ -429,7 +429,7 @@ impl Applier {
 
     /// The entry's PAX records: read by their lengths ([`paxtap`]) where given, else as the
     /// tar crate reads them.
-    fn pax_records<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn pax_records<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<paxtap::Records> {
         let mut out = Vec::new();
         if let Some(pax) = e.pax_extensions().map_err(|e| Error::new(format!("corrupt PAX header: {e}")))? {
             for ext in pax {
@@ -469,7 +469,7 @@ impl Applier {
     fn meta_of<R: Read>(
         &mut self,
         e: &mut tar::Entry<'_, R>,
-        records: Option<(Vec<(Vec<u8>, Vec<u8>)>, bool)>,
+        records: Option<(paxtap::Records, bool)>,
     ) -> Result<Meta> {
         let h = e.header();
         let bad = |what: &str| Error::new(format!("corrupt header field {what}"));
@@ -538,7 +538,7 @@ impl Applier {
         &mut self,
         raw: &[u8],
         e: &mut tar::Entry<'_, R>,
-        records: Option<(Vec<(Vec<u8>, Vec<u8>)>, bool)>,
+        records: Option<(paxtap::Records, bool)>,
     ) -> Result<()> {
         let path = paths::sanitize(raw).map_err(|e| Error::new(e.to_string()))?;
         let et = e.header().entry_type();
