@@ -58,6 +58,7 @@ fn op_size(opcode: u32) -> usize {
         28 | 44 => 40, // READDIR, READDIRPLUS: fuse_read_in
         34 => 8,       // ACCESS: fuse_access_in
         35 => 16,      // CREATE: fuse_create_in
+        39 => 32,      // IOCTL: fuse_ioctl_in
         43 => 32,      // FALLOCATE: fuse_fallocate_in
         45 => 16,      // RENAME2: fuse_rename2_in
         46 => 24,      // LSEEK: fuse_lseek_in

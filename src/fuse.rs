@@ -108,6 +108,8 @@ pub enum Answer<'a> {
     Written(u32),
     Statfs(libc::statvfs),
     Offset(i64),
+    /// An ioctl's result and the data it returns (`struct fuse_ioctl_out`, then the data).
+    Ioctl(i32, Vec<u8>),
 }
 
 /// Where READDIR entries go; `add` returns true once the reply is full (the entry not added).
@@ -1135,6 +1137,24 @@ impl Fuse {
             self.fs.fallocate(fh, offset, length, mode)
         };
         done("fallocate", self.hook(ctx, Op::Fallocate, ino, None, 0, args, f))
+    }
+
+    /// IOCTL: the inode-attribute commands (`chattr`, `lsattr`) on the real inode; others
+    /// ENOTTY, as on a filesystem without them.
+    pub fn ioctl(&self, ctx: &Ctx, ino: u64, cmd: u32, input: &[u8], out_size: u32) -> Answer<'static> {
+        log::debug!("ioctl(ino={ino}, cmd={cmd:#x}, in={}, out={out_size})", input.len());
+        let args = |a: &mut Args| _ = a.n("cmd", cmd);
+        let f = || {
+            let mut arg = vec![0u8; input.len().max(out_size as usize).max(32)];
+            arg[..input.len()].copy_from_slice(input);
+            self.fs.fileattr(ino, cmd, &mut arg)?;
+            arg.truncate(out_size as usize);
+            Ok(arg)
+        };
+        match self.hook(ctx, Op::Ioctl, ino, None, 0, args, f) {
+            Ok(out) => Answer::Ioctl(0, out),
+            Err(e) => fail("ioctl", e),
+        }
     }
 
     pub fn lseek(&self, ctx: &Ctx, ino: u64, fh: u64, offset: i64, whence: i32) -> Answer<'static> {

@@ -66,6 +66,7 @@ const FUSE_RELEASEDIR: u32 = 29;
 const FUSE_FSYNCDIR: u32 = 30;
 const FUSE_ACCESS: u32 = 34;
 const FUSE_CREATE: u32 = 35;
+const FUSE_IOCTL: u32 = 39;
 const FUSE_FALLOCATE: u32 = 43;
 const FUSE_READDIRPLUS: u32 = 44;
 const FUSE_RENAME2: u32 = 45;
@@ -506,6 +507,7 @@ pub(crate) fn op_name(opcode: u32) -> std::borrow::Cow<'static, str> {
         FUSE_FSYNCDIR => "FSYNCDIR",
         FUSE_ACCESS => "ACCESS",
         FUSE_CREATE => "CREATE",
+        FUSE_IOCTL => "IOCTL",
         FUSE_FALLOCATE => "FALLOCATE",
         FUSE_READDIRPLUS => "READDIRPLUS",
         FUSE_RENAME2 => "RENAME2",
@@ -629,6 +631,15 @@ impl Reply<'_> {
             Answer::Written(n) => {
                 self.u32(n);
                 self.u32(0);
+            }
+            Answer::Ioctl(result, data) => {
+                // struct fuse_ioctl_out: result, flags, in_iovs, out_iovs.
+                for v in [result as u32, 0, 0, 0] {
+                    self.u32(v);
+                }
+                if !self.put(&data) {
+                    self.error = libc::EIO;
+                }
             }
             Answer::Statfs(s) => {
                 for v in [s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree] {
@@ -864,6 +875,12 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
         FUSE_CREATE => f.create(ctx, ino, name!(1)[0], rd32(op, 4), rd32(op, 8), rd32(op, 0) as i32),
         FUSE_FALLOCATE => f.fallocate(ctx, ino, rd64(op, 0), rd64(op, 8), rd64(op, 16), rd32(op, 24) as i32),
         FUSE_LSEEK => f.lseek(ctx, ino, rd64(op, 0), rd64(op, 8) as i64, rd32(op, 16) as i32),
+        FUSE_IOCTL => {
+            // struct fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size.
+            let (cmd, in_size, out_size) = (rd32(op, 12), rd32(op, 24) as usize, rd32(op, 28));
+            let Some(input) = p.get(..in_size) else { return Answer::Err(libc::EINVAL) };
+            f.ioctl(ctx, ino, cmd, input, out_size)
+        }
         FUSE_COPY_FILE_RANGE => f.copy_file_range(
             ctx,
             ino,

@@ -974,3 +974,26 @@ fn open_rdonly_trunc() {
         c.read("u");
     });
 }
+
+// ---- inode flags ------------------------------------------------------------------------------
+
+/// `chattr`/`lsattr` (the inode-attribute ioctls): read from the topmost object, set after a
+/// copy-up, enforced (append-only: writes only with O_APPEND; immutable directory: no new
+/// names). layerfs answered every one "Operation not supported".
+#[test]
+fn inode_flags_chattr_lsattr() {
+    need_mounts!();
+    run_both(&std_stack(), |c| {
+        c.sh("lsattr -d f_low d_low f_top 2>&1 | cut -c1-22", false);
+        c.sh("chattr +a f_low && lsattr f_low | cut -c1-22", false);
+        c.sh("echo x > f_low; echo rc=$?", false);
+        c.sh("echo y >> f_low; echo rc=$?; cat f_low", false);
+        c.sh(
+            "chattr +i d_low; lsattr -d d_low | cut -c1-22; touch d_low/new; echo rc=$?; chattr -i d_low",
+            false,
+        );
+        c.sh("chattr -a f_low && lsattr f_low | cut -c1-22 && echo z > f_low; cat f_low", false);
+        c.remount();
+        c.sh("lsattr -d f_low d_low | cut -c1-22", false);
+    });
+}

@@ -161,7 +161,16 @@ impl OverlayFs {
         }
         let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
         let from_lower = !top.is_upper;
-        let fd = self.open_loc(&top.loc, real_flags(flags)).map_err(|e| Error::io(e, "open"))?;
+        let fd = match self.open_loc(&top.loc, real_flags(flags)) {
+            // An append-only file (chattr +a) opens for writing only with O_APPEND. The server
+            // writes at the offsets the kernel gives (its own pwrite would append anyway), so
+            // it opens without it where it can.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && write && flags & libc::O_APPEND != 0 => {
+                self.open_loc(&top.loc, real_flags(flags) | libc::O_APPEND)
+            }
+            r => r,
+        }
+        .map_err(|e| Error::io(e, "open"))?;
         if flags & libc::O_TRUNC != 0 {
             // O_RDONLY|O_TRUNC truncates too (Linux): use a writable descriptor for it.
             let r = if flags & libc::O_ACCMODE == libc::O_RDONLY {
@@ -310,6 +319,33 @@ impl OverlayFs {
             }
         }
         Ok(done as u32)
+    }
+
+    /// An inode-attribute ioctl ([`sys::FILEATTR_IOCTLS`]) on the object's real inode, `arg`
+    /// its argument (read back into it): a get reads the topmost layer's object, a set copies
+    /// the object up first and sets the upper's, as kernel overlayfs does. Regular files and
+    /// directories only (the kernel sends no other).
+    pub fn fileattr(&self, ino: u64, cmd: u32, arg: &mut [u8]) -> Result<()> {
+        let Some(&(_, size, set)) = sys::FILEATTR_IOCTLS.iter().find(|c| c.0 == cmd) else {
+            return Err(Error::errno(libc::ENOTTY));
+        };
+        if arg.len() < size {
+            return Err(Error::errno(libc::EINVAL));
+        }
+        let node = self.node(ino)?;
+        let kind = node.state.lock().kind;
+        let dir = match kind {
+            FileType::Directory => libc::O_DIRECTORY,
+            FileType::RegularFile => 0,
+            _ => return Err(Error::errno(libc::ENOTTY)),
+        };
+        if set {
+            self.copy_up(&node, true)?;
+        }
+        let top = if set { node.upper() } else { node.top() }.ok_or(Error::errno(libc::ESTALE))?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | dir;
+        let fd = top.loc.open(flags).map_err(|e| Error::io(e, "open for an inode-attribute ioctl"))?;
+        sys::ioctl_buf(fd.as_fd(), cmd, &mut arg[..size]).map_err(|e| Error::io(e, "inode-attribute ioctl"))
     }
 
     /// Whether a handle open for writing refers to `ino`'s node.

@@ -600,6 +600,20 @@ pub fn copy_file_range(
         as libc::ssize_t)
 }
 
+/// The inode-attribute ioctls (`chattr`/`lsattr`, `xfs_io`'s fsxattr): FS_IOC_GETFLAGS,
+/// FS_IOC_SETFLAGS (an int, whatever the command's encoded size), FS_IOC_FSGETXATTR and
+/// FS_IOC_FSSETXATTR (`struct fsxattr`, 28 bytes). (command, argument size, sets).
+pub const FILEATTR_IOCTLS: [(u32, usize, bool); 4] =
+    [(0x8008_6601, 4, false), (0x4008_6602, 4, true), (0x801c_581f, 28, false), (0x401c_5820, 28, true)];
+
+/// An ioctl whose argument points at `arg` (read and/or written by the kernel).
+pub fn ioctl_buf(fd: BorrowedFd, cmd: u32, arg: &mut [u8]) -> io::Result<()> {
+    // SAFETY: `arg` is a live buffer of the size the command's argument has (the caller
+    // checks it against FILEATTR_IOCTLS).
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, arg.as_mut_ptr()) })?;
+    Ok(())
+}
+
 /// `ioctl(FICLONE)`: make `dst` share `src`'s extents (reflink).
 pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
