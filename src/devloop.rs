@@ -59,6 +59,7 @@ fn op_size(opcode: u32) -> usize {
         34 => 8,       // ACCESS: fuse_access_in
         35 => 16,      // CREATE: fuse_create_in
         39 => 32,      // IOCTL: fuse_ioctl_in
+        51 => 16,      // TMPFILE: fuse_create_in
         43 => 32,      // FALLOCATE: fuse_fallocate_in
         45 => 16,      // RENAME2: fuse_rename2_in
         46 => 24,      // LSEEK: fuse_lseek_in

@@ -1118,6 +1118,26 @@ impl Fuse {
         }
     }
 
+    /// TMPFILE (open with O_TMPFILE): as CREATE, for a file with no name.
+    pub fn tmpfile(&self, ctx: &Ctx, parent: u64, mode: u32, umask: u32, flags: i32) -> Answer<'static> {
+        log::debug!("tmpfile(parent={parent}, mode={mode:o}, flags={flags:#x})");
+        let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
+        let f = || self.fs.tmpfile(parent, mode, flags, caller(ctx, umask));
+        match self.hook(ctx, Op::Create, parent, None, 0, args, f) {
+            Ok((attr, o)) => {
+                match self.open_mode(attr.ino.0, attr.ino.0, o.fh, false, false, Some(attr.perm as u32)) {
+                    OpenMode::Passthrough(b) => {
+                        Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+                    }
+                    OpenMode::Cached | OpenMode::Store | OpenMode::Conflict => {
+                        Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
+                    }
+                }
+            }
+            Err(e) => fail("tmpfile", e),
+        }
+    }
+
     pub fn fallocate(
         &self,
         ctx: &Ctx,

@@ -67,6 +67,7 @@ const FUSE_FSYNCDIR: u32 = 30;
 const FUSE_ACCESS: u32 = 34;
 const FUSE_CREATE: u32 = 35;
 const FUSE_IOCTL: u32 = 39;
+const FUSE_TMPFILE: u32 = 51;
 const FUSE_FALLOCATE: u32 = 43;
 const FUSE_READDIRPLUS: u32 = 44;
 const FUSE_RENAME2: u32 = 45;
@@ -508,6 +509,7 @@ pub(crate) fn op_name(opcode: u32) -> std::borrow::Cow<'static, str> {
         FUSE_ACCESS => "ACCESS",
         FUSE_CREATE => "CREATE",
         FUSE_IOCTL => "IOCTL",
+        FUSE_TMPFILE => "TMPFILE",
         FUSE_FALLOCATE => "FALLOCATE",
         FUSE_READDIRPLUS => "READDIRPLUS",
         FUSE_RENAME2 => "RENAME2",
@@ -873,6 +875,8 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
         FUSE_FSYNCDIR => f.fsyncdir(ctx, ino, rd32(op, 8) & FUSE_FSYNC_FDATASYNC != 0),
         FUSE_ACCESS => f.access(ctx, ino, rd32(op, 0) as i32),
         FUSE_CREATE => f.create(ctx, ino, name!(1)[0], rd32(op, 4), rd32(op, 8), rd32(op, 0) as i32),
+        // struct fuse_create_in, then a name ("/") that stands for none.
+        FUSE_TMPFILE => f.tmpfile(ctx, ino, rd32(op, 4), rd32(op, 8), rd32(op, 0) as i32),
         FUSE_FALLOCATE => f.fallocate(ctx, ino, rd64(op, 0), rd64(op, 8), rd64(op, 16), rd32(op, 24) as i32),
         FUSE_LSEEK => f.lseek(ctx, ino, rd64(op, 0), rd64(op, 8) as i64, rd32(op, 16) as i32),
         FUSE_IOCTL => {

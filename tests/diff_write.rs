@@ -997,3 +997,47 @@ fn inode_flags_chattr_lsattr() {
         c.sh("lsattr -d f_low d_low | cut -c1-22", false);
     });
 }
+
+// ---- O_TMPFILE --------------------------------------------------------------------------------
+
+/// O_TMPFILE: an unnamed file in the upper directory (a lower-only directory copied up first),
+/// link count 0, named by a later linkat (through /proc/self/fd, and with AT_EMPTY_PATH);
+/// with O_EXCL it can never be named; one never named leaves nothing behind. layerfs answered
+/// EOPNOTSUPP.
+#[test]
+fn o_tmpfile_then_linkat() {
+    need_mounts!();
+    let script = r#"/usr/bin/python3 -c '
+import os, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def link(how, fd, name):
+    if how == "proc":  # linkat(/proc/self/fd/N, AT_SYMLINK_FOLLOW)
+        r = libc.linkat(-100, b"/proc/self/fd/%d" % fd, -100, name.encode(), 0x400)
+    else:  # linkat(fd, "", AT_EMPTY_PATH)
+        r = libc.linkat(fd, b"", -100, name.encode(), 0x1000)
+    print(how, name, "->", os.strerror(ctypes.get_errno()) if r else "linked")
+def tmp(d, flags=0):
+    fd = os.open(d, os.O_TMPFILE | os.O_RDWR | flags, 0o640)
+    os.write(fd, b"data in " + d.encode())
+    st = os.fstat(fd)
+    print(d, "nlink", st.st_nlink, "mode", oct(st.st_mode), "size", st.st_size)
+    return fd
+a = tmp("d_low")
+link("proc", a, "d_low/named")
+print(os.stat("d_low/named").st_nlink, open("d_low/named").read())
+os.write(a, b" more"); print(os.fstat(a).st_nlink); os.close(a)
+b = tmp(".")
+link("empty", b, "f_empty_path")
+c = tmp("d_both", os.O_EXCL)
+link("proc", c, "d_both/never")
+d = tmp("d_top")
+os.close(b); os.close(c); os.close(d)
+print(sorted(os.listdir("d_low")), sorted(os.listdir("d_both")), sorted(os.listdir("d_top")))
+'"#;
+    run_both(&std_stack(), |c| {
+        c.sh(script, false);
+        c.sh("cat d_low/named; echo; stat -c '%n %h %a %s' d_low/named", false);
+        c.remount();
+        c.sh("cat d_low/named f_empty_path; echo; ls d_low d_both", false);
+    });
+}

@@ -480,16 +480,68 @@ impl OverlayFs {
             unlinked: false,
         };
         let n = if node.is_none() {
-            // A new name for an existing node: keep the node, add the name.
+            // A new name for an existing node: keep the node, add the name; a node with no name
+            // left (an O_TMPFILE file) takes this one.
             match self.node(id) {
-                Ok(n) => n,
-                Err(_) => self.install(id, state),
+                Ok(n) if !n.state.lock().unlinked => n,
+                _ => self.install(id, state),
             }
         } else {
             self.install(id, state)
         };
         n.lookups.fetch_add(1, Ordering::Relaxed);
         Ok((n, st, file_fd))
+    }
+
+    /// O_TMPFILE: an unnamed regular file in `pnode`'s upper directory (copied up first), as
+    /// kernel overlayfs makes one. Its node has no name (`unlinked`) and reaches the file
+    /// through a descriptor of its own until a link names it ([`Self::link`]); its link count
+    /// is 0. Returns the node (one kernel reference taken), its stat and the open descriptor.
+    pub(crate) fn tmpfile_upper(
+        &self,
+        pnode: &Arc<Node>,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> Result<(Arc<Node>, Stat, OwnedFd)> {
+        self.check_writable()?;
+        if !pnode.is_dir() {
+            return Err(Error::errno(libc::ENOTDIR));
+        }
+        let (pdir, pfd) = self.ensure_upper_dir(pnode)?;
+        let pst = self.stat_eff(&Loc::Dir(pdir.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
+        // Made in the directory itself: the filesystem applies its default ACL (and then no
+        // umask).
+        let dacl = self.acl_enabled() && Loc::Dir(pdir.clone()).getxattr(c"system.posix_acl_default").is_ok();
+        let umask = if dacl { 0 } else { caller.umask & 0o777 };
+        let perm = mode & 0o7777 & !umask;
+        let (xo, reach) = if self.write_ovr { (0o777, 0o600) } else { (0o7777, 0) };
+        let extra = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
+        // Read-write, whatever was asked (it may be a passthrough backing file); never
+        // O_EXCL, so that a link can name it later.
+        let fd = sys::openat(pfd.as_fd(), c".", libc::O_TMPFILE | libc::O_RDWR | extra, (perm & xo) | reach)
+            .map_err(|e| Error::io(e, "tmpfile"))?;
+        let pin = Arc::new(sys::reopen(fd.as_fd(), libc::O_PATH).map_err(|e| Error::io(e, "tmpfile"))?);
+        let loc = Loc::Pinned(pin);
+        if self.write_ovr {
+            self.record_owner(&loc, caller, &pst, perm, ovr::Kind::File)?;
+        } else {
+            self.set_owner(&loc, Some(&fd), caller, &pst, Some(perm))?;
+        }
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "stat new"))?;
+        let state = NodeState {
+            parent: Some(pnode.clone()),
+            name: Arc::from(c"/"),
+            kind: FileType::RegularFile,
+            upper: Some(loc),
+            upper_marks: DirMarks::default(),
+            lower_dirs: super::LowerDirs::default(),
+            lower: None,
+            unlinked: true,
+        };
+        let n = self.install(self.ino_for(0, st.st_ino), state);
+        n.lookups.fetch_add(1, Ordering::Relaxed);
+        Ok((n, st, fd))
     }
 
     /// The attributes of an object [`Self::create_upper`] just made, from the stat it returned

@@ -208,6 +208,16 @@ impl OverlayFs {
         Ok((attr, self.register_file(node, fd, false, flags, write_only)))
     }
 
+    /// O_TMPFILE in `parent` ([`Self::tmpfile_upper`]), opened.
+    pub fn tmpfile(&self, parent: u64, mode: u32, flags: i32, caller: Caller) -> Result<(FileAttr, Opened)> {
+        let p = self.node(parent)?;
+        let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
+        let flags = (real_flags(flags) & !libc::O_ACCMODE) | libc::O_RDWR;
+        let (node, st, fd) = self.tmpfile_upper(&p, mode, flags, caller)?;
+        let attr = self.new_attr(&node, st);
+        Ok((attr, self.register_file(node, fd, false, flags, write_only)))
+    }
+
     /// The fd to use for a handle, switching a lower read handle to the upper copy.
     fn handle_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
         if h.from_lower.load(Ordering::Relaxed) && h.node.has_upper.load(Ordering::Acquire) {
