@@ -156,20 +156,21 @@ pub fn format(o: &Override) -> String {
 }
 
 /// What a stat of the real object shows once the override is applied: `(mode, uid, gid, rdev)`.
-/// Only regular files and directories carry overrides (as fuse-overlayfs reads them). A type
-/// is taken where it fits the real object: a directory stays a directory; a regular file may
-/// stand for a device, FIFO or socket (a symlink or directory type on it is ignored, since the
-/// data it would need is not there).
+/// Owner and permissions apply to any object that carries an override (fuse-overlayfs reads
+/// them on regular files and directories only; layerfs records them on fifos, sockets,
+/// symlinks and devices too, where the xattr can be set). A type is taken where it fits the
+/// real object: a regular file may stand for a device, FIFO or socket (a symlink or directory
+/// type on it is ignored, since the data it would need is not there); anything else keeps its
+/// own type, and a symlink its 0777.
 pub fn apply(o: &Override, real_mode: u32, real_rdev: u64) -> Option<(u32, u32, u32, u64)> {
     let fmt = real_mode & libc::S_IFMT;
-    if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
-        return None;
-    }
     let (fmt, rdev) = match o.kind {
         Some(k) if fmt == libc::S_IFREG && !matches!(k, Kind::Dir | Kind::Symlink) => (k.fmt(), k.rdev()),
         _ => (fmt, real_rdev),
     };
-    Some((fmt | o.perm, o.uid, o.gid, rdev))
+    // Any other object keeps its type; a symlink's mode is always 0777.
+    let perm = if fmt == libc::S_IFLNK { 0o777 } else { o.perm };
+    Some((fmt | perm, o.uid, o.gid, rdev))
 }
 
 #[cfg(test)]
@@ -239,8 +240,9 @@ mod tests {
         let o = Override { uid: 1, gid: 2, perm: 0o4711, kind: None };
         assert_eq!(apply(&o, libc::S_IFREG | 0o600, 0), Some((libc::S_IFREG | 0o4711, 1, 2, 0)));
         assert_eq!(apply(&o, libc::S_IFDIR | 0o700, 0), Some((libc::S_IFDIR | 0o4711, 1, 2, 0)));
-        assert_eq!(apply(&o, libc::S_IFLNK | 0o777, 0), None);
-        assert_eq!(apply(&o, libc::S_IFCHR | 0o600, 5), None);
+        assert_eq!(apply(&o, libc::S_IFLNK | 0o777, 0), Some((libc::S_IFLNK | 0o777, 1, 2, 0)));
+        assert_eq!(apply(&o, libc::S_IFCHR | 0o600, 5), Some((libc::S_IFCHR | 0o4711, 1, 2, 5)));
+        assert_eq!(apply(&o, libc::S_IFIFO | 0o644, 0), Some((libc::S_IFIFO | 0o4711, 1, 2, 0)));
         let dev = Override { uid: 0, gid: 0, perm: 0o666, kind: Some(Kind::Char(1, 3)) };
         assert_eq!(
             apply(&dev, libc::S_IFREG | 0o600, 0),

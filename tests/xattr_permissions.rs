@@ -311,3 +311,46 @@ fn mknod_device_without_privilege_records_the_type() {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed (status {status:#x})");
 }
+
+/// Fifos, sockets and symlinks made by a caller other than the server show that caller as
+/// owner, and the caller may change them: with `=1` the owner is in the xattr (which
+/// `security.*` allows on them); with `=2` (no `user.*` xattrs on them) the real owner stands
+/// for it. They showed the server's owner (0:0), and chmod and chown by their maker failed.
+#[test]
+fn fifos_sockets_and_symlinks_keep_their_makers_owner() {
+    if !can_mount() {
+        return;
+    }
+    for (opt, name) in [("xattr_permissions=1", Some(PRIV)), ("xattr_permissions=2", None)] {
+        let s = Scratch::new();
+        let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+        fs::create_dir(l.join("pub")).unwrap();
+        fs::set_permissions(l.join("pub"), fs::Permissions::from_mode(0o1777)).unwrap();
+        let mut g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opt);
+        let (ok, out) = sh(
+            &m,
+            "setpriv --reuid 1000 --regid 1000 --clear-groups sh -c 'cd pub && mkfifo fifo && ln -s t sl && \
+             python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind(\\\"sock\\\")\" && \
+             chmod 600 fifo && chown -h 1000:1000 sl'",
+        );
+        assert!(ok, "{opt}: {out}");
+        for round in 0..2 {
+            for (f, ty, perm) in [
+                ("fifo", libc::S_IFIFO, 0o600),
+                ("sl", libc::S_IFLNK, 0o777),
+                ("sock", libc::S_IFSOCK, 0o755),
+            ] {
+                assert_eq!(
+                    own_mode(&m.join("pub").join(f)),
+                    (1000, 1000, ty | perm),
+                    "{opt} {f} round {round}"
+                );
+            }
+            g.unmount();
+            g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opt);
+        }
+        if let Some(n) = name {
+            assert_eq!(get(&u.join("pub/fifo"), n).as_deref(), Some("1000:1000:0600:pipe"), "{opt}");
+        }
+    }
+}

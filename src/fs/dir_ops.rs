@@ -176,8 +176,11 @@ impl OverlayFs {
                     ovr::Kind::File | ovr::Kind::Dir | ovr::Kind::Block(..) | ovr::Kind::Char(..)
                 ) && matches!(e.errno, libc::EPERM | libc::EOPNOTSUPP | libc::EACCES) =>
             {
-                log::debug!("owner of a new {kind:?} not recorded: {e}");
-                Ok(())
+                // (`user.*` xattrs cannot be set on a fifo, socket or symlink.) The real owner
+                // then stands for it, where the server can set one.
+                log::debug!("owner of a new {kind:?} not recorded ({e}): set on the object");
+                let mode = (kind != ovr::Kind::Symlink).then_some(perm);
+                self.set_owner(loc, None, caller, pst, mode)
             }
             Err(e) => Err(e),
         }

@@ -565,18 +565,17 @@ impl OverlayFs {
         Ok(n as u32)
     }
 
-    /// Whether an upper object's owner and mode are kept in the override xattr: with
-    /// `xattr_permissions=`, or when it carries one already (copied up from a layer that has
-    /// them). Only regular files and directories carry one.
+    /// Whether an upper object's owner and mode are kept in the override xattr: a regular file
+    /// or directory with `xattr_permissions=`; any object that carries one already (made so,
+    /// or copied up from a layer that has them). Other types get one only where the xattr can
+    /// be set (not `user.*` on a fifo, socket or symlink).
     pub(crate) fn keeps_override(&self, upper: &Loc) -> bool {
         let Some(name) = self.ovr.first().copied().flatten().filter(|_| self.has_upper) else {
             return false;
         };
-        let real_ok = upper.stat().is_ok_and(|st| {
-            let f = st.st_mode & libc::S_IFMT;
-            f == libc::S_IFREG || f == libc::S_IFDIR
-        });
-        real_ok && (self.write_ovr || upper.getxattr(name).is_ok())
+        let Ok(st) = upper.stat() else { return false };
+        let f = st.st_mode & libc::S_IFMT;
+        (self.write_ovr && (f == libc::S_IFREG || f == libc::S_IFDIR)) || upper.getxattr(name).is_ok()
     }
 
     /// Writes the upper's override xattr on an upper object.

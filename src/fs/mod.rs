@@ -936,10 +936,8 @@ impl OverlayFs {
         if self.ovr.get(li).copied().flatten().is_none() {
             return;
         }
-        let fmt = st.st_mode & libc::S_IFMT;
-        if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
-            return;
-        }
+        // Any type may carry one: fifos, sockets, symlinks and devices where the xattr could
+        // be set (`security.*`, or on a device node), regular files standing for devices.
         if let Some(o) = self.read_override(loc, li) {
             if let Some((mode, uid, gid, rdev)) = ovr::apply(&o, st.st_mode, st.st_rdev) {
                 st.st_mode = mode;
