@@ -129,3 +129,51 @@ fn hostile_layers_are_served_without_escaping() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(fs::symlink_metadata(outside.join("secret")).unwrap().uid(), 0);
 }
+
+/// Mounts inside a lower layer (a tmpfs, a bind mount of a directory outside every layer) are
+/// not crossed: the merged view shows what they cover, as kernel overlayfs does, and the
+/// server never serves the mounted filesystems (their directories also shared inode numbers
+/// with the layer's, so two directories could become one node).
+#[test]
+fn mounts_inside_a_lower_layer_are_not_crossed() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l1, l2, outside) = (s.path("l1"), s.path("l2"), s.path("outside"));
+    for d in ["mp", "bm"] {
+        fs::create_dir_all(l1.join(d)).unwrap();
+        fs::write(l1.join(d).join("under"), d).unwrap();
+    }
+    fs::create_dir_all(l2.join("mp2")).unwrap();
+    fs::write(outside.join("secret"), b"secret").unwrap();
+    struct Unmount(Vec<std::path::PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                let _ = std::process::Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+    }
+    let mut held = Unmount(Vec::new());
+    for (what, args) in [
+        (l1.join("mp"), vec!["-t", "tmpfs", "tx"]),
+        (l2.join("mp2"), vec!["-t", "tmpfs", "ty"]),
+        (l1.join("bm"), vec!["--bind", outside.to_str().unwrap()]),
+    ] {
+        let st = std::process::Command::new("mount").args(&args).arg(&what).status().unwrap();
+        assert!(st.success(), "mount {args:?} {}", what.display());
+        held.0.push(what);
+    }
+    fs::create_dir(l1.join("mp/dx")).unwrap();
+    fs::write(l1.join("mp/dx/onlyx"), b"x").unwrap();
+    fs::create_dir(l2.join("mp2/dy")).unwrap();
+    let lowers = vec![l1.clone(), l2.clone()];
+    let (mk, mf) = (s.path("mk"), s.path("mf"));
+    let _k = mount_overlay(&lowers, Some((&s.path("ku"), &s.path("kw"))), &mk);
+    let _f = mount_layerfs(&lowers, Some((&s.path("fu"), &s.path("fw"))), &mf, "");
+    let d = diff_snapshots("kernel", &snapshot(&mk, true), "layerfs", &snapshot(&mf, true));
+    assert!(d.is_empty(), "merged views differ:\n{}", d.join("\n"));
+    assert_eq!(fs::read(mf.join("bm/under")).unwrap(), b"bm");
+    assert!(!mf.join("bm/secret").exists() && !mf.join("mp/dx").exists() && !mf.join("mp2/dy").exists());
+}

@@ -649,7 +649,24 @@ impl OverlayFs {
             roots.push((open_root(u)?, true));
         }
         for l in &opts.lowers {
-            roots.push((open_root(l)?, false));
+            let (fd, dev) = open_root(l)?;
+            // A lower layer is walked in a private copy of its mount without the mounts inside
+            // it (what they cover shows, as on kernel overlayfs; the server never reads the
+            // mounted filesystems). Where the server may not make one (a plain user), the
+            // layer's directory itself.
+            let c = sys::cstr(l.as_os_str()).map_err(|e| format!("{}: {e}", l.display()))?;
+            let ino = sys::fstat(fd.as_fd()).map(|st| st.st_ino).ok();
+            let fd = match sys::open_tree_clone(&c) {
+                Ok(t) if sys::fstat(t.as_fd()).is_ok_and(|st| st.st_dev == dev && Some(st.st_ino) == ino) => {
+                    Arc::new(t)
+                }
+                Ok(_) => fd,
+                Err(e) => {
+                    log::debug!("{}: no private copy of its mount ({e}): mounts inside it show", l.display());
+                    fd
+                }
+            };
+            roots.push(((fd, dev), false));
         }
         let mut devs: Vec<u64> = Vec::new();
         let n = roots.len();

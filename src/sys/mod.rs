@@ -76,6 +76,26 @@ pub fn open_trusted(path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A detached copy of the mount at `path` without the mounts below it (`open_tree` with
+/// OPEN_TREE_CLONE, not recursive), as an `O_PATH` fd of its root: walks from it stay on the
+/// filesystem `path` is on, seeing what mounts inside it cover, as kernel overlayfs's layers
+/// do. Needs CAP_SYS_ADMIN in the mount namespace's user namespace.
+pub fn open_tree_clone(path: &CStr) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    // SAFETY: plain syscall; `path` is NUL-terminated; the returned fd is owned by us.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let fd = cvt(fd as libc::c_int)?;
+    // SAFETY: a fresh fd from open_tree(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Re-opens an object we hold an `O_PATH` fd for, with real access flags.
 pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_fd_path(fd.as_raw_fd(), None);
