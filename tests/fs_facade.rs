@@ -363,7 +363,14 @@ fn sequential_mapped_reads_ask_for_the_next_bytes_ahead() {
         let fs = OverlayFs::new(o).unwrap();
         let ino = fs.lookup(1, OsStr::new("big")).unwrap().ino.0;
         let fh = fs.open(ino, libc::O_RDONLY).unwrap().fh;
-        evict(&big);
+        // (A read ahead the open asked for may still be landing: evict until it has.)
+        for _ in 0..100 {
+            evict(&big);
+            if resident(&big) == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(resident(&big), 0, "the page cache cannot be checked here");
         (fs, fh)
     };
