@@ -1179,6 +1179,12 @@ impl Fuse {
 
     pub fn lseek(&self, ctx: &Ctx, ino: u64, fh: u64, offset: i64, whence: i32) -> Answer<'static> {
         log::debug!("lseek(ino={ino}, off={offset}, whence={whence})");
+        if self.fs.writeback_cache.load(Ordering::Relaxed) {
+            // SEEK_DATA/SEEK_HOLE are asked without the kernel writing back its cache first:
+            // the server would answer from a file missing the data written since (ENXIO inside
+            // it). Unanswered, the kernel treats the file as all data up to the size it knows.
+            return Answer::Err(libc::ENOSYS);
+        }
         let args = |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("whence", whence);
         match self.hook(ctx, Op::Lseek, ino, None, 0, args, || self.fs.lseek(fh, offset, whence)) {
             Ok(o) => Answer::Offset(o),

@@ -184,3 +184,27 @@ fn the_writeback_cache_keeps_write_only_handles_buffered() {
 fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
+
+/// Under the writeback cache, SEEK_DATA/SEEK_HOLE see data not written back yet: the kernel
+/// asks the server without writing its cache back first, and the server's answer, from a file
+/// without that data, was ENXIO. The server now leaves them to the kernel (all data up to the
+/// size it knows), as a filesystem without holes answers.
+#[test]
+fn the_writeback_cache_leaves_seek_data_and_hole_to_the_kernel() {
+    if !can_mount() {
+        return;
+    }
+    let (_s, [_, _, m], _g) = stack("writeback=1");
+    let f =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.join("new")).unwrap();
+    f.write_all_at(&[7u8; 8192], 0).unwrap();
+    let seek = |off: i64, whence: i32| {
+        // SAFETY: plain syscall on an open fd.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+    };
+    assert_eq!(seek(0, libc::SEEK_DATA).unwrap(), 0);
+    assert_eq!(seek(0, libc::SEEK_HOLE).unwrap(), 8192);
+    assert_eq!(seek(100, libc::SEEK_HOLE).unwrap(), 8192);
+    assert_eq!(seek(8192, libc::SEEK_DATA).unwrap_err().raw_os_error(), Some(libc::ENXIO));
+}
