@@ -875,35 +875,22 @@ impl OverlayFs {
         cn: &Arc<CStr>,
     ) -> Result<()> {
         let is_dir = node.is_dir();
-        let mut made_opaque = false;
         // As kernel overlayfs: a directory moved into a merged directory becomes opaque (it
         // would otherwise merge with whatever a lower layer has, or gets, at its new name).
-        if is_dir && (Self::has_lower_content(pnode) || self.lower_positive(pnode, name)?) {
-            let (loc, marks) = {
-                let s = node.state.lock();
-                (s.upper.clone(), s.upper_marks)
-            };
-            if let Some(l) = loc {
-                if !marks.opaque {
-                    self.set_opaque(&l)?;
-                }
-                made_opaque = true;
-            }
-        }
+        let opaque = is_dir && (Self::has_lower_content(pnode) || self.lower_positive(pnode, name)?);
         if is_dir {
             // Its `..` changes.
             let _g = node.dir_lock.write();
             self.dir_changed(node.ino);
         }
-        {
+        let upper = {
             let mut s = node.state.lock();
             s.parent = Some(pnode.clone());
             s.name = cn.clone();
             s.unlinked = false;
             if is_dir {
                 // Only directories without lower content move; below the new name nothing
-                // merges (it was made opaque above when a lower layer has that name).
-                s.upper_marks.opaque |= made_opaque;
+                // merges.
                 s.lower_dirs = super::LowerDirs::default();
                 if let Some(Loc::Dir(d)) = &s.upper {
                     // Opened again (when closed) from its new place.
@@ -912,6 +899,12 @@ impl OverlayFs {
             } else {
                 s.upper = Some(Loc::At(pdir.clone(), cn.clone()));
             }
+            s.upper.clone().filter(|_| opaque && !s.upper_marks.opaque)
+        };
+        // Marked once it is reachable at its new place (its descriptor may have been closed).
+        if let Some(l) = upper {
+            self.set_opaque(&l)?;
+            node.state.lock().upper_marks.opaque = true;
         }
         Ok(())
     }
