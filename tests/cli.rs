@@ -83,6 +83,20 @@ fn bad_input_is_refused_with_one_line_and_no_mount() {
             );
         }
     }
+    // Work on a bind mount of the upper's filesystem: renames between them would fail (EXDEV).
+    if is_root() {
+        let real = std::path::Path::new(u).parent().unwrap().join("realw");
+        let bw = std::path::Path::new(u).parent().unwrap().join("bindw");
+        fs::create_dir_all(&real).unwrap();
+        fs::create_dir_all(&bw).unwrap();
+        assert!(Command::new("mount").arg("--bind").arg(&real).arg(&bw).status().unwrap().success());
+        assert_refused(
+            &["-o", &format!("lowerdir={l},upperdir={u},workdir={}", bw.display()), m],
+            "same mount",
+            mp,
+        );
+        assert!(Command::new("umount").arg(&bw).status().unwrap().success());
+    }
 }
 
 #[test]

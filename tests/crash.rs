@@ -250,3 +250,123 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
     }
     eprintln!("fsynced records: {synced}, records found: {}", lines.len());
 }
+
+/// The merged view below `m`, as sorted relative paths (with file contents).
+fn view(m: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if e.file_type().unwrap().is_dir() {
+                out.push(format!("{rel}/"));
+                walk(root, &p, out);
+            } else {
+                out.push(format!("{rel}={}", fs::read_to_string(&p).unwrap_or_default()));
+            }
+        }
+    }
+    walk(m, m, &mut out);
+    out.sort();
+    out
+}
+
+/// kill -9 at every step of a rename whose target the upper holds something for: a directory
+/// moved onto a deleted lower directory (its whiteout) and onto one whose upper holds only
+/// whiteouts, and a lower file renamed with `whiteout=wh` (`.wh.` files). strace kills the
+/// server at the Nth rename/unlink it makes. After a remount the view is the one before or
+/// the one after, never the deleted lower directory back (the target was removed, then the
+/// rename made, as two steps) nor the file under both names (renamed, then its `.wh.` made).
+#[test]
+fn kill_at_each_step_of_a_rename_over_a_deleted_name() {
+    if !can_mount() || !is_root() {
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(!must_mount(), "strace is needed here (scripts/deps.sh installs it)");
+        return;
+    }
+    struct Case {
+        opts: &'static str,
+        setup: &'static str,
+        from: &'static str,
+        to: &'static str,
+        before: &'static [&'static str],
+        after: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            opts: "",
+            setup: "rm -rf t && mkdir n && echo new > n/new",
+            from: "n",
+            to: "t",
+            before: &["f=AAA\n", "n/", "n/new=new\n"],
+            after: &["f=AAA\n", "t/", "t/new=new\n"],
+        },
+        Case {
+            opts: "",
+            setup: "rm t/old && mkdir n && echo new > n/new",
+            from: "n",
+            to: "t",
+            before: &["f=AAA\n", "n/", "n/new=new\n", "t/"],
+            after: &["f=AAA\n", "t/", "t/new=new\n"],
+        },
+        Case {
+            opts: ",whiteout=wh",
+            setup: "true",
+            from: "f",
+            to: "g",
+            before: &["f=AAA\n", "t/", "t/old=old\n"],
+            after: &["g=AAA\n", "t/", "t/old=old\n"],
+        },
+    ];
+    for (ci, c) in cases.iter().enumerate() {
+        let mut seen_kill = false;
+        for when in 1..=6 {
+            let s = Scratch::new();
+            let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+            fs::create_dir_all(l.join("t")).unwrap();
+            fs::write(l.join("t/old"), "old\n").unwrap();
+            fs::write(l.join("f"), "AAA\n").unwrap();
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}{}",
+                l.display(),
+                u.display(),
+                w.display(),
+                c.opts
+            );
+            let mut child = spawn_layerfs_fg(&opts, &m, &[], Stdio::null());
+            let st = Command::new("sh").arg("-c").arg(c.setup).current_dir(&m).status().unwrap();
+            assert!(st.success(), "case {ci}: setup");
+            let mut strace = Command::new("strace")
+                .args(["-q", "-f", "-o", "/dev/null", "-e", "trace=renameat2,renameat,unlinkat"])
+                .arg("-e")
+                .arg(format!("inject=renameat2,renameat,unlinkat:signal=KILL:when={when}"))
+                .arg("-p")
+                .arg(child.id().to_string())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = fs::rename(m.join(c.from), m.join(c.to));
+            std::thread::sleep(Duration::from_millis(200));
+            let killed = child.try_wait().unwrap().is_some();
+            let _ = strace.kill();
+            let _ = strace.wait();
+            kill_and_clear(&mut child, &m);
+            seen_kill |= killed;
+            let mut g = spawn_foreground(&l, &u, &w, &m);
+            let v = view(&m);
+            kill_and_clear(&mut g, &m);
+            let (b, a): (Vec<String>, Vec<String>) = (
+                c.before.iter().map(|x| x.to_string()).collect(),
+                c.after.iter().map(|x| x.to_string()).collect(),
+            );
+            assert!(v == b || v == a, "case {ci}, killed at step {when} ({killed}): {v:?}");
+            if !killed {
+                assert_eq!(v, a, "case {ci}: the rename completed");
+                break;
+            }
+        }
+        assert!(seen_kill, "case {ci}: strace never killed the server");
+    }
+}

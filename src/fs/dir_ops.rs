@@ -655,6 +655,79 @@ impl OverlayFs {
         Ok(())
     }
 
+    /// Renames `ocn` to `ncn`; with `whiteout`, leaves a whiteout at the old name, in the same
+    /// step where the filesystem can (RENAME_WHITEOUT), else right after.
+    fn rename_leaving_whiteout(
+        &self,
+        opfd: &Arc<OwnedFd>,
+        ocn: &CStr,
+        npfd: &Arc<OwnedFd>,
+        ncn: &CStr,
+        whiteout: bool,
+    ) -> std::io::Result<()> {
+        if whiteout && self.whiteout_style == WhiteoutStyle::CharDev {
+            match sys::renameat2(opfd.as_fd(), ocn, npfd.as_fd(), ncn, sys::RENAME_WHITEOUT) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)
+                    ) => {}
+                r => return r,
+            }
+        }
+        sys::renameat2(opfd.as_fd(), ocn, npfd.as_fd(), ncn, 0)?;
+        if whiteout {
+            self.make_whiteout(opfd, ocn.to_bytes())
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the upper directory `cn` of `pfd`, which holds nothing the merged view shows
+    /// (whiteouts and markers), with an empty opaque directory of the same mode and owner, in
+    /// one step (RENAME_EXCHANGE with one made in workdir; the old one is then cleared there),
+    /// as kernel overlayfs does before a rename replaces such a directory.
+    fn empty_in_place(&self, pfd: &Arc<OwnedFd>, cn: &CStr) -> Result<()> {
+        let st = sys::fstatat(pfd.as_fd(), cn).map_err(|e| Error::io(e, "rename"))?;
+        let work = self.work_fd()?;
+        let tmp = self.tmp_name();
+        sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "rename staging dir"))?;
+        let guard = TmpGuard { dir: work, name: tmp.clone(), armed: true };
+        let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "rename staging dir"))?;
+        let loc = Loc::fixed_dir(Arc::new(fd));
+        if self.can_chown {
+            loc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "rename staging dir"))?;
+        }
+        loc.chmod(st.st_mode & 0o7777).map_err(|e| Error::io(e, "rename staging dir"))?;
+        self.set_opaque(&loc)?;
+        sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), cn, sys::RENAME_EXCHANGE)
+            .map_err(|e| Error::io(e, "rename"))?;
+        // The old directory is in workdir now, under the staging name: the guard clears it.
+        drop(guard);
+        Ok(())
+    }
+
+    /// Marks `node`, a directory about to move to `pnode/name`, opaque first where its new
+    /// place needs it (see [`Self::moved`]): no crash between the two leaves it merging with
+    /// what a lower layer has there. Kept if the move then fails, as the kernel keeps it.
+    fn opaque_for_move(&self, node: &Arc<Node>, pnode: &Arc<Node>, name: &[u8]) -> Result<()> {
+        if !node.is_dir() || !(Self::has_lower_content(pnode) || self.lower_positive(pnode, name)?) {
+            return Ok(());
+        }
+        let loc = {
+            let s = node.state.lock();
+            if s.upper_marks.opaque {
+                return Ok(());
+            }
+            s.upper.clone()
+        };
+        if let Some(l) = loc {
+            self.set_opaque(&l)?;
+            node.state.lock().upper_marks.opaque = true;
+        }
+        Ok(())
+    }
+
     /// Whether a copy-up of `node` is under way. Removing or replacing its name waits for it
     /// (as the kernel's unlink and rename wait on the copy-up's inode lock): otherwise the
     /// copy-up would find its name taken, and the open that asked for it fail with EEXIST.
@@ -793,6 +866,8 @@ impl OverlayFs {
             }
             self.pin_upper(&src);
             self.pin_upper(&d);
+            self.opaque_for_move(&src, &npn, nname)?;
+            self.opaque_for_move(&d, &opn, oname)?;
             sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_EXCHANGE)
                 .map_err(|e| Error::io(e, "rename exchange"))?;
             for (n, p, pdir, nm, cn) in [(&src, &npn, &npdir, nname, &ncn), (&d, &opn, &opdir, oname, &ocn)] {
@@ -823,32 +898,47 @@ impl OverlayFs {
             self.pin_removed(d);
         }
         self.pin_upper(&src);
+        self.opaque_for_move(&src, &npn, nname)?;
         let slot = self.upper_slot(&npfd, nname, &ncn)?;
-        if let Some(st) = slot.st {
-            let raw_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            if raw_dir && src_dir {
-                // The replaced directory may hold whiteouts: clear it out of the way first.
-                self.remove_upper(&npfd, &ncn, true)?;
-            } else if slot.is_whiteout && src_dir {
-                sys::unlinkat(npfd.as_fd(), &ncn, false).map_err(|e| Error::io(e, "rename"))?;
+        let raw_dir = slot.st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        if slot.is_whiteout && src_dir {
+            // Exchanged with the whiteout: the directory takes the name and the whiteout its
+            // old one in one step (kept there where a lower layer has that name).
+            sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_EXCHANGE)
+                .map_err(|e| Error::io(e, "rename over whiteout"))?;
+            if !need_wh_old {
+                let _ = sys::unlinkat(opfd.as_fd(), &ocn, false);
             }
-        }
-        let mut wh_done = false;
-        if need_wh_old && self.whiteout_style == WhiteoutStyle::CharDev {
-            match sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, sys::RENAME_WHITEOUT) {
-                Ok(()) => wh_done = true,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::ENOTSUP)
-                    ) => {}
-                Err(e) => return Err(Error::io(e, "rename")),
-            }
-        }
-        if !wh_done {
-            sys::renameat2(opfd.as_fd(), &ocn, npfd.as_fd(), &ncn, 0).map_err(|e| Error::io(e, "rename"))?;
-            if need_wh_old {
+        } else {
+            let wh_file = need_wh_old && self.whiteout_style == WhiteoutStyle::WhFile;
+            if wh_file {
+                // `.wh.NAME` first: beside the object of its own layer it hides nothing yet,
+                // so no crash between the two shows the lower object again.
                 self.make_whiteout(&opfd, oname)?;
+            }
+            let mut cleared = false;
+            loop {
+                match self.rename_leaving_whiteout(&opfd, &ocn, &npfd, &ncn, need_wh_old && !wh_file) {
+                    Ok(()) => break,
+                    Err(e)
+                        if raw_dir
+                            && src_dir
+                            && !cleared
+                            && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) =>
+                    {
+                        // The directory replaced holds whiteouts (its merged view is empty):
+                        // made an empty opaque one in one step first, which the rename then
+                        // replaces in one step. (Where the opaque mark is a file inside,
+                        // rootless, it is cleared out of the way instead.)
+                        if self.trusted_xattrs {
+                            self.empty_in_place(&npfd, &ncn)?;
+                        } else {
+                            self.remove_upper(&npfd, &ncn, true)?;
+                        }
+                        cleared = true;
+                    }
+                    Err(e) => return Err(Error::io(e, "rename")),
+                }
             }
         }
         if slot.wh_file {
