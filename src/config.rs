@@ -545,6 +545,17 @@ impl MountConfig {
     }
 }
 
+/// The id of the mount `p` is on (statx STATX_MNT_ID, Linux 5.8+); None where unknown.
+fn mount_id(p: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statx is plain data, zeroed is a valid value.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a writable statx buffer.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MNT_ID, &mut sx) };
+    (r == 0 && sx.stx_mask & libc::STATX_MNT_ID != 0).then_some(sx.stx_mnt_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,15 +709,4 @@ mod tests {
         let five_hundred = vec![l.clone(); 500].join(":");
         assert!(mk(&format!("lowerdir={five_hundred}"), &m).is_ok());
     }
-}
-
-/// The id of the mount `p` is on (statx STATX_MNT_ID, Linux 5.8+); None where unknown.
-fn mount_id(p: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statx is plain data, zeroed is a valid value.
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a writable statx buffer.
-    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MNT_ID, &mut sx) };
-    (r == 0 && sx.stx_mask & libc::STATX_MNT_ID != 0).then_some(sx.stx_mnt_id)
 }
