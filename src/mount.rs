@@ -267,13 +267,23 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
     raise_read_ahead(&cfg.mountpoint, &layers);
     let mut unmounter = session.unmount_callable();
+    let mountpoint = cfg.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let sig = sys::wait_term_signal();
             log::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                log::warn!("unmount: {e}");
+            let Err(e) = unmounter.unmount() else { return };
+            // Busy: still serving. fuser's unmounter is spent, so the next signals unmount
+            // by hand.
+            log::warn!("unmount: {e}; still mounted, another signal tries again");
+            loop {
+                let sig = sys::wait_term_signal();
+                log::info!("signal {sig}: unmounting");
+                match unmount_by_hand(&mountpoint) {
+                    Ok(()) => return,
+                    Err(e) => log::warn!("unmount: {e}; still mounted, another signal tries again"),
+                }
             }
         })
         .map_err(|e| format!("thread: {e}"))?;
@@ -288,6 +298,27 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     fuse.session_ended();
     drop(session);
     r.map_err(|e| format!("session: {e}"))
+}
+
+/// Unmounts `mnt`: umount(2) where the server may (root, or root in a user namespace that
+/// mounted it), else `fusermount3 -u`.
+fn unmount_by_hand(mnt: &Path) -> Result<(), String> {
+    let c = sys::cstr(mnt.as_os_str()).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Err(e.to_string());
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("--")
+        .arg(mnt)
+        .output()
+        .map_err(|e| format!("fusermount3: {e}"))?;
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
 }
 
 /// The least read-ahead window of the mount's own backing device info, in KiB: as large as one

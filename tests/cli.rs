@@ -227,3 +227,32 @@ fn debug_flag_logs_every_request() {
     assert!(err.contains("lookup(parent=1, name=\"f\")"), "{err}");
     assert!(err.contains("open(ino="), "{err}");
 }
+
+/// A SIGTERM while the mount is busy leaves it mounted and serving (logged); a later one, once
+/// idle, unmounts and ends the server. The later ones were ignored (fuser's unmounter is spent
+/// by the first attempt).
+#[test]
+fn a_signal_after_a_busy_unmount_still_unmounts() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", l.display(), u.display(), w.display());
+    let mut child = spawn_layerfs_fg(&opts, &m, &[], std::process::Stdio::null());
+    let held = fs::File::open(m.join("f")).unwrap();
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none() && is_mounted(&m), "busy: still serving");
+    drop(held);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the second SIGTERM did not end the server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&m));
+}
