@@ -606,3 +606,30 @@ fn a_directory_copied_up_for_a_change_below_it_shows_new_attributes() {
     assert_eq!(fs::metadata(m.join("d")).unwrap().nlink(), 1);
     assert_eq!(fs::metadata(m.join("d/sub")).unwrap().nlink(), 1);
 }
+
+/// A copy-up carries the inode flags kernel overlayfs carries: no atime updates (`A`) and
+/// synchronous updates (`S`). They were dropped.
+#[test]
+fn copy_up_keeps_noatime_and_sync_inode_flags() {
+    if !can_mount() || !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    fs::create_dir(l.join("d")).unwrap();
+    let chattr =
+        std::process::Command::new("chattr").args(["+A", "+S"]).arg(l.join("f")).arg(l.join("d")).status();
+    if !chattr.is_ok_and(|s| s.success()) {
+        assert!(!must_mount(), "chattr +A +S failed on the test filesystem");
+        return;
+    }
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    fs::set_permissions(m.join("f"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    fs::write(m.join("d/new"), b"n").unwrap();
+    for p in [u.join("f"), u.join("d")] {
+        let out = std::process::Command::new("lsattr").arg("-d").arg(&p).output().unwrap();
+        let flags = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+        assert!(flags.contains('A') && flags.contains('S'), "{}: {flags}", p.display());
+    }
+}

@@ -133,6 +133,34 @@ fn copy_rw(src: BorrowedFd, dst: BorrowedFd, start: u64, len: u64) -> std::io::R
 }
 
 /// Copies every xattr but the overlay-private ones.
+/// Inode flags a copy-up carries, as kernel overlayfs copies them: synchronous updates (`S`)
+/// and no atime updates (`A`). (Append-only and immutable are not carried: the kernel keeps
+/// them in an xattr of its own, see README.)
+const COPIED_INODE_FLAGS: u32 = 0x0000_0008 | 0x0000_0080;
+
+/// Copies [`COPIED_INODE_FLAGS`] from the source to the copy (best effort: a filesystem without
+/// inode flags has none to copy).
+fn copy_inode_flags(src: &Loc, dst: &Loc, dir: bool) {
+    let flags =
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
+    let get = |l: &Loc| -> Option<(OwnedFd, u32)> {
+        let fd = l.open(flags).ok()?;
+        let mut v = [0u8; 4];
+        sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[0].0, &mut v).ok()?;
+        Some((fd, u32::from_ne_bytes(v)))
+    };
+    let Some((_, want)) = get(src).map(|(f, v)| (f, v & COPIED_INODE_FLAGS)) else { return };
+    if want == 0 {
+        return;
+    }
+    if let Some((fd, have)) = get(dst) {
+        let mut v = (have | want).to_ne_bytes();
+        if let Err(e) = sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[1].0, &mut v) {
+            log::debug!("copy-up: inode flags {want:#x} not set: {e}");
+        }
+    }
+}
+
 pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
     let list = match src.listxattr() {
         Ok(l) => l,
@@ -264,6 +292,9 @@ impl OverlayFs {
             tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
         }
         copy_xattrs(&src, &tloc)?;
+        if matches!(kind, FileType::RegularFile | FileType::Directory) {
+            copy_inode_flags(&src, &tloc, kind == FileType::Directory);
+        }
         if in_xattr {
             let o = ovr::Override {
                 uid: eff.st_uid,
