@@ -80,6 +80,15 @@ fn default_acls_are_inherited() {
             false,
         );
         c.sh("setpriv --reuid 1235 --regid 1235 --clear-groups sh -c 'echo hi > d_low/nd/by1235' || echo denied", false);
+        // A setuid/setgid mode asked for by a caller other than the server: the bits are put
+        // back after the owner is set, on the permissions the default ACL gave (not the
+        // mode's group and other bits).
+        c.sh(
+            "chmod 777 d_low && setpriv --reuid 1234 --regid 1234 --clear-groups /usr/bin/python3 -c \
+             \"import os; [os.close(os.open('d_low/' + n, os.O_CREAT | os.O_WRONLY, m)) for n, m in (('s2775', 0o2775), ('s4755', 0o4755))]\" \
+             && stat -c '%A %n' d_low/s2775 d_low/s4755 && getfacl -n d_low/s2775",
+            false,
+        );
     });
     let all: String = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
     eprintln!("{all}");
@@ -88,6 +97,7 @@ fn default_acls_are_inherited() {
     assert!(all.contains("666 d_plain/z\n777 d_plain/w"), "{all}");
     assert!(all.contains("-> 0\nok\n"), "{all}");
     assert!(all.contains("denied"), "{all}");
+    assert!(all.contains("-rwxrws--- d_low/s2775\n-rwsr-x--- d_low/s4755"), "{all}");
 }
 
 #[test]

@@ -152,10 +152,12 @@ impl OverlayFs {
                 return Err(Error::io(e, "chown new"));
             }
         }
-        // chown clears setuid/setgid on non-directories: put the asked-for mode back.
+        // chown clears setuid/setgid on non-directories: put those bits back, on the
+        // permissions the object was made with (a default ACL may have set them).
         if let Some(m) = mode {
             if m & 0o6000 != 0 {
-                loc.chmod(m & 0o7777).map_err(|e| Error::io(e, "chmod new"))?;
+                let now = loc.stat().map(|st| st.st_mode & 0o777).unwrap_or(m & 0o777);
+                loc.chmod(now | (m & 0o7000)).map_err(|e| Error::io(e, "chmod new"))?;
             }
         }
         Ok(())
