@@ -1102,19 +1102,22 @@ impl Fuse {
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
         let f = || self.fs.create(parent, name, mode, flags, caller(ctx, umask));
         match self.hook(ctx, Op::Create, parent, Some(name), 0, args, f) {
-            // A new file: no other open of its inode, so no conflict either.
-            Ok((attr, o)) => {
-                match self.open_mode(attr.ino.0, attr.ino.0, o.fh, false, false, Some(attr.perm as u32)) {
-                    OpenMode::Passthrough(b) => {
-                        Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
-                    }
-                    // Not asked for by create (may_store is false).
-                    OpenMode::Cached | OpenMode::Store | OpenMode::Conflict => {
-                        Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
-                    }
-                }
-            }
+            Ok((attr, o)) => self.created(attr, o),
             Err(e) => fail("create", e),
+        }
+    }
+
+    /// The reply to CREATE or TMPFILE: a new file, no other open of its inode, so no conflict
+    /// either.
+    fn created(&self, attr: FileAttr, o: crate::fs::Opened) -> Answer<'static> {
+        match self.open_mode(attr.ino.0, attr.ino.0, o.fh, false, false, Some(attr.perm as u32)) {
+            OpenMode::Passthrough(b) => {
+                Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+            }
+            // Not asked for by create (may_store is false).
+            OpenMode::Cached | OpenMode::Store | OpenMode::Conflict => {
+                Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
+            }
         }
     }
 
@@ -1124,16 +1127,7 @@ impl Fuse {
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
         let f = || self.fs.tmpfile(parent, mode, flags, caller(ctx, umask));
         match self.hook(ctx, Op::Create, parent, None, 0, args, f) {
-            Ok((attr, o)) => {
-                match self.open_mode(attr.ino.0, attr.ino.0, o.fh, false, false, Some(attr.perm as u32)) {
-                    OpenMode::Passthrough(b) => {
-                        Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
-                    }
-                    OpenMode::Cached | OpenMode::Store | OpenMode::Conflict => {
-                        Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
-                    }
-                }
-            }
+            Ok((attr, o)) => self.created(attr, o),
             Err(e) => fail("tmpfile", e),
         }
     }
