@@ -255,11 +255,18 @@ fn symlink_xattrs_round_trip() {
     oci::set_xattr_nofollow(&a.join("link"), "trusted.foo", b"bar").unwrap();
     let snap_a = snapshot(&a);
     assert!(snap_a["link"].contains("xattr:trusted.foo=bar"), "{snap_a:?}");
-    let t = tmp.path().join("l.tar");
-    oci::export_to_file(&a, &t).unwrap();
-    let b = tmp.path().join("b");
+    round_trip(tmp.path(), &a, "symlink xattrs");
+}
+
+/// `diff` of tree `a` (in `dir`), then `unpack` of that layer: the same tree comes back.
+/// Returns the unpacked copy.
+fn round_trip(dir: &Path, a: &Path, what: &str) -> PathBuf {
+    let t = dir.join("l.tar");
+    oci::export_to_file(a, &t).unwrap();
+    let b = dir.join("b");
     run_ok(["unpack".as_ref(), s(&t), s(&b)]);
-    assert_same_snapshot(&snapshot(&b), &snap_a, "symlink xattrs");
+    assert_same_snapshot(&snapshot(&b), &snapshot(a), what);
+    b
 }
 
 /// A file capability whose value holds a newline byte (cap_dac_override + cap_fowner) goes
@@ -276,12 +283,7 @@ fn a_capability_with_a_newline_byte_round_trips() {
     fs::write(a.join("tool"), b"#!/bin/sh\n").unwrap();
     let caps = b"\x01\x00\x00\x02\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
     oci::set_xattr_nofollow(&a.join("tool"), "security.capability", caps).unwrap();
-    let snap_a = snapshot(&a);
-    let t = tmp.path().join("l.tar");
-    oci::export_to_file(&a, &t).unwrap();
-    let b = tmp.path().join("b");
-    run_ok(["unpack".as_ref(), s(&t), s(&b)]);
-    assert_same_snapshot(&snapshot(&b), &snap_a, "capability with a newline byte");
+    let b = round_trip(tmp.path(), &a, "capability with a newline byte");
     let x = oci::xattrs_nofollow(&b.join("tool")).unwrap();
     assert_eq!(x, vec![(b"security.capability".to_vec(), caps.to_vec())]);
 }
