@@ -255,10 +255,11 @@ pub const STORE_MAX: u64 = 64 << 10;
 impl Fuse {
     pub fn new(fs: Arc<OverlayFs>, ttl: Duration, writeback: bool, passthrough: bool) -> Fuse {
         let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::new(OnceLock::new());
-        // A directory copied up as the ancestor of a change keeps the lower's attributes in the
-        // kernel (link count, size) for the whole timeout: they are to be asked for again.
+        // A directory copied up as the ancestor of a change, or a file linked twice in its
+        // layer and once in the upper, keeps the lower's attributes in the kernel (link count,
+        // size) for the whole timeout: they are to be asked for again.
         let n = notifier.clone();
-        let _ = fs.dir_copied_up.set(Box::new(move |id| {
+        let _ = fs.attrs_stale.set(Box::new(move |id| {
             if let Some(n) = n.get() {
                 if let Err(e) = n.inval_inode(INodeNo(id), -1, 0) {
                     log::debug!("invalidating the attributes of {id:#x}: {e}");

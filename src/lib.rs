@@ -14,6 +14,7 @@
 //!   on kernel overlayfs and on layerfs compared).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod acl;
 pub mod check;
 pub mod cli;
 pub mod compare;

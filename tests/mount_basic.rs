@@ -607,6 +607,29 @@ fn a_directory_copied_up_for_a_change_below_it_shows_new_attributes() {
     assert_eq!(fs::metadata(m.join("d/sub")).unwrap().nlink(), 1);
 }
 
+/// A lower file with a second name in its layer has one name once copied up (as on kernel
+/// overlayfs without `index`): its link count shows 1 at once, not the lower's 2 until the
+/// attribute timeout.
+#[test]
+fn a_hard_linked_lower_file_shows_one_link_once_copied_up() {
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("a"), b"a").unwrap();
+    fs::hard_link(l.join("a"), l.join("b")).unwrap();
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 2);
+    let mut f = fs::OpenOptions::new().append(true).open(m.join("a")).unwrap();
+    std::io::Write::write_all(&mut f, b"X").unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 1);
+    assert_eq!(fs::metadata(m.join("b")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(m.join("b")).unwrap(), b"a");
+}
+
 /// A copy-up carries the inode flags kernel overlayfs carries: no atime updates (`A`) and
 /// synchronous updates (`S`). They were dropped.
 #[test]

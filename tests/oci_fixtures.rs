@@ -240,6 +240,55 @@ fn diff_cli_writes_stdout_or_file() {
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
+/// `diff -o` writes into a device or fifo it is given (`-o /dev/null` for the DiffID only) and
+/// replaces the file a symlink names, never the device, fifo or symlink itself.
+#[test]
+fn diff_cli_output_that_is_not_a_regular_file() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    unpack_one(&fixture("fuse-2-delete.tar"), &a, WhiteoutMode::Auto);
+    let want =
+        String::from_utf8(run_ok(["diff".as_ref(), s(&a), "-o".as_ref(), s(&tmp.path().join("ref.tar"))]))
+            .unwrap();
+    let null = tmp.path().join("null");
+    let o = std::process::Command::new("sh")
+        .args(["-c", "mknod null c 1 3 && mkfifo fifo && echo old > target && ln -s target link"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let got = String::from_utf8(run_ok(["diff".as_ref(), s(&a), "-o".as_ref(), s(&null)])).unwrap();
+    assert_eq!(got, want);
+    assert!(fs::symlink_metadata(&null).unwrap().file_type().is_char_device());
+    let fifo = tmp.path().join("fifo");
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read(fifo).unwrap())
+    };
+    let got = String::from_utf8(run_ok(["diff".as_ref(), s(&a), "-o".as_ref(), s(&fifo)])).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(reader.join().unwrap(), fs::read(tmp.path().join("ref.tar")).unwrap());
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let link = tmp.path().join("link");
+    run_ok(["diff".as_ref(), s(&a), "-o".as_ref(), s(&link)]);
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read(tmp.path().join("target")).unwrap(), fs::read(tmp.path().join("ref.tar")).unwrap());
+}
+
+/// The layer tools' warnings reach stderr as one line each: entries `diff` leaves out.
+#[test]
+fn diff_warns_about_what_it_leaves_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    fs::create_dir(&a).unwrap();
+    fs::write(a.join("f"), b"f").unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(a.join("sock")).unwrap();
+    let (code, _, stderr) = run(["diff".as_ref(), s(&a), "-o".as_ref(), s(&tmp.path().join("o.tar"))]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.trim(), "layerfs: warning: skipping socket \"sock\"", "{stderr}");
+}
+
 /// xattrs of a symlink (trusted.* and security.* may be set on one) go into the layer and come
 /// back out of it; `diff` left them out and `unpack` skipped them.
 #[test]

@@ -228,3 +228,43 @@ cat k.out; echo ===; cat f.out
     let md = fs::metadata(s.dir.path().join("f/u/d")).unwrap();
     assert_eq!(md.uid(), sub + 999);
 }
+
+/// A copy-up that cannot carry an xattr of the lower file (a `security.*` one set by real root,
+/// which root in a user namespace may not set) fails with EPERM, as on kernel overlayfs and
+/// fuse-overlayfs, rather than put a copy without it in the lower file's place.
+#[test]
+fn copy_up_that_would_lose_an_xattr_fails() {
+    if !can_mount() {
+        return;
+    }
+    let Some((uid, gid)) = test_user() else { return };
+    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("f"), b"low\n").unwrap();
+    let (ok, out) = sh(&l, "setfattr -n security.foo -v bar f");
+    assert!(ok, "{out}");
+    chown_r(s.dir.path(), uid, gid);
+    let script = format!(
+        r#"
+B={bin}; M={m}
+$B -o lowerdir={l},upperdir={u},workdir={w} $M
+trap 'umount $M' EXIT
+chmod 600 $M/f 2>&1 || echo chmod failed
+(echo more >> $M/f) 2>&1 || echo append failed
+cat $M/f
+"#,
+        bin = layerfs_bin().display(),
+        l = l.display(),
+        u = u.display(),
+        w = w.display(),
+        m = m.display()
+    );
+    let out = run_as(uid, gid, true, &script);
+    assert!(out.contains("chmod failed") && out.contains("append failed"), "{out}");
+    assert_eq!(out.matches("Operation not permitted").count(), 2, "{out}");
+    assert!(out.ends_with("low\n"), "{out}");
+    assert!(!u.join("f").exists(), "no copy without the xattr");
+    assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0, "nothing left in workdir");
+}

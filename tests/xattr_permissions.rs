@@ -354,3 +354,55 @@ fn fifos_sockets_and_symlinks_keep_their_makers_owner() {
         }
     }
 }
+
+/// Modes set through an access ACL (`sed -i` and `cp -p` set them with a minimal ACL, not a
+/// chmod; `setfacl`), and modes of objects made under a default ACL, go to the override as a
+/// filesystem would set the mode; a chmod's mask reaches the ACL the kernel checks access with.
+#[test]
+fn acls_and_the_override_agree_on_the_mode() {
+    if !can_mount() {
+        return;
+    }
+    for xp in ["1", "2"] {
+        let s = Scratch::new();
+        let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+        fs::write(l.join("passwd"), b"hello\n").unwrap();
+        fs::set_permissions(l.join("passwd"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir(l.join("d")).unwrap();
+        let src = s.path("src").join("src.sh");
+        fs::write(&src, b"ex\n").unwrap();
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+        let _g =
+            mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, &format!("xattr_permissions={xp}"));
+        let script = format!(
+            "umask 022 && sed -i s/hello/bye/ passwd && touch f2 && setfacl -m u::rwx,g::rwx,o::r-x f2 \
+             && setfacl -m d:u::rw,d:g::r,d:o::- d && touch d/new && mkdir d/sub && cp -a {} script.sh \
+             && stat -c '%n=%a' passwd f2 d/new d/sub script.sh | tr '\\n' ' '",
+            src.display()
+        );
+        let (ok, out) = sh(&m, &script);
+        assert!(ok, "{out}");
+        assert_eq!(
+            out.trim(),
+            "passwd=644 f2=775 d/new=640 d/sub=640 script.sh=755",
+            "xattr_permissions={xp}"
+        );
+        let (ok, out) = sh(&m, "setpriv --reuid 65534 --regid 65534 --clear-groups cat passwd");
+        assert!(ok && out.contains("bye"), "a file sed -i left 0644 is readable by others: {out}");
+        // A named user's entry is limited by the mask a chmod sets, as the kernel checks it.
+        let (ok, out) = sh(
+            &m,
+            "echo data > g && setfacl -m u:65534:rw g && chmod 640 g && getfacl -cp g | grep -E '^(mask|other)'",
+        );
+        assert!(ok, "{out}");
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["mask::r--", "other::---"],
+            "xattr_permissions={xp}"
+        );
+        let (ok, out) = sh(&m, "setpriv --reuid 65534 --regid 65534 --clear-groups sh -c 'echo x >> g'");
+        assert!(!ok && out.contains("Permission denied"), "the mask limits the named user: {out}");
+        let (ok, out) = sh(&m, "setpriv --reuid 65534 --regid 65534 --clear-groups cat g");
+        assert!(ok && out.contains("data"), "{out}");
+    }
+}

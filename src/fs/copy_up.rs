@@ -180,14 +180,11 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
         };
         match dst.setxattr(&cn, &v, 0) {
             Ok(()) => {}
-            // Some namespaces cannot be written here (security.* without privilege, trusted.*
-            // rootless): like fuse-overlayfs and the kernel, skip those rather than fail.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EACCES)
-                ) =>
-            {
+            // An upper filesystem without that namespace: skipped, as the kernel skips it. Any
+            // other refusal (security.* without the privilege) fails the copy-up, as on the
+            // kernel and fuse-overlayfs: a copy that silently lost an xattr (file
+            // capabilities) would take the lower file's place.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
                 log::debug!("copy-up: xattr {} not copied: {e}", String::from_utf8_lossy(n));
             }
             Err(e) => return Err(Error::io(e, "copy-up setxattr")),
@@ -355,8 +352,9 @@ impl OverlayFs {
             s.upper = Some(new_loc);
             node.has_upper.store(true, Ordering::Release);
         }
-        if kind == FileType::Directory {
-            if let Some(f) = self.dir_copied_up.get() {
+        // A file linked more than once in its layer is linked once in the upper (`index=off`).
+        if kind == FileType::Directory || (kind != FileType::Symlink && st.st_nlink > 1) {
+            if let Some(f) = self.attrs_stale.get() {
                 f(node.ino);
             }
         }

@@ -303,7 +303,7 @@ impl OverlayFs {
         let dacl = match &obj {
             NewObj::Symlink { .. } | NewObj::Link { .. } => None,
             _ if !self.acl_enabled() => None,
-            _ => Loc::Dir(pdir.clone()).getxattr(c"system.posix_acl_default").ok(),
+            _ => Loc::Dir(pdir.clone()).getxattr(super::ACL_DEFAULT).ok(),
         };
         let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
         // A staging name in workdir, only where the object is made there.
@@ -313,7 +313,7 @@ impl OverlayFs {
                 sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "staging dir"))?;
                 let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "staging dir"))?;
                 let sfd = Arc::new(fd);
-                if let Err(e) = Loc::fixed_dir(sfd.clone()).setxattr(c"system.posix_acl_default", v, 0) {
+                if let Err(e) = Loc::fixed_dir(sfd.clone()).setxattr(super::ACL_DEFAULT, v, 0) {
                     let _ = remove_tree_at(work, &tmp);
                     return Err(Error::io(e, "staging dir default ACL"));
                 }
@@ -416,6 +416,11 @@ impl OverlayFs {
                 Loc::At(ldir, at.clone())
             }
         };
+        if let (true, Some(acl)) = (self.write_ovr, dacl.as_deref().and_then(crate::acl::Acl::parse)) {
+            // The mode recorded is what the inherited ACL leaves of the one asked for, as the
+            // filesystem makes it.
+            perm &= 0o7000 | acl.mode_bits();
+        }
         if !matches!(obj, NewObj::Link { .. }) {
             let r = if self.write_ovr {
                 self.record_owner(&loc, caller, &pst, perm, new_kind)
@@ -517,9 +522,10 @@ impl OverlayFs {
         let pst = self.stat_eff(&Loc::Dir(pdir.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
         // Made in the directory itself: the filesystem applies its default ACL (and then no
         // umask).
-        let dacl = self.acl_enabled() && Loc::Dir(pdir.clone()).getxattr(c"system.posix_acl_default").is_ok();
-        let umask = if dacl { 0 } else { caller.umask & 0o777 };
-        let perm = mode & 0o7777 & !umask;
+        let dacl =
+            if self.acl_enabled() { Loc::Dir(pdir.clone()).getxattr(super::ACL_DEFAULT).ok() } else { None };
+        let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
+        let mut perm = mode & 0o7777 & !umask;
         let (xo, reach) = if self.write_ovr { (0o777, 0o600) } else { (0o7777, 0) };
         let extra = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
         // Read-write, whatever was asked (it may be a passthrough backing file); never
@@ -529,6 +535,9 @@ impl OverlayFs {
         let pin = Arc::new(sys::reopen(fd.as_fd(), libc::O_PATH).map_err(|e| Error::io(e, "tmpfile"))?);
         let loc = Loc::Pinned(pin);
         if self.write_ovr {
+            if let Some(acl) = dacl.as_deref().and_then(crate::acl::Acl::parse) {
+                perm &= 0o7000 | acl.mode_bits();
+            }
             self.record_owner(&loc, caller, &pst, perm, ovr::Kind::File)?;
         } else {
             self.set_owner(&loc, Some(&fd), caller, &pst, Some(perm))?;

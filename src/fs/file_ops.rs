@@ -613,7 +613,42 @@ impl OverlayFs {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let (node, cn) = self.xattr_target(ino, name)?;
         let up = node.upper().ok_or(Error::errno(libc::EIO))?;
+        if cn.as_c_str() == super::ACL_ACCESS && self.keeps_override(&up.loc) {
+            if let Some(acl) = crate::acl::Acl::parse(value) {
+                return self.set_acl_with_override(&up.loc, &acl, value);
+            }
+        }
         up.loc.setxattr(&cn, value, flags).map_err(|e| Error::io(e, "setxattr"))
+    }
+
+    /// An access ACL set on an object whose mode lives in the override xattr: the mode it
+    /// stands for goes there (as a filesystem sets the mode from it; `sed -i` and `cp -p` set
+    /// modes this way). The real object keeps the ACL's named entries, if it has any, and what
+    /// the server needs to reach it.
+    fn set_acl_with_override(&self, loc: &Loc, acl: &crate::acl::Acl, value: &[u8]) -> Result<()> {
+        let st = self.stat_eff(loc, 0).map_err(|e| Error::io(e, "stat"))?;
+        let real = loc.stat().map_err(|e| Error::io(e, "stat"))?;
+        let exists = loc.getxattr(super::ACL_ACCESS).is_ok();
+        let o = ovr::Override {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            perm: (st.st_mode & 0o7000) | acl.mode_bits(),
+            kind: ovr::Kind::from_mode(st.st_mode, st.st_rdev),
+        };
+        if acl.is_minimal() {
+            if exists {
+                loc.removexattr(super::ACL_ACCESS).map_err(|e| Error::io(e, "setxattr"))?;
+            }
+        } else {
+            loc.setxattr(super::ACL_ACCESS, value, 0).map_err(|e| Error::io(e, "setxattr"))?;
+            // The filesystem set the real mode from it: the owner keeps what the server needs.
+            let reach = if real.st_mode & libc::S_IFMT == libc::S_IFDIR { 0o700 } else { 0o600 };
+            let now = loc.stat().map_err(|e| Error::io(e, "stat"))?.st_mode & 0o7777;
+            if now & reach != reach {
+                loc.chmod(now | reach).map_err(|e| Error::io(e, "chmod"))?;
+            }
+        }
+        self.write_override(loc, &o)
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {

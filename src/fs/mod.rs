@@ -397,9 +397,10 @@ pub struct OverlayFs {
     pub(crate) read_asked: AtomicU64,
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
-    /// Told the node id of each directory copied up: its attributes (link count, size,
-    /// ctime) are now the upper's, and the kernel may hold the lower's (see `Fuse::new`).
-    pub dir_copied_up: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Told the node id of each directory copied up, and of each file whose link count the
+    /// copy-up changed: its attributes (link count, size, ctime) are now the upper's, and the
+    /// kernel may hold the lower's (see `Fuse::new`).
+    pub attrs_stale: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     /// Listings for READDIR without a handle, by directory node id.
@@ -739,7 +740,7 @@ impl OverlayFs {
             nodes_peak: AtomicUsize::new(0),
             read_asked: AtomicU64::new(0),
             upper_ids: Mutex::new(HashMap::new()),
-            dir_copied_up: OnceLock::new(),
+            attrs_stale: OnceLock::new(),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             listings: Mutex::new(lru::LruCache::new(
@@ -1580,7 +1581,18 @@ impl OverlayFs {
         }
         let node = self.node(ino)?;
         let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
-        top.loc.getxattr(&cname(n)?).map_err(|e| Error::io(e, "getxattr"))
+        let v = top.loc.getxattr(&cname(n)?).map_err(|e| Error::io(e, "getxattr"))?;
+        if n == ACL_ACCESS.to_bytes() {
+            // With owners and modes in an override xattr, the mode the mount shows is the
+            // override's: the ACL's owner, mask and other entries say the same, as they do on
+            // a filesystem (the kernel checks access with them).
+            if let Some(o) = self.read_override(&top.loc, top.layer) {
+                if let Some(acl) = crate::acl::Acl::parse(&v) {
+                    return Ok(acl.with_mode(o.perm).to_bytes());
+                }
+            }
+        }
+        Ok(v)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -1683,6 +1695,9 @@ fn probe_chardev_whiteout(work: &OwnedFd) -> bool {
 }
 
 /// `system.posix_acl_access` / `system.posix_acl_default`.
+pub(crate) const ACL_ACCESS: &std::ffi::CStr = c"system.posix_acl_access";
+pub(crate) const ACL_DEFAULT: &std::ffi::CStr = c"system.posix_acl_default";
+
 pub(crate) fn is_acl_xattr(name: &[u8]) -> bool {
     name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
 }

@@ -139,6 +139,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
+    init_logging();
     match run(cli.cmd) {
         Ok(code) => code,
         Err(e) => {
@@ -146,6 +147,24 @@ pub fn main(args: Vec<OsString>) -> i32 {
             1
         }
     }
+}
+
+/// Warnings of the layer tools (an xattr that could not be set, an entry skipped) go to stderr
+/// as `layerfs: warning: ...` lines; `RUST_LOG` tunes them.
+fn init_logging() {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(log::LevelFilter::Warn);
+    if let Ok(s) = std::env::var("RUST_LOG") {
+        b.parse_filters(&s);
+    }
+    b.format(|buf, rec| {
+        let level = match rec.level() {
+            log::Level::Warn => "warning".to_string(),
+            l => l.as_str().to_ascii_lowercase(),
+        };
+        writeln!(buf, "layerfs: {level}: {}", rec.args())
+    });
+    let _ = b.try_init();
 }
 
 fn run(cmd: Cmd) -> Result<i32> {

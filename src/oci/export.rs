@@ -109,6 +109,19 @@ pub fn export<W: Write>(upper: &Path, out: W) -> Result<ExportReport> {
 
 /// Writes the diff into `file` atomically (temporary sibling + rename).
 pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
+    // What the name leads to: a device, fifo or socket (`-o /dev/null`) is written into, never
+    // replaced; through a symlink, the file it names is the one replaced.
+    let file = match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .ctx(|| format!("open {}", file.display()))?;
+            return export(upper, &f);
+        }
+        Ok(_) => std::fs::canonicalize(file).ctx(|| format!("resolve {}", file.display()))?,
+        Err(_) => file.to_path_buf(),
+    };
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -122,7 +135,7 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
         .open(&tmp)
         .ctx(|| format!("create {}", tmp.display()))?;
     let res = export(upper, &f).and_then(|r| {
-        std::fs::rename(&tmp, file).ctx(|| format!("rename to {}", file.display()))?;
+        std::fs::rename(&tmp, &file).ctx(|| format!("rename to {}", file.display()))?;
         Ok(r)
     });
     if res.is_err() {
