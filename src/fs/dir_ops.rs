@@ -663,7 +663,25 @@ impl OverlayFs {
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
         child.state.lock().unlinked = true;
+        self.let_go_of_removed(&child);
         Ok(())
+    }
+
+    /// Lets go of a removed file's pin ([`Self::pin_removed`]) when nothing can reach the file
+    /// any more (no name left, no open handle): the filesystem frees its space now, as on a
+    /// kernel filesystem, not once the kernel forgets the node. Requests that still come for
+    /// the node (an `O_PATH` descriptor's `fstat`) get ESTALE.
+    fn let_go_of_removed(&self, node: &Node) {
+        if node.opens.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let mut s = node.state.lock();
+        let Some(Loc::Pinned(fd)) = &s.upper else { return };
+        if s.kind == FileType::Directory || !sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0) {
+            return;
+        }
+        s.upper = None;
+        s.lower = None;
     }
 
     /// Renames `ocn` to `ncn`; with `whiteout`, leaves a whiteout at the old name, in the same
@@ -958,8 +976,8 @@ impl OverlayFs {
             }
         }
         if let Some(d) = &dst {
-            let mut ds = d.state.lock();
-            ds.unlinked = true;
+            d.state.lock().unlinked = true;
+            self.let_go_of_removed(d);
         }
         self.moved(&src, &npn, &npdir, nname, &ncn)?;
         Ok(None)

@@ -101,6 +101,7 @@ impl OverlayFs {
         write_only: bool,
     ) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        node.opens.fetch_add(1, Ordering::AcqRel);
         self.files.write().insert(
             fh,
             Arc::new(FileHandle {
@@ -448,7 +449,10 @@ impl OverlayFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.write().remove(&fh);
+        let h = self.files.write().remove(&fh);
+        if let Some(h) = h {
+            h.node.opens.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {

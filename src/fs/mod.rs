@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -210,6 +210,8 @@ pub struct Node {
     pub(crate) dir_lock: RwLock<()>,
     pub(crate) copy_lock: Mutex<()>,
     pub(crate) has_upper: AtomicBool,
+    /// Open file handles of the node.
+    pub(crate) opens: AtomicU32,
 }
 
 impl NodeState {
@@ -244,6 +246,7 @@ impl Node {
             state: Mutex::new(state),
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
+            opens: AtomicU32::new(0),
         })
     }
 
