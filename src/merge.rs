@@ -11,7 +11,7 @@
 //! 3. Listings merge upper-first; each name appears once; a whiteout hides the name in every
 //!    layer below the one holding it ([`merge_listings`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// What one layer holds under a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,24 +121,44 @@ pub enum ListItem<T> {
     Whiteout(Vec<u8>),
 }
 
+/// One visible entry of a merged listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged<T> {
+    pub name: Vec<u8>,
+    /// The layer index (in the caller's list) of the entry shown.
+    pub layer: usize,
+    pub payload: T,
+    /// The first entry of the same name in a layer below it that no whiteout hides: where a
+    /// directory shown continues (the caller checks both are directories and the top one is not
+    /// opaque).
+    pub below: Option<(usize, T)>,
+}
+
 /// Merges per-layer listings (top-down; the caller already cut the list below an opaque
-/// directory) into the visible entries: `(name, layer index, payload)`, each name once, in
-/// upper-first order.
-pub fn merge_listings<T>(layers: Vec<Vec<ListItem<T>>>) -> Vec<(Vec<u8>, usize, T)> {
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+/// directory) into the visible entries, each name once, in upper-first order.
+pub fn merge_listings<T>(layers: Vec<Vec<ListItem<T>>>) -> Vec<Merged<T>> {
+    // Name -> its index in `out`, and whether an entry below it was recorded or hidden.
+    let mut seen: HashMap<Vec<u8>, (usize, bool)> = HashMap::new();
     let mut hidden: HashSet<Vec<u8>> = HashSet::new();
-    let mut out = Vec::new();
+    let mut out: Vec<Merged<T>> = Vec::new();
     for (li, items) in layers.into_iter().enumerate() {
         let mut whiteouts = Vec::new();
         for item in items {
             match item {
                 ListItem::Whiteout(n) => whiteouts.push(n),
                 ListItem::Entry(n, payload) => {
-                    if hidden.contains(&n) || seen.contains(&n) {
+                    if hidden.contains(&n) {
                         continue;
                     }
-                    seen.insert(n.clone());
-                    out.push((n, li, payload));
+                    if let Some((i, done)) = seen.get_mut(&n) {
+                        if !*done {
+                            out[*i].below = Some((li, payload));
+                            *done = true;
+                        }
+                        continue;
+                    }
+                    seen.insert(n.clone(), (out.len(), false));
+                    out.push(Merged { name: n, layer: li, payload, below: None });
                 }
             }
         }
@@ -208,8 +228,8 @@ mod tests {
     fn w(n: &str) -> ListItem<()> {
         ListItem::Whiteout(n.as_bytes().to_vec())
     }
-    fn names(v: Vec<(Vec<u8>, usize, ())>) -> Vec<(String, usize)> {
-        v.into_iter().map(|(n, l, _)| (String::from_utf8(n).unwrap(), l)).collect()
+    fn names(v: Vec<Merged<()>>) -> Vec<(String, usize)> {
+        v.into_iter().map(|m| (String::from_utf8(m.name).unwrap(), m.layer)).collect()
     }
 
     #[test]
@@ -229,5 +249,21 @@ mod tests {
         // A whiteout below an entry does not hide it.
         let m = merge_listings(vec![vec![e("q")], vec![w("q")]]);
         assert_eq!(names(m), vec![("q".into(), 0)]);
+    }
+
+    #[test]
+    fn the_entry_below_is_the_first_no_whiteout_hides() {
+        let p = |n: &str, v: u8| ListItem::Entry(n.as_bytes().to_vec(), v);
+        let m = merge_listings(vec![
+            vec![p("a", 0), p("b", 0), p("c", 0), p("d", 0), ListItem::Whiteout(b"d".to_vec())],
+            vec![p("b", 1), ListItem::Whiteout(b"c".to_vec()), p("d", 1)],
+            vec![p("b", 2), p("c", 2)],
+        ]);
+        let below: Vec<_> =
+            m.iter().map(|m| (String::from_utf8_lossy(&m.name).to_string(), m.below)).collect();
+        assert_eq!(
+            below,
+            vec![("a".into(), None), ("b".into(), Some((1, 1))), ("c".into(), None), ("d".into(), None)]
+        );
     }
 }

@@ -156,6 +156,12 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     for w in &cfg.opts.warnings {
         eprintln!("layerfs: {w}");
     }
+    if cfg.opts.auto_unmount && sys::geteuid() != 0 && !cfg.opts.allow_other && !cfg.opts.allow_root {
+        // fuser (0.18) refuses auto_unmount on a mount only its owner may use.
+        eprintln!(
+            "layerfs: auto_unmount ignored: a plain user's mount needs allow_root or allow_other with it"
+        );
+    }
     // Before any thread starts (they inherit it): server threads may run in SCHED_IDLE (see
     // uring's Placement), which would otherwise put their disk reads in the idle I/O class.
     if let Err(e) = sys::pin_io_priority() {

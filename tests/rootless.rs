@@ -268,3 +268,30 @@ cat $M/f
     assert!(!u.join("f").exists(), "no copy without the xattr");
     assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0, "nothing left in workdir");
 }
+
+/// A plain user's `auto_unmount` without `allow_root`/`allow_other` cannot be had (fuser
+/// refuses it): the mount says so in one line rather than dropping it silently.
+#[test]
+fn plain_users_auto_unmount_is_not_dropped_silently() {
+    if !can_mount() {
+        return;
+    }
+    let Some((uid, gid)) = test_user() else { return };
+    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"f").unwrap();
+    chown_r(s.dir.path(), uid, gid);
+    let script = format!(
+        "{bin} -o lowerdir={l},auto_unmount {m} 2>&1; trap 'fusermount3 -u {m}' EXIT; cat {m}/f",
+        bin = layerfs_bin().display(),
+        l = l.display(),
+        m = m.display()
+    );
+    let out = run_as(uid, gid, false, &script);
+    assert_eq!(
+        out,
+        "layerfs: auto_unmount ignored: a plain user's mount needs allow_root or allow_other with it\nf"
+    );
+}

@@ -1219,12 +1219,18 @@ impl OverlayFs {
                 let mut umarks = DirMarks::default();
                 let mut lower_dirs = Vec::new();
                 let mut id = None;
+                let mut upper_id = None;
                 for pos in layers {
                     let li = pos_to_layer(pos);
                     let Some((_, Found::Dir { ino, fd, marks }, pdir)) = find(li) else {
                         return Err(Error::new(libc::EIO, "resolve dir"));
                     };
-                    if id.is_none() {
+                    // The number of the topmost lower directory where there is one: it stays
+                    // the same once the directory is copied up, also after a remount, and so do
+                    // those of the lower files in it (see `lower_leaf_id`).
+                    if li == 0 {
+                        upper_id = Some(self.ino_for(li, *ino));
+                    } else if id.is_none() {
                         id = Some(self.ino_for(li, *ino));
                     }
                     if pos == 0 && upper_dir.is_some() {
@@ -1245,7 +1251,7 @@ impl OverlayFs {
                     lower: None,
                     unlinked: false,
                 };
-                Ok(Some((id.unwrap_or(0), state)))
+                Ok(Some((id.or(upper_id).unwrap_or(0), state)))
             }
         }
     }
@@ -1437,12 +1443,20 @@ impl OverlayFs {
         let mut out = Vec::with_capacity(merged.len() + 2);
         out.push(DirEntry { ino: node.ino, kind: FileType::Directory, name: ".".into(), cookie: 1 });
         out.push(DirEntry { ino: parent_ino, kind: FileType::Directory, name: "..".into(), cookie: 2 });
-        for (name, pos, (kind, real_ino)) in merged {
+        for merge::Merged { name, layer: pos, payload: (kind, real_ino), below } in merged {
             let li = dirs[pos].0;
-            let ino = if kind == FileType::Directory || self.layers[li].is_upper {
-                self.ino_for(li, real_ino)
-            } else {
-                lower_leaf_id(node.ino, &name)
+            let ino = match below {
+                // An upper directory merging with a lower one: the lower one's number, as a
+                // lookup gives it (see `resolve`).
+                Some((bpos, (FileType::Directory, bino)))
+                    if kind == FileType::Directory
+                        && self.layers[li].is_upper
+                        && !upper_subdir_opaque(&dirs[pos].1, &name) =>
+                {
+                    self.ino_for(dirs[bpos].0, bino)
+                }
+                _ if kind == FileType::Directory || self.layers[li].is_upper => self.ino_for(li, real_ino),
+                _ => lower_leaf_id(node.ino, &name),
             };
             out.push(DirEntry { ino, kind, cookie: dir_cookie(&name), name: OsString::from_vec(name) });
         }
@@ -1640,6 +1654,16 @@ impl OverlayFs {
 /// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
 /// overlayfs without `index=on`: writing through one name copies up that name only). Ids
 /// from inode numbers never have the top bit set; these always do.
+/// Whether the upper directory `name` in `dir` is opaque (or cannot be read: then it is
+/// taken as not merging).
+fn upper_subdir_opaque(dir: &OwnedFd, name: &[u8]) -> bool {
+    let Ok(cn) = CString::new(name) else { return true };
+    match layer::open_dir_at(dir.as_fd(), &cn) {
+        Ok(fd) => layer::dir_marks(&fd).opaque,
+        Err(_) => true,
+    }
+}
+
 pub(crate) fn lower_leaf_id(parent: u64, name: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in parent.to_le_bytes().iter().chain(name) {
