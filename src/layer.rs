@@ -97,13 +97,11 @@ impl Loc {
     }
 
     pub fn setxattr(&self, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-        let (p, follow) = self.live()?.xattr_path();
-        sys::setxattr(&p, name, value, flags, follow)
+        self.live()?.with_xattr_path(|p, follow| sys::setxattr(p, name, value, flags, follow))
     }
 
     pub fn removexattr(&self, name: &CStr) -> io::Result<()> {
-        let (p, follow) = self.live()?.xattr_path();
-        sys::removexattr(&p, name, follow)
+        self.live()?.with_xattr_path(|p, follow| sys::removexattr(p, name, follow))
     }
 
     /// The directory's handle, for a directory location.
@@ -123,6 +121,14 @@ impl Live {
         }
     }
 
+    /// statx's attribute bits of the object ([`sys::statx_attributes`]).
+    pub fn attributes(&self) -> io::Result<u64> {
+        match self {
+            Live::Dir(fd) | Live::Pinned(fd) => sys::statx_attributes(fd.as_fd(), c""),
+            Live::At(dir, name) => sys::statx_attributes(dir.as_fd(), name),
+        }
+    }
+
     /// Opens the object for I/O. Never follows a symlink.
     pub fn open(&self, flags: i32) -> io::Result<OwnedFd> {
         match self {
@@ -131,12 +137,16 @@ impl Live {
         }
     }
 
-    /// The path and follow mode for xattr syscalls on this object (valid while `self` lives).
-    pub fn xattr_path(&self) -> (CString, bool) {
-        match self {
+    /// Calls `f` with the path and follow mode for xattr syscalls on this object. The path
+    /// names a descriptor of `self` (`/proc/self/fd/N`), so it is only handed out while `self`
+    /// is borrowed: were the descriptor closed first, its number could be reused by another
+    /// thread's open, and the call would reach another object (a lower layer's).
+    pub fn with_xattr_path<R>(&self, f: impl FnOnce(&CStr, bool) -> R) -> R {
+        let (p, follow) = match self {
             Live::Dir(fd) | Live::Pinned(fd) => (sys::proc_fd_path(fd.as_raw_fd(), None), true),
             Live::At(dir, name) => (sys::proc_fd_path(dir.as_raw_fd(), Some(name)), false),
-        }
+        };
+        f(&p, follow)
     }
 
     pub fn readlink(&self) -> io::Result<Vec<u8>> {

@@ -2,6 +2,7 @@
 mod common;
 use common::*;
 use std::fs;
+use std::path::Path;
 
 #[test]
 fn mounts_reads_and_unmounts() {
@@ -662,6 +663,111 @@ fn unlink_frees_the_space_before_it_returns() {
         let after = free();
         assert!(after >= before + SIZE / 2, "round {round} ({name}): {before} -> {after} bytes free");
     }
+}
+
+/// xattrs set and removed through the mount while the server is short of descriptors (it
+/// closes directory descriptors it caches, and opens others) reach the object asked for and
+/// nothing else: the path `/proc/self/fd/N/name` was built from a descriptor closed before
+/// the call, so N could be another directory by then, and lower layers' files were changed.
+#[test]
+fn xattr_changes_under_descriptor_pressure_reach_only_their_object() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l1, l2, u, w, m) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"), s.path("m"));
+    const N: usize = 200;
+    for d in 0..N {
+        fs::create_dir_all(l2.join(format!("t{d}/sub"))).unwrap();
+        fs::create_dir_all(l1.join(format!("t{d}"))).unwrap();
+        fs::write(l2.join(format!("t{d}/f")), b"x").unwrap();
+        fs::write(l2.join(format!("t{d}/sub/x")), b"").unwrap();
+        assert_eq!(setx(&l2.join(format!("t{d}/f")), "user.race", b"orig"), 0);
+    }
+    let lowers = [l1.clone(), l2.clone()];
+    let _mnt = mount_with_nofile(&lowers, &u, &w, &m, 64);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    std::thread::scope(|sc| {
+        for k in 0..3u64 {
+            let m = &m;
+            sc.spawn(move || {
+                let mut r = k * 7919 + 1;
+                while std::time::Instant::now() < end {
+                    r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let p = m.join(format!("t{}/f", (r >> 33) as usize % N));
+                    if (r >> 20) % 5 == 0 {
+                        let _ = xattr_remove(&p, "user.race");
+                    } else {
+                        let _ = setx(&p, "user.race", format!("{k}").as_bytes());
+                    }
+                }
+            });
+        }
+        for k in 0..2u64 {
+            let m = &m;
+            sc.spawn(move || {
+                let mut r = k * 104729 + 3;
+                while std::time::Instant::now() < end {
+                    r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let d = (r >> 33) as usize % N;
+                    let f = m.join(format!("t{d}/sub/w{k}"));
+                    if fs::write(&f, b"").is_ok() {
+                        let _ = fs::remove_file(&f);
+                    }
+                    let _ = fs::read_dir(m.join(format!("t{d}/sub"))).map(|i| i.count());
+                }
+            });
+        }
+        for k in 0..2u64 {
+            let m = &m;
+            sc.spawn(move || {
+                let mut r = k * 15485863 + 5;
+                let mut held = Vec::new();
+                while std::time::Instant::now() < end {
+                    r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    if held.len() < 30 {
+                        if let Ok(f) = fs::File::open(m.join(format!("t{}/sub/x", (r >> 33) as usize % N))) {
+                            held.push(f);
+                        }
+                    } else {
+                        held.swap_remove((r >> 40) as usize % held.len());
+                    }
+                }
+            });
+        }
+    });
+    let touched: Vec<usize> = (0..N)
+        .filter(|d| getx(&l2.join(format!("t{d}/f")), "user.race").as_deref() != Some(&b"orig"[..]))
+        .collect();
+    assert!(touched.is_empty(), "lower files changed: {touched:?}");
+    for d in 0..N {
+        assert_eq!(getx(&l1.join(format!("t{d}")), "user.race"), None);
+    }
+}
+
+fn setx(p: &Path, name: &str, v: &[u8]) -> i32 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid strings and value.
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() }
+}
+
+fn xattr_remove(p: &Path, name: &str) -> i32 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid strings.
+    let r = unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) };
+    if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() }
+}
+
+fn getx(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 64];
+    // SAFETY: valid strings, buffer writable for its length.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
 }
 
 /// A copy-up carries the inode flags kernel overlayfs carries: no atime updates (`A`) and

@@ -26,7 +26,9 @@ use parking_lot::RwLockWriteGuard;
 
 use super::copy_up::TmpGuard;
 use super::dirfd::DirFd;
-use super::{DirMarks, Node, NodeState, OverlayFs, cname, kind_of, remove_tree_at};
+use super::{
+    DirMarks, Node, NodeState, OverlayFs, PROT_APPEND, PROT_IMMUTABLE, cname, kind_of, remove_tree_at,
+};
 use crate::error::{Error, Result};
 use crate::layer::{self, Live, Loc};
 use crate::merge::{Resolution, Resolver};
@@ -273,6 +275,8 @@ impl OverlayFs {
         self.check_writable()?;
         let name = name.as_bytes();
         name::validate_new(name).map_err(|e| Error::errno(e.errno()))?;
+        // Nothing is made in an immutable directory (may_create).
+        self.check_prot(pnode, PROT_IMMUTABLE)?;
         if let NewObj::Special { mode, rdev } = obj {
             if whiteout::is_chardev_whiteout(mode, rdev) {
                 // As the kernel: a whiteout cannot be made through the mount.
@@ -497,7 +501,10 @@ impl OverlayFs {
                 _ => self.install(id, state),
             }
         } else {
-            self.install(id, state)
+            let n = self.install(id, state);
+            // A new object has no flags to keep.
+            n.prot.store(0, Ordering::Release);
+            n
         };
         n.lookups.fetch_add(1, Ordering::Relaxed);
         Ok((n, st, file_fd))
@@ -518,6 +525,7 @@ impl OverlayFs {
         if !pnode.is_dir() {
             return Err(Error::errno(libc::ENOTDIR));
         }
+        self.check_prot(pnode, PROT_IMMUTABLE)?;
         let (pdir, pfd) = self.ensure_upper_dir(pnode)?;
         let pst = self.stat_eff(&Loc::Dir(pdir.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
         // Made in the directory itself: the filesystem applies its default ACL (and then no
@@ -554,6 +562,7 @@ impl OverlayFs {
             unlinked: true,
         };
         let n = self.install(self.ino_for(0, st.st_ino), state);
+        n.prot.store(0, Ordering::Release);
         n.lookups.fetch_add(1, Ordering::Relaxed);
         Ok((n, st, fd))
     }
@@ -597,6 +606,10 @@ impl OverlayFs {
         if src.is_dir() {
             return Err(Error::errno(libc::EPERM));
         }
+        // As vfs_link: no new name for an append-only or immutable file; none in an immutable
+        // directory.
+        self.check_prot(&*self.node(newparent)?, PROT_IMMUTABLE)?;
+        self.check_prot(&src, PROT_APPEND | PROT_IMMUTABLE)?;
         self.copy_up(&src, true)?;
         // Linked through a descriptor of its own: a rename of the source racing with this
         // cannot make the new name reach another object.
@@ -624,6 +637,15 @@ impl OverlayFs {
             return Err(Error::errno(libc::ENOENT));
         }
         let pnode = self.node(parent)?;
+        // As may_delete: nothing leaves an append-only or immutable directory, and an
+        // append-only or immutable object stays. Looked at before the directory is copied up.
+        self.check_prot(&pnode, PROT_APPEND | PROT_IMMUTABLE)?;
+        if !pnode.has_upper.load(Ordering::Acquire) {
+            let _g = pnode.dir_lock.read();
+            if let Some(c) = self.lookup_locked(&pnode, name)? {
+                self.check_prot(&c, PROT_APPEND | PROT_IMMUTABLE)?;
+            }
+        }
         let (_, pfd) = self.ensure_upper_dir(&pnode)?;
         let (_g, child) = loop {
             let g = pnode.dir_lock.write();
@@ -635,6 +657,7 @@ impl OverlayFs {
             drop(child.copy_lock.lock());
         };
         self.dir_changed(pnode.ino);
+        self.check_prot(&child, PROT_APPEND | PROT_IMMUTABLE)?;
         let (kind, upper) = {
             let s = child.state.lock();
             (s.kind, s.upper.clone())
@@ -850,13 +873,24 @@ impl OverlayFs {
             self.lookup_locked(&opn, oname)?
         }
         .ok_or(Error::errno(libc::ENOENT))?;
-        if Self::has_lower_content(&src) {
-            return Err(Error::errno(libc::EXDEV));
-        }
         let dst0 = {
             let _g = npn.dir_lock.read();
             self.lookup_locked(&npn, nname)?
         };
+        // As may_delete and may_create: the source leaves its directory, the target (if any)
+        // leaves its own, and something is made there.
+        let (ai, i) = (PROT_APPEND | PROT_IMMUTABLE, PROT_IMMUTABLE);
+        self.check_prot(&opn, ai)?;
+        self.check_prot(&src, ai)?;
+        self.check_prot(&npn, if dst0.is_some() { ai } else { i })?;
+        if let Some(d) = &dst0 {
+            if !Arc::ptr_eq(d, &src) {
+                self.check_prot(d, ai)?;
+            }
+        }
+        if Self::has_lower_content(&src) {
+            return Err(Error::errno(libc::EXDEV));
+        }
         if exchange {
             let d = dst0.as_ref().ok_or(Error::errno(libc::ENOENT))?;
             if Self::has_lower_content(d) {

@@ -20,7 +20,7 @@ use fuser::{FileAttr, FileType};
 use parking_lot::RwLock;
 
 use super::dir_ops::{Caller, NewObj};
-use super::{FileHandle, Node, OverlayFs, cname};
+use super::{FileHandle, Node, OverlayFs, PROT_APPEND, PROT_IMMUTABLE, PROT_UNKNOWN, cname};
 use crate::error::{Error, Result};
 use crate::layer::Loc;
 use crate::ovr;
@@ -156,13 +156,28 @@ impl OverlayFs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
         let node = self.node(ino)?;
         let write = is_write(flags);
+        let trunc = flags & libc::O_TRUNC != 0;
+        let mut prot = 0;
+        if write || trunc {
+            if write {
+                self.check_writable()?;
+            }
+            // As the VFS decides for an append-only or immutable inode (may_open).
+            prot = self.prot(&node);
+            if prot & PROT_IMMUTABLE != 0
+                || (prot & PROT_APPEND != 0 && (trunc || (write && flags & libc::O_APPEND == 0)))
+            {
+                return Err(Error::errno(libc::EPERM));
+            }
+        }
         if write {
-            self.check_writable()?;
-            self.copy_up(&node, flags & libc::O_TRUNC == 0)?;
+            self.copy_up(&node, !trunc)?;
         }
         let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
         let from_lower = !top.is_upper;
-        let fd = match self.open_loc(&top.loc, real_flags(flags)) {
+        // An append-only file's writes the server serves append, whatever offset they name.
+        let append = if prot & PROT_APPEND != 0 { libc::O_APPEND } else { 0 };
+        let fd = match self.open_loc(&top.loc, real_flags(flags) | append) {
             // An append-only file (chattr +a) opens for writing only with O_APPEND. The server
             // writes at the offsets the kernel gives (its own pwrite would append anyway), so
             // it opens without it where it can.
@@ -356,7 +371,46 @@ impl OverlayFs {
         let top = if set { node.upper() } else { node.top() }.ok_or(Error::errno(libc::ESTALE))?;
         let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | dir;
         let fd = top.loc.open(flags).map_err(|e| Error::io(e, "open for an inode-attribute ioctl"))?;
-        sys::ioctl_buf(fd.as_fd(), cmd, &mut arg[..size]).map_err(|e| Error::io(e, "inode-attribute ioctl"))
+        // Append-only and immutable in the flags word (the first u32 of either argument).
+        let (a_bit, i_bit) = if size == 4 { (0x20u32, 0x10u32) } else { (0x10, 0x08) };
+        let word = u32::from_ne_bytes([arg[0], arg[1], arg[2], arg[3]]);
+        let name = self.protattr_name();
+        if set {
+            // Kept in the protattr xattr, as kernel overlayfs keeps them, where the upper
+            // filesystem takes it; the real inode then does not carry them.
+            let want = if word & a_bit != 0 { PROT_APPEND } else { 0 }
+                | if word & i_bit != 0 { PROT_IMMUTABLE } else { 0 };
+            let r = if self.opts.noxattrs {
+                Err(std::io::Error::from_raw_os_error(libc::ENOTSUP))
+            } else if want == 0 {
+                match top.loc.removexattr(name) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+                    r => r,
+                }
+            } else {
+                top.loc.setxattr(name, super::protattr_value(want), 0)
+            };
+            match r {
+                Ok(()) => arg[..4].copy_from_slice(&(word & !(a_bit | i_bit)).to_ne_bytes()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
+                Err(e) => return Err(Error::io(e, "protattr xattr")),
+            }
+            let r = sys::ioctl_buf(fd.as_fd(), cmd, &mut arg[..size]);
+            node.prot.store(PROT_UNKNOWN, Ordering::Release);
+            return r.map_err(|e| Error::io(e, "inode-attribute ioctl"));
+        }
+        sys::ioctl_buf(fd.as_fd(), cmd, &mut arg[..size])
+            .map_err(|e| Error::io(e, "inode-attribute ioctl"))?;
+        if top.is_upper && !self.opts.noxattrs {
+            if let Ok(v) = top.loc.getxattr(name) {
+                let p = super::protattr_bits(&v);
+                let mut w = u32::from_ne_bytes([arg[0], arg[1], arg[2], arg[3]]);
+                w |= if p & PROT_APPEND != 0 { a_bit } else { 0 }
+                    | if p & PROT_IMMUTABLE != 0 { i_bit } else { 0 };
+                arg[..4].copy_from_slice(&w.to_ne_bytes());
+            }
+        }
+        Ok(())
     }
 
     /// Whether a handle open for writing refers to `ino`'s node.
@@ -391,8 +445,7 @@ impl OverlayFs {
         if live.xattr_at().get_into(CAPS_XATTR, &mut []).is_err() {
             return Ok(());
         }
-        let (path, follow) = live.xattr_path();
-        match sys::removexattr(&path, CAPS_XATTR, follow) {
+        match live.with_xattr_path(|path, follow| sys::removexattr(path, CAPS_XATTR, follow)) {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(Error::io(e, "removexattr")),
             _ => Ok(()),
         }
@@ -480,6 +533,23 @@ impl OverlayFs {
     pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<FileAttr> {
         self.check_writable()?;
         let node = self.node(ino)?;
+        let prot = self.prot(&node);
+        if prot != 0 {
+            // As the VFS refuses them on an append-only or immutable inode: owner, mode, times
+            // given, size; and times set to now on an immutable one.
+            let given = |t: &Option<SetTime>| matches!(t, Some(SetTime::At(..)));
+            let now = |t: &Option<SetTime>| matches!(t, Some(SetTime::Now));
+            if sa.mode.is_some()
+                || sa.uid.is_some()
+                || sa.gid.is_some()
+                || sa.size.is_some()
+                || given(&sa.atime)
+                || given(&sa.mtime)
+                || (prot & PROT_IMMUTABLE != 0 && (now(&sa.atime) || now(&sa.mtime)))
+            {
+                return Err(Error::errno(libc::EPERM));
+            }
+        }
         let only_truncate_to_zero =
             sa.size == Some(0) && sa.mode.is_none() && sa.uid.is_none() && sa.gid.is_none();
         self.copy_up(&node, !only_truncate_to_zero)?;
@@ -541,6 +611,12 @@ impl OverlayFs {
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let h = self.file(fh)?;
+        // As vfs_fallocate: only a plain allocation on an append-only file, none on an
+        // immutable one.
+        let prot = self.prot(&h.node);
+        if prot & PROT_IMMUTABLE != 0 || (prot & PROT_APPEND != 0 && mode & !libc::FALLOC_FL_KEEP_SIZE != 0) {
+            return Err(Error::errno(libc::EPERM));
+        }
         let fd = h.fd.read().clone();
         sys::fallocate(fd.as_fd(), mode, offset as i64, length as i64).map_err(|e| Error::io(e, "fallocate"))
     }
@@ -615,6 +691,7 @@ impl OverlayFs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.xattr_writable(ino)?;
         let (node, cn) = self.xattr_target(ino, name)?;
         let up = node.upper().ok_or(Error::errno(libc::EIO))?;
         if cn.as_c_str() == super::ACL_ACCESS && self.keeps_override(&up.loc) {
@@ -655,7 +732,16 @@ impl OverlayFs {
         self.write_override(loc, &o)
     }
 
+    /// As the VFS's xattr_permission: no xattr of an append-only or immutable object changes.
+    fn xattr_writable(&self, ino: u64) -> Result<()> {
+        if self.opts.noxattrs {
+            return Err(Error::errno(libc::ENOSYS));
+        }
+        self.check_prot(&*self.node(ino)?, PROT_APPEND | PROT_IMMUTABLE)
+    }
+
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.xattr_writable(ino)?;
         // As the kernel: removing an xattr a lower file does not have fails without a copy-up.
         let n = name.as_bytes();
         if !self.opts.noxattrs

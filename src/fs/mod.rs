@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -212,6 +212,35 @@ pub struct Node {
     pub(crate) has_upper: AtomicBool,
     /// Open file handles of the node.
     pub(crate) opens: AtomicU32,
+    /// Append-only/immutable ([`PROT_APPEND`], [`PROT_IMMUTABLE`]) as last found, or
+    /// [`PROT_UNKNOWN`] (see [`OverlayFs::prot`]).
+    pub(crate) prot: AtomicU8,
+}
+
+/// The object is append-only (chattr +a).
+pub(crate) const PROT_APPEND: u8 = 1;
+/// The object is immutable (chattr +i).
+pub(crate) const PROT_IMMUTABLE: u8 = 2;
+/// Not looked at yet.
+pub(crate) const PROT_UNKNOWN: u8 = 0x80;
+
+/// What a `trusted.overlay.protattr` value says (kernel overlayfs's letters).
+pub(crate) fn protattr_bits(v: &[u8]) -> u8 {
+    v.iter().fold(0, |p, c| match c {
+        b'a' => p | PROT_APPEND,
+        b'i' => p | PROT_IMMUTABLE,
+        _ => p,
+    })
+}
+
+/// The `protattr` value for `prot` (empty for none).
+pub(crate) fn protattr_value(prot: u8) -> &'static [u8] {
+    match prot & (PROT_APPEND | PROT_IMMUTABLE) {
+        PROT_APPEND => b"a",
+        PROT_IMMUTABLE => b"i",
+        0 => b"",
+        _ => b"ai",
+    }
 }
 
 impl NodeState {
@@ -247,6 +276,7 @@ impl Node {
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
             opens: AtomicU32::new(0),
+            prot: AtomicU8::new(PROT_UNKNOWN),
         })
     }
 
@@ -860,6 +890,51 @@ impl OverlayFs {
             p.push(OsStr::from_bytes(n));
         }
         Some(p)
+    }
+
+    /// The xattr that keeps an upper object's append-only and immutable flags, as kernel
+    /// overlayfs keeps them (`userxattr` form where trusted xattrs cannot be written): the
+    /// real inode does not carry them, so the server can still copy up into an immutable
+    /// directory, or replace a whiteout in an append-only one.
+    pub(crate) fn protattr_name(&self) -> &'static CStr {
+        if self.trusted_xattrs { c"trusted.overlay.protattr" } else { c"user.overlay.protattr" }
+    }
+
+    /// A node's append-only and immutable flags ([`PROT_APPEND`], [`PROT_IMMUTABLE`]), as the
+    /// kernel's overlay inode has them: those of its topmost real object, and for an upper one
+    /// also those kept in `protattr`. The VFS checks them on a FUSE inode never (FUSE cannot
+    /// set them there), so the server refuses what they forbid. Kept in the node once found.
+    pub(crate) fn prot(&self, node: &Node) -> u8 {
+        let p = node.prot.load(Ordering::Acquire);
+        if p != PROT_UNKNOWN {
+            return p;
+        }
+        let kind = node.state.lock().kind;
+        let mut p = 0;
+        if matches!(kind, FileType::RegularFile | FileType::Directory) {
+            if let Some(top) = node.top() {
+                if let Ok(a) = top.loc.live().and_then(|l| l.attributes()) {
+                    if a & sys::STATX_ATTR_APPEND != 0 {
+                        p |= PROT_APPEND;
+                    }
+                    if a & sys::STATX_ATTR_IMMUTABLE != 0 {
+                        p |= PROT_IMMUTABLE;
+                    }
+                }
+                if top.is_upper && !self.opts.noxattrs {
+                    if let Ok(v) = top.loc.getxattr(self.protattr_name()) {
+                        p |= protattr_bits(&v);
+                    }
+                }
+            }
+        }
+        node.prot.store(p, Ordering::Release);
+        p
+    }
+
+    /// EPERM where the node has any of the `forbidding` flags ([`Self::prot`]).
+    pub(crate) fn check_prot(&self, node: &Node, forbidding: u8) -> Result<()> {
+        if self.prot(node) & forbidding != 0 { Err(Error::errno(libc::EPERM)) } else { Ok(()) }
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {

@@ -138,6 +138,22 @@ pub fn fstatat(dir: BorrowedFd, name: &CStr) -> io::Result<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// statx's `stx_attributes` bits for append-only and immutable objects.
+pub const STATX_ATTR_IMMUTABLE: u64 = 0x10;
+pub const STATX_ATTR_APPEND: u64 = 0x20;
+
+/// The `stx_attributes` of `name` in `dir` (an empty name: `dir` itself), without following a
+/// symlink (append-only, immutable and the like; filled whatever the mask asks).
+pub fn statx_attributes(dir: BorrowedFd, name: &CStr) -> io::Result<u64> {
+    // SAFETY: statx is plain data, zeroed is a valid value.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC | empty;
+    // SAFETY: a NUL-terminated name and a writable statx buffer.
+    cvt(unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, 0, &mut sx) })?;
+    Ok(sx.stx_attributes)
+}
+
 /// `fstat(fd)`; works on `O_PATH` descriptors.
 pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
     let mut st = zeroed_stat();
