@@ -998,6 +998,98 @@ fn inode_flags_chattr_lsattr() {
     });
 }
 
+/// Append-only and immutable flags a lower object already carries are enforced as kernel
+/// overlayfs enforces them (it takes them from the real inode into its own), and a copy-up
+/// keeps them in `overlay.protattr` as the kernel does: opens for writing, truncation, chmod,
+/// times, xattrs, links, removal and renames of the object, removal from and creation in such
+/// a directory, fallocate; the upper directories must come out the same (flags, xattrs).
+/// layerfs let all of these through.
+#[test]
+fn lower_append_only_and_immutable_flags() {
+    need_mounts!();
+    let script = r#"
+t() { "$@" >/dev/null 2>&1; echo "$* -> $?"; }
+lsattr -d f_i f_a d_i d_a 2>&1 | cut -c1-22
+t sh -c 'echo more >> f_a'
+t sh -c 'echo bad > f_a'
+t sh -c 'echo bad >> f_i'
+t truncate -s 0 f_a
+t chmod 600 f_i
+t chmod 600 f_a
+t touch f_i
+t touch f_a
+t touch -d 2020-01-01 f_a
+t setfattr -n user.x -v 1 f_a
+t setfattr -x user.k f_i
+t ln f_a lnk
+t mv f_a f_a2
+t rm f_i
+t rm d_a/y
+t mv d_a/z d_a/z2
+t touch d_a/new
+t touch d_i/new
+t sh -c 'echo w >> d_i/x'
+t rm d_i/x
+t mkdir d_i/sub
+t rmdir d_i
+t fallocate -p -o 0 -l 1 f_a
+t fallocate -n -o 0 -l 8192 f_a
+t mv f_plain d_i/moved
+cat f_a d_i/x
+lsattr -d f_i f_a d_i d_a d_a/new 2>&1 | cut -c1-22
+chattr -a f_a && echo x > f_a && echo "after chattr -a: $(cat f_a)"
+chattr +i f_plain && t sh -c 'echo y >> f_plain' && chattr -i f_plain && t sh -c 'echo y >> f_plain'
+lsattr -d f_a f_plain | cut -c1-22
+"#;
+    let s = common::Scratch::new();
+    let mut outs = Vec::new();
+    for side in ["kernel", "layerfs"] {
+        let base = s.path(side);
+        let (l, u, w, m) = (base.join("l"), base.join("u"), base.join("w"), base.join("m"));
+        for d in [&u, &w, &m, &l.join("d_i"), &l.join("d_a")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for (f, data) in [
+            ("f_i", "i\n"),
+            ("f_a", "a\n"),
+            ("f_plain", "p\n"),
+            ("d_i/x", "x\n"),
+            ("d_a/y", "y\n"),
+            ("d_a/z", "z\n"),
+        ] {
+            std::fs::write(l.join(f), data).unwrap();
+        }
+        let (ok, out) = common::sh(
+            &l,
+            "setfattr -n user.k -v v f_i && touch -d 2001-01-01 . d_i d_a && chattr +i f_i d_i && chattr +a f_a d_a",
+        );
+        if !ok {
+            assert!(!common::must_mount(), "chattr on the test filesystem: {out}");
+            return;
+        }
+        let out = {
+            let _g = if side == "kernel" {
+                common::mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m)
+            } else {
+                common::mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "")
+            };
+            common::sh(&m, script).1
+        };
+        let (_, upper) = common::sh(
+            &u,
+            "find . -mindepth 1 | sort | while read f; do printf '%s %s ' \"$f\" \"$(stat -c %F \"$f\")\"; \
+             getfattr -h --absolute-names -d -m 'trusted.overlay.protattr|user' \"$f\" 2>/dev/null | grep = | tr '\\n' ' '; \
+             lsattr -d \"$f\" 2>/dev/null | cut -c1-22; echo; done",
+        );
+        common::sh(&base, "chattr -R -ia . 2>/dev/null; true");
+        outs.push((side, out, upper));
+    }
+    let (k, f) = (&outs[0], &outs[1]);
+    assert_eq!(k.1, f.1, "merged view: kernel vs layerfs");
+    assert_eq!(k.2, f.2, "upper: kernel vs layerfs");
+    assert!(k.1.contains("protattr") || k.2.contains("protattr"), "the kernel kept flags: {}", k.2);
+}
+
 // ---- O_TMPFILE --------------------------------------------------------------------------------
 
 /// O_TMPFILE: an unnamed file in the upper directory (a lower-only directory copied up first),

@@ -132,15 +132,17 @@ fn copy_rw(src: BorrowedFd, dst: BorrowedFd, start: u64, len: u64) -> std::io::R
     Ok(done as usize)
 }
 
-/// Copies every xattr but the overlay-private ones.
 /// Inode flags a copy-up carries, as kernel overlayfs copies them: synchronous updates (`S`)
-/// and no atime updates (`A`). (Append-only and immutable are not carried: the kernel keeps
-/// them in an xattr of its own, see README.)
+/// and no atime updates (`A`). (Append-only and immutable go into the protattr xattr
+/// instead, see [`OverlayFs::copy_up`].)
 const COPIED_INODE_FLAGS: u32 = 0x0000_0008 | 0x0000_0080;
+/// FS_APPEND_FL and FS_IMMUTABLE_FL.
+const APPEND_FL: u32 = 0x20;
+const IMMUTABLE_FL: u32 = 0x10;
 
 /// Copies [`COPIED_INODE_FLAGS`] from the source to the copy (best effort: a filesystem without
-/// inode flags has none to copy).
-fn copy_inode_flags(src: &Loc, dst: &Loc, dir: bool) {
+/// inode flags has none to copy). Returns the source's flags (0 where it has none).
+fn copy_inode_flags(src: &Loc, dst: &Loc, dir: bool) -> u32 {
     let flags =
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
     let get = |l: &Loc| -> Option<(OwnedFd, u32)> {
@@ -149,18 +151,20 @@ fn copy_inode_flags(src: &Loc, dst: &Loc, dir: bool) {
         sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[0].0, &mut v).ok()?;
         Some((fd, u32::from_ne_bytes(v)))
     };
-    let Some((_, want)) = get(src).map(|(f, v)| (f, v & COPIED_INODE_FLAGS)) else { return };
-    if want == 0 {
-        return;
-    }
-    if let Some((fd, have)) = get(dst) {
-        let mut v = (have | want).to_ne_bytes();
-        if let Err(e) = sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[1].0, &mut v) {
-            log::debug!("copy-up: inode flags {want:#x} not set: {e}");
+    let Some((_, src_flags)) = get(src) else { return 0 };
+    let want = src_flags & COPIED_INODE_FLAGS;
+    if want != 0 {
+        if let Some((fd, have)) = get(dst) {
+            let mut v = (have | want).to_ne_bytes();
+            if let Err(e) = sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[1].0, &mut v) {
+                log::debug!("copy-up: inode flags {want:#x} not set: {e}");
+            }
         }
     }
+    src_flags
 }
 
+/// Copies every xattr but the overlay-private ones.
 pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
     let list = match src.listxattr() {
         Ok(l) => l,
@@ -289,8 +293,20 @@ impl OverlayFs {
             tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
         }
         copy_xattrs(&src, &tloc)?;
+        let mut prot = 0;
         if matches!(kind, FileType::RegularFile | FileType::Directory) {
-            copy_inode_flags(&src, &tloc, kind == FileType::Directory);
+            let f = copy_inode_flags(&src, &tloc, kind == FileType::Directory);
+            prot = if f & APPEND_FL != 0 { super::PROT_APPEND } else { 0 }
+                | if f & IMMUTABLE_FL != 0 { super::PROT_IMMUTABLE } else { 0 };
+            if prot != 0 {
+                // Kept as kernel overlayfs keeps them: the copy goes on showing them, and its
+                // real inode does not carry them (the server still copies up into it).
+                let v = super::protattr_value(prot);
+                if let Err(e) = tloc.setxattr(self.protattr_name(), v, 0) {
+                    log::warn!("copy-up {name:?}: append-only/immutable flags not kept: {e}");
+                    prot = 0;
+                }
+            }
         }
         if in_xattr {
             let o = ovr::Override {
@@ -350,6 +366,7 @@ impl OverlayFs {
         {
             let mut s = node.state.lock();
             s.upper = Some(new_loc);
+            node.prot.store(prot, Ordering::Release);
             node.has_upper.store(true, Ordering::Release);
         }
         // A file linked more than once in its layer is linked once in the upper (`index=off`).
