@@ -770,6 +770,25 @@ fn getx(p: &Path, name: &str) -> Option<Vec<u8>> {
     (r >= 0).then(|| buf[..r as usize].to_vec())
 }
 
+/// A change 2000 directory levels below the root of a lower-only tree copies up all 2000
+/// ancestors: the server copied each one up from its child's copy-up, a recursion that
+/// overflowed its thread's stack (the mount died) between 1400 and 1600 levels.
+#[test]
+fn a_change_thousands_of_levels_down_copies_up_every_ancestor() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let deep = "d/".repeat(2000);
+    fs::create_dir_all(l.join(&deep)).unwrap();
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let (ok, out) = sh(&m, &format!("touch {deep}new && ls {deep}"));
+    assert!(ok, "{out}");
+    assert_eq!(out, "new\n");
+    assert!(u.join(format!("{deep}new")).exists());
+}
+
 /// A copy-up carries the inode flags kernel overlayfs carries: no atime updates (`A`) and
 /// synchronous updates (`S`). They were dropped.
 #[test]

@@ -203,7 +203,20 @@ impl OverlayFs {
     pub(crate) fn ensure_upper_dir(&self, node: &Arc<Node>) -> Result<(DirFd, Arc<OwnedFd>)> {
         self.check_writable()?;
         if !node.has_upper.load(Ordering::Acquire) {
-            self.copy_up(node, true)?;
+            // The ancestors without an upper first, top-down, in a loop: each copy-up then
+            // finds its parent in place, and no recursion through `copy_up` grows with the
+            // depth (a lower tree thousands of levels deep overflowed the thread's stack).
+            let mut chain = vec![node.clone()];
+            loop {
+                let parent = chain.last().and_then(|n| n.state.lock().parent.clone());
+                match parent {
+                    Some(p) if !p.has_upper.load(Ordering::Acquire) => chain.push(p),
+                    _ => break,
+                }
+            }
+            for n in chain.iter().rev() {
+                self.copy_up(n, true)?;
+            }
         }
         let d = match &node.state.lock().upper {
             Some(Loc::Dir(d)) => d.clone(),

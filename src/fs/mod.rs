@@ -357,24 +357,29 @@ pub struct DirEntry {
 
 /// The readdir offset of a name: 1 for `.`, 2 for `..`, else a 63-bit hash of the name (at
 /// least 3). A reader resumes after the last cookie it got, so names added or removed meanwhile
-/// never make it skip or repeat another name (index offsets would shift). Two names with the
-/// same hash (odds 2^-63 per pair) would share a cookie: a reader stopping between them would
-/// not see the second.
+/// never make it skip or repeat another name (index offsets would shift). The hash is SipHash
+/// with keys drawn at random per server, so names that collide cannot be made ahead of time (a
+/// layer could otherwise hide a name from a reader stopping between two); two names that
+/// collide anyway (odds 2^-63 per pair) get distinct cookies in a listing ([`unique_cookies`]).
 pub fn dir_cookie(name: &[u8]) -> u64 {
+    static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
     match name {
         b"." => 1,
         b".." => 2,
         _ => {
-            // FNV-1a with a final avalanche (splitmix64), kept to 63 bits: offsets are signed
-            // for telldir(3).
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for &b in name {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-            h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            h ^= h >> 31;
-            (h >> 1).max(3)
+            use std::hash::BuildHasher;
+            // 63 bits: offsets are signed for telldir(3).
+            (KEYS.get_or_init(std::hash::RandomState::new).hash_one(name) >> 1).max(3)
+        }
+    }
+}
+
+/// Makes the cookies of a listing sorted by cookie strictly increasing: a name whose cookie
+/// equals the one before it takes the next value up, so no two names share an offset.
+pub(crate) fn unique_cookies(entries: &mut [DirEntry]) {
+    for i in 1..entries.len() {
+        if entries[i].cookie <= entries[i - 1].cookie {
+            entries[i].cookie = entries[i - 1].cookie + 1;
         }
     }
 }
@@ -1535,7 +1540,9 @@ impl OverlayFs {
             };
             out.push(DirEntry { ino, kind, cookie: dir_cookie(&name), name: OsString::from_vec(name) });
         }
-        out.sort_unstable_by_key(|e| e.cookie);
+        // By name among equal cookies, so that their order does not depend on the layers'.
+        out.sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
+        unique_cookies(&mut out);
         Ok(out)
     }
 
@@ -1896,6 +1903,21 @@ fn probe_trusted_xattr(work: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_sharing_a_hash_get_distinct_offsets() {
+        let e = |name: &str, cookie: u64| DirEntry { ino: 9, kind: FileType::RegularFile, name: name.into(), cookie };
+        let mut l = vec![e(".", 1), e("..", 2), e("a", 50), e("b", 50), e("c", 50), e("d", 51), e("z", 90)];
+        unique_cookies(&mut l);
+        let cookies: Vec<u64> = l.iter().map(|e| e.cookie).collect();
+        assert_eq!(cookies, [1, 2, 50, 51, 52, 53, 90]);
+        // A reader that stopped after `a` resumes at `b`, not past it.
+        let start = l.partition_point(|x| x.cookie <= 50);
+        assert_eq!(l[start].name, "b");
+        assert_eq!(dir_cookie(b"."), 1);
+        assert_eq!(dir_cookie(b"x"), dir_cookie(b"x"));
+        assert!(dir_cookie(b"x") >= 3 && dir_cookie(b"x") < 1 << 63);
+    }
 
     #[test]
     fn id_maps_as_fuse_overlayfs() {
