@@ -789,6 +789,29 @@ fn a_change_thousands_of_levels_down_copies_up_every_ancestor() {
     assert!(u.join(format!("{deep}new")).exists());
 }
 
+/// With `.wh.` whiteouts, a lower name of 252 bytes or more cannot be whited out (no
+/// `.wh.NAME` fits in 255 bytes): its unlink fails with ENAMETOOLONG before anything changes.
+/// It copied the directory up first, leaving the upper changed by a failed unlink.
+#[test]
+fn unlink_that_cannot_leave_a_wh_whiteout_changes_nothing() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let long = "n".repeat(253);
+    fs::create_dir_all(l.join("d")).unwrap();
+    fs::write(l.join("d").join(&long), b"x").unwrap();
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "whiteout=wh");
+    let r = fs::remove_file(m.join("d").join(&long));
+    assert_eq!(errno(&r), libc::ENAMETOOLONG);
+    assert_eq!(fs::read_dir(&u).unwrap().count(), 0, "the upper is unchanged");
+    assert!(m.join("d").join(&long).exists());
+    // A name that fits is whited out as usual.
+    fs::write(m.join("d/short"), b"s").unwrap();
+    fs::remove_file(m.join("d/short")).unwrap();
+}
+
 /// A copy-up carries the inode flags kernel overlayfs carries: no atime updates (`A`) and
 /// synchronous updates (`S`). They were dropped.
 #[test]

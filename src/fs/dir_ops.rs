@@ -646,6 +646,14 @@ impl OverlayFs {
                 self.check_prot(&c, PROT_APPEND | PROT_IMMUTABLE)?;
             }
         }
+        if self.whiteout_style == WhiteoutStyle::WhFile
+            && name::whiteout_name(name).is_none()
+            && self.lower_positive(&pnode, name)?
+        {
+            // No `.wh.` name fits (the name has 252 bytes or more): refused before anything
+            // changes, not after the directory was copied up.
+            return Err(Error::errno(libc::ENAMETOOLONG));
+        }
         let (_, pfd) = self.ensure_upper_dir(&pnode)?;
         let (_g, child) = loop {
             let g = pnode.dir_lock.write();
