@@ -636,11 +636,26 @@ fn a_hard_linked_lower_file_shows_one_link_once_copied_up() {
 /// kernel forgot the node, a moment after the unlink returned.
 #[test]
 fn unlink_frees_the_space_before_it_returns() {
-    if !can_mount() {
+    if !can_mount() || !is_root() {
+        assert!(!must_mount(), "needs root for its own tmpfs");
         return;
     }
     let s = Scratch::new();
-    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    // Upper and workdir on a tmpfs of their own: other tests writing to the same filesystem
+    // meanwhile would blur the free space measured.
+    let t = s.path("t");
+    let (ok, out) = sh(&t, "mount -t tmpfs -o size=256m layerfs-test-tmpfs .");
+    assert!(ok, "{out}");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _t = Unmount(t.clone());
+    let (l, u, w, m) = (s.path("l"), t.join("u"), t.join("w"), s.path("m"));
+    fs::create_dir_all(&u).unwrap();
+    fs::create_dir_all(&w).unwrap();
     fs::write(l.join("lower"), b"l").unwrap();
     let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     let free = || {

@@ -155,6 +155,17 @@ impl OverlayFs {
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
         let node = self.node(ino)?;
+        // Counted as open while under way: an unlink meanwhile keeps the file reachable for
+        // it (see `let_go_of_removed`), as an open racing with an unlink gets the file on a
+        // kernel filesystem.
+        struct Opening(Arc<Node>);
+        impl Drop for Opening {
+            fn drop(&mut self) {
+                self.0.opens.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        node.opens.fetch_add(1, Ordering::AcqRel);
+        let _opening = Opening(node.clone());
         let write = is_write(flags);
         let trunc = flags & libc::O_TRUNC != 0;
         let mut prot = 0;
@@ -173,7 +184,10 @@ impl OverlayFs {
         if write {
             self.copy_up(&node, !trunc)?;
         }
-        let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
+        let top = node.top().ok_or_else(|| {
+            // Removed (and let go of) before this open came: as if it came after the unlink.
+            Error::errno(if node.state.lock().unlinked { libc::ENOENT } else { libc::ESTALE })
+        })?;
         let from_lower = !top.is_upper;
         // An append-only file's writes the server serves append, whatever offset they name.
         let append = if prot & PROT_APPEND != 0 { libc::O_APPEND } else { 0 };

@@ -1906,7 +1906,12 @@ mod tests {
 
     #[test]
     fn names_sharing_a_hash_get_distinct_offsets() {
-        let e = |name: &str, cookie: u64| DirEntry { ino: 9, kind: FileType::RegularFile, name: name.into(), cookie };
+        let e = |name: &str, cookie: u64| DirEntry {
+            ino: 9,
+            kind: FileType::RegularFile,
+            name: name.into(),
+            cookie,
+        };
         let mut l = vec![e(".", 1), e("..", 2), e("a", 50), e("b", 50), e("c", 50), e("d", 51), e("z", 90)];
         unique_cookies(&mut l);
         let cookies: Vec<u64> = l.iter().map(|e| e.cookie).collect();
