@@ -1246,10 +1246,10 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
-        // Owners and modes kept in override xattrs would need the privilege drop applied there
-        // too: such mounts leave it to the kernel.
+        // The server drops setuid/setgid/capabilities itself (on the override xattr where the
+        // mode lives there): the kernel cannot drop them from a recorded mode, and drops none
+        // for an O_TRUNC open or a direct write of a caller without CAP_FSETID.
         if config.capabilities().contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
-            && !f.fs.reads_override_xattrs()
             && config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2).is_ok()
         {
             f.killpriv.store(true, Ordering::Relaxed);

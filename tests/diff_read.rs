@@ -328,6 +328,34 @@ fn inode_numbers_survive_a_copy_up_and_a_remount() {
     assert!(after.contains_key("gone") && after.contains_key("d/sub/new"));
 }
 
+/// Without an upper directory, a directory in two lowers reports the topmost one's number
+/// (as the kernel does), in a listing as in a stat, also in a directory big enough that the
+/// kernel reads it without READDIRPLUS.
+#[test]
+fn merged_directories_of_a_read_only_mount_report_the_top_layers_number() {
+    if !can_mount() {
+        return;
+    }
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let s = Scratch::new();
+    let (a, b, m) = (s.path("a"), s.path("b"), s.path("m"));
+    for i in 0..1500 {
+        fs::create_dir(a.join(format!("dir_with_a_longish_name_{i}"))).unwrap();
+        fs::create_dir(b.join(format!("dir_with_a_longish_name_{i}"))).unwrap();
+    }
+    let _g = mount_layerfs(&[a.clone(), b.clone()], None, &m, "");
+    let mut n = 0;
+    for e in fs::read_dir(&m).unwrap() {
+        let e = e.unwrap();
+        let st = fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(e.ino(), st.ino(), "d_ino != st_ino for {}", e.path().display());
+        n += 1;
+    }
+    assert_eq!(n, 1500);
+    let top = fs::metadata(a.join("dir_with_a_longish_name_7")).unwrap().ino();
+    assert_eq!(fs::metadata(m.join("dir_with_a_longish_name_7")).unwrap().ino(), top);
+}
+
 #[test]
 fn hostile_symlinks_in_a_layer_are_not_followed() {
     if !can_mount() {

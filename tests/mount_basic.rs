@@ -680,6 +680,37 @@ fn unlink_frees_the_space_before_it_returns() {
     }
 }
 
+/// A removed file an `O_PATH` descriptor still refers to keeps its inode number: a new file
+/// given the same number on the upper filesystem is never reached through that descriptor.
+/// (Letting go of the removed file at the unlink freed its inode, the next file took its
+/// number, and a write through `/proc/self/fd/N` of the old descriptor landed in it.)
+#[test]
+fn a_removed_files_number_is_not_reused_while_the_kernel_holds_it() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    for round in 0..5 {
+        let p = m.join("f");
+        fs::write(&p, b"OLD").unwrap();
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path; the descriptor is closed below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH) };
+        assert!(fd >= 0);
+        fs::remove_file(&p).unwrap();
+        let victim = m.join(format!("victim{round}"));
+        fs::write(&victim, b"PRECIOUS").unwrap();
+        if let Ok(mut f) = fs::OpenOptions::new().write(true).open(format!("/proc/self/fd/{fd}")) {
+            let _ = std::io::Write::write_all(&mut f, b"clobbered");
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        assert_eq!(fs::read(&victim).unwrap(), b"PRECIOUS", "round {round}");
+    }
+}
+
 /// xattrs set and removed through the mount while the server is short of descriptors (it
 /// closes directory descriptors it caches, and opens others) reach the object asked for and
 /// nothing else: the path `/proc/self/fd/N/name` was built from a descriptor closed before

@@ -136,3 +136,55 @@ fn unprivileged_body(via_setpriv: bool) {
     }
     assert!(seen.contains(&"d/.wh.gone".to_string()), "{seen:?}");
 }
+
+/// `diff` reads owners and modes from every override name a mount writes:
+/// `security.fuseoverlayfs.override_stat` (`xattr_permissions=1`) and the older
+/// `user.fuseoverlayfs.override_stat` as well as the containers one; none of them goes into
+/// the layer as an xattr, and a hard link's second entry shows the same owner and mode as
+/// its first. Only the containers name was read, and `=1` leaked its xattr into the layer.
+#[test]
+fn diff_reads_every_override_name() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("u");
+    fs::create_dir_all(up.join("d")).unwrap();
+    for (f, name, v) in [
+        ("f1", "security.fuseoverlayfs.override_stat", "1000:1000:4750:file"),
+        ("f2", "user.fuseoverlayfs.override_stat", "7:7:0640"),
+        ("f3", "user.containers.override_stat", "12:34:0604:file"),
+        ("d", "security.fuseoverlayfs.override_stat", "5:5:0700:dir"),
+    ] {
+        let p = up.join(f);
+        if f != "d" {
+            fs::write(&p, b"x").unwrap();
+        }
+        let o = Command::new("setfattr").args(["-n", name, "-v", v]).arg(&p).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    fs::hard_link(up.join("f3"), up.join("f3-link")).unwrap();
+    let layer = dir.path().join("l.tar");
+    run_ok(["diff".as_ref(), up.as_os_str(), "-o".as_ref(), layer.as_os_str()]);
+    let mut ar = tar::Archive::new(fs::File::open(&layer).unwrap());
+    let mut got = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let pax: Vec<String> = e
+            .pax_extensions()
+            .unwrap()
+            .map(|x| x.map(|r| r.unwrap().key().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        assert!(!pax.iter().any(|k| k.contains("override_stat")), "{p}: {pax:?}");
+        got.push(format!("{p} {}:{} {:o}", h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o7777));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["d/ 5:5 700", "f1 1000:1000 4750", "f2 7:7 640", "f3 12:34 604", "f3-link 12:34 604"],
+        "{got:?}"
+    );
+}

@@ -188,7 +188,9 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
             // other refusal (security.* without the privilege) fails the copy-up, as on the
             // kernel and fuse-overlayfs: a copy that silently lost an xattr (file
             // capabilities) would take the lower file's place.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) || cn.as_c_str() == c"security.selinux" => {
+                // (An SELinux label is the policy's to give: the kernel's copy-up leaves it to
+                // the LSM, which labels the copy itself; one the policy refuses is no error.)
                 log::debug!("copy-up: xattr {} not copied: {e}", String::from_utf8_lossy(n));
             }
             Err(e) => return Err(Error::io(e, "copy-up setxattr")),
@@ -315,9 +317,14 @@ impl OverlayFs {
                 // Kept as kernel overlayfs keeps them: the copy goes on showing them, and its
                 // real inode does not carry them (the server still copies up into it).
                 let v = super::protattr_value(prot);
-                if let Err(e) = tloc.setxattr(self.protattr_name(), v, 0) {
-                    log::warn!("copy-up {name:?}: append-only/immutable flags not kept: {e}");
-                    prot = 0;
+                match tloc.setxattr(self.protattr_name(), v, 0) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+                        log::warn!("copy-up {name:?}: append-only/immutable flags not kept: {e}");
+                        prot = 0;
+                    }
+                    // As the kernel's copy-up: not without them.
+                    Err(e) => return Err(Error::io(e, "copy-up protattr")),
                 }
             }
         }

@@ -175,13 +175,15 @@ impl OverlayFs {
         match self.write_override(loc, &o) {
             Ok(()) => Ok(()),
             Err(e)
-                if !matches!(
-                    kind,
-                    ovr::Kind::File | ovr::Kind::Dir | ovr::Kind::Block(..) | ovr::Kind::Char(..)
-                ) && matches!(e.errno, libc::EPERM | libc::EOPNOTSUPP | libc::EACCES) =>
+                if matches!(e.errno, libc::EPERM | libc::EOPNOTSUPP | libc::EACCES)
+                    && loc.stat().is_ok_and(|st| {
+                        let f = st.st_mode & libc::S_IFMT;
+                        f != libc::S_IFREG && f != libc::S_IFDIR
+                    }) =>
             {
-                // (`user.*` xattrs cannot be set on a fifo, socket or symlink.) The real owner
-                // then stands for it, where the server can set one.
+                // (`user.*` xattrs cannot be set on a fifo, socket, symlink or device node; the
+                // server made a real device where it may.) The real owner then stands for it,
+                // where the server can set one.
                 log::debug!("owner of a new {kind:?} not recorded ({e}): set on the object");
                 let mode = (kind != ovr::Kind::Symlink).then_some(perm);
                 self.set_owner(loc, None, caller, pst, mode)
@@ -698,21 +700,29 @@ impl OverlayFs {
         Ok(())
     }
 
-    /// Lets go of a removed file's pin ([`Self::pin_removed`]) when nothing can reach the file
-    /// any more (no name left, no open handle): the filesystem frees its space now, as on a
-    /// kernel filesystem, not once the kernel forgets the node. Requests that still come for
-    /// the node (an `O_PATH` descriptor's `fstat`) get ESTALE.
+    /// Frees the data of a removed file nothing can reach any more (no name left, no open
+    /// handle, no open under way): the filesystem frees its space now, as a kernel filesystem
+    /// does at the unlink, not once the kernel forgets the node. The node keeps its pin
+    /// ([`Self::pin_removed`]): the inode stays allocated, so its number cannot be handed to a
+    /// new file while the kernel may still refer to the old one (an `O_PATH` descriptor).
     fn let_go_of_removed(&self, node: &Node) {
         if node.opens.load(Ordering::Acquire) != 0 {
             return;
         }
-        let mut s = node.state.lock();
-        let Some(Loc::Pinned(fd)) = &s.upper else { return };
-        if s.kind == FileType::Directory || !sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0) {
+        let fd = {
+            let s = node.state.lock();
+            match (&s.upper, s.kind) {
+                (Some(Loc::Pinned(fd)), FileType::RegularFile) => fd.clone(),
+                _ => return,
+            }
+        };
+        if !sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0 && st.st_size > 0) {
             return;
         }
-        s.upper = None;
-        s.lower = None;
+        match sys::reopen(fd.as_fd(), libc::O_WRONLY).and_then(|w| sys::ftruncate(w.as_fd(), 0)) {
+            Ok(()) => {}
+            Err(e) => log::debug!("removed file's data not freed at the unlink: {e}"),
+        }
     }
 
     /// Renames `ocn` to `ncn`; with `whiteout`, leaves a whiteout at the old name, in the same

@@ -445,14 +445,30 @@ impl OverlayFs {
         }
         let Some(up) = node.upper() else { return Ok(()) };
         let loc = &up.loc;
-        let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
-        let mut mode = st.st_mode & 0o7777;
-        mode &= !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 || self.opts.gid_map.to_shown(st.st_gid) != caller_gid {
-            mode &= !libc::S_ISGID;
-        }
-        if mode != st.st_mode & 0o7777 {
-            loc.chmod(mode).map_err(|e| Error::io(e, "chmod"))?;
+        let drop_bits = |perm: u32, gid: u32| {
+            let mut p = perm & !libc::S_ISUID;
+            if p & libc::S_IXGRP != 0 || self.opts.gid_map.to_shown(gid) != caller_gid {
+                p &= !libc::S_ISGID;
+            }
+            p
+        };
+        match self.read_override(loc, 0).filter(|_| self.keeps_override(loc)) {
+            // The mode lives in the override xattr: the bits are dropped there.
+            Some(o) => {
+                let perm = drop_bits(o.perm, o.gid);
+                if perm != o.perm {
+                    self.write_override(loc, &ovr::Override { perm, ..o })?;
+                    self.mode_dropped(ino);
+                }
+            }
+            None => {
+                let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
+                let mode = drop_bits(st.st_mode & 0o7777, st.st_gid);
+                if mode != st.st_mode & 0o7777 {
+                    loc.chmod(mode).map_err(|e| Error::io(e, "chmod"))?;
+                    self.mode_dropped(ino);
+                }
+            }
         }
         // Looked up first: removing even an absent security.* xattr needs privilege.
         let live = loc.live().map_err(|e| Error::io(e, "xattr"))?;
@@ -465,6 +481,14 @@ impl OverlayFs {
         }
     }
 
+    /// The kernel holds the mode from before a privilege drop (after a write it updates only
+    /// size and times): it is to ask again.
+    fn mode_dropped(&self, ino: u64) {
+        if let Some(f) = self.attrs_stale.get() {
+            f(ino);
+        }
+    }
+
     /// Whether writes to this real file must drop privileges (setuid, setgid with group
     /// execute, or file capabilities): such files are not given to FUSE passthrough, whose
     /// writes the server never sees.
@@ -472,6 +496,14 @@ impl OverlayFs {
         let Ok(st) = sys::fstat(fd.as_fd()) else { return true };
         if privileged_mode(st.st_mode) {
             return true;
+        }
+        // With owners and modes in an override xattr, the mode is the recorded one.
+        if let Some(name) = self.ovr.first().copied().flatten() {
+            if let Ok(v) = sys::XattrAt::Pinned(std::os::fd::AsRawFd::as_raw_fd(fd)).get(name) {
+                if ovr::parse(&v).is_ok_and(|o| privileged_mode(o.perm)) {
+                    return true;
+                }
+            }
         }
         match sys::fgetxattr_len(fd.as_fd(), CAPS_XATTR) {
             Err(e) => e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EOPNOTSUPP),

@@ -1308,7 +1308,7 @@ impl OverlayFs {
                     // The number of the topmost lower directory where there is one: it stays
                     // the same once the directory is copied up, also after a remount, and so do
                     // those of the lower files in it (see `lower_leaf_id`).
-                    if li == 0 {
+                    if pos == 0 && upper_dir.is_some() {
                         upper_id = Some(self.ino_for(li, *ino));
                     } else if id.is_none() {
                         id = Some(self.ino_for(li, *ino));
@@ -1531,7 +1531,7 @@ impl OverlayFs {
                 Some((bpos, (FileType::Directory, bino)))
                     if kind == FileType::Directory
                         && self.layers[li].is_upper
-                        && !upper_subdir_opaque(&dirs[pos].1, &name) =>
+                        && self.merges(self.ino_for(dirs[bpos].0, bino), &dirs[pos].1, &name) =>
                 {
                     self.ino_for(dirs[bpos].0, bino)
                 }
@@ -1732,10 +1732,29 @@ impl OverlayFs {
     }
 }
 
-/// The node id of a lower non-directory: derived from its directory's id and its name, not from
-/// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
-/// overlayfs without `index=on`: writing through one name copies up that name only). Ids
-/// from inode numbers never have the top bit set; these always do.
+impl OverlayFs {
+    /// Whether the upper directory `name` in `dir`, over a lower directory whose id is
+    /// `lower_id`, merges with it (is not opaque). A live node of that id that merges says so
+    /// without a syscall (a lookup gave it that id for that reason).
+    fn merges(&self, lower_id: u64, dir: &OwnedFd, name: &[u8]) -> bool {
+        let live = match self.nodes.read().get(&lower_id) {
+            Some(lite::Slot::Full(n)) => Some(n.clone()),
+            _ => None,
+        };
+        if let Some(n) = live {
+            let s = n.state.lock();
+            if s.kind == FileType::Directory
+                && !s.unlinked
+                && !s.lower_dirs.is_empty()
+                && s.name.to_bytes() == name
+            {
+                return true;
+            }
+        }
+        !upper_subdir_opaque(dir, name)
+    }
+}
+
 /// Whether the upper directory `name` in `dir` is opaque (or cannot be read: then it is
 /// taken as not merging).
 fn upper_subdir_opaque(dir: &OwnedFd, name: &[u8]) -> bool {
@@ -1746,6 +1765,10 @@ fn upper_subdir_opaque(dir: &OwnedFd, name: &[u8]) -> bool {
     }
 }
 
+/// The node id of a lower non-directory: derived from its directory's id and its name, not from
+/// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
+/// overlayfs without `index=on`: writing through one name copies up that name only). Ids
+/// from inode numbers never have the top bit set; these always do.
 pub(crate) fn lower_leaf_id(parent: u64, name: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in parent.to_le_bytes().iter().chain(name) {

@@ -36,7 +36,7 @@ use super::error::{Context, Error, Result, show};
 use super::fsutil::{self, XattrFd};
 use super::paths::{self, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX};
 use super::progress::Progress;
-use super::unpack::{OVERRIDE_STAT, is_private_xattr};
+use super::unpack::is_private_xattr;
 
 /// Result of an export.
 #[derive(Debug, Clone)]
@@ -364,8 +364,15 @@ fn read_xattrs(x: XattrFd<'_>, path: &[u8]) -> Result<(Xattrs, Option<Vec<u8>>)>
     let mut ovr = None;
     let names = fsutil::list_xattrs(x).ctx(|| format!("list xattrs of {}", show(path)))?;
     for n in names {
-        if n == OVERRIDE_STAT {
-            ovr = fsutil::get_xattr(x, &n).ok().flatten();
+        if crate::ovr::is_override_xattr(&n) {
+            // Any of the three names (xattr_permissions=1 writes the security.* one, =2 the
+            // containers one or the older fuse-overlayfs one): never exported as an xattr.
+            let rank = |m: &[u8]| crate::ovr::NAMES.iter().position(|k| k.to_bytes() == m);
+            if ovr.as_ref().is_none_or(|(r, _)| rank(&n) < Some(*r)) {
+                if let Ok(Some(v)) = fsutil::get_xattr(x, &n) {
+                    ovr = Some((rank(&n).unwrap_or(usize::MAX), v));
+                }
+            }
             continue;
         }
         if is_private_xattr(&n) {
@@ -398,52 +405,37 @@ fn read_xattrs(x: XattrFd<'_>, path: &[u8]) -> Result<(Xattrs, Option<Vec<u8>>)>
         }
     }
     out.sort();
-    Ok((out, ovr))
+    Ok((out, ovr.map(|(_, v)| v)))
 }
 
-/// Applies a `user.containers.override_stat` value (`uid:gid:mode:type`).
+/// Applies an override value (`uid:gid:mode[:type]`, see [`crate::ovr`]): owner and mode,
+/// and for a regular file standing for a device or fifo (made where mknod was refused), its
+/// type.
 fn apply_override(h: &mut Hdr, v: &[u8]) {
-    let s = String::from_utf8_lossy(v);
-    let parts: Vec<&str> = s.trim().splitn(4, ':').collect();
-    if parts.len() < 3 {
-        log::warn!("ignoring malformed override_stat {s:?} on {}", show(&h.path));
-        return;
-    }
-    let (Ok(uid), Ok(gid), Ok(mode)) =
-        (parts[0].parse::<u64>(), parts[1].parse::<u64>(), u32::from_str_radix(parts[2], 8))
-    else {
-        log::warn!("ignoring malformed override_stat {s:?} on {}", show(&h.path));
-        return;
+    let o = match crate::ovr::parse(v) {
+        Ok(o) => o,
+        Err(e) => {
+            log::warn!("ignoring malformed override_stat on {}: {e}", show(&h.path));
+            return;
+        }
     };
-    h.uid = uid;
-    h.gid = gid;
-    h.mode = mode & 0o7777;
+    h.uid = u64::from(o.uid);
+    h.gid = u64::from(o.gid);
+    if h.kind != Kind::Symlink {
+        h.mode = o.perm;
+    }
     if h.kind != Kind::File {
         return;
     }
-    let t = parts.get(3).copied().unwrap_or("file");
-    let dev = |rest: &str| -> Option<(u32, u32)> {
-        let (a, b) = rest.split_once('-')?;
-        Some((a.parse().ok()?, b.parse().ok()?))
+    let (kind, dev) = match o.kind {
+        Some(crate::ovr::Kind::Char(ma, mi)) => (Kind::Char, (ma, mi)),
+        Some(crate::ovr::Kind::Block(ma, mi)) => (Kind::Block, (ma, mi)),
+        Some(crate::ovr::Kind::Pipe) => (Kind::Fifo, (0, 0)),
+        _ => return,
     };
-    if let Some(rest) = t.strip_prefix("char-") {
-        if let Some((ma, mi)) = dev(rest) {
-            h.kind = Kind::Char;
-            h.major = ma;
-            h.minor = mi;
-            h.size = 0;
-        }
-    } else if let Some(rest) = t.strip_prefix("block-") {
-        if let Some((ma, mi)) = dev(rest) {
-            h.kind = Kind::Block;
-            h.major = ma;
-            h.minor = mi;
-            h.size = 0;
-        }
-    } else if t == "pipe" {
-        h.kind = Kind::Fifo;
-        h.size = 0;
-    }
+    h.kind = kind;
+    (h.major, h.minor) = dev;
+    h.size = 0;
 }
 
 impl<W: Write> Exporter<W> {
@@ -540,8 +532,12 @@ impl<W: Write> Exporter<W> {
         if st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
             if let Some(first) = self.links.get(&key) {
-                let mut h = Hdr::new(path, Kind::Hardlink, st);
+                let mut h = Hdr::new(path.clone(), Kind::Hardlink, st);
                 h.link = first.clone();
+                if let (_, Some(v)) = read_xattrs(XattrFd::Link(dfd.as_fd(), name), &path)? {
+                    // Owner and mode as the first name's entry shows them.
+                    apply_override(&mut h, &v);
+                }
                 return self.out.entry(&h, None);
             }
             self.links.insert(key, path.clone());
@@ -571,7 +567,11 @@ impl<W: Write> Exporter<W> {
                 h.link =
                     fsutil::readlink_at(dfd.as_fd(), name).ctx(|| format!("readlink {}", show(&path)))?;
                 h.mode = 0o777;
-                h.xattrs = read_xattrs(XattrFd::Link(dfd.as_fd(), name), &path)?.0;
+                let (x, ovr) = read_xattrs(XattrFd::Link(dfd.as_fd(), name), &path)?;
+                h.xattrs = x;
+                if let Some(v) = ovr {
+                    apply_override(&mut h, &v);
+                }
                 self.out.entry(&h, None)
             }
             libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
@@ -587,7 +587,11 @@ impl<W: Write> Exporter<W> {
                 }
                 if let Ok(pfd) = fsutil::open_path_at(dfd.as_fd(), name) {
                     if fsutil::fstat(pfd.as_fd()).map(|s| ftype(&s) == t).unwrap_or(false) {
-                        h.xattrs = read_xattrs(XattrFd::Proc(pfd.as_fd()), &path)?.0;
+                        let (x, ovr) = read_xattrs(XattrFd::Proc(pfd.as_fd()), &path)?;
+                        h.xattrs = x;
+                        if let Some(v) = ovr {
+                            apply_override(&mut h, &v);
+                        }
                     }
                 }
                 self.out.entry(&h, None)
