@@ -830,6 +830,7 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
                 atime: set_time(valid, FATTR_ATIME, FATTR_ATIME_NOW, rd64(op, 32), rd32(op, 56)),
                 mtime: set_time(valid, FATTR_MTIME, FATTR_MTIME_NOW, rd64(op, 40), rd32(op, 60)),
                 fh: (valid & FATTR_FH != 0).then(|| rd64(op, 8)),
+                caller: (ctx.uid, ctx.gid),
             };
             let s = SetattrIn { attr, ctime: valid & FATTR_CTIME != 0 };
             f.setattr(ctx, ino, s)

@@ -631,55 +631,6 @@ fn a_hard_linked_lower_file_shows_one_link_once_copied_up() {
     assert_eq!(fs::read(m.join("b")).unwrap(), b"a");
 }
 
-/// An unlinked file nothing holds any more frees its space within the unlink, as on a kernel
-/// filesystem (`rm big && write` on a full disk): the server let go of the file only once the
-/// kernel forgot the node, a moment after the unlink returned.
-#[test]
-fn unlink_frees_the_space_before_it_returns() {
-    if !can_mount() || !is_root() {
-        assert!(!must_mount(), "needs root for its own tmpfs");
-        return;
-    }
-    let s = Scratch::new();
-    // Upper and workdir on a tmpfs of their own: other tests writing to the same filesystem
-    // meanwhile would blur the free space measured.
-    let t = s.path("t");
-    let (ok, out) = sh(&t, "mount -t tmpfs -o size=256m layerfs-test-tmpfs .");
-    assert!(ok, "{out}");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _t = Unmount(t.clone());
-    let (l, u, w, m) = (s.path("l"), t.join("u"), t.join("w"), s.path("m"));
-    fs::create_dir_all(&u).unwrap();
-    fs::create_dir_all(&w).unwrap();
-    fs::write(l.join("lower"), b"l").unwrap();
-    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
-    let free = || {
-        let c = std::ffi::CString::new(u.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid path and a statvfs to fill.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-        st.f_bfree * st.f_frsize
-    };
-    const SIZE: u64 = 64 << 20;
-    for (round, name) in ["big", "lower", "big2", "big", "lower"].iter().enumerate() {
-        let mut f = fs::File::create(m.join(name)).unwrap();
-        std::io::Write::write_all(&mut f, &vec![7u8; SIZE as usize]).unwrap();
-        f.sync_all().unwrap();
-        drop(f);
-        // The asynchronous RELEASE of that handle has reached the server.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let before = free();
-        fs::remove_file(m.join(name)).unwrap();
-        let after = free();
-        assert!(after >= before + SIZE / 2, "round {round} ({name}): {before} -> {after} bytes free");
-    }
-}
-
 /// A removed file an `O_PATH` descriptor still refers to keeps its inode number: a new file
 /// given the same number on the upper filesystem is never reached through that descriptor.
 /// (Letting go of the removed file at the unlink freed its inode, the next file took its

@@ -409,7 +409,8 @@ fn acls_and_the_override_agree_on_the_mode() {
 
 /// With owners and modes in the override xattr, a write or an O_TRUNC open by a caller
 /// other than the owner (no CAP_FSETID) drops setuid/setgid there, as the kernel drops them,
-/// also through a write-only handle the server serves, and the mode shown changes at once.
+/// also through a write-only handle the server serves, and the mode shown changes at once; a
+/// chown drops setuid (and setgid where group-executable), as the VFS does.
 /// As root, a device node is made as a real one (no `user.*` xattr can be set on it).
 #[test]
 fn writes_by_others_drop_setuid_in_the_override() {
@@ -425,12 +426,14 @@ fn writes_by_others_drop_setuid_in_the_override() {
         let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opts);
         let script = "for f in wo rw tr; do echo hello > $f; chown 1000:1000 $f; chmod 6777 $f; done; \
             setpriv --reuid 1003 --regid 1003 --clear-groups sh -c 'echo x >> wo; echo x 1<> rw; : > tr' && \
-            stat -c '%n %A' wo rw tr | tr '\\n' ' '; mknod c13 c 1 3 && stat -c '%n %F %t:%T' c13";
+            echo d > ch && chown 1000:1000 ch && chmod 6755 ch && chown 0:0 ch && \
+            echo d > chnx && chmod 2644 chnx && chown 1000:1000 chnx && \
+            stat -c '%n %A' wo rw tr ch chnx | tr '\\n' ' '; mknod c13 c 1 3 && stat -c '%n %F %t:%T' c13";
         let (ok, out) = sh(&m, script);
         assert!(ok, "{opts}: {out}");
         assert_eq!(
             out.trim(),
-            "wo -rwxrwxrwx rw -rwxrwxrwx tr -rwxrwxrwx c13 character special file 1:3",
+            "wo -rwxrwxrwx rw -rwxrwxrwx tr -rwxrwxrwx ch -rwxr-xr-x chnx -rw-r-Sr-- c13 character special file 1:3",
             "{opts}"
         );
         if opts.contains("xattr_permissions") {

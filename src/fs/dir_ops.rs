@@ -696,33 +696,7 @@ impl OverlayFs {
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
         child.state.lock().unlinked = true;
-        self.let_go_of_removed(&child);
         Ok(())
-    }
-
-    /// Frees the data of a removed file nothing can reach any more (no name left, no open
-    /// handle, no open under way): the filesystem frees its space now, as a kernel filesystem
-    /// does at the unlink, not once the kernel forgets the node. The node keeps its pin
-    /// ([`Self::pin_removed`]): the inode stays allocated, so its number cannot be handed to a
-    /// new file while the kernel may still refer to the old one (an `O_PATH` descriptor).
-    fn let_go_of_removed(&self, node: &Node) {
-        if node.opens.load(Ordering::Acquire) != 0 {
-            return;
-        }
-        let fd = {
-            let s = node.state.lock();
-            match (&s.upper, s.kind) {
-                (Some(Loc::Pinned(fd)), FileType::RegularFile) => fd.clone(),
-                _ => return,
-            }
-        };
-        if !sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0 && st.st_size > 0) {
-            return;
-        }
-        match sys::reopen(fd.as_fd(), libc::O_WRONLY).and_then(|w| sys::ftruncate(w.as_fd(), 0)) {
-            Ok(()) => {}
-            Err(e) => log::debug!("removed file's data not freed at the unlink: {e}"),
-        }
     }
 
     /// Renames `ocn` to `ncn`; with `whiteout`, leaves a whiteout at the old name, in the same
@@ -1029,7 +1003,6 @@ impl OverlayFs {
         }
         if let Some(d) = &dst {
             d.state.lock().unlinked = true;
-            self.let_go_of_removed(d);
         }
         self.moved(&src, &npn, &npdir, nname, &ncn)?;
         Ok(None)

@@ -45,6 +45,8 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
+    /// Who asks (uid, gid as shown): a chown's dropping of setuid/setgid depends on it.
+    pub caller: (u32, u32),
 }
 
 /// File capabilities: dropped by writes, as setuid is.
@@ -101,7 +103,6 @@ impl OverlayFs {
         write_only: bool,
     ) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        node.opens.fetch_add(1, Ordering::AcqRel);
         self.files.write().insert(
             fh,
             Arc::new(FileHandle {
@@ -155,17 +156,6 @@ impl OverlayFs {
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
         let node = self.node(ino)?;
-        // Counted as open while under way: an unlink meanwhile keeps the file reachable for
-        // it (see `let_go_of_removed`), as an open racing with an unlink gets the file on a
-        // kernel filesystem.
-        struct Opening(Arc<Node>);
-        impl Drop for Opening {
-            fn drop(&mut self) {
-                self.0.opens.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        node.opens.fetch_add(1, Ordering::AcqRel);
-        let _opening = Opening(node.clone());
         let write = is_write(flags);
         let trunc = flags & libc::O_TRUNC != 0;
         let mut prot = 0;
@@ -184,10 +174,7 @@ impl OverlayFs {
         if write {
             self.copy_up(&node, !trunc)?;
         }
-        let top = node.top().ok_or_else(|| {
-            // Removed (and let go of) before this open came: as if it came after the unlink.
-            Error::errno(if node.state.lock().unlinked { libc::ENOENT } else { libc::ESTALE })
-        })?;
+        let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
         let from_lower = !top.is_upper;
         // An append-only file's writes the server serves append, whatever offset they name.
         let append = if prot & PROT_APPEND != 0 { libc::O_APPEND } else { 0 };
@@ -548,10 +535,7 @@ impl OverlayFs {
     }
 
     pub fn release(&self, fh: u64) {
-        let h = self.files.write().remove(&fh);
-        if let Some(h) = h {
-            h.node.opens.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.files.write().remove(&fh);
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
@@ -626,10 +610,22 @@ impl OverlayFs {
             // needs to reach it.
             let st = self.stat_eff(loc, 0).map_err(|e| Error::io(e, "stat"))?;
             let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+            let mut perm = sa.mode.map_or(st.st_mode, |m| m) & 0o7777;
+            if sa.mode.is_none() && kind != FileType::Directory {
+                // A chown drops setuid, and setgid where group-executable or where the caller
+                // (not root) is not in the file's group, as the VFS does; under
+                // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to the server (the real
+                // chown does it where the mode is real).
+                let (cuid, cgid) = sa.caller;
+                perm &= !libc::S_ISUID;
+                if perm & libc::S_IXGRP != 0 || (cuid != 0 && self.opts.gid_map.to_shown(st.st_gid) != cgid) {
+                    perm &= !libc::S_ISGID;
+                }
+            }
             let o = ovr::Override {
                 uid: if uid == u32::MAX { st.st_uid } else { uid },
                 gid: if gid == u32::MAX { st.st_gid } else { gid },
-                perm: sa.mode.map_or(st.st_mode, |m| m) & 0o7777,
+                perm,
                 kind: ovr::Kind::from_mode(st.st_mode, st.st_rdev),
             };
             self.write_override(loc, &o)?;

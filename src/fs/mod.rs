@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -210,8 +210,6 @@ pub struct Node {
     pub(crate) dir_lock: RwLock<()>,
     pub(crate) copy_lock: Mutex<()>,
     pub(crate) has_upper: AtomicBool,
-    /// Open file handles of the node.
-    pub(crate) opens: AtomicU32,
     /// Append-only/immutable ([`PROT_APPEND`], [`PROT_IMMUTABLE`]) as last found, or
     /// [`PROT_UNKNOWN`] (see [`OverlayFs::prot`]).
     pub(crate) prot: AtomicU8,
@@ -275,7 +273,6 @@ impl Node {
             state: Mutex::new(state),
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
-            opens: AtomicU32::new(0),
             prot: AtomicU8::new(PROT_UNKNOWN),
         })
     }
