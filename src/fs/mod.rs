@@ -903,8 +903,8 @@ impl OverlayFs {
     }
 
     /// A node's append-only and immutable flags ([`PROT_APPEND`], [`PROT_IMMUTABLE`]), as the
-    /// kernel's overlay inode has them: those of its topmost real object, and for an upper one
-    /// also those kept in `protattr`. The VFS checks them on a FUSE inode never (FUSE cannot
+    /// kernel's overlay inode has them: a lower object's own, an upper one's kept in
+    /// `protattr`. The VFS checks them on a FUSE inode never (FUSE cannot
     /// set them there), so the server refuses what they forbid. Kept in the node once found.
     pub(crate) fn prot(&self, node: &Node) -> u8 {
         let p = node.prot.load(Ordering::Acquire);
@@ -915,17 +915,20 @@ impl OverlayFs {
         let mut p = 0;
         if matches!(kind, FileType::RegularFile | FileType::Directory) {
             if let Some(top) = node.top() {
-                if let Ok(a) = top.loc.live().and_then(|l| l.attributes()) {
+                if top.is_upper {
+                    // The upper object's own flags the upper filesystem enforces on the
+                    // server's operations on it; the ones the mount keeps are in protattr.
+                    if !self.opts.noxattrs {
+                        if let Ok(v) = top.loc.getxattr(self.protattr_name()) {
+                            p |= protattr_bits(&v);
+                        }
+                    }
+                } else if let Ok(a) = top.loc.live().and_then(|l| l.attributes()) {
                     if a & sys::STATX_ATTR_APPEND != 0 {
                         p |= PROT_APPEND;
                     }
                     if a & sys::STATX_ATTR_IMMUTABLE != 0 {
                         p |= PROT_IMMUTABLE;
-                    }
-                }
-                if top.is_upper && !self.opts.noxattrs {
-                    if let Ok(v) = top.loc.getxattr(self.protattr_name()) {
-                        p |= protattr_bits(&v);
                     }
                 }
             }
