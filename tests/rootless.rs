@@ -229,18 +229,25 @@ cat k.out; echo ===; cat f.out
     assert_eq!(md.uid(), sub + 999);
 }
 
+/// The test user, /dev/fuse usable by it, and a scratch directory it can reach; None where
+/// the test cannot run (outside CI).
+fn user_scratch() -> Option<(u32, u32, Scratch)> {
+    if !can_mount() {
+        return None;
+    }
+    let (uid, gid) = test_user()?;
+    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    Some((uid, gid, s))
+}
+
 /// A copy-up that cannot carry an xattr of the lower file (a `security.*` one set by real root,
 /// which root in a user namespace may not set) fails with EPERM, as on kernel overlayfs and
 /// fuse-overlayfs, rather than put a copy without it in the lower file's place.
 #[test]
 fn copy_up_that_would_lose_an_xattr_fails() {
-    if !can_mount() {
-        return;
-    }
-    let Some((uid, gid)) = test_user() else { return };
-    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
-    let s = Scratch::new();
-    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some((uid, gid, s)) = user_scratch() else { return };
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     fs::write(l.join("f"), b"low\n").unwrap();
     let (ok, out) = sh(&l, "setfattr -n security.foo -v bar f");
@@ -273,13 +280,7 @@ cat $M/f
 /// refuses it): the mount says so in one line rather than dropping it silently.
 #[test]
 fn plain_users_auto_unmount_is_not_dropped_silently() {
-    if !can_mount() {
-        return;
-    }
-    let Some((uid, gid)) = test_user() else { return };
-    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
-    let s = Scratch::new();
-    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some((uid, gid, s)) = user_scratch() else { return };
     let (l, m) = (s.path("l"), s.path("m"));
     fs::write(l.join("f"), b"f").unwrap();
     chown_r(s.dir.path(), uid, gid);
