@@ -439,16 +439,18 @@ impl OverlayFs {
             }
             p
         };
-        match self.read_override(loc, 0).filter(|_| self.keeps_override(loc)) {
+        match self.read_override(loc, 0) {
+            // Nothing to drop: no stat (this runs for every write of such a caller).
+            Some(o) if o.perm & (libc::S_ISUID | libc::S_ISGID) == 0 => {}
             // The mode lives in the override xattr: the bits are dropped there.
-            Some(o) => {
+            Some(o) if self.keeps_override(loc) => {
                 let perm = drop_bits(o.perm, o.gid);
                 if perm != o.perm {
                     self.write_override(loc, &ovr::Override { perm, ..o })?;
                     self.mode_dropped(ino);
                 }
             }
-            None => {
+            _ => {
                 let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
                 let mode = drop_bits(st.st_mode & 0o7777, st.st_gid);
                 if mode != st.st_mode & 0o7777 {
