@@ -22,6 +22,7 @@ fn raw_entry(name: &[u8], typ: u8, link: &[u8], data: &[u8], mode: u32) -> Vec<u
         u.linkname[..link.len()].copy_from_slice(link);
     }
     h.set_entry_type(tar::EntryType::new(typ));
+    h.as_mut_bytes()[156] = typ; // as given: the crate writes type NUL as '0'
     h.set_mode(mode);
     h.set_uid(0);
     h.set_gid(0);
@@ -488,4 +489,188 @@ fn pax_values_with_newlines() {
     assert_eq!(fs::read(t.join("d/with\nnewline")).unwrap(), b"x");
     assert_eq!(fs::read(t.join("d/header-name")).unwrap(), b"y");
     assert!(!t.join("evil").exists() && !t.join("d/plain-name").exists());
+}
+
+/// A layer that whites out a name and also has entries under it (a directory entry, or
+/// entries beneath it, in either order) keeps its own entries and hides the lower layers':
+/// the OCI rules apply a whiteout to lower layers only, so the name becomes an opaque
+/// directory. A directory the layer made only to hold whiteouts gives way to the whiteout.
+/// Unpacked as a layer, the whiteout was lost (a plain directory, the lower entries showing
+/// through) or kept beside a `.wh.` marker, or the unpack failed on the char device;
+/// `--flatten` of the same chain was already right, and both now agree.
+#[test]
+fn whiteout_and_entries_under_it_in_one_layer() {
+    let a = arena();
+    let upper = a.root.join("upper.tar");
+    fs::write(
+        &upper,
+        [
+            file(".wh.x", b""),
+            dir("x/"),
+            file("x/new", b"n"),
+            dir("y/"),
+            file("y/new", b"n"),
+            file(".wh.y", b""),
+            file("z/.wh.b", b""),
+            file(".wh.z", b""),
+            file(".wh.v", b""),
+            file("v/.wh.b", b""),
+            file(".wh.w", b""),
+            file("w/new", b"n"),
+            file("q/new", b"n"),
+            file(".wh.q", b""),
+            end(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    for form in ["chardev", "wh"] {
+        let t = a.root.join(format!("work/layer-{form}"));
+        run_ok(["unpack".as_ref(), "--whiteouts".as_ref(), form.as_ref(), s(&upper), s(&t)]);
+        for d in ["x", "y", "w", "q"] {
+            assert!(fs::symlink_metadata(t.join(d)).unwrap().is_dir(), "{form}: {d}");
+            assert!(!t.join(format!(".wh.{d}")).exists(), "{form}: .wh.{d} left beside the directory");
+            let xs = layerfs::oci::xattrs_nofollow(&t.join(d)).unwrap();
+            let by_xattr = xs.iter().any(|(k, v)| k == b"trusted.overlay.opaque" && v == b"y");
+            let by_file = t.join(d).join(".wh..wh..opq").exists();
+            match form {
+                "chardev" => assert!(by_xattr, "{form}: {d} not opaque: {xs:?}"),
+                _ => assert!(by_file, "{form}: {d} has no .wh..wh..opq"),
+            }
+            assert_eq!(fs::read(t.join(d).join("new")).unwrap(), b"n", "{form}: {d}/new");
+        }
+        for d in ["z", "v"] {
+            match form {
+                "chardev" => {
+                    let m = fs::symlink_metadata(t.join(d)).unwrap();
+                    assert!(m.file_type().is_char_device(), "{form}: {d} is not a whiteout");
+                }
+                _ => {
+                    assert!(!t.join(d).exists(), "{form}: {d} left as a directory");
+                    assert!(t.join(format!(".wh.{d}")).exists(), "{form}: no .wh.{d}");
+                }
+            }
+        }
+    }
+    // The same chain flattened: the lower contents are gone, the layer's own stay.
+    let lower = a.root.join("lower.tar");
+    let mut entries = Vec::new();
+    for d in ["x", "y", "z", "v", "w", "q"] {
+        entries.push(dir(&format!("{d}/")));
+        entries.push(file(&format!("{d}/b"), b"b"));
+        entries.push(file(&format!("{d}/old"), b"o"));
+    }
+    entries.push(end());
+    fs::write(&lower, entries.concat()).unwrap();
+    let flat = a.root.join("work/flat");
+    run_ok(["unpack".as_ref(), "--flatten".as_ref(), s(&lower), s(&upper), s(&flat)]);
+    let mut names: Vec<String> =
+        walk(&flat).into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["q", "q/new", "w", "w/new", "x", "x/new", "y", "y/new"]);
+}
+
+/// A directory declared again by a later layer takes that layer's attributes: xattrs it no
+/// longer has go (they were merged), with `--flatten`.
+#[test]
+fn redeclared_directory_replaces_its_xattrs() {
+    let a = arena();
+    let pax = |recs: &[(&str, &str)]| -> Vec<u8> {
+        let body: Vec<u8> = recs.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        raw_entry(b"PaxHeaders/d", b'x', b"", &body, 0o644)
+    };
+    let l1 = a.root.join("l1.tar");
+    fs::write(
+        &l1,
+        [pax(&[("SCHILY.xattr.user.a", "1"), ("SCHILY.xattr.user.b", "old")]), dir("d/"), end()].concat(),
+    )
+    .unwrap();
+    let l2 = a.root.join("l2.tar");
+    fs::write(&l2, [pax(&[("SCHILY.xattr.user.b", "new")]), dir("d/"), end()].concat()).unwrap();
+    let flat = a.root.join("work/flat");
+    run_ok(["unpack".as_ref(), "--flatten".as_ref(), s(&l1), s(&l2), s(&flat)]);
+    let xs = layerfs::oci::xattrs_nofollow(&flat.join("d")).unwrap();
+    let user: Vec<_> = xs.iter().filter(|(k, _)| k.starts_with(b"user.")).collect();
+    assert_eq!(user, vec![&(b"user.b".to_vec(), b"new".to_vec())], "{xs:?}");
+}
+
+/// Pre-POSIX directory entries (type NUL, name ending in '/') are directories, as GNU tar and
+/// Go's archive/tar read them; they were unpacked as empty files, and the next entry failed.
+#[test]
+fn legacy_directory_entries_are_directories() {
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    fs::write(
+        &tar,
+        [raw_entry(b"old/", 0, b"", b"", 0o750), raw_entry(b"old/f", 0, b"", b"x", 0o644), end()].concat(),
+    )
+    .unwrap();
+    let t = &a.target;
+    run_ok(["unpack".as_ref(), s(&tar), s(t)]);
+    use std::os::unix::fs::PermissionsExt;
+    let m = fs::symlink_metadata(t.join("old")).unwrap();
+    assert!(m.is_dir());
+    assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(fs::read(t.join("old/f")).unwrap(), b"x");
+}
+
+/// A tree deeper than the usual soft descriptor limit (1024) unpacks and diffs: both hold a
+/// descriptor per directory level, and failed with EMFILE where GNU tar does not.
+#[test]
+fn deep_tree_under_a_1024_descriptor_limit() {
+    let a = arena();
+    let tar = a.root.join("deep.tar");
+    let path = format!("{}f", "d/".repeat(1500));
+    {
+        let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, &path, &b"ok"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let t = &a.target;
+    let low_limit = |args: &[&OsStr]| {
+        let mut c = std::process::Command::new(bin());
+        c.args(args);
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+                r.rlim_cur = 1024;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    low_limit(&["unpack".as_ref(), s(&tar), s(t)]);
+    assert_eq!(fs::read(t.join(&path)).unwrap(), b"ok");
+    let out = a.root.join("diff.tar");
+    low_limit(&["diff".as_ref(), s(t), "-o".as_ref(), s(&out)]);
+    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+    assert!(ar.entries().unwrap().any(|e| e.unwrap().path().unwrap().to_string_lossy() == path));
+}
+
+/// `diff UPPER -o UPPER/x.tar` leaves its own output out of the layer (as GNU tar leaves out
+/// its archive); the temporary file it writes first went in, empty or half-written.
+#[test]
+fn diff_output_inside_the_directory_is_not_exported() {
+    let a = arena();
+    let up = a.root.join("work/up");
+    fs::create_dir_all(&up).unwrap();
+    fs::write(up.join("f"), b"f").unwrap();
+    let out = up.join("x.tar");
+    run_ok(["diff".as_ref(), s(&up), "-o".as_ref(), s(&out)]);
+    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+    let names: Vec<String> =
+        ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["f"]);
 }

@@ -188,3 +188,89 @@ fn diff_reads_every_override_name() {
         "{got:?}"
     );
 }
+
+/// Unprivileged `--flatten` onto read-only directories (Fedora's `/usr/bin` is 0555): a later
+/// layer adds to one and whites out in it, the directory keeps its mode; a failed unpack and
+/// `store rm` clean up such directories. Failed with "Permission denied" and left a
+/// `TARGET.tmp-*` directory that `rm -rf` could not remove either.
+#[test]
+fn unprivileged_flatten_and_cleanup_of_read_only_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("w");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let write = |name: &str, entries: &[Vec<u8>]| {
+        let p = dir.join(name);
+        fs::write(&p, [entries.concat(), vec![0u8; 1024]].concat()).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let base = write(
+        "base.tar",
+        &[
+            entry("usr/", b'5', b"", 0o755, 0, (0, 0)),
+            entry("usr/bin/", b'5', b"", 0o555, 0, (0, 0)),
+            entry("usr/bin/sh", b'0', b"sh", 0o755, 0, (0, 0)),
+            entry("usr/bin/ro/", b'5', b"", 0o555, 0, (0, 0)),
+            entry("usr/bin/ro/x", b'0', b"x", 0o644, 0, (0, 0)),
+        ],
+    );
+    let next = write(
+        "next.tar",
+        &[
+            entry("usr/bin/tool", b'0', b"tool", 0o755, 0, (0, 0)),
+            entry("usr/bin/.wh.sh", b'0', b"", 0o644, 0, (0, 0)),
+        ],
+    );
+    let run = |args: &[&std::ffi::OsStr]| {
+        if fsutil_euid() != 0 { Command::new(bin()).args(args).output().unwrap() } else { as_nobody(args) }
+    };
+    let flat = dir.join("flat");
+    let o =
+        run(&["unpack".as_ref(), "--flatten".as_ref(), base.as_os_str(), next.as_os_str(), flat.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read(flat.join("usr/bin/tool")).unwrap(), b"tool");
+    assert!(!flat.join("usr/bin/sh").exists());
+    assert_eq!(fs::metadata(flat.join("usr/bin")).unwrap().permissions().mode() & 0o7777, 0o555);
+
+    // A failure after the read-only directories were made: nothing is left beside the target.
+    // A header that promises 4096 bytes of data and has none.
+    let bad = dir.join("bad.tar");
+    let mut h = tar::Header::new_ustar();
+    h.set_path("usr/bin/big").unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(4096);
+    h.set_cksum();
+    fs::write(&bad, h.as_bytes()).unwrap();
+    fs::set_permissions(&bad, fs::Permissions::from_mode(0o644)).unwrap();
+    let failed = dir.join("failed");
+    let o = run(&[
+        "unpack".as_ref(),
+        "--flatten".as_ref(),
+        base.as_os_str(),
+        bad.as_os_str(),
+        failed.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    let left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        left.iter().all(|n| !n.to_string_lossy().starts_with("failed")),
+        "{left:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // `store rm` of a layer holding read-only directories removes all of it.
+    let store = dir.join("store");
+    let o =
+        run(&["store".as_ref(), "--root".as_ref(), store.as_os_str(), "import".as_ref(), base.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout).split_whitespace().last().unwrap().to_string();
+    let o = run(&["store".as_ref(), "--root".as_ref(), store.as_os_str(), "rm".as_ref(), id.as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for sub in ["layers", "tmp"] {
+        let n = fs::read_dir(store.join(sub)).unwrap().count();
+        assert_eq!(n, 0, "{sub} not empty after store rm");
+    }
+}

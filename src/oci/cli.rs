@@ -140,6 +140,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     init_logging();
+    // Unpack and diff hold a descriptor per directory level of the path they are at: a tree
+    // deeper than the usual soft limit of 1024 must not fail with EMFILE where tar does not.
+    crate::sys::raise_nofile_limit();
     match run(cli.cmd) {
         Ok(code) => code,
         Err(e) => {

@@ -91,6 +91,12 @@ impl Hdr {
 
 /// Writes `diff` of `upper` to `out`; returns the DiffID and byte count.
 pub fn export<W: Write>(upper: &Path, out: W) -> Result<ExportReport> {
+    export_skipping(upper, out, None)
+}
+
+/// [`export`], leaving out the regular file `skip` (device, inode): the output file itself
+/// when it is written inside the directory exported (as GNU tar leaves out its archive).
+fn export_skipping<W: Write>(upper: &Path, out: W, skip: Option<(u64, u64)>) -> Result<ExportReport> {
     let root = fsutil::open_dir_path(upper).ctx(|| format!("open {}", upper.display()))?;
     let st = fsutil::fstat(root.as_fd())?;
     let p = Progress::bytes(0, "diff");
@@ -99,6 +105,7 @@ pub fn export<W: Write>(upper: &Path, out: W) -> Result<ExportReport> {
         out: TarOut { w: BufWriter::with_capacity(BUF_SIZE, w) },
         links: HashMap::new(),
         buf: vec![0u8; BUF_SIZE],
+        skip,
     };
     ex.dir_contents(&root, b"", &st)?;
     ex.out.w.write_all(&[0u8; 1024]).ctx(|| "write")?;
@@ -117,7 +124,7 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
                 .write(true)
                 .open(file)
                 .ctx(|| format!("open {}", file.display()))?;
-            return export(upper, &f);
+            return export_skipping(upper, &f, output_id(&f));
         }
         Ok(_) => std::fs::canonicalize(file).ctx(|| format!("resolve {}", file.display()))?,
         Err(_) => file.to_path_buf(),
@@ -134,7 +141,7 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
         .create_new(true)
         .open(&tmp)
         .ctx(|| format!("create {}", tmp.display()))?;
-    let res = export(upper, &f).and_then(|r| {
+    let res = export_skipping(upper, &f, output_id(&f)).and_then(|r| {
         std::fs::rename(&tmp, &file).ctx(|| format!("rename to {}", file.display()))?;
         Ok(r)
     });
@@ -142,6 +149,12 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// A regular output file's (device, inode).
+fn output_id(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
 }
 
 struct TarOut<W: Write> {
@@ -317,6 +330,8 @@ struct Exporter<W: Write> {
     out: TarOut<W>,
     links: HashMap<(u64, u64), Vec<u8>>,
     buf: Vec<u8>,
+    /// The output file (device, inode), never exported.
+    skip: Option<(u64, u64)>,
 }
 
 /// How a directory child is exported.
@@ -455,6 +470,10 @@ impl<W: Write> Exporter<W> {
                 }
             };
             let name = ent.name;
+            if ftype(&st) == libc::S_IFREG && self.skip == Some((st.st_dev, st.st_ino)) {
+                log::warn!("{}: the output file itself; not exported", show(&paths::join(path, &name)));
+                continue;
+            }
             let (class, emit) = if name == WH_OPAQUE {
                 marker = Some(st);
                 (Class::OpaqueMarker, name.clone())

@@ -311,6 +311,16 @@ pub fn get_xattr(x: XattrFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     })
 }
 
+/// Removes an xattr of an open (non-`O_PATH`) file; a missing one is no error.
+pub fn remove_xattr_fd(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: a live fd and a valid C string.
+    match cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), n.as_ptr()) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 /// Names of all xattrs (empty when unsupported).
 pub fn list_xattrs(x: XattrFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let path = xattr_path(x)?;

@@ -289,6 +289,11 @@ pub fn remove_all(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<(
         }
         Err(e) => return Err(e),
     };
+    // A non-root remover needs write and search permission on the directory to empty it (a
+    // read-only 0555 directory, as Fedora's /usr/bin): it is going away, so its mode may.
+    if fsutil::geteuid() != 0 && st.st_mode & 0o300 != 0o300 {
+        fsutil::fchmod(fd.as_fd(), (st.st_mode & 0o7777) | 0o700)?;
+    }
     for ent in fsutil::read_dir(fd.as_fd())? {
         if ent.d_type == libc::DT_DIR || ent.d_type == libc::DT_UNKNOWN {
             remove_all(fd.as_fd(), &ent.name)?;
@@ -301,6 +306,32 @@ pub fn remove_all(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<(
     }
     drop(fd);
     fsutil::unlink_at(dir, name, true)
+}
+
+/// Whether directory `parent/name` holds whiteouts only (char 0/0 devices, `.wh.` files and
+/// directories of the same), recursively.
+fn only_whiteouts(parent: &OwnedFd, name: &[u8]) -> Result<bool> {
+    let fd = fsutil::open_dir_at(parent.as_fd(), name).ctx(|| format!("open {}", show(name)))?;
+    for ent in fsutil::read_dir(fd.as_fd()).ctx(|| format!("read {}", show(name)))? {
+        let st = fsutil::stat_at(fd.as_fd(), &ent.name).ctx(|| format!("stat {}", show(&ent.name)))?;
+        let ok = match st.st_mode & libc::S_IFMT {
+            libc::S_IFCHR => st.st_rdev == 0,
+            libc::S_IFDIR => only_whiteouts(&fd, &ent.name)?,
+            _ => ent.name.starts_with(WH_PREFIX),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+const WH_PREFIX: &[u8] = b".wh.";
+const OPAQUE_NAME: &[u8] = b".wh..wh..opq";
+
+/// Attributes for an opaque marker file made on behalf of another entry.
+fn marker_meta(m: &Meta) -> Meta {
+    Meta { mode: 0o644, xattrs: Vec::new(), link: None, ..m.clone() }
 }
 
 /// Attributes of one entry.
@@ -342,7 +373,9 @@ struct Applier {
     touched: HashSet<Vec<u8>>,
     /// Non-directory entries of the current layer (hard link targets).
     linkable: HashSet<Vec<u8>>,
-    /// Char-device whiteouts written by the current layer.
+    /// Directories the current layer has an entry for (not only made for entries beneath).
+    explicit_dirs: HashSet<Vec<u8>>,
+    /// Names the current layer whited out (either form), until an entry of it takes them.
     whiteouts: HashSet<Vec<u8>>,
     dir_attrs: BTreeMap<Vec<u8>, DirAttrs>,
     root_meta: Option<Meta>,
@@ -366,6 +399,7 @@ impl Applier {
             stack: Vec::new(),
             touched: HashSet::new(),
             linkable: HashSet::new(),
+            explicit_dirs: HashSet::new(),
             whiteouts: HashSet::new(),
             dir_attrs: BTreeMap::new(),
             root_meta: None,
@@ -380,6 +414,7 @@ impl Applier {
     fn apply_layer<R: Read>(&mut self, r: R) -> Result<R> {
         self.touched.clear();
         self.linkable.clear();
+        self.explicit_dirs.clear();
         self.whiteouts.clear();
         let count = Rc::new(Cell::new(0u64));
         let found = Rc::new(RefCell::new(paxtap::Found::default()));
@@ -547,9 +582,13 @@ impl Applier {
         }
         let action = paths::classify(&path).map_err(|e| Error::new(e.to_string()))?;
         let meta = self.meta_of(e, records)?;
+        // A pre-POSIX entry (type NUL) whose name ends in '/' is a directory, as GNU tar, Go's
+        // archive/tar (Docker, containerd, podman) and Python's tarfile read it.
+        let legacy_dir = e.header().as_bytes()[156] == 0 && raw.ends_with(b"/");
         match action {
             Action::Whiteout(t) => self.whiteout(&path, &t, &meta),
             Action::Opaque(d) => self.opaque(&path, &d, &meta),
+            Action::Create if legacy_dir && !path.is_empty() => self.create_dir(&path, &meta),
             Action::Create => self.create(&path, e, meta),
         }
     }
@@ -581,9 +620,33 @@ impl Applier {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(self.dir_error(&comps[..=i], e)),
             };
+            self.writable(&comps[..=i], &fd)?;
             self.stack.push((name.to_vec(), Rc::new(fd)));
         }
         Ok(Some(if comps.is_empty() { self.root.clone() } else { self.stack[comps.len() - 1].1.clone() }))
+    }
+
+    /// A non-root unpacker cannot add to or remove from a directory an earlier layer left
+    /// read-only (`--flatten` onto Fedora's 0555 `/usr/bin`): it gets write and search
+    /// permission for the run, and its mode and mtime go back with the deferred directory
+    /// attributes at the end of the layer (unless this layer declares the directory anew).
+    fn writable(&mut self, comps: &[&[u8]], fd: &OwnedFd) -> Result<()> {
+        if self.am_root {
+            return Ok(());
+        }
+        let path = comps.join(&b'/');
+        if self.dir_attrs.contains_key(&path) {
+            return Ok(()); // made by this layer (mode deferred) or already opened up
+        }
+        let st = fsutil::fstat(fd.as_fd()).ctx(|| format!("stat {}", show(&path)))?;
+        if st.st_mode & 0o300 == 0o300 || st.st_uid != fsutil::geteuid() {
+            return Ok(());
+        }
+        fsutil::fchmod(fd.as_fd(), (st.st_mode & 0o7777) | 0o700).ctx(|| format!("chmod {}", show(&path)))?;
+        let attrs =
+            DirAttrs { mode: st.st_mode & 0o7777, mtime: st.st_mtime, mtime_ns: st.st_mtime_nsec as u32 };
+        self.dir_attrs.insert(path, attrs);
+        Ok(())
     }
 
     fn dir_error(&self, comps: &[&[u8]], e: io::Error) -> Error {
@@ -637,8 +700,39 @@ impl Applier {
 
     fn parent_of(&mut self, path: &[u8]) -> Result<(Rc<OwnedFd>, Vec<u8>)> {
         let (parent, name) = paths::split_last(path);
+        // An entry beneath a name this layer whited out: the name becomes an opaque directory
+        // holding the layer's entries (the whiteout still hides what lower layers have).
+        if let Some(w) = self.whited_out_ancestor(path) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let meta = Meta {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: now.as_secs() as i64,
+                mtime_ns: now.subsec_nanos(),
+                xattrs: Vec::new(),
+                link: None,
+            };
+            self.create_dir(&w, &meta)?;
+        }
         let fd = self.resolve_dir(parent, true)?.expect("created");
         Ok((fd, name.to_vec()))
+    }
+
+    /// The nearest proper ancestor of `path` that the current layer whited out, if any.
+    fn whited_out_ancestor(&self, path: &[u8]) -> Option<Vec<u8>> {
+        if self.whiteouts.is_empty() {
+            return None;
+        }
+        let mut p = paths::split_last(path).0;
+        let mut found = None;
+        while !p.is_empty() {
+            if self.whiteouts.contains(p) {
+                found = Some(p.to_vec());
+            }
+            p = paths::split_last(p).0;
+        }
+        found
     }
 
     // ---- entries ---------------------------------------------------------
@@ -683,6 +777,7 @@ impl Applier {
 
     fn create_file<R: Read>(&mut self, path: &[u8], e: &mut tar::Entry<'_, R>, meta: &Meta) -> Result<()> {
         let (pfd, name) = self.parent_of(path)?;
+        self.take_whiteout(&pfd, &name, path)?;
         let mut f = match fsutil::create_file_at(pfd.as_fd(), &name, 0o600) {
             Ok(f) => f,
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -757,6 +852,8 @@ impl Applier {
 
     fn create_dir(&mut self, path: &[u8], meta: &Meta) -> Result<()> {
         let (pfd, name) = self.parent_of(path)?;
+        let whited_out = self.take_whiteout(&pfd, &name, path)?;
+        let mut existed = false;
         match fsutil::mkdir_at(pfd.as_fd(), &name, 0o700) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -764,6 +861,8 @@ impl Applier {
                 if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                     self.replace(&pfd, &name, path)?;
                     fsutil::mkdir_at(pfd.as_fd(), &name, 0o700).ctx(|| "mkdir")?;
+                } else {
+                    existed = true;
                 }
             }
             Err(err) => return Err(Error::from(err).context("mkdir")),
@@ -771,6 +870,26 @@ impl Applier {
         let fd = fsutil::open_dir_at(pfd.as_fd(), &name).ctx(|| "open directory")?;
         if self.am_root {
             fsutil::fchown(fd.as_fd(), meta.uid, meta.gid).ctx(|| "chown")?;
+        }
+        if existed {
+            // A directory declared again (a later layer, with --flatten): its attributes are
+            // replaced, not merged (OCI layer rules), so xattrs it no longer has go. An opaque
+            // mark this layer put there stays.
+            let names = fsutil::list_xattrs(XattrFd::Fd(fd.as_fd())).ctx(|| "list xattrs")?;
+            for n in names {
+                let kept = meta.xattrs.iter().any(|(k, _)| *k == n)
+                    || n == b"trusted.overlay.opaque"
+                    || n == b"user.overlay.opaque";
+                if !kept {
+                    if let Err(e) = fsutil::remove_xattr_fd(fd.as_fd(), &n) {
+                        if errno_is(&e, &[libc::ENOTSUP, libc::EPERM, libc::EACCES]) {
+                            log::warn!("cannot remove xattr {}: {e}", show(&n));
+                        } else {
+                            return Err(Error::from(e).context(format!("remove xattr {}", show(&n))));
+                        }
+                    }
+                }
+            }
         }
         self.set_xattrs(XattrFd::Fd(fd.as_fd()), &meta.xattrs)?;
         // The stack now holds exactly the parent chain: extend it.
@@ -781,7 +900,33 @@ impl Applier {
             .insert(path.to_vec(), DirAttrs { mode: meta.mode, mtime: meta.mtime, mtime_ns: meta.mtime_ns });
         self.note_created(path);
         self.linkable.remove(path);
+        self.explicit_dirs.insert(path.to_vec());
+        if whited_out {
+            // This layer both removes the name and makes it a directory: the directory hides
+            // what lower layers have there, whichever entry came first.
+            self.opaque(&paths::join(path, OPAQUE_NAME), path, &marker_meta(meta))?;
+        }
         Ok(())
+    }
+
+    /// Whether this layer whited out `path` (so far); the `.wh.` marker of the wh form is
+    /// removed, since an entry of the same layer takes the name. (A char-device whiteout is
+    /// replaced by the entry as any existing object is.)
+    fn take_whiteout(&mut self, pfd: &OwnedFd, name: &[u8], path: &[u8]) -> Result<bool> {
+        if !self.whiteouts.remove(path) {
+            return Ok(false);
+        }
+        if self.chardev == Some(false) {
+            let mut marker = WH_PREFIX.to_vec();
+            marker.extend_from_slice(name);
+            match fsutil::unlink_at(pfd.as_fd(), &marker, false) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::from(e).context("remove the whiteout marker"));
+                }
+                _ => {}
+            }
+        }
+        Ok(true)
     }
 
     fn create_symlink(&mut self, path: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
@@ -789,6 +934,7 @@ impl Applier {
             return Err(Error::new("symlink with an empty target"));
         }
         let (pfd, name) = self.parent_of(path)?;
+        self.take_whiteout(&pfd, &name, path)?;
         match fsutil::symlink_at(target, pfd.as_fd(), &name) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -824,6 +970,7 @@ impl Applier {
         let (tparent, tname) = paths::split_last(&target);
         let tfd = self.resolve_dir(tparent, false)?.ok_or_else(|| Error::new("hard link target vanished"))?;
         let (pfd, name) = self.parent_of(path)?;
+        self.take_whiteout(&pfd, &name, path)?;
         match fsutil::link_at(tfd.as_fd(), tname, pfd.as_fd(), &name) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
@@ -839,6 +986,7 @@ impl Applier {
 
     fn create_node(&mut self, path: &[u8], kind: u32, major: u32, minor: u32, meta: &Meta) -> Result<()> {
         let (pfd, name) = self.parent_of(path)?;
+        self.take_whiteout(&pfd, &name, path)?;
         let dev = libc::makedev(major, minor);
         let mut r = fsutil::mknod_at(pfd.as_fd(), &name, kind | meta.mode, dev);
         if matches!(&r, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
@@ -902,13 +1050,36 @@ impl Applier {
         if self.opts.flatten {
             return self.perform_whiteout(target);
         }
-        if self.touched.contains(target) {
-            return Ok(()); // the same layer's entry wins
-        }
-        if self.chardev == Some(false) {
-            return self.create_marker(path, meta);
+        let mut p = paths::split_last(target).0;
+        while !p.is_empty() {
+            if self.whiteouts.contains(p) {
+                return Ok(()); // beneath a name this layer whites out: hidden already
+            }
+            p = paths::split_last(p).0;
         }
         let (pfd, name) = self.parent_of(target)?;
+        match fsutil::stat_at(pfd.as_fd(), &name) {
+            // The layer has the name already: a non-directory wins as it is. A directory of
+            // the layer's own (an entry for it, or entries beneath it) is made opaque, so what
+            // lower layers have there stays hidden, whichever entry came first; one that was
+            // only made to hold whiteouts gives way to this whiteout.
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                if self.explicit_dirs.contains(target) || !only_whiteouts(&pfd, &name)? {
+                    return self.opaque(&paths::join(target, OPAQUE_NAME), target, &marker_meta(meta));
+                }
+                remove_all(pfd.as_fd(), &name).ctx(|| format!("remove {}", show(target)))?;
+                self.forget(target);
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::from(e).context(format!("stat {}", show(target)))),
+        }
+        let (pfd, name) = self.parent_of(target)?;
+        if self.chardev == Some(false) {
+            self.create_marker(path, meta)?;
+            self.whiteouts.insert(target.to_vec());
+            return Ok(());
+        }
         match fsutil::mknod_at(pfd.as_fd(), &name, libc::S_IFCHR | meta.mode, 0) {
             Ok(()) => {
                 self.chardev = Some(true);
@@ -923,7 +1094,9 @@ impl Applier {
             {
                 log::info!("mknod refused ({e}); writing .wh. whiteout files");
                 self.chardev = Some(false);
-                self.create_marker(path, meta)
+                self.create_marker(path, meta)?;
+                self.whiteouts.insert(target.to_vec());
+                Ok(())
             }
             Err(e) => {
                 Err(Error::from(e).context("cannot create a char-device whiteout (try --whiteouts wh)"))
