@@ -255,9 +255,9 @@ pub const STORE_MAX: u64 = 64 << 10;
 impl Fuse {
     pub fn new(fs: Arc<OverlayFs>, ttl: Duration, writeback: bool, passthrough: bool) -> Fuse {
         let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::new(OnceLock::new());
-        // A directory copied up as the ancestor of a change, or a file linked twice in its
-        // layer and once in the upper, keeps the lower's attributes in the kernel (link count,
-        // size) for the whole timeout: they are to be asked for again.
+        // A copied-up object (and its parent directory, which got an entry) keeps the lower's
+        // attributes in the kernel (ctime, a directory's size, a hard-linked file's link
+        // count) for the whole timeout: they are to be asked for again.
         let n = notifier.clone();
         let _ = fs.attrs_stale.set(Box::new(move |id| {
             if let Some(n) = n.get() {
@@ -324,10 +324,11 @@ impl Fuse {
         ino: u64,
         node: u64,
         fh: u64,
-        read_only: bool,
+        flags: i32,
         may_store: bool,
         created: Option<u32>,
     ) -> OpenMode {
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
         // Sized before the lock, which every open and release takes: the size only picks the
         // mode, the store reads whatever the file holds by then. Stores are keyed by node id,
         // as truncations are: none on an alias.
@@ -361,7 +362,12 @@ impl Fuse {
         }
         let mut mode = OpenMode::Cached;
         let mut lower = false;
-        if self.passthrough.load(Ordering::Relaxed) {
+        // A writer opened with O_DIRECT is served here: the kernel gives a passthrough
+        // backing file the open's flags once, so an `fcntl(F_SETFL)` that clears O_DIRECT
+        // later (GNU dd does, before the last partial block of `oflag=direct`) would not reach
+        // it, and the unaligned write would fail with EINVAL. (Where the inode is passed
+        // through already, the kernel wants every open of it passed through.)
+        if (read_only || flags & libc::O_DIRECT == 0) && self.passthrough.load(Ordering::Relaxed) {
             match self.fs.backing_file(fh) {
                 Ok((fd, upper))
                     if (upper || self.fs.is_read_only() || (self.lower_passthrough && read_only))
@@ -599,7 +605,7 @@ impl Fuse {
 }
 
 fn caller(ctx: &Ctx, umask: u32) -> Caller {
-    Caller { uid: ctx.uid, gid: ctx.gid, umask }
+    Caller { uid: ctx.uid, gid: ctx.gid, umask, pid: ctx.pid }
 }
 
 /// The arguments of a SETATTR, decoded by either transport: the fields to set, and whether
@@ -705,7 +711,8 @@ impl Fuse {
                 let a = self.fs.getattr(ino)?;
                 let p = a.perm as u32;
                 let drops = p & libc::S_ISUID != 0
-                    || p & libc::S_ISGID != 0 && (p & libc::S_IXGRP != 0 || a.gid != ctx.gid);
+                    || p & libc::S_ISGID != 0
+                        && (p & libc::S_IXGRP != 0 || !caller(ctx, 0).in_group_or_root(a.gid));
                 if drops && a.uid != ctx.uid {
                     return Err(Error::errno(libc::EPERM));
                 }
@@ -714,7 +721,7 @@ impl Fuse {
             if !kill {
                 return Ok(attr);
             }
-            self.fs.kill_privs(ino, ctx.gid)?;
+            self.fs.kill_privs(ino, caller(ctx, 0))?;
             self.fs.getattr(ino)
         };
         match self.hook(ctx, Op::Setattr, ino, None, 0, args, f) {
@@ -805,7 +812,7 @@ impl Fuse {
         let f = || {
             let o = self.fs.open(node, flags)?;
             if kill {
-                if let Err(e) = self.fs.kill_privs(node, ctx.gid) {
+                if let Err(e) = self.fs.kill_privs(node, caller(ctx, 0)) {
                     self.fs.release(o.fh);
                     return Err(e);
                 }
@@ -816,7 +823,7 @@ impl Fuse {
             Ok(o) => {
                 let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
                 let may_store = read_only && o.keep_cache && flags & libc::O_TRUNC == 0;
-                let answer = match self.open_mode(ino, node, o.fh, read_only, may_store, None) {
+                let answer = match self.open_mode(ino, node, o.fh, flags, may_store, None) {
                     OpenMode::Passthrough(b) => {
                         Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                     }
@@ -879,7 +886,7 @@ impl Fuse {
             (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("len", data.len()));
         let f = || {
             if kill {
-                self.fs.kill_privs(ino, ctx.gid)?;
+                self.fs.kill_privs(ino, caller(ctx, 0))?;
             }
             self.fs.write(fh, offset, data)
         };
@@ -1103,15 +1110,17 @@ impl Fuse {
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
         let f = || self.fs.create(parent, name, mode, flags, caller(ctx, umask));
         match self.hook(ctx, Op::Create, parent, Some(name), 0, args, f) {
-            Ok((attr, o)) => self.created(attr, o),
+            Ok((attr, o)) => self.created(attr, o, flags),
             Err(e) => fail("create", e),
         }
     }
 
     /// The reply to CREATE or TMPFILE: a new file, no other open of its inode, so no conflict
     /// either.
-    fn created(&self, attr: FileAttr, o: crate::fs::Opened) -> Answer<'static> {
-        match self.open_mode(attr.ino.0, attr.ino.0, o.fh, false, false, Some(attr.perm as u32)) {
+    fn created(&self, attr: FileAttr, o: crate::fs::Opened, flags: i32) -> Answer<'static> {
+        // (A file made by this open is written by it, whatever `flags` says.)
+        let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+        match self.open_mode(attr.ino.0, attr.ino.0, o.fh, flags, false, Some(attr.perm as u32)) {
             OpenMode::Passthrough(b) => {
                 Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
             }
@@ -1128,7 +1137,7 @@ impl Fuse {
         let args = |a: &mut Args| _ = a.o("mode", mode).x("flags", flags as u32);
         let f = || self.fs.tmpfile(parent, mode, flags, caller(ctx, umask));
         match self.hook(ctx, Op::Create, parent, None, 0, args, f) {
-            Ok((attr, o)) => self.created(attr, o),
+            Ok((attr, o)) => self.created(attr, o, flags),
             Err(e) => fail("tmpfile", e),
         }
     }
@@ -1147,7 +1156,7 @@ impl Fuse {
         let kill = self.kills_privs(ctx);
         let f = || {
             if kill {
-                self.fs.kill_privs(ino, ctx.gid)?;
+                self.fs.kill_privs(ino, caller(ctx, 0))?;
             }
             self.fs.fallocate(fh, offset, length, mode)
         };
@@ -1207,7 +1216,7 @@ impl Fuse {
         let kill = self.kills_privs(ctx);
         let f = || {
             if kill {
-                self.fs.kill_privs(ino_out, ctx.gid)?;
+                self.fs.kill_privs(ino_out, caller(ctx, 0))?;
             }
             self.fs.copy_file_range(fh_in, offset_in, fh_out, offset_out, len)
         };

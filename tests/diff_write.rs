@@ -323,6 +323,28 @@ fn rmdir_cases() {
     });
 }
 
+/// Removals and renames that fail (not empty, wrong type) fail before anything is copied up:
+/// the kernel checks first, and layerfs left the parents (`d_low`, `etc`) in the upper, so
+/// every `rmdir` dpkg tries on a shared directory showed in the container's diff.
+#[test]
+fn failed_rmdir_and_rename_copy_nothing_up() {
+    need_mounts!();
+    run_both(&std_stack(), |c| {
+        c.rmdir("d_low/sub"); // ENOTEMPTY
+        c.rmdir("etc/keep"); // ENOTEMPTY
+        c.rmdir("d_low/sub/c"); // ENOTDIR
+        c.unlink("etc/keep"); // EISDIR
+        c.mkdir("n");
+        c.rename("n", "d_low/sub"); // ENOTEMPTY
+        c.rename("n", "etc/keep"); // ENOTEMPTY
+        c.rename("f_top", "etc/keep"); // EISDIR
+        c.rename("n", "etc/passwd"); // ENOTDIR
+        c.readdir("");
+        c.readdir("d_low");
+        c.readdir("etc");
+    });
+}
+
 #[test]
 fn rmdir_recreated_deleted_dir() {
     need_mounts!();

@@ -66,7 +66,7 @@ fn copy_up_keeps_inode_and_leaves_work_clean() {
 #[test]
 fn unlink_of_lower_leaves_whiteout_and_of_upper_only_none() {
     let (s, fs) = fixture();
-    let caller = Caller { uid: 0, gid: 0, umask: 0 };
+    let caller = Caller { uid: 0, gid: 0, umask: 0, pid: 0 };
     fs.lookup(1, OsStr::new("top")).unwrap();
     fs.remove(1, OsStr::new("top"), false).unwrap();
     assert!(fs.lookup(1, OsStr::new("top")).is_err());
@@ -518,7 +518,8 @@ fn read_into_reads_the_bytes_and_asks_ahead() {
 fn a_created_file_is_its_own_read_write_backing_file_with_the_callers_owner() {
     use std::os::unix::fs::MetadataExt;
     let (s, fs) = fixture();
-    let me = Caller { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, umask: 0o022 };
+    let me =
+        Caller { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, umask: 0o022, pid: 0 };
     // Write-only, mode 0: the server's descriptor is still read-write (a new file's creator may
     // open it so), and it is the one handed out as the passthrough backing file.
     let (attr, o) = fs.create(1, OsStr::new("new"), 0o100000, libc::O_WRONLY | libc::O_CREAT, me).unwrap();
@@ -548,11 +549,12 @@ fn a_created_file_is_its_own_read_write_backing_file_with_the_callers_owner() {
     assert_eq!((m.uid(), m.gid()), (me.uid, me.gid));
     // Another owner (as root): chowned.
     if me.uid == 0 {
-        let d =
-            fs.mkdir(1, OsStr::new("their-dir"), 0o750, Caller { uid: 4321, gid: 8765, umask: 0 }).unwrap();
+        let d = fs
+            .mkdir(1, OsStr::new("their-dir"), 0o750, Caller { uid: 4321, gid: 8765, umask: 0, pid: 0 })
+            .unwrap();
         let m = fs::metadata(s.path("u").join("their-dir")).unwrap();
         assert_eq!((m.uid(), m.gid(), d.uid, d.gid, d.perm), (4321, 8765, 4321, 8765, 0o750));
-        let other = Caller { uid: 4321, gid: 8765, umask: 0o022 };
+        let other = Caller { uid: 4321, gid: 8765, umask: 0o022, pid: 0 };
         let (attr, o) = fs.create(1, OsStr::new("theirs"), 0o104755, libc::O_WRONLY, other).unwrap();
         let m = fs::metadata(s.path("u").join("theirs")).unwrap();
         assert_eq!((m.uid(), m.gid(), attr.uid, attr.gid), (4321, 8765, 4321, 8765));

@@ -121,3 +121,39 @@ fn copy_up_keeps_caps_and_a_non_owner_chown_keeps_setuid() {
     assert!(all.contains("Operation not permitted: 'other_suid'\nother_suid 4755"), "{all}");
     assert!(all.contains("own_suid 755"), "the owner's chown keeps setuid:\n{all}");
 }
+
+/// Setgid without group execute is a locking mark, which the VFS keeps on a write, truncation
+/// or chown by a caller in the file's group (supplementary groups count) and on a chown by
+/// root. layerfs dropped it wherever the caller's primary group was not the file's.
+fn sgid_mark_scenario(c: &mut Ctx) {
+    c.sh(
+        "chmod 777 . && for f in w t o c r; do printf data > $f; done; \
+         chown 1000:4242 w t o c && chown 1500:4242 r && chmod 2664 w t o c r",
+        false,
+    );
+    let member = "setpriv --reuid 1000 --regid 1000 --groups 4242";
+    c.sh(
+        &format!(
+            "{member} sh -c 'printf x >> w; truncate -s 1 t; : > o'; \
+             {member} /usr/bin/python3 -c \"import os; os.chown('c', -1, -1)\"; \
+             /usr/bin/python3 -c \"import os; os.chown('r', -1, -1)\"; stat -c '%n %a' w t o c r"
+        ),
+        false,
+    );
+    c.remount();
+    c.sh("stat -c '%n %a' w t o c r", false);
+}
+
+#[test]
+fn setgid_mark_stays_for_group_members_and_root() {
+    if !available() {
+        return;
+    }
+    for opts in ["", "passthrough=0"] {
+        let s = common::Scratch::new();
+        let log = run_both_in(s.dir.path(), &stack(), &sgid_mark_scenario, opts);
+        let all: String = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
+        eprintln!("{all}");
+        assert!(all.contains("w 2664\nt 2664\no 2664\nc 2664\nr 2664"), "{opts}:\n{all}");
+    }
+}

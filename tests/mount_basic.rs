@@ -835,3 +835,72 @@ fn copy_up_keeps_noatime_and_sync_inode_flags() {
         assert!(flags.contains('A') && flags.contains('S'), "{}: {flags}", p.display());
     }
 }
+
+/// Reading through the mount changes nothing in a lower layer, not even access times: the
+/// server walks each lower in a private mount that it makes read-only and `noatime`, as
+/// kernel overlayfs makes its lower mounts. Listing, reading, `readlink` and the read of a
+/// copy-up set the lower objects' atimes before (relatime: atime older than mtime), so a
+/// read in one container showed in the shared layer. Root only (the private mount).
+#[test]
+fn reads_leave_lower_access_times_alone() {
+    if !can_mount() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    fs::write(l.join("d/f"), b"data").unwrap();
+    fs::write(l.join("h"), b"copied up").unwrap();
+    std::os::unix::fs::symlink("d/f", l.join("s")).unwrap();
+    let objects = [l.join("d/f"), l.join("h"), l.join("s"), l.join("d"), l.clone()];
+    let old = "@1577836800"; // 2020-01-01, before every mtime: relatime would update it
+    let st =
+        std::process::Command::new("touch").args(["-a", "-h", "-d", old]).args(&objects).status().unwrap();
+    assert!(st.success());
+    let atimes = || -> Vec<i64> {
+        use std::os::unix::fs::MetadataExt;
+        objects.iter().map(|p| fs::symlink_metadata(p).unwrap().atime()).collect()
+    };
+    let before = atimes();
+    assert!(before.iter().all(|&t| t == 1_577_836_800), "{before:?}");
+    {
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+        let names: Vec<_> = fs::read_dir(m.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1);
+        let _ = fs::read_dir(&m).unwrap().count();
+        assert_eq!(fs::read(m.join("d/f")).unwrap(), b"data");
+        assert_eq!(fs::read(m.join("s")).unwrap(), b"data");
+        assert_eq!(fs::read_link(m.join("s")).unwrap(), Path::new("d/f"));
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(m.join("h"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(fs::read(u.join("h")).unwrap(), b"copied up");
+    }
+    assert_eq!(atimes(), before, "lower access times changed (d/f, h, s, d, root)");
+}
+
+/// A copy-up shows the copy's ctime at once, and its directory's new ctime (the real upper
+/// directory got an entry), as kernel overlayfs does; the kernel's cache kept the lower
+/// file's and the directory's old ctime for the whole attribute timeout.
+#[test]
+fn copy_up_shows_the_new_ctimes() {
+    if !can_mount() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::create_dir(l.join("d")).unwrap();
+    fs::write(l.join("d/f"), b"f").unwrap();
+    fs::write(l.join("d/g"), b"g").unwrap();
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let ctime = |p: &Path| {
+        let md = fs::symlink_metadata(p).unwrap();
+        (md.ctime(), md.ctime_nsec())
+    };
+    fs::write(m.join("d/new"), b"n").unwrap(); // d is in the upper now
+    let (_, _) = (ctime(&m.join("d")), ctime(&m.join("d/f")));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    drop(fs::OpenOptions::new().write(true).open(m.join("d/f")).unwrap()); // copy-up, no write
+    assert_eq!(ctime(&m.join("d/f")), ctime(&u.join("d/f")), "file");
+    assert_eq!(ctime(&m.join("d")), ctime(&u.join("d")), "directory");
+}

@@ -296,3 +296,51 @@ fn run_case(seed: u64) {
     let d = diff_snapshots("kernel", &canonical_upper(&ku), "layerfs", &canonical_upper(&u));
     assert!(d.is_empty(), "seed {seed}: uppers differ: {d:#?}\n{}", log.join("\n"));
 }
+
+/// A writer opened with O_DIRECT may clear it with `fcntl(F_SETFL)` and then write unaligned
+/// (GNU dd does so for the last partial block of `oflag=direct`). The kernel gives a
+/// passthrough backing file the open's flags once, so such a writer is served by the server:
+/// the unaligned write failed with EINVAL and dd left a truncated file.
+#[test]
+fn an_o_direct_writer_can_clear_o_direct() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("low"), vec![7u8; 10_000]).unwrap();
+    fs::write(l.join("src"), &data(3)[..10_000]).unwrap();
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    // dd itself: a new file, and over a lower file (copy-up, then the open).
+    for out in ["new", "low"] {
+        let st = std::process::Command::new("dd")
+            .arg(format!("if={}", m.join("src").display()))
+            .arg(format!("of={}", m.join(out).display()))
+            .args(["bs=4096", "oflag=direct", "status=none"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "dd oflag=direct to {out}");
+        assert_eq!(fs::read(m.join(out)).unwrap(), data(3)[..10_000], "{out}");
+    }
+    // By hand, on an upper file opened again: aligned direct write, O_DIRECT off, a short one.
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: a non-zero-sized layout; freed below.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    let block = unsafe { std::slice::from_raw_parts_mut(buf, 4096) };
+    block.fill(b'a');
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(m.join("new")).unwrap();
+    f.write_all_at(block, 0).unwrap();
+    // SAFETY: plain fcntl on a live fd.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        assert_eq!(libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_DIRECT), 0);
+    }
+    f.write_all_at(b"tail", 4096).unwrap();
+    drop(f);
+    unsafe { std::alloc::dealloc(buf, layout) };
+    let got = fs::read(m.join("new")).unwrap();
+    assert_eq!(&got[..4096], &[b'a'; 4096][..]);
+    assert_eq!(&got[4096..4100], b"tail");
+    assert_eq!(got.len(), 10_000);
+}

@@ -285,7 +285,7 @@ fn mknod_device_without_privilege_records_the_type() {
             o.work = Some(w.clone());
             o.xattr_permissions = 2;
             let fs = OverlayFs::new(o).unwrap();
-            let caller = Caller { uid: 0, gid: 0, umask: 0o022 };
+            let caller = Caller { uid: 0, gid: 0, umask: 0o022, pid: 0 };
             let a =
                 fs.mknod(1, std::ffi::OsStr::new("tty"), libc::S_IFCHR | 0o666, libc::makedev(5, 0), caller);
             let a = a.unwrap();

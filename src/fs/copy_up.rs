@@ -389,11 +389,12 @@ impl OverlayFs {
             node.prot.store(prot, Ordering::Release);
             node.has_upper.store(true, Ordering::Release);
         }
-        // A file linked more than once in its layer is linked once in the upper (`index=off`).
-        if kind == FileType::Directory || (kind != FileType::Symlink && st.st_nlink > 1) {
-            if let Some(f) = self.attrs_stale.get() {
-                f(node.ino);
-            }
+        // What the kernel holds is the lower object's: the copy has its own ctime (a file
+        // linked more than once in its layer is linked once in the upper, `index=off`), and
+        // the parent's real directory got an entry (a new ctime; its mtime was put back).
+        if let Some(f) = self.attrs_stale.get() {
+            f(node.ino);
+            f(parent.ino);
         }
         Ok(())
     }

@@ -53,6 +53,30 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub umask: u32,
+    /// The calling process (0: unknown), for its supplementary groups.
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Whether the caller is root (standing for CAP_FSETID) or in group `gid` (as shown): its
+    /// fsgid or one of its supplementary groups, read from `/proc/PID/status` (asked only for
+    /// a setgid file without group execute, so not on a hot path).
+    pub fn in_group_or_root(&self, gid: u32) -> bool {
+        self.uid == 0 || self.gid == gid || supplementary_groups(self.pid).contains(&gid)
+    }
+}
+
+/// A process's supplementary groups (empty when unknown).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// What the upper directory holds under a name, seen raw.
@@ -625,7 +649,7 @@ impl OverlayFs {
             }
         };
         let p = self.node(newparent)?;
-        let caller = Caller { uid: 0, gid: 0, umask: 0 };
+        let caller = Caller { uid: 0, gid: 0, umask: 0, pid: 0 };
         let (n, _, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
         self.node_attr(&n)
     }
@@ -643,10 +667,12 @@ impl OverlayFs {
         // append-only or immutable object stays. Looked at before the directory is copied up.
         self.check_prot(&pnode, PROT_APPEND | PROT_IMMUTABLE)?;
         if !pnode.has_upper.load(Ordering::Acquire) {
+            // What fails fails before the directory is copied up, as on the kernel (dpkg tries
+            // `rmdir` on shared directories and ignores ENOTEMPTY: no trace in the upper).
             let _g = pnode.dir_lock.read();
-            if let Some(c) = self.lookup_locked(&pnode, name)? {
-                self.check_prot(&c, PROT_APPEND | PROT_IMMUTABLE)?;
-            }
+            let c = self.lookup_locked(&pnode, name)?.ok_or(Error::errno(libc::ENOENT))?;
+            self.check_prot(&c, PROT_APPEND | PROT_IMMUTABLE)?;
+            self.check_removable(&c, dir)?;
         }
         if self.whiteout_style == WhiteoutStyle::WhFile
             && name::whiteout_name(name).is_none()
@@ -673,18 +699,7 @@ impl OverlayFs {
             (s.kind, s.upper.clone())
         };
         let is_dir = kind == FileType::Directory;
-        if dir && !is_dir {
-            return Err(Error::errno(libc::ENOTDIR));
-        }
-        if !dir && is_dir {
-            return Err(Error::errno(libc::EISDIR));
-        }
-        if is_dir {
-            let _cg = child.dir_lock.write();
-            if self.list_merged(&child)?.len() > 2 {
-                return Err(Error::errno(libc::ENOTEMPTY));
-            }
-        }
+        self.check_removable(&child, dir)?;
         let need_wh = self.lower_positive(&pnode, name)?;
         let cn = cname(name)?;
         // Keep the object reachable for the node (opens racing with this unlink, open
@@ -696,6 +711,25 @@ impl OverlayFs {
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
         child.state.lock().unlinked = true;
+        Ok(())
+    }
+
+    /// That `child` can be removed by unlink (`dir` false) or rmdir: the right type, and a
+    /// directory with nothing in its merged view.
+    fn check_removable(&self, child: &Arc<Node>, dir: bool) -> Result<()> {
+        let is_dir = child.state.lock().kind == FileType::Directory;
+        if dir && !is_dir {
+            return Err(Error::errno(libc::ENOTDIR));
+        }
+        if !dir && is_dir {
+            return Err(Error::errno(libc::EISDIR));
+        }
+        if is_dir {
+            let _cg = child.dir_lock.write();
+            if self.list_merged(child)?.len() > 2 {
+                return Err(Error::errno(libc::ENOTEMPTY));
+            }
+        }
         Ok(())
     }
 
@@ -882,6 +916,19 @@ impl OverlayFs {
         }
         if Self::has_lower_content(&src) {
             return Err(Error::errno(libc::EXDEV));
+        }
+        if let Some(d) = dst0.as_ref().filter(|d| !exchange && !Arc::ptr_eq(d, &src)) {
+            // What the target makes fail fails before anything is copied up (checked again
+            // under the locks below).
+            if flags & sys::RENAME_NOREPLACE != 0 {
+                return Err(Error::errno(libc::EEXIST));
+            }
+            match (d.is_dir(), src.is_dir()) {
+                (true, false) => return Err(Error::errno(libc::EISDIR)),
+                (false, true) => return Err(Error::errno(libc::ENOTDIR)),
+                (true, true) => self.check_removable(d, true)?,
+                (false, false) => {}
+            }
         }
         if exchange {
             let d = dst0.as_ref().ok_or(Error::errno(libc::ENOENT))?;

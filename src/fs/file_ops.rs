@@ -420,12 +420,13 @@ impl OverlayFs {
         self.files.read().values().any(|h| h.writable && Arc::ptr_eq(&h.node, &node))
     }
 
-    /// Drops what a write by an unprivileged caller must drop (the kernel leaves it to the
-    /// server under FUSE_HANDLE_KILLPRIV_V2): setuid; setgid when group-executable or when the
-    /// caller (primary group `caller_gid`, as shown) is not in the file's group, as the VFS
-    /// does; and file capabilities. For upper regular files only; anything else has nothing
-    /// to drop or cannot have been written.
-    pub fn kill_privs(&self, ino: u64, caller_gid: u32) -> Result<()> {
+    /// Drops what a write, truncation or chown by `caller` must drop (the kernel leaves it
+    /// to the server under FUSE_HANDLE_KILLPRIV_V2): setuid; setgid when group-executable, or
+    /// when the caller is neither in the file's group nor root (CAP_FSETID), as the VFS does
+    /// (`setattr_should_drop_sgid`; setgid without group execute is a locking mark); and file
+    /// capabilities. For upper regular files only; anything else has nothing to drop or
+    /// cannot have been written.
+    pub fn kill_privs(&self, ino: u64, caller: Caller) -> Result<()> {
         let node = self.node(ino)?;
         if node.state.lock().kind != FileType::RegularFile {
             return Ok(());
@@ -434,7 +435,9 @@ impl OverlayFs {
         let loc = &up.loc;
         let drop_bits = |perm: u32, gid: u32| {
             let mut p = perm & !libc::S_ISUID;
-            if p & libc::S_IXGRP != 0 || self.opts.gid_map.to_shown(gid) != caller_gid {
+            if p & libc::S_ISGID != 0
+                && (p & libc::S_IXGRP != 0 || !caller.in_group_or_root(self.opts.gid_map.to_shown(gid)))
+            {
                 p &= !libc::S_ISGID;
             }
             p

@@ -688,12 +688,16 @@ impl OverlayFs {
             let (fd, dev) = open_root(l)?;
             // A lower layer is walked in a private copy of its mount without the mounts inside
             // it (what they cover shows, as on kernel overlayfs; the server never reads the
-            // mounted filesystems). Where the server may not make one (a plain user), the
-            // layer's directory itself.
+            // mounted filesystems), read-only and noatime (reads leave the layer's access
+            // times alone, as the kernel's do). Where the server may not make one (a plain
+            // user), the layer's directory itself.
             let c = sys::cstr(l.as_os_str()).map_err(|e| format!("{}: {e}", l.display()))?;
             let ino = sys::fstat(fd.as_fd()).map(|st| st.st_ino).ok();
             let fd = match sys::open_tree_clone(&c) {
                 Ok(t) if sys::fstat(t.as_fd()).is_ok_and(|st| st.st_dev == dev && Some(st.st_ino) == ino) => {
+                    if let Err(e) = sys::seal_lower_mount(t.as_fd()) {
+                        log::debug!("{}: private mount not made read-only and noatime: {e}", l.display());
+                    }
                     Arc::new(t)
                 }
                 Ok(_) => fd,
