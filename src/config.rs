@@ -154,6 +154,36 @@ pub fn split_layers(s: &str) -> Vec<String> {
     out
 }
 
+/// Whether a lowerdir value has an empty layer between two others (`A::B`): the kernel's
+/// data-only layers, whose files are never shown. A leading or trailing ':' is only dropped.
+pub fn has_data_only_layers(s: &str) -> bool {
+    let mut seen = false; // a non-empty layer so far
+    let mut empty_after = false; // an empty one after it
+    let mut cur = false; // the current layer has characters
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+                cur = true;
+            }
+            ':' => {
+                if cur {
+                    if empty_after {
+                        return true;
+                    }
+                    seen = true;
+                } else if seen {
+                    empty_after = true;
+                }
+                cur = false;
+            }
+            _ => cur = true,
+        }
+    }
+    cur && empty_after
+}
+
 /// Removes backslash escapes from a single path value.
 pub fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -326,6 +356,12 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
             match key.as_str() {
                 "lowerdir" => {
                     let v = need(&val)?;
+                    if has_data_only_layers(&v) {
+                        return Err(format!(
+                            "lowerdir={v}: \"::\" marks data-only lower layers (kernel overlayfs with \
+                             metacopy), which layerfs does not support"
+                        ));
+                    }
                     o.lowers = split_layers(&v).into_iter().map(PathBuf::from).collect();
                 }
                 "upperdir" => o.upper = Some(PathBuf::from(unescape(&need(&val)?))),
@@ -600,6 +636,13 @@ mod tests {
         assert_eq!(split_layers("a\\:b:c"), vec!["a:b", "c"]);
         assert_eq!(split_layers("a::b:"), vec!["a", "b"]);
         assert_eq!(split_layers("a\\\\:b"), vec!["a\\", "b"]);
+        assert!(has_data_only_layers("a::b"));
+        assert!(has_data_only_layers("a:b::c:d"));
+        assert!(!has_data_only_layers("a:b:c"));
+        assert!(!has_data_only_layers("a:b:"));
+        assert!(!has_data_only_layers(":a:b"));
+        assert!(!has_data_only_layers("a\\::b"));
+        assert!(has_data_only_layers("a\\\\::b"));
         assert_eq!(unescape("/x\\:y"), "/x:y");
     }
 

@@ -272,22 +272,56 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     }
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
     raise_read_ahead(&cfg.mountpoint, &layers);
-    let mut unmounter = session.unmount_callable();
+    let unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
+    // This mount's device (as mountinfo shows it): a signal unmounts the path only while this
+    // mount is the one there.
+    let own_dev = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| fuse_dev_in_mountinfo(&info, &mountpoint));
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let sig = sys::wait_term_signal();
-            log::info!("signal {sig}: unmounting");
-            let Err(e) = unmounter.unmount() else { return };
-            // Busy: still serving. fuser's unmounter is spent, so the next signals unmount
-            // by hand.
-            log::warn!("unmount: {e}; still mounted, another signal tries again");
+            let mut first = Some(unmounter);
             loop {
                 let sig = sys::wait_term_signal();
-                log::info!("signal {sig}: unmounting");
-                match unmount_by_hand(&mountpoint) {
+                let state = || {
+                    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                    mount_state(&info, &mountpoint, own_dev.as_deref())
+                };
+                match state() {
+                    MountState::Top => log::info!("signal {sig}: unmounting"),
+                    MountState::Covered => {
+                        log::warn!(
+                            "signal {sig}: another mount covers {}; not unmounting it",
+                            mountpoint.display()
+                        );
+                        continue;
+                    }
+                    MountState::Gone => {
+                        // Detached (`umount -l`) with files still open: the session ends
+                        // when the kernel lets go of it; whatever is mounted at the path now
+                        // is not this server's to unmount.
+                        log::warn!(
+                            "signal {sig}: {} is no longer mounted here (detached); serving until its last user closes",
+                            mountpoint.display()
+                        );
+                        continue;
+                    }
+                }
+                // fuser's unmounter first (it knows a fusermount3 mount); with auto_unmount it
+                // only lets go of fusermount3 and unmounts nothing, so the result is checked.
+                let r = match first.take() {
+                    Some(mut u) => u.unmount().map_err(|e| e.to_string()),
+                    None => unmount_by_hand(&mountpoint),
+                };
+                let r = match r {
+                    Ok(()) if state() == MountState::Top => unmount_by_hand(&mountpoint),
+                    r => r,
+                };
+                match r {
                     Ok(()) => return,
+                    // Busy: still serving.
                     Err(e) => log::warn!("unmount: {e}; still mounted, another signal tries again"),
                 }
             }
@@ -304,6 +338,37 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     fuse.session_ended();
     drop(session);
     r.map_err(|e| format!("session: {e}"))
+}
+
+/// Where this server's mount stands at its mountpoint.
+#[derive(Debug, PartialEq)]
+enum MountState {
+    /// It is the mount on top there (or which it is could not be told).
+    Top,
+    /// It is there, under another mount.
+    Covered,
+    /// It is not there (detached, or already unmounted).
+    Gone,
+}
+
+/// Tells from mountinfo text whether the mount with device `own` ("major:minor") is the
+/// topmost one at `mountpoint`, under another, or gone.
+fn mount_state(info: &str, mountpoint: &Path, own: Option<&str>) -> MountState {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(own) = own else { return MountState::Top };
+    let want = mountpoint.as_os_str().as_bytes();
+    let devs: Vec<&str> = info
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| f[2])
+        })
+        .collect();
+    match devs.last() {
+        Some(d) if *d == own => MountState::Top,
+        _ if devs.contains(&own) => MountState::Covered,
+        _ => MountState::Gone,
+    }
 }
 
 /// Unmounts `mnt`: umount(2) where the server may (root, or root in a user namespace that
@@ -442,6 +507,18 @@ mod tests {
         assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/ovl")).as_deref(), Some("0:44"));
         assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/")), None, "not a FUSE mount");
         assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/a")), None);
+    }
+
+    #[test]
+    fn a_mount_is_told_on_top_covered_or_gone() {
+        let p = Path::new("/tmp/a b");
+        assert_eq!(mount_state(INFO, p, Some("0:43")), MountState::Top);
+        assert_eq!(mount_state(INFO, p, Some("0:41")), MountState::Covered);
+        assert_eq!(mount_state(INFO, p, Some("0:99")), MountState::Gone, "detached, another mounted since");
+        assert_eq!(mount_state(INFO, Path::new("/tmp/ovl"), Some("0:41")), MountState::Gone);
+        // Under the fuse-overlayfs mount made over it: covered.
+        assert_eq!(mount_state(INFO, Path::new("/tmp/ovl"), Some("0:42")), MountState::Covered);
+        assert_eq!(mount_state(INFO, p, None), MountState::Top, "unknown: as before");
     }
 
     #[test]

@@ -212,9 +212,11 @@ pub struct Tracer {
 pub const DEFAULT_QUEUE: usize = 65536;
 
 impl Tracer {
-    /// Creates (truncates) the trace file and starts the writer thread.
+    /// Creates (truncates) the trace file and starts the writer thread. A new file is the
+    /// server's own (0600: the server runs with umask 0, and a trace shows every name).
     pub fn open(path: &Path, queue: usize) -> std::io::Result<Tracer> {
-        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let (d, taken) = (dropped.clone(), Arc::new(AtomicU64::new(0)));

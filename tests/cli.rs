@@ -256,3 +256,52 @@ fn a_signal_after_a_busy_unmount_still_unmounts() {
     }
     assert!(!is_mounted(&m));
 }
+
+/// A signal unmounts the path only while the server's own mount is the one there: after a
+/// lazy unmount (`umount -l`, what containers-storage falls back to on EBUSY) and another
+/// mount at the same path, SIGTERM unmounted that other mount (a container's root, say). The
+/// detached mount is served until its last user lets go, and then the server ends. With
+/// `auto_unmount`, SIGTERM unmounts too (fuser's unmounter only let go of fusermount3 there).
+#[test]
+fn a_signal_unmounts_only_the_servers_own_mount() {
+    if !can_mount() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    let opts = format!("lowerdir={}", l.display());
+    let mut child = spawn_layerfs_fg(&opts, &m, &[], std::process::Stdio::null());
+    let held = fs::File::open(m.join("f")).unwrap();
+    assert!(Command::new("umount").arg("-l").arg(&m).status().unwrap().success());
+    assert!(Command::new("mount").args(["-t", "tmpfs", "other"]).arg(&m).status().unwrap().success());
+    let other = Mounted { mnt: m.clone(), fuse: false };
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(is_mounted(&m), "SIGTERM unmounted the tmpfs mounted since");
+    assert!(child.try_wait().unwrap().is_none(), "the detached mount is still in use");
+    let mut buf = String::new();
+    use std::io::Read;
+    (&held).read_to_string(&mut buf).unwrap();
+    assert_eq!(buf, "a");
+    drop(held);
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the server outlived its detached mount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(other);
+
+    let opts = format!("lowerdir={},auto_unmount", l.display());
+    let mut child = spawn_layerfs_fg(&opts, &m, &[], std::process::Stdio::null());
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "SIGTERM did not end an auto_unmount server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&m), "SIGTERM left an auto_unmount mount behind");
+}

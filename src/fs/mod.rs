@@ -1791,7 +1791,14 @@ fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
     let name = c"work";
     match sys::mkdirat(wroot.as_fd(), name, 0o700) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // Something other than a directory left there (a file, a symlink) is removed, as
+            // kernel overlayfs does, and the directory made.
+            if sys::fstatat(wroot.as_fd(), name).is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR) {
+                sys::unlinkat(wroot.as_fd(), name, false)?;
+                sys::mkdirat(wroot.as_fd(), name, 0o700)?;
+            }
+        }
         Err(e) => return Err(e),
     }
     let fd = layer::open_dir_at(wroot.as_fd(), name)?;
