@@ -1263,6 +1263,12 @@ impl Filesystem for FuseFs {
         {
             f.killpriv.store(true, Ordering::Relaxed);
         }
+        // A handle the server answers with FOPEN_DIRECT_IO (an O_DIRECT open it serves) may
+        // still be mapped shared, as on any filesystem; without this the kernel refuses such
+        // a mapping with ENODEV.
+        if config.capabilities().contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+            let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        }
         // The umask is applied by layerfs (not under a default ACL), as POSIX ACLs need.
         if config.capabilities().contains(InitFlags::FUSE_DONT_MASK) {
             let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);

@@ -247,15 +247,18 @@ impl OverlayFs {
         Ok(h.fd.read().clone())
     }
 
-    /// Reads up to `size` bytes at `offset`. A read of at least [`MAP_READ_MIN`] bytes is
-    /// answered from a mapping of the file, which the reply is written from; a smaller one, or
-    /// one whose file cannot be mapped, is read into `buf` (resized as needed, reused across
+    /// Reads up to `size` bytes at `offset`. A read of at least [`MAP_READ_MIN`] bytes of a
+    /// lower file is answered from a mapping of the file, which the reply is written from;
+    /// any other read is read into `buf` (resized as needed, reused across
     /// calls so a request costs no allocation or zeroing).
     pub fn read<'b>(&self, fh: u64, offset: u64, size: u32, buf: &'b mut Vec<u8>) -> Result<ReadData<'b>> {
         let h = self.file(fh)?;
         let fd = self.handle_fd(&h)?;
         let size = size as usize;
-        if size >= MAP_READ_MIN {
+        // Only a lower file is mapped: nothing through the mount truncates it. An upper file
+        // truncated by another request between the mapping and the reply's write took the
+        // mapping's tail away under the kernel's copy, and the READ failed with EIO.
+        if size >= MAP_READ_MIN && h.from_lower.load(Ordering::Relaxed) {
             let mapped = sys::fstat(fd.as_fd()).and_then(|st| {
                 let eof = st.st_size as u64;
                 self.ask_ahead(&h, &fd, offset, size as u64, eof);

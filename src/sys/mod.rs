@@ -189,6 +189,19 @@ pub fn statx_attributes(dir: BorrowedFd, name: &CStr) -> io::Result<u64> {
     Ok(sx.stx_attributes)
 }
 
+/// The birth time of an open object (statx `STATX_BTIME`), where the filesystem keeps one.
+pub fn btime(fd: BorrowedFd) -> io::Result<(i64, u32)> {
+    // SAFETY: statx is plain data, zeroed is a valid value.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: an empty NUL-terminated name, a live fd and a writable statx buffer.
+    cvt(unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), flags, libc::STATX_BTIME, &mut sx) })?;
+    if sx.stx_mask & libc::STATX_BTIME == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok((sx.stx_btime.tv_sec, sx.stx_btime.tv_nsec))
+}
+
 /// `fstat(fd)`; works on `O_PATH` descriptors.
 pub fn fstat(fd: BorrowedFd) -> io::Result<Stat> {
     let mut st = zeroed_stat();
