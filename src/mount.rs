@@ -357,16 +357,19 @@ fn mount_state(info: &str, mountpoint: &Path, own: Option<&str>) -> MountState {
     use std::os::unix::ffi::OsStrExt;
     let Some(own) = own else { return MountState::Top };
     let want = mountpoint.as_os_str().as_bytes();
-    let devs: Vec<&str> = info
+    // (mount id, parent id, device) of the mounts at the path. The top one is no other's
+    // parent there (listing order is not mount order: `mount --move` keeps an older id).
+    let at: Vec<(&str, &str, &str)> = info
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split(' ').collect();
-            (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| f[2])
+            (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| (f[0], f[1], f[2]))
         })
         .collect();
-    match devs.last() {
-        Some(d) if *d == own => MountState::Top,
-        _ if devs.contains(&own) => MountState::Covered,
+    let top = at.iter().find(|(id, _, _)| !at.iter().any(|(_, parent, _)| parent == id));
+    match top {
+        Some((_, _, d)) if *d == own => MountState::Top,
+        _ if at.iter().any(|(_, _, d)| *d == own) => MountState::Covered,
         _ => MountState::Gone,
     }
 }
@@ -498,7 +501,7 @@ mod tests {
 40 22 0:41 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:20 - fuse.layerfs layerfs rw,user_id=0
 41 22 0:42 / /tmp/ovl rw,relatime shared:21 - overlay overlay rw,lowerdir=/l
 42 40 0:43 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:22 master:3 - fuse layerfs rw,user_id=0
-43 22 0:44 / /tmp/ovl rw,relatime - fuse.fuse-overlayfs fuse-overlayfs rw
+43 41 0:44 / /tmp/ovl rw,relatime - fuse.fuse-overlayfs fuse-overlayfs rw
 ";
 
     #[test]
@@ -507,6 +510,22 @@ mod tests {
         assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/ovl")).as_deref(), Some("0:44"));
         assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/")), None, "not a FUSE mount");
         assert_eq!(fuse_dev_in_mountinfo(INFO, Path::new("/tmp/a")), None);
+    }
+
+    #[test]
+    fn the_top_mount_is_found_by_parent_ids_not_by_order() {
+        // 50 was moved onto the path after 60 was mounted there: listed first, on top.
+        let info = "\
+60 22 0:60 / /m rw - fuse layerfs rw
+50 60 0:50 / /m rw - tmpfs other rw
+";
+        assert_eq!(mount_state(info, Path::new("/m"), Some("0:60")), MountState::Covered);
+        assert_eq!(mount_state(info, Path::new("/m"), Some("0:50")), MountState::Top);
+        let moved = "\
+50 60 0:50 / /m rw - tmpfs other rw
+60 22 0:60 / /m rw - fuse layerfs rw
+";
+        assert_eq!(mount_state(moved, Path::new("/m"), Some("0:60")), MountState::Covered);
     }
 
     #[test]

@@ -619,6 +619,13 @@ fn legacy_directory_entries_are_directories() {
 /// descriptor per directory level, and failed with EMFILE where GNU tar does not.
 #[test]
 fn deep_tree_under_a_1024_descriptor_limit() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is writable.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    if r.rlim_max < 2048 {
+        eprintln!("hard descriptor limit {} is below what a 1500-level tree needs: skipped", r.rlim_max);
+        return;
+    }
     let a = arena();
     let tar = a.root.join("deep.tar");
     let path = format!("{}f", "d/".repeat(1500));
@@ -668,9 +675,15 @@ fn diff_output_inside_the_directory_is_not_exported() {
     fs::create_dir_all(&up).unwrap();
     fs::write(up.join("f"), b"f").unwrap();
     let out = up.join("x.tar");
-    run_ok(["diff".as_ref(), s(&up), "-o".as_ref(), s(&out)]);
-    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
-    let names: Vec<String> =
-        ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, vec!["f"]);
+    // Twice: the second run replaces the first one's output, which is left out as well.
+    for _ in 0..2 {
+        run_ok(["diff".as_ref(), s(&up), "-o".as_ref(), s(&out)]);
+        let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["f"]);
+    }
 }

@@ -216,11 +216,15 @@ fn unprivileged_flatten_and_cleanup_of_read_only_directories() {
             entry("usr/bin/ro/x", b'0', b"x", 0o644, 0, (0, 0)),
         ],
     );
+    // Real layers declare the parents again.
     let next = write(
         "next.tar",
         &[
+            entry("usr/", b'5', b"", 0o755, 0, (0, 0)),
+            entry("usr/bin/", b'5', b"", 0o555, 0, (0, 0)),
             entry("usr/bin/tool", b'0', b"tool", 0o755, 0, (0, 0)),
             entry("usr/bin/.wh.sh", b'0', b"", 0o644, 0, (0, 0)),
+            entry("usr/bin/ro/y", b'0', b"y", 0o644, 0, (0, 0)),
         ],
     );
     let run = |args: &[&std::ffi::OsStr]| {
@@ -232,7 +236,9 @@ fn unprivileged_flatten_and_cleanup_of_read_only_directories() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(fs::read(flat.join("usr/bin/tool")).unwrap(), b"tool");
     assert!(!flat.join("usr/bin/sh").exists());
+    assert_eq!(fs::read(flat.join("usr/bin/ro/y")).unwrap(), b"y");
     assert_eq!(fs::metadata(flat.join("usr/bin")).unwrap().permissions().mode() & 0o7777, 0o555);
+    assert_eq!(fs::metadata(flat.join("usr/bin/ro")).unwrap().permissions().mode() & 0o7777, 0o555);
 
     // A failure after the read-only directories were made: nothing is left beside the target.
     // A header that promises 4096 bytes of data and has none.

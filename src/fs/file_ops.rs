@@ -237,14 +237,23 @@ impl OverlayFs {
 
     /// The fd to use for a handle, switching a lower read handle to the upper copy.
     fn handle_fd(&self, h: &FileHandle) -> Result<Arc<OwnedFd>> {
-        if h.from_lower.load(Ordering::Relaxed) && h.node.has_upper.load(Ordering::Acquire) {
-            if let Some(up) = h.node.upper() {
-                let fd = up.loc.open(libc::O_RDONLY).map_err(|e| Error::io(e, "reopen"))?;
-                *h.fd.write() = Arc::new(fd);
+        Ok(self.handle_fd_of(h)?.0)
+    }
+
+    /// [`Self::handle_fd`], and whether that descriptor is the lower file's (the flag changes
+    /// only under the descriptor's write lock, so the two go together).
+    fn handle_fd_of(&self, h: &FileHandle) -> Result<(Arc<OwnedFd>, bool)> {
+        if h.from_lower.load(Ordering::Acquire) && h.node.has_upper.load(Ordering::Acquire) {
+            let mut g = h.fd.write();
+            if h.from_lower.load(Ordering::Acquire) {
+                if let Some(up) = h.node.upper() {
+                    *g = Arc::new(up.loc.open(libc::O_RDONLY).map_err(|e| Error::io(e, "reopen"))?);
+                }
+                h.from_lower.store(false, Ordering::Release);
             }
-            h.from_lower.store(false, Ordering::Relaxed);
         }
-        Ok(h.fd.read().clone())
+        let g = h.fd.read();
+        Ok((g.clone(), h.from_lower.load(Ordering::Acquire)))
     }
 
     /// Reads up to `size` bytes at `offset`. A read of at least [`MAP_READ_MIN`] bytes of a
@@ -253,12 +262,12 @@ impl OverlayFs {
     /// calls so a request costs no allocation or zeroing).
     pub fn read<'b>(&self, fh: u64, offset: u64, size: u32, buf: &'b mut Vec<u8>) -> Result<ReadData<'b>> {
         let h = self.file(fh)?;
-        let fd = self.handle_fd(&h)?;
+        let (fd, lower) = self.handle_fd_of(&h)?;
         let size = size as usize;
-        // Only a lower file is mapped: nothing through the mount truncates it. An upper file
-        // truncated by another request between the mapping and the reply's write took the
-        // mapping's tail away under the kernel's copy, and the READ failed with EIO.
-        if size >= MAP_READ_MIN && h.from_lower.load(Ordering::Relaxed) {
+        if size >= MAP_READ_MIN && lower {
+            // Only a lower file is mapped: nothing through the mount truncates it. An upper
+            // file truncated by another request between the mapping and the reply's write took
+            // the mapping's tail away under the kernel's copy, and the READ failed with EIO.
             let mapped = sys::fstat(fd.as_fd()).and_then(|st| {
                 let eof = st.st_size as u64;
                 self.ask_ahead(&h, &fd, offset, size as u64, eof);
@@ -268,6 +277,10 @@ impl OverlayFs {
                 Ok(Some(view)) => return Ok(ReadData::Mapped(view)),
                 Ok(None) => return Ok(ReadData::Copied(&buf[..0])),
                 Err(e) => log::debug!("read: mapping fh {fh} failed ({e}), reading instead"),
+            }
+        } else if size >= MAP_READ_MIN && self.opts.read_ahead {
+            if let Ok(st) = sys::fstat(fd.as_fd()) {
+                self.ask_ahead(&h, &fd, offset, size as u64, st.st_size as u64);
             }
         }
         if buf.len() < size {

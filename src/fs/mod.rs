@@ -1821,10 +1821,13 @@ pub(crate) fn lower_leaf_id(key: (u64, u64), parent: u64, name: &[u8], salt: u32
     h.finish() | (1 << 63)
 }
 
-/// The key of [`lower_leaf_id`] for a stack: drawn from the birth times (to the nanosecond),
-/// inode and device numbers of its layer roots, which stay the same across mounts (so lower
-/// files keep their numbers after a remount) and are made on this machine, after whatever
-/// layer was crafted.
+/// The key of [`lower_leaf_id`] for a stack: drawn from the birth times (to the nanosecond)
+/// and inode numbers of its layer roots, which stay the same across mounts and reboots (so
+/// lower files keep their numbers after a remount) and are made on this machine, after
+/// whatever layer was crafted. (Device numbers are left out: they can change across reboots
+/// on btrfs, device-mapper or network filesystems. Where a filesystem keeps no birth time the
+/// key is the inode numbers alone, which a layer's author cannot see either but could guess
+/// at.)
 fn leaf_key(roots: &[&OwnedFd]) -> (u64, u64) {
     use std::hash::Hasher;
     let mut halves = [0u64; 2];
@@ -1833,7 +1836,6 @@ fn leaf_key(roots: &[&OwnedFd]) -> (u64, u64) {
         let mut h = std::hash::SipHasher::new_with_keys(i as u64, 0x6c61_7965_7266_7321);
         for fd in roots {
             if let Ok(st) = sys::fstat(fd.as_fd()) {
-                h.write_u64(st.st_dev);
                 h.write_u64(st.st_ino);
             }
             if let Ok((sec, nsec)) = sys::btime(fd.as_fd()) {
@@ -1998,6 +2000,34 @@ fn probe_trusted_xattr(work: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name whose id the table holds for another object (a collision of the keyed hash, or
+    /// an id kept by a node since renamed) gets another id; before, the lookup took over the
+    /// other object's node, and data went to the wrong file.
+    #[test]
+    fn a_taken_leaf_id_gives_the_name_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (l, u, w) = (tmp.path().join("l"), tmp.path().join("u"), tmp.path().join("w"));
+        for d in [&l, &u, &w] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(l.join("a"), b"a").unwrap();
+        std::fs::write(l.join("b"), b"b").unwrap();
+        let mut o = FsOptions::new(vec![l]);
+        o.upper = Some(u);
+        o.work = Some(w);
+        let fs = OverlayFs::new(o).unwrap();
+        let root = fs.node(ROOT_ID).unwrap();
+        let id_a = lower_leaf_id(fs.leaf_key, ROOT_ID, b"a", 0);
+        // "b" sits at the id "a" would get.
+        assert!(fs.add_lite(id_a, &root, b"b", 1, FileType::RegularFile));
+        let a = fs.lookup(ROOT_ID, std::ffi::OsStr::new("a")).unwrap();
+        assert_ne!(a.ino.0, id_a);
+        assert_eq!(a.ino.0, lower_leaf_id(fs.leaf_key, ROOT_ID, b"a", 1));
+        // The same name again finds its own (salted) id; the planted entry is untouched.
+        assert_eq!(fs.lookup(ROOT_ID, std::ffi::OsStr::new("a")).unwrap().ino, a.ino);
+        assert_eq!(fs.free_leaf_id(ROOT_ID, b"b"), lower_leaf_id(fs.leaf_key, ROOT_ID, b"b", 0));
+    }
 
     #[test]
     fn names_sharing_a_hash_get_distinct_offsets() {

@@ -91,12 +91,12 @@ impl Hdr {
 
 /// Writes `diff` of `upper` to `out`; returns the DiffID and byte count.
 pub fn export<W: Write>(upper: &Path, out: W) -> Result<ExportReport> {
-    export_skipping(upper, out, None)
+    export_skipping(upper, out, [None, None])
 }
 
-/// [`export`], leaving out the regular file `skip` (device, inode): the output file itself
+/// [`export`], leaving out the regular files `skip` (device, inode): the output file itself
 /// when it is written inside the directory exported (as GNU tar leaves out its archive).
-fn export_skipping<W: Write>(upper: &Path, out: W, skip: Option<(u64, u64)>) -> Result<ExportReport> {
+fn export_skipping<W: Write>(upper: &Path, out: W, skip: [Option<(u64, u64)>; 2]) -> Result<ExportReport> {
     let root = fsutil::open_dir_path(upper).ctx(|| format!("open {}", upper.display()))?;
     let st = fsutil::fstat(root.as_fd())?;
     let p = Progress::bytes(0, "diff");
@@ -124,7 +124,7 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
                 .write(true)
                 .open(file)
                 .ctx(|| format!("open {}", file.display()))?;
-            return export_skipping(upper, &f, output_id(&f));
+            return export_skipping(upper, &f, [output_id(&f), None]);
         }
         Ok(_) => std::fs::canonicalize(file).ctx(|| format!("resolve {}", file.display()))?,
         Err(_) => file.to_path_buf(),
@@ -141,7 +141,13 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
         .create_new(true)
         .open(&tmp)
         .ctx(|| format!("create {}", tmp.display()))?;
-    let res = export_skipping(upper, &f, output_id(&f)).and_then(|r| {
+    // The file being replaced is left out too, when it lies inside the directory exported
+    // (a second `diff UPPER -o UPPER/x.tar`), as GNU tar leaves out its archive.
+    let old = std::fs::metadata(&file).ok().filter(|m| m.is_file()).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
+    let res = export_skipping(upper, &f, [output_id(&f), old]).and_then(|r| {
         std::fs::rename(&tmp, &file).ctx(|| format!("rename to {}", file.display()))?;
         Ok(r)
     });
@@ -330,8 +336,8 @@ struct Exporter<W: Write> {
     out: TarOut<W>,
     links: HashMap<(u64, u64), Vec<u8>>,
     buf: Vec<u8>,
-    /// The output file (device, inode), never exported.
-    skip: Option<(u64, u64)>,
+    /// The output files (device, inode), never exported.
+    skip: [Option<(u64, u64)>; 2],
 }
 
 /// How a directory child is exported.
@@ -470,7 +476,7 @@ impl<W: Write> Exporter<W> {
                 }
             };
             let name = ent.name;
-            if ftype(&st) == libc::S_IFREG && self.skip == Some((st.st_dev, st.st_ino)) {
+            if ftype(&st) == libc::S_IFREG && self.skip.contains(&Some((st.st_dev, st.st_ino))) {
                 log::warn!("{}: the output file itself; not exported", show(&paths::join(path, &name)));
                 continue;
             }

@@ -292,7 +292,9 @@ pub fn remove_all(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<(
     // A non-root remover needs write and search permission on the directory to empty it (a
     // read-only 0555 directory, as Fedora's /usr/bin): it is going away, so its mode may.
     if fsutil::geteuid() != 0 && st.st_mode & 0o300 != 0o300 {
-        fsutil::fchmod(fd.as_fd(), (st.st_mode & 0o7777) | 0o700)?;
+        // Best effort: a directory of another owner may still be emptied through its group or
+        // other bits; the removals below report what fails.
+        let _ = fsutil::fchmod(fd.as_fd(), (st.st_mode & 0o7777) | 0o700);
     }
     for ent in fsutil::read_dir(fd.as_fd())? {
         if ent.d_type == libc::DT_DIR || ent.d_type == libc::DT_UNKNOWN {
@@ -719,7 +721,7 @@ impl Applier {
         Ok((fd, name.to_vec()))
     }
 
-    /// The nearest proper ancestor of `path` that the current layer whited out, if any.
+    /// The outermost proper ancestor of `path` that the current layer whited out, if any.
     fn whited_out_ancestor(&self, path: &[u8]) -> Option<Vec<u8>> {
         if self.whiteouts.is_empty() {
             return None;
@@ -870,16 +872,27 @@ impl Applier {
         let fd = fsutil::open_dir_at(pfd.as_fd(), &name).ctx(|| "open directory")?;
         if self.am_root {
             fsutil::fchown(fd.as_fd(), meta.uid, meta.gid).ctx(|| "chown")?;
+        } else if existed {
+            // An earlier layer's read-only directory (Fedora's 0555 /usr/bin) declared again:
+            // writable for the rest of the layer, its declared mode set at the end.
+            let st = fsutil::fstat(fd.as_fd()).ctx(|| "stat")?;
+            if st.st_mode & 0o300 != 0o300 && st.st_uid == fsutil::geteuid() {
+                fsutil::fchmod(fd.as_fd(), (st.st_mode & 0o7777) | 0o700).ctx(|| "chmod")?;
+            }
         }
         if existed {
             // A directory declared again (a later layer, with --flatten): its attributes are
-            // replaced, not merged (OCI layer rules), so xattrs it no longer has go. An opaque
-            // mark this layer put there stays.
+            // replaced, not merged (OCI layer rules), so xattrs a tar can carry that it no
+            // longer has go. An opaque mark this layer put there stays, and so do security
+            // labels (SELinux and the like are the LSM's, not the layer's).
             let names = fsutil::list_xattrs(XattrFd::Fd(fd.as_fd())).ctx(|| "list xattrs")?;
             for n in names {
-                let kept = meta.xattrs.iter().any(|(k, _)| *k == n)
-                    || n == b"trusted.overlay.opaque"
-                    || n == b"user.overlay.opaque";
+                let from_tar = n.starts_with(b"user.")
+                    || n.starts_with(b"system.posix_acl_")
+                    || n == b"security.capability"
+                    || (n.starts_with(b"trusted.") && !n.starts_with(b"trusted.overlay."));
+                let kept =
+                    !from_tar || meta.xattrs.iter().any(|(k, _)| *k == n) || n == b"user.overlay.opaque";
                 if !kept {
                     if let Err(e) = fsutil::remove_xattr_fd(fd.as_fd(), &n) {
                         if errno_is(&e, &[libc::ENOTSUP, libc::EPERM, libc::EACCES]) {
