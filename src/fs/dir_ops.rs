@@ -923,12 +923,7 @@ impl OverlayFs {
             if flags & sys::RENAME_NOREPLACE != 0 {
                 return Err(Error::errno(libc::EEXIST));
             }
-            match (d.is_dir(), src.is_dir()) {
-                (true, false) => return Err(Error::errno(libc::EISDIR)),
-                (false, true) => return Err(Error::errno(libc::ENOTDIR)),
-                (true, true) => self.check_removable(d, true)?,
-                (false, false) => {}
-            }
+            self.check_removable(d, src.is_dir())?;
         }
         if exchange {
             let d = dst0.as_ref().ok_or(Error::errno(libc::ENOENT))?;
@@ -981,19 +976,8 @@ impl OverlayFs {
             if flags & sys::RENAME_NOREPLACE != 0 {
                 return Err(Error::errno(libc::EEXIST));
             }
-            let d_dir = d.is_dir();
-            if d_dir && !src_dir {
-                return Err(Error::errno(libc::EISDIR));
-            }
-            if !d_dir && src_dir {
-                return Err(Error::errno(libc::ENOTDIR));
-            }
-            if d_dir {
-                let _dg = d.dir_lock.write();
-                if self.list_merged(d)?.len() > 2 {
-                    return Err(Error::errno(libc::ENOTEMPTY));
-                }
-            }
+            // The target goes as an unlink or rmdir of it would.
+            self.check_removable(d, src_dir)?;
         }
         let need_wh_old = self.lower_positive(&opn, oname)?;
         if let Some(d) = &dst {
