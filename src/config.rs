@@ -128,60 +128,36 @@ pub fn split_options(s: &str) -> Vec<String> {
     out
 }
 
-/// Splits a `lowerdir=` value on unescaped `:`; a backslash escapes the next character.
-pub fn split_layers(s: &str) -> Vec<String> {
+/// The elements of a `lowerdir=` value split on unescaped `:` (a backslash escapes the next
+/// character), empty ones included.
+fn layer_elements(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            ':' => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
+            '\\' => cur.extend(chars.next()),
+            ':' => out.push(std::mem::take(&mut cur)),
             _ => cur.push(c),
         }
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
+    out.push(cur);
     out
+}
+
+/// Splits a `lowerdir=` value into its layers; empty elements are dropped.
+pub fn split_layers(s: &str) -> Vec<String> {
+    layer_elements(s).into_iter().filter(|e| !e.is_empty()).collect()
 }
 
 /// Whether a lowerdir value has an empty layer between two others (`A::B`): the kernel's
 /// data-only layers, whose files are never shown. A leading or trailing ':' is only dropped.
 pub fn has_data_only_layers(s: &str) -> bool {
-    let mut seen = false; // a non-empty layer so far
-    let mut empty_after = false; // an empty one after it
-    let mut cur = false; // the current layer has characters
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-                cur = true;
-            }
-            ':' => {
-                if cur {
-                    if empty_after {
-                        return true;
-                    }
-                    seen = true;
-                } else if seen {
-                    empty_after = true;
-                }
-                cur = false;
-            }
-            _ => cur = true,
-        }
+    let e = layer_elements(s);
+    match (e.iter().position(|x| !x.is_empty()), e.iter().rposition(|x| !x.is_empty())) {
+        (Some(first), Some(last)) => e[first..last].iter().any(String::is_empty),
+        _ => false,
     }
-    cur && empty_after
 }
 
 /// Removes backslash escapes from a single path value.

@@ -48,9 +48,15 @@ fn scenario(c: &mut Ctx) {
     c.sh(report, false);
 }
 
-fn check(log: &[(String, i32)]) {
-    let all: String = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
+/// The step log as one text (printed, for a failing run).
+fn joined(log: &[(String, i32)]) -> String {
+    let all = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
     eprintln!("{all}");
+    all
+}
+
+fn check(log: &[(String, i32)]) {
+    let all = joined(log);
     // What both sides agreed on is what the VFS does (not two identical failures).
     for want in ["append 777 5", "trunc 777 1", "pwrite 777 4", "falloc 777 65536", "otrunc 777 0"] {
         assert!(all.contains(want), "{want}:\n{all}");
@@ -114,9 +120,7 @@ fn copy_up_keeps_caps_and_a_non_owner_chown_keeps_setuid() {
             .owner("other_suid", 1500, 1500)
             .file("own_suid", "x\n"),
     ]);
-    let log = run_both(&stack, copy_up_and_chown_scenario);
-    let all: String = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
-    eprintln!("{all}");
+    let all = joined(&run_both(&stack, copy_up_and_chown_scenario));
     assert!(all.contains("grep -c 0x01 -> 0\n1\n"), "caps lost on copy-up:\n{all}");
     assert!(all.contains("Operation not permitted: 'other_suid'\nother_suid 4755"), "{all}");
     assert!(all.contains("own_suid 755"), "the owner's chown keeps setuid:\n{all}");
@@ -151,9 +155,7 @@ fn setgid_mark_stays_for_group_members_and_root() {
     }
     for opts in ["", "passthrough=0"] {
         let s = common::Scratch::new();
-        let log = run_both_in(s.dir.path(), &stack(), &sgid_mark_scenario, opts);
-        let all: String = log.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("\n");
-        eprintln!("{all}");
+        let all = joined(&run_both_in(s.dir.path(), &stack(), &sgid_mark_scenario, opts));
         assert!(all.contains("w 2664\nt 2664\no 2664\nc 2664\nr 2664"), "{opts}:\n{all}");
     }
 }

@@ -898,6 +898,7 @@ fn copy_up_shows_the_new_ctimes() {
         (md.ctime(), md.ctime_nsec())
     };
     fs::write(m.join("d/new"), b"n").unwrap(); // d is in the upper now
+    // The kernel caches both attributes now; the copy-up below must invalidate them.
     let (_, _) = (ctime(&m.join("d")), ctime(&m.join("d/f")));
     std::thread::sleep(std::time::Duration::from_millis(20));
     drop(fs::OpenOptions::new().write(true).open(m.join("d/f")).unwrap()); // copy-up, no write

@@ -118,16 +118,20 @@ fn export_skipping<W: Write>(upper: &Path, out: W, skip: [Option<(u64, u64)>; 2]
 pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
     // What the name leads to: a device, fifo or socket (`-o /dev/null`) is written into, never
     // replaced; through a symlink, the file it names is the one replaced.
-    let file = match std::fs::metadata(file) {
+    // The file being replaced is left out of the layer, when it lies inside the directory
+    // exported (a second `diff UPPER -o UPPER/x.tar`), as GNU tar leaves out its archive.
+    let (file, old) = match std::fs::metadata(file) {
         Ok(m) if !m.is_file() => {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(file)
                 .ctx(|| format!("open {}", file.display()))?;
-            return export_skipping(upper, &f, [output_id(&f), None]);
+            return export_skipping(upper, &f, [None, None]);
         }
-        Ok(_) => std::fs::canonicalize(file).ctx(|| format!("resolve {}", file.display()))?,
-        Err(_) => file.to_path_buf(),
+        Ok(m) => {
+            (std::fs::canonicalize(file).ctx(|| format!("resolve {}", file.display()))?, Some(file_id(&m)))
+        }
+        Err(_) => (file.to_path_buf(), None),
     };
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -141,13 +145,8 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
         .create_new(true)
         .open(&tmp)
         .ctx(|| format!("create {}", tmp.display()))?;
-    // The file being replaced is left out too, when it lies inside the directory exported
-    // (a second `diff UPPER -o UPPER/x.tar`), as GNU tar leaves out its archive.
-    let old = std::fs::metadata(&file).ok().filter(|m| m.is_file()).map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
-    let res = export_skipping(upper, &f, [output_id(&f), old]).and_then(|r| {
+    let new = f.metadata().ok().map(|m| file_id(&m));
+    let res = export_skipping(upper, &f, [new, old]).and_then(|r| {
         std::fs::rename(&tmp, &file).ctx(|| format!("rename to {}", file.display()))?;
         Ok(r)
     });
@@ -157,10 +156,10 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
     res
 }
 
-/// A regular output file's (device, inode).
-fn output_id(f: &std::fs::File) -> Option<(u64, u64)> {
+/// A file's (device, inode).
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    f.metadata().ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
+    (m.dev(), m.ino())
 }
 
 struct TarOut<W: Write> {

@@ -1063,12 +1063,8 @@ impl Applier {
         if self.opts.flatten {
             return self.perform_whiteout(target);
         }
-        let mut p = paths::split_last(target).0;
-        while !p.is_empty() {
-            if self.whiteouts.contains(p) {
-                return Ok(()); // beneath a name this layer whites out: hidden already
-            }
-            p = paths::split_last(p).0;
+        if self.whited_out_ancestor(target).is_some() {
+            return Ok(()); // beneath a name this layer whites out: hidden already
         }
         let (pfd, name) = self.parent_of(target)?;
         match fsutil::stat_at(pfd.as_fd(), &name) {
