@@ -165,6 +165,51 @@ fn listing_without_handle_is_dropped_once_read_to_the_end() {
 }
 
 #[test]
+fn the_first_lookup_in_a_merged_directory_stats_its_lower_entries_ahead() {
+    let s = Scratch::new();
+    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    for (l, n) in [(&l1, 1), (&l2, 2)] {
+        fs::create_dir_all(l.join("d/sub")).unwrap();
+        fs::write(l.join(format!("d/f{n}")), b"f").unwrap();
+    }
+    let mount = |read_ahead: bool| {
+        let mut o = FsOptions::new(vec![l1.clone(), l2.clone()]);
+        o.upper = Some(u.clone());
+        o.work = Some(w.clone());
+        o.read_ahead = read_ahead;
+        OverlayFs::new(o).unwrap()
+    };
+    // Directories stat'ed ahead, once the count stops short of `want` for a while.
+    let statted = |fs: &OverlayFs, want: u64| {
+        let t = std::time::Instant::now();
+        while fs.stat_ahead_count() < want && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs.stat_ahead_count()
+    };
+    let fs = mount(true);
+    let d = fs.lookup(1, OsStr::new("d")).unwrap().ino.0;
+    assert_eq!(statted(&fs, 1), 1, "the root's lowers, at its first lookup");
+    assert!(fs.lookup(d, OsStr::new("missing")).is_err());
+    assert_eq!(statted(&fs, 2), 2, "a lookup that finds nothing counts too");
+    fs.lookup(d, OsStr::new("f2")).unwrap();
+    fs.lookup(d, OsStr::new("sub")).unwrap();
+    fs.lookup(1, OsStr::new("d")).unwrap();
+    assert_eq!(statted(&fs, 3), 2, "once per directory");
+    // A directory only in the upper layer has nothing to stat ahead.
+    let caller = Caller { uid: 0, gid: 0, pid: 0, umask: 0 };
+    let n = fs.mkdir(1, OsStr::new("new"), 0o755, caller).unwrap().ino.0;
+    assert!(fs.lookup(n, OsStr::new("x")).is_err());
+    assert_eq!(statted(&fs, 3), 2);
+    // read_ahead=0: nothing.
+    let fs = mount(false);
+    let d = fs.lookup(1, OsStr::new("d")).unwrap().ino.0;
+    fs.lookup(d, OsStr::new("f1")).unwrap();
+    assert_eq!(statted(&fs, 1), 0);
+}
+
+#[test]
 fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     let s = Scratch::new();
     let (l1, l2) = (s.path("l1"), s.path("l2"));

@@ -21,6 +21,15 @@
 //! each step the opens keep up with, to [`DATA_FILES`]. The walk's own reads then find the
 //! data in the page cache, or on its way, instead of waiting for one disk read after another.
 //! A listing alone reads no data.
+//!
+//! Lookups are read ahead too, for programs that stat or open names without listing first (a
+//! `stat` of a list of paths, a build resolving its headers, an interpreter importing
+//! modules). The first lookup in a directory that merges lower directories queues a stat of
+//! every entry of those lower directories ([`STAT_AHEAD_MAX`] at most each, in inode order,
+//! the biggest directory first): the walk's own lookups then find the inodes in the kernel's
+//! caches instead of waiting for one disk read after another. These queue behind the walks'
+//! directories, first in first out (a program that went through many directories comes back
+//! to the first one first), [`STAT_QUEUE`] directories at most.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -51,6 +60,10 @@ pub(crate) const DATA_BYTES: u64 = 1 << 20;
 /// `FILES_PER_DIR`: 16 bytes each) for reading their data ahead.
 const FILE_DIRS: usize = 16;
 const FILES_PER_DIR: usize = 4096;
+/// Directories waiting for their entries to be stat'ed ahead of lookups, and how many entries
+/// of each lower directory are (a lookup in a huge directory does not stat all of it).
+const STAT_QUEUE: usize = 4096;
+pub(crate) const STAT_AHEAD_MAX: usize = 4096;
 
 /// What the read-ahead knows, and its work queue (threads started at first use: a mount forks
 /// after the filesystem is built).
@@ -80,15 +93,25 @@ struct Files {
 
 #[derive(Default)]
 struct Queue {
-    jobs: Mutex<VecDeque<Job>>,
+    jobs: Mutex<Jobs>,
     ready: Condvar,
     /// Directories queued so far, and read ahead so far.
     queued: AtomicU64,
     done: AtomicU64,
+    /// Directories whose entries were stat'ed ahead of lookups.
+    statted: AtomicU64,
     /// Files whose data was asked for.
     data_files: AtomicU64,
     /// Set when the filesystem goes away: the threads end.
     closed: std::sync::atomic::AtomicBool,
+}
+
+/// The work waiting: the walks' jobs (newest first), then the lookups' directories (oldest
+/// first).
+#[derive(Default)]
+struct Jobs {
+    walk: VecDeque<Job>,
+    stats: VecDeque<LowerDirs>,
 }
 
 enum Job {
@@ -97,6 +120,8 @@ enum Job {
     Dir { upper: Option<Arc<OwnedFd>>, lowers: LowerDirs },
     /// Files whose data to ask for: where each lives, and its size.
     Data(Vec<(Loc, u64)>),
+    /// A directory whose lower entries to stat ahead of its lookups.
+    Stats(LowerDirs),
 }
 
 impl Known {
@@ -140,6 +165,33 @@ impl ReadAhead {
 
     /// Queues `jobs` (in walk order) ahead of everything queued before.
     fn push(&self, jobs: Vec<Job>) {
+        self.start();
+        let dirs = jobs.iter().filter(|j| matches!(j, Job::Dir { .. })).count();
+        self.queue.queued.fetch_add(dirs as u64, Ordering::Relaxed);
+        let mut q = self.queue.jobs.lock();
+        for j in jobs.into_iter().rev() {
+            q.walk.push_front(j);
+        }
+        q.walk.truncate(QUEUE);
+        drop(q);
+        self.queue.ready.notify_all();
+    }
+
+    /// Queues the stat of a directory's lower entries ahead of its lookups; false when the
+    /// queue is full.
+    fn push_stats(&self, lowers: LowerDirs) -> bool {
+        self.start();
+        let mut q = self.queue.jobs.lock();
+        if q.stats.len() >= STAT_QUEUE {
+            return false;
+        }
+        q.stats.push_back(lowers);
+        drop(q);
+        self.queue.ready.notify_one();
+        true
+    }
+
+    fn start(&self) {
         self.started.get_or_init(|| {
             for _ in 0..THREADS {
                 let q = self.queue.clone();
@@ -152,22 +204,14 @@ impl ReadAhead {
                 }
             }
         });
-        let dirs = jobs.iter().filter(|j| matches!(j, Job::Dir { .. })).count();
-        self.queue.queued.fetch_add(dirs as u64, Ordering::Relaxed);
-        let mut q = self.queue.jobs.lock();
-        for j in jobs.into_iter().rev() {
-            q.push_front(j);
-        }
-        q.truncate(QUEUE);
-        drop(q);
-        self.queue.ready.notify_all();
     }
 }
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
         let mut jobs = self.queue.jobs.lock();
-        jobs.clear();
+        jobs.walk.clear();
+        jobs.stats.clear();
         self.queue.closed.store(true, Ordering::Relaxed);
         drop(jobs);
         self.queue.ready.notify_all();
@@ -182,16 +226,23 @@ fn worker(q: &Queue) {
                 if q.closed.load(Ordering::Relaxed) {
                     return;
                 }
-                match jobs.pop_front() {
-                    Some(j) => break j,
-                    None => q.ready.wait(&mut jobs),
+                if let Some(j) = jobs.walk.pop_front() {
+                    break j;
                 }
+                if let Some(lowers) = jobs.stats.pop_front() {
+                    break Job::Stats(lowers);
+                }
+                q.ready.wait(&mut jobs);
             }
         };
         match job {
+            Job::Stats(lowers) => {
+                stat_ahead(&lowers);
+                q.statted.fetch_add(1, Ordering::Relaxed);
+            }
             Job::Dir { upper, lowers } => {
                 if let Some(u) = &upper {
-                    let _ = stat_all(u);
+                    let _ = stat_all(u, usize::MAX);
                 }
                 read_ahead(&lowers);
                 q.done.fetch_add(1, Ordering::Relaxed);
@@ -220,16 +271,19 @@ fn data_ahead(loc: &Loc, size: u64) {
     }
 }
 
-/// Reads directory `dir` and stats its entries, and looks for the opaque marker in its
-/// subdirectories: its blocks, their inodes and the subdirectories' blocks come into the
-/// kernel's caches, as a listing of `dir` will want them (its lookups open each subdirectory
-/// and check it for the marker).
-fn stat_all(dir: &OwnedFd) -> std::io::Result<Vec<sys::DirEntry>> {
+/// Reads directory `dir` and stats its entries (`limit` at most), and looks for the opaque
+/// marker in its subdirectories: its blocks, their inodes and the subdirectories' blocks come
+/// into the kernel's caches, as a listing of `dir` will want them (its lookups open each
+/// subdirectory and check it for the marker). The entries are stat'ed in inode order, which
+/// is mostly the order of the inodes on disk.
+fn stat_all(dir: &OwnedFd, limit: usize) -> std::io::Result<Vec<sys::DirEntry>> {
     let rfd = sys::reopen_dir(dir.as_fd())?;
     let raw = sys::read_dir_all(rfd.as_fd())?;
     drop(rfd);
     let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();
-    for e in &raw {
+    let mut order: Vec<&sys::DirEntry> = raw.iter().collect();
+    order.sort_unstable_by_key(|e| e.ino);
+    for e in order.into_iter().take(limit) {
         let Ok(c) = CString::new(e.name.as_slice()) else { continue };
         let Ok(st) = sys::fstatat(dir.as_fd(), &c) else { continue };
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -249,7 +303,23 @@ fn read_ahead(dirs: &LowerDirs) {
             continue; // read already: a lookup or the walk itself got there first
         }
         let Ok(fd) = ld.fd.get() else { continue };
-        let Ok(raw) = stat_all(&fd) else { continue };
+        let Ok(raw) = stat_all(&fd, usize::MAX) else { continue };
+        if dirs.len() >= INDEX_MIN_LOWERS {
+            ld.index.get_or_init(|| DirIndex::from_raw(&raw));
+        }
+    }
+}
+
+/// Stats the entries of a directory's lower directories ahead of its lookups, the biggest
+/// directory first (by its index: where the lookups will most likely go); each gets its index
+/// if it has none yet and should.
+fn stat_ahead(dirs: &LowerDirs) {
+    let mut order: Vec<(usize, &super::LowerDir)> =
+        dirs.iter().map(|ld| (ld.index.get().map_or(0, DirIndex::len), ld)).collect();
+    order.sort_by_key(|&(n, _)| std::cmp::Reverse(n));
+    for (_, ld) in order {
+        let Ok(fd) = ld.fd.get() else { continue };
+        let Ok(raw) = stat_all(&fd, STAT_AHEAD_MAX) else { continue };
         if dirs.len() >= INDEX_MIN_LOWERS {
             ld.index.get_or_init(|| DirIndex::from_raw(&raw));
         }
@@ -354,6 +424,24 @@ impl OverlayFs {
         if !files.is_empty() {
             self.ahead.push(vec![Job::Data(files)]);
         }
+    }
+
+    /// A lookup in a directory with lower directories `lowers`: the first one there queues
+    /// the stat of their entries (see the module's notes).
+    pub(crate) fn looked_up(&self, lowers: &LowerDirs) {
+        let Some(inner) = lowers.0.as_ref() else { return };
+        if !self.opts.read_ahead || inner.stats_queued.load(Ordering::Relaxed) {
+            return;
+        }
+        if !inner.stats_queued.swap(true, Ordering::Relaxed) && !self.ahead.push_stats(lowers.clone()) {
+            inner.stats_queued.store(false, Ordering::Relaxed); // full: a later lookup tries again
+        }
+    }
+
+    /// Directories whose entries were stat'ed ahead of lookups so far (for tests and
+    /// statistics).
+    pub fn stat_ahead_count(&self) -> u64 {
+        self.ahead.queue.statted.load(Ordering::Relaxed)
     }
 
     /// Files whose data was asked for ahead so far (for tests and statistics).

@@ -146,9 +146,26 @@ pub(crate) struct LowerDir {
 /// A lower directory's index, built at most once and shared by every node state holding it.
 pub(crate) type SharedIndex = Arc<std::sync::OnceLock<DirIndex>>;
 
+/// A lower directory opened and read ahead of its probe ([`OverlayFs::prefetch_lower_dirs`]).
+pub(crate) struct Prefetched {
+    fd: Arc<OwnedFd>,
+    marks: DirMarks,
+    index: SharedIndex,
+}
+
 impl LowerDir {
     pub(crate) fn new(layer: usize, fd: DirFd, marks: DirMarks) -> LowerDir {
         LowerDir { layer, fd, marks, index: Arc::default() }
+    }
+
+    /// A lower directory whose index may have been read already.
+    pub(crate) fn with_index(
+        layer: usize,
+        fd: DirFd,
+        marks: DirMarks,
+        index: Option<SharedIndex>,
+    ) -> LowerDir {
+        LowerDir { layer, fd, marks, index: index.unwrap_or_default() }
     }
 }
 
@@ -163,6 +180,8 @@ pub(crate) struct LowerDirsInner {
     /// Many lowers only ([`MANY_LOWERS`]): name → the first position that has the name
     /// or whites it out, so a lookup skips the layers that cannot matter.
     first: std::sync::OnceLock<HashMap<Box<[u8]>, u32>>,
+    /// Set once a lookup here queued the entries' stats ahead (see [`ahead`]).
+    stats_queued: AtomicBool,
 }
 
 impl From<Vec<LowerDir>> for LowerDirs {
@@ -170,7 +189,11 @@ impl From<Vec<LowerDir>> for LowerDirs {
         if v.is_empty() {
             return LowerDirs(None);
         }
-        LowerDirs(Some(Arc::new(LowerDirsInner { dirs: v.into(), first: Default::default() })))
+        LowerDirs(Some(Arc::new(LowerDirsInner {
+            dirs: v.into(),
+            first: Default::default(),
+            stats_queued: AtomicBool::new(false),
+        })))
     }
 }
 
@@ -502,8 +525,18 @@ fn systime(sec: i64, nsec: i64) -> SystemTime {
 
 /// What one layer holds under a name, with what is needed to build a node from it.
 pub(crate) enum Found {
-    NonDir { ino: u64, mode: u32 },
-    Dir { ino: u64, fd: Arc<OwnedFd>, marks: DirMarks },
+    NonDir {
+        ino: u64,
+        mode: u32,
+    },
+    /// `index`: the directory's index when it was read with it (lower directories below many
+    /// lowers, see [`OverlayFs::prefetch_lower_dirs`]).
+    Dir {
+        ino: u64,
+        fd: Arc<OwnedFd>,
+        marks: DirMarks,
+        index: Option<SharedIndex>,
+    },
 }
 
 /// A lower directory's listing, read once: lookups in it then need no syscall unless the name
@@ -610,6 +643,11 @@ impl DirIndex {
     /// for directories only (0 for other kinds).
     pub(crate) fn entry(&self, name: &[u8]) -> Option<(u8, u64)> {
         self.find(false, name)
+    }
+
+    /// How many names the index holds (entries and whiteouts).
+    pub(crate) fn len(&self) -> usize {
+        self.table.iter().filter(|&&o| o != EMPTY).count()
     }
 
     /// Every name this layer directory holds or whites out (`.wh.NAME` gives NAME).
@@ -1105,7 +1143,10 @@ impl OverlayFs {
                 // A directory next to its own whiteout: nothing below shows through.
                 marks.opaque = true;
             }
-            return Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino: st.st_ino, fd, marks })));
+            return Ok((
+                Probe::Dir { opaque: marks.opaque },
+                Some(Found::Dir { ino: st.st_ino, fd, marks, index: None }),
+            ));
         }
         Ok((Probe::NonDir, Some(Found::NonDir { ino: st.st_ino, mode: st.st_mode })))
     }
@@ -1152,6 +1193,14 @@ impl OverlayFs {
         map.get(name).map_or(lowers.len(), |&p| p as usize)
     }
 
+    /// [`OverlayFs::first_position`] when every lower's index is read already (None otherwise).
+    fn known_first_position(&self, lowers: &LowerDirs, name: &[u8]) -> Option<usize> {
+        match lowers.0.as_ref().filter(|i| i.dirs.len() >= MANY_LOWERS) {
+            None => Some(0),
+            Some(inner) => inner.first.get().map(|m| m.get(name).map_or(lowers.len(), |&p| p as usize)),
+        }
+    }
+
     /// A directory of a lower layer, opened, with its marks.
     fn open_lower_subdir(&self, ld: &LowerDir, cname: &CStr) -> Result<(Arc<OwnedFd>, DirMarks)> {
         let fd = Arc::new(
@@ -1161,34 +1210,59 @@ impl OverlayFs {
         Ok((fd, marks))
     }
 
-    /// For a name looked up below many lower directories (their indexes read by
-    /// [`OverlayFs::first_position`]): opens the name's directories in all of them, on
-    /// [`PROBE_THREADS`] threads. Each is a separate inode to read when cold, and one at a time
-    /// a 500-layer lookup waits for 500 reads in a row. Errors (and lowers without an index) are
-    /// left for the sequential probe. Returns what was opened, by position in `lowers` (empty
-    /// when not worth it).
+    /// A directory of a lower layer opened and read: its marks (the opaque marker taken from
+    /// the listing, which reads the same blocks as looking for it) and its index.
+    fn read_lower_subdir(&self, ld: &LowerDir, cname: &CStr) -> Result<Prefetched> {
+        let fd = Arc::new(
+            layer::open_dir_at(dir_open(&ld.fd)?.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?,
+        );
+        let rfd = sys::reopen_dir(fd.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
+        let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
+        let mut marks = DirMarks::default();
+        if !self.layers[ld.layer].is_bottom {
+            marks = layer::xattr_marks(&fd);
+            marks.opaque |= raw.iter().any(|e| e.name == name::OPAQUE_MARKER);
+        }
+        let index = Arc::new(std::sync::OnceLock::from(DirIndex::from_raw(&raw)));
+        Ok(Prefetched { fd, marks, index })
+    }
+
+    /// For a name looked up below many lower directories ([`MANY_LOWERS`]): reads, on
+    /// [`PROBE_THREADS`] threads, each lower directory's index where it has none yet, and opens
+    /// and reads the name's directory wherever the index shows one. Cold, each is an inode and
+    /// a directory block to read, and one at a time a 500-layer lookup waits for 1500 reads in
+    /// a row; in parallel, and without waiting for every index before opening the first
+    /// directory, the disk serves them together. The directories' indexes are kept (a lookup
+    /// below a directory of many lowers reads them all). Errors are left for the sequential
+    /// probe. Returns what was opened, by position in `lowers` (empty below [`MANY_LOWERS`],
+    /// and when every index is read and fewer than [`MANY_LOWERS`] directories are to open).
     fn prefetch_lower_dirs(
         &self,
-        lowers: &[LowerDir],
+        lowers: &LowerDirs,
+        from: usize,
         name: &[u8],
         cname: &CStr,
-    ) -> Vec<Option<(Arc<OwnedFd>, DirMarks)>> {
-        if lowers.len() < MANY_LOWERS {
+    ) -> Vec<Option<Prefetched>> {
+        if lowers.len() < MANY_LOWERS || from >= lowers.len() {
             return Vec::new();
         }
-        let want: Vec<usize> = (0..lowers.len())
-            .filter(|&i| {
-                lowers[i].index.get().is_some_and(|ix| matches!(ix.entry(name), Some((libc::DT_DIR, _))))
-            })
-            .collect();
-        if want.len() < MANY_LOWERS {
-            return Vec::new();
+        let is_dir = |ld: &LowerDir| {
+            ld.index.get().is_some_and(|ix| matches!(ix.entry(name), Some((libc::DT_DIR, _))))
+        };
+        let work: Vec<usize> =
+            (from..lowers.len()).filter(|&i| lowers[i].index.get().is_none() || is_dir(&lowers[i])).collect();
+        let reads = work.iter().filter(|&&i| lowers[i].index.get().is_none()).count();
+        if reads == 0 && work.len() < MANY_LOWERS {
+            return Vec::new(); // a few directories to open: threads would cost more
         }
-        let slots: Vec<std::sync::OnceLock<(Arc<OwnedFd>, DirMarks)>> =
+        let slots: Vec<std::sync::OnceLock<Prefetched>> =
             (0..lowers.len()).map(|_| Default::default()).collect();
-        par_for(want.len(), |k| {
-            if let Ok(d) = self.open_lower_subdir(&lowers[want[k]], cname) {
-                let _ = slots[want[k]].set(d);
+        par_for(work.len(), |k| {
+            let ld = &lowers[work[k]];
+            if self.lower_index(ld, lowers.len()).is_ok() && is_dir(ld) {
+                if let Ok(d) = self.read_lower_subdir(ld, cname) {
+                    let _ = slots[work[k]].set(d);
+                }
             }
         });
         slots.into_iter().map(|s| s.into_inner()).collect()
@@ -1202,7 +1276,7 @@ impl OverlayFs {
         nlowers: usize,
         name: &[u8],
         cname: &CStr,
-        pre: Option<&(Arc<OwnedFd>, DirMarks)>,
+        pre: Option<Prefetched>,
     ) -> Result<(Probe, Option<Found>)> {
         let bottom = self.layers[ld.layer].is_bottom;
         let Some(ix) = self.lower_index(ld, nlowers)? else {
@@ -1214,12 +1288,15 @@ impl OverlayFs {
         };
         match dtype {
             libc::DT_DIR => {
-                let (fd, mut marks) = match pre {
-                    Some((fd, marks)) => (fd.clone(), *marks),
-                    None => self.open_lower_subdir(ld, cname)?,
+                let (fd, mut marks, index) = match pre {
+                    Some(p) => (p.fd, p.marks, Some(p.index)),
+                    None => {
+                        let (fd, marks) = self.open_lower_subdir(ld, cname)?;
+                        (fd, marks, None)
+                    }
                 };
                 marks.opaque |= whited;
-                Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino, fd, marks })))
+                Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino, fd, marks, index })))
             }
             libc::DT_REG if !ld.marks.xattr_whiteouts => {
                 Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFREG })))
@@ -1264,11 +1341,14 @@ impl OverlayFs {
             resolver.feed(Probe::Absent);
         }
         if go {
-            let start = self.first_position(&lowers, name);
+            // Where the name first matters, when the lowers' indexes say already: the
+            // prefetch need not look above it.
+            let known = self.known_first_position(&lowers, name);
+            let mut pre = self.prefetch_lower_dirs(&lowers, known.unwrap_or(0), name, &cn);
+            let start = known.unwrap_or_else(|| self.first_position(&lowers, name));
             resolver.skip_absent(start);
-            let pre = self.prefetch_lower_dirs(&lowers[start..], name, &cn);
             for (i, ld) in lowers.iter().enumerate().skip(start) {
-                let pre = pre.get(i - start).and_then(Option::as_ref);
+                let pre = pre.get_mut(i).and_then(Option::take);
                 let (p, f) = self.probe_lower(ld, lowers.len(), name, &cn, pre)?;
                 if let Some(f) = f {
                     found.push((ld.layer, f, ld.fd.clone()));
@@ -1308,7 +1388,7 @@ impl OverlayFs {
                 let mut upper_id = None;
                 for pos in layers {
                     let li = pos_to_layer(pos);
-                    let Some((_, Found::Dir { ino, fd, marks }, pdir)) = find(li) else {
+                    let Some((_, Found::Dir { ino, fd, marks, index }, pdir)) = find(li) else {
                         return Err(Error::new(libc::EIO, "resolve dir"));
                     };
                     // The number of the topmost lower directory where there is one: it stays
@@ -1324,7 +1404,7 @@ impl OverlayFs {
                         umarks = *marks;
                     } else {
                         let d = DirFd::child(pdir, cn.clone(), fd.clone(), *ino);
-                        lower_dirs.push(LowerDir::new(li, d, *marks));
+                        lower_dirs.push(LowerDir::with_index(li, d, *marks, index.clone()));
                     }
                 }
                 let state = NodeState {
@@ -1366,7 +1446,10 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let _g = pnode.dir_lock.read();
-        let Some((id, state)) = self.resolve(&pnode, name)? else {
+        let resolved = self.resolve(&pnode, name);
+        let lowers = pnode.state.lock().lower_dirs.clone();
+        self.looked_up(&lowers);
+        let Some((id, state)) = resolved? else {
             return Err(Error::errno(libc::ENOENT));
         };
         if let Some((layer, fd)) = lite::lite_layer(&state) {
