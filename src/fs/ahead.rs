@@ -25,8 +25,8 @@
 //! Lookups are read ahead too, for programs that stat or open names without listing first (a
 //! `stat` of a list of paths, a build resolving its headers, an interpreter importing
 //! modules). The first lookup in a directory that merges lower directories queues a stat of
-//! every entry of those lower directories ([`STAT_AHEAD_MAX`] at most each, in inode order,
-//! the biggest directory first): the walk's own lookups then find the inodes in the kernel's
+//! every entry of those lower directories ([`STAT_AHEAD_MAX`] at most in all, in inode
+//! order, the biggest directory first): the walk's own lookups then find the inodes in the kernel's
 //! caches instead of waiting for one disk read after another. These queue behind the walks'
 //! directories, first in first out (a program that went through many directories comes back
 //! to the first one first), [`STAT_QUEUE`] directories at most.
@@ -61,7 +61,8 @@ pub(crate) const DATA_BYTES: u64 = 1 << 20;
 const FILE_DIRS: usize = 16;
 const FILES_PER_DIR: usize = 4096;
 /// Directories waiting for their entries to be stat'ed ahead of lookups, and how many entries
-/// of each lower directory are (a lookup in a huge directory does not stat all of it).
+/// of a directory's lower directories are, at most (a lookup in a huge directory does not
+/// stat all of it).
 const STAT_QUEUE: usize = 4096;
 pub(crate) const STAT_AHEAD_MAX: usize = 4096;
 
@@ -242,7 +243,7 @@ fn worker(q: &Queue) {
             }
             Job::Dir { upper, lowers } => {
                 if let Some(u) = &upper {
-                    let _ = stat_all(u, usize::MAX);
+                    let _ = stat_all(u, &mut { usize::MAX });
                 }
                 read_ahead(&lowers);
                 q.done.fetch_add(1, Ordering::Relaxed);
@@ -271,19 +272,21 @@ fn data_ahead(loc: &Loc, size: u64) {
     }
 }
 
-/// Reads directory `dir` and stats its entries (`limit` at most), and looks for the opaque
+/// Reads directory `dir` and stats its entries (`budget` at most, taken from it), and looks for the opaque
 /// marker in its subdirectories: its blocks, their inodes and the subdirectories' blocks come
 /// into the kernel's caches, as a listing of `dir` will want them (its lookups open each
 /// subdirectory and check it for the marker). The entries are stat'ed in inode order, which
 /// is mostly the order of the inodes on disk.
-fn stat_all(dir: &OwnedFd, limit: usize) -> std::io::Result<Vec<sys::DirEntry>> {
+fn stat_all(dir: &OwnedFd, budget: &mut usize) -> std::io::Result<Vec<sys::DirEntry>> {
     let rfd = sys::reopen_dir(dir.as_fd())?;
     let raw = sys::read_dir_all(rfd.as_fd())?;
     drop(rfd);
     let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();
     let mut order: Vec<&sys::DirEntry> = raw.iter().collect();
     order.sort_unstable_by_key(|e| e.ino);
-    for e in order.into_iter().take(limit) {
+    let n = order.len().min(*budget);
+    *budget -= n;
+    for e in order.into_iter().take(n) {
         let Ok(c) = CString::new(e.name.as_slice()) else { continue };
         let Ok(st) = sys::fstatat(dir.as_fd(), &c) else { continue };
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -303,7 +306,7 @@ fn read_ahead(dirs: &LowerDirs) {
             continue; // read already: a lookup or the walk itself got there first
         }
         let Ok(fd) = ld.fd.get() else { continue };
-        let Ok(raw) = stat_all(&fd, usize::MAX) else { continue };
+        let Ok(raw) = stat_all(&fd, &mut { usize::MAX }) else { continue };
         if dirs.len() >= INDEX_MIN_LOWERS {
             ld.index.get_or_init(|| DirIndex::from_raw(&raw));
         }
@@ -317,9 +320,13 @@ fn stat_ahead(dirs: &LowerDirs) {
     let mut order: Vec<(usize, &super::LowerDir)> =
         dirs.iter().map(|ld| (ld.index.get().map_or(0, DirIndex::len), ld)).collect();
     order.sort_by_key(|&(n, _)| std::cmp::Reverse(n));
+    let mut budget = STAT_AHEAD_MAX;
     for (_, ld) in order {
+        if budget == 0 && (ld.index.get().is_some() || dirs.len() < INDEX_MIN_LOWERS) {
+            continue;
+        }
         let Ok(fd) = ld.fd.get() else { continue };
-        let Ok(raw) = stat_all(&fd, STAT_AHEAD_MAX) else { continue };
+        let Ok(raw) = stat_all(&fd, &mut budget) else { continue };
         if dirs.len() >= INDEX_MIN_LOWERS {
             ld.index.get_or_init(|| DirIndex::from_raw(&raw));
         }
