@@ -26,10 +26,11 @@
 //! `stat` of a list of paths, a build resolving its headers, an interpreter importing
 //! modules). The first lookup in a directory that merges lower directories queues a stat of
 //! every entry of those lower directories ([`STAT_AHEAD_MAX`] at most in all, in inode
-//! order, the biggest directory first): the walk's own lookups then find the inodes in the kernel's
-//! caches instead of waiting for one disk read after another. These queue behind the walks'
-//! directories, first in first out (a program that went through many directories comes back
-//! to the first one first), [`STAT_QUEUE`] directories at most.
+//! order, the biggest directory first): the program's next lookups there then find the
+//! inodes in the kernel's caches instead of waiting for one disk read after another. These
+//! queue behind the walks' directories, first in first out (a program that went through many
+//! directories comes back to the first one first), [`STAT_QUEUE`] directories at most. Only
+//! the kernel's caches keep what was read (and the index a lookup would have built).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -272,11 +273,11 @@ fn data_ahead(loc: &Loc, size: u64) {
     }
 }
 
-/// Reads directory `dir` and stats its entries (`budget` at most, taken from it), and looks for the opaque
-/// marker in its subdirectories: its blocks, their inodes and the subdirectories' blocks come
-/// into the kernel's caches, as a listing of `dir` will want them (its lookups open each
-/// subdirectory and check it for the marker). The entries are stat'ed in inode order, which
-/// is mostly the order of the inodes on disk.
+/// Reads directory `dir` and stats its entries (`budget` at most, taken from it), and looks
+/// for the opaque marker in its subdirectories: its blocks, their inodes and the
+/// subdirectories' blocks come into the kernel's caches, as a listing of `dir` will want them
+/// (its lookups open each subdirectory and check it for the marker). The entries are stat'ed
+/// in inode order, which is mostly the order of the inodes on disk.
 fn stat_all(dir: &OwnedFd, budget: &mut usize) -> std::io::Result<Vec<sys::DirEntry>> {
     let rfd = sys::reopen_dir(dir.as_fd())?;
     let raw = sys::read_dir_all(rfd.as_fd())?;
