@@ -19,6 +19,15 @@ fn fixture() -> (Scratch, OverlayFs) {
     (s, fs)
 }
 
+/// `OverlayFs` over lowers l1 (top) and l2 with upper u and workdir w in `s`.
+fn two_lowers_and_upper(s: &Scratch, read_ahead: bool) -> OverlayFs {
+    let mut o = FsOptions::new(vec![s.path("l1"), s.path("l2")]);
+    o.upper = Some(s.path("u"));
+    o.work = Some(s.path("w"));
+    o.read_ahead = read_ahead;
+    OverlayFs::new(o).unwrap()
+}
+
 #[test]
 fn forget_frees_nodes_the_kernel_dropped() {
     let (_s, fs) = fixture();
@@ -167,18 +176,12 @@ fn listing_without_handle_is_dropped_once_read_to_the_end() {
 #[test]
 fn the_first_lookup_in_a_merged_directory_stats_its_lower_entries_ahead() {
     let s = Scratch::new();
-    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    let (l1, l2) = (s.path("l1"), s.path("l2"));
     for (l, n) in [(&l1, 1), (&l2, 2)] {
         fs::create_dir_all(l.join("d/sub")).unwrap();
         fs::write(l.join(format!("d/f{n}")), b"f").unwrap();
     }
-    let mount = |read_ahead: bool| {
-        let mut o = FsOptions::new(vec![l1.clone(), l2.clone()]);
-        o.upper = Some(u.clone());
-        o.work = Some(w.clone());
-        o.read_ahead = read_ahead;
-        OverlayFs::new(o).unwrap()
-    };
+    let mount = |read_ahead: bool| two_lowers_and_upper(&s, read_ahead);
     // Directories stat'ed ahead, once the count stops short of `want` for a while.
     let statted = |fs: &OverlayFs, want: u64| {
         let t = std::time::Instant::now();
@@ -281,7 +284,7 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
 fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     const N: usize = 100;
     let s = Scratch::new();
-    let (l1, l2, u, w) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"));
+    let (l1, l2, u) = (s.path("l1"), s.path("l2"), s.path("u"));
     fs::create_dir_all(l1.join("d")).unwrap();
     fs::create_dir_all(l2.join("d")).unwrap();
     fs::create_dir_all(u.join("d")).unwrap();
@@ -295,13 +298,7 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
         real.push(p);
     }
     fs::write(l2.join("e/other"), vec![1u8; 16 << 10]).unwrap();
-    let mount = |read_ahead: bool| {
-        let mut o = FsOptions::new(vec![l1.clone(), l2.clone()]);
-        o.upper = Some(u.clone());
-        o.work = Some(w.clone());
-        o.read_ahead = read_ahead;
-        OverlayFs::new(o).unwrap()
-    };
+    let mount = |read_ahead: bool| two_lowers_and_upper(&s, read_ahead);
     let evict_all = || {
         for p in real.iter().chain([&l2.join("e/other")]) {
             evict(p);
