@@ -23,8 +23,9 @@ options (-o, comma-separated, may repeat):
   squash_to_root, squash_to_uid=N, squash_to_gid=N   report these owners
   noxattrs=1           xattr calls fail with ENOSYS
   read_ahead=0|1       read ahead of tree walks: subdirectories, and the data of
-                       files opened in listing order; and of sequential reads the
-                       server serves (default 1)
+                       files opened in listing order; of lookups: a directory's
+                       lower entries stat'ed at its first lookup; and of sequential
+                       reads the server serves (default 1)
   threads=N            /dev/fuse threads (default: CPU count, at least 2)
   passthrough=0|1|all  FUSE passthrough for upper files (default 1, root, kernel 6.9+);
                        all: lower files opened read-only too (they then keep reading

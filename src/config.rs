@@ -233,7 +233,8 @@ pub struct Options {
     pub static_nlink: bool,
     pub noacl: bool,
     pub noxattrs: bool,
-    /// `read_ahead=0`: no reading ahead of walked directories or of listed files' data.
+    /// `read_ahead=0`: no reading ahead of walked directories, of listed files' data, of a
+    /// directory's lower entries at its first lookup, or of sequential reads.
     pub read_ahead: bool,
     pub xattr_permissions: u8,
     pub squash_to_root: bool,

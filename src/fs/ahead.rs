@@ -24,13 +24,15 @@
 //!
 //! Lookups are read ahead too, for programs that stat or open names without listing first (a
 //! `stat` of a list of paths, a build resolving its headers, an interpreter importing
-//! modules). The first lookup in a directory that merges lower directories queues a stat of
-//! every entry of those lower directories ([`STAT_AHEAD_MAX`] at most in all, in inode
-//! order, the biggest directory first): the program's next lookups there then find the
-//! inodes in the kernel's caches instead of waiting for one disk read after another. These
-//! queue behind the walks' directories, first in first out (a program that went through many
-//! directories comes back to the first one first), [`STAT_QUEUE`] directories at most. Only
-//! the kernel's caches keep what was read (and the index a lookup would have built).
+//! modules). The first lookup in a directory with lower directories queues a job that lists
+//! each of them and stats their entries, in inode order, [`STAT_AHEAD_MAX`] entries at most
+//! in all (the directories whose index shows the most entries first, then the others in
+//! layer order): the program's next lookups there then find the inodes in the kernel's
+//! caches instead of waiting for one disk read after another. These jobs wait behind the
+//! walks' directories and are done in the order they came (a loop over paths comes back to
+//! its first directory first); the queue keeps the latest [`STAT_QUEUE`], and a job whose
+//! directory the kernel has forgotten meanwhile is dropped. Only the kernel's caches keep
+//! what was read, and the index a lookup would have built. Off with `read_ahead=0`.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -61,10 +63,11 @@ pub(crate) const DATA_BYTES: u64 = 1 << 20;
 /// `FILES_PER_DIR`: 16 bytes each) for reading their data ahead.
 const FILE_DIRS: usize = 16;
 const FILES_PER_DIR: usize = 4096;
-/// Directories waiting for their entries to be stat'ed ahead of lookups, and how many entries
-/// of a directory's lower directories are, at most (a lookup in a huge directory does not
-/// stat all of it).
-const STAT_QUEUE: usize = 4096;
+/// Directories waiting for their entries to be stat'ed ahead of lookups (the oldest are
+/// dropped beyond this).
+const STAT_QUEUE: usize = 1024;
+/// Entries stat'ed for one directory's lookups, in all its lower directories (a lookup in a
+/// huge directory does not stat all of it).
 pub(crate) const STAT_AHEAD_MAX: usize = 4096;
 
 /// What the read-ahead knows, and its work queue (threads started at first use: a mount forks
@@ -179,18 +182,17 @@ impl ReadAhead {
         self.queue.ready.notify_all();
     }
 
-    /// Queues the stat of a directory's lower entries ahead of its lookups; false when the
-    /// queue is full.
-    fn push_stats(&self, lowers: LowerDirs) -> bool {
+    /// Queues the stat of a directory's lower entries ahead of its lookups, dropping the
+    /// oldest such job when [`STAT_QUEUE`] wait already.
+    fn push_stats(&self, lowers: LowerDirs) {
         self.start();
         let mut q = self.queue.jobs.lock();
         if q.stats.len() >= STAT_QUEUE {
-            return false;
+            q.stats.pop_front();
         }
         q.stats.push_back(lowers);
         drop(q);
         self.queue.ready.notify_one();
-        true
     }
 
     fn start(&self) {
@@ -232,7 +234,10 @@ fn worker(q: &Queue) {
                     break j;
                 }
                 if let Some(lowers) = jobs.stats.pop_front() {
-                    break Job::Stats(lowers);
+                    if lowers.held_elsewhere() {
+                        break Job::Stats(lowers);
+                    }
+                    continue; // the directory was forgotten meanwhile
                 }
                 q.ready.wait(&mut jobs);
             }
@@ -315,8 +320,9 @@ fn read_ahead(dirs: &LowerDirs) {
 }
 
 /// Stats the entries of a directory's lower directories ahead of its lookups, the biggest
-/// directory first (by its index: where the lookups will most likely go); each gets its index
-/// if it has none yet and should.
+/// first as far as their indexes tell (where the lookups will most likely go), each lower
+/// directory's listing read whole (and kept as its index if it has none yet and should) but
+/// [`STAT_AHEAD_MAX`] entries stat'ed at most in all.
 fn stat_ahead(dirs: &LowerDirs) {
     let mut order: Vec<(usize, &super::LowerDir)> =
         dirs.iter().map(|ld| (ld.index.get().map_or(0, DirIndex::len), ld)).collect();
@@ -441,8 +447,8 @@ impl OverlayFs {
         if !self.opts.read_ahead || inner.stats_queued.load(Ordering::Relaxed) {
             return;
         }
-        if !inner.stats_queued.swap(true, Ordering::Relaxed) && !self.ahead.push_stats(lowers.clone()) {
-            inner.stats_queued.store(false, Ordering::Relaxed); // full: a later lookup tries again
+        if !inner.stats_queued.swap(true, Ordering::Relaxed) {
+            self.ahead.push_stats(lowers.clone());
         }
     }
 

@@ -64,8 +64,8 @@ pub struct FsOptions {
     pub fsync: bool,
     pub static_nlink: bool,
     pub noxattrs: bool,
-    /// Read ahead the subdirectories of a walked directory, and the data of the files opened
-    /// in listing order ([`ahead`]).
+    /// Read ahead the subdirectories of a walked directory, the data of the files opened in
+    /// listing order, and a directory's lower entries at its first lookup ([`ahead`]).
     pub read_ahead: bool,
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
@@ -146,12 +146,16 @@ pub(crate) struct LowerDir {
 /// A lower directory's index, built at most once and shared by every node state holding it.
 pub(crate) type SharedIndex = Arc<std::sync::OnceLock<DirIndex>>;
 
-/// A lower directory opened and read ahead of its probe ([`OverlayFs::prefetch_lower_dirs`]).
+/// A lower directory opened (and, when small, read) ahead of its probe
+/// ([`OverlayFs::prefetch_lower_dirs`]).
 pub(crate) struct Prefetched {
     fd: Arc<OwnedFd>,
     marks: DirMarks,
-    index: SharedIndex,
+    index: Option<SharedIndex>,
 }
+
+/// The largest lower directory (its size as `stat` gives it) a prefetch lists for its index.
+const PREFETCH_LIST_MAX: i64 = 64 << 10;
 
 impl LowerDir {
     pub(crate) fn new(layer: usize, fd: DirFd, marks: DirMarks) -> LowerDir {
@@ -194,6 +198,14 @@ impl From<Vec<LowerDir>> for LowerDirs {
             first: Default::default(),
             stats_queued: AtomicBool::new(false),
         })))
+    }
+}
+
+impl LowerDirs {
+    /// Whether something besides this handle holds these lower directories (a node's state:
+    /// not when only a queued job does).
+    pub(crate) fn held_elsewhere(&self) -> bool {
+        self.0.as_ref().is_some_and(|i| Arc::strong_count(i) > 1)
     }
 }
 
@@ -1193,7 +1205,8 @@ impl OverlayFs {
         map.get(name).map_or(lowers.len(), |&p| p as usize)
     }
 
-    /// [`OverlayFs::first_position`] when every lower's index is read already (None otherwise).
+    /// [`OverlayFs::first_position`] without reading anything: 0 below [`MANY_LOWERS`], the
+    /// merged map's answer once it is built, None before.
     fn known_first_position(&self, lowers: &LowerDirs, name: &[u8]) -> Option<usize> {
         match lowers.0.as_ref().filter(|i| i.dirs.len() >= MANY_LOWERS) {
             None => Some(0),
@@ -1210,32 +1223,31 @@ impl OverlayFs {
         Ok((fd, marks))
     }
 
-    /// A directory of a lower layer opened and read: its marks (the opaque marker taken from
-    /// the listing, which reads the same blocks as looking for it) and its index.
+    /// A directory of a lower layer opened, with its marks (as [`Self::open_lower_subdir`]),
+    /// and its index when it is small ([`PREFETCH_LIST_MAX`]): looking for the opaque marker
+    /// read its first block already, and a lookup below it will want the listing.
     fn read_lower_subdir(&self, ld: &LowerDir, cname: &CStr) -> Result<Prefetched> {
-        let fd = Arc::new(
-            layer::open_dir_at(dir_open(&ld.fd)?.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?,
-        );
-        let rfd = sys::reopen_dir(fd.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
-        let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
-        let mut marks = DirMarks::default();
-        if !self.layers[ld.layer].is_bottom {
-            marks = layer::xattr_marks(&fd);
-            marks.opaque |= raw.iter().any(|e| e.name == name::OPAQUE_MARKER);
-        }
-        let index = Arc::new(std::sync::OnceLock::from(DirIndex::from_raw(&raw)));
+        let (fd, marks) = self.open_lower_subdir(ld, cname)?;
+        let index = sys::fstat(fd.as_fd())
+            .is_ok_and(|st| st.st_size <= PREFETCH_LIST_MAX)
+            .then(|| sys::reopen_dir(fd.as_fd()).and_then(|r| sys::read_dir_all(r.as_fd())).ok())
+            .flatten()
+            .map(|raw| Arc::new(std::sync::OnceLock::from(DirIndex::from_raw(&raw))));
         Ok(Prefetched { fd, marks, index })
     }
 
-    /// For a name looked up below many lower directories ([`MANY_LOWERS`]): reads, on
-    /// [`PROBE_THREADS`] threads, each lower directory's index where it has none yet, and opens
-    /// and reads the name's directory wherever the index shows one. Cold, each is an inode and
-    /// a directory block to read, and one at a time a 500-layer lookup waits for 1500 reads in
-    /// a row; in parallel, and without waiting for every index before opening the first
-    /// directory, the disk serves them together. The directories' indexes are kept (a lookup
-    /// below a directory of many lowers reads them all). Errors are left for the sequential
-    /// probe. Returns what was opened, by position in `lowers` (empty below [`MANY_LOWERS`],
-    /// and when every index is read and fewer than [`MANY_LOWERS`] directories are to open).
+    /// For a name looked up below many lower directories ([`MANY_LOWERS`]), from position
+    /// `from` on: reads, on [`PROBE_THREADS`] threads, each lower directory's index where it
+    /// has none yet, and opens (and, small, lists: [`Self::read_lower_subdir`]) the name's
+    /// directory wherever the index shows one, down to the first layer whose index shows the
+    /// name as a non-directory or whites it out (nothing below merges). Cold, each is an inode
+    /// and a directory block or two to read, and one at a time a 500-layer lookup waits for
+    /// 1500 reads in a row; in parallel, and without waiting for every index before opening the
+    /// first directory, the disk serves them together. The listings become the directories'
+    /// indexes where those merge [`INDEX_MIN_LOWERS`] or more lower directories (a lookup below
+    /// would read them). Errors are left for the sequential probe. Returns what was opened, by
+    /// position in `lowers` (empty below [`MANY_LOWERS`], and when every index is read and
+    /// fewer than [`MANY_LOWERS`] directories are to open).
     fn prefetch_lower_dirs(
         &self,
         lowers: &LowerDirs,
@@ -1249,8 +1261,21 @@ impl OverlayFs {
         let is_dir = |ld: &LowerDir| {
             ld.index.get().is_some_and(|ix| matches!(ix.entry(name), Some((libc::DT_DIR, _))))
         };
-        let work: Vec<usize> =
-            (from..lowers.len()).filter(|&i| lowers[i].index.get().is_none() || is_dir(&lowers[i])).collect();
+        let mut work = Vec::new();
+        for (i, ld) in lowers.iter().enumerate().skip(from) {
+            let Some(ix) = ld.index.get() else {
+                work.push(i);
+                continue;
+            };
+            match ix.entry(name) {
+                Some((libc::DT_DIR, _)) => work.push(i),
+                Some(_) => break,
+                None => {}
+            }
+            if ix.whited_out(name) {
+                break;
+            }
+        }
         let reads = work.iter().filter(|&&i| lowers[i].index.get().is_none()).count();
         if reads == 0 && work.len() < MANY_LOWERS {
             return Vec::new(); // a few directories to open: threads would cost more
@@ -1289,7 +1314,7 @@ impl OverlayFs {
         match dtype {
             libc::DT_DIR => {
                 let (fd, mut marks, index) = match pre {
-                    Some(p) => (p.fd, p.marks, Some(p.index)),
+                    Some(p) => (p.fd, p.marks, p.index),
                     None => {
                         let (fd, marks) = self.open_lower_subdir(ld, cname)?;
                         (fd, marks, None)
@@ -1386,6 +1411,8 @@ impl OverlayFs {
                 let mut lower_dirs = Vec::new();
                 let mut id = None;
                 let mut upper_id = None;
+                // Indexes read ahead are kept where a lazily read one would be.
+                let keep_index = layers.iter().filter(|&&pos| pos != 0).count() >= INDEX_MIN_LOWERS;
                 for pos in layers {
                     let li = pos_to_layer(pos);
                     let Some((_, Found::Dir { ino, fd, marks, index }, pdir)) = find(li) else {
@@ -1404,7 +1431,8 @@ impl OverlayFs {
                         umarks = *marks;
                     } else {
                         let d = DirFd::child(pdir, cn.clone(), fd.clone(), *ino);
-                        lower_dirs.push(LowerDir::with_index(li, d, *marks, index.clone()));
+                        let index = index.clone().filter(|_| keep_index);
+                        lower_dirs.push(LowerDir::with_index(li, d, *marks, index));
                     }
                 }
                 let state = NodeState {
