@@ -249,11 +249,7 @@ fn a_signal_after_a_busy_unmount_still_unmounts() {
     drop(held);
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(10), "the second SIGTERM did not end the server");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child, "the second SIGTERM did not end the server");
     assert!(!is_mounted(&m));
 }
 
@@ -286,11 +282,7 @@ fn a_signal_unmounts_only_the_servers_own_mount() {
     (&held).read_to_string(&mut buf).unwrap();
     assert_eq!(buf, "a");
     drop(held);
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(10), "the server outlived its detached mount");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_exit(&mut child, "the server outlived its detached mount");
     drop(other);
 
     let opts = format!("lowerdir={},auto_unmount", l.display());
@@ -298,10 +290,15 @@ fn a_signal_unmounts_only_the_servers_own_mount() {
     assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_exit(&mut child, "SIGTERM did not end an auto_unmount server");
+    assert!(!is_mounted(&m), "SIGTERM left an auto_unmount mount behind");
+}
+
+/// Waits (10 s at most) for `child` to exit; `why` says what its still running means.
+fn wait_exit(child: &mut std::process::Child, why: &str) {
     let t = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(10), "SIGTERM did not end an auto_unmount server");
+        assert!(t.elapsed() < Duration::from_secs(10), "{why}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!is_mounted(&m), "SIGTERM left an auto_unmount mount behind");
 }

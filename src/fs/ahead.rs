@@ -304,18 +304,23 @@ fn stat_all(dir: &OwnedFd, budget: &mut usize) -> std::io::Result<Vec<sys::DirEn
     Ok(raw)
 }
 
-/// Reads a directory's lower directories into their indexes and stats their entries. Errors
-/// are left for the lookups that will meet them.
+/// Reads a directory's lower directories into their indexes and stats their entries.
 fn read_ahead(dirs: &LowerDirs) {
     for ld in dirs.iter() {
         if ld.index.get().is_some() {
             continue; // read already: a lookup or the walk itself got there first
         }
-        let Ok(fd) = ld.fd.get() else { continue };
-        let Ok(raw) = stat_all(&fd, &mut { usize::MAX }) else { continue };
-        if dirs.len() >= INDEX_MIN_LOWERS {
-            ld.index.get_or_init(|| DirIndex::from_raw(&raw));
-        }
+        read_lower(ld, dirs.len(), &mut { usize::MAX });
+    }
+}
+
+/// [`stat_all`] of one of `nlowers` lower directories, whose listing becomes its index if it
+/// has none yet and should. Errors are left for the lookups that will meet them.
+fn read_lower(ld: &super::LowerDir, nlowers: usize, budget: &mut usize) {
+    let Ok(fd) = ld.fd.get() else { return };
+    let Ok(raw) = stat_all(&fd, budget) else { return };
+    if nlowers >= INDEX_MIN_LOWERS {
+        ld.index.get_or_init(|| DirIndex::from_raw(&raw));
     }
 }
 
@@ -332,11 +337,7 @@ fn stat_ahead(dirs: &LowerDirs) {
         if budget == 0 && (ld.index.get().is_some() || dirs.len() < INDEX_MIN_LOWERS) {
             continue;
         }
-        let Ok(fd) = ld.fd.get() else { continue };
-        let Ok(raw) = stat_all(&fd, &mut budget) else { continue };
-        if dirs.len() >= INDEX_MIN_LOWERS {
-            ld.index.get_or_init(|| DirIndex::from_raw(&raw));
-        }
+        read_lower(ld, dirs.len(), &mut budget);
     }
 }
 

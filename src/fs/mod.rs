@@ -1343,8 +1343,14 @@ impl OverlayFs {
     }
 
     /// Resolves `name` in a directory node's layers. Returns the new state (without parent) and
-    /// the id it would get, or None when nothing is visible.
-    pub(crate) fn resolve(&self, parent: &Node, name: &[u8]) -> Result<Option<(u64, NodeState)>> {
+    /// the id it would get, or None when nothing is visible. `lookup`: a lookup by the kernel,
+    /// which reads the directory's lower entries ahead ([`OverlayFs::looked_up`]).
+    pub(crate) fn resolve(
+        &self,
+        parent: &Node,
+        name: &[u8],
+        lookup: bool,
+    ) -> Result<Option<(u64, NodeState)>> {
         let cn = arc_cname(name)?;
         let (upper_dir, upper_marks, lowers) = {
             let s = parent.state.lock();
@@ -1355,34 +1361,41 @@ impl OverlayFs {
         };
         let mut resolver = Resolver::new();
         let mut found: Vec<(usize, Found, DirFd)> = Vec::new();
-        let mut go = true;
-        if let Some(ud) = &upper_dir {
-            let (p, f) = self.probe(&dir_open(ud)?, upper_marks, name, &cn, lowers.is_empty())?;
-            if let Some(f) = f {
-                found.push((0, f, ud.clone()));
-            }
-            go = resolver.feed(p);
-        } else {
-            resolver.feed(Probe::Absent);
-        }
-        if go {
-            // Where the name first matters, when the lowers' indexes say already: the
-            // prefetch need not look above it.
-            let known = self.known_first_position(&lowers, name);
-            let mut pre = self.prefetch_lower_dirs(&lowers, known.unwrap_or(0), name, &cn);
-            let start = known.unwrap_or_else(|| self.first_position(&lowers, name));
-            resolver.skip_absent(start);
-            for (i, ld) in lowers.iter().enumerate().skip(start) {
-                let pre = pre.get_mut(i).and_then(Option::take);
-                let (p, f) = self.probe_lower(ld, lowers.len(), name, &cn, pre)?;
+        let probed = (|| -> Result<()> {
+            let mut go = true;
+            if let Some(ud) = &upper_dir {
+                let (p, f) = self.probe(&dir_open(ud)?, upper_marks, name, &cn, lowers.is_empty())?;
                 if let Some(f) = f {
-                    found.push((ld.layer, f, ld.fd.clone()));
+                    found.push((0, f, ud.clone()));
                 }
-                if !resolver.feed(p) {
-                    break;
+                go = resolver.feed(p);
+            } else {
+                resolver.feed(Probe::Absent);
+            }
+            if go {
+                // Where the name first matters, when the lowers' indexes say already: the
+                // prefetch need not look above it.
+                let known = self.known_first_position(&lowers, name);
+                let mut pre = self.prefetch_lower_dirs(&lowers, known.unwrap_or(0), name, &cn);
+                let start = known.unwrap_or_else(|| self.first_position(&lowers, name));
+                resolver.skip_absent(start);
+                for (i, ld) in lowers.iter().enumerate().skip(start) {
+                    let pre = pre.get_mut(i).and_then(Option::take);
+                    let (p, f) = self.probe_lower(ld, lowers.len(), name, &cn, pre)?;
+                    if let Some(f) = f {
+                        found.push((ld.layer, f, ld.fd.clone()));
+                    }
+                    if !resolver.feed(p) {
+                        break;
+                    }
                 }
             }
+            Ok(())
+        })();
+        if lookup {
+            self.looked_up(&lowers);
         }
+        probed?;
         // Resolver positions: 0 = upper slot (always fed), i+1 = lowers[i]. `found` holds layer
         // indices; map the resolution through them.
         let res = resolver.finish();
@@ -1474,10 +1487,7 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let _g = pnode.dir_lock.read();
-        let resolved = self.resolve(&pnode, name);
-        let lowers = pnode.state.lock().lower_dirs.clone();
-        self.looked_up(&lowers);
-        let Some((id, state)) = resolved? else {
+        let Some((id, state)) = self.resolve(&pnode, name, true)? else {
             return Err(Error::errno(libc::ENOENT));
         };
         if let Some((layer, fd)) = lite::lite_layer(&state) {
@@ -1499,7 +1509,7 @@ impl OverlayFs {
     pub(crate) fn lookup_locked(&self, pnode: &Arc<Node>, name: &[u8]) -> Result<Option<Arc<Node>>> {
         // No per-directory map of children is kept (memory per node, for little: the kernel
         // caches entries); a resolution finds a live node again by its id.
-        Ok(self.resolve(pnode, name)?.map(|(id, state)| self.install_child(pnode, id, state)))
+        Ok(self.resolve(pnode, name, false)?.map(|(id, state)| self.install_child(pnode, id, state)))
     }
 
     /// Installs a child of `pnode` resolved by [`OverlayFs::resolve`].
