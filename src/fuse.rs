@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::error::Error;
-use crate::fs::{Caller, Opened, OverlayFs, SetAttr};
+use crate::fs::{Caller, ListedFile, Opened, OverlayFs, SetAttr};
 use crate::trace::{Args, Hooks, Op, Outcome};
 
 /// The server side of one mount: what every transport answers requests with.
@@ -1006,7 +1006,9 @@ impl Fuse {
                     if ahead {
                         match attr.kind {
                             FileType::Directory => subdirs.push(attr.ino.0),
-                            FileType::RegularFile if attr.size > 0 => files.push((attr.ino.0, attr.size)),
+                            FileType::RegularFile if attr.size > 0 => {
+                                files.push(ListedFile { id: attr.ino.0, size: attr.size, cookie: off })
+                            }
                             _ => {}
                         }
                     }

@@ -1,7 +1,7 @@
 //! Tests of the union façade without FUSE: `OverlayFs` called directly.
 mod common;
 use common::{Scratch, evict, resident, resident_in};
-use layerfs::fs::{Caller, FsOptions, OverlayFs, ReadData, SetAttr};
+use layerfs::fs::{Caller, FsOptions, ListedFile, OverlayFs, ReadData, SetAttr};
 use std::ffi::OsStr;
 use std::fs;
 
@@ -309,10 +309,11 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     // READDIRPLUS of d in two chunks, as the kernel would ask for a long directory.
     let list = |fs: &OverlayFs| {
         let d = fs.lookup(1, OsStr::new("d")).unwrap().ino.0;
-        let files: Vec<(u64, u64)> = (0..N)
+        // (In name order here, with cookies to match: only the order matters.)
+        let files: Vec<ListedFile> = (0..N)
             .map(|i| {
                 let a = fs.lookup(d, OsStr::new(&format!("f{i:03}"))).unwrap();
-                (a.ino.0, a.size)
+                ListedFile { id: a.ino.0, size: a.size, cookie: 3 + i as u64 }
             })
             .collect();
         fs.listed(d, 0, vec![], files[..60].to_vec());
@@ -360,32 +361,173 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(fs.data_ahead_count(), 0);
     // The first open asks for a small window after it, in every layer: f001..f008.
-    open(&fs, files[0].0);
+    open(&fs, files[0].id);
     cached_to(9);
     // Opens that keep up double the window, to 64 files, each time they come within half of
     // its end: up to f017, f034, then f067.
-    open(&fs, files[1].0);
+    open(&fs, files[1].id);
     cached_to(18);
-    open(&fs, files[2].0);
+    open(&fs, files[2].id);
     cached_to(35);
-    open(&fs, files[3].0);
+    open(&fs, files[3].id);
     cached_to(68);
     // Further in, nothing more until the opens reach half of the window: at f036, the rest.
     for f in &files[4..36] {
-        open(&fs, f.0);
+        open(&fs, f.id);
     }
     assert_eq!(fs.data_ahead_count(), 67);
-    open(&fs, files[36].0);
+    open(&fs, files[36].id);
     cached_to(N);
 
     // Off with read_ahead=0.
     let fs = mount(false);
     evict_all();
     let files = list(&fs);
-    open(&fs, files[0].0);
+    open(&fs, files[0].id);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(fs.data_ahead_count(), 0);
     assert!(real.iter().skip(1).all(|p| resident(p) == 0));
+}
+
+/// Once a walk reads the files it lists (`tar`, `cp -r`), each directory read ahead of it asks
+/// for the data of its first files too, before the walk lists it: the first files there are
+/// in the page cache by the time the walk opens them, instead of one disk read after another
+/// until the window of [`OverlayFs::opened`] gets going. 64 files and 2 MiB at most per
+/// directory, in the order its listing will come, topmost layer first; a walk that reads no
+/// files (`find`) asks for no data.
+#[test]
+fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
+    let s = Scratch::new();
+    let (l1, l2, u) = (s.path("l1"), s.path("l2"), s.path("u"));
+    let mut files = Vec::new();
+    let mut write = |p: std::path::PathBuf, len: usize| {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, vec![7u8; len]).unwrap();
+        files.push(p);
+    };
+    write(l2.join("r"), 4096);
+    // a: 70 files in l2 and one in l1 (more than 64); b: three of 1 MiB (more than 2 MiB);
+    // c: upper files. A file of l2 hidden under l1's of the same name is never asked for.
+    for i in 0..70 {
+        write(l2.join(format!("p/a/f{i:02}")), 4096);
+    }
+    write(l1.join("p/a/g"), 4096);
+    for i in 0..3 {
+        write(l2.join(format!("p/b/big{i}")), 1 << 20);
+        write(u.join(format!("p/c/h{i}")), 4096);
+    }
+    write(l1.join("p/c/h0"), 4096);
+    fs::create_dir_all(s.path("w")).unwrap();
+    let evict_all = || {
+        for p in &files {
+            evict(p);
+            assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
+        }
+    };
+    let ino = |fs: &OverlayFs, parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
+    let settled = |fs: &OverlayFs| {
+        let t = std::time::Instant::now();
+        while fs.read_ahead_counts().1 < fs.read_ahead_counts().0
+            && t.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            fs.read_ahead_counts().1,
+            fs.read_ahead_counts().0,
+            "every queued directory is read ahead"
+        );
+    };
+    // The regular files of a directory's merged listing, in its order.
+    let listing = |fs: &OverlayFs, dir: u64| -> Vec<(String, ListedFile)> {
+        let fh = fs.opendir(dir).unwrap();
+        let (l, start) = fs.readdir(dir, fh, 0).unwrap();
+        fs.releasedir(fh);
+        l[start..]
+            .iter()
+            .filter(|e| e.kind == fuser::FileType::RegularFile)
+            .map(|e| {
+                let name = e.name.to_str().unwrap().to_string();
+                let a = fs.lookup(dir, &e.name).unwrap();
+                (name, ListedFile { id: a.ino.0, size: a.size, cookie: e.cookie })
+            })
+            .collect()
+    };
+    // The walk: the root is listed, then p, whose subdirectories a, b and c are read ahead.
+    let walk = |fs: &OverlayFs, read_a_file: bool| {
+        let (r, p) = (fs.lookup(1, OsStr::new("r")).unwrap(), ino(fs, 1, "p"));
+        fs.listed(1, 0, vec![p], vec![ListedFile { id: r.ino.0, size: r.size, cookie: 3 }]);
+        if read_a_file {
+            let o = fs.open(r.ino.0, libc::O_RDONLY).unwrap();
+            fs.opened(r.ino.0);
+            fs.release(o.fh);
+        }
+        let subdirs = ["a", "b", "c"].map(|d| ino(fs, p, d));
+        fs.listed(p, 0, subdirs.to_vec(), vec![]);
+        settled(fs);
+        subdirs
+    };
+    let real = |dir: &str, name: &str| {
+        let top = [&u, &l1, &l2].into_iter().map(|l| l.join("p").join(dir).join(name)).find(|p| p.exists());
+        top.unwrap()
+    };
+    let cached = |dir: &str, name: &str| resident(&real(dir, name)) > 0;
+    // Read-ahead is advice (the kernel may skip or drop a page under memory pressure): most of
+    // the files asked for must come into the page cache, and nothing else.
+    let check = |fs: &OverlayFs, dir: &str, id: u64, asked: usize| {
+        let names: Vec<String> = listing(fs, id).into_iter().map(|(n, _)| n).collect();
+        let t = std::time::Instant::now();
+        while !names[..asked].iter().all(|n| cached(dir, n))
+            && t.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let n = names[..asked].iter().filter(|n| cached(dir, n)).count();
+        assert!(n * 4 >= asked * 3, "{dir}: {n} of the first {asked} files read ahead");
+        for n in &names[asked..] {
+            assert!(!cached(dir, n), "{dir}/{n} is past what is asked for");
+        }
+    };
+
+    let fs = two_lowers_and_upper(&s, true);
+    evict_all();
+    let [a, b, c] = walk(&fs, true);
+    assert_eq!(fs.data_ahead_count(), 64 + 2 + 3);
+    check(&fs, "a", a, 64);
+    check(&fs, "b", b, 2);
+    check(&fs, "c", c, 3);
+    assert_eq!(resident(&l1.join("p/c/h0")), 0, "a hidden lower file is not read");
+    // The walk comes to a: what was asked for counts as asked, the opens ask for the rest of
+    // the listing once they come within half a window of it.
+    let la = listing(&fs, a);
+    fs.listed(a, 0, vec![], la.iter().map(|f| f.1).collect());
+    let open = |f: &ListedFile| {
+        let o = fs.open(f.id, libc::O_RDONLY).unwrap();
+        fs.opened(f.id);
+        fs.release(o.fh);
+    };
+    let count_to = |n: u64| {
+        let t = std::time::Instant::now();
+        while fs.data_ahead_count() < n && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fs.data_ahead_count()
+    };
+    la[..40].iter().for_each(|f| open(&f.1));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(fs.data_ahead_count(), 69, "the first 64 were asked for already");
+    la[40..].iter().for_each(|f| open(&f.1));
+    assert_eq!(count_to(69 + 7), 69 + 7);
+
+    // A walk that opens no listed file (find, du) asks for no data; nor read_ahead=0.
+    for (read_ahead, read_a_file) in [(true, false), (false, true)] {
+        let fs = two_lowers_and_upper(&s, read_ahead);
+        evict_all();
+        walk(&fs, read_a_file);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(fs.data_ahead_count(), 0);
+        assert!(files.iter().skip(1).all(|p| resident(p) == 0));
+    }
 }
 
 #[test]

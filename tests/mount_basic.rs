@@ -84,6 +84,61 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
     }
 }
 
+/// A walk through the mount that reads the files it lists (as tar does) has the data of the
+/// first files of the directories ahead of it asked for before it lists them; a walk that
+/// only lists (find) and `read_ahead=0` read no file data ahead.
+#[test]
+fn a_walk_that_reads_files_has_the_next_directories_data_read_ahead() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let mut ahead = Vec::new();
+    for i in 0..4 {
+        fs::create_dir_all(l.join("a")).unwrap();
+        fs::write(l.join(format!("a/f{i}")), vec![1u8; 16 << 10]).unwrap();
+        for c in ["c1", "c2", "c3"] {
+            fs::create_dir_all(l.join("b").join(c)).unwrap();
+            let p = l.join("b").join(c).join(format!("g{i}"));
+            fs::write(&p, vec![2u8; 16 << 10]).unwrap();
+            ahead.push(p);
+        }
+    }
+    for (opts, read_files, want) in
+        [("read_ahead=1", true, true), ("read_ahead=1", false, false), ("read_ahead=0", true, false)]
+    {
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opts);
+        for p in &ahead {
+            evict(p);
+            assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
+        }
+        // The walk: the root, a and its files, then b; c1..c3 not yet.
+        let list = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect()
+        };
+        assert_eq!(list(&m).len(), 2);
+        for f in list(&m.join("a")) {
+            if read_files {
+                assert_eq!(fs::read(&f).unwrap().len(), 16 << 10);
+            }
+        }
+        assert_eq!(list(&m.join("b")).len(), 3);
+        let cached = || ahead.iter().filter(|p| resident(p) > 0).count();
+        if want {
+            // Advice, which the kernel may skip under memory pressure: most of it.
+            let t = std::time::Instant::now();
+            while cached() < ahead.len() && t.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(cached() * 4 >= ahead.len() * 3, "{} of {} files read ahead", cached(), ahead.len());
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert_eq!(cached(), 0, "{opts}, files read: {read_files}");
+        }
+    }
+}
+
 /// The read-ahead window (KiB) of the FUSE mount on `m`.
 fn mount_window(m: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;

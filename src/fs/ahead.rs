@@ -20,7 +20,12 @@
 //! [`DATA_START`] files, so one file opened out of a listing costs little, and doubles with
 //! each step the opens keep up with, to [`DATA_FILES`]. The walk's own reads then find the
 //! data in the page cache, or on its way, instead of waiting for one disk read after another.
-//! A listing alone reads no data.
+//! A listing alone reads no data. Once a walk has opened a listed file within its last
+//! [`DATA_WALK_LISTINGS`] listings, each directory read ahead of it asks for the data of its
+//! first files as well ([`DATA_FILES`] and [`DIR_DATA_BYTES`] at most, in the order its
+//! merged listing will come), before the walk lists it: the window above starts again in
+//! every directory, and the walk would otherwise wait for each directory's first files one
+//! after another. The opens there count those files as asked for.
 //!
 //! Lookups are read ahead too, for programs that stat or open names without listing first (a
 //! `stat` of a list of paths, a build resolving its headers, an interpreter importing
@@ -60,12 +65,16 @@ pub(crate) const DATA_START: usize = 8;
 pub(crate) const DATA_FILES: usize = 64;
 pub(crate) const DATA_BYTES: u64 = 1 << 20;
 /// Listed directories whose regular files are remembered (in listing order, at most
-/// `FILES_PER_DIR`: 16 bytes each) for reading their data ahead.
+/// `FILES_PER_DIR`: 24 bytes each) for reading their data ahead.
 const FILE_DIRS: usize = 16;
 const FILES_PER_DIR: usize = 4096;
 /// Directories waiting for their entries to be stat'ed ahead of lookups (the oldest are
 /// dropped beyond this).
 const STAT_QUEUE: usize = 1024;
+/// A walk that opened a listed file within this many listings reads file data.
+const DATA_WALK_LISTINGS: u64 = 8;
+/// Data asked for in a directory read ahead of such a walk, before it is listed.
+const DIR_DATA_BYTES: u64 = 2 << 20;
 /// Entries stat'ed for one directory's lookups, in all its lower directories (a lookup in a
 /// huge directory does not stat all of it).
 pub(crate) const STAT_AHEAD_MAX: usize = 4096;
@@ -87,13 +96,21 @@ struct Known {
     files: lru::LruCache<u64, Files>,
 }
 
-/// A listed directory's regular files (node id, size) in listing order; the opens have come
-/// to `cursor`, data is asked for up to `asked`, and the next window is `window` files.
+/// A listed directory's regular files in listing order; the opens have come to `cursor`,
+/// data is asked for up to `asked`, and the next window is `window` files.
 struct Files {
-    list: Vec<(u64, u64)>,
+    list: Vec<ListedFile>,
     cursor: usize,
     asked: usize,
     window: usize,
+}
+
+/// A regular file of a listing: its node id, size and readdir cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedFile {
+    pub id: u64,
+    pub size: u64,
+    pub cookie: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +124,12 @@ struct Queue {
     statted: AtomicU64,
     /// Files whose data was asked for.
     data_files: AtomicU64,
+    /// Listings with regular files since a listed file was last opened: a walk reads file
+    /// data while this stays below [`DATA_WALK_LISTINGS`].
+    listings_unread: AtomicU64,
+    /// Directory read ahead of a data-reading walk → the last cookie (listing position) up
+    /// to which its files' data was asked for.
+    data_asked: Mutex<Option<lru::LruCache<u64, u64>>>,
     /// Set when the filesystem goes away: the threads end.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -120,9 +143,9 @@ struct Jobs {
 }
 
 enum Job {
-    /// A directory to read ahead: its upper directory (read by the kernel's caches only: it
-    /// changes) and its lower directories.
-    Dir { upper: Option<Arc<OwnedFd>>, lowers: LowerDirs },
+    /// A directory to read ahead (node id `id`): its upper directory (read by the kernel's
+    /// caches only: it changes) and its lower directories.
+    Dir { id: u64, upper: Option<Arc<OwnedFd>>, lowers: LowerDirs },
     /// Files whose data to ask for: where each lives, and its size.
     Data(Vec<(Loc, u64)>),
     /// A directory whose lower entries to stat ahead of its lookups.
@@ -132,7 +155,7 @@ enum Job {
 impl Known {
     /// Adds a listing's regular files to `dir`'s (a listing from offset 0 starts afresh). A
     /// directory without any is not remembered, so it takes no room from those with some.
-    fn remember_files(&mut self, dir: u64, offset: u64, files: Vec<(u64, u64)>) {
+    fn remember_files(&mut self, dir: u64, offset: u64, files: Vec<ListedFile>) {
         if offset == 0 {
             self.files.pop(&dir);
         }
@@ -163,7 +186,10 @@ impl ReadAhead {
     pub(crate) fn new() -> ReadAhead {
         ReadAhead {
             state: Mutex::new(Known { listed: lru(LISTED), walked: lru(WALKED), files: lru(FILE_DIRS) }),
-            queue: Arc::default(),
+            queue: Arc::new(Queue {
+                listings_unread: AtomicU64::new(DATA_WALK_LISTINGS),
+                ..Queue::default()
+            }),
             started: OnceLock::new(),
         }
     }
@@ -247,11 +273,23 @@ fn worker(q: &Queue) {
                 stat_ahead(&lowers);
                 q.statted.fetch_add(1, Ordering::Relaxed);
             }
-            Job::Dir { upper, lowers } => {
-                if let Some(u) = &upper {
-                    let _ = stat_all(u, &mut { usize::MAX });
+            Job::Dir { id, upper, lowers } => {
+                let mut listed = Vec::new();
+                if let Some(u) = upper {
+                    if let Ok(raw) = stat_all(&u, &mut { usize::MAX }) {
+                        listed.push((u, raw));
+                    }
                 }
-                read_ahead(&lowers);
+                let all = read_ahead(&lowers, &mut listed);
+                if q.listings_unread.load(Ordering::Relaxed) < DATA_WALK_LISTINGS {
+                    let (n, last) = first_files_ahead(&listed);
+                    q.data_files.fetch_add(n as u64, Ordering::Relaxed);
+                    // Where a layer's directory was left out, its first files were not asked
+                    // for: the opens ask for them all again.
+                    if n > 0 && all {
+                        q.data_asked.lock().get_or_insert_with(|| lru(QUEUE)).put(id, last);
+                    }
+                }
                 q.done.fetch_add(1, Ordering::Relaxed);
             }
             Job::Data(files) => {
@@ -304,24 +342,78 @@ fn stat_all(dir: &OwnedFd, budget: &mut usize) -> std::io::Result<Vec<sys::DirEn
     Ok(raw)
 }
 
-/// Reads a directory's lower directories into their indexes and stats their entries.
-fn read_ahead(dirs: &LowerDirs) {
+/// Reads a directory's lower directories into their indexes and stats their entries, adding
+/// their listings to `listed`; false if one was left out (read already: a lookup or the walk
+/// itself got there first; or unreadable).
+fn read_ahead(dirs: &LowerDirs, listed: &mut Vec<(Arc<OwnedFd>, Vec<sys::DirEntry>)>) -> bool {
+    let mut all = true;
     for ld in dirs.iter() {
-        if ld.index.get().is_some() {
-            continue; // read already: a lookup or the walk itself got there first
+        match ld.index.get().is_none().then(|| read_lower(ld, dirs.len(), &mut { usize::MAX })) {
+            Some(Some(l)) => listed.push(l),
+            _ => all = false,
         }
-        read_lower(ld, dirs.len(), &mut { usize::MAX });
     }
+    all
+}
+
+/// Asks for the data of the first regular files of a directory's merged listing (in cookie
+/// order, as the listing will come), from the listings of its layers' directories, topmost
+/// first: [`DATA_FILES`] files and [`DIR_DATA_BYTES`] at most. Returns how many files were
+/// asked for and the cookie of the last one considered (a name the merged listing hides may
+/// be among them: its data is read for nothing).
+fn first_files_ahead(listed: &[(Arc<OwnedFd>, Vec<sys::DirEntry>)]) -> (usize, u64) {
+    let mut files: Vec<(u64, usize, &[u8])> = Vec::new();
+    for (layer, (_, raw)) in listed.iter().enumerate() {
+        files.extend(
+            raw.iter()
+                .filter(|e| e.dtype == libc::DT_REG)
+                .map(|e| (super::dir_cookie(&e.name), layer, e.name.as_slice())),
+        );
+    }
+    // The topmost layer's file of a name (two names with one cookie: both count).
+    files.sort_unstable();
+    files.dedup_by(|b, a| a.0 == b.0 && a.2 == b.2);
+    let (mut n, mut bytes, mut last) = (0, 0, 0);
+    for &(cookie, layer, name) in &files {
+        if n == DATA_FILES || bytes >= DIR_DATA_BYTES {
+            break;
+        }
+        last = cookie;
+        let Ok(c) = CString::new(name) else { continue };
+        if let Some(size) = data_ahead_at(listed[layer].0.as_fd(), &c) {
+            n += 1;
+            bytes += size.min(DATA_BYTES);
+        }
+    }
+    (n, last)
+}
+
+/// [`data_ahead`] of a file by its name in `dir`; its size if it is a regular file with data.
+fn data_ahead_at(dir: std::os::fd::BorrowedFd, name: &std::ffi::CStr) -> Option<u64> {
+    let path = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
+    let size =
+        sys::fstat(path.as_fd()).ok().filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)?.st_size as u64;
+    if size == 0 {
+        return None;
+    }
+    let fd = sys::reopen(path.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).ok()?;
+    let _ = sys::will_need(fd.as_fd(), 0, size.min(DATA_BYTES));
+    Some(size)
 }
 
 /// [`stat_all`] of one of `nlowers` lower directories, whose listing becomes its index if it
 /// has none yet and should. Errors are left for the lookups that will meet them.
-fn read_lower(ld: &super::LowerDir, nlowers: usize, budget: &mut usize) {
-    let Ok(fd) = ld.fd.get() else { return };
-    let Ok(raw) = stat_all(&fd, budget) else { return };
+fn read_lower(
+    ld: &super::LowerDir,
+    nlowers: usize,
+    budget: &mut usize,
+) -> Option<(Arc<OwnedFd>, Vec<sys::DirEntry>)> {
+    let fd = ld.fd.get().ok()?;
+    let raw = stat_all(&fd, budget).ok()?;
     if nlowers >= INDEX_MIN_LOWERS {
         ld.index.get_or_init(|| DirIndex::from_raw(&raw));
     }
+    Some((fd, raw))
 }
 
 /// Stats the entries of a directory's lower directories ahead of its lookups, the biggest
@@ -337,7 +429,7 @@ fn stat_ahead(dirs: &LowerDirs) {
         if budget == 0 && (ld.index.get().is_some() || dirs.len() < INDEX_MIN_LOWERS) {
             continue;
         }
-        read_lower(ld, dirs.len(), &mut budget);
+        let _ = read_lower(ld, dirs.len(), &mut budget);
     }
 }
 
@@ -355,7 +447,7 @@ impl OverlayFs {
     /// the first listing of a subdirectory of a listed directory, reads that directory's
     /// other subdirectories ahead. The files are remembered for [`OverlayFs::opened`]; a
     /// listing from offset 0 starts them afresh.
-    pub fn listed(&self, dir: u64, offset: u64, subdirs: Vec<u64>, files: Vec<(u64, u64)>) {
+    pub fn listed(&self, dir: u64, offset: u64, subdirs: Vec<u64>, files: Vec<ListedFile>) {
         if !self.opts.read_ahead {
             return;
         }
@@ -364,6 +456,9 @@ impl OverlayFs {
         let mut ahead = Vec::new();
         {
             let mut k = self.ahead.state.lock();
+            if offset == 0 && !files.is_empty() {
+                self.ahead.queue.listings_unread.fetch_add(1, Ordering::Relaxed);
+            }
             k.remember_files(dir, offset, files);
             if let Some(p) = parent.filter(|_| offset == 0) {
                 if let Some(siblings) = k.listed.pop(&p) {
@@ -391,6 +486,7 @@ impl OverlayFs {
                 let n = self.full_node(id)?; // None: forgotten meanwhile
                 let s = n.state.lock();
                 Some(Job::Dir {
+                    id,
                     upper: s.upper.as_ref().and_then(|u| u.dir_fd()?.get().ok()),
                     lowers: s.lower_dirs.clone(),
                 })
@@ -415,10 +511,11 @@ impl OverlayFs {
             // Most often the next one; otherwise anywhere.
             let pos = f.list[f.cursor.min(f.list.len())..]
                 .iter()
-                .position(|&(id, _)| id == ino)
+                .position(|x| x.id == ino)
                 .map(|p| p + f.cursor)
-                .or_else(|| f.list.iter().position(|&(id, _)| id == ino));
+                .or_else(|| f.list.iter().position(|x| x.id == ino));
             let Some(pos) = pos else { return };
+            self.ahead.queue.listings_unread.store(0, Ordering::Relaxed);
             f.cursor = pos + 1;
             if f.cursor >= f.list.len() {
                 k.files.pop(&dir); // the last file: the walk is done here
@@ -426,6 +523,13 @@ impl OverlayFs {
             }
             if f.asked >= f.cursor + f.window / 2 {
                 return;
+            }
+            // What was asked for ahead of the listing counts as asked.
+            if let Some(last) = self.ahead.queue.data_asked.lock().as_mut().and_then(|m| m.pop(&dir)) {
+                f.asked = f.asked.max(f.list.partition_point(|x| x.cookie <= last));
+                if f.asked >= f.cursor + f.window / 2 {
+                    return;
+                }
             }
             let from = f.asked.max(f.cursor);
             let to = (f.cursor + f.window).min(f.list.len());
@@ -435,7 +539,7 @@ impl OverlayFs {
         };
         // Located with the read-ahead's lock let go (the lock order: state, then table).
         let files: Vec<(Loc, u64)> =
-            range.into_iter().filter_map(|(id, size)| Some((self.data_loc(id)?, size))).collect();
+            range.into_iter().filter_map(|x| Some((self.data_loc(x.id)?, x.size))).collect();
         if !files.is_empty() {
             self.ahead.push(vec![Job::Data(files)]);
         }
@@ -491,8 +595,8 @@ mod tests {
             DirMarks::default(),
         )]);
         let two = LowerDirs::from(lds);
-        read_ahead(&two);
-        read_ahead(&one);
+        read_ahead(&two, &mut Vec::new());
+        read_ahead(&one, &mut Vec::new());
         for (i, ld) in two.iter().enumerate() {
             let ix = ld.index.get().expect("two lowers merge: each gets its index");
             assert_eq!(ix.entry(format!("f{i}").as_bytes()).map(|e| e.0), Some(libc::DT_REG));

@@ -45,6 +45,7 @@ use crate::ovr;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, EntryClass, WhiteoutStyle};
 
+pub use ahead::ListedFile;
 pub use dir_ops::Caller;
 pub use file_ops::{MAP_READ_MIN, Opened, READ_AHEAD, ReadData, SetAttr, privileged_mode};
 
