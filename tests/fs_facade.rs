@@ -519,6 +519,27 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
     la[40..].iter().for_each(|f| open(&f.1));
     assert_eq!(count_to(69 + 7), 69 + 7);
 
+    // 64 directories at most get their first files asked for between two opens of listed
+    // files (what may be read for nothing once the walk stops reading).
+    let q = s.path("l2/q");
+    for i in 0..70 {
+        fs::create_dir_all(q.join(format!("s{i:02}"))).unwrap();
+        fs::write(q.join(format!("s{i:02}/f")), b"data").unwrap();
+    }
+    let fs = two_lowers_and_upper(&s, true);
+    let (r, qi) = (fs.lookup(1, OsStr::new("r")).unwrap(), ino(&fs, 1, "q"));
+    fs.listed(1, 0, vec![qi], vec![ListedFile { id: r.ino.0, size: r.size, cookie: 3 }]);
+    let o = fs.open(r.ino.0, libc::O_RDONLY).unwrap();
+    fs.opened(r.ino.0);
+    fs.release(o.fh);
+    let subdirs: Vec<u64> = (0..70).map(|i| ino(&fs, qi, &format!("s{i:02}"))).collect();
+    fs.listed(qi, 0, subdirs, vec![]);
+    settled(&fs);
+    assert_eq!(fs.data_ahead_count(), 64);
+    for i in 0..70 {
+        fs::remove_dir_all(q.join(format!("s{i:02}"))).unwrap();
+    }
+
     // A walk that opens no listed file (find, du) asks for no data; nor read_ahead=0.
     for (read_ahead, read_a_file) in [(true, false), (false, true)] {
         let fs = two_lowers_and_upper(&s, read_ahead);

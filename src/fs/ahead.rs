@@ -25,7 +25,8 @@
 //! first files as well ([`DATA_FILES`] and [`DIR_DATA_BYTES`] at most, in the order its
 //! merged listing will come), before the walk lists it: the window above starts again in
 //! every directory, and the walk would otherwise wait for each directory's first files one
-//! after another. The opens there count those files as asked for.
+//! after another. The opens there count those files as asked for, and [`DATA_DIRS_PER_OPEN`]
+//! directories at most get this between two opens.
 //!
 //! Lookups are read ahead too, for programs that stat or open names without listing first (a
 //! `stat` of a list of paths, a build resolving its headers, an interpreter importing
@@ -73,8 +74,11 @@ const FILES_PER_DIR: usize = 4096;
 const STAT_QUEUE: usize = 1024;
 /// A walk that opened a listed file within this many listings reads file data.
 const DATA_WALK_LISTINGS: u64 = 8;
-/// Data asked for in a directory read ahead of such a walk, before it is listed.
+/// Data asked for in a directory read ahead of such a walk, before it is listed; and how many
+/// directories at most get it between two opens of listed files (what may be read for
+/// nothing once the walk stops reading files: 128 MiB).
 const DIR_DATA_BYTES: u64 = 2 << 20;
+const DATA_DIRS_PER_OPEN: u64 = 64;
 /// Entries stat'ed for one directory's lookups, in all its lower directories (a lookup in a
 /// huge directory does not stat all of it).
 pub(crate) const STAT_AHEAD_MAX: usize = 4096;
@@ -127,6 +131,9 @@ struct Queue {
     /// Listings with regular files since a listed file was last opened: a walk reads file
     /// data while this stays below [`DATA_WALK_LISTINGS`].
     listings_unread: AtomicU64,
+    /// Directories whose first files' data was asked for since a listed file was last opened
+    /// ([`DATA_DIRS_PER_OPEN`] at most).
+    data_dirs: AtomicU64,
     /// Directory read ahead of a data-reading walk → the last cookie (listing position) up
     /// to which its files' data was asked for.
     data_asked: Mutex<Option<lru::LruCache<u64, u64>>>,
@@ -281,7 +288,9 @@ fn worker(q: &Queue) {
                     }
                 }
                 let all = read_ahead(&lowers, &mut listed);
-                if q.listings_unread.load(Ordering::Relaxed) < DATA_WALK_LISTINGS {
+                if q.listings_unread.load(Ordering::Relaxed) < DATA_WALK_LISTINGS
+                    && q.data_dirs.fetch_add(1, Ordering::Relaxed) < DATA_DIRS_PER_OPEN
+                {
                     let (n, last) = first_files_ahead(&listed);
                     q.data_files.fetch_add(n as u64, Ordering::Relaxed);
                     // Where a layer's directory was left out, its first files were not asked
@@ -516,6 +525,7 @@ impl OverlayFs {
                 .or_else(|| f.list.iter().position(|x| x.id == ino));
             let Some(pos) = pos else { return };
             self.ahead.queue.listings_unread.store(0, Ordering::Relaxed);
+            self.ahead.queue.data_dirs.store(0, Ordering::Relaxed);
             f.cursor = pos + 1;
             if f.cursor >= f.list.len() {
                 k.files.pop(&dir); // the last file: the walk is done here
