@@ -281,16 +281,20 @@ fn worker(q: &Queue) {
                 q.statted.fetch_add(1, Ordering::Relaxed);
             }
             Job::Dir { id, upper, lowers } => {
+                // The layers' listings are kept for the data of the first files only where the
+                // walk reads files.
+                let data = q.listings_unread.load(Ordering::Relaxed) < DATA_WALK_LISTINGS
+                    && q.data_dirs.fetch_add(1, Ordering::Relaxed) < DATA_DIRS_PER_OPEN;
                 let mut listed = Vec::new();
                 if let Some(u) = upper {
                     if let Ok(raw) = stat_all(&u, &mut { usize::MAX }) {
-                        listed.push((u, raw));
+                        if data {
+                            listed.push((u, raw));
+                        }
                     }
                 }
-                let all = read_ahead(&lowers, &mut listed);
-                if q.listings_unread.load(Ordering::Relaxed) < DATA_WALK_LISTINGS
-                    && q.data_dirs.fetch_add(1, Ordering::Relaxed) < DATA_DIRS_PER_OPEN
-                {
+                let all = read_ahead(&lowers, data.then_some(&mut listed));
+                if data {
                     let (n, last) = first_files_ahead(&listed);
                     q.data_files.fetch_add(n as u64, Ordering::Relaxed);
                     // Where a layer's directory was left out, its first files were not asked
@@ -352,13 +356,17 @@ fn stat_all(dir: &OwnedFd, budget: &mut usize) -> std::io::Result<Vec<sys::DirEn
 }
 
 /// Reads a directory's lower directories into their indexes and stats their entries, adding
-/// their listings to `listed`; false if one was left out (read already: a lookup or the walk
-/// itself got there first; or unreadable).
-fn read_ahead(dirs: &LowerDirs, listed: &mut Vec<(Arc<OwnedFd>, Vec<sys::DirEntry>)>) -> bool {
+/// their listings to `listed` if given; false if one was left out (read already: a lookup or
+/// the walk itself got there first; or unreadable).
+fn read_ahead(dirs: &LowerDirs, mut listed: Option<&mut Vec<(Arc<OwnedFd>, Vec<sys::DirEntry>)>>) -> bool {
     let mut all = true;
     for ld in dirs.iter() {
         match ld.index.get().is_none().then(|| read_lower(ld, dirs.len(), &mut { usize::MAX })) {
-            Some(Some(l)) => listed.push(l),
+            Some(Some(l)) => {
+                if let Some(v) = listed.as_deref_mut() {
+                    v.push(l);
+                }
+            }
             _ => all = false,
         }
     }
@@ -605,8 +613,8 @@ mod tests {
             DirMarks::default(),
         )]);
         let two = LowerDirs::from(lds);
-        read_ahead(&two, &mut Vec::new());
-        read_ahead(&one, &mut Vec::new());
+        read_ahead(&two, None);
+        read_ahead(&one, None);
         for (i, ld) in two.iter().enumerate() {
             let ix = ld.index.get().expect("two lowers merge: each gets its index");
             assert_eq!(ix.entry(format!("f{i}").as_bytes()).map(|e| e.0), Some(libc::DT_REG));
