@@ -1007,7 +1007,7 @@ impl Fuse {
                         match attr.kind {
                             FileType::Directory => subdirs.push(attr.ino.0),
                             FileType::RegularFile if attr.size > 0 => {
-                                files.push(ListedFile { id: attr.ino.0, size: attr.size, cookie: off })
+                                files.push(ListedFile { id: attr.ino.0, cookie: off })
                             }
                             _ => {}
                         }

@@ -66,7 +66,7 @@ pub(crate) const DATA_START: usize = 8;
 pub(crate) const DATA_FILES: usize = 64;
 pub(crate) const DATA_BYTES: u64 = 1 << 20;
 /// Listed directories whose regular files are remembered (in listing order, at most
-/// `FILES_PER_DIR`: 24 bytes each) for reading their data ahead.
+/// `FILES_PER_DIR`: 16 bytes each) for reading their data ahead.
 const FILE_DIRS: usize = 16;
 const FILES_PER_DIR: usize = 4096;
 /// Directories waiting for their entries to be stat'ed ahead of lookups (the oldest are
@@ -109,11 +109,10 @@ struct Files {
     window: usize,
 }
 
-/// A regular file of a listing: its node id, size and readdir cookie.
+/// A regular file with data in a listing: its node id and readdir cookie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListedFile {
     pub id: u64,
-    pub size: u64,
     pub cookie: u64,
 }
 
@@ -153,8 +152,8 @@ enum Job {
     /// A directory to read ahead (node id `id`): its upper directory (read by the kernel's
     /// caches only: it changes) and its lower directories.
     Dir { id: u64, upper: Option<Arc<OwnedFd>>, lowers: LowerDirs },
-    /// Files whose data to ask for: where each lives, and its size.
-    Data(Vec<(Loc, u64)>),
+    /// Files whose data to ask for, where each lives.
+    Data(Vec<Loc>),
     /// A directory whose lower entries to stat ahead of its lookups.
     Stats(LowerDirs),
 }
@@ -306,8 +305,10 @@ fn worker(q: &Queue) {
                 q.done.fetch_add(1, Ordering::Relaxed);
             }
             Job::Data(files) => {
-                for (loc, size) in &files {
-                    data_ahead(loc, *size);
+                for loc in &files {
+                    if let Ok(path) = loc.open(libc::O_PATH) {
+                        ask_data(path);
+                    }
                 }
                 q.data_files.fetch_add(files.len() as u64, Ordering::Relaxed);
             }
@@ -315,18 +316,20 @@ fn worker(q: &Queue) {
     }
 }
 
-/// Asks the kernel for the start of a file's data (POSIX_FADV_WILLNEED: the reads are started,
-/// not waited for), up to [`DATA_BYTES`]. Only a regular file is opened for reading: the name
-/// may stand for something else by now (an upper file replaced through the mount), and opening
-/// a device or a FIFO can act on it.
-fn data_ahead(loc: &Loc, size: u64) {
-    let Ok(path) = loc.open(libc::O_PATH) else { return };
-    if !sys::fstat(path.as_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
-        return;
+/// Asks the kernel for the start of the data of the file `path` (an `O_PATH` descriptor)
+/// stands for (POSIX_FADV_WILLNEED: the reads are started, not waited for), up to
+/// [`DATA_BYTES`]; returns its size. Only a regular file with data is opened for reading: the
+/// name may stand for something else by now (an upper file replaced through the mount), and
+/// opening a device or a FIFO can act on it.
+fn ask_data(path: OwnedFd) -> Option<u64> {
+    let st = sys::fstat(path.as_fd()).ok().filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)?;
+    let size = st.st_size as u64;
+    if size == 0 {
+        return None;
     }
-    if let Ok(fd) = sys::reopen(path.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY) {
-        let _ = sys::will_need(fd.as_fd(), 0, size.min(DATA_BYTES));
-    }
+    let fd = sys::reopen(path.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).ok()?;
+    let _ = sys::will_need(fd.as_fd(), 0, size.min(DATA_BYTES));
+    Some(size)
 }
 
 /// Reads directory `dir` and stats its entries (`budget` at most, taken from it), and looks
@@ -397,25 +400,13 @@ fn first_files_ahead(listed: &[(Arc<OwnedFd>, Vec<sys::DirEntry>)]) -> (usize, u
         }
         last = cookie;
         let Ok(c) = CString::new(name) else { continue };
-        if let Some(size) = data_ahead_at(listed[layer].0.as_fd(), &c) {
+        let path = sys::openat(listed[layer].0.as_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0);
+        if let Some(size) = path.ok().and_then(ask_data) {
             n += 1;
             bytes += size.min(DATA_BYTES);
         }
     }
     (n, last)
-}
-
-/// [`data_ahead`] of a file by its name in `dir`; its size if it is a regular file with data.
-fn data_ahead_at(dir: std::os::fd::BorrowedFd, name: &std::ffi::CStr) -> Option<u64> {
-    let path = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0).ok()?;
-    let size =
-        sys::fstat(path.as_fd()).ok().filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)?.st_size as u64;
-    if size == 0 {
-        return None;
-    }
-    let fd = sys::reopen(path.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY).ok()?;
-    let _ = sys::will_need(fd.as_fd(), 0, size.min(DATA_BYTES));
-    Some(size)
 }
 
 /// [`stat_all`] of one of `nlowers` lower directories, whose listing becomes its index if it
@@ -556,8 +547,7 @@ impl OverlayFs {
             f.list[from..to].to_vec()
         };
         // Located with the read-ahead's lock let go (the lock order: state, then table).
-        let files: Vec<(Loc, u64)> =
-            range.into_iter().filter_map(|x| Some((self.data_loc(x.id)?, x.size))).collect();
+        let files: Vec<Loc> = range.into_iter().filter_map(|x| self.data_loc(x.id)).collect();
         if !files.is_empty() {
             self.ahead.push(vec![Job::Data(files)]);
         }

@@ -160,7 +160,7 @@ const PREFETCH_LIST_MAX: i64 = 64 << 10;
 
 impl LowerDir {
     pub(crate) fn new(layer: usize, fd: DirFd, marks: DirMarks) -> LowerDir {
-        LowerDir { layer, fd, marks, index: Arc::default() }
+        LowerDir::with_index(layer, fd, marks, None)
     }
 
     /// A lower directory whose index may have been read already.
