@@ -19,6 +19,15 @@ fn fixture() -> (Scratch, OverlayFs) {
     (s, fs)
 }
 
+/// Polls `done` (every 5 ms) until it holds, 10 s at most: the read-ahead threads work
+/// behind the calls, and the page cache fills as the disk answers.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `OverlayFs` over lowers l1 (top) and l2 with upper u and workdir w in `s`.
 fn two_lowers_and_upper(s: &Scratch, read_ahead: bool) -> OverlayFs {
     let mut o = FsOptions::new(vec![s.path("l1"), s.path("l2")]);
@@ -185,10 +194,7 @@ fn the_first_lookup_in_a_merged_directory_stats_its_lower_entries_ahead() {
     // Directories stat'ed ahead once `want` are (10 s at most), and a little longer for any
     // more that were queued.
     let statted = |fs: &OverlayFs, want: u64| {
-        let t = std::time::Instant::now();
-        while fs.stat_ahead_count() < want && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until(|| fs.stat_ahead_count() >= want);
         std::thread::sleep(std::time::Duration::from_millis(100));
         fs.stat_ahead_count()
     };
@@ -232,15 +238,10 @@ fn a_walk_into_a_listed_directory_reads_its_siblings_ahead() {
     // Directories queued by the listings so far (counted as they are queued), once the
     // threads have read all of them.
     let queued = |fs: &OverlayFs| {
-        let t = std::time::Instant::now();
-        loop {
-            let (queued, done) = fs.read_ahead_counts();
-            if done >= queued || t.elapsed() > std::time::Duration::from_secs(10) {
-                assert_eq!(done, queued, "every queued directory is read ahead");
-                return queued;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until(|| fs.read_ahead_counts().1 >= fs.read_ahead_counts().0);
+        let (queued, done) = fs.read_ahead_counts();
+        assert_eq!(done, queued, "every queued directory is read ahead");
+        queued
     };
 
     // Listing directories (ls -l p q) reads nothing ahead.
@@ -331,24 +332,15 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     let files = list(&fs);
     // Which of f001.. are in the page cache.
     let cached_to = |n: usize| {
-        let t = std::time::Instant::now();
-        while fs.data_ahead_count() < (n - 1) as u64 && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until(|| fs.data_ahead_count() >= (n - 1) as u64);
         assert_eq!(fs.data_ahead_count(), (n - 1) as u64, "files asked for");
         // WILLNEED starts the disk reads and returns: a page counts as cached once its read
         // has completed, so wait for them. Read-ahead is advice: under memory pressure the
         // kernel may skip or drop a page, so most of the window, not all of it, must be
         // cached; past it nothing reads the files.
-        let t = std::time::Instant::now();
-        let (window, cached) = loop {
-            let window: Vec<bool> = real[1..n].iter().map(|p| resident(p) > 0).collect();
-            let cached = window.iter().filter(|&&c| c).count();
-            if cached == window.len() || t.elapsed() > std::time::Duration::from_secs(10) {
-                break (window, cached);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
+        wait_until(|| real[1..n].iter().all(|p| resident(p) > 0));
+        let window: Vec<bool> = real[1..n].iter().map(|p| resident(p) > 0).collect();
+        let cached = window.iter().filter(|&&c| c).count();
         assert!(cached * 4 >= window.len() * 3, "{cached} of f001..f{:03} read ahead: {window:?}", n - 1);
         for (i, p) in real.iter().enumerate().skip(n) {
             assert_eq!(resident(p), 0, "f{i:03} is past the window (up to f{:03})", n - 1);
@@ -426,12 +418,7 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
     };
     let ino = |fs: &OverlayFs, parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
     let settled = |fs: &OverlayFs| {
-        let t = std::time::Instant::now();
-        while fs.read_ahead_counts().1 < fs.read_ahead_counts().0
-            && t.elapsed() < std::time::Duration::from_secs(10)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until(|| fs.read_ahead_counts().1 >= fs.read_ahead_counts().0);
         assert_eq!(
             fs.read_ahead_counts().1,
             fs.read_ahead_counts().0,
@@ -476,12 +463,7 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
     // the files asked for must come into the page cache, and nothing else.
     let check = |fs: &OverlayFs, dir: &str, id: u64, asked: usize| {
         let names: Vec<String> = listing(fs, id).into_iter().map(|(n, _)| n).collect();
-        let t = std::time::Instant::now();
-        while !names[..asked].iter().all(|n| cached(dir, n))
-            && t.elapsed() < std::time::Duration::from_secs(10)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until(|| names[..asked].iter().all(|n| cached(dir, n)));
         let n = names[..asked].iter().filter(|n| cached(dir, n)).count();
         assert!(n * 4 >= asked * 3, "{dir}: {n} of the first {asked} files read ahead");
         for n in &names[asked..] {
@@ -507,10 +489,7 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
         fs.release(o.fh);
     };
     let count_to = |n: u64| {
-        let t = std::time::Instant::now();
-        while fs.data_ahead_count() < n && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until(|| fs.data_ahead_count() >= n);
         fs.data_ahead_count()
     };
     la[..40].iter().for_each(|f| open(&f.1));
@@ -592,13 +571,9 @@ fn sequential_mapped_reads_ask_for_the_next_bytes_ahead() {
     // WILLNEED starts the reads and returns: wait for the MiB at `off` (read-ahead is advice,
     // and memory pressure may drop a page: most of it is enough).
     let comes_in = |off: u64| {
-        let t = std::time::Instant::now();
         let pages = (MIB / 4096) as usize;
-        let mut got = resident_in(&big, off as usize, MIB as usize);
-        while got < pages && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            got = resident_in(&big, off as usize, MIB as usize);
-        }
+        wait_until(|| resident_in(&big, off as usize, MIB as usize) >= pages);
+        let got = resident_in(&big, off as usize, MIB as usize);
         assert!(got * 4 >= pages * 3, "{got} of {pages} pages at {off} read ahead");
     };
 
