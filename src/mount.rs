@@ -252,6 +252,13 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         }
     };
     let _ = notifier.set(session.notifier());
+    // This mount's device (as mountinfo shows it): a signal unmounts the path only while this
+    // mount is the one there. Read before any request is served (the io_uring queues serve
+    // from their start): once a user can open a file, the mount may already be detached and
+    // another mounted at the path, which would pass for this one.
+    let own_dev = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| fuse_dev_in_mountinfo(&info, &cfg.mountpoint));
     match sys::dup_cloexec(session.as_fd()) {
         Ok(fd) => _ = fuse.dev.set(Arc::new(fd)),
         Err(e) => log::warn!("/dev/fuse: {e}: no passthrough"),
@@ -271,14 +278,12 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         }
     }
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
-    raise_read_ahead(&cfg.mountpoint, &layers);
+    match &own_dev {
+        Some(dev) => raise_read_ahead(dev, &layers),
+        None => log::debug!("{} not found in mountinfo: read-ahead window left", cfg.mountpoint.display()),
+    }
     let unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
-    // This mount's device (as mountinfo shows it): a signal unmounts the path only while this
-    // mount is the one there.
-    let own_dev = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|info| fuse_dev_in_mountinfo(&info, &mountpoint));
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -414,14 +419,9 @@ const READ_AHEAD_MAX_KB: u64 = 16 << 10;
 /// lower file on a disk with an 8 MiB window (bench.sh's seqread group, medians of 7): 3.14 s
 /// at 1 MiB, 2.30 s at 8 MiB through io_uring, 2.15 s through `/dev/fuse`; kernel overlayfs
 /// 2.20 s.
-/// Reads mountinfo rather than stat'ing the mountpoint, which would be a request to this very
-/// server before it serves any.
-fn raise_read_ahead(mountpoint: &Path, layers: &[&Path]) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(dev) = fuse_dev_in_mountinfo(&info, mountpoint) else {
-        log::debug!("read-ahead: {} not found in mountinfo", mountpoint.display());
-        return;
-    };
+/// `dev` is the mount's `major:minor` from mountinfo (stat'ing the mountpoint would be a
+/// request to this very server).
+fn raise_read_ahead(dev: &str, layers: &[&Path]) {
     let mut seen = std::collections::HashSet::new();
     let disks = layers
         .iter()
