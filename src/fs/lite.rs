@@ -126,7 +126,7 @@ impl OverlayFs {
         if name.len() > crate::name::NAME_MAX {
             return false;
         }
-        let mut nodes = self.nodes.write();
+        let mut nodes = self.nodes.write(id);
         match nodes.get_mut(&id) {
             Some(Slot::Full(_)) => false,
             Some(Slot::Lite(l)) => {
@@ -148,7 +148,6 @@ impl OverlayFs {
                 let lite =
                     Lite { parent: parent.clone(), name: ShortName::new(name), lookups: 1, layer, kind };
                 nodes.insert(id, Slot::Lite(lite));
-                self.nodes_peak.fetch_max(nodes.len(), Ordering::Relaxed);
                 true
             }
         }
@@ -164,7 +163,7 @@ impl OverlayFs {
     /// Entry `id`: its node, or what a lite entry needs for a stat or a promotion (read under
     /// the table's read lock).
     fn entry(&self, id: u64) -> Result<Entry> {
-        match self.nodes.read().get(&id) {
+        match self.nodes.read(id).get(&id) {
             Some(Slot::Full(n)) => Ok(Entry::Full(n.clone())),
             Some(Slot::Lite(l)) => Ok(Entry::Lite {
                 parent: l.parent.clone(),
@@ -185,7 +184,7 @@ impl OverlayFs {
         let fd = self.lite_dir(&parent, layer)?;
         let mut state = NodeState::non_dir(name, kind, None, Some((usize::from(layer), fd)));
         state.parent = Some(parent);
-        let mut nodes = self.nodes.write();
+        let mut nodes = self.nodes.write(id);
         match nodes.get(&id) {
             Some(Slot::Full(n)) => Ok(n.clone()),
             None => Err(Error::new(libc::ESTALE, "unknown inode")),
@@ -201,13 +200,13 @@ impl OverlayFs {
 
     /// Whether node `id` is held by the kernel (as a full node or a lite entry).
     pub fn holds(&self, id: u64) -> bool {
-        self.nodes.read().contains_key(&id)
+        self.nodes.read(id).contains_key(&id)
     }
 
     /// Whether node `id` has an upper object (was copied up or made there); a lite entry, a
     /// lower file only looked up, has none.
     pub fn has_upper(&self, id: u64) -> bool {
-        match self.nodes.read().get(&id) {
+        match self.nodes.read(id).get(&id) {
             Some(Slot::Full(n)) => n.has_upper.load(Ordering::Acquire),
             _ => false,
         }
@@ -227,12 +226,12 @@ impl OverlayFs {
 
     /// Number of table entries that are lite (for tests and statistics).
     pub fn lite_count(&self) -> usize {
-        self.nodes.read().values().filter(|s| matches!(s, Slot::Lite(_))).count()
+        self.nodes.count(|s| matches!(s, Slot::Lite(_)))
     }
 
     /// The full node `id`, if that is what the table holds (a lite entry stays lite).
     pub(crate) fn full_node(&self, id: u64) -> Option<Arc<Node>> {
-        match self.nodes.read().get(&id)? {
+        match self.nodes.read(id).get(&id)? {
             Slot::Full(n) => Some(n.clone()),
             Slot::Lite(_) => None,
         }

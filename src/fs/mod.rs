@@ -24,12 +24,13 @@ mod dir_ops;
 pub mod dirfd;
 mod file_ops;
 mod lite;
+mod table;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -461,9 +462,7 @@ pub struct OverlayFs {
     pub(crate) write_ovr: bool,
     /// POSIX ACLs on: negotiated with the kernel, default ACLs inherited on creation.
     pub(crate) acl: AtomicBool,
-    pub(crate) nodes: RwLock<HashMap<u64, lite::Slot>>,
-    /// The most nodes held since memory was last given back ([`TRIM_MIN_NODES`]).
-    pub(crate) nodes_peak: AtomicUsize,
+    pub(crate) nodes: table::NodeTable<lite::Slot>,
     /// Bytes of files asked for by mapped reads (see `ask_ahead`), for tests and statistics.
     pub(crate) read_asked: AtomicU64,
     /// Upper real inode (plus base) → node id, where they differ.
@@ -827,8 +826,7 @@ impl OverlayFs {
             write_ovr: opts.xattr_permissions != 0,
             ovr: ovr_names,
             acl: AtomicBool::new(acl),
-            nodes: RwLock::new(HashMap::new()),
-            nodes_peak: AtomicUsize::new(0),
+            nodes: table::NodeTable::new(),
             read_asked: AtomicU64::new(0),
             upper_ids: Mutex::new(HashMap::new()),
             leaf_key,
@@ -876,7 +874,7 @@ impl OverlayFs {
             unlinked: false,
         };
         let node = Node::new(ROOT_ID, 1, state);
-        self.nodes.write().insert(ROOT_ID, lite::Slot::Full(node));
+        self.nodes.write(ROOT_ID).insert(ROOT_ID, lite::Slot::Full(node));
         Ok(())
     }
 
@@ -920,7 +918,7 @@ impl OverlayFs {
 
     /// Number of nodes the kernel currently holds (for tests and statistics).
     pub fn node_count(&self) -> usize {
-        self.nodes.read().len()
+        self.nodes.len()
     }
 
     /// The node's current path in the merged tree (`/` for the root), by its parent links
@@ -1526,7 +1524,7 @@ impl OverlayFs {
     fn free_leaf_id(&self, parent: u64, name: &[u8]) -> u64 {
         for salt in 0.. {
             let id = lower_leaf_id(self.leaf_key, parent, name, salt);
-            let full = match self.nodes.read().get(&id) {
+            let full = match self.nodes.read(id).get(&id) {
                 None => return id,
                 Some(lite::Slot::Lite(l)) if l.parent.ino == parent && l.name.as_bytes() == name => {
                     return id;
@@ -1551,7 +1549,7 @@ impl OverlayFs {
 
     /// Puts a resolved node in the table (reusing a live node with the same id).
     pub(crate) fn install(&self, id: u64, state: NodeState) -> Arc<Node> {
-        let mut nodes = self.nodes.write();
+        let mut nodes = self.nodes.write(id);
         let lookups = match nodes.get(&id) {
             Some(lite::Slot::Full(existing)) => {
                 let existing = existing.clone();
@@ -1577,7 +1575,6 @@ impl OverlayFs {
         };
         let n = Node::new(id, lookups, state);
         let old = nodes.insert(id, lite::Slot::Full(n.clone()));
-        self.nodes_peak.fetch_max(nodes.len(), Ordering::Relaxed);
         drop(nodes);
         drop(old);
         n
@@ -1588,7 +1585,7 @@ impl OverlayFs {
         if ino == ROOT_ID {
             return;
         }
-        let mut nodes = self.nodes.write();
+        let mut nodes = self.nodes.write(ino);
         match nodes.get_mut(&ino) {
             None => return,
             Some(lite::Slot::Lite(l)) => {
@@ -1607,14 +1604,6 @@ impl OverlayFs {
             }
         }
         let removed = nodes.remove(&ino);
-        let left = nodes.len();
-        let trim =
-            self.nodes_peak.load(Ordering::Relaxed) >= left.saturating_mul(2).max(left + TRIM_MIN_NODES);
-        if trim {
-            // The table does not shrink by itself; keep room to grow back a little.
-            nodes.shrink_to(left * 2);
-            self.nodes_peak.store(left, Ordering::Relaxed);
-        }
         drop(nodes);
         if let Some(lite::Slot::Full(node)) = &removed {
             // Unlink from the parent now: the node may live on in open handles.
@@ -1631,7 +1620,8 @@ impl OverlayFs {
             drop(upper);
         }
         drop(removed);
-        if trim {
+        if self.nodes.trim_due(TRIM_MIN_NODES) {
+            self.nodes.shrink();
             sys::release_free_memory();
         }
     }
@@ -1895,7 +1885,7 @@ impl OverlayFs {
     /// `lower_id`, merges with it (is not opaque). A live node of that id that merges says so
     /// without a syscall (a lookup gave it that id for that reason).
     fn merges(&self, lower_id: u64, dir: &OwnedFd, name: &[u8]) -> bool {
-        let live = match self.nodes.read().get(&lower_id) {
+        let live = match self.nodes.read(lower_id).get(&lower_id) {
             Some(lite::Slot::Full(n)) => Some(n.clone()),
             _ => None,
         };

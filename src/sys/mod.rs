@@ -635,8 +635,8 @@ pub fn release_free_memory() {
 /// Makes every large allocation (128 KiB and up) a mapping of its own, returned to the system
 /// when freed. glibc otherwise raises that threshold each time such a block is freed, and from
 /// then on serves blocks of that size from its heap, where they stay resident once free: the
-/// node table doubles as it grows, and each table it outgrew would stay (6 MiB of 15 after a
-/// 100k-file walk).
+/// node table doubled as it grew, and each table it outgrew stayed (6 MiB of 15 after a
+/// 100k-file walk, when it was one table; its shards reach that size past a million nodes).
 pub fn fix_mmap_threshold() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes the allocator's tuning; a fixed threshold is a valid setting.
@@ -662,7 +662,6 @@ pub fn fallocate(fd: BorrowedFd, mode: i32, off: i64, len: i64) -> io::Result<()
     Ok(())
 }
 
-/// `copy_file_range` with explicit offsets; returns bytes copied (0 at EOF).
 /// Starts writeback of a byte range without waiting for it (`SYNC_FILE_RANGE_WRITE`).
 pub fn start_writeback(fd: BorrowedFd, off: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a borrowed fd.
@@ -670,6 +669,7 @@ pub fn start_writeback(fd: BorrowedFd, off: u64, len: u64) -> io::Result<()> {
         .map(drop)
 }
 
+/// `copy_file_range` with explicit offsets; returns bytes copied (0 at EOF).
 pub fn copy_file_range(
     fd_in: BorrowedFd,
     off_in: u64,
