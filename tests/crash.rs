@@ -191,7 +191,8 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
     let mut child = spawn_foreground(&l, &u, &w, &m);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Writer: appends numbered records, fsyncing every 16th; reports what was fsynced.
-    let (mp, st) = (m.clone(), stop.clone());
+    let fsynced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (mp, st, fs_n) = (m.clone(), stop.clone(), fsynced.clone());
     let writer = std::thread::spawn(move || {
         let mut synced = 0u64;
         let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(mp.join("log")) else {
@@ -208,6 +209,7 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
                     break;
                 }
                 synced = n;
+                fs_n.store(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
         synced
@@ -223,7 +225,13 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
             k += 1;
         }
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // 700 ms of both, and at least one fsync done (a loaded disk may take longer for it).
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(700)
+        || (fsynced.load(std::sync::atomic::Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(30))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     kill_and_clear(&mut child, &m);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let synced = writer.join().unwrap();
@@ -346,9 +354,17 @@ fn kill_at_each_step_of_a_rename_over_a_deleted_name() {
                 .arg(child.id().to_string())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(500));
-            let _ = fs::rename(m.join(c.from), m.join(c.to));
+            wait_traced(child.id());
+            let renamed = fs::rename(m.join(c.from), m.join(c.to));
+            // A failed rename is the kill (the server died before answering): wait for it.
+            let t = Instant::now();
             std::thread::sleep(Duration::from_millis(200));
+            while renamed.is_err()
+                && child.try_wait().unwrap().is_none()
+                && t.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let killed = child.try_wait().unwrap().is_some();
             let _ = strace.kill();
             let _ = strace.wait();
@@ -368,5 +384,23 @@ fn kill_at_each_step_of_a_rename_over_a_deleted_name() {
             }
         }
         assert!(seen_kill, "case {ci}: strace never killed the server");
+    }
+}
+
+/// Waits (30 s at most) until every thread of process `pid` has a tracer (`strace -f -p`
+/// attaches to them one by one).
+fn wait_traced(pid: u32) {
+    let traced = || {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.flatten().all(|t| {
+            fs::read_to_string(t.path().join("status")).is_ok_and(|st| {
+                st.lines().any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+            })
+        })
+    };
+    let t = Instant::now();
+    while !traced() {
+        assert!(t.elapsed() < Duration::from_secs(30), "strace did not attach to the server in 30 s");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

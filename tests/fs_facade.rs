@@ -1,6 +1,6 @@
 //! Tests of the union façade without FUSE: `OverlayFs` called directly.
 mod common;
-use common::{Scratch, evict, resident, resident_in};
+use common::{Scratch, evict, evict_all_of, resident, resident_in};
 use layerfs::fs::{Caller, FsOptions, ListedFile, OverlayFs, ReadData, SetAttr};
 use std::ffi::OsStr;
 use std::fs;
@@ -301,12 +301,8 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     }
     fs::write(l2.join("e/other"), vec![1u8; 16 << 10]).unwrap();
     let mount = |read_ahead: bool| two_lowers_and_upper(&s, read_ahead);
-    let evict_all = || {
-        for p in real.iter().chain([&l2.join("e/other")]) {
-            evict(p);
-            assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
-        }
-    };
+    let other = l2.join("e/other");
+    let evict_all = || evict_all_of(real.iter().chain([&other]).map(|p| p.as_path()));
     // READDIRPLUS of d in two chunks, as the kernel would ask for a long directory.
     let list = |fs: &OverlayFs| {
         let d = fs.lookup(1, OsStr::new("d")).unwrap().ino.0;
@@ -410,12 +406,7 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
     }
     write(l1.join("p/c/h0"), 4096);
     fs::create_dir_all(s.path("w")).unwrap();
-    let evict_all = || {
-        for p in &files {
-            evict(p);
-            assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
-        }
-    };
+    let evict_all = || evict_all_of(files.iter().map(|p| p.as_path()));
     let ino = |fs: &OverlayFs, parent: u64, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap().ino.0;
     let settled = |fs: &OverlayFs| {
         wait_until(|| fs.read_ahead_counts().1 >= fs.read_ahead_counts().0);

@@ -44,6 +44,8 @@ fn memory_of_forgotten_nodes_goes_back_to_the_system() {
     let mut child = spawn_layerfs_fg(&opts, &mnt, &[], std::process::Stdio::inherit());
     let _m = Mounted { mnt: mnt.clone(), fuse: true };
     let pid = child.id();
+    // One request first, so the serving threads have started before the baseline is taken.
+    assert!(fs::symlink_metadata(mnt.join("not-there")).is_err());
     let base = rss_kib(pid);
 
     let mut seen = 0;

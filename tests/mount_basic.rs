@@ -48,14 +48,8 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), N);
-        for n in &names {
-            evict(&l.join("d").join(n));
-            assert_eq!(
-                resident(&l.join("d").join(n)),
-                0,
-                "{n} stays cached: the page cache cannot be checked here"
-            );
-        }
+        let paths: Vec<_> = names.iter().map(|n| l.join("d").join(n)).collect();
+        evict_all_of(paths.iter().map(|p| p.as_path()));
         // Read the files in listing order, as tar or cp -r would: the first one asks for the
         // next 8, and three more for all of them (the window doubles as the reads keep up).
         let cached = |n: &String| resident(&l.join("d").join(n)) > 0;
@@ -65,7 +59,7 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
         let mostly = |want: &[String]| want.iter().filter(|n| cached(n)).count() * 4 >= want.len() * 3;
         let wait_for = |want: &[String]| {
             let t = std::time::Instant::now();
-            while !want.iter().all(cached) && t.elapsed() < std::time::Duration::from_secs(5) {
+            while !want.iter().all(cached) && t.elapsed() < std::time::Duration::from_secs(15) {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         };
@@ -109,10 +103,7 @@ fn a_walk_that_reads_files_has_the_next_directories_data_read_ahead() {
         [("read_ahead=1", true, true), ("read_ahead=1", false, false), ("read_ahead=0", true, false)]
     {
         let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opts);
-        for p in &ahead {
-            evict(p);
-            assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
-        }
+        evict_all_of(ahead.iter().map(|p| p.as_path()));
         // The walk: the root, a and its files, then b; c1..c3 not yet.
         let list = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
             fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect()
@@ -128,7 +119,7 @@ fn a_walk_that_reads_files_has_the_next_directories_data_read_ahead() {
         if want {
             // Advice, which the kernel may skip under memory pressure: most of it.
             let t = std::time::Instant::now();
-            while cached() < ahead.len() && t.elapsed() < std::time::Duration::from_secs(5) {
+            while cached() < ahead.len() && t.elapsed() < std::time::Duration::from_secs(15) {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             assert!(cached() * 4 >= ahead.len() * 3, "{} of {} files read ahead", cached(), ahead.len());
@@ -1040,7 +1031,10 @@ fn large_reads_racing_a_truncation_through_the_mount_do_not_fail() {
     let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path).unwrap();
     let (mut ok, mut failed) = (0, Vec::new());
     let t = std::time::Instant::now();
-    while t.elapsed() < std::time::Duration::from_millis(1500) {
+    // 1.5 s and at least 20 reads (a loaded machine may take longer for them; 60 s at most).
+    while (t.elapsed() < std::time::Duration::from_millis(1500) || ok + failed.len() < 20)
+        && t.elapsed() < std::time::Duration::from_secs(60)
+    {
         match f.read_at(buf, 0) {
             Ok(_) => ok += 1,
             Err(e) => failed.push(e.to_string()),

@@ -665,6 +665,21 @@ pub fn evict(path: &std::path::Path) {
     assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
 }
 
+/// Evicts each file and checks it is out of the page cache. Reads asked for ahead by an
+/// earlier step may still be under way (pages being read are not dropped): such a file is
+/// evicted again until none of it is left, 10 s at most.
+pub fn evict_all_of<'a>(paths: impl IntoIterator<Item = &'a std::path::Path>) {
+    for p in paths {
+        let t = std::time::Instant::now();
+        evict(p);
+        while resident(p) > 0 && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+            evict(p);
+        }
+        assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
+    }
+}
+
 /// A server started with an open-file limit of `nofile` (as `prlimit --nofile` sets it) that it
 /// cannot raise.
 pub fn mount_with_nofile(lowers: &[PathBuf], u: &Path, w: &Path, m: &Path, nofile: u32) -> Mounted {
