@@ -190,13 +190,12 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
     }
     let mut child = spawn_foreground(&l, &u, &w, &m);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Writer: appends numbered records, fsyncing every 16th; reports what was fsynced.
+    // Writer: appends numbered records, fsyncing every 16th; `fsynced` is the last fsynced.
     let fsynced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (mp, st, fs_n) = (m.clone(), stop.clone(), fsynced.clone());
     let writer = std::thread::spawn(move || {
-        let mut synced = 0u64;
         let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(mp.join("log")) else {
-            return synced;
+            return;
         };
         let mut n = 0u64;
         while !st.load(std::sync::atomic::Ordering::Relaxed) {
@@ -208,11 +207,9 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
                 if f.sync_all().is_err() {
                     break;
                 }
-                synced = n;
                 fs_n.store(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        synced
     });
     // Renamer: moves lower files (copy-up + whiteout) and back, over and over.
     let (mp, st) = (m.clone(), stop.clone());
@@ -234,8 +231,9 @@ fn kill_mid_write_and_rename_loses_nothing_fsynced() {
     }
     kill_and_clear(&mut child, &m);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let synced = writer.join().unwrap();
+    writer.join().unwrap();
     renamer.join().unwrap();
+    let synced = fsynced.load(std::sync::atomic::Ordering::Relaxed);
     assert!(synced > 0, "no record was fsynced before the kill");
 
     let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");

@@ -1,9 +1,16 @@
 //! Tests of the union façade without FUSE: `OverlayFs` called directly.
 mod common;
 use common::{Scratch, evict, evict_all_of, resident, resident_in};
+
 use layerfs::fs::{Caller, FsOptions, ListedFile, OverlayFs, ReadData, SetAttr};
 use std::ffi::OsStr;
 use std::fs;
+
+/// [`common::wait_until`] with the 10 s these read-ahead checks allow: the read-ahead threads
+/// work behind the calls, and the page cache fills as the disk answers.
+fn wait_until(done: impl FnMut() -> bool) {
+    common::wait_until(std::time::Duration::from_secs(10), done)
+}
 
 fn fixture() -> (Scratch, OverlayFs) {
     let s = Scratch::new();
@@ -17,15 +24,6 @@ fn fixture() -> (Scratch, OverlayFs) {
     o.work = Some(w);
     let fs = OverlayFs::new(o).unwrap();
     (s, fs)
-}
-
-/// Polls `done` (every 5 ms) until it holds, 10 s at most: the read-ahead threads work
-/// behind the calls, and the page cache fills as the disk answers.
-fn wait_until(mut done: impl FnMut() -> bool) {
-    let t = std::time::Instant::now();
-    while !done() && t.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
 }
 
 /// `OverlayFs` over lowers l1 (top) and l2 with upper u and workdir w in `s`.

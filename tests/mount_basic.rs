@@ -57,12 +57,8 @@ fn reading_files_of_a_listed_directory_reads_the_next_ones_ahead() {
         // Read-ahead is advice: under memory pressure the kernel may skip or drop a page, so
         // most of the files asked for, not all, must be cached; past them nothing reads them.
         let mostly = |want: &[String]| want.iter().filter(|n| cached(n)).count() * 4 >= want.len() * 3;
-        let wait_for = |want: &[String]| {
-            let t = std::time::Instant::now();
-            while !want.iter().all(cached) && t.elapsed() < std::time::Duration::from_secs(15) {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        };
+        let wait_for =
+            |want: &[String]| wait_until(std::time::Duration::from_secs(15), || want.iter().all(cached));
         read(&names[0]);
         if read_ahead {
             wait_for(&names[1..9]);
@@ -118,10 +114,7 @@ fn a_walk_that_reads_files_has_the_next_directories_data_read_ahead() {
         let cached = || ahead.iter().filter(|p| resident(p) > 0).count();
         if want {
             // Advice, which the kernel may skip under memory pressure: most of it.
-            let t = std::time::Instant::now();
-            while cached() < ahead.len() && t.elapsed() < std::time::Duration::from_secs(15) {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+            wait_until(std::time::Duration::from_secs(15), || cached() == ahead.len());
             assert!(cached() * 4 >= ahead.len() * 3, "{} of {} files read ahead", cached(), ahead.len());
         } else {
             std::thread::sleep(std::time::Duration::from_millis(200));

@@ -116,7 +116,6 @@ pub struct ListedFile {
     pub cookie: u64,
 }
 
-#[derive(Default)]
 struct Queue {
     jobs: Mutex<Jobs>,
     ready: Condvar,
@@ -135,7 +134,7 @@ struct Queue {
     data_dirs: AtomicU64,
     /// Directory read ahead of a data-reading walk → the last cookie (listing position) up
     /// to which its files' data was asked for.
-    data_asked: Mutex<Option<lru::LruCache<u64, u64>>>,
+    data_asked: Mutex<lru::LruCache<u64, u64>>,
     /// Set when the filesystem goes away: the threads end.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -193,8 +192,17 @@ impl ReadAhead {
         ReadAhead {
             state: Mutex::new(Known { listed: lru(LISTED), walked: lru(WALKED), files: lru(FILE_DIRS) }),
             queue: Arc::new(Queue {
+                jobs: Mutex::default(),
+                ready: Condvar::new(),
+                queued: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+                statted: AtomicU64::new(0),
+                data_files: AtomicU64::new(0),
+                // No file opened yet: no walk reads data.
                 listings_unread: AtomicU64::new(DATA_WALK_LISTINGS),
-                ..Queue::default()
+                data_dirs: AtomicU64::new(0),
+                data_asked: Mutex::new(lru(QUEUE)),
+                closed: Default::default(),
             }),
             started: OnceLock::new(),
         }
@@ -299,7 +307,7 @@ fn worker(q: &Queue) {
                     // Where a layer's directory was left out, its first files were not asked
                     // for: the opens ask for them all again.
                     if n > 0 && all {
-                        q.data_asked.lock().get_or_insert_with(|| lru(QUEUE)).put(id, last);
+                        q.data_asked.lock().put(id, last);
                     }
                 }
                 q.done.fetch_add(1, Ordering::Relaxed);
@@ -523,8 +531,13 @@ impl OverlayFs {
                 .map(|p| p + f.cursor)
                 .or_else(|| f.list.iter().position(|x| x.id == ino));
             let Some(pos) = pos else { return };
-            self.ahead.queue.listings_unread.store(0, Ordering::Relaxed);
-            self.ahead.queue.data_dirs.store(0, Ordering::Relaxed);
+            // (Written only when not 0 already: every open of a walk passes here, and the
+            // read-ahead workers count on these too.)
+            for c in [&self.ahead.queue.listings_unread, &self.ahead.queue.data_dirs] {
+                if c.load(Ordering::Relaxed) != 0 {
+                    c.store(0, Ordering::Relaxed);
+                }
+            }
             f.cursor = pos + 1;
             if f.cursor >= f.list.len() {
                 k.files.pop(&dir); // the last file: the walk is done here
@@ -534,7 +547,7 @@ impl OverlayFs {
                 return;
             }
             // What was asked for ahead of the listing counts as asked.
-            if let Some(last) = self.ahead.queue.data_asked.lock().as_mut().and_then(|m| m.pop(&dir)) {
+            if let Some(last) = self.ahead.queue.data_asked.lock().pop(&dir) {
                 f.asked = f.asked.max(f.list.partition_point(|x| x.cookie <= last));
                 if f.asked >= f.cursor + f.window / 2 {
                     return;

@@ -112,7 +112,9 @@ impl<V> ShardMut<'_, V> {
         let old = self.map.insert(id, slot);
         if old.is_none() {
             let len = self.table.len.fetch_add(1, Ordering::Relaxed) + 1;
-            self.table.peak.fetch_max(len, Ordering::Relaxed);
+            if len > self.table.peak.load(Ordering::Relaxed) {
+                self.table.peak.fetch_max(len, Ordering::Relaxed);
+            }
         }
         old
     }

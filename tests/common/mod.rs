@@ -670,13 +670,20 @@ pub fn evict(path: &std::path::Path) {
 /// evicted again until none of it is left, 10 s at most.
 pub fn evict_all_of<'a>(paths: impl IntoIterator<Item = &'a std::path::Path>) {
     for p in paths {
-        let t = std::time::Instant::now();
-        evict(p);
-        while resident(p) > 0 && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(5));
+        wait_until(Duration::from_secs(10), || {
             evict(p);
-        }
+            resident(p) == 0
+        });
         assert_eq!(resident(p), 0, "{} stays cached: the page cache cannot be checked here", p.display());
+    }
+}
+
+/// Polls `done` every 5 ms until it holds or `limit` has passed (the caller asserts what it
+/// needs afterwards).
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
