@@ -344,7 +344,7 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     let e = fs.lookup(1, OsStr::new("e")).unwrap().ino.0;
     let other = fs.lookup(e, OsStr::new("other")).unwrap().ino.0;
     open(&fs, other);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_until(|| fs.read_ahead_idle());
     assert_eq!(fs.data_ahead_count(), 0);
     // The first open asks for a small window after it, in every layer: f001..f008.
     open(&fs, files[0].id);
@@ -370,7 +370,7 @@ fn opening_a_listed_file_reads_the_data_of_the_next_ones_ahead() {
     evict_all();
     let files = list(&fs);
     open(&fs, files[0].id);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_until(|| fs.read_ahead_idle());
     assert_eq!(fs.data_ahead_count(), 0);
     assert!(real.iter().skip(1).all(|p| resident(p) == 0));
 }
@@ -482,7 +482,7 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
         fs.data_ahead_count()
     };
     la[..40].iter().for_each(|f| open(&f.1));
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_until(|| fs.read_ahead_idle());
     assert_eq!(fs.data_ahead_count(), 69, "the first 64 were asked for already");
     la[40..].iter().for_each(|f| open(&f.1));
     assert_eq!(count_to(69 + 7), 69 + 7);
@@ -513,7 +513,7 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
         let fs = two_lowers_and_upper(&s, read_ahead);
         evict_all();
         walk(&fs, read_a_file);
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        wait_until(|| fs.read_ahead_idle());
         assert_eq!(fs.data_ahead_count(), 0);
         assert!(files.iter().skip(1).all(|p| resident(p) == 0));
     }

@@ -145,6 +145,8 @@ struct Queue {
 struct Jobs {
     walk: VecDeque<Job>,
     stats: VecDeque<LowerDirs>,
+    /// Jobs taken by a worker and not finished yet.
+    busy: usize,
 }
 
 enum Job {
@@ -271,10 +273,12 @@ fn worker(q: &Queue) {
                     return;
                 }
                 if let Some(j) = jobs.walk.pop_front() {
+                    jobs.busy += 1;
                     break j;
                 }
                 if let Some(lowers) = jobs.stats.pop_front() {
                     if lowers.held_elsewhere() {
+                        jobs.busy += 1;
                         break Job::Stats(lowers);
                     }
                     continue; // the directory was forgotten meanwhile
@@ -321,6 +325,7 @@ fn worker(q: &Queue) {
                 q.data_files.fetch_add(files.len() as u64, Ordering::Relaxed);
             }
         }
+        q.jobs.lock().busy -= 1;
     }
 }
 
@@ -582,6 +587,13 @@ impl OverlayFs {
     /// statistics).
     pub fn stat_ahead_count(&self) -> u64 {
         self.ahead.queue.statted.load(Ordering::Relaxed)
+    }
+
+    /// Whether no read-ahead job waits or runs (for tests: what the calls so far queued is
+    /// done).
+    pub fn read_ahead_idle(&self) -> bool {
+        let jobs = self.ahead.queue.jobs.lock();
+        jobs.walk.is_empty() && jobs.stats.is_empty() && jobs.busy == 0
     }
 
     /// Files whose data was asked for ahead so far (for tests and statistics).
