@@ -75,6 +75,17 @@ fn default_acls_are_inherited() {
             "umask 0; touch d_plain/z && mkdir -m 0777 d_plain/w && stat -c '%a %n' d_plain/z d_plain/w",
             false,
         );
+        // A directory made through the mount and created in (the server remembers it has no
+        // default ACL), then given one, which new objects take, and then losing it again.
+        c.sh(
+            "umask 022; mkdir d_plain/m && touch d_plain/m/before && mkdir d_plain/m/sub0 \
+             && setfacl -d -m u:1234:rwx,g::rx,o::- d_plain/m && umask 077 && touch d_plain/m/after \
+             && mkdir d_plain/m/sub && touch d_plain/m/sub/deep && touch d_plain/m/sub0/plain \
+             && setfacl -k d_plain/m && touch d_plain/m/gone \
+             && stat -c '%a %n' d_plain/m/before d_plain/m/after d_plain/m/sub d_plain/m/sub/deep \
+                d_plain/m/sub0/plain d_plain/m/gone && getfacl -n d_plain/m/after d_plain/m/sub/deep",
+            false,
+        );
         c.sh(
             "setpriv --reuid 1234 --regid 1234 --clear-groups sh -c 'echo hi > d_low/nd/by1234' && echo ok",
             false,
@@ -98,6 +109,10 @@ fn default_acls_are_inherited() {
     assert!(all.contains("-> 0\nok\n"), "{all}");
     assert!(all.contains("denied"), "{all}");
     assert!(all.contains("-rwxrws--- d_low/s2775\n-rwsr-x--- d_low/s4755"), "{all}");
+    assert!(
+        all.contains("644 d_plain/m/before\n660 d_plain/m/after\n770 d_plain/m/sub\n660 d_plain/m/sub/deep\n600 d_plain/m/sub0/plain\n600 d_plain/m/gone"),
+        "{all}"
+    );
 }
 
 #[test]

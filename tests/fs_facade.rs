@@ -733,3 +733,51 @@ fn a_created_file_is_its_own_read_write_backing_file_with_the_callers_owner() {
         fs.release(o.fh);
     }
 }
+
+/// A create finds a name taken or free as a lookup reads it: the upper's own objects (a
+/// zero-size file with the whiteout xattr outside an `opaque=x` directory among them) and
+/// names a lower shows are taken; names under the upper's whiteouts are free, and the
+/// whiteout goes. A directory made through the mount takes new names as any other.
+#[test]
+fn create_finds_names_taken_and_free_as_lookup_does() {
+    let s = Scratch::new();
+    let (l1, l2, u) = (s.path("l1"), s.path("l2"), s.path("u"));
+    fs::create_dir_all(l2.join("d")).unwrap();
+    for f in ["hidden_wh", "hidden_chr", "shown"] {
+        fs::write(l1.join(f), b"lower").unwrap();
+    }
+    fs::create_dir_all(&u).unwrap();
+    fs::write(u.join(".wh.hidden_wh"), b"").unwrap();
+    common::mknod_whiteout(&u.join("hidden_chr"));
+    fs::write(u.join("x_upper"), b"").unwrap();
+    common::set_xattr(&u.join("x_upper"), "trusted.overlay.whiteout", b"");
+    let fs = two_lowers_and_upper(&s, false);
+    let me = Caller { uid: 0, gid: 0, umask: 0o022, pid: 0 };
+    let eexist = |r: layerfs::error::Result<_>| r.map(drop).unwrap_err().errno == libc::EEXIST;
+    for taken in ["shown", "d", "x_upper"] {
+        assert!(eexist(fs.mknod(1, OsStr::new(taken), libc::S_IFREG | 0o644, 0, me)), "{taken}");
+        assert!(eexist(fs.mkdir(1, OsStr::new(taken), 0o755, me)), "{taken}");
+    }
+    fs.mknod(1, OsStr::new("hidden_wh"), libc::S_IFREG | 0o644, 0, me).unwrap();
+    assert!(!u.join(".wh.hidden_wh").exists(), "the whiteout file goes");
+    assert_eq!(fs::read(u.join("hidden_wh")).unwrap(), b"");
+    let nd = fs.mkdir(1, OsStr::new("hidden_chr"), 0o755, me).unwrap().ino.0;
+    assert!(fs.lookup(nd, OsStr::new("anything")).is_err());
+    let fresh = fs.mkdir(1, OsStr::new("fresh"), 0o755, me).unwrap().ino.0;
+    fs.mknod(fresh, OsStr::new("f"), libc::S_IFREG | 0o644, 0, me).unwrap();
+    assert!(eexist(fs.mknod(fresh, OsStr::new("f"), libc::S_IFREG | 0o644, 0, me)));
+    assert!(eexist(fs.mkdir(fresh, OsStr::new("f"), 0o755, me)));
+    // What a new object's reply says is what a stat of it says.
+    let same = |made: fuser::FileAttr| {
+        let again = fs.getattr(made.ino.0).unwrap();
+        assert_eq!(
+            (made.perm, made.size, made.ctime, made.mtime),
+            (again.perm, again.size, again.ctime, again.mtime)
+        );
+    };
+    let sub = fs.mkdir(fresh, OsStr::new("sub"), 0o700, me).unwrap();
+    same(sub);
+    let (file, _) = fs.create(sub.ino.0, OsStr::new("g"), 0o100640, libc::O_WRONLY, me).unwrap();
+    same(file);
+    assert_eq!(file.perm, 0o640);
+}

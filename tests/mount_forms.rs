@@ -9,20 +9,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-fn setx(p: &Path, name: &str, val: &[u8]) {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) };
-    assert_eq!(r, 0, "setxattr {name} on {}: {}", p.display(), std::io::Error::last_os_error());
-}
-
-fn mknod_wh(p: &Path) {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid path.
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
-}
-
 fn names(p: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
@@ -48,7 +34,7 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
     }
     fs::write(bottom.join("xw/gone"), b"bottom").unwrap();
     // Top lower: whiteouts and opaque directories in each form.
-    mknod_wh(&top.join("w_chr"));
+    mknod_whiteout(&top.join("w_chr"));
     fs::write(top.join(".wh.w_wh"), b"").unwrap();
     for (d, x) in [
         ("o_trusted", "trusted.overlay.opaque"),
@@ -57,28 +43,34 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
     ] {
         fs::create_dir(top.join(d)).unwrap();
         fs::write(top.join(d).join("new"), b"new").unwrap();
-        setx(&top.join(d), x, b"y");
+        set_xattr(&top.join(d), x, b"y");
     }
     fs::create_dir(top.join("o_marker")).unwrap();
     fs::write(top.join("o_marker/.wh..wh..opq"), b"").unwrap();
     fs::write(top.join("o_marker/new"), b"new").unwrap();
     // Kernel 6.7 xattr whiteout: zero-size file with overlay.whiteout in an opaque=x directory.
     fs::create_dir(top.join("xw")).unwrap();
-    setx(&top.join("xw"), "trusted.overlay.opaque", b"x");
+    set_xattr(&top.join("xw"), "trusted.overlay.opaque", b"x");
     fs::write(top.join("xw/gone"), b"").unwrap();
-    setx(&top.join("xw/gone"), "trusted.overlay.whiteout", b"");
+    set_xattr(&top.join("xw/gone"), "trusted.overlay.whiteout", b"");
     fs::write(top.join("keep"), b"top").unwrap();
-    setx(&top.join("keep"), "user.visible", b"1");
-    setx(&top.join("keep"), "trusted.overlay.origin", b"private");
-    setx(&top.join("keep"), "user.fuseoverlayfs.origin", b"private");
+    set_xattr(&top.join("keep"), "user.visible", b"1");
+    set_xattr(&top.join("keep"), "trusted.overlay.origin", b"private");
+    set_xattr(&top.join("keep"), "user.fuseoverlayfs.origin", b"private");
     // Upper: its own whiteouts and an opaque dir.
-    mknod_wh(&u.join("w_upper_chr"));
+    mknod_whiteout(&u.join("w_upper_chr"));
     fs::write(u.join(".wh.w_upper_wh"), b"").unwrap();
     fs::create_dir(u.join("o_upper")).unwrap();
-    setx(&u.join("o_upper"), "trusted.overlay.opaque", b"y");
+    set_xattr(&u.join("o_upper"), "trusted.overlay.opaque", b"y");
+    // A zero-size file with the whiteout xattr outside an `opaque=x` directory is a file.
+    fs::write(u.join("x_upper"), b"").unwrap();
+    set_xattr(&u.join("x_upper"), "trusted.overlay.whiteout", b"");
 
     let _g = mount_layerfs(&[top.clone(), bottom.clone()], Some((&u, &w)), &m, "");
-    assert_eq!(names(&m), vec!["keep", "o_fovl", "o_marker", "o_trusted", "o_upper", "o_user", "xw"]);
+    assert_eq!(
+        names(&m),
+        vec!["keep", "o_fovl", "o_marker", "o_trusted", "o_upper", "o_user", "x_upper", "xw"]
+    );
     for d in ["o_trusted", "o_user", "o_fovl", "o_marker"] {
         assert_eq!(names(&m.join(d)), vec!["new"], "{d} must be opaque");
         assert!(fs::symlink_metadata(m.join(d).join("old")).is_err(), "{d}/old must stay hidden");
@@ -113,6 +105,19 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
         libc::lsetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"n".as_ptr().cast(), 1, 0)
     };
     assert!(r < 0);
+    // Names hidden by the upper's whiteouts are free again: a file over a `.wh.` file (which
+    // goes), a directory over a char-device whiteout (opaque: the bottom's file stays hidden).
+    // A name a lower shows, and one the upper has, are taken.
+    fs::write(m.join("w_upper_wh"), b"again").unwrap();
+    assert_eq!(fs::read(m.join("w_upper_wh")).unwrap(), b"again");
+    assert!(!u.join(".wh.w_upper_wh").exists());
+    fs::create_dir(m.join("w_upper_chr")).unwrap();
+    assert!(names(&m.join("w_upper_chr")).is_empty());
+    for taken in ["keep", "o_upper", "w_upper_wh", "x_upper"] {
+        let e = fs::OpenOptions::new().write(true).create_new(true).open(m.join(taken)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{taken}");
+        assert_eq!(fs::create_dir(m.join(taken)).unwrap_err().raw_os_error(), Some(libc::EEXIST), "{taken}");
+    }
 }
 
 fn upper_whiteout_form(u: &Path, name: &str) -> &'static str {
@@ -284,8 +289,8 @@ fn copy_up_keeps_mode_owner_times_xattrs_of_file_and_parents() {
     chmod(&l.join("p/q"), 0o1777);
     chown(&l.join("p/q/f"), 1234, 5678);
     chmod(&l.join("p/q/f"), 0o6755);
-    setx(&l.join("p/q/f"), "user.a", b"1");
-    setx(&l.join("p"), "user.dir", b"2");
+    set_xattr(&l.join("p/q/f"), "user.a", b"1");
+    set_xattr(&l.join("p"), "user.dir", b"2");
     let t = |p: &Path, sec: i64| {
         let c = CString::new(p.as_os_str().as_bytes()).unwrap();
         let ts = [libc::timespec { tv_sec: sec, tv_nsec: 5 }, libc::timespec { tv_sec: sec, tv_nsec: 7 }];
@@ -302,7 +307,7 @@ fn copy_up_keeps_mode_owner_times_xattrs_of_file_and_parents() {
         ["p", "p/q", "p/q/f"].iter().map(|x| fs::symlink_metadata(l.join(x)).unwrap()).collect();
     let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
     // A setxattr copies up without touching data or times.
-    setx(&m.join("p/q/f"), "user.b", b"3");
+    set_xattr(&m.join("p/q/f"), "user.b", b"3");
     for (x, b) in ["p", "p/q", "p/q/f"].iter().zip(&before) {
         let a = fs::symlink_metadata(u.join(x)).unwrap();
         assert_eq!(a.mode(), b.mode(), "{x} mode");

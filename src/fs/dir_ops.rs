@@ -27,7 +27,8 @@ use parking_lot::RwLockWriteGuard;
 use super::copy_up::TmpGuard;
 use super::dirfd::DirFd;
 use super::{
-    DirMarks, Node, NodeState, OverlayFs, PROT_APPEND, PROT_IMMUTABLE, cname, kind_of, remove_tree_at,
+    DirMarks, FACT_MADE_HERE, FACT_NO_DEFAULT_ACL, Node, NodeState, OverlayFs, PROT_APPEND, PROT_IMMUTABLE,
+    cname, kind_of, remove_tree_at,
 };
 use crate::error::{Error, Result};
 use crate::layer::{self, Live, Loc};
@@ -90,7 +91,10 @@ struct UpperSlot {
 }
 
 impl OverlayFs {
-    fn upper_slot(&self, pfd: &Arc<OwnedFd>, name: &[u8], cn: &CStr) -> Result<UpperSlot> {
+    /// `name` in directory `pnode`'s upper `pfd`, with whiteouts as a lookup reads them there
+    /// (an xattr whiteout only in an `opaque=x` directory). A directory made through the mount
+    /// ([`FACT_MADE_HERE`]) holds no `.wh.` file to look for.
+    fn upper_slot(&self, pnode: &Node, pfd: &Arc<OwnedFd>, name: &[u8], cn: &CStr) -> Result<UpperSlot> {
         let st = match sys::fstatat(pfd.as_fd(), cn) {
             Ok(st) => Some(st),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
@@ -100,11 +104,13 @@ impl OverlayFs {
             whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
                 || ((st.st_mode & libc::S_IFMT) == libc::S_IFREG
                     && st.st_size == 0
+                    && pnode.state.lock().upper_marks.xattr_whiteouts
                     && layer::has_whiteout_xattr(pfd, cn))
         });
+        let wh_files = !pnode.has_fact(FACT_MADE_HERE);
         let wh_file = match name::whiteout_name(name).and_then(|w| CString::new(w).ok()) {
-            Some(w) => sys::exists_at(pfd.as_fd(), &w).unwrap_or(false),
-            None => false,
+            Some(w) if wh_files => sys::exists_at(pfd.as_fd(), &w).unwrap_or(false),
+            _ => false,
         };
         Ok(UpperSlot { st, is_whiteout, wh_file })
     }
@@ -125,6 +131,24 @@ impl OverlayFs {
             }
         }
         Ok(!matches!(r.finish(), Resolution::Negative))
+    }
+
+    /// The default ACL of `pnode`'s upper directory `pdir`, where ACLs are on. A directory
+    /// found without one is remembered as such ([`FACT_NO_DEFAULT_ACL`]) until one of its
+    /// xattrs is changed through the mount.
+    fn default_acl(&self, pnode: &Node, pdir: &DirFd) -> Option<Vec<u8>> {
+        if !self.acl_enabled() || pnode.has_fact(FACT_NO_DEFAULT_ACL) {
+            return None;
+        }
+        match Loc::Dir(pdir.clone()).getxattr(super::ACL_DEFAULT) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)) {
+                    pnode.facts.fetch_or(FACT_NO_DEFAULT_ACL, Ordering::AcqRel);
+                }
+                None
+            }
+        }
     }
 
     /// Marks an upper directory opaque, in the form this mount writes.
@@ -150,7 +174,8 @@ impl OverlayFs {
     /// Sets the owner of a new object: the caller, with the group of a setgid parent.
     /// `fd`: the new object opened (a file), through which its owner is read first, as a new
     /// directory's is through its own fd: one that already has the owner (the caller is the
-    /// server's own user) is not chowned.
+    /// server's own user) is not chowned. Returns the stat read so when the object was left
+    /// as it was.
     fn set_owner(
         &self,
         loc: &Loc,
@@ -158,9 +183,9 @@ impl OverlayFs {
         caller: Caller,
         pst: &Stat,
         mode: Option<u32>,
-    ) -> Result<()> {
+    ) -> Result<Option<Stat>> {
         if !self.can_chown {
-            return Ok(());
+            return Ok(None);
         }
         let (uid, cgid) = self.disk_owner(caller.uid, caller.gid)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { cgid };
@@ -170,7 +195,7 @@ impl OverlayFs {
         let known = fd.or(dfd.as_deref());
         if let Some(st) = known.and_then(|fd| sys::fstat(fd.as_fd()).ok()) {
             if st.st_uid == uid && st.st_gid == gid {
-                return Ok(());
+                return Ok(Some(st));
             }
         }
         if let Err(e) = loc.chown(uid, gid) {
@@ -186,7 +211,7 @@ impl OverlayFs {
                 loc.chmod(now | (m & 0o7000)).map_err(|e| Error::io(e, "chmod new"))?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Records the owner and mode of a new object in the override xattr (`xattr_permissions=`).
@@ -210,7 +235,7 @@ impl OverlayFs {
                 // where the server can set one.
                 log::debug!("owner of a new {kind:?} not recorded ({e}): set on the object");
                 let mode = (kind != ovr::Kind::Symlink).then_some(perm);
-                self.set_owner(loc, None, caller, pst, mode)
+                self.set_owner(loc, None, caller, pst, mode).map(drop)
             }
             Err(e) => Err(e),
         }
@@ -312,17 +337,21 @@ impl OverlayFs {
         let (pdir, pfd) = self.ensure_upper_dir(pnode)?;
         let _g = pnode.dir_lock.write();
         self.dir_changed(pnode.ino);
-        if self.lookup_locked(pnode, name)?.is_some() {
+        let cn = super::arc_cname(name)?;
+        // The name is free where the upper holds nothing visible under it (nothing, or a
+        // whiteout) and, with nothing in the upper, nothing in the lowers shows through.
+        let slot = self.upper_slot(pnode, &pfd, name, &cn)?;
+        let taken = if slot.st.is_some() {
+            !slot.is_whiteout
+        } else {
+            !slot.wh_file && self.lower_positive(pnode, name)?
+        };
+        if taken {
             return Err(Error::errno(libc::EEXIST));
         }
-        let cn = super::arc_cname(name)?;
-        let slot = self.upper_slot(&pfd, name, &cn)?;
-        if slot.st.is_some() && !slot.is_whiteout {
-            // An upper object hidden by nothing cannot be negative: a layer was changed under us.
-            return Err(Error::new(libc::EIO, "upper entry exists but is not visible"));
-        }
         let is_dir = matches!(obj, NewObj::Dir { .. });
-        let opaque = is_dir && (slot.is_whiteout || slot.wh_file || self.lower_positive(pnode, name)?);
+        // Over a whiteout: a new directory hides what it whited out.
+        let opaque = is_dir && (slot.is_whiteout || slot.wh_file);
         // The parent as the mount shows it (setgid and group from the override xattr).
         let pst = self.stat_eff(&Loc::Dir(pdir.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
         let via_work = slot.is_whiteout || opaque;
@@ -332,8 +361,7 @@ impl OverlayFs {
         // directory carrying the same default ACL.
         let dacl = match &obj {
             NewObj::Symlink { .. } | NewObj::Link { .. } => None,
-            _ if !self.acl_enabled() => None,
-            _ => Loc::Dir(pdir.clone()).getxattr(super::ACL_DEFAULT).ok(),
+            _ => self.default_acl(pnode, &pdir),
         };
         let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
         // A staging name in workdir, only where the object is made there.
@@ -451,11 +479,14 @@ impl OverlayFs {
             // filesystem makes it.
             perm &= 0o7000 | acl.mode_bits();
         }
+        // The new object's stat where the owner check read it and left it as it was.
+        let mut seen = None;
         if !matches!(obj, NewObj::Link { .. }) {
             let r = if self.write_ovr {
                 self.record_owner(&loc, caller, &pst, perm, new_kind)
             } else {
-                self.set_owner(&loc, file_fd.as_ref(), caller, &pst, mode_for_owner)
+                let known = file_fd.as_ref().or(new_dir.as_deref());
+                self.set_owner(&loc, known, caller, &pst, mode_for_owner).map(|st| seen = st)
             };
             if let Err(e) = r {
                 if !via_work {
@@ -492,18 +523,19 @@ impl OverlayFs {
                 let _ = sys::unlinkat(pfd.as_fd(), &w, false);
             }
         }
-        let final_loc = match new_dir {
-            Some(fd) => {
-                let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "stat new"))?.st_ino;
-                Loc::Dir(DirFd::child(&pdir, cn.clone(), fd, ino))
-            }
-            None => Loc::At(pdir.clone(), cn.clone()),
-        };
-        let st = match &file_fd {
-            Some(fd) => sys::fstat(fd.as_fd()),
-            None => final_loc.stat(),
+        // What the owner check saw still holds for an object made in place (a rename into
+        // place sets its ctime on ext4, and so does the opaque xattr).
+        let st = match (seen.filter(|_| !via_work), &file_fd, &new_dir) {
+            (Some(st), _, _) => Ok(st),
+            (None, Some(fd), _) => sys::fstat(fd.as_fd()),
+            (None, None, Some(fd)) => sys::fstat(fd.as_fd()),
+            (None, None, None) => Loc::At(pdir.clone(), cn.clone()).stat(),
         }
         .map_err(|e| Error::io(e, "stat new"))?;
+        let final_loc = match new_dir {
+            Some(fd) => Loc::Dir(DirFd::child(&pdir, cn.clone(), fd, st.st_ino)),
+            None => Loc::At(pdir.clone(), cn.clone()),
+        };
         let node = match obj {
             NewObj::Link { .. } => None,
             _ => Some(()),
@@ -530,6 +562,12 @@ impl OverlayFs {
             let n = self.install(id, state);
             // A new object has no flags to keep.
             n.prot.store(0, Ordering::Release);
+            if is_dir {
+                // Made empty here, with no lowers below (a name over a lower one is opaque);
+                // made in place without an inherited default ACL, it has none.
+                let no_acl = if dacl.is_none() && !via_work { FACT_NO_DEFAULT_ACL } else { 0 };
+                n.facts.store(FACT_MADE_HERE | no_acl, Ordering::Release);
+            }
             n
         };
         n.lookups.fetch_add(1, Ordering::Relaxed);
@@ -556,8 +594,7 @@ impl OverlayFs {
         let pst = self.stat_eff(&Loc::Dir(pdir.clone()), 0).map_err(|e| Error::io(e, "stat parent"))?;
         // Made in the directory itself: the filesystem applies its default ACL (and then no
         // umask).
-        let dacl =
-            if self.acl_enabled() { Loc::Dir(pdir.clone()).getxattr(super::ACL_DEFAULT).ok() } else { None };
+        let dacl = self.default_acl(pnode, &pdir);
         let umask = if dacl.is_some() { 0 } else { caller.umask & 0o777 };
         let mut perm = mode & 0o7777 & !umask;
         let (xo, reach) = if self.write_ovr { (0o777, 0o600) } else { (0o7777, 0) };
@@ -985,7 +1022,7 @@ impl OverlayFs {
         }
         self.pin_upper(&src);
         self.opaque_for_move(&src, &npn, nname)?;
-        let slot = self.upper_slot(&npfd, nname, &ncn)?;
+        let slot = self.upper_slot(&npn, &npfd, nname, &ncn)?;
         let raw_dir = slot.st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         if slot.is_whiteout && src_dir {
             // Exchanged with the whiteout: the directory takes the name and the whiteout its

@@ -250,7 +250,18 @@ pub struct Node {
     /// Append-only/immutable ([`PROT_APPEND`], [`PROT_IMMUTABLE`]) as last found, or
     /// [`PROT_UNKNOWN`] (see [`OverlayFs::prot`]).
     pub(crate) prot: AtomicU8,
+    /// What is known of a directory's upper that saves a syscall on each create in it
+    /// ([`FACT_MADE_HERE`], [`FACT_NO_DEFAULT_ACL`]); 0 = nothing known.
+    pub(crate) facts: AtomicU8,
 }
+
+/// The directory's upper was made empty through this mount and no lower directory lies
+/// below it: it holds no `.wh.NAME` files (names with that prefix cannot be made through the
+/// mount, and whiteouts are made only over lower names).
+pub(crate) const FACT_MADE_HERE: u8 = 1;
+/// The directory's upper was found without a default ACL (or made without one), and no
+/// xattr of it has been changed through the mount since.
+pub(crate) const FACT_NO_DEFAULT_ACL: u8 = 2;
 
 /// The object is append-only (chattr +a).
 pub(crate) const PROT_APPEND: u8 = 1;
@@ -311,7 +322,12 @@ impl Node {
             dir_lock: RwLock::new(()),
             copy_lock: Mutex::new(()),
             prot: AtomicU8::new(PROT_UNKNOWN),
+            facts: AtomicU8::new(0),
         })
+    }
+
+    pub(crate) fn has_fact(&self, fact: u8) -> bool {
+        self.facts.load(Ordering::Acquire) & fact != 0
     }
 
     pub(crate) fn is_dir(&self) -> bool {
@@ -1560,6 +1576,8 @@ impl OverlayFs {
                     // link, or a re-lookup); otherwise take the fresh resolution.
                     if s.upper.is_none() || s.unlinked || s.kind != state.kind {
                         *s = state;
+                        // Another object now: what was known of the old one is not of it.
+                        existing.facts.store(0, Ordering::Release);
                     } else {
                         s.parent = state.parent;
                         s.name = state.name;

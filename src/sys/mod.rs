@@ -304,19 +304,40 @@ pub fn fchown_fd(fd: BorrowedFd, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// chmod of `dir/name`; symlinks have no mode of their own, so EOPNOTSUPP there is the caller's.
-pub fn fchmodat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
-    let p = proc_fd_path(dir.as_raw_fd(), Some(name));
-    // SAFETY: chmod on a path through our own directory fd; the final component is a regular
-    // object the caller checked is not a symlink.
+/// Set once the kernel turned fchmodat2 (6.6+) down with ENOSYS.
+static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
+
+/// chmod of `name` in `dir`, or of the object `dir` itself (possibly an `O_PATH` fd), never
+/// following a symlink at the end: fchmodat2 where the kernel has it, else through
+/// `/proc/self/fd`, which costs a walk of procfs (the caller checked `name` is no symlink).
+fn chmod_at(dir: BorrowedFd, name: Option<&CStr>, mode: u32) -> io::Result<()> {
+    if !NO_FCHMODAT2.load(Ordering::Relaxed) {
+        let (path, flags) = match name {
+            Some(n) => (n, libc::AT_SYMLINK_NOFOLLOW),
+            None => (c"", libc::AT_EMPTY_PATH),
+        };
+        // SAFETY: fchmodat2 on our own fd and a NUL-terminated name.
+        let r = unsafe { libc::syscall(libc::SYS_fchmodat2, dir.as_raw_fd(), path.as_ptr(), mode, flags) };
+        match cvt_l(r as libc::ssize_t) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            // (A seccomp filter that does not know the call may refuse it with EPERM.)
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let p = proc_fd_path(dir.as_raw_fd(), name);
+    // SAFETY: chmod on a path through our own fd.
     cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
     Ok(())
 }
 
+pub fn fchmodat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
+    chmod_at(dir, Some(name), mode)
+}
+
 pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
-    let p = proc_fd_path(fd.as_raw_fd(), None);
-    // SAFETY: chmod through the magic link of our own (possibly O_PATH) fd.
-    cvt(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
-    Ok(())
+    chmod_at(fd, None, mode)
 }
 
 /// A time for [`utimensat`]: unchanged, now, or a given time.

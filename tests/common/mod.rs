@@ -537,6 +537,23 @@ pub fn sh(dir: &Path, script: &str) -> (bool, String) {
     )
 }
 
+/// Sets xattr `name` of `p` (not following a symlink); fails the test if it cannot.
+pub fn set_xattr(p: &Path, name: &str, val: &[u8]) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a readable value.
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) };
+    assert_eq!(r, 0, "setxattr {name} on {}: {}", p.display(), std::io::Error::last_os_error());
+}
+
+/// Makes a char-device 0/0 whiteout at `p` (root only); fails the test if it cannot.
+pub fn mknod_whiteout(p: &Path) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) };
+    assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+}
+
 /// The errno of an io::Result, or 0.
 pub fn errno<T>(r: &std::io::Result<T>) -> i32 {
     match r {
