@@ -781,3 +781,20 @@ fn create_finds_names_taken_and_free_as_lookup_does() {
     same(file);
     assert_eq!(file.perm, 0o640);
 }
+
+/// A file made through the mount is known to have no capabilities until an xattr of it is
+/// set: then they are read from the file.
+#[test]
+fn new_files_capabilities_are_read_once_set() {
+    let (_s, fs) = fixture();
+    let me = Caller { uid: 0, gid: 0, umask: 0o022, pid: 0 };
+    let caps = OsStr::new("security.capability");
+    let f = fs.mknod(1, OsStr::new("bin"), libc::S_IFREG | 0o755, 0, me).unwrap().ino.0;
+    assert_eq!(fs.getxattr(f, caps).unwrap_err().errno, libc::ENODATA);
+    // VFS_CAP_REVISION_2 granting cap_net_raw.
+    let v = [1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    fs.setxattr(f, caps, &v, 0).unwrap();
+    assert_eq!(fs.getxattr(f, caps).unwrap(), v);
+    fs.removexattr(f, caps).unwrap();
+    assert_eq!(fs.getxattr(f, caps).unwrap_err().errno, libc::ENODATA);
+}

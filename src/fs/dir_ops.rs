@@ -27,8 +27,8 @@ use parking_lot::RwLockWriteGuard;
 use super::copy_up::TmpGuard;
 use super::dirfd::DirFd;
 use super::{
-    DirMarks, FACT_MADE_HERE, FACT_NO_DEFAULT_ACL, Node, NodeState, OverlayFs, PROT_APPEND, PROT_IMMUTABLE,
-    cname, kind_of, remove_tree_at,
+    DirMarks, FACT_MADE_HERE, FACT_NO_CAPS, FACT_NO_DEFAULT_ACL, Node, NodeState, OverlayFs, PROT_APPEND,
+    PROT_IMMUTABLE, cname, kind_of, remove_tree_at,
 };
 use crate::error::{Error, Result};
 use crate::layer::{self, Live, Loc};
@@ -562,12 +562,15 @@ impl OverlayFs {
             let n = self.install(id, state);
             // A new object has no flags to keep.
             n.prot.store(0, Ordering::Release);
-            if is_dir {
+            let facts = if is_dir {
                 // Made empty here, with no lowers below (a name over a lower one is opaque);
                 // made in place without an inherited default ACL, it has none.
                 let no_acl = if dacl.is_none() && !via_work { FACT_NO_DEFAULT_ACL } else { 0 };
-                n.facts.store(FACT_MADE_HERE | no_acl, Ordering::Release);
-            }
+                FACT_MADE_HERE | no_acl
+            } else {
+                FACT_NO_CAPS
+            };
+            n.facts.store(facts, Ordering::Release);
             n
         };
         n.lookups.fetch_add(1, Ordering::Relaxed);
@@ -626,6 +629,7 @@ impl OverlayFs {
         };
         let n = self.install(self.ino_for(0, st.st_ino), state);
         n.prot.store(0, Ordering::Release);
+        n.facts.store(FACT_NO_CAPS, Ordering::Release);
         n.lookups.fetch_add(1, Ordering::Relaxed);
         Ok((n, st, fd))
     }

@@ -750,8 +750,8 @@ impl OverlayFs {
         self.check_writable()?;
         let node = self.node(ino)?;
         self.copy_up(&node, true)?;
-        // (A default ACL may come or go.)
-        node.facts.fetch_and(!super::FACT_NO_DEFAULT_ACL, Ordering::AcqRel);
+        // (A default ACL or capabilities may come or go.)
+        node.facts.fetch_and(!(super::FACT_NO_DEFAULT_ACL | super::FACT_NO_CAPS), Ordering::AcqRel);
         Ok((node, cname(n)?))
     }
 

@@ -250,8 +250,8 @@ pub struct Node {
     /// Append-only/immutable ([`PROT_APPEND`], [`PROT_IMMUTABLE`]) as last found, or
     /// [`PROT_UNKNOWN`] (see [`OverlayFs::prot`]).
     pub(crate) prot: AtomicU8,
-    /// What is known of a directory's upper that saves a syscall on each create in it
-    /// ([`FACT_MADE_HERE`], [`FACT_NO_DEFAULT_ACL`]); 0 = nothing known.
+    /// What is known of the object that saves a syscall on a frequent request
+    /// ([`FACT_MADE_HERE`], [`FACT_NO_DEFAULT_ACL`], [`FACT_NO_CAPS`]); 0 = nothing known.
     pub(crate) facts: AtomicU8,
 }
 
@@ -262,6 +262,13 @@ pub(crate) const FACT_MADE_HERE: u8 = 1;
 /// The directory's upper was found without a default ACL (or made without one), and no
 /// xattr of it has been changed through the mount since.
 pub(crate) const FACT_NO_DEFAULT_ACL: u8 = 2;
+/// The object was made through the mount and no xattr of it has been changed through the
+/// mount since: it has no `security.capability` (nothing sets one on a new object). The
+/// kernel asks for that xattr before an inode's first write and before each chown.
+pub(crate) const FACT_NO_CAPS: u8 = 4;
+
+/// The xattr of file capabilities.
+const CAPS_XATTR: &[u8] = b"security.capability";
 
 /// The object is append-only (chattr +a).
 pub(crate) const PROT_APPEND: u8 = 1;
@@ -1845,6 +1852,9 @@ impl OverlayFs {
             return Err(Error::errno(libc::EOPNOTSUPP));
         }
         let node = self.node(ino)?;
+        if n == CAPS_XATTR && node.has_fact(FACT_NO_CAPS) {
+            return Err(Error::errno(libc::ENODATA));
+        }
         let top = node.top().ok_or(Error::errno(libc::ESTALE))?;
         let v = top.loc.getxattr(&cname(n)?).map_err(|e| Error::io(e, "getxattr"))?;
         if n == ACL_ACCESS.to_bytes() {
