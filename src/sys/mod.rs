@@ -303,7 +303,6 @@ pub fn fchown_fd(fd: BorrowedFd, uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// chmod of `dir/name`; symlinks have no mode of their own, so EOPNOTSUPP there is the caller's.
 /// Set once the kernel turned fchmodat2 (6.6+) down with ENOSYS.
 static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
 
@@ -332,6 +331,7 @@ fn chmod_at(dir: BorrowedFd, name: Option<&CStr>, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// chmod of `dir/name`; symlinks have no mode of their own, so EOPNOTSUPP there is the caller's.
 pub fn fchmodat(dir: BorrowedFd, name: &CStr, mode: u32) -> io::Result<()> {
     chmod_at(dir, Some(name), mode)
 }
