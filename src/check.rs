@@ -433,9 +433,7 @@ impl Checker {
                 continue;
             }
             let chardev_wh = whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev);
-            let xattr_wh =
-                marks.xattr_whiteouts && is_reg(st) && st.st_size == 0 && layer::has_whiteout_xattr(fd, cn);
-            if opaque && (chardev_wh || xattr_wh) {
+            if opaque && layer::is_whiteout_entry(fd, cn, st, marks) {
                 let form = if chardev_wh { "char device 0/0" } else { "xattr" };
                 self.finding(
                     Kind::WhiteoutInOpaque,

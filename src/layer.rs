@@ -237,6 +237,17 @@ pub fn xattr_marks(fd: &OwnedFd) -> DirMarks {
     m
 }
 
+/// Whether entry `name` of `dir`, which `st` describes, is a whiteout in a directory with
+/// `marks`: a char device 0/0, or, where the directory says its entries may be
+/// (`opaque=x`), a zero-size regular file with the whiteout xattr.
+pub fn is_whiteout_entry(dir: &OwnedFd, name: &CStr, st: &Stat, marks: DirMarks) -> bool {
+    whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
+        || (marks.xattr_whiteouts
+            && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size == 0
+            && has_whiteout_xattr(dir, name))
+}
+
 /// True if a zero-size regular file carries an xattr whiteout mark.
 pub fn has_whiteout_xattr(dir: &OwnedFd, name: &CStr) -> bool {
     let at = sys::XattrAt::Name(dir.as_raw_fd(), name);

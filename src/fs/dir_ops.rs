@@ -100,13 +100,8 @@ impl OverlayFs {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
             Err(e) => return Err(Error::io(e, "lookup upper")),
         };
-        let is_whiteout = st.is_some_and(|st| {
-            whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
-                || ((st.st_mode & libc::S_IFMT) == libc::S_IFREG
-                    && st.st_size == 0
-                    && pnode.state.lock().upper_marks.xattr_whiteouts
-                    && layer::has_whiteout_xattr(pfd, cn))
-        });
+        let marks = pnode.state.lock().upper_marks;
+        let is_whiteout = st.is_some_and(|st| layer::is_whiteout_entry(pfd, cn, &st, marks));
         let wh_files = !pnode.has_fact(FACT_MADE_HERE);
         let wh_file = match name::whiteout_name(name).and_then(|w| CString::new(w).ok()) {
             Some(w) if wh_files => sys::exists_at(pfd.as_fd(), &w).unwrap_or(false),

@@ -1158,17 +1158,10 @@ impl OverlayFs {
             }
             Err(e) => return Err(Error::io(e, "lookup")),
         };
+        if layer::is_whiteout_entry(dir, cname, &st, dir_marks) {
+            return Ok((Probe::Whiteout, None));
+        }
         let fmt = st.st_mode & libc::S_IFMT;
-        if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev) {
-            return Ok((Probe::Whiteout, None));
-        }
-        if fmt == libc::S_IFREG
-            && st.st_size == 0
-            && dir_marks.xattr_whiteouts
-            && layer::has_whiteout_xattr(dir, cname)
-        {
-            return Ok((Probe::Whiteout, None));
-        }
         if fmt == libc::S_IFDIR {
             let fd = layer::open_dir_at(dir.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?;
             let fd = Arc::new(fd);
@@ -1744,12 +1737,7 @@ impl OverlayFs {
             if needs_stat {
                 let Ok(cn) = CString::new(e.name.clone()) else { continue };
                 let Ok(st) = sys::fstatat(fd.as_fd(), &cn) else { continue };
-                if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
-                    || ((st.st_mode & libc::S_IFMT) == libc::S_IFREG
-                        && st.st_size == 0
-                        && marks.xattr_whiteouts
-                        && layer::has_whiteout_xattr(fd, &cn))
-                {
+                if layer::is_whiteout_entry(fd, &cn, &st, marks) {
                     items.push(ListItem::Whiteout(e.name));
                     continue;
                 }
