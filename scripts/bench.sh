@@ -119,10 +119,12 @@ UCOL="layerfs passthrough=0,uring=0"
 ACOL="layerfs passthrough=all"
 ACOL_GROUPS=" seqread fio "
 [ "$ALL_COL" = 1 ] && { IMPLS+=("$ACOL"); KIND[$ACOL]=fuse; BIN[$ACOL]=$LAYERFS; XOPT[$ACOL]=,passthrough=all; }
+XNAMES=()
 for e in "${EXTRAS[@]}"; do
     n=${e%%=*}; p=${e#*=}
     [ -n "$n" ] && [ "$n" != "$e" ] && [ -x "$p" ] || die "--extra wants NAME=PATH to an executable ($e)"
-    IMPLS+=("$n"); KIND[$n]=fuse; BIN[$n]=$p
+    [ -z "${KIND[$n]:-}" ] || die "--extra name $n is taken by another column"
+    IMPLS+=("$n"); KIND[$n]=fuse; BIN[$n]=$p; XNAMES+=("$n")
 done
 
 mkdir -p "$WORK" || die "cannot create $WORK"
@@ -554,6 +556,7 @@ table() {
     [ "$KERNEL" = 1 ] && { hdr+=" layerfs / kernel |"; sep+="---:|"; }
     [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && { hdr+=" passthrough=0,uring=0 / kernel |"; sep+="---:|"; }
     [ "$KERNEL" = 1 ] && [ "$ALL_COL" = 1 ] && { hdr+=" passthrough=all / kernel |"; sep+="---:|"; }
+    for i in "${XNAMES[@]}"; do hdr+=" layerfs / $i |"; sep+="---:|"; done
     echo "$hdr"; echo "$sep"
     for r in "${ROWS[@]}"; do
         local any=0
@@ -583,6 +586,7 @@ table() {
         [ "$KERNEL" = 1 ] && line+=" $(ratio "${M[layerfs]}" "${M[kernel]}") |"
         [ "$KERNEL" = 1 ] && [ "$USERSPACE_COL" = 1 ] && line+=" $(ratio "${M[$UCOL]}" "${M[kernel]}") |"
         [ "$KERNEL" = 1 ] && [ "$ALL_COL" = 1 ] && line+=" $(ratio "${M[$ACOL]}" "${M[kernel]}") |"
+        for i in "${XNAMES[@]}"; do line+=" $(ratio "${M[layerfs]}" "${M[$i]}") |"; done
         echo "$line"
         unset M
     done
@@ -601,6 +605,9 @@ table() {
     echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r), $WORK on $(df -T "$WORK" | awk 'NR==2{print $2}')"
     echo "FUSE over io_uring: the fuse module's enable_uring was $(cat "$URING_PARAM" 2>/dev/null || echo 'absent') during the run (--uring $URING); where it is Y the layerfs column serves through io_uring queues, fuse-overlayfs does not use them"
     echo "Versions: $("$FOVL" --version 2>&1 | grep -m1 -i 'fuse-overlayfs'), $(fio --version), layerfs binary $LAYERFS built $(date -r "$LAYERFS" '+%F %T') (repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    for i in "${XNAMES[@]}"; do
+        echo "Extra column $i: ${BIN[$i]} ($("${BIN[$i]}" --version 2>&1 | head -1 | cut -c1-100))"
+    done
 }
 
 TABLE=$(table)
