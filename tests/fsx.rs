@@ -10,8 +10,9 @@
 //! the lower file's data), and with the kernel's writeback cache (`passthrough=0,writeback=1`),
 //! which may only be offered because this passes.
 //!
-//! `LAYERFS_FSX_OPS` sets the operations per file (default 50000). On a mismatch the tail of the
-//! operation log is printed.
+//! `LAYERFS_FSX_OPS` sets the operations per file (default 50000), `LAYERFS_FSX_SEED` the seed
+//! (default 0xf5a0000; the two files use seed+1 and seed+2), so that a long run can explore new
+//! sequences. On a mismatch the tail of the operation log is printed, with the file's seed.
 
 mod common;
 
@@ -36,6 +37,7 @@ fn op_len(r: &mut Rng) -> u64 {
 
 struct Fsx {
     name: String,
+    seed: u64,
     path: PathBuf,
     file: File,
     /// Read-only descriptor opened before the copy-up (lower file only).
@@ -67,8 +69,9 @@ impl Fsx {
     fn fail(&self, msg: String) -> ! {
         let tail: Vec<&str> = self.log.iter().map(String::as_str).collect();
         panic!(
-            "fsx [{}] op {}: {msg}\nmodel size {}\nlast {} ops:\n{}",
+            "fsx [{}] (seed {:#x}) op {}: {msg}\nmodel size {}\nlast {} ops:\n{}",
             self.name,
+            self.seed,
             self.ops,
             self.model.len(),
             tail.len(),
@@ -412,7 +415,15 @@ fn run_fsx(s: &Scratch, mut guard: Mounted, extra: &str) {
 
     let t0 = Instant::now();
     let mut done = Vec::new();
-    for (name, seed) in [("lowerfile", 0xf5a_0001u64), ("upperfile", 0xf5a_0002)] {
+    let base = std::env::var("LAYERFS_FSX_SEED").ok().map_or(0xf5a_0000, |s| {
+        let s = s.trim();
+        let parsed = match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        };
+        parsed.unwrap_or_else(|_| panic!("LAYERFS_FSX_SEED={s}: not a number"))
+    });
+    for (name, seed) in [("lowerfile", base.wrapping_add(1)), ("upperfile", base.wrapping_add(2))] {
         let path = m.join(name);
         let (early_ro, model) = if name == "lowerfile" {
             // Opened (and read) before the copy-up that the read-write open below triggers.
@@ -433,6 +444,7 @@ fn run_fsx(s: &Scratch, mut guard: Mounted, extra: &str) {
             early_ro,
             early_frozen: frozen.then(|| ldata.clone()),
             model,
+            seed,
             rng: Rng(seed),
             log: VecDeque::new(),
             ops: 0,
@@ -446,7 +458,7 @@ fn run_fsx(s: &Scratch, mut guard: Mounted, extra: &str) {
         }
         fx.verify_all(&fx.path.clone(), "end of run");
         eprintln!(
-            "fsx [{name}]: {} ops, final size {}: {}",
+            "fsx [{name}] (seed {seed:#x}): {} ops, final size {}: {}",
             fx.ops,
             fx.model.len(),
             OP_NAMES
