@@ -87,3 +87,20 @@ fn regression_listing_keeps_a_name_whose_lookup_fails() {
         }
     }
 }
+
+/// Found by prop_write on 18 lowers (CI at b477195), and the same on two: renaming a new
+/// directory `d/y` over `d/x`, a non-empty directory only in the upper, fails with ENOTEMPTY,
+/// and the kernel has marked `d/y` opaque by then (its parent merges lower directories), where
+/// layerfs checked the target first and left `d/y` unmarked: the uppers differed. A target with
+/// lower content is still checked before anything changes (the last case).
+#[test]
+fn regression_failed_rename_over_a_dir_keeps_the_source_opaque() {
+    need_mounts!();
+    let ops = [Mkdir("d/y"), Unlink("d/x"), Mkdir("d/x"), Write("d/x/q", 0), Rename("d/y", "d/x")];
+    check_ops(&ops);
+    let s = common::Scratch::new();
+    if let Err(r) = run_ops_on(s.dir.path(), &prop_stack_many(), &ops, false) {
+        panic!("ops {ops:?}\n{r}");
+    }
+    check_ops(&[Mkdir("e/y"), Rename("e/y", "d")]);
+}

@@ -769,6 +769,27 @@ impl OverlayFs {
         Ok(())
     }
 
+    /// Whether `dst`, at `pnode/name`, may be replaced by `src` in a rename, as
+    /// [`Self::check_removable`] answers. A directory replacing a non-empty directory that is
+    /// only in the upper is marked opaque first (where its new place needs it) and keeps the
+    /// mark: kernel overlayfs checks a target with lower content for emptiness before it
+    /// changes anything, but leaves an upper-only one to the upper filesystem's rename, which
+    /// fails after the mark is set. Nothing shows through such a directory either way (it
+    /// has no lower content, or it would not be moving), so only the upper differs.
+    fn check_replaceable(
+        &self,
+        dst: &Arc<Node>,
+        src: &Arc<Node>,
+        pnode: &Arc<Node>,
+        name: &[u8],
+    ) -> Result<()> {
+        let r = self.check_removable(dst, src.is_dir());
+        if r.as_ref().is_err_and(|e| e.errno == libc::ENOTEMPTY) && !Self::has_lower_content(dst) {
+            self.opaque_for_move(src, pnode, name)?;
+        }
+        r
+    }
+
     /// Renames `ocn` to `ncn`; with `whiteout`, leaves a whiteout at the old name, in the same
     /// step where the filesystem can (RENAME_WHITEOUT), else right after.
     fn rename_leaving_whiteout(
@@ -959,7 +980,7 @@ impl OverlayFs {
             if flags & sys::RENAME_NOREPLACE != 0 {
                 return Err(Error::errno(libc::EEXIST));
             }
-            self.check_removable(d, src.is_dir())?;
+            self.check_replaceable(d, &src, &npn, nname)?;
         }
         if exchange {
             let d = dst0.as_ref().ok_or(Error::errno(libc::ENOENT))?;
@@ -1013,7 +1034,7 @@ impl OverlayFs {
                 return Err(Error::errno(libc::EEXIST));
             }
             // The target goes as an unlink or rmdir of it would.
-            self.check_removable(d, src_dir)?;
+            self.check_replaceable(d, &src, &npn, nname)?;
         }
         let need_wh_old = self.lower_positive(&opn, oname)?;
         if let Some(d) = &dst {
