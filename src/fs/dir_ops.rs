@@ -100,13 +100,13 @@ impl OverlayFs {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
             Err(e) => return Err(Error::io(e, "lookup upper")),
         };
-        let marks = pnode.state.lock().upper_marks;
-        let is_whiteout = st.is_some_and(|st| layer::is_whiteout_entry(pfd, cn, &st, marks));
-        let wh_files = !pnode.has_fact(FACT_MADE_HERE);
-        let wh_file = match name::whiteout_name(name).and_then(|w| CString::new(w).ok()) {
-            Some(w) if wh_files => sys::exists_at(pfd.as_fd(), &w).unwrap_or(false),
-            _ => false,
-        };
+        // (The parent's marks only where the name is there: a new name takes no lock.)
+        let is_whiteout =
+            st.is_some_and(|st| layer::is_whiteout_entry(pfd, cn, &st, pnode.state.lock().upper_marks));
+        let wh_file = !pnode.has_fact(FACT_MADE_HERE)
+            && name::whiteout_name(name)
+                .and_then(|w| CString::new(w).ok())
+                .is_some_and(|w| sys::exists_at(pfd.as_fd(), &w).unwrap_or(false));
         Ok(UpperSlot { st, is_whiteout, wh_file })
     }
 

@@ -1436,8 +1436,13 @@ pub fn run_ops_on(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool) -> Result<
 /// [`run_ops_on`] the property test's two-lower stack in a fresh scratch directory; panics
 /// with the report. Pinned regressions run every op as written (no [`AVOIDED_BUGS`] steering).
 pub fn check_ops(ops: &[Op]) {
+    check_ops_on(&prop_stack(), ops);
+}
+
+/// [`check_ops`] on another stack (such as [`prop_stack_many`]).
+pub fn check_ops_on(stack: &Stack, ops: &[Op]) {
     let s = Scratch::new();
-    if let Err(r) = run_ops_on(s.dir.path(), &prop_stack(), ops, false) {
+    if let Err(r) = run_ops_on(s.dir.path(), stack, ops, false) {
         panic!("ops {ops:?}\n{r}");
     }
 }
