@@ -95,7 +95,11 @@ pub fn fuser_config(cfg: &MountConfig, source: Option<&str>) -> Config {
         MountOption::FSName(
             o.fsname.clone().or(source.map(str::to_owned)).unwrap_or_else(|| "layerfs".into()),
         ),
-        MountOption::Subtype(o.subtype.clone().unwrap_or_else(|| "layerfs".into())),
+        // As a kernel option, not fuser's `Subtype`: fuser's own mount(2) (root, or root in a
+        // user namespace) drops `Subtype`, and the mount then shows as plain `fuse`. The
+        // kernel takes `subtype=` in the mount data (type `fuse.layerfs`, as
+        // `fuse.fuse-overlayfs`), and fusermount3 takes it from `-o` as before.
+        MountOption::CUSTOM(format!("subtype={}", o.subtype.as_deref().unwrap_or("layerfs"))),
         MountOption::DefaultPermissions,
     ];
     if cfg.read_only() {

@@ -128,6 +128,11 @@ fn engine_style_invocations_mount() {
     // Exit 0 means mounted and serving: the files are there right away.
     let mut guard = Mounted { mnt: m.clone(), fuse: true };
     assert_eq!(fs::read(m.join("top")).unwrap(), b"1");
+    // The type names the server (`fuse.layerfs`, as `fuse.fuse-overlayfs`), root's own mount(2)
+    // included.
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let mline = mounts.lines().find(|l| l.contains(m.to_str().unwrap())).unwrap_or_default().to_string();
+    assert!(mline.contains(" fuse.layerfs "), "{mline}");
     assert_eq!(fs::read(m.join("mid")).unwrap(), b"2");
     assert_eq!(fs::read(m.join("bottom")).unwrap(), b"3");
     guard.unmount();
@@ -136,7 +141,12 @@ fn engine_style_invocations_mount() {
         .arg("overlay")
         .arg(&m)
         .arg("-o")
-        .arg(format!("lowerdir={},upperdir={},workdir={}", l1.display(), u.display(), w.display()))
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={},subtype=ovl-test",
+            l1.display(),
+            u.display(),
+            w.display()
+        ))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -144,7 +154,7 @@ fn engine_style_invocations_mount() {
     assert_eq!(fs::read(m.join("top")).unwrap(), b"1");
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
     let mline = mounts.lines().find(|l| l.contains(m.to_str().unwrap())).unwrap_or_default().to_string();
-    assert!(mline.starts_with("overlay ") && mline.contains(" fuse"), "{mline}");
+    assert!(mline.starts_with("overlay ") && mline.contains(" fuse.ovl-test "), "{mline}");
 }
 
 fn wait_gone(pid: u32) -> bool {

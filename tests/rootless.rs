@@ -78,6 +78,8 @@ fn scenario(userns: bool) {
 B={bin}; L={l}; U={u}; W={w}; M={m}
 $B -o lowerdir=$L,upperdir=$U,workdir=$W $M
 trap '{unmount} $M' EXIT
+# The mount's type names the server, as fuse-overlayfs's does (fuse.fuse-overlayfs).
+grep -q " $M fuse.layerfs " /proc/self/mounts
 # Errors users hit with fuse-overlayfs: sed -i in a lower directory (fchown of its temporary
 # file), cp of a read-only file to a new name and over it, setfacl on a lower file.
 sed -i s/y/Y/ $M/d/sub/y && test "$(cat $M/d/sub/y)" = Y
