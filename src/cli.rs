@@ -51,6 +51,9 @@ flags:
 
 /// Runs the program; returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    if args.first().is_some_and(|a0| a0 == crate::mount::WATCHER_ARG0) {
+        return crate::mount::watcher_main(&args);
+    }
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
         if first == "check" {
             return crate::check::main(args[1..].to_vec());

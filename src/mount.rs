@@ -4,7 +4,8 @@
 //! reports the mount live and serving (container engines wait for that exit, then use the
 //! mount), and exits non-zero with the child's one-line error otherwise. The server exits by
 //! itself when the mount goes away (`fusermount3 -u`, `umount`); SIGTERM, SIGINT and SIGHUP
-//! unmount first.
+//! unmount first. With `auto_unmount`, a watcher process unmounts a mount whose server ended
+//! without unmounting it ([`start_watcher`]).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -134,9 +135,7 @@ pub fn fuser_config(cfg: &MountConfig, source: Option<&str>) -> Config {
     } else {
         SessionACL::Owner
     };
-    if o.auto_unmount && acl != SessionACL::Owner {
-        mo.push(MountOption::AutoUnmount);
-    }
+    // `auto_unmount` is layerfs's own watcher (see [`start_watcher`]), not fusermount3's.
     let mut c = Config::default();
     c.mount_options = mo;
     c.acl = acl;
@@ -159,12 +158,6 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     init_logging(cfg.opts.debug);
     for w in &cfg.opts.warnings {
         eprintln!("layerfs: {w}");
-    }
-    if cfg.opts.auto_unmount && sys::geteuid() != 0 && !cfg.opts.allow_other && !cfg.opts.allow_root {
-        // fuser (0.18) refuses auto_unmount on a mount only its owner may use.
-        eprintln!(
-            "layerfs: auto_unmount ignored: a plain user's mount needs allow_root or allow_other with it"
-        );
     }
     // Before any thread starts (they inherit it): server threads may run in SCHED_IDLE (see
     // uring's Placement), which would otherwise put their disk reads in the idle I/O class.
@@ -228,6 +221,21 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             }
         }
     }
+    // Before the mount, so that it holds no descriptor of it (nor of /dev/fuse).
+    let mut watcher = match cfg.opts.auto_unmount {
+        true => match start_watcher(&cfg.mountpoint, notify.is_some() && !cfg.opts.debug) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let msg = format!("auto_unmount: {e}");
+                if let Some(w) = notify.take() {
+                    let _ = std::fs::File::from(w).write_all(msg.as_bytes());
+                    std::process::exit(1);
+                }
+                return Err(msg);
+            }
+        },
+        false => None,
+    };
     sys::block_term_signals();
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
     let notifier = fuse.notifier.clone();
@@ -281,6 +289,19 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             return Err(msg);
         }
     }
+    // The watcher's pipe stays open as long as this function runs: its end of file (at the
+    // end of the session, or of the process however it ends) is the watcher's signal.
+    let _watched = watcher.take().map(std::fs::File::from).inspect(|mut w| match &own_dev {
+        Some(dev) => {
+            if let Err(e) = w.write_all(format!("{dev}\n").as_bytes()) {
+                log::warn!("auto_unmount: the watcher is gone ({e}); the mount is not watched");
+            }
+        }
+        None => log::warn!(
+            "auto_unmount: {} not found in mountinfo; the mount is not watched",
+            cfg.mountpoint.display()
+        ),
+    });
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
     match &own_dev {
         Some(dev) => raise_read_ahead(dev, &layers),
@@ -318,14 +339,14 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
                         continue;
                     }
                 }
-                // fuser's unmounter first (it knows a fusermount3 mount); with auto_unmount it
-                // only lets go of fusermount3 and unmounts nothing, so the result is checked.
+                // fuser's unmounter first (it knows a fusermount3 mount); the result is checked,
+                // and a mount still on top is unmounted by hand.
                 let r = match first.take() {
                     Some(mut u) => u.unmount().map_err(|e| e.to_string()),
-                    None => unmount_by_hand(&mountpoint),
+                    None => unmount_by_hand(&mountpoint, false),
                 };
                 let r = match r {
-                    Ok(()) if state() == MountState::Top => unmount_by_hand(&mountpoint),
+                    Ok(()) if state() == MountState::Top => unmount_by_hand(&mountpoint, false),
                     r => r,
                 };
                 match r {
@@ -383,12 +404,12 @@ fn mount_state(info: &str, mountpoint: &Path, own: Option<&str>) -> MountState {
     }
 }
 
-/// Unmounts `mnt`: umount(2) where the server may (root, or root in a user namespace that
-/// mounted it), else `fusermount3 -u`.
-fn unmount_by_hand(mnt: &Path) -> Result<(), String> {
+/// Unmounts `mnt` (`lazy`: detached, as `umount -l`): umount(2) where the server may (root, or
+/// root in a user namespace that mounted it), else `fusermount3 -u`.
+fn unmount_by_hand(mnt: &Path, lazy: bool) -> Result<(), String> {
     let c = sys::cstr(mnt.as_os_str()).map_err(|e| e.to_string())?;
     // SAFETY: a NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+    if unsafe { libc::umount2(c.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) } == 0 {
         return Ok(());
     }
     let e = std::io::Error::last_os_error();
@@ -396,12 +417,92 @@ fn unmount_by_hand(mnt: &Path) -> Result<(), String> {
         return Err(e.to_string());
     }
     let out = std::process::Command::new("fusermount3")
-        .arg("-u")
+        .arg(if lazy { "-uz" } else { "-u" })
         .arg("--")
         .arg(mnt)
         .output()
         .map_err(|e| format!("fusermount3: {e}"))?;
     if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+}
+
+/// The name (`argv[0]`) the `auto_unmount` watcher runs under: [`crate::cli::main`] sends a
+/// process of that name to [`watcher_main`].
+pub const WATCHER_ARG0: &str = "layerfs-auto-unmount";
+
+/// Starts the `auto_unmount` watcher, a process of this program's (`WATCHER_ARG0 MOUNTPOINT`)
+/// in its own process group, and returns the write end of its standard input. The server
+/// writes its mount's device there once mounted and holds the pipe open; the watcher's end of
+/// file comes when the server's process ends, however it ends (`kill -9` included), and then
+/// the watcher lazily unmounts the mount if it is still the one at the mountpoint.
+///
+/// fusermount3's own `auto_unmount` (what fuser would use) probes the mount with an `open`
+/// and unmounts only on ENOTCONN: a server killed while it served through io_uring queues
+/// left a dead mount behind (the probe got ECONNABORTED), and fuser refuses that option on a
+/// plain user's mount without `allow_other`/`allow_root`. This one needs neither.
+fn start_watcher(mountpoint: &Path, quiet: bool) -> Result<OwnedFd, String> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let (r, w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg0(WATCHER_ARG0)
+        .arg(mountpoint)
+        .current_dir("/")
+        .stdin(Stdio::from(r))
+        .stdout(Stdio::null())
+        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+        // Out of the server's process group: a signal to the group (Ctrl-C in a terminal,
+        // `kill -9 -PGID`) leaves the watcher.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("watcher: {e}"))?;
+    // Reaped when it ends before the server (killed): no zombie child for the server's life.
+    std::thread::Builder::new()
+        .name("auto-unmount".into())
+        .spawn(move || child.wait())
+        .map_err(|e| format!("thread: {e}"))?;
+    Ok(w)
+}
+
+/// The `auto_unmount` watcher ([`start_watcher`]): `args` are `WATCHER_ARG0 MOUNTPOINT`, the
+/// server's pipe is standard input. Returns the exit code.
+pub fn watcher_main(args: &[std::ffi::OsString]) -> i32 {
+    let [_, mnt] = args else {
+        eprintln!("layerfs: {WATCHER_ARG0} is started by layerfs for auto_unmount");
+        return 2;
+    };
+    // Termination signals are for the server (it unmounts on them); this process outlives
+    // it, to unmount when it cannot. SIGKILL still ends it.
+    sys::block_term_signals();
+    // SAFETY: PR_SET_NAME with a NUL-terminated name of 15 bytes; `pkill layerfs` (by the
+    // process name, which would be the binary's) then leaves the watcher.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"layerfs-watcher".as_ptr()) };
+    let mnt = Path::new(mnt);
+    // The server's mount device, then the end of file when the server's process ends.
+    let mut from_server = String::new();
+    let _ = std::io::stdin().lock().read_to_string(&mut from_server);
+    let Some(dev) = from_server.lines().next().filter(|d| !d.is_empty()) else {
+        return 0; // the server never mounted, or said nothing
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    match mount_state(&info, mnt, Some(dev)) {
+        // The server ended without unmounting (killed, or crashed): a dead mount.
+        MountState::Top => match unmount_by_hand(mnt, true) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("layerfs: auto_unmount of {}: {e}", mnt.display());
+                1
+            }
+        },
+        MountState::Covered => {
+            eprintln!(
+                "layerfs: auto_unmount: another mount covers {}; the dead mount under it is left",
+                mnt.display()
+            );
+            1
+        }
+        MountState::Gone => 0,
+    }
 }
 
 /// The least read-ahead window of the mount's own backing device info, in KiB: as large as one

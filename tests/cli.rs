@@ -312,3 +312,80 @@ fn wait_exit(child: &mut std::process::Child, why: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The `auto_unmount` watcher of the mount at `m` (a process named `layerfs-auto-unmount M`).
+fn watcher_pid(m: &std::path::Path) -> Option<u32> {
+    let want = ["layerfs-auto-unmount".to_string(), m.to_string_lossy().into_owned()];
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into())
+            .collect();
+        (args == want).then_some(pid)
+    })
+}
+
+/// `auto_unmount`: a server killed with SIGKILL leaves no dead mount (ENOTCONN) behind, served
+/// through io_uring queues or `/dev/fuse` alike (fusermount3's watcher left one with the
+/// queues: its probe got ECONNABORTED). The watcher unmounts only the server's own mount: not
+/// one mounted over it, nor one mounted at the path after a clean unmount.
+#[test]
+fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
+    if !can_mount() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    let kill9 = |m: &std::path::Path| {
+        let pid = server_pid(m).expect("server process");
+        // SAFETY: killing the server this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        assert!(wait_gone(pid), "the server outlived SIGKILL");
+    };
+    for extra in ["auto_unmount", "auto_unmount,uring=0"] {
+        let mut g = mount_layerfs(std::slice::from_ref(&l), None, &m, extra);
+        assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
+        let watcher = watcher_pid(&m).expect("watcher process");
+        kill9(&m);
+        assert!(wait_gone(watcher), "{extra}: the watcher outlived the server");
+        let left = is_mounted(&m);
+        if !left {
+            g.mnt = Default::default();
+        }
+        drop(g);
+        assert!(!left, "{extra}: a dead mount was left behind");
+    }
+
+    // A tmpfs over the mount: the dead mount under it stays, the tmpfs is not touched.
+    let mut dead = mount_layerfs(std::slice::from_ref(&l), None, &m, "auto_unmount");
+    let watcher = watcher_pid(&m).expect("watcher process");
+    assert!(Command::new("mount").args(["-t", "tmpfs", "over"]).arg(&m).status().unwrap().success());
+    let mut over = Mounted { mnt: m.clone(), fuse: false };
+    fs::write(m.join("mine"), b"t").unwrap();
+    kill9(&m);
+    assert!(wait_gone(watcher), "the watcher outlived the server");
+    assert_eq!(fs::read(m.join("mine")).unwrap(), b"t", "the watcher unmounted the tmpfs over the mount");
+    over.unmount();
+    assert!(is_mounted(&m), "the dead mount under the tmpfs");
+    assert!(Command::new("umount").arg("-l").arg(&m).status().unwrap().success());
+    dead.mnt = Default::default();
+
+    // Detached (`umount -l`) while in use, a tmpfs mounted at the path, then the server ends
+    // when its last user lets go: the tmpfs stays.
+    let mut g = mount_layerfs(std::slice::from_ref(&l), None, &m, "auto_unmount");
+    let (pid, watcher) = (server_pid(&m).expect("server process"), watcher_pid(&m).expect("watcher"));
+    let held = fs::File::open(m.join("f")).unwrap();
+    assert!(Command::new("umount").arg("-l").arg(&m).status().unwrap().success());
+    g.mnt = Default::default();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "other"]).arg(&m).status().unwrap().success());
+    let _other = Mounted { mnt: m.clone(), fuse: false };
+    fs::write(m.join("mine"), b"o").unwrap();
+    drop(held);
+    assert!(wait_gone(pid), "the server outlived its detached mount");
+    assert!(wait_gone(watcher), "the watcher outlived the server");
+    assert_eq!(fs::read(m.join("mine")).unwrap(), b"o", "the watcher unmounted the tmpfs at the path");
+}

@@ -278,23 +278,31 @@ cat $M/f
     assert_eq!(fs::read_dir(w.join("work")).unwrap().count(), 0, "nothing left in workdir");
 }
 
-/// A plain user's `auto_unmount` without `allow_root`/`allow_other` cannot be had (fuser
-/// refuses it): the mount says so in one line rather than dropping it silently.
+/// A plain user's `auto_unmount`, with no `allow_other`/`allow_root` beside it (fuser refused
+/// that, so it used to be ignored with a warning), and root's in a user namespace: a server
+/// killed with SIGKILL leaves no dead mount behind.
 #[test]
-fn plain_users_auto_unmount_is_not_dropped_silently() {
-    let Some((uid, gid, s)) = user_scratch() else { return };
-    let (l, m) = (s.path("l"), s.path("m"));
-    fs::write(l.join("f"), b"f").unwrap();
-    chown_r(s.dir.path(), uid, gid);
-    let script = format!(
-        "{bin} -o lowerdir={l},auto_unmount {m} 2>&1; trap 'fusermount3 -u {m}' EXIT; cat {m}/f",
-        bin = layerfs_bin().display(),
-        l = l.display(),
-        m = m.display()
-    );
-    let out = run_as(uid, gid, false, &script);
-    assert_eq!(
-        out,
-        "layerfs: auto_unmount ignored: a plain user's mount needs allow_root or allow_other with it\nf"
-    );
+fn auto_unmount_after_kill_9_for_a_plain_user_and_in_a_user_namespace() {
+    for userns in [false, true] {
+        let Some((uid, gid, s)) = user_scratch() else { return };
+        let (l, m) = (s.path("l"), s.path("m"));
+        fs::write(l.join("f"), b"f").unwrap();
+        chown_r(s.dir.path(), uid, gid);
+        let script = format!(
+            r#"B={bin}; M={m}
+$B -o lowerdir={l},auto_unmount $M 2>&1
+cat $M/f
+grep -q " $M fuse.layerfs " /proc/self/mounts
+kill -9 $(pgrep -f -x "$B -o lowerdir={l},auto_unmount $M")
+for i in $(seq 100); do grep -q " $M " /proc/self/mounts || break; sleep 0.1; done
+if grep -q " $M " /proc/self/mounts; then echo " dead mount left"; {unmount} $M; fi
+"#,
+            bin = layerfs_bin().display(),
+            l = l.display(),
+            m = m.display(),
+            unmount = if userns { "umount -l" } else { "fusermount3 -uz" },
+        );
+        let out = run_as(uid, gid, userns, &script);
+        assert_eq!(out, "f", "userns {userns}");
+    }
 }
