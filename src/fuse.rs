@@ -718,11 +718,17 @@ impl Fuse {
                 }
             }
             let attr = self.fs.setattr(ino, sa)?;
-            if !kill {
-                return Ok(attr);
+            if kill {
+                self.fs.kill_privs(ino, caller(ctx, 0))?;
             }
-            self.fs.kill_privs(ino, caller(ctx, 0))?;
-            self.fs.getattr(ino)
+            if empty {
+                // chown(-1, -1) changes nothing but the ctime (FUSE sends no ctime without
+                // the writeback cache): the upper's own chown(-1, -1) marks it, as kernel
+                // overlayfs's passes it to the upper. After the privilege drop, which then
+                // leaves it nothing to drop.
+                self.fs.mark_ctime(ino);
+            }
+            if kill || empty { self.fs.getattr(ino) } else { Ok(attr) }
         };
         match self.hook(ctx, Op::Setattr, ino, None, 0, args, f) {
             Ok(attr) => Answer::Attr(attr),

@@ -74,3 +74,42 @@ fn squash_to_root_and_to_ids() {
         assert_eq!((md.uid(), md.gid()), want, "{opt} (new file)");
     }
 }
+
+/// chown(-1, -1) changes nothing but the ctime, on kernel overlayfs as on its upper: of an
+/// upper file, of a lower file (copied up), of a directory and of a symlink (lchown). FUSE
+/// carries no ctime without the writeback cache, so layerfs marks it with the upper's own
+/// chown(-1, -1); before, an upper object's ctime stayed.
+#[test]
+fn chown_to_no_owner_marks_the_ctime_as_the_kernel() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let l = s.path("l");
+    fs::write(l.join("low"), b"l").unwrap();
+    fs::create_dir(l.join("dir")).unwrap();
+    let ctime = |p: &Path| {
+        let m = fs::symlink_metadata(p).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    for kernel in [true, false] {
+        let tag = if kernel { "k" } else { "f" };
+        let (u, w, m) = (s.path(&format!("u{tag}")), s.path(&format!("w{tag}")), s.path(&format!("m{tag}")));
+        let _g = if kernel {
+            mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m)
+        } else {
+            mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "")
+        };
+        fs::write(m.join("up"), b"u").unwrap();
+        std::os::unix::fs::symlink("up", m.join("sym")).unwrap();
+        fs::create_dir(m.join("updir")).unwrap();
+        for name in ["up", "low", "dir", "updir", "sym"] {
+            let p = m.join(name);
+            let before = ctime(&p);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(lchown(&p, u32::MAX, u32::MAX), 0, "{tag} {name}");
+            let after = ctime(&p);
+            assert!(after > before, "{}: chown(-1, -1) of {name} left the ctime at {before:?}", tag);
+        }
+    }
+}

@@ -672,6 +672,17 @@ impl OverlayFs {
         self.node_attr(&node)
     }
 
+    /// Marks the ctime of an upper object as changed, as chown(-1, -1) does. Best effort:
+    /// nothing else depends on it.
+    pub fn mark_ctime(&self, ino: u64) {
+        let Ok(node) = self.node(ino) else { return };
+        if let Some(up) = node.upper() {
+            if let Err(e) = up.loc.chown(u32::MAX, u32::MAX) {
+                log::debug!("chown(-1, -1) of ino {ino}: {e}");
+            }
+        }
+    }
+
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let h = self.file(fh)?;
         // As vfs_fallocate: only a plain allocation on an append-only file, none on an
