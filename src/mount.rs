@@ -474,9 +474,10 @@ pub fn watcher_main(args: &[std::ffi::OsString]) -> i32 {
     // Termination signals are for the server (it unmounts on them); this process outlives
     // it, to unmount when it cannot. SIGKILL still ends it.
     sys::block_term_signals();
-    // SAFETY: PR_SET_NAME with a NUL-terminated name of 15 bytes; `pkill layerfs` (by the
-    // process name, which would be the binary's) then leaves the watcher.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"layerfs-watcher".as_ptr()) };
+    // A process name without "layerfs" (it would be the binary's): `pkill -9 layerfs`, a
+    // common way to end a stuck server, then leaves the watcher to unmount.
+    // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"auto-unmount".as_ptr()) };
     let mnt = Path::new(mnt);
     // The server's mount device, then the end of file when the server's process ends.
     let mut from_server = String::new();
