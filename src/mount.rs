@@ -443,8 +443,8 @@ fn start_watcher(mountpoint: &Path, quiet: bool) -> Result<OwnedFd, String> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let (r, w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
-    let mut child = Command::new(exe)
+    // This very binary, also when its file was replaced or removed since it started.
+    let mut child = Command::new("/proc/self/exe")
         .arg0(WATCHER_ARG0)
         .arg(mountpoint)
         .current_dir("/")
