@@ -267,7 +267,7 @@ fn a_signal_after_a_busy_unmount_still_unmounts() {
 /// lazy unmount (`umount -l`, what containers-storage falls back to on EBUSY) and another
 /// mount at the same path, SIGTERM unmounted that other mount (a container's root, say). The
 /// detached mount is served until its last user lets go, and then the server ends. With
-/// `auto_unmount`, SIGTERM unmounts too (fuser's unmounter only let go of fusermount3 there).
+/// `auto_unmount`, SIGTERM unmounts too (the watcher then finds nothing to do).
 #[test]
 fn a_signal_unmounts_only_the_servers_own_mount() {
     if !can_mount() || unsafe { libc::geteuid() } != 0 {
@@ -313,19 +313,10 @@ fn wait_exit(child: &mut std::process::Child, why: &str) {
     }
 }
 
-/// The `auto_unmount` watcher of the mount at `m` (a process named `layerfs-auto-unmount M`).
+/// The `auto_unmount` watcher of the mount at `m` (a process `layerfs-auto-unmount M`).
 fn watcher_pid(m: &std::path::Path) -> Option<u32> {
     let want = ["layerfs-auto-unmount".to_string(), m.to_string_lossy().into_owned()];
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<String> = cmd
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into())
-            .collect();
-        (args == want).then_some(pid)
-    })
+    find_process(|args| args == want)
 }
 
 /// `auto_unmount`: a server killed with SIGKILL leaves no dead mount (ENOTCONN) behind, served

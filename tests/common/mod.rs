@@ -103,21 +103,27 @@ impl Drop for Mounted {
     }
 }
 
+/// The first live process (not a zombie) whose arguments (`argv`, empty ones dropped)
+/// satisfy `pred`.
+pub fn find_process(pred: impl Fn(&[String]) -> bool) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (pred(&args) && !stat.contains(") Z ")).then_some(pid)
+    })
+}
+
 /// The live server process of the layerfs mount at `mnt`: a `layerfs` whose arguments include
-/// the mountpoint, not a zombie.
+/// the mountpoint.
 pub fn server_pid(mnt: &Path) -> Option<u32> {
     let want = mnt.to_string_lossy().into_owned();
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> =
-            cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if args.iter().any(|a| a.ends_with("layerfs")) && args.contains(&want) && !stat.contains(") Z ") {
-            return Some(pid);
-        }
-    }
-    None
+    find_process(|args| args.iter().any(|a| a.ends_with("layerfs")) && args.contains(&want))
 }
 
 /// Makes a filesystem in a sparse image of `mib` MiB in `dir` (`mkfs` is the command, the
