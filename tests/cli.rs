@@ -341,9 +341,11 @@ fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
         let mut g = mount_layerfs(std::slice::from_ref(&l), None, &m, extra);
         assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
         let watcher = watcher_pid(&m).expect("watcher process");
-        // Not "layerfs": `pkill -9 layerfs` leaves it.
-        let name = fs::read_to_string(format!("/proc/{watcher}/comm")).unwrap();
-        assert_eq!(name.trim(), "auto-unmount");
+        // Not "layerfs": `pkill -9 layerfs` leaves it. (Named by itself once started: "exe",
+        // from /proc/self/exe, until then.)
+        let name = || fs::read_to_string(format!("/proc/{watcher}/comm")).unwrap_or_default();
+        wait_until(Duration::from_secs(10), || name().trim() == "auto-unmount");
+        assert_eq!(name().trim(), "auto-unmount");
         kill9(&m);
         assert!(wait_gone(watcher), "{extra}: the watcher outlived the server");
         let left = is_mounted(&m);
