@@ -221,19 +221,13 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             }
         }
     }
-    // Before the mount, so that it holds no descriptor of it (nor of /dev/fuse).
-    let mut watcher = match cfg.opts.auto_unmount {
-        true => match start_watcher(&cfg.mountpoint, notify.is_some() && !cfg.opts.debug) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                let msg = format!("auto_unmount: {e}");
-                if let Some(w) = notify.take() {
-                    let _ = std::fs::File::from(w).write_all(msg.as_bytes());
-                    std::process::exit(1);
-                }
-                return Err(msg);
-            }
-        },
+    // Before the mount, so that it holds no descriptor of it (nor of /dev/fuse). Quiet where
+    // the server goes to the background (its own stderr goes to /dev/null then).
+    let watcher = match cfg.opts.auto_unmount {
+        true => Some(
+            start_watcher(&cfg.mountpoint, notify.is_some())
+                .map_err(|e| fail_mount(&mut notify, format!("auto_unmount: {e}")))?,
+        ),
         false => None,
     };
     sys::block_term_signals();
@@ -255,13 +249,7 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     };
     let mut session = match session {
         Ok(s) => s,
-        Err(msg) => {
-            if let Some(w) = notify.take() {
-                let _ = std::fs::File::from(w).write_all(msg.as_bytes());
-                std::process::exit(1);
-            }
-            return Err(msg);
-        }
+        Err(msg) => return Err(fail_mount(&mut notify, msg)),
     };
     let _ = notifier.set(session.notifier());
     // This mount's device (as mountinfo shows it): a signal unmounts the path only while this
@@ -282,26 +270,24 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             let msg = format!("FUSE over io_uring: {e} (uring=0 serves through /dev/fuse only)");
             log::error!("{msg}");
             drop(session);
-            if let Some(w) = notify.take() {
-                let _ = std::fs::File::from(w).write_all(msg.as_bytes());
-                std::process::exit(1);
-            }
-            return Err(msg);
+            return Err(fail_mount(&mut notify, msg));
         }
     }
     // The watcher's pipe stays open as long as this function runs: its end of file (at the
     // end of the session, or of the process however it ends) is the watcher's signal.
-    let _watched = watcher.take().map(std::fs::File::from).inspect(|mut w| match &own_dev {
-        Some(dev) => {
+    let watched = watcher.map(std::fs::File::from);
+    match (watched.as_ref(), own_dev.as_ref()) {
+        (None, _) => {}
+        (Some(mut w), Some(dev)) => {
             if let Err(e) = w.write_all(format!("{dev}\n").as_bytes()) {
                 log::warn!("auto_unmount: the watcher is gone ({e}); the mount is not watched");
             }
         }
-        None => log::warn!(
+        (Some(_), None) => log::warn!(
             "auto_unmount: {} not found in mountinfo; the mount is not watched",
             cfg.mountpoint.display()
         ),
-    });
+    }
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
     match &own_dev {
         Some(dev) => raise_read_ahead(dev, &layers),
@@ -368,6 +354,16 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     fuse.session_ended();
     drop(session);
     r.map_err(|e| format!("session: {e}"))
+}
+
+/// A mount that failed before it served: the daemon's parent, waiting on `notify`, gets `msg`
+/// and this process exits 1; in the foreground `msg` is returned, for the caller to print.
+fn fail_mount(notify: &mut Option<OwnedFd>, msg: String) -> String {
+    if let Some(w) = notify.take() {
+        let _ = std::fs::File::from(w).write_all(msg.as_bytes());
+        std::process::exit(1);
+    }
+    msg
 }
 
 /// Where this server's mount stands at its mountpoint.
