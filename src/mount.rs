@@ -85,6 +85,7 @@ pub fn fs_options(cfg: &MountConfig) -> FsOptions {
     f.gid_map = IdMap(o.gidmapping.iter().map(|r| (r.from, r.to, r.len)).collect());
     f.xattr_permissions = o.xattr_permissions;
     f.acl = !o.noacl;
+    f.noatime = o.atime == Some(false);
     f
 }
 

@@ -385,3 +385,62 @@ fn hostile_symlinks_in_a_layer_are_not_followed() {
     assert_eq!(fs::metadata(outside.join("secret")).unwrap().uid(), 0);
     use std::os::unix::fs::MetadataExt;
 }
+
+/// Access times after reads through the mount (listings, small and large files), against
+/// kernel overlayfs, with and without `noatime`: lower objects never get a new one; upper
+/// objects get one as the upper's `relatime` gives it, and none under `noatime`. Every access
+/// time starts older than its modification time, so `relatime` renews it at the first read.
+#[test]
+fn access_times_after_reads_match_the_kernel() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    const NAMES: [&str; 8] = ["d", "d/in", "f", "big", "ud", "ud/in", "uf", "ubig"];
+    for noatime in [false, true] {
+        let mut seen = Vec::new();
+        for kernel in [true, false] {
+            let s = Scratch::new();
+            let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+            for (root, pre) in [(&l, ""), (&u, "u")] {
+                fs::create_dir(root.join(format!("{pre}d"))).unwrap();
+                fs::write(root.join(format!("{pre}d/in")), b"in\n").unwrap();
+                fs::write(root.join(format!("{pre}f")), b"small\n").unwrap();
+                fs::write(root.join(format!("{pre}big")), vec![7u8; 1 << 20]).unwrap();
+            }
+            let old = 978307200; // 2001-01-01
+            let (ok, out) = sh(
+                s.dir.path(),
+                "touch -a -d 2001-01-01T00:00:00Z l/d l/d/in l/f l/big u/ud u/ud/in u/uf u/ubig",
+            );
+            assert!(ok, "{out}");
+            let real = |n: &str| if n.starts_with('u') { u.join(n) } else { l.join(n) };
+            let mut mnt = if kernel {
+                let o = format!(
+                    "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=off{}",
+                    l.display(),
+                    u.display(),
+                    w.display(),
+                    if noatime { ",noatime" } else { "" }
+                );
+                let (ok, out) = sh(s.dir.path(), &format!("mount -t overlay overlay -o {o} m"));
+                assert!(ok, "kernel overlay mount: {out}");
+                Mounted { mnt: m.clone(), fuse: false }
+            } else {
+                mount_layerfs(
+                    std::slice::from_ref(&l),
+                    Some((&u, &w)),
+                    &m,
+                    if noatime { "noatime" } else { "" },
+                )
+            };
+            let (ok, out) = sh(&m, "ls d ud > /dev/null && cat f d/in big uf ud/in ubig > /dev/null");
+            assert!(ok, "{out}");
+            mnt.unmount();
+            let renewed: Vec<(&str, bool)> =
+                NAMES.iter().map(|n| (*n, fs::symlink_metadata(real(n)).unwrap().atime() != old)).collect();
+            assert!(renewed.iter().all(|(n, r)| n.starts_with('u') || !r), "kernel {kernel}: {renewed:?}");
+            seen.push(renewed);
+        }
+        assert_eq!(seen[1], seen[0], "layerfs (left) against the kernel, noatime {noatime}");
+    }
+}

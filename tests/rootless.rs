@@ -306,3 +306,50 @@ if grep -q " $M " /proc/self/mounts; then echo " dead mount left"; {unmount} $M;
         assert_eq!(out, "f", "userns {userns}");
     }
 }
+
+/// Reads through the mount, a listing and a copy-up give the lower layer's objects no new
+/// access time, as on kernel overlayfs (which opens them `O_NOATIME`), for a plain user's
+/// server too: it cannot make its layers a private `noatime` mount as root does, so it opens
+/// what it owns `O_NOATIME`. The access times are older than the modification times, so the
+/// `relatime` of the disk would renew them on any read.
+#[test]
+fn reads_by_a_plain_user_leave_lower_access_times_alone() {
+    for userns in [false, true] {
+        let Some((uid, gid, s)) = user_scratch() else { return };
+        let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+        fs::create_dir(l.join("d")).unwrap();
+        fs::write(l.join("d/in"), b"in\n").unwrap();
+        fs::write(l.join("f"), b"small\n").unwrap();
+        fs::write(l.join("big"), vec![7u8; 1 << 20]).unwrap();
+        fs::write(l.join("g"), b"copied up\n").unwrap();
+        chown_r(s.dir.path(), uid, gid);
+        let (ok, out) = sh(&l, "touch -a -d 2001-01-01T00:00:00 d d/in f big g");
+        assert!(ok, "{out}");
+        let atimes = || -> Vec<i64> {
+            ["d", "d/in", "f", "big", "g"]
+                .iter()
+                .map(|n| fs::symlink_metadata(l.join(n)).unwrap().atime())
+                .collect()
+        };
+        let before = atimes();
+        let script = format!(
+            r#"B={bin}; M={m}
+$B -o lowerdir={l},upperdir={u},workdir={w} $M
+trap '{unmount} $M' EXIT
+ls $M/d > /dev/null
+cat $M/f $M/d/in $M/big > /dev/null
+echo more >> $M/g
+cat $M/g
+"#,
+            bin = layerfs_bin().display(),
+            l = l.display(),
+            u = u.display(),
+            w = w.display(),
+            m = m.display(),
+            unmount = if userns { "umount" } else { "fusermount3 -u" },
+        );
+        let out = run_as(uid, gid, userns, &script);
+        assert_eq!(out, "copied up\nmore\n", "userns {userns}");
+        assert_eq!(atimes(), before, "lower access times (d, d/in, f, big, g), userns {userns}");
+    }
+}

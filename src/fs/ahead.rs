@@ -351,7 +351,7 @@ fn ask_data(path: OwnedFd) -> Option<u64> {
 /// (its lookups open each subdirectory and check it for the marker). The entries are stat'ed
 /// in inode order, which is mostly the order of the inodes on disk.
 fn stat_all(dir: &OwnedFd, budget: &mut usize) -> std::io::Result<Vec<sys::DirEntry>> {
-    let rfd = sys::reopen_dir(dir.as_fd())?;
+    let rfd = sys::reopen_dir(dir.as_fd(), true)?;
     let raw = sys::read_dir_all(rfd.as_fd())?;
     drop(rfd);
     let marker = CString::new(crate::name::OPAQUE_MARKER).unwrap_or_default();

@@ -276,7 +276,8 @@ impl OverlayFs {
                     sys::openat(work.as_fd(), &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
                         .map_err(|e| Error::io(e, "copy-up create"))?;
                 if with_data && st.st_size > 0 {
-                    let sfd = src.open(libc::O_RDONLY).map_err(|e| Error::io(e, "copy-up open"))?;
+                    let sfd = sys::open_noatime(libc::O_RDONLY, |f| src.open(f))
+                        .map_err(|e| Error::io(e, "copy-up open"))?;
                     let how = copy_data(sfd.as_fd(), dst.as_fd(), st.st_size as u64, self.opts.fsync)
                         .map_err(|e| Error::io(e, "copy-up data"))?;
                     sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;

@@ -762,7 +762,7 @@ impl OverlayFs {
         }
         if is_dir {
             let _cg = child.dir_lock.write();
-            if self.list_merged(child)?.len() > 2 {
+            if self.list_merged(child, false)?.len() > 2 {
                 return Err(Error::errno(libc::ENOTEMPTY));
             }
         }

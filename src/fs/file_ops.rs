@@ -140,14 +140,20 @@ impl OverlayFs {
 
     /// Opens a real file for a handle. Under the writeback cache a write-only open becomes
     /// read-write where permissions allow, since the kernel may read through any handle.
-    fn open_loc(&self, loc: &Loc, flags: i32) -> std::io::Result<OwnedFd> {
+    fn open_loc(&self, loc: &Loc, flags: i32, lower: bool) -> std::io::Result<OwnedFd> {
         if self.writeback_cache.load(Ordering::Relaxed) && flags & libc::O_ACCMODE == libc::O_WRONLY {
-            match loc.open((flags & !libc::O_ACCMODE) | libc::O_RDWR) {
+            match self.open_real(loc, (flags & !libc::O_ACCMODE) | libc::O_RDWR, lower) {
                 Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
                 r => return r,
             }
         }
-        loc.open(flags)
+        self.open_real(loc, flags, lower)
+    }
+
+    /// Opens a real file that reads through the mount will read: a lower file, and an upper
+    /// one under `noatime`, gets no new access time from them ([`sys::open_noatime`]).
+    fn open_real(&self, loc: &Loc, flags: i32, lower: bool) -> std::io::Result<OwnedFd> {
+        if lower || self.opts.noatime { sys::open_noatime(flags, |f| loc.open(f)) } else { loc.open(flags) }
     }
 
     pub(crate) fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
@@ -178,12 +184,12 @@ impl OverlayFs {
         let from_lower = !top.is_upper;
         // An append-only file's writes the server serves append, whatever offset they name.
         let append = if prot & PROT_APPEND != 0 { libc::O_APPEND } else { 0 };
-        let fd = match self.open_loc(&top.loc, real_flags(flags) | append) {
+        let fd = match self.open_loc(&top.loc, real_flags(flags) | append, from_lower) {
             // An append-only file (chattr +a) opens for writing only with O_APPEND. The server
             // writes at the offsets the kernel gives (its own pwrite would append anyway), so
             // it opens without it where it can.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) && write && flags & libc::O_APPEND != 0 => {
-                self.open_loc(&top.loc, real_flags(flags) | libc::O_APPEND)
+                self.open_loc(&top.loc, real_flags(flags) | libc::O_APPEND, from_lower)
             }
             r => r,
         }
@@ -247,7 +253,9 @@ impl OverlayFs {
             let mut g = h.fd.write();
             if h.from_lower.load(Ordering::Acquire) {
                 if let Some(up) = h.node.upper() {
-                    *g = Arc::new(up.loc.open(libc::O_RDONLY).map_err(|e| Error::io(e, "reopen"))?);
+                    *g = Arc::new(
+                        self.open_real(&up.loc, libc::O_RDONLY, false).map_err(|e| Error::io(e, "reopen"))?,
+                    );
                 }
                 h.from_lower.store(false, Ordering::Release);
             }
@@ -525,12 +533,21 @@ impl OverlayFs {
     pub fn backing_file(&self, fh: u64) -> Result<(Arc<OwnedFd>, bool)> {
         let h = self.file(fh)?;
         let top = h.node.top().ok_or(Error::errno(libc::ESTALE))?;
-        if top.is_upper && h.plain_rw && !h.from_lower.load(Ordering::Relaxed) {
+        if top.is_upper && h.plain_rw && !h.from_lower.load(Ordering::Relaxed) && self.upper_noatime.is_none()
+        {
             // The handle's own descriptor will do (the kernel takes its own reference).
             return Ok((h.fd.read().clone(), true));
         }
         let flags = if top.is_upper { libc::O_RDWR } else { libc::O_RDONLY };
-        let fd = top.loc.open(flags).map_err(|e| Error::io(e, "backing open"))?;
+        if let Some(m) = self.upper_noatime.as_ref().filter(|_| top.is_upper) {
+            let fd =
+                top.loc.open(libc::O_PATH).and_then(|p| sys::reopen_on_mount(p.as_fd(), m.as_fd(), flags));
+            match fd {
+                Ok(fd) => return Ok((Arc::new(fd), true)),
+                Err(e) => log::debug!("backing file of {} not opened noatime: {e}", h.node.ino),
+            }
+        }
+        let fd = self.open_real(&top.loc, flags, !top.is_upper).map_err(|e| Error::io(e, "backing open"))?;
         Ok((Arc::new(fd), top.is_upper))
     }
 

@@ -79,6 +79,10 @@ pub struct FsOptions {
     pub xattr_permissions: u8,
     /// POSIX ACLs wanted (not `noacl`); still switched off when a layer lacks them.
     pub acl: bool,
+    /// `noatime` given: reads through the mount give upper objects no new access time either
+    /// (lower objects never get one). Otherwise the upper filesystem's mount decides, as
+    /// it does for kernel overlayfs under `relatime`.
+    pub noatime: bool,
 }
 
 /// An id mapping as fuse-overlayfs defines `uidmapping=A:B:N`: ids `A..A+N` on disk are shown
@@ -132,6 +136,7 @@ impl FsOptions {
             gid_map: IdMap::default(),
             xattr_permissions: 0,
             acl: true,
+            noatime: false,
         }
     }
 }
@@ -475,6 +480,12 @@ pub struct OverlayFs {
     pub(crate) layers: Vec<Layer>,
     pub(crate) has_upper: bool,
     pub(crate) work: Option<Arc<OwnedFd>>,
+    /// Under `noatime`, where the server may make one: a private `noatime` copy of the upper
+    /// directory's mount, which the passthrough backing files of upper files are opened
+    /// through ([`sys::reopen_on_mount`]). The kernel opens a passthrough file's backing file
+    /// anew, with the caller's flags and without O_NOATIME, on the path it was given, so only
+    /// the mount keeps those reads from renewing the upper's access times.
+    pub(crate) upper_noatime: Option<OwnedFd>,
     pub(crate) whiteout_style: WhiteoutStyle,
     /// Whether `trusted.*` xattrs can be written on the upper (root): opaque form.
     pub(crate) trusted_xattrs: bool,
@@ -768,7 +779,7 @@ impl OverlayFs {
             let ino = sys::fstat(fd.as_fd()).map(|st| st.st_ino).ok();
             let fd = match sys::open_tree_clone(&c) {
                 Ok(t) if sys::fstat(t.as_fd()).is_ok_and(|st| st.st_dev == dev && Some(st.st_ino) == ino) => {
-                    if let Err(e) = sys::seal_lower_mount(t.as_fd()) {
+                    if let Err(e) = sys::seal_mount(t.as_fd(), true) {
                         log::debug!("{}: private mount not made read-only and noatime: {e}", l.display());
                     }
                     Arc::new(t)
@@ -838,11 +849,29 @@ impl OverlayFs {
                 }
             }
         }
+        let upper_noatime = match &opts.upper {
+            Some(u) if opts.noatime => {
+                let c = sys::cstr(u.as_os_str()).map_err(|e| format!("{}: {e}", u.display()))?;
+                // open_by_handle_at takes no O_PATH descriptor for its mount.
+                let clone = sys::open_tree_clone(&c).and_then(|t| {
+                    sys::seal_mount(t.as_fd(), false).and_then(|_| sys::reopen_dir(t.as_fd(), true))
+                });
+                match clone {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        log::debug!("{}: no private noatime copy of its mount ({e})", u.display());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let fs = OverlayFs {
             opts: opts.clone(),
             layers,
             has_upper,
             work,
+            upper_noatime,
             whiteout_style: style,
             trusted_xattrs: trusted,
             can_chown: euid == 0,
@@ -1187,7 +1216,7 @@ impl OverlayFs {
         if nlowers < INDEX_MIN_LOWERS {
             return Ok(None);
         }
-        let rfd = sys::reopen_dir(dir_open(&ld.fd)?.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
+        let rfd = sys::reopen_dir(dir_open(&ld.fd)?.as_fd(), true).map_err(|e| Error::io(e, "opendir"))?;
         let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
         Ok(Some(ld.index.get_or_init(|| DirIndex::from_raw(&raw))))
     }
@@ -1245,7 +1274,7 @@ impl OverlayFs {
         let (fd, marks) = self.open_lower_subdir(ld, cname)?;
         let index = sys::fstat(fd.as_fd())
             .is_ok_and(|st| st.st_size <= PREFETCH_LIST_MAX)
-            .then(|| sys::reopen_dir(fd.as_fd()).and_then(|r| sys::read_dir_all(r.as_fd())).ok())
+            .then(|| sys::reopen_dir(fd.as_fd(), true).and_then(|r| sys::read_dir_all(r.as_fd())).ok())
             .flatten()
             .map(|raw| Arc::new(std::sync::OnceLock::from(DirIndex::from_raw(&raw))));
         Ok(Prefetched { fd, marks, index })
@@ -1652,8 +1681,10 @@ impl OverlayFs {
 
     // ---- readdir --------------------------------------------------------------------------
 
-    /// The merged listing of a directory node, with `.` and `..` first.
-    pub(crate) fn list_merged(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
+    /// The merged listing of a directory node, with `.` and `..` first. For a reader (a
+    /// listing through the mount), the upper directory gets a new access time as its mount
+    /// and `noatime` decide; the server's own listings, and lower directories, never give one.
+    pub(crate) fn list_merged(&self, node: &Arc<Node>, for_reader: bool) -> Result<Vec<DirEntry>> {
         let (upper, umarks, lowers, parent_ino) = {
             let s = node.state.lock();
             if s.kind != FileType::Directory {
@@ -1676,7 +1707,9 @@ impl OverlayFs {
         }
         let mut per_layer = Vec::with_capacity(dirs.len());
         for (li, fd, marks, index) in &dirs {
-            let rfd = sys::reopen_dir(fd.as_fd()).map_err(|e| Error::io(e, "opendir"))?;
+            let lower = index.is_some(); // the upper's has no index
+            let noatime = lower || !for_reader || self.opts.noatime;
+            let rfd = sys::reopen_dir(fd.as_fd(), noatime).map_err(|e| Error::io(e, "opendir"))?;
             let raw = sys::read_dir_all(rfd.as_fd()).map_err(|e| Error::io(e, "readdir"))?;
             if let Some(ix) = index {
                 if nlowers >= INDEX_MIN_LOWERS && ix.get().is_none() {
@@ -1779,7 +1812,7 @@ impl OverlayFs {
                 return Ok(l.clone());
             }
         }
-        let l = Arc::new(self.list_merged(node)?);
+        let l = Arc::new(self.list_merged(node, true)?);
         if cache {
             self.listings.lock().put(node.ino, l.clone());
         }
@@ -1999,7 +2032,7 @@ fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
 
 /// Removes everything inside a directory (never following symlinks).
 pub(crate) fn clean_dir(fd: &OwnedFd) -> std::io::Result<()> {
-    let rfd = sys::reopen_dir(fd.as_fd())?;
+    let rfd = sys::reopen_dir(fd.as_fd(), true)?;
     for e in sys::read_dir_all(rfd.as_fd())? {
         let Ok(cn) = CString::new(e.name) else { continue };
         remove_tree_at(fd, &cn)?;
