@@ -8,6 +8,7 @@
 //! - `fs`: `OverlayFs`, the union filesystem façade (one method per operation).
 //! - `fuse`: the thin adapter from fuser's `Filesystem` trait to `OverlayFs`.
 //! - `mount`: daemonising, mounting, signal handling.
+//! - `logging`: the `log` backend: standard error, then the system log in the background.
 //! - `oci`: OCI/Docker layer tar tooling (unpack, diff, digest, store).
 //! - `ovr`: the override-stat xattr (`xattr_permissions=`): parsing and formatting (pure).
 //! - `trace`, `faults`, `compare`: behaviour testing (operation trace, fault injection, a run
@@ -25,6 +26,7 @@ pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod layer;
+pub mod logging;
 pub mod merge;
 pub mod mount;
 pub mod name;

@@ -144,19 +144,9 @@ pub fn fuser_config(cfg: &MountConfig, source: Option<&str>) -> Config {
     c
 }
 
-fn init_logging(debug: bool) {
-    let mut b = env_logger::Builder::new();
-    b.filter_level(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Warn });
-    if let Ok(s) = std::env::var("RUST_LOG") {
-        b.parse_filters(&s);
-    }
-    b.format_target(false);
-    let _ = b.try_init();
-}
-
 /// Mounts and serves until unmounted. Returns the process exit code.
 pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
-    init_logging(cfg.opts.debug);
+    crate::logging::init(cfg.opts.debug);
     for w in &cfg.opts.warnings {
         eprintln!("layerfs: {w}");
     }
@@ -222,6 +212,10 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             }
         }
     }
+    // Termination signals are taken by the signal thread (below), which unmounts first. Blocked
+    // before any thread starts: a thread that does not block them (the watcher's reaper) would
+    // take one with its default action, ending the server with its mount in place.
+    sys::block_term_signals();
     // Before the mount, so that it holds no descriptor of it (nor of /dev/fuse). Quiet where
     // the server goes to the background (its own stderr goes to /dev/null then).
     let watcher = match cfg.opts.auto_unmount {
@@ -231,7 +225,6 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         ),
         false => None,
     };
-    sys::block_term_signals();
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
     let notifier = fuse.notifier.clone();
     if let Ok(h) = &hooks {
@@ -348,6 +341,9 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         let _ = std::fs::File::from(w).write_all(b"ok");
         let _ = std::env::set_current_dir("/");
         sys::redirect_stdio_to_null(cfg.opts.debug);
+        if !cfg.opts.debug {
+            crate::logging::to_syslog();
+        }
     }
     // fuser answered INIT; layerfs's own threads read every request after it.
     let uring = fuse.uring_agreed.load(std::sync::atomic::Ordering::Relaxed);
@@ -468,6 +464,12 @@ pub fn watcher_main(args: &[std::ffi::OsString]) -> i32 {
         eprintln!("layerfs: {WATCHER_ARG0} is started by layerfs for auto_unmount");
         return 2;
     };
+    // Its reports go where the server's do: the system log once the server is in the
+    // background (then this process's standard error is /dev/null).
+    crate::logging::init(false);
+    if crate::logging::stderr_is_null() {
+        crate::logging::to_syslog();
+    }
     // Termination signals are for the server (it unmounts on them); this process outlives
     // it, to unmount when it cannot. SIGKILL still ends it.
     sys::block_term_signals();
@@ -488,13 +490,13 @@ pub fn watcher_main(args: &[std::ffi::OsString]) -> i32 {
         MountState::Top => match unmount_by_hand(mnt, true) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("layerfs: auto_unmount of {}: {e}", mnt.display());
+                log::error!("auto_unmount of {}: {e}", mnt.display());
                 1
             }
         },
         MountState::Covered => {
-            eprintln!(
-                "layerfs: auto_unmount: another mount covers {}; the dead mount under it is left",
+            log::error!(
+                "auto_unmount: another mount covers {}; the dead mount under it is left",
                 mnt.display()
             );
             1

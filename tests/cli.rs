@@ -385,3 +385,110 @@ fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
     assert!(wait_gone(watcher), "the watcher outlived the server");
     assert_eq!(fs::read(m.join("mine")).unwrap(), b"o", "the watcher unmounted the tmpfs at the path");
 }
+
+/// A server in the background (its standard error is /dev/null) sends its warnings to the
+/// system log, as `layerfs[PID]` with the daemon facility, and so does its `auto_unmount`
+/// watcher; in the foreground both stay on standard error. The socket is a test's own,
+/// named by `LAYERFS_SYSLOG`.
+#[test]
+fn a_background_server_and_its_watcher_log_to_the_system_log() {
+    if !can_mount() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    set_xattr(&l.join("f"), "user.containers.override_stat", b"not an override");
+    let sock_path = s.dir.path().join("log");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let next = || {
+        let mut buf = vec![0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a line in the system log within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let opts = format!("lowerdir={},xattr_permissions=2,auto_unmount", l.display());
+    let out = Command::new(layerfs_bin())
+        .args(["-o", &opts])
+        .arg(&m)
+        .env("LAYERFS_SYSLOG", &sock_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut g = Mounted { mnt: m.clone(), fuse: true };
+    let pid = server_pid(&m).expect("server process");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
+    let line = next();
+    let want = format!("layerfs[{pid}]: ignoring malformed user.containers.override_stat");
+    assert!(line.starts_with("<28>") && line.contains(&want), "{line:?}, want {want:?}");
+
+    // The watcher's report: a tmpfs covers the mount when the server is killed.
+    let watcher = watcher_pid(&m).expect("watcher process");
+    assert!(Command::new("mount").args(["-t", "tmpfs", "over"]).arg(&m).status().unwrap().success());
+    let mut over = Mounted { mnt: m.clone(), fuse: false };
+    // SAFETY: killing the server this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(wait_gone(pid) && wait_gone(watcher), "the server or the watcher outlived SIGKILL");
+    let line = next();
+    let want = format!("layerfs[{watcher}]: auto_unmount: another mount covers {}", m.display());
+    assert!(line.starts_with("<27>") && line.contains(&want), "{line:?}, want {want:?}");
+    over.unmount();
+    assert!(Command::new("umount").arg("-l").arg(&m).status().unwrap().success());
+    g.mnt = Default::default();
+
+    // In the foreground the warning goes to standard error, not to the system log.
+    let err = s.dir.path().join("stderr");
+    let mut child = spawn_layerfs_fg(
+        &format!("lowerdir={},xattr_permissions=2", l.display()),
+        &m,
+        &[("LAYERFS_SYSLOG", sock_path.to_str().unwrap())],
+        std::process::Stdio::from(fs::File::create(&err).unwrap()),
+    );
+    let mut g = Mounted { mnt: m.clone(), fuse: true };
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
+    g.unmount();
+    let _ = child.wait();
+    assert!(fs::read_to_string(&err).unwrap().contains("ignoring malformed user.containers.override_stat"));
+    sock.set_nonblocking(true).unwrap();
+    assert!(sock.recv(&mut [0u8; 64]).is_err(), "a foreground server wrote to the system log");
+}
+
+/// Every thread of a server but its signal thread blocks SIGTERM, SIGINT and SIGHUP, with
+/// `auto_unmount` too: the kernel hands a process's signal to any thread that does not block
+/// it, and such a thread (the watcher's reaper did not) would take it with the default
+/// action, ending the server with its mount in place (CI at 90b7246 saw that, once).
+#[test]
+fn only_the_signal_thread_takes_termination_signals() {
+    if !can_mount() || unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    for extra in ["", "auto_unmount"] {
+        let _g = mount_layerfs(std::slice::from_ref(&l), None, &m, extra);
+        assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
+        let pid = server_pid(&m).expect("server process");
+        let term = (1u64 << (libc::SIGTERM - 1)) | (1 << (libc::SIGINT - 1)) | (1 << (libc::SIGHUP - 1));
+        let mut names = Vec::new();
+        for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let t = t.unwrap().path();
+            let name = fs::read_to_string(t.join("comm")).unwrap_or_default().trim().to_string();
+            let status = fs::read_to_string(t.join("status")).unwrap_or_default();
+            let blocked = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or(0);
+            if name != "signals" {
+                assert_eq!(blocked & term, term, "{extra:?}: thread {name:?} takes termination signals");
+            }
+            names.push(name);
+        }
+        assert!(names.iter().any(|n| n == "signals"), "{extra:?}: no signal thread among {names:?}");
+        if extra == "auto_unmount" {
+            assert!(names.iter().any(|n| n == "auto-unmount"), "no watcher's reaper among {names:?}");
+        }
+    }
+}
