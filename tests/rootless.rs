@@ -310,8 +310,9 @@ if grep -q " $M " /proc/self/mounts; then echo " dead mount left"; {unmount} $M;
 /// Reads through the mount, a listing and a copy-up give the lower layer's objects no new
 /// access time, as on kernel overlayfs (which opens them `O_NOATIME`), for a plain user's
 /// server too: it cannot make its layers a private `noatime` mount as root does, so it opens
-/// what it owns `O_NOATIME`. The access times are older than the modification times, so the
-/// `relatime` of the disk would renew them on any read.
+/// what it owns `O_NOATIME`, and reads what it does not own all the same. The access times are
+/// older than the modification times, so the `relatime` of the disk would renew them on any
+/// read.
 #[test]
 fn reads_by_a_plain_user_leave_lower_access_times_alone() {
     for userns in [false, true] {
@@ -323,6 +324,9 @@ fn reads_by_a_plain_user_leave_lower_access_times_alone() {
         fs::write(l.join("big"), vec![7u8; 1 << 20]).unwrap();
         fs::write(l.join("g"), b"copied up\n").unwrap();
         chown_r(s.dir.path(), uid, gid);
+        // Root's, which the server may read but not open O_NOATIME (EPERM): read all the same.
+        fs::create_dir(l.join("theirs")).unwrap();
+        fs::write(l.join("theirs/x"), b"theirs\n").unwrap();
         let (ok, out) = sh(&l, "touch -a -d 2001-01-01T00:00:00 d d/in f big g");
         assert!(ok, "{out}");
         let atimes = || -> Vec<i64> {
@@ -338,6 +342,8 @@ $B -o lowerdir={l},upperdir={u},workdir={w} $M
 trap '{unmount} $M' EXIT
 ls $M/d > /dev/null
 cat $M/f $M/d/in $M/big > /dev/null
+ls $M/theirs
+cat $M/theirs/x
 echo more >> $M/g
 cat $M/g
 "#,
@@ -349,7 +355,7 @@ cat $M/g
             unmount = if userns { "umount" } else { "fusermount3 -u" },
         );
         let out = run_as(uid, gid, userns, &script);
-        assert_eq!(out, "copied up\nmore\n", "userns {userns}");
+        assert_eq!(out, "x\ntheirs\ncopied up\nmore\n", "userns {userns}");
         assert_eq!(atimes(), before, "lower access times (d, d/in, f, big, g), userns {userns}");
     }
 }
