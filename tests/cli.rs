@@ -403,10 +403,18 @@ fn a_background_server_and_its_watcher_log_to_the_system_log() {
     let sock_path = s.dir.path().join("log");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let next = || {
-        let mut buf = vec![0u8; 4096];
-        let n = sock.recv(&mut buf).expect("a line in the system log within 10 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+    // The first line that has `want` (the server may warn more than once before).
+    let find = |want: &str| -> String {
+        let mut seen = Vec::new();
+        loop {
+            let mut buf = vec![0u8; 4096];
+            let Ok(n) = sock.recv(&mut buf) else { panic!("no line with {want:?} within 10 s: {seen:?}") };
+            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if line.contains(want) {
+                return line;
+            }
+            seen.push(line);
+        }
     };
     let opts = format!("lowerdir={},xattr_permissions=2,auto_unmount", l.display());
     let out = Command::new(layerfs_bin())
@@ -419,9 +427,8 @@ fn a_background_server_and_its_watcher_log_to_the_system_log() {
     let mut g = Mounted { mnt: m.clone(), fuse: true };
     let pid = server_pid(&m).expect("server process");
     assert_eq!(fs::read(m.join("f")).unwrap(), b"a");
-    let line = next();
-    let want = format!("layerfs[{pid}]: ignoring malformed user.containers.override_stat");
-    assert!(line.starts_with("<28>") && line.contains(&want), "{line:?}, want {want:?}");
+    let line = find(&format!("layerfs[{pid}]: ignoring malformed user.containers.override_stat"));
+    assert!(line.starts_with("<28>"), "{line:?}: not a warning of the daemon facility");
 
     // The watcher's report: a tmpfs covers the mount when the server is killed.
     let watcher = watcher_pid(&m).expect("watcher process");
@@ -430,14 +437,16 @@ fn a_background_server_and_its_watcher_log_to_the_system_log() {
     // SAFETY: killing the server this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     assert!(wait_gone(pid) && wait_gone(watcher), "the server or the watcher outlived SIGKILL");
-    let line = next();
-    let want = format!("layerfs[{watcher}]: auto_unmount: another mount covers {}", m.display());
-    assert!(line.starts_with("<27>") && line.contains(&want), "{line:?}, want {want:?}");
+    let line = find(&format!("layerfs[{watcher}]: auto_unmount: another mount covers {}", m.display()));
+    assert!(line.starts_with("<27>"), "{line:?}: not an error of the daemon facility");
     over.unmount();
     assert!(Command::new("umount").arg("-l").arg(&m).status().unwrap().success());
     g.mnt = Default::default();
 
-    // In the foreground the warning goes to standard error, not to the system log.
+    // In the foreground the warning goes to standard error, not to the system log (emptied of
+    // the lines before).
+    sock.set_nonblocking(true).unwrap();
+    while sock.recv(&mut [0u8; 4096]).is_ok() {}
     let err = s.dir.path().join("stderr");
     let mut child = spawn_layerfs_fg(
         &format!("lowerdir={},xattr_permissions=2", l.display()),
@@ -450,7 +459,6 @@ fn a_background_server_and_its_watcher_log_to_the_system_log() {
     g.unmount();
     let _ = child.wait();
     assert!(fs::read_to_string(&err).unwrap().contains("ignoring malformed user.containers.override_stat"));
-    sock.set_nonblocking(true).unwrap();
     assert!(sock.recv(&mut [0u8; 64]).is_err(), "a foreground server wrote to the system log");
 }
 
