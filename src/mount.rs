@@ -253,6 +253,23 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let own_dev = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|info| fuse_dev_in_mountinfo(&info, &cfg.mountpoint));
+    // The watcher's pipe stays open as long as this function runs: its end of file (at the
+    // end of the session, or of the process however it ends) is the watcher's signal. The
+    // device goes to it before any request is served (the io_uring queues serve from their
+    // start): a server that ends while it serves leaves the watcher the mount to unmount.
+    let watched = watcher.map(std::fs::File::from);
+    match (watched.as_ref(), own_dev.as_ref()) {
+        (None, _) => {}
+        (Some(mut w), Some(dev)) => {
+            if let Err(e) = w.write_all(format!("{dev}\n").as_bytes()) {
+                log::warn!("auto_unmount: the watcher is gone ({e}); the mount is not watched");
+            }
+        }
+        (Some(_), None) => log::warn!(
+            "auto_unmount: {} not found in mountinfo; the mount is not watched",
+            cfg.mountpoint.display()
+        ),
+    }
     match sys::dup_cloexec(session.as_fd()) {
         Ok(fd) => _ = fuse.dev.set(Arc::new(fd)),
         Err(e) => log::warn!("/dev/fuse: {e}: no passthrough"),
@@ -266,21 +283,6 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             drop(session);
             return Err(fail_mount(&mut notify, msg));
         }
-    }
-    // The watcher's pipe stays open as long as this function runs: its end of file (at the
-    // end of the session, or of the process however it ends) is the watcher's signal.
-    let watched = watcher.map(std::fs::File::from);
-    match (watched.as_ref(), own_dev.as_ref()) {
-        (None, _) => {}
-        (Some(mut w), Some(dev)) => {
-            if let Err(e) = w.write_all(format!("{dev}\n").as_bytes()) {
-                log::warn!("auto_unmount: the watcher is gone ({e}); the mount is not watched");
-            }
-        }
-        (Some(_), None) => log::warn!(
-            "auto_unmount: {} not found in mountinfo; the mount is not watched",
-            cfg.mountpoint.display()
-        ),
     }
     let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
     match &own_dev {
