@@ -534,7 +534,7 @@ fn raise_read_ahead(dev: &str, layers: &[&Path]) {
         .iter()
         .filter_map(|l| std::fs::metadata(l).ok())
         .filter(|m| seen.insert(m.dev()))
-        .filter_map(|m| disk_read_ahead_kb(m.dev()));
+        .filter_map(|m| sys::disk_read_ahead_kb(m.dev()));
     let want = disks.fold(READ_AHEAD_KB, u64::max).min(READ_AHEAD_MAX_KB);
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     let now: Option<u64> = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
@@ -545,17 +545,6 @@ fn raise_read_ahead(dev: &str, layers: &[&Path]) {
         Ok(()) => log::debug!("read-ahead: {path} set to {want} KiB"),
         Err(e) => log::debug!("read-ahead: {path} left at {now:?} KiB: {e}"),
     }
-}
-
-/// The read-ahead window, in KiB, of the block device `dev` (a partition's is its disk's), when
-/// sysfs has one: none for filesystems without a disk of their own (tmpfs, overlay, FUSE).
-fn disk_read_ahead_kb(dev: u64) -> Option<u64> {
-    let (maj, min) = (libc::major(dev), libc::minor(dev));
-    ["queue", "../queue"].iter().find_map(|q| {
-        std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/{q}/read_ahead_kb"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    })
 }
 
 /// The `major:minor` of the last FUSE mount on `mountpoint` in a mountinfo text (the last,

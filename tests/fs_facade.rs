@@ -1,6 +1,6 @@
 //! Tests of the union façade without FUSE: `OverlayFs` called directly.
 mod common;
-use common::{Scratch, evict, evict_all_of, resident, resident_in};
+use common::{Scratch, evict, evict_all_of, loop_mount, resident, resident_in, root_or_skip};
 
 use layerfs::fs::{Caller, FsOptions, ListedFile, OverlayFs, ReadData, SetAttr};
 use std::ffi::OsStr;
@@ -519,13 +519,29 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
     }
 }
 
+/// A lower layer on a loop-mounted ext4 of its own, whose disk's read-ahead window is set to
+/// `window_kb` (the asking ahead of [`OverlayFs::read`] depends on it); needs root.
+fn lower_on_a_disk(s: &Scratch, window_kb: u64) -> (common::Mounted, std::path::PathBuf) {
+    use std::os::unix::fs::MetadataExt;
+    let (guard, x) = loop_mount(s.dir.path(), 64, "mkfs.ext4 -q -F");
+    let dev = fs::metadata(&x).unwrap().dev();
+    let q = format!("/sys/dev/block/{}:{}/queue/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    fs::write(&q, format!("{window_kb}\n")).unwrap();
+    assert_eq!(layerfs::sys::disk_read_ahead_kb(dev), Some(window_kb));
+    (guard, x)
+}
+
 #[test]
 fn sequential_mapped_reads_ask_for_the_next_bytes_ahead() {
     use layerfs::fs::READ_AHEAD;
     const MIB: u64 = 1 << 20;
+    if !root_or_skip("a loop-mounted lower layer with a small read-ahead window") {
+        return;
+    }
     let s = Scratch::new();
-    let (l1, u, w) = (s.path("l1"), s.path("u"), s.path("w"));
-    fs::create_dir_all(&l1).unwrap();
+    // 128 KiB, as many disks have: a fault reads around it by far less than READ_AHEAD.
+    let (_disk, l1) = lower_on_a_disk(&s, 128);
+    let (u, w) = (s.path("u"), s.path("w"));
     let big = l1.join("big");
     let len = 4 * READ_AHEAD;
     fs::write(&big, vec![7u8; len as usize]).unwrap();
@@ -587,6 +603,16 @@ fn sequential_mapped_reads_ask_for_the_next_bytes_ahead() {
 
     // Nothing with read_ahead=0.
     let (fs, fh) = mount(false);
+    assert_eq!(read(&fs, fh, 0), 0);
+    assert_eq!(read(&fs, fh, MIB), 0);
+    fs.release(fh);
+
+    // Nothing either where the disk reads around a fault READ_AHEAD bytes by itself.
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&l1).unwrap());
+    let q = format!("/sys/dev/block/{}:{}/queue/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    fs::write(&q, format!("{}\n", READ_AHEAD >> 10)).unwrap();
+    let (fs, fh) = mount(true);
+    assert!(fs.disk_reads_around(dev));
     assert_eq!(read(&fs, fh, 0), 0);
     assert_eq!(read(&fs, fh, MIB), 0);
     fs.release(fh);
@@ -657,9 +683,12 @@ fn large_reads_are_answered_from_a_mapping_of_the_file() {
 fn read_into_reads_the_bytes_and_asks_ahead() {
     use layerfs::fs::READ_AHEAD;
     const MIB: usize = 1 << 20;
+    if !root_or_skip("a loop-mounted lower layer with a small read-ahead window") {
+        return;
+    }
     let s = Scratch::new();
-    let (l1, u, w) = (s.path("l1"), s.path("u"), s.path("w"));
-    fs::create_dir_all(&l1).unwrap();
+    let (_disk, l1) = lower_on_a_disk(&s, 128);
+    let (u, w) = (s.path("u"), s.path("w"));
     let data: Vec<u8> = (0..3 * MIB + 100).map(|i| (i % 253) as u8).collect();
     fs::write(l1.join("f"), &data).unwrap();
     let mut o = FsOptions::new(vec![l1.clone()]);

@@ -802,7 +802,15 @@ impl OverlayFs {
                     devs.push(dev);
                     devs.len() - 1
                 });
-                Layer { root, dev, ino_base: (idx as u64) << 48, is_upper, is_bottom: i + 1 == n }
+                let disk_read_ahead = sys::disk_read_ahead_kb(dev).map(|kb| kb << 10);
+                Layer {
+                    root,
+                    dev,
+                    ino_base: (idx as u64) << 48,
+                    is_upper,
+                    is_bottom: i + 1 == n,
+                    disk_read_ahead,
+                }
             })
             .collect();
         let leaf_key = leaf_key(&layers.iter().map(|l| &*l.root).collect::<Vec<_>>());

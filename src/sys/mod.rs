@@ -158,6 +158,17 @@ pub fn reopen_on_mount(fd: BorrowedFd, mount: BorrowedFd, flags: i32) -> io::Res
     Ok(unsafe { OwnedFd::from_raw_fd(nfd) })
 }
 
+/// The read-ahead window, in KiB, of the block device `dev` (a partition's is its disk's), when
+/// sysfs has one: none for filesystems without a disk of their own (tmpfs, overlay, FUSE).
+pub fn disk_read_ahead_kb(dev: u64) -> Option<u64> {
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    ["queue", "../queue"].iter().find_map(|q| {
+        std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/{q}/read_ahead_kb"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
 /// Re-opens an object we hold an `O_PATH` fd for, with real access flags.
 pub fn reopen(fd: BorrowedFd, flags: i32) -> io::Result<OwnedFd> {
     let p = proc_fd_path(fd.as_raw_fd(), None);
