@@ -25,8 +25,6 @@ pub struct Layer {
     pub is_upper: bool,
     /// True for the bottom-most layer: its directories' opaqueness never matters.
     pub is_bottom: bool,
-    /// The read-ahead window of the layer's disk in bytes (`read_ahead_kb`), where it has one.
-    pub disk_read_ahead: Option<u64>,
 }
 
 /// Where a real object lives.

@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,9 +283,8 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
             return Err(fail_mount(&mut notify, msg));
         }
     }
-    let layers: Vec<&Path> = cfg.lowers.iter().chain(cfg.upper.iter()).map(|p| p.as_path()).collect();
     match &own_dev {
-        Some(dev) => raise_read_ahead(dev, &layers),
+        Some(dev) => raise_read_ahead(dev, fuse.fs.disk_read_ahead_kb()),
         None => log::debug!("{} not found in mountinfo: read-ahead window left", cfg.mountpoint.display()),
     }
     let unmounter = session.unmount_callable();
@@ -528,13 +526,8 @@ const READ_AHEAD_MAX_KB: u64 = 16 << 10;
 /// 2.20 s.
 /// `dev` is the mount's `major:minor` from mountinfo (stat'ing the mountpoint would be a
 /// request to this very server).
-fn raise_read_ahead(dev: &str, layers: &[&Path]) {
-    let mut seen = std::collections::HashSet::new();
-    let disks = layers
-        .iter()
-        .filter_map(|l| std::fs::metadata(l).ok())
-        .filter(|m| seen.insert(m.dev()))
-        .filter_map(|m| sys::disk_read_ahead_kb(m.dev()));
+/// `disks` are the windows of the layers' disks, in KiB.
+fn raise_read_ahead(dev: &str, disks: impl Iterator<Item = u64>) {
     let want = disks.fold(READ_AHEAD_KB, u64::max).min(READ_AHEAD_MAX_KB);
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     let now: Option<u64> = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());

@@ -270,12 +270,7 @@ fn a_signal_after_a_busy_unmount_still_unmounts() {
 /// `auto_unmount`, SIGTERM unmounts too (the watcher then finds nothing to do).
 #[test]
 fn a_signal_unmounts_only_the_servers_own_mount() {
-    if !can_mount() || unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let s = Scratch::new();
-    let (l, m) = (s.path("l"), s.path("m"));
-    fs::write(l.join("f"), b"a").unwrap();
+    let Some((_s, l, m)) = root_stack() else { return };
     let opts = format!("lowerdir={}", l.display());
     let mut child = spawn_layerfs_fg(&opts, &m, &[], std::process::Stdio::null());
     let held = fs::File::open(m.join("f")).unwrap();
@@ -304,6 +299,19 @@ fn a_signal_unmounts_only_the_servers_own_mount() {
     assert!(!is_mounted(&m), "SIGTERM left an auto_unmount mount behind");
 }
 
+/// For the tests that need root (their own mounts and signals): a scratch area, a layer `l`
+/// holding `f` ("a"), and a mountpoint `m`. None where they cannot run; in CI (root) a refusal
+/// to mount fails the test instead.
+fn root_stack() -> Option<(Scratch, std::path::PathBuf, std::path::PathBuf)> {
+    if !can_mount() || !root_or_skip("mounts as root and signals its server") {
+        return None;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"a").unwrap();
+    Some((s, l, m))
+}
+
 /// Waits (10 s at most) for `child` to exit; `why` says what its still running means.
 fn wait_exit(child: &mut std::process::Child, why: &str) {
     let t = Instant::now();
@@ -325,12 +333,7 @@ fn watcher_pid(m: &std::path::Path) -> Option<u32> {
 /// one mounted over it, nor one mounted at the path after a clean unmount.
 #[test]
 fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
-    if !can_mount() || unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let s = Scratch::new();
-    let (l, m) = (s.path("l"), s.path("m"));
-    fs::write(l.join("f"), b"a").unwrap();
+    let Some((_s, l, m)) = root_stack() else { return };
     let kill9 = |m: &std::path::Path| {
         let pid = server_pid(m).expect("server process");
         // SAFETY: killing the server this test started.
@@ -415,13 +418,8 @@ fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
 /// named by `LAYERFS_SYSLOG`.
 #[test]
 fn a_background_server_and_its_watcher_log_to_the_system_log() {
-    if !can_mount() || unsafe { libc::geteuid() } != 0 {
-        return;
-    }
     use std::os::unix::net::UnixDatagram;
-    let s = Scratch::new();
-    let (l, m) = (s.path("l"), s.path("m"));
-    fs::write(l.join("f"), b"a").unwrap();
+    let Some((s, l, m)) = root_stack() else { return };
     set_xattr(&l.join("f"), "user.containers.override_stat", b"not an override");
     let sock_path = s.dir.path().join("log");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -491,12 +489,7 @@ fn a_background_server_and_its_watcher_log_to_the_system_log() {
 /// action, ending the server with its mount in place (CI at 90b7246 saw that, once).
 #[test]
 fn only_the_signal_thread_takes_termination_signals() {
-    if !can_mount() || unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let s = Scratch::new();
-    let (l, m) = (s.path("l"), s.path("m"));
-    fs::write(l.join("f"), b"a").unwrap();
+    let Some((_s, l, m)) = root_stack() else { return };
     for extra in ["", "auto_unmount"] {
         let _g = mount_layerfs(std::slice::from_ref(&l), None, &m, extra);
         assert_eq!(fs::read(m.join("f")).unwrap(), b"a");

@@ -286,7 +286,7 @@ impl OverlayFs {
                 Ok(None) => return Ok(ReadData::Copied(&buf[..0])),
                 Err(e) => log::debug!("read: mapping fh {fh} failed ({e}), reading instead"),
             }
-        } else if size >= MAP_READ_MIN && self.opts.read_ahead {
+        } else if size >= MAP_READ_MIN && self.may_ask_ahead() {
             if let Ok(st) = sys::fstat(fd.as_fd()) {
                 self.ask_ahead(&h, &fd, &st, offset, size as u64);
             }
@@ -303,7 +303,7 @@ impl OverlayFs {
     pub fn read_into(&self, fh: u64, offset: u64, dst: &mut [u8]) -> Result<usize> {
         let h = self.file(fh)?;
         let fd = self.handle_fd(&h)?;
-        if dst.len() >= MAP_READ_MIN && self.opts.read_ahead {
+        if dst.len() >= MAP_READ_MIN && self.may_ask_ahead() {
             if let Ok(st) = sys::fstat(fd.as_fd()) {
                 self.ask_ahead(&h, &fd, &st, offset, dst.len() as u64);
             }
@@ -352,14 +352,21 @@ impl OverlayFs {
         self.read_asked.fetch_add(at.saturating_sub(from), Ordering::Relaxed);
     }
 
-    /// Whether the disk of the layer on device `dev` reads around a fault at least
+    /// Whether the disk of the layer filesystem on device `dev` reads around a fault at least
     /// [`READ_AHEAD`] bytes by itself (see [`Self::ask_ahead`]).
     pub fn disk_reads_around(&self, dev: u64) -> bool {
-        self.layers
-            .iter()
-            .find(|l| l.dev == dev)
-            .and_then(|l| l.disk_read_ahead)
-            .is_some_and(|w| w >= READ_AHEAD)
+        self.disk_windows.iter().any(|&(d, w)| d == dev && w.is_some_and(|w| w >= READ_AHEAD))
+    }
+
+    /// Whether [`Self::ask_ahead`] can ask for anything on some layer: where no disk needs it,
+    /// a read spares the `fstat` it would take.
+    fn may_ask_ahead(&self) -> bool {
+        self.opts.read_ahead && self.disk_windows.iter().any(|&(d, _)| !self.disk_reads_around(d))
+    }
+
+    /// The read-ahead windows, in KiB, of the layers' disks (one a filesystem).
+    pub fn disk_read_ahead_kb(&self) -> impl Iterator<Item = u64> + '_ {
+        self.disk_windows.iter().filter_map(|&(_, w)| w.map(|w| w >> 10))
     }
 
     /// Bytes asked for by mapped reads so far: their own ranges, and ahead of sequential ones

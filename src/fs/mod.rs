@@ -480,6 +480,9 @@ pub struct OverlayFs {
     pub(crate) layers: Vec<Layer>,
     pub(crate) has_upper: bool,
     pub(crate) work: Option<Arc<OwnedFd>>,
+    /// Each layer filesystem's device and its disk's read-ahead window in bytes
+    /// (`read_ahead_kb`), where it has one.
+    pub(crate) disk_windows: Vec<(u64, Option<u64>)>,
     /// Under `noatime`, where the server may make one: a private `noatime` copy of the upper
     /// directory's mount, which the passthrough backing files of upper files are opened
     /// through ([`sys::reopen_on_mount`]). The kernel opens a passthrough file's backing file
@@ -802,17 +805,11 @@ impl OverlayFs {
                     devs.push(dev);
                     devs.len() - 1
                 });
-                let disk_read_ahead = sys::disk_read_ahead_kb(dev).map(|kb| kb << 10);
-                Layer {
-                    root,
-                    dev,
-                    ino_base: (idx as u64) << 48,
-                    is_upper,
-                    is_bottom: i + 1 == n,
-                    disk_read_ahead,
-                }
+                Layer { root, dev, ino_base: (idx as u64) << 48, is_upper, is_bottom: i + 1 == n }
             })
             .collect();
+        // Once per filesystem, not per layer (500 layers are usually on one disk).
+        let disk_windows = devs.iter().map(|&d| (d, sys::disk_read_ahead_kb(d).map(|kb| kb << 10))).collect();
         let leaf_key = leaf_key(&layers.iter().map(|l| &*l.root).collect::<Vec<_>>());
         let has_upper = opts.upper.is_some();
         let mut work = None;
@@ -879,6 +876,7 @@ impl OverlayFs {
             layers,
             has_upper,
             work,
+            disk_windows,
             upper_noatime,
             whiteout_style: style,
             trusted_xattrs: trusted,
