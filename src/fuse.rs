@@ -877,6 +877,36 @@ impl Fuse {
         }
     }
 
+    /// READ answered from the lower file's pages (see [`crate::fs::OverlayFs::lower_range`]):
+    /// the file and the reply's length, or `None` where it is to be read as usual (an upper
+    /// file, or hooks that watch reads).
+    pub fn read_lower_range(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: usize,
+    ) -> Option<Result<(Arc<OwnedFd>, usize), i32>> {
+        if self.hooks.is_some() {
+            return None;
+        }
+        match self.fs.lower_range(fh, offset, size) {
+            Ok(r) => {
+                if r.is_some() {
+                    log::debug!(
+                        "read(ino={ino}, fh={fh}, off={offset}, size={size}) from the lower file's pages"
+                    );
+                }
+                r.map(Ok)
+            }
+            Err(e) => {
+                let errno = e.errno;
+                fail("read", e);
+                Some(Err(errno))
+            }
+        }
+    }
+
     pub fn write(
         &self,
         ctx: &Ctx,

@@ -15,7 +15,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -172,10 +172,10 @@ fn serve(
     }
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder().build(4)?;
     let mut hdr = Box::new(Header { in_out: [0; 128], op_in: [0; 128], ent: [0; 32] });
-    let mut payload = vec![0u8; PAYLOAD];
+    let mut payload = crate::sys::PayloadBuf::new(PAYLOAD)?;
     let iov = Box::new([
         libc::iovec { iov_base: (&mut *hdr as *mut Header).cast(), iov_len: std::mem::size_of::<Header>() },
-        libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: PAYLOAD },
+        libc::iovec { iov_base: payload.as_ptr().cast(), iov_len: PAYLOAD },
     ]);
     let fd = dev.as_raw_fd();
     let sqe = |cmd_op: u32, commit_id: u64| -> squeue::Entry128 {
@@ -235,7 +235,14 @@ fn serve(
         }
         let commit_id = rd64(&hdr.ent, 8);
         let in_len = rd32(&hdr.ent, 16) as usize;
-        let out_len = answer_request(fuse, &mut hdr, &mut payload, in_len.min(PAYLOAD));
+        let out_len = match answer_from_pages(fuse, &mut hdr, &mut payload) {
+            Some(n) => n,
+            None => {
+                // The last reply's file pages go; the request's own payload stays.
+                payload.restore(in_len.min(PAYLOAD))?;
+                answer_request(fuse, &mut hdr, payload.bytes(), in_len.min(PAYLOAD))
+            }
+        };
         hdr.ent[16..20].copy_from_slice(&(out_len as u32).to_ne_bytes());
         // SAFETY: as above.
         unsafe { ring.submission().push(&sqe(CMD_COMMIT_AND_FETCH, commit_id)) }
@@ -444,13 +451,46 @@ fn with_iovec_count(e: squeue::Entry128, n: u32) -> squeue::Entry128 {
 /// returns the length of the reply's payload.
 fn answer_request(fuse: &Fuse, hdr: &mut Header, payload: &mut [u8], in_len: usize) -> usize {
     let (error, len) = answer_in(fuse, "io_uring", &hdr.in_out, &hdr.op_in, payload, in_len);
+    out_header(hdr, error, len)
+}
+
+/// Turns the request header in `hdr` into its reply's (`struct fuse_out_header`: length, error,
+/// unique); returns `len`.
+fn out_header(hdr: &mut Header, error: i32, len: usize) -> usize {
     let unique = rd64(&hdr.in_out, 8);
-    // struct fuse_out_header: len, error, unique
     let oh = &mut hdr.in_out;
     oh[0..4].copy_from_slice(&(16 + len as u32).to_ne_bytes());
     oh[4..8].copy_from_slice(&(-error).to_ne_bytes());
     oh[8..16].copy_from_slice(&unique.to_ne_bytes());
     len
+}
+
+/// Answers a large page-aligned READ of a lower file by laying the file's pages over the
+/// entry's payload buffer, from which the kernel copies the reply into its page cache (one
+/// copy; `pread` into the buffer made it two, and the copies were the whole cost of a 2 GiB
+/// read with the file cached: 1.9-2.4 s against 1.0-1.6 s, 3 + 3 runs). Returns the reply's
+/// payload length, or `None` for any other request, which is answered as usual.
+fn answer_from_pages(fuse: &Fuse, hdr: &mut Header, payload: &mut crate::sys::PayloadBuf) -> Option<usize> {
+    if rd32(&hdr.in_out, 4) != FUSE_READ {
+        return None;
+    }
+    let (ino, op) = (rd64(&hdr.in_out, 16), &hdr.op_in);
+    let (fh, off, size) = (rd64(op, 0), rd64(op, 8), (rd32(op, 16) as usize).min(payload.capacity()));
+    if size < crate::fs::MAP_READ_MIN || off % crate::sys::page_size() as u64 != 0 {
+        return None;
+    }
+    let found = fuse.read_lower_range(ino, fh, off, size)?;
+    let unique = rd64(&hdr.in_out, 8);
+    log::debug!("FUSE({unique:3}) ino {ino:#018x} READ (io_uring, pid {})", rd32(&hdr.in_out, 32));
+    let (fd, n) = match found {
+        Ok(r) => r,
+        Err(e) => return Some(out_header(hdr, e, 0)),
+    };
+    if let Err(e) = payload.lay_file(fd.as_fd(), off, n) {
+        log::debug!("read: laying fh {fh} over the reply buffer failed ({e}), reading instead");
+        return None;
+    }
+    Some(out_header(hdr, 0, n))
 }
 
 /// Answers a request whichever way it came: `inh` is its `struct fuse_in_header`, `op` its

@@ -120,17 +120,8 @@ fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
                 "io_uring threads woke {} times for about 250 requests",
                 after - before
             );
-            // The 3 MiB lower file's reads are large: a queue thread's helper read them.
-            let helpers = fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .flatten()
-                .filter(|t| {
-                    fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().ends_with("-rd"))
-                })
-                .count();
-            assert!(helpers > 0, "no io_uring read helper thread after large reads");
             // As root, a queue thread is SCHED_IDLE while the CPUs are not all busy (so the
-            // requester is woken on its own CPU); its read helper is normal. A thread looks at
+            // requester is woken on its own CPU). A thread looks at
             // the load when it answers a request: keep asking until one has seen calm.
             if unsafe { libc::geteuid() } == 0 {
                 let name =
@@ -151,9 +142,6 @@ fn requests_go_through_the_io_uring_queues_when_the_kernel_offers_them() {
                     "no io_uring queue thread became SCHED_IDLE (policy 5) in 30 s: {policies:?}, load {}",
                     fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
                 );
-                for (name, policy) in policies.iter().filter(|(n, _)| n.ends_with("-rd")) {
-                    assert_eq!(*policy, 0, "read helper {name} is not SCHED_OTHER");
-                }
             }
         } else {
             assert_eq!(
@@ -201,4 +189,97 @@ fn requests_already_waiting_when_the_queues_register_are_served() {
         assert!(served, "start {round} with requests waiting: {}", String::from_utf8_lossy(&out.stderr));
         g.unmount();
     }
+}
+
+/// The server's file mappings of inode `ino` that are private and writable: where a lower
+/// file's pages are laid over a queue entry's reply buffer.
+fn laid_mappings(pid: u32, ino: u64) -> usize {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 6 && f[1] == "rw-p" && f[4].parse::<u64>().ok() == Some(ino)
+        })
+        .count()
+}
+
+/// Large reads of a lower file through the io_uring queues are answered from the file's own
+/// pages, laid over the entry's reply buffer (one copy); what the same entry carries next (a
+/// WRITE's data, names, an xattr's value) arrives whole, and the lower file is never written.
+/// Every request is made from one CPU, so one queue's few entries serve all of them in turn.
+/// Through `/dev/fuse` the same requests must give the same results (no mapping is kept there).
+#[test]
+fn large_lower_reads_through_the_queues_come_from_the_files_own_pages() {
+    if !can_mount() {
+        return;
+    }
+    let enabled = uring_serves();
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let pattern = |i: usize| ((i * 7 + i / 4096) % 251) as u8;
+    let lower: Vec<u8> = (0..(8 << 20) + 1234).map(pattern).collect();
+    fs::write(l.join("big"), &lower).unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(l.join("big")).unwrap());
+    let mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "passthrough=0");
+    let pid = server_pid(&m).expect("server process");
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread only.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    assert!(pinned, "cannot pin the test thread to CPU 0");
+    let f = fs::File::open(m.join("big")).unwrap();
+    let (mut laid_seen, mut buf) = (0, vec![0u8; 1 << 20]);
+    for k in 0..9usize {
+        let off = k << 20;
+        let n = std::os::unix::fs::FileExt::read_at(&f, &mut buf, off as u64).unwrap();
+        let want = &lower[off..(off + (1 << 20)).min(lower.len())];
+        assert!(
+            n == want.len() && &buf[..n] == want,
+            "MiB {k} of the lower file read back wrong ({n} bytes)"
+        );
+        laid_seen += laid_mappings(pid, ino);
+        // Requests with payloads, on the entries that just carried the file's pages.
+        let data: Vec<u8> = (0..(64 << 10) + k).map(|i| (i % 253) as u8 ^ k as u8).collect();
+        fs::write(m.join(format!("w{k}")), &data).unwrap();
+        let long = format!("{}{k}", "n".repeat(250));
+        fs::write(m.join(&long), format!("long {k}")).unwrap();
+        set_xattr(&m.join(format!("w{k}")), "user.k", format!("value {k}").repeat(100).as_bytes());
+        assert_eq!(fs::read(m.join(format!("w{k}"))).unwrap(), data, "w{k} read back through the mount");
+        assert_eq!(fs::read_to_string(m.join(&long)).unwrap(), format!("long {k}"));
+    }
+    drop(f);
+    for k in 0..9usize {
+        let data: Vec<u8> = (0..(64 << 10) + k).map(|i| (i % 253) as u8 ^ k as u8).collect();
+        assert_eq!(fs::read(u.join(format!("w{k}"))).unwrap(), data, "upper copy of w{k}");
+        let x = sh(&m, &format!("getfattr --only-values -n user.k w{k}"));
+        assert_eq!(x, (true, format!("value {k}").repeat(100)), "xattr of w{k}");
+    }
+    assert!(fs::read(l.join("big")).unwrap() == lower, "the lower file changed");
+    assert!(fs::read(m.join("big")).unwrap() == lower, "the lower file read whole through the mount");
+    if enabled {
+        assert!(laid_seen > 0, "no lower file pages were laid over a reply buffer after large reads");
+        // A large read of an upper file (write-only handles left the kernel nothing cached)
+        // is read into the buffer by the queue thread's helper.
+        let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 241) as u8).collect();
+        fs::write(m.join("upbig"), &big).unwrap();
+        assert!(fs::read(m.join("upbig")).unwrap() == big, "3 MiB upper file read back differs");
+        let helpers = fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end().ends_with("-rd"))
+            })
+            .count();
+        assert!(helpers > 0, "no io_uring read helper thread after large reads of an upper file");
+        // The helper runs at normal priority whatever its queue thread's policy.
+        for (name, policy) in thread_policies(pid).iter().filter(|(n, _)| n.ends_with("-rd")) {
+            assert_eq!(*policy, 0, "read helper {name} is not SCHED_OTHER");
+        }
+    } else {
+        assert_eq!(laid_seen, 0, "file pages kept mapped without io_uring");
+    }
+    drop(mnt);
 }

@@ -311,6 +311,24 @@ impl OverlayFs {
         pread_full(&fd, dst, offset)
     }
 
+    /// For a READ of `size` bytes at `offset` through handle `fh` that can be answered from the
+    /// lower file's own pages (the io_uring transport lays them over its reply buffer, see
+    /// [`crate::sys::PayloadBuf`]): the lower file's descriptor and how many bytes the reply
+    /// holds (cut at the end of the file). `None` where the handle reads an upper file: one
+    /// truncated through the mount meanwhile would fail the reply's copy. Large reads ask the
+    /// disk ahead as [`Self::read`] does.
+    pub fn lower_range(&self, fh: u64, offset: u64, size: usize) -> Result<Option<(Arc<OwnedFd>, usize)>> {
+        let h = self.file(fh)?;
+        let (fd, lower) = self.handle_fd_of(&h)?;
+        if !lower {
+            return Ok(None);
+        }
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
+        self.ask_ahead(&h, &fd, &st, offset, size as u64);
+        let n = (st.st_size as u64).saturating_sub(offset).min(size as u64) as usize;
+        Ok(Some((fd, n)))
+    }
+
     /// Starts the disk reads for a large read before it waits for them. Faults on a
     /// fresh mapping read the file through the disk's read-around (`read_ahead_kb`), each miss
     /// waited for in turn, and nothing works ahead of the next request; so the read's own

@@ -850,6 +850,145 @@ impl Drop for FileView {
     }
 }
 
+/// A page-aligned anonymous buffer (an io_uring entry's payload buffer) over whose first pages
+/// a private mapping of a file's range can be laid for a while, so that the kernel, copying a
+/// READ reply out of the buffer, copies it straight from the file's page cache: one copy where
+/// `pread` into the buffer made two. [`PayloadBuf::restore`] puts anonymous memory back.
+///
+/// The file's pages are mapped private and writable: a kernel write into them (the next
+/// request's payload) copies the page first and never reaches the file. Only the kernel reads
+/// them (a fault in its copy is EFAULT, where a userspace read of a page the file no longer
+/// reaches would raise SIGBUS), so [`PayloadBuf::bytes`] is only for a buffer with no file laid
+/// over it.
+pub struct PayloadBuf {
+    base: *mut u8,
+    len: usize,
+    /// Bytes at the start mapped from a file (a multiple of the page size), 0 when none.
+    laid: usize,
+}
+
+// SAFETY: the buffer is plain memory owned by the value; moving it to another thread moves
+// that ownership.
+unsafe impl Send for PayloadBuf {}
+
+impl PayloadBuf {
+    pub fn new(len: usize) -> io::Result<PayloadBuf> {
+        let len = len.next_multiple_of(page_size());
+        // SAFETY: a fresh anonymous mapping chosen by the kernel.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PayloadBuf { base: base.cast(), len, laid: 0 })
+    }
+
+    /// The buffer's address, for the kernel.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The buffer's length (a multiple of the page size).
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes at the start that are a file's pages now (see [`PayloadBuf::lay_file`]).
+    pub fn laid(&self) -> usize {
+        self.laid
+    }
+
+    /// The buffer; it must have no file laid over it (call [`PayloadBuf::restore`] first).
+    pub fn bytes(&mut self) -> &mut [u8] {
+        assert_eq!(self.laid, 0, "payload buffer read while a file is laid over it");
+        // SAFETY: `len` bytes of anonymous memory owned by `self`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+    }
+
+    /// Lays the pages holding `[off, off + len)` of `fd` over the start of the buffer (`off` a
+    /// multiple of the page size, `len` at most the buffer's length, and within the file's
+    /// size as last seen, so that every page laid is one the file has). Nothing is read here:
+    /// the kernel's copy faults the pages in, reading around them as any fault on the file does.
+    pub fn lay_file(&mut self, fd: BorrowedFd, off: u64, len: usize) -> io::Result<()> {
+        let ps = page_size();
+        if off % ps as u64 != 0 || len > self.len {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let map_len = len.next_multiple_of(ps);
+        if map_len == 0 {
+            return Ok(());
+        }
+        // SAFETY: replaces pages of this buffer only (MAP_FIXED within [base, base + len));
+        // no slice of the buffer is alive (`bytes` needs `&mut self`).
+        let r = unsafe {
+            libc::mmap(
+                self.base.cast(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                off as libc::off_t,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            // The range holds what it held before, or nothing mapped: make it anonymous again.
+            let e = io::Error::last_os_error();
+            self.laid = self.laid.max(map_len);
+            self.restore(0)?;
+            return Err(e);
+        }
+        self.laid = self.laid.max(map_len);
+        Ok(())
+    }
+
+    /// Puts anonymous memory back where a file was laid, keeping the first `keep` bytes (the
+    /// payload the kernel wrote since: those pages are private copies already, safe to read).
+    pub fn restore(&mut self, keep: usize) -> io::Result<()> {
+        if self.laid == 0 {
+            return Ok(());
+        }
+        let keep = keep.min(self.laid);
+        let mut saved = Vec::new();
+        if keep > 0 {
+            // SAFETY: the first `keep` bytes were written by the kernel into private copies.
+            saved.extend_from_slice(unsafe { std::slice::from_raw_parts(self.base, keep) });
+        }
+        // SAFETY: replaces this buffer's laid pages only, with fresh anonymous memory.
+        let r = unsafe {
+            libc::mmap(
+                self.base.cast(),
+                self.laid,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        self.laid = 0;
+        // SAFETY: anonymous memory of at least `keep` bytes, owned by `self`.
+        unsafe { std::ptr::copy_nonoverlapping(saved.as_ptr(), self.base, keep) };
+        Ok(())
+    }
+}
+
+impl Drop for PayloadBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the buffer's range, which no slice outlives.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
 /// The system's page size.
 pub fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -1195,6 +1334,52 @@ mod tests {
     fn fuse_clone_ioctl_is_ior_229_0_u32() {
         // _IOR(type, nr, size) = (2 << 30) | (size << 16) | (type << 8) | nr
         assert_eq!(FUSE_DEV_IOC_CLONE, (2 << 30) | (4 << 16) | (229 << 8));
+    }
+
+    /// What the kernel reads from the first `n` bytes of `buf` (through a pipe).
+    fn kernel_reads(buf: &PayloadBuf, n: usize) -> Vec<u8> {
+        let (mut r, w) = std::io::pipe().unwrap();
+        // SAFETY: the kernel reads `n` bytes at the buffer's address, which has at least `n`.
+        let wrote = unsafe { libc::write(w.as_raw_fd(), buf.as_ptr().cast(), n) };
+        assert_eq!(wrote, n as isize);
+        drop(w);
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn payload_buffer_lends_its_start_to_a_files_pages_and_takes_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ps = page_size();
+        let data: Vec<u8> = (0..3 * ps + 100).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let f = std::fs::File::open(dir.path().join("f")).unwrap();
+        let mut buf = PayloadBuf::new(8 * ps).unwrap();
+        buf.bytes().fill(7);
+        // The file's pages from its second page on: what the kernel reads there is the file's.
+        buf.lay_file(f.as_fd(), ps as u64, 2 * ps + 100).unwrap();
+        assert_eq!(buf.laid(), 3 * ps);
+        assert_eq!(kernel_reads(&buf, 2 * ps + 100), &data[ps..]);
+        // Past the laid pages the buffer is still its own.
+        assert_eq!(kernel_reads(&buf, 4 * ps)[3 * ps..], vec![7u8; ps]);
+        // The kernel writing into laid pages (the next request) writes private copies.
+        let (r, mut w) = std::io::pipe().unwrap();
+        std::io::Write::write_all(&mut w, b"next request").unwrap();
+        // SAFETY: the kernel writes at most 12 bytes at the buffer's address.
+        assert_eq!(unsafe { libc::read(r.as_raw_fd(), buf.as_ptr().cast(), 12) }, 12);
+        buf.restore(12).unwrap();
+        assert_eq!(buf.laid(), 0);
+        assert_eq!(&buf.bytes()[..12], b"next request");
+        // Where the file was: fresh memory after what was kept.
+        assert!(buf.bytes()[12..3 * ps].iter().all(|&b| b == 0));
+        assert_eq!(buf.bytes()[3 * ps..4 * ps], vec![7u8; ps]);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data, "the file changed");
+        // Unaligned offsets and lengths past the buffer are refused, and leave it whole.
+        assert!(buf.lay_file(f.as_fd(), 1, ps).is_err());
+        assert!(buf.lay_file(f.as_fd(), 0, 9 * ps).is_err());
+        assert_eq!(buf.laid(), 0);
+        assert_eq!(&buf.bytes()[..12], b"next request");
     }
 
     #[test]
