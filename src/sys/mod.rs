@@ -1211,8 +1211,16 @@ pub fn pin_io_priority() -> io::Result<()> {
 
 /// Restricts the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    pin_to_cpus(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` only; one it runs on now that is not among them
+/// moves off it at once.
+pub fn pin_to_cpus(cpus: &[usize]) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
