@@ -224,6 +224,19 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
         ),
         false => None,
     };
+    // The watcher's pipe stays open as long as this function runs: its end of file (at the
+    // end of the session, or of the process however it ends) is the watcher's signal. First
+    // it gets the mounts at the path before this one, so that a server killed between its
+    // mount and naming it (the mount's device, below) still leaves the watcher a way to tell
+    // its dead mount.
+    let watched = watcher.map(std::fs::File::from);
+    if let Some(mut w) = watched.as_ref() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let line = format!("{MOUNTING} {}\n", mount_ids_at(&info, &cfg.mountpoint));
+        if let Err(e) = w.write_all(line.as_bytes()) {
+            log::warn!("auto_unmount: the watcher is gone ({e}); the mount is not watched");
+        }
+    }
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
     let notifier = fuse.notifier.clone();
     if let Ok(h) = &hooks {
@@ -252,11 +265,9 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     let own_dev = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|info| fuse_dev_in_mountinfo(&info, &cfg.mountpoint));
-    // The watcher's pipe stays open as long as this function runs: its end of file (at the
-    // end of the session, or of the process however it ends) is the watcher's signal. The
-    // device goes to it before any request is served (the io_uring queues serve from their
-    // start): a server that ends while it serves leaves the watcher the mount to unmount.
-    let watched = watcher.map(std::fs::File::from);
+    // The device goes to the watcher before any request is served (the io_uring queues serve
+    // from their start): a server that ends while it serves leaves the watcher the mount to
+    // unmount.
     match (watched.as_ref(), own_dev.as_ref()) {
         (None, _) => {}
         (Some(mut w), Some(dev)) => {
@@ -377,24 +388,61 @@ enum MountState {
 /// Tells from mountinfo text whether the mount with device `own` ("major:minor") is the
 /// topmost one at `mountpoint`, under another, or gone.
 fn mount_state(info: &str, mountpoint: &Path, own: Option<&str>) -> MountState {
-    use std::os::unix::ffi::OsStrExt;
     let Some(own) = own else { return MountState::Top };
-    let want = mountpoint.as_os_str().as_bytes();
-    // (mount id, parent id, device) of the mounts at the path. The top one is no other's
-    // parent there (listing order is not mount order: `mount --move` keeps an older id).
-    let at: Vec<(&str, &str, &str)> = info
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| (f[0], f[1], f[2]))
-        })
-        .collect();
-    let top = at.iter().find(|(id, _, _)| !at.iter().any(|(_, parent, _)| parent == id));
-    match top {
-        Some((_, _, d)) if *d == own => MountState::Top,
-        _ if at.iter().any(|(_, _, d)| *d == own) => MountState::Covered,
+    let at = mounts_at(info, mountpoint);
+    match top_mount(&at) {
+        Some(m) if m.dev == own => MountState::Top,
+        _ if at.iter().any(|m| m.dev == own) => MountState::Covered,
         _ => MountState::Gone,
     }
+}
+
+/// A mount at a path, from a line of mountinfo.
+struct MountAt<'a> {
+    id: &'a str,
+    parent: &'a str,
+    /// "major:minor".
+    dev: &'a str,
+    fstype: &'a str,
+}
+
+/// The mounts at `mountpoint`, in mountinfo's order.
+fn mounts_at<'a>(info: &'a str, mountpoint: &Path) -> Vec<MountAt<'a>> {
+    use std::os::unix::ffi::OsStrExt;
+    let want = mountpoint.as_os_str().as_bytes();
+    info.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let fstype =
+                f.iter().position(|x| *x == "-").and_then(|sep| f.get(sep + 1)).copied().unwrap_or("");
+            (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| MountAt {
+                id: f[0],
+                parent: f[1],
+                dev: f[2],
+                fstype,
+            })
+        })
+        .collect()
+}
+
+/// The topmost of the mounts at a path: no other's parent there (listing order is not mount
+/// order: `mount --move` keeps an older id).
+fn top_mount<'m, 'a>(at: &'m [MountAt<'a>]) -> Option<&'m MountAt<'a>> {
+    at.iter().find(|m| !at.iter().any(|o| o.parent == m.id))
+}
+
+/// The ids of the mounts at `mountpoint` ("ID,ID,...": what the server tells its watcher before
+/// it mounts).
+fn mount_ids_at(info: &str, mountpoint: &Path) -> String {
+    mounts_at(info, mountpoint).iter().map(|m| m.id).collect::<Vec<_>>().join(",")
+}
+
+/// Whether the topmost mount at `mountpoint` is a FUSE mount made since the mounts `before`
+/// (their ids) were there: the one a server that told its watcher `before` then made.
+fn fuse_mount_made_since(info: &str, mountpoint: &Path, before: &[&str]) -> bool {
+    let at = mounts_at(info, mountpoint);
+    top_mount(&at)
+        .is_some_and(|m| (m.fstype == "fuse" || m.fstype.starts_with("fuse.")) && !before.contains(&m.id))
 }
 
 /// Unmounts `mnt` (`lazy`: detached, as `umount -l`): umount(2) where the server may (root, or
@@ -421,6 +469,10 @@ fn unmount_by_hand(mnt: &Path, lazy: bool) -> Result<(), String> {
 /// The name (`argv[0]`) the `auto_unmount` watcher runs under: [`crate::cli::main`] sends a
 /// process of that name to [`watcher_main`].
 pub const WATCHER_ARG0: &str = "layerfs-auto-unmount";
+
+/// The first line the server writes to its watcher, before it mounts, followed by the ids of
+/// the mounts at the path then.
+const MOUNTING: &str = "mounting";
 
 /// Starts the `auto_unmount` watcher, a process of this program's (`WATCHER_ARG0 MOUNTPOINT`)
 /// in its own process group, and returns the write end of its standard input. The server
@@ -478,13 +530,36 @@ pub fn watcher_main(args: &[std::ffi::OsString]) -> i32 {
     // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"auto-unmount".as_ptr()) };
     let mnt = Path::new(mnt);
-    // The server's mount device, then the end of file when the server's process ends.
+    // From the server: the ids of the mounts at the path just before it mounts, its mount's
+    // device once mounted, then the end of file when the server's process ends.
     let mut from_server = String::new();
     let _ = std::io::stdin().lock().read_to_string(&mut from_server);
-    let Some(dev) = from_server.lines().next().filter(|d| !d.is_empty()) else {
-        return 0; // the server never mounted, or said nothing
-    };
+    let mut before = None;
+    let mut dev = None;
+    for line in from_server.lines() {
+        match line.strip_prefix(MOUNTING) {
+            Some(ids) => before = Some(ids.trim().split(',').filter(|i| !i.is_empty()).collect::<Vec<_>>()),
+            None if !line.is_empty() => dev = Some(line),
+            None => {}
+        }
+    }
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = dev else {
+        // Killed between its mount and naming it: a FUSE mount on top of the path that was
+        // not there before, whose server is gone (ENOTCONN), is that one.
+        let Some(before) = before else { return 0 }; // the server never got to mounting
+        let dead = || std::fs::metadata(mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+        if !fuse_mount_made_since(&info, mnt, &before) || !dead() {
+            return 0;
+        }
+        return match unmount_by_hand(mnt, true) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::error!("auto_unmount of {}: {e}", mnt.display());
+                1
+            }
+        };
+    };
     match mount_state(&info, mnt, Some(dev)) {
         // The server ended without unmounting (killed, or crashed): a dead mount.
         MountState::Top => match unmount_by_hand(mnt, true) {
@@ -627,6 +702,21 @@ mod tests {
         // Under the fuse-overlayfs mount made over it: covered.
         assert_eq!(mount_state(INFO, Path::new("/tmp/ovl"), Some("0:42")), MountState::Covered);
         assert_eq!(mount_state(INFO, p, None), MountState::Top, "unknown: as before");
+    }
+
+    #[test]
+    fn a_fuse_mount_made_since_is_told_by_its_id() {
+        let p = Path::new("/tmp/a b");
+        assert_eq!(mount_ids_at(INFO, p), "40,42");
+        assert_eq!(mount_ids_at(INFO, Path::new("/nothing")), "");
+        // 42 (on top) was not there before: made since; it was: not.
+        assert!(fuse_mount_made_since(INFO, p, &["40"]));
+        assert!(!fuse_mount_made_since(INFO, p, &["40", "42"]));
+        // A tmpfs made since on top is not a FUSE mount.
+        let info = format!("{INFO}50 42 0:50 / /tmp/a\\040b rw - tmpfs t rw\n");
+        assert!(!fuse_mount_made_since(&info, p, &["40"]));
+        // Nothing at the path: nothing made.
+        assert!(!fuse_mount_made_since(INFO, Path::new("/nothing"), &[]));
     }
 
     #[test]

@@ -412,6 +412,82 @@ fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
     assert_eq!(fs::read(m.join("mine")).unwrap(), b"o", "the watcher unmounted the tmpfs at the path");
 }
 
+/// `auto_unmount`: a server killed after its mount syscall but before it could name the mount
+/// to its watcher (strace holds it at the syscall's exit) leaves no dead mount either: it told
+/// the watcher the mounts at the path before mounting, and the FUSE mount on top that was not
+/// among them, with no server left (ENOTCONN), is its own. A server killed before it mounted
+/// leaves the mount that was there alone.
+#[test]
+fn auto_unmount_after_kill_9_between_the_mount_and_naming_it() {
+    let Some((_s, l, m)) = root_stack() else { return };
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(!must_mount(), "strace is needed here (scripts/deps.sh installs it)");
+        return;
+    }
+    for extra in ["auto_unmount", "auto_unmount,uring=0"] {
+        let opts = format!("lowerdir={},{extra}", l.display());
+        let mut strace = Command::new("strace")
+            .args([
+                "-q",
+                "-f",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=mount",
+                "-e",
+                "inject=mount:delay_exit=3000000",
+            ])
+            .arg(layerfs_bin())
+            .args(["-f", "-o", &opts])
+            .arg(&m)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut g = Mounted { mnt: m.clone(), fuse: true };
+        wait_until(Duration::from_secs(10), || is_mounted(&m));
+        assert!(is_mounted(&m), "{extra}: no mount while the server is held at its mount syscall's exit");
+        // The server, not strace (whose arguments hold the binary and the mountpoint too).
+        let want = m.to_string_lossy().into_owned();
+        let pid = find_process(|a| a.first().is_some_and(|b| b.ends_with("layerfs")) && a.contains(&want))
+            .expect("server process");
+        let watcher = watcher_pid(&m).expect("watcher process");
+        // SAFETY: killing the server this test started. It dies as strace lets it go on,
+        // in 3 s, before it returns from the mount syscall.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        assert!(wait_gone(pid), "the server outlived SIGKILL");
+        assert!(wait_gone(watcher), "{extra}: the watcher outlived the server");
+        let left = is_mounted(&m);
+        if !left {
+            g.mnt = Default::default();
+        }
+        drop(g);
+        let _ = strace.kill();
+        let _ = strace.wait();
+        assert!(!left, "{extra}: killed before naming its mount, the server left a dead mount");
+    }
+    // Killed before mounting: a tmpfs at the path stays.
+    assert!(Command::new("mount").args(["-t", "tmpfs", "there"]).arg(&m).status().unwrap().success());
+    let _there = Mounted { mnt: m.clone(), fuse: false };
+    fs::write(m.join("mine"), b"t").unwrap();
+    let opts = format!("lowerdir={},auto_unmount", l.display());
+    let mut strace = Command::new("strace")
+        .args(["-q", "-f", "-o", "/dev/null", "-e", "trace=mount", "-e", "inject=mount:signal=KILL"])
+        .arg(layerfs_bin())
+        .args(["-f", "-o", &opts])
+        .arg(&m)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = strace.wait();
+    wait_until(Duration::from_secs(10), || watcher_pid(&m).is_none());
+    assert!(watcher_pid(&m).is_none(), "the watcher outlived the server");
+    assert_eq!(fs::read(m.join("mine")).unwrap(), b"t", "the watcher unmounted the tmpfs at the path");
+}
+
 /// A server in the background (its standard error is /dev/null) sends its warnings to the
 /// system log, as `layerfs[PID]` with the daemon facility, and so does its `auto_unmount`
 /// watcher; in the foreground both stay on standard error. The socket is a test's own,
