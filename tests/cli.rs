@@ -412,6 +412,20 @@ fn auto_unmount_after_kill_9_leaves_no_dead_mount() {
     assert_eq!(fs::read(m.join("mine")).unwrap(), b"o", "the watcher unmounted the tmpfs at the path");
 }
 
+/// `layerfs -f -o OPTS M` under `strace -f`, its mount syscalls changed by `inject`.
+fn strace_layerfs(inject: &str, opts: &str, m: &std::path::Path) -> std::process::Child {
+    Command::new("strace")
+        .args(["-q", "-f", "-o", "/dev/null", "-e", "trace=mount", "-e", inject])
+        .arg(layerfs_bin())
+        .args(["-f", "-o", opts])
+        .arg(m)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// `auto_unmount`: a server killed after its mount syscall but before it could name the mount
 /// to its watcher (strace holds it at the syscall's exit) leaves no dead mount either: it told
 /// the watcher the mounts at the path before mounting, and the FUSE mount on top that was not
@@ -426,25 +440,7 @@ fn auto_unmount_after_kill_9_between_the_mount_and_naming_it() {
     }
     for extra in ["auto_unmount", "auto_unmount,uring=0"] {
         let opts = format!("lowerdir={},{extra}", l.display());
-        let mut strace = Command::new("strace")
-            .args([
-                "-q",
-                "-f",
-                "-o",
-                "/dev/null",
-                "-e",
-                "trace=mount",
-                "-e",
-                "inject=mount:delay_exit=3000000",
-            ])
-            .arg(layerfs_bin())
-            .args(["-f", "-o", &opts])
-            .arg(&m)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut strace = strace_layerfs("inject=mount:delay_exit=3000000", &opts, &m);
         let mut g = Mounted { mnt: m.clone(), fuse: true };
         wait_until(Duration::from_secs(10), || is_mounted(&m));
         assert!(is_mounted(&m), "{extra}: no mount while the server is held at its mount syscall's exit");
@@ -472,16 +468,7 @@ fn auto_unmount_after_kill_9_between_the_mount_and_naming_it() {
     let _there = Mounted { mnt: m.clone(), fuse: false };
     fs::write(m.join("mine"), b"t").unwrap();
     let opts = format!("lowerdir={},auto_unmount", l.display());
-    let mut strace = Command::new("strace")
-        .args(["-q", "-f", "-o", "/dev/null", "-e", "trace=mount", "-e", "inject=mount:signal=KILL"])
-        .arg(layerfs_bin())
-        .args(["-f", "-o", &opts])
-        .arg(&m)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut strace = strace_layerfs("inject=mount:signal=KILL", &opts, &m);
     let _ = strace.wait();
     wait_until(Duration::from_secs(10), || watcher_pid(&m).is_none());
     assert!(watcher_pid(&m).is_none(), "the watcher outlived the server");
