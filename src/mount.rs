@@ -406,6 +406,12 @@ struct MountAt<'a> {
     fstype: &'a str,
 }
 
+impl MountAt<'_> {
+    fn is_fuse(&self) -> bool {
+        self.fstype == "fuse" || self.fstype.starts_with("fuse.")
+    }
+}
+
 /// The mounts at `mountpoint`, in mountinfo's order.
 fn mounts_at<'a>(info: &'a str, mountpoint: &Path) -> Vec<MountAt<'a>> {
     use std::os::unix::ffi::OsStrExt;
@@ -441,8 +447,7 @@ fn mount_ids_at(info: &str, mountpoint: &Path) -> String {
 /// (their ids) were there: the one a server that told its watcher `before` then made.
 fn fuse_mount_made_since(info: &str, mountpoint: &Path, before: &[&str]) -> bool {
     let at = mounts_at(info, mountpoint);
-    top_mount(&at)
-        .is_some_and(|m| (m.fstype == "fuse" || m.fstype.starts_with("fuse.")) && !before.contains(&m.id))
+    top_mount(&at).is_some_and(|m| m.is_fuse() && !before.contains(&m.id))
 }
 
 /// Unmounts `mnt` (`lazy`: detached, as `umount -l`): umount(2) where the server may (root, or
@@ -544,39 +549,36 @@ pub fn watcher_main(args: &[std::ffi::OsString]) -> i32 {
         }
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(dev) = dev else {
-        // Killed between its mount and naming it: a FUSE mount on top of the path that was
-        // not there before, whose server is gone (ENOTCONN), is that one.
-        let Some(before) = before else { return 0 }; // the server never got to mounting
-        let dead = || std::fs::metadata(mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
-        if !fuse_mount_made_since(&info, mnt, &before) || !dead() {
-            return 0;
-        }
-        return match unmount_by_hand(mnt, true) {
-            Ok(()) => 0,
-            Err(e) => {
-                log::error!("auto_unmount of {}: {e}", mnt.display());
-                1
+    let dead_and_on_top = match dev {
+        Some(dev) => match mount_state(&info, mnt, Some(dev)) {
+            // The server ended without unmounting (killed, or crashed): a dead mount.
+            MountState::Top => true,
+            MountState::Covered => {
+                log::error!(
+                    "auto_unmount: another mount covers {}; the dead mount under it is left",
+                    mnt.display()
+                );
+                return 1;
             }
-        };
-    };
-    match mount_state(&info, mnt, Some(dev)) {
-        // The server ended without unmounting (killed, or crashed): a dead mount.
-        MountState::Top => match unmount_by_hand(mnt, true) {
-            Ok(()) => 0,
-            Err(e) => {
-                log::error!("auto_unmount of {}: {e}", mnt.display());
-                1
-            }
+            MountState::Gone => false,
         },
-        MountState::Covered => {
-            log::error!(
-                "auto_unmount: another mount covers {}; the dead mount under it is left",
-                mnt.display()
-            );
+        // Killed between its mount and naming it: a FUSE mount on top of the path that was not
+        // there before, whose server is gone (ENOTCONN), is that one. No line at all: the
+        // server never got to mounting.
+        None => before.is_some_and(|before| {
+            fuse_mount_made_since(&info, mnt, &before)
+                && std::fs::metadata(mnt).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+        }),
+    };
+    if !dead_and_on_top {
+        return 0;
+    }
+    match unmount_by_hand(mnt, true) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("auto_unmount of {}: {e}", mnt.display());
             1
         }
-        MountState::Gone => 0,
     }
 }
 
@@ -618,18 +620,7 @@ fn raise_read_ahead(dev: &str, disks: impl Iterator<Item = u64>) {
 /// The `major:minor` of the last FUSE mount on `mountpoint` in a mountinfo text (the last,
 /// since a new mount on the same directory comes after the ones it covers).
 pub(crate) fn fuse_dev_in_mountinfo(info: &str, mountpoint: &Path) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let want = mountpoint.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
-        let (Some(dev), Some(mp), Some(fstype)) = (f.get(2), f.get(4), f.get(sep + 1)) else { continue };
-        if (*fstype == "fuse" || fstype.starts_with("fuse.")) && unescape_mountinfo(mp) == want {
-            found = Some(dev.to_string());
-        }
-    }
-    found
+    mounts_at(info, mountpoint).iter().rfind(|m| m.is_fuse()).map(|m| m.dev.to_string())
 }
 
 /// Undoes the octal escapes of `/proc/self/mountinfo` and `/proc/self/mounts` (`\040` for a

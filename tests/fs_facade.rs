@@ -522,13 +522,17 @@ fn a_walk_that_reads_files_asks_for_the_data_of_the_directories_ahead_of_it() {
 /// A lower layer on a loop-mounted ext4 of its own, whose disk's read-ahead window is set to
 /// `window_kb` (the asking ahead of [`OverlayFs::read`] depends on it); needs root.
 fn lower_on_a_disk(s: &Scratch, window_kb: u64) -> (common::Mounted, std::path::PathBuf) {
-    use std::os::unix::fs::MetadataExt;
     let (guard, x) = loop_mount(s.dir.path(), 64, "mkfs.ext4 -q -F");
-    let dev = fs::metadata(&x).unwrap().dev();
+    set_disk_window(&x, window_kb);
+    (guard, x)
+}
+
+/// Sets the read-ahead window of the disk that `path` is on (a loop device of [`lower_on_a_disk`]).
+fn set_disk_window(path: &std::path::Path, window_kb: u64) {
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(path).unwrap());
     let q = format!("/sys/dev/block/{}:{}/queue/read_ahead_kb", libc::major(dev), libc::minor(dev));
     fs::write(&q, format!("{window_kb}\n")).unwrap();
     assert_eq!(layerfs::sys::disk_read_ahead_kb(dev), Some(window_kb));
-    (guard, x)
 }
 
 #[test]
@@ -608,9 +612,8 @@ fn sequential_mapped_reads_ask_for_the_next_bytes_ahead() {
     fs.release(fh);
 
     // Nothing either where the disk reads around a fault READ_AHEAD bytes by itself.
+    set_disk_window(&l1, READ_AHEAD >> 10);
     let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&l1).unwrap());
-    let q = format!("/sys/dev/block/{}:{}/queue/read_ahead_kb", libc::major(dev), libc::minor(dev));
-    fs::write(&q, format!("{}\n", READ_AHEAD >> 10)).unwrap();
     let (fs, fh) = mount(true);
     assert!(fs.disk_reads_around(dev));
     assert_eq!(read(&fs, fh, 0), 0);

@@ -261,6 +261,26 @@ fn large_lower_reads_through_the_queues_come_from_the_files_own_pages() {
     assert!(fs::read(m.join("big")).unwrap() == lower, "the lower file read whole through the mount");
     if enabled {
         assert!(laid_seen > 0, "no lower file pages were laid over a reply buffer after large reads");
+        // A queue thread that handed a large reply over from another CPU is pinned to its own
+        // again (`uring-CPU-N`; the queues of CPUs offline now are not pinned at all).
+        let online = fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+        let online = |cpu: &str| {
+            let c: usize = cpu.parse().unwrap();
+            online.trim().split(',').any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                (a.parse::<usize>().unwrap()..=b.parse().unwrap()).contains(&c)
+            })
+        };
+        for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim_end().to_string();
+            let Some(cpu) = name.strip_prefix("uring-").and_then(|r| r.split('-').next()) else { continue };
+            if name.ends_with("-rd") || !online(cpu) {
+                continue;
+            }
+            let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim);
+            assert_eq!(allowed, Some(cpu), "{name} is not pinned to its CPU after large reads");
+        }
         // A large read of an upper file (write-only handles left the kernel nothing cached)
         // is read into the buffer by the queue thread's helper.
         let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 241) as u8).collect();

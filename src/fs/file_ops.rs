@@ -276,11 +276,9 @@ impl OverlayFs {
             // Only a lower file is mapped: nothing through the mount truncates it. An upper
             // file truncated by another request between the mapping and the reply's write took
             // the mapping's tail away under the kernel's copy, and the READ failed with EIO.
-            let mapped = sys::fstat(fd.as_fd()).and_then(|st| {
-                let eof = st.st_size as u64;
-                self.ask_ahead(&h, &fd, &st, offset, size as u64);
-                sys::FileView::map(fd.as_fd(), offset, size, eof)
-            });
+            let mapped = self
+                .reply_span(&h, &fd, offset, size)
+                .and_then(|n| sys::FileView::map(fd.as_fd(), offset, n, offset + n as u64));
             match mapped {
                 Ok(Some(view)) => return Ok(ReadData::Mapped(view)),
                 Ok(None) => return Ok(ReadData::Copied(&buf[..0])),
@@ -323,10 +321,16 @@ impl OverlayFs {
         if !lower {
             return Ok(None);
         }
-        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
-        self.ask_ahead(&h, &fd, &st, offset, size as u64);
-        let n = (st.st_size as u64).saturating_sub(offset).min(size as u64) as usize;
+        let n = self.reply_span(&h, &fd, offset, size).map_err(|e| Error::io(e, "fstat"))?;
         Ok(Some((fd, n)))
+    }
+
+    /// How many of the `size` bytes at `offset` a large read of lower file `fd` (through handle
+    /// `h`) answers: cut at the file's end as it stands now. Asks the disk ahead.
+    fn reply_span(&self, h: &FileHandle, fd: &OwnedFd, offset: u64, size: usize) -> std::io::Result<usize> {
+        let st = sys::fstat(fd.as_fd())?;
+        self.ask_ahead(h, fd, &st, offset, size as u64);
+        Ok((st.st_size as u64).saturating_sub(offset).min(size as u64) as usize)
     }
 
     /// Starts the disk reads for a large read before it waits for them. Faults on a
