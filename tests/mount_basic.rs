@@ -358,7 +358,8 @@ fn server_threads(pid: u32) -> Vec<(String, Vec<usize>, u32)> {
 /// On a machine of at most `POLL_MAX_CPUS` CPUs, without io_uring queues, the `/dev/fuse`
 /// threads are one per CPU the server may use, each pinned to its own (otherwise not pinned);
 /// threads that server threads start for work of their own (the read-ahead workers) run
-/// anywhere and never at `SCHED_IDLE`.
+/// anywhere, and at normal priority between their jobs (within a job, they read lower
+/// directories at `SCHED_IDLE`: `fs::ahead`'s unit test).
 #[test]
 fn dev_fuse_threads_are_pinned_one_per_cpu_and_their_helpers_are_not() {
     if !can_mount() {
@@ -416,7 +417,19 @@ fn dev_fuse_threads_are_pinned_one_per_cpu_and_their_helpers_are_not() {
     assert!(!helpers.is_empty(), "read-ahead workers started: {threads:?}");
     for h in helpers {
         assert_eq!(h.1, allowed, "a read-ahead worker may run on every CPU: {threads:?}");
-        assert_ne!(h.2, libc::SCHED_IDLE as u32, "and not at SCHED_IDLE: {threads:?}");
+    }
+    // Their jobs done, they wait at normal priority (not the policy of the thread that
+    // started them, nor the one of a job's lower directory reads).
+    let t = std::time::Instant::now();
+    let mut threads = server_threads(pid);
+    while threads.iter().any(|h| h.0 == "read-ahead" && h.2 == libc::SCHED_IDLE as u32)
+        && t.elapsed().as_secs() < 5
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        threads = server_threads(pid);
+    }
+    for h in threads.iter().filter(|t| t.0 == "read-ahead") {
+        assert_ne!(h.2, libc::SCHED_IDLE as u32, "a read-ahead worker waits at SCHED_IDLE: {threads:?}");
     }
     // Every thread has an explicit best-effort I/O priority: one implied by the CPU policy
     // would be the idle class in SCHED_IDLE, whose disk reads mq-deadline served three times
