@@ -349,14 +349,18 @@ impl Placement {
 }
 
 /// Whether server threads may follow [`Placement`]: they must be able to leave `SCHED_IDLE`
-/// again (probed on a throwaway thread) and read `/proc/loadavg`.
+/// again (probed once, on a throwaway thread, for the queues, the `/dev/fuse` threads and the
+/// read-ahead workers alike) and read `/proc/loadavg`.
 pub(crate) fn placement_allowed() -> bool {
-    std::thread::spawn(|| {
-        crate::sys::set_sched_idle(true).and_then(|_| crate::sys::set_sched_idle(false)).is_ok()
-            && std::fs::File::open("/proc/loadavg").is_ok()
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        std::thread::spawn(|| {
+            crate::sys::set_sched_idle(true).and_then(|_| crate::sys::set_sched_idle(false)).is_ok()
+                && std::fs::File::open("/proc/loadavg").is_ok()
+        })
+        .join()
+        .unwrap_or(false)
     })
-    .join()
-    .unwrap_or(false)
 }
 
 /// The number of runnable tasks in `/proc/loadavg` ("0.14 0.99 1.26 2/234 5678").
