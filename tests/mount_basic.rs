@@ -22,6 +22,31 @@ fn mounts_reads_and_unmounts() {
     assert!(!l.join("b").exists());
 }
 
+/// The server grows its descriptor table before its threads start, to 8192 slots (within its
+/// open-file limit). Grown later, each doubling of a table its threads share waits for an RCU
+/// grace period (5-16 ms here), and the first lookup in a directory of many layers, which
+/// opens that directory in each, took two of them.
+#[test]
+fn the_server_starts_with_a_descriptor_table_of_8192_slots() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    let pid = server_pid(&m).expect("the server's pid");
+    let field = |file: &str, key: &str| -> String {
+        let text = fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+        let line = text.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} in {file}"));
+        line[key.len()..].split_whitespace().next().unwrap().to_string()
+    };
+    let slots: u64 = field("status", "FDSize:").parse().unwrap();
+    let limit = field("limits", "Max open files").parse::<u64>().unwrap_or(u64::MAX);
+    assert!(slots >= limit.min(8192), "the server's table has {slots} slots (open-file limit {limit})");
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(open < 100, "{open} descriptors open: the reserving one was not closed");
+}
+
 /// Reading the files of a listed directory through the mount makes layerfs ask for the data
 /// of the files listed after the one being read (data read-ahead); `read_ahead=0` does not.
 #[test]

@@ -1050,6 +1050,27 @@ pub fn umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
 
+/// Grows this process's descriptor table to `n` slots, within the open-file limit `limit`, by
+/// taking a descriptor at slot `n - 1` and closing it again (a table never shrinks). Returns
+/// the slots asked for (0 when `n` or `limit` leave nothing to do). Meant for a process that
+/// has one thread: the kernel waits for an RCU grace period at each growth of a table that
+/// threads share (see `mount::FD_TABLE_MIN`).
+pub fn reserve_fd_table(n: u64, limit: u64) -> io::Result<u64> {
+    let n = n.min(limit).min(libc::c_int::MAX as u64);
+    if n < 2 {
+        return Ok(0);
+    }
+    let root = open_trusted(c"/", libc::O_PATH | libc::O_CLOEXEC, 0)?;
+    // SAFETY: plain fcntl on a descriptor this function owns.
+    let r = unsafe { libc::fcntl(root.as_raw_fd(), libc::F_DUPFD_CLOEXEC, (n - 1) as libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `r` was just returned by fcntl and is owned by nothing else.
+    drop(unsafe { OwnedFd::from_raw_fd(r) });
+    Ok(n)
+}
+
 /// Raises RLIMIT_NOFILE's soft limit as far as allowed (the hard limit, or nr_open as root).
 pub fn raise_nofile_limit() -> u64 {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -1337,6 +1358,27 @@ pub fn dup_cloexec(fd: BorrowedFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    /// The `FDSize` line of /proc/self/status: the slots of this process's descriptor table.
+    fn fd_table_size() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+        line["FDSize:".len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn reserving_descriptor_slots_grows_the_table_and_leaves_the_slot_free() {
+        let limit = raise_nofile_limit();
+        let before = fd_table_size();
+        let want = (before * 4).max(1 << 14);
+        assert!(limit >= want, "open-file limit {limit}: cannot test a table of {want}");
+        assert_eq!(reserve_fd_table(want, limit).unwrap(), want);
+        assert!(fd_table_size() >= want, "{} slots after asking for {want}", fd_table_size());
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        assert_eq!(unsafe { libc::fcntl((want - 1) as libc::c_int, libc::F_GETFD) }, -1, "slot left open");
+        assert_eq!(reserve_fd_table(want * 4, want).unwrap(), want, "capped at the limit given");
+        assert_eq!(reserve_fd_table(8, 1).unwrap(), 0);
+    }
 
     #[test]
     fn fuse_clone_ioctl_is_ior_229_0_u32() {
