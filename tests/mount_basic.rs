@@ -25,7 +25,7 @@ fn mounts_reads_and_unmounts() {
 /// The server grows its descriptor table before its threads start, to 8192 slots (within its
 /// open-file limit). Grown later, each doubling of a table its threads share waits for an RCU
 /// grace period (5-16 ms here), and the first lookup in a directory of many layers, which
-/// opens that directory in each, took two of them.
+/// opens that directory in each, waited for one or two of them.
 #[test]
 fn the_server_starts_with_a_descriptor_table_of_8192_slots() {
     if !can_mount() {
