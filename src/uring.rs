@@ -431,12 +431,11 @@ impl ReadHelper {
 fn read_by_helper(f: &Fuse, ctx: &Ctx, ino: u64, fh: u64, off: u64, buf: &mut [u8]) -> Answer<'static> {
     // A SCHED_IDLE queue thread woken by its helper would wait for a reader busy on its CPU
     // before it could pass the data on: large reads are waited for at normal priority.
-    let idle = IDLE.get() && crate::sys::set_sched_idle(false).is_ok();
-    let r = read_by_helper_as_is(f, ctx, ino, fh, off, buf);
-    if idle {
-        let _ = crate::sys::set_sched_idle(true);
+    if IDLE.get() {
+        crate::sys::with_sched_idle(false, || read_by_helper_as_is(f, ctx, ino, fh, off, buf))
+    } else {
+        read_by_helper_as_is(f, ctx, ino, fh, off, buf)
     }
-    r
 }
 
 fn read_by_helper_as_is(f: &Fuse, ctx: &Ctx, ino: u64, fh: u64, off: u64, buf: &mut [u8]) -> Answer<'static> {

@@ -442,12 +442,7 @@ fn first_files_ahead(listed: &[(Arc<OwnedFd>, Vec<sys::DirEntry>)]) -> (usize, u
 /// directory (where requests create and remove names) and file data are read at normal
 /// priority too.
 fn beside_the_walk<T>(f: impl FnOnce() -> T) -> T {
-    let idle = crate::uring::placement_allowed() && sys::set_sched_idle(true).is_ok();
-    let r = f();
-    if idle {
-        let _ = sys::set_sched_idle(false);
-    }
-    r
+    if crate::uring::placement_allowed() { sys::with_sched_idle(true, f) } else { f() }
 }
 
 /// [`stat_all`] of one of `nlowers` lower directories, whose listing becomes its index if it

@@ -1206,6 +1206,17 @@ pub fn set_sched_idle(idle: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` with the calling thread at `SCHED_IDLE` (`idle`) or at normal priority, and puts
+/// the other policy back after, where the switch was made.
+pub fn with_sched_idle<T>(idle: bool, f: impl FnOnce() -> T) -> T {
+    let switched = set_sched_idle(idle).is_ok();
+    let r = f();
+    if switched {
+        let _ = set_sched_idle(!idle);
+    }
+    r
+}
+
 const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 const IOPRIO_CLASS_SHIFT: u32 = 13;
 const IOPRIO_CLASS_BE: libc::c_int = 2;
