@@ -29,7 +29,8 @@
 #                    column then serves through io_uring queues; restored afterwards)
 # Needs root (kernel overlay mounts, drop_caches, mknod of whiteouts).
 # Every "cold" cell is a fresh mount after `sync; echo 3 > /proc/sys/vm/drop_caches` (for every
-# column, including the plain directory). Write workloads get a fresh upper dir per mount.
+# column, including the plain directory). Write workloads get a fresh upper dir per mount; the
+# create and tar cells get a fresh ext4 (a loop-mounted image) for it.
 set -uo pipefail
 export LC_ALL=C
 
@@ -48,7 +49,7 @@ USERSPACE_COL=1
 ALL_COL=1
 URING=on
 
-usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -455,26 +456,56 @@ G_reflink() {
     UP=$up WK=$wk
 }
 
+# The create and tar cells write tens of thousands of new inodes, each into a fresh ext4 (with
+# a journal, as on a container host) in a sparse image in WORK: upper and workdir there, and
+# the plain column's directory. In ext4 without a journal (this bench's /tmp) a create passes
+# over every inode freed within the last minute (six while its inode-table block is dirty)
+# whose block is cached, so a cell on /tmp paid for what the cell before it had deleted: an
+# untar through layerfs spent a quarter of the server's CPU in that scan (`recently_deleted`)
+# even after `drop_caches`, and the plain untar took 3.0-3.2 s there against 1.3-1.7 s on a
+# fresh filesystem.
+WFS=$WORK/wfs
+fresh_fs() {
+    local img=$WORK/wfs.img
+    fresh_fs_done
+    rm -f "$img"
+    truncate -s $(( 4 * SRC_MB + 1024 ))M "$img" && mkfs.ext4 -q -F "$img" >"$ERR" 2>&1 \
+        || { log "mkfs.ext4 of $img failed: $(head -c 300 "$ERR")"; return 1; }
+    mkdir -p "$WFS" && mount -o loop "$img" "$WFS" || { log "loop mount of $img failed"; return 1; }
+    UP=$WFS/upper WK=$WFS/workdir
+}
+fresh_fs_done() {
+    if grep -q " $WFS " /proc/mounts; then umount "$WFS" || umount -l "$WFS"; fi
+    rm -f "$WORK/wfs.img"
+    UP=$WORK/upper WK=$WORK/workdir
+}
+
+# mount_impl on the big stack with the upper on a fresh filesystem (the plain column writes
+# into a directory of its own there)
+mount_fresh() {
+    if ! fresh_fs; then MOUNT_OK=0; return 1; fi
+    mount_impl "$IMPL" big || return 1
+    if [ "$CUR_KIND" = plain ]; then MNT=$WFS/plain; mkdir -p "$MNT"; fi
+    mkdir -p "$MNT/bench-w"
+}
+
 G_create() {
-    mount_impl "$IMPL" big
-    [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
-    # ext4 without a journal (this bench's /tmp) does not reuse an inode freed in the last 60 s
-    # while its inode-table block is cached, and every create scans past such inodes: without
-    # the drop, a cell right after another's delete took 8.3 s where it took 0.45 s first.
+    mount_fresh
     drop_caches
     t create "$HELPER" create "$MNT/bench-w" "$CREATE_N" 100 && check create "$CREATE_N"
     t delete rm -rf "$MNT/bench-w"
     umount_impl
+    fresh_fs_done
 }
 
 G_tar() {
-    mount_impl "$IMPL" big
-    [ "$MOUNT_OK" = 1 ] && mkdir -p "$MNT/bench-w"
+    mount_fresh
     drop_caches
     t untar tar -xf "$STACKS/src.tar" -C "$MNT/bench-w"
     drop_caches   # (includes writing back what the untar left dirty; not timed)
     t tarout sh -c 'tar -cf - -C "$1" src | wc -c' _ "$MNT/bench-w"
     umount_impl
+    fresh_fs_done
 }
 
 row meta_find_cold time "find, ${META_N} files / 5 layers, cold"
@@ -594,6 +625,7 @@ table() {
     echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat, readdir, sequential read and write rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
+    echo "Create, delete, untar and tar-out rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
     local i d5 d500 sc=
     for i in "${IMPLS[@]}"; do
         # shellcheck disable=SC2086
