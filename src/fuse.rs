@@ -210,8 +210,9 @@ enum InoMode {
 enum OpenMode {
     Cached,
     Passthrough(Arc<BackingFile>),
-    /// Cached, with the whole file stored into the kernel's page cache first.
-    Store,
+    /// Cached, with the whole file (this many bytes when the open sized it) stored into the
+    /// kernel's page cache first.
+    Store(u64),
     /// The inode is passed through to a lower file, and this open needs the upper one: the
     /// node gets an alias and the open fails with ESTALE, which the kernel retries by path
     /// ([`Aliases`]).
@@ -329,13 +330,13 @@ impl Fuse {
         created: Option<u32>,
     ) -> OpenMode {
         let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
-        // Sized before the lock, which every open and release takes: the size only picks the
-        // mode, the store reads whatever the file holds by then. Stores are keyed by node id,
-        // as truncations are: none on an alias.
-        let small = may_store
-            && ino == node
-            && self.stores()
-            && self.fs.handle_size(fh).is_ok_and(|n| n > 0 && n <= STORE_MAX);
+        // Sized before the lock, which every open and release takes. Stores are keyed by node
+        // id, as truncations are: none on an alias.
+        let small = if may_store && ino == node && self.stores() {
+            self.fs.handle_size(fh).ok().filter(|&n| n > 0 && n <= STORE_MAX)
+        } else {
+            None
+        };
         let mut b = self.backing.lock();
         self.wait_stored(&mut b, ino);
         match b.by_ino.get_mut(&ino) {
@@ -356,9 +357,9 @@ impl Fuse {
             Some(InoMode::Storing(_)) | None => {}
         }
         b.by_fh.insert(fh, ino);
-        if small && !b.truncating.contains_key(&ino) {
+        if let Some(n) = small.filter(|_| !b.truncating.contains_key(&ino)) {
             b.by_ino.insert(ino, InoMode::Storing(1));
-            return OpenMode::Store;
+            return OpenMode::Store(n);
         }
         let mut mode = OpenMode::Cached;
         let mut lower = false;
@@ -509,8 +510,13 @@ impl Fuse {
     /// Puts the data of a file opened with [`OpenMode::Store`] into the kernel's page cache,
     /// then lets the opens and truncations waiting on the inode go on. A failed read or store
     /// only costs the reads that follow a READ each.
-    fn store(&self, ino: u64, fh: u64) {
-        READ_BUF.with_borrow_mut(|buf| match self.fs.read(fh, 0, STORE_MAX as u32, buf) {
+    ///
+    /// `size`: the file's size when the open looked. Only that much is read, so a read that
+    /// fills it is the last (no second read to find the end). Should the file have grown since
+    /// (through another handle), the cache holds its first `size` bytes and the kernel READs
+    /// the rest, as it would have without the store.
+    fn store(&self, ino: u64, fh: u64, size: u64) {
+        READ_BUF.with_borrow_mut(|buf| match self.fs.read(fh, 0, size.min(STORE_MAX) as u32, buf) {
             Ok(d) => {
                 if let Some(n) = self.notifier.get() {
                     if let Err(e) = n.store(INodeNo(ino), 0, d.bytes()) {
@@ -834,8 +840,8 @@ impl Fuse {
                         Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                     }
                     OpenMode::Cached => Answer::Open { fh: o.fh, flags: self.fopen(&o), backing: None },
-                    OpenMode::Store => {
-                        self.store(ino, o.fh);
+                    OpenMode::Store(n) => {
+                        self.store(ino, o.fh, n);
                         Answer::Open { fh: o.fh, flags: self.fopen(&o), backing: None }
                     }
                     OpenMode::Conflict => {
@@ -1163,7 +1169,7 @@ impl Fuse {
                 Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
             }
             // Not asked for by create (may_store is false).
-            OpenMode::Cached | OpenMode::Store | OpenMode::Conflict => {
+            OpenMode::Cached | OpenMode::Store(_) | OpenMode::Conflict => {
                 Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
             }
         }

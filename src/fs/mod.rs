@@ -574,18 +574,12 @@ fn systime(sec: i64, nsec: i64) -> SystemTime {
 
 /// What one layer holds under a name, with what is needed to build a node from it.
 pub(crate) enum Found {
-    NonDir {
-        ino: u64,
-        mode: u32,
-    },
+    /// `st`: the object's stat where the probe took one (a lower name found through its
+    /// directory's index was not stat'ed).
+    NonDir { ino: u64, mode: u32, st: Option<Stat> },
     /// `index`: the directory's index when it was read with it (lower directories below many
     /// lowers, see [`OverlayFs::prefetch_lower_dirs`]).
-    Dir {
-        ino: u64,
-        fd: Arc<OwnedFd>,
-        marks: DirMarks,
-        index: Option<SharedIndex>,
-    },
+    Dir { ino: u64, fd: Arc<OwnedFd>, marks: DirMarks, index: Option<SharedIndex> },
 }
 
 /// A lower directory's listing, read once: lookups in it then need no syscall unless the name
@@ -1210,7 +1204,7 @@ impl OverlayFs {
                 Some(Found::Dir { ino: st.st_ino, fd, marks, index: None }),
             ));
         }
-        Ok((Probe::NonDir, Some(Found::NonDir { ino: st.st_ino, mode: st.st_mode })))
+        Ok((Probe::NonDir, Some(Found::NonDir { ino: st.st_ino, mode: st.st_mode, st: Some(st) })))
     }
 
     /// A lower directory's index, read now if it has none yet; None when it gets none (too
@@ -1374,12 +1368,12 @@ impl OverlayFs {
                 Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino, fd, marks, index })))
             }
             libc::DT_REG if !ld.marks.xattr_whiteouts => {
-                Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFREG })))
+                Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFREG, st: None })))
             }
-            libc::DT_LNK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFLNK }))),
-            libc::DT_FIFO => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFIFO }))),
-            libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFSOCK }))),
-            libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFBLK }))),
+            libc::DT_LNK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFLNK, st: None }))),
+            libc::DT_FIFO => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFIFO, st: None }))),
+            libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFSOCK, st: None }))),
+            libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFBLK, st: None }))),
             // Char devices may be whiteouts, unknown types need a stat: ask the layer.
             _ => self.probe(&dir_open(&ld.fd)?, ld.marks, name, cname, bottom),
         }
@@ -1392,15 +1386,16 @@ impl OverlayFs {
         }
     }
 
-    /// Resolves `name` in a directory node's layers. Returns the new state (without parent) and
-    /// the id it would get, or None when nothing is visible. `lookup`: a lookup by the kernel,
-    /// which reads the directory's lower entries ahead ([`OverlayFs::looked_up`]).
+    /// Resolves `name` in a directory node's layers. Returns the id it would get, the new
+    /// state (without parent) and, for a non-directory its probe stat'ed, that stat (as on
+    /// disk); None when nothing is visible. `lookup`: a lookup by the kernel, which reads the
+    /// directory's lower entries ahead ([`OverlayFs::looked_up`]).
     pub(crate) fn resolve(
         &self,
         parent: &Node,
         name: &[u8],
         lookup: bool,
-    ) -> Result<Option<(u64, NodeState)>> {
+    ) -> Result<Option<(u64, NodeState, Option<Stat>)>> {
         let cn = arc_cname(name)?;
         let (upper_dir, upper_marks, lowers) = {
             let s = parent.state.lock();
@@ -1455,7 +1450,7 @@ impl OverlayFs {
             Resolution::Negative => Ok(None),
             Resolution::NonDir { layer: pos } => {
                 let li = pos_to_layer(pos);
-                let Some((_, Found::NonDir { ino, mode }, dirfd)) = find(li) else {
+                let Some((_, Found::NonDir { ino, mode, st }, dirfd)) = find(li) else {
                     return Err(Error::new(libc::EIO, "resolve"));
                 };
                 let is_upper = pos == 0 && upper_dir.is_some();
@@ -1466,7 +1461,7 @@ impl OverlayFs {
                 } else {
                     NodeState::non_dir(cn.clone(), kind_of(*mode), None, Some((li, dirfd.clone())))
                 };
-                Ok(Some((id, state)))
+                Ok(Some((id, state, *st)))
             }
             Resolution::Dir { layers } => {
                 let mut upper = None;
@@ -1508,7 +1503,7 @@ impl OverlayFs {
                     lower: None,
                     unlinked: false,
                 };
-                Ok(Some((id.or(upper_id).unwrap_or(0), state)))
+                Ok(Some((id.or(upper_id).unwrap_or(0), state, None)))
             }
         }
     }
@@ -1537,19 +1532,36 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let _g = pnode.dir_lock.read();
-        let Some((id, state)) = self.resolve(&pnode, name, true)? else {
+        let Some((id, state, seen)) = self.resolve(&pnode, name, true)? else {
             return Err(Error::errno(libc::ENOENT));
+        };
+        // The probe's stat of the object found, taken just now under the same lock, is its
+        // answer (with the layer's override applied): no second stat of it.
+        let eff = |loc: &Loc, li: usize| -> Result<Stat> {
+            match seen {
+                Some(mut st) => {
+                    self.apply_override(&mut st, loc, li);
+                    Ok(st)
+                }
+                None => self.stat_eff(loc, li).map_err(|e| Error::io(e, "stat")),
+            }
         };
         if let Some((layer, fd)) = lite::lite_layer(&state) {
             // A lower file: a lite entry, unless a full node has its id already.
             let loc = Loc::At(fd, state.name.clone());
-            let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
+            let st = eff(&loc, usize::from(layer))?;
             if self.add_lite(id, &pnode, name, layer, state.kind) {
                 return Ok(self.attr_from_stat(id, &st, false));
             }
         }
+        // An upper non-directory found by its probe: that stat. (A node it joins that keeps
+        // an upper of its own has the same inode under another name: the id is the inode's.)
+        let upper_loc = state.upper.clone().filter(|_| seen.is_some());
         let node = self.install_child(&pnode, id, state);
-        let attr = self.node_attr(&node)?;
+        let attr = match upper_loc {
+            Some(loc) => self.attr_from_stat(node.ino, &eff(&loc, 0)?, false),
+            None => self.node_attr(&node)?,
+        };
         node.lookups.fetch_add(1, Ordering::Relaxed);
         Ok(attr)
     }
@@ -1559,7 +1571,7 @@ impl OverlayFs {
     pub(crate) fn lookup_locked(&self, pnode: &Arc<Node>, name: &[u8]) -> Result<Option<Arc<Node>>> {
         // No per-directory map of children is kept (memory per node, for little: the kernel
         // caches entries); a resolution finds a live node again by its id.
-        Ok(self.resolve(pnode, name, false)?.map(|(id, state)| self.install_child(pnode, id, state)))
+        Ok(self.resolve(pnode, name, false)?.map(|(id, state, _)| self.install_child(pnode, id, state)))
     }
 
     /// Installs a child of `pnode` resolved by [`OverlayFs::resolve`].
