@@ -468,20 +468,18 @@ WFS=$WORK/wfs
 fresh_fs() {
     local img=$WORK/wfs.img
     fresh_fs_done
-    rm -f "$img"
     truncate -s $(( 4 * SRC_MB + 1024 ))M "$img" && mkfs.ext4 -q -F "$img" >"$ERR" 2>&1 \
         || { log "mkfs.ext4 of $img failed: $(head -c 300 "$ERR")"; return 1; }
     mkdir -p "$WFS" && mount -o loop "$img" "$WFS" || { log "loop mount of $img failed"; return 1; }
-    UP=$WFS/upper WK=$WFS/workdir
 }
 fresh_fs_done() {
     if grep -q " $WFS " /proc/mounts; then umount "$WFS" || umount -l "$WFS"; fi
     rm -f "$WORK/wfs.img"
-    UP=$WORK/upper WK=$WORK/workdir
 }
 
 # mount_impl on the big stack with the upper on a fresh filesystem (the plain column writes
-# into a directory of its own there)
+# into a directory of its own there). The caller declares UP and WK local, set to that
+# filesystem's, as G_reflink does for its XFS.
 mount_fresh() {
     if ! fresh_fs; then MOUNT_OK=0; return 1; fi
     mount_impl "$IMPL" big || return 1
@@ -490,6 +488,7 @@ mount_fresh() {
 }
 
 G_create() {
+    local UP=$WFS/upper WK=$WFS/workdir
     mount_fresh
     drop_caches
     t create "$HELPER" create "$MNT/bench-w" "$CREATE_N" 100 && check create "$CREATE_N"
@@ -499,6 +498,7 @@ G_create() {
 }
 
 G_tar() {
+    local UP=$WFS/upper WK=$WFS/workdir
     mount_fresh
     drop_caches
     t untar tar -xf "$STACKS/src.tar" -C "$MNT/bench-w"

@@ -1556,10 +1556,13 @@ impl OverlayFs {
         }
         // An upper non-directory found by its probe: that stat. (A node it joins that keeps
         // an upper of its own has the same inode under another name: the id is the inode's.)
-        let upper_loc = state.upper.clone().filter(|_| seen.is_some());
+        let upper_st = match (&state.upper, seen) {
+            (Some(loc), Some(_)) => Some(eff(loc, 0)?),
+            _ => None,
+        };
         let node = self.install_child(&pnode, id, state);
-        let attr = match upper_loc {
-            Some(loc) => self.attr_from_stat(node.ino, &eff(&loc, 0)?, false),
+        let attr = match upper_st {
+            Some(st) => self.attr_from_stat(node.ino, &st, false),
             None => self.node_attr(&node)?,
         };
         node.lookups.fetch_add(1, Ordering::Relaxed);
