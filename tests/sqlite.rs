@@ -176,6 +176,9 @@ fn workload(m: &Path, logs: &Path) -> Vec<String> {
     dumps
 }
 
+/// Each database's dump, and the upper directory's names and kinds.
+type Outcome = (Vec<String>, Vec<(String, char)>);
+
 /// Names and kinds in a directory tree.
 fn names(root: &Path) -> Vec<(String, char)> {
     snapshot(root, false).into_iter().map(|(k, e)| (k, e.kind)).collect()
@@ -183,12 +186,12 @@ fn names(root: &Path) -> Vec<(String, char)> {
 
 /// What the workload leaves on kernel overlayfs: the dumps and the upper's names (run once
 /// for all the tests of this file).
-fn on_kernel() -> (Vec<String>, Vec<(String, char)>) {
-    static KERNEL: std::sync::OnceLock<(Vec<String>, Vec<(String, char)>)> = std::sync::OnceLock::new();
+fn on_kernel() -> Outcome {
+    static KERNEL: std::sync::OnceLock<Outcome> = std::sync::OnceLock::new();
     KERNEL.get_or_init(kernel_run).clone()
 }
 
-fn kernel_run() -> (Vec<String>, Vec<(String, char)>) {
+fn kernel_run() -> Outcome {
     let s = Scratch::new();
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     make_lower(&l);
