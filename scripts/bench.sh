@@ -12,7 +12,8 @@
 #                    shared disk: 1.4-2.6 s for one file within minutes) get 2N+1
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
 #                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create
-#                    tar (reflink: the copy-up rows again on a loop-mounted XFS, reflink=1)
+#                    tar sqlite (reflink: the copy-up rows again on a loop-mounted XFS,
+#                    reflink=1)
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
 #                    built once per size set and reused by later invocations
 #   --out FILE       also write the table (Markdown) to FILE
@@ -84,11 +85,11 @@ fi
 if [ "$QUICK" = 1 ]; then
     SIZESET=quick
     META_N=10000 DEEP_N=200 RD_N=2000 BIG_MB=200 CU_MB=100 CREATE_N=2000 SRC_N=3000 SRC_MB=30
-    FIO_RT=2 FIO_WSIZE=32m
+    FIO_RT=2 FIO_WSIZE=32m SQL_ROWS=1000 SQL_OPS=40
 else
     SIZESET=full
     META_N=100000 DEEP_N=2000 RD_N=20000 BIG_MB=2048 CU_MB=1024 CREATE_N=20000 SRC_N=30000 SRC_MB=300
-    FIO_RT=5 FIO_WSIZE=256m
+    FIO_RT=5 FIO_WSIZE=256m SQL_ROWS=4000 SQL_OPS=150
 fi
 PARAMS="v1 meta=$META_N deep=$DEEP_N rd=$RD_N big=$BIG_MB cu=$CU_MB src=$SRC_N/$SRC_MB"
 
@@ -186,10 +187,26 @@ build_deep5() {
     touch "$STACKS/deep5/.done"
 }
 
+# the SQLite stack (added later too): one layer holding a database with a rollback journal
+# and one in WAL mode, made by the SQLite test's driver
+SQLITE_DRIVER=$REPO/tests/sqlite_work.py
+build_sqlite() {
+    [ -f "$STACKS/sqlite/.done" ] && [ "$(cat "$STACKS/sqlite/.done")" = "$SQL_ROWS" ] && return
+    rm -rf "$STACKS/sqlite"
+    mkdir -p "$STACKS/sqlite/l"
+    python3 "$SQLITE_DRIVER" init "$STACKS/sqlite/l/j.db" delete "$SQL_ROWS" 7 \
+        && python3 "$SQLITE_DRIVER" init "$STACKS/sqlite/l/w.db" wal "$SQL_ROWS" 7 || die "SQLite stack failed"
+    echo l > "$STACKS/sqlite/lowers"
+    # one layer: its merged view is itself (kernel overlayfs will not mount one lower read-only)
+    mkdir -p "$STACKS/sqlite/plain" && cp -a "$STACKS/sqlite/l/." "$STACKS/sqlite/plain/" || die "SQLite stack copy failed"
+    echo "$SQL_ROWS" > "$STACKS/sqlite/.done"
+}
+
 build_stacks() {
     if [ -f "$STACKS/.done" ] && [ "$(cat "$STACKS/.done")" = "$PARAMS" ]; then
         log "reusing stacks in $STACKS"
         build_deep5
+        build_sqlite
         return
     fi
     log "building stacks in $STACKS ($PARAMS)"
@@ -212,6 +229,7 @@ build_stacks() {
     local s
     for s in meta deep50 deep500 rd big; do kernel_flatten "$STACKS/$s"; done
     build_deep5
+    build_sqlite
     echo "$PARAMS" > "$STACKS/.done"
     sync
 }
@@ -477,12 +495,12 @@ fresh_fs_done() {
     rm -f "$WORK/wfs.img"
 }
 
-# mount_impl on the big stack with the upper on a fresh filesystem (the plain column writes
-# into a directory of its own there). The caller declares UP and WK local, set to that
+# mount_impl on stack $1 (default big) with the upper on a fresh filesystem (the plain column
+# writes into a directory of its own there). The caller declares UP and WK local, set to that
 # filesystem's, as G_reflink does for its XFS.
 mount_fresh() {
     if ! fresh_fs; then MOUNT_OK=0; return 1; fi
-    mount_impl "$IMPL" big || return 1
+    mount_impl "$IMPL" "${1:-big}" || return 1
     if [ "$CUR_KIND" = plain ]; then MNT=$WFS/plain; mkdir -p "$MNT"; fi
     mkdir -p "$MNT/bench-w"
 }
@@ -504,6 +522,19 @@ G_tar() {
     t untar tar -xf "$STACKS/src.tar" -C "$MNT/bench-w"
     drop_caches   # (includes writing back what the untar left dirty; not timed)
     t tarout sh -c 'tar -cf - -C "$1" src | wc -c' _ "$MNT/bench-w"
+    umount_impl
+    fresh_fs_done
+}
+
+# 8 processes writing (4 per database) in transactions that each commit with an fsync or two;
+# the databases come from the lower layer (the plain column gets a copy), so the first write
+# to each copies it up
+G_sqlite() {
+    local UP=$WFS/upper WK=$WFS/workdir
+    mount_fresh sqlite
+    [ "$CUR_KIND" = plain ] && cp -a "$STACKS/sqlite/plain/." "$MNT/"
+    t sqlite python3 "$SQLITE_DRIVER" writers "$SQL_OPS" 7 "$SQL_ROWS" "$MNT/j.db" "$MNT/w.db" \
+        && check sqlite ok
     umount_impl
     fresh_fs_done
 }
@@ -535,8 +566,9 @@ row create time "create ${CREATE_N} files of 100 bytes"
 row delete time "delete them (rm -rf)"
 row untar time "untar ${SRC_N} files / ${SRC_MB} MB into the mount"
 row tarout time "tar them back out (cold)"
+row sqlite time "SQLite: 8 writers x ${SQL_OPS} transactions on 2 lower databases of ${SQL_ROWS} rows (journal, WAL)"
 
-GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create tar)
+GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create tar sqlite)
 
 # ---------------------------------------------------------------- run
 cleanup  # stale mounts of an earlier interrupted run
@@ -625,7 +657,7 @@ table() {
     echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat, readdir, sequential read and write rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
-    echo "Create, delete, untar and tar-out rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
+    echo "Create, delete, untar, tar-out and SQLite rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
     local i d5 d500 sc=
     for i in "${IMPLS[@]}"; do
         # shellcheck disable=SC2086

@@ -14,11 +14,15 @@ a reader that sees a class off that total saw a torn, stale or lost page.
                                    the file read-only and says "ready" on stdout first
   vacuum DB STOP                   VACUUM (rewrites the whole file) until STOP exists
   dump DB                          integrity_check, row count and a hash of every row
+  writers OPS SEED ROWS DB...      CLASSES writer processes on each DB at once, then print
+                                   "ok" if every one succeeded and every DB passes
+                                   integrity_check (scripts/bench.sh times this)
 """
 import hashlib
 import os
 import random
 import sqlite3
+import subprocess
 import sys
 import time
 
@@ -141,6 +145,22 @@ def dump(db):
     print(summary(connect(db)))
 
 
+def writers(ops, seed, rows, dbs):
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "writer", db, str(c), str(ops), str(seed), str(rows)])
+        for db in dbs
+        for c in range(CLASSES)
+    ]
+    failed = sum(p.wait() != 0 for p in procs)
+    if failed:
+        sys.exit(f"{failed} writer(s) failed")
+    for db in dbs:
+        check = connect(db).execute("PRAGMA integrity_check").fetchone()[0]
+        if check != "ok":
+            sys.exit(f"{db}: integrity_check: {check}")
+    print("ok")
+
+
 def main(a):
     cmd = a[0]
     if cmd == "init":
@@ -151,6 +171,8 @@ def main(a):
         reader(a[1], int(a[2]), int(a[3]), a[4], len(a) > 5 and a[5] == "ro")
     elif cmd == "vacuum":
         vacuum(a[1], a[2])
+    elif cmd == "writers":
+        writers(int(a[1]), int(a[2]), int(a[3]), a[4:])
     elif cmd == "dump":
         dump(a[1])
     else:
