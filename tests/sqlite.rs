@@ -69,6 +69,17 @@ struct Job {
     out: PathBuf,
 }
 
+/// A job still running when dropped (a test failing) is killed, so no process is left
+/// holding the mount.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn(logs: &Path, what: &str, args: &[String]) -> Job {
     let out = logs.join(format!("{}.log", what.replace([' ', '/'], "_")));
     let f = File::create(&out).unwrap();
@@ -112,10 +123,6 @@ fn finish(jobs: &mut [Job], deadline: Instant) {
         }
     }
     if !failed.is_empty() {
-        for j in jobs.iter_mut() {
-            let _ = j.child.kill();
-            let _ = j.child.wait();
-        }
         panic!("{} SQLite job(s) failed:\n{}", failed.len(), failed.join("\n"));
     }
 }
@@ -136,9 +143,11 @@ fn workload(m: &Path, logs: &Path) -> Vec<String> {
     wait_until(Duration::from_secs(60), || {
         fs::read_to_string(&early.out).unwrap_or_default().contains("ready")
     });
-    if early.child.try_wait().unwrap().is_some() {
-        panic!("early reader ended: {}", fs::read_to_string(&early.out).unwrap_or_default());
-    }
+    let said = fs::read_to_string(&early.out).unwrap_or_default();
+    assert!(
+        said.contains("ready") && early.child.try_wait().unwrap().is_none(),
+        "the early reader is not reading: {said}"
+    );
     readers.push(early);
     for db in ["j.db", "w.db"] {
         readers.push(spawn(logs, &format!("reader {db}"), &s(&["reader", &p(db), &rows, "0", &stop_s])));
