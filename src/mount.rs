@@ -154,6 +154,11 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     if let Err(e) = sys::pin_io_priority() {
         log::warn!("I/O priority not set: {e}");
     }
+    // Also inherited: a short scheduler slice, so that a server thread waking up in the middle
+    // of a request gets its CPU back at once from a busy task (see sys::SERVER_SLICE_NS).
+    if sys::take_server_slice() {
+        log::info!("server threads: scheduler slice {} µs", sys::SERVER_SLICE_NS / 1000);
+    }
     let nofile = sys::raise_nofile_limit();
     // Half the descriptors for directories, the rest for open files and the server's own (see
     // `fs::dirfd`).

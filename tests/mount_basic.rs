@@ -472,6 +472,48 @@ fn dev_fuse_threads_are_pinned_one_per_cpu_and_their_helpers_are_not() {
     assert!(checked > want, "the I/O class of every thread, {checked} of them: {threads:?}");
 }
 
+/// Every server thread at normal priority asks for the short scheduler slice (Linux 6.12+), so
+/// that one waking up in the middle of a request takes its CPU back from a busy task at once
+/// (`sys::SERVER_SLICE_NS`); the main thread sets it before any other thread starts, and they
+/// inherit it. (`SCHED_IDLE` threads have none: they take it again when they leave it.)
+#[test]
+fn server_threads_ask_for_a_short_scheduler_slice() {
+    if !can_mount() {
+        return;
+    }
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release.trim().split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
+    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 12) {
+        eprintln!("skipped: Linux {} has no custom scheduler slices (6.12+)", release.trim());
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("f"), b"x").unwrap();
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+    let pid = server_pid(&m).expect("server process");
+    let mut normal = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let tid = e.file_name().to_string_lossy().into_owned();
+        let Ok(sched) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")) else { continue };
+        let field = |name: &str| {
+            sched.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().parse::<u64>().ok()).flatten()
+            })
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if field("policy") == Some(libc::SCHED_OTHER as u64) {
+            normal.push((comm.trim().to_string(), field("se.slice")));
+        }
+    }
+    assert!(normal.len() >= 2, "server threads at normal priority: {normal:?}");
+    for (name, slice) in &normal {
+        assert_eq!(*slice, Some(layerfs::sys::SERVER_SLICE_NS), "{name}'s slice: {normal:?}");
+    }
+}
+
 /// Every entry below `dir`, with the bytes of each file.
 fn walk(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
     for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
