@@ -1196,7 +1196,7 @@ pub fn fuse_backing_close(dev: &OwnedFd, id: u32) -> io::Result<()> {
 }
 
 /// The time slice server threads ask the scheduler for (EEVDF's custom slice, Linux 6.12+;
-/// 100 µs is the least it takes), where the default is 0.75 ms times 1 + log2 of the CPUs
+/// 100 µs is the least it takes), where the default is 0.7 ms times 1 + log2 of the CPUs
 /// (1.4 ms on 2). A task whose slice is shorter than the running task's may take its CPU when
 /// it wakes up; otherwise the running task keeps it until its own slice ends, which the
 /// scheduler notices at its next tick (4 ms at `HZ=250`). A server thread that waits in the
