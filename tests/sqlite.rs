@@ -29,13 +29,20 @@ fn driver() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sqlite_work.py")
 }
 
+/// The Python that runs the driver: Debian's (`scripts/deps.sh` installs it, and its
+/// standard library has `sqlite3`), not whichever `python3` comes first on PATH (a pyenv
+/// build may lack the module); `python3` where there is none.
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+}
+
 fn ops() -> u32 {
     std::env::var("LAYERFS_SQLITE_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(150)
 }
 
 /// Whether Python's sqlite3 is here; in CI (which installs python3) its absence fails.
 fn have_sqlite() -> bool {
-    let ok = Command::new("python3")
+    let ok = Command::new(python())
         .args(["-c", "import sqlite3"])
         .output()
         .map(|o| o.status.success())
@@ -49,7 +56,7 @@ fn have_sqlite() -> bool {
 
 /// Runs the driver to completion; panics with its output when it fails.
 fn run(args: &[&str]) -> String {
-    let o = Command::new("python3").arg(driver()).args(args).output().expect("python3");
+    let o = Command::new(python()).arg(driver()).args(args).output().expect("run python3");
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "sqlite_work.py {args:?} failed:\n{text}");
     text
@@ -83,7 +90,7 @@ impl Drop for Job {
 fn spawn(logs: &Path, what: &str, args: &[String]) -> Job {
     let out = logs.join(format!("{}.log", what.replace([' ', '/'], "_")));
     let f = File::create(&out).unwrap();
-    let child = Command::new("python3")
+    let child = Command::new(python())
         .arg(driver())
         .args(args)
         .stdin(Stdio::null())

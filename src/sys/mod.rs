@@ -1273,17 +1273,10 @@ pub fn take_server_slice() -> bool {
 /// `sched_setattr`). Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` or a `RLIMIT_NICE` that allows
 /// the thread's nice value; entering it is always allowed.
 pub fn set_sched_idle(idle: bool) -> io::Result<()> {
-    if !idle {
-        match set_server_slice() {
-            Ok(()) => return Ok(()),
-            // No sched_setattr (or a filter refusing it by number): the older call.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::E2BIG)
-                ) => {}
-            Err(e) => return Err(e),
-        }
+    // Where sched_setattr fails (no such call, a seccomp filter refusing it by number), the
+    // older call decides: it fails too where leaving SCHED_IDLE is not allowed.
+    if !idle && set_server_slice().is_ok() {
+        return Ok(());
     }
     let param = libc::sched_param { sched_priority: 0 };
     let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
