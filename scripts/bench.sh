@@ -309,6 +309,19 @@ t() {
     return 1
 }
 
+# ti ROW CMD...: run CMD, which times itself: record the first field of its last line
+ti() {
+    local r=$1 v; shift
+    if [ "$MOUNT_OK" != 1 ]; then record "$r" FAIL; return 1; fi
+    if timeout -k 5 900 "$@" >"$WORK/last.out" 2>"$ERR"; then
+        v=$(tail -n1 "$WORK/last.out" | awk '{print $1}')
+        if [[ $v =~ ^[0-9.]+$ ]]; then record "$r" "$v"; return 0; fi
+    fi
+    log "$IMPL: $r failed: $(head -c 300 "$ERR")"
+    record "$r" FAIL
+    return 1
+}
+
 # check ROW EXPECTED: compare the count printed by the last command
 check() {
     local got
@@ -399,11 +412,11 @@ G_seqwrite() {
 copyup_cells() {
     mount_impl "$IMPL" "$1"
     sync
-    t "copyup_append$2" sh -c 'printf x >> "$1"' _ "$MNT/big1g"
+    ti "copyup_append$2" "$HELPER" append "$MNT/big1g"
     umount_impl
     mount_impl "$IMPL" "$1"
     sync
-    t "copyup_chmod$2" chmod 0600 "$MNT/big1g"
+    ti "copyup_chmod$2" "$HELPER" chmod "$MNT/big1g" 0600
     [ "$CUR_KIND" = plain ] && chmod 0644 "$MNT/big1g"
     umount_impl
 }
