@@ -12,7 +12,7 @@
 #                    shared disk: 1.4-2.6 s for one file within minutes) get 2N+1
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
 #                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create
-#                    tar sqlite (reflink: the copy-up rows again on a loop-mounted XFS,
+#                    tar sqlite chown (reflink: the copy-up rows again on a loop-mounted XFS,
 #                    reflink=1)
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
 #                    built once per size set and reused by later invocations
@@ -542,6 +542,23 @@ G_tar() {
 # 8 processes writing (4 per database) in transactions that each commit with an fsync or two;
 # the databases come from the lower layer (the plain column gets a copy), so the first write
 # to each copies it up
+# chown -R of the deep5 stack's directory, whose files live in its bottom layer: a copy-up of
+# each small file, as a `RUN chown -R` in an image build makes. The upper (and the plain
+# column's copy of the directory) on a fresh ext4 with a journal, the walk's lookups made
+# before the timed command.
+G_chown() {
+    local UP=$WFS/upper WK=$WFS/workdir
+    mount_fresh deep5
+    if [ "$MOUNT_OK" = 1 ] && [ "$CUR_KIND" = plain ]; then
+        cp -a "$STACKS/deep5/plain/d" "$MNT/d" || MOUNT_OK=0
+    fi
+    find "$MNT/d" >/dev/null 2>&1
+    sync
+    t chown chown -R 1000:1000 "$MNT/d"
+    umount_impl
+    fresh_fs_done
+}
+
 G_sqlite() {
     local UP=$WFS/upper WK=$WFS/workdir
     mount_fresh sqlite
@@ -580,8 +597,9 @@ row delete time "delete them (rm -rf)"
 row untar time "untar ${SRC_N} files / ${SRC_MB} MB into the mount"
 row tarout time "tar them back out (cold)"
 row sqlite time "SQLite: 8 writers x ${SQL_OPS} transactions on 2 lower databases of ${SQL_ROWS} rows (journal, WAL)"
+row chown time "chown -R of the ${DEEP_N} small bottom-layer files of the 5-layer stack (a copy-up each)"
 
-GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create tar sqlite)
+GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create tar sqlite chown)
 
 # ---------------------------------------------------------------- run
 cleanup  # stale mounts of an earlier interrupted run
@@ -670,7 +688,7 @@ table() {
     echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat, readdir, sequential read and write rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
-    echo "Create, delete, untar, tar-out and SQLite rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
+    echo "Create, delete, untar, tar-out, SQLite and chown rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
     local i d5 d500 sc=
     for i in "${IMPLS[@]}"; do
         # shellcheck disable=SC2086

@@ -241,12 +241,15 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     // it gets the mounts at the path before this one, so that a server killed between its
     // mount and naming it (the mount's device, below) still leaves the watcher a way to tell
     // its dead mount.
-    let watched = watcher.map(std::fs::File::from);
+    // A watcher found gone is dropped here, so that it is not written to (nor warned about)
+    // again.
+    let mut watched = watcher.map(std::fs::File::from);
     if let Some(mut w) = watched.as_ref() {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let line = format!("{MOUNTING} {}\n", mount_ids_at(&info, &cfg.mountpoint));
         if let Err(e) = w.write_all(line.as_bytes()) {
             log::warn!("auto_unmount: the watcher is gone ({e}); the mount is not watched");
+            watched = None;
         }
     }
     let hooks = plan.map(|p| p.start(fs, &cfg)).transpose();
