@@ -280,7 +280,10 @@ impl OverlayFs {
                         .map_err(|e| Error::io(e, "copy-up open"))?;
                     let how = copy_data(sfd.as_fd(), dst.as_fd(), st.st_size as u64, self.opts.fsync)
                         .map_err(|e| Error::io(e, "copy-up data"))?;
-                    sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;
+                    // A clone has the source's size already; a sparse copy may end in a hole.
+                    if how != REFLINK {
+                        sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;
+                    }
                     log::debug!("copy-up {:?}: {} bytes by {how}", name, st.st_size);
                     // Copied data is on the disk before the rename puts it under the name, as
                     // kernel overlayfs does. Like it, no fsync after a clone (a metadata change
