@@ -282,7 +282,8 @@ impl OverlayFs {
                         .map_err(|e| Error::io(e, "copy-up data"))?;
                     // A clone has the source's size already; a sparse copy may end in a hole.
                     if how != REFLINK {
-                        sys::ftruncate(dst.as_fd(), st.st_size as u64).map_err(|e| Error::io(e, "copy-up"))?;
+                        sys::ftruncate(dst.as_fd(), st.st_size as u64)
+                            .map_err(|e| Error::io(e, "copy-up"))?;
                     }
                     log::debug!("copy-up {:?}: {} bytes by {how}", name, st.st_size);
                     // Copied data is on the disk before the rename puts it under the name, as
