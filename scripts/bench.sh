@@ -539,9 +539,6 @@ G_tar() {
     fresh_fs_done
 }
 
-# 8 processes writing (4 per database) in transactions that each commit with an fsync or two;
-# the databases come from the lower layer (the plain column gets a copy), so the first write
-# to each copies it up
 # chown -R of the deep5 stack's directory, whose files live in its bottom layer: a copy-up of
 # each small file, as a `RUN chown -R` in an image build makes. The upper (and the plain
 # column's copy of the directory) on a fresh ext4 with a journal, the walk's lookups made
@@ -559,6 +556,9 @@ G_chown() {
     fresh_fs_done
 }
 
+# 8 processes writing (4 per database) in transactions that each commit with an fsync or two;
+# the databases come from the lower layer (the plain column gets a copy), so the first write
+# to each copies it up
 G_sqlite() {
     local UP=$WFS/upper WK=$WFS/workdir
     mount_fresh sqlite
