@@ -836,3 +836,81 @@ fn new_files_capabilities_are_read_once_set() {
     fs.removexattr(f, caps).unwrap();
     assert_eq!(fs.getxattr(f, caps).unwrap_err().errno, libc::ENODATA);
 }
+
+/// A copy-up gives the copy the source's owner and mode whichever way it makes it: created
+/// with them (the server's own owner, a plain mode: no chown, no chmod after), or created for
+/// the server and given them at the end (another owner, setuid/setgid/sticky bits, a mode
+/// without the owner's write bit, a file with an access ACL). A set-gid workdir gives a new
+/// file its group: the copy-up reads what it got and puts the source's back.
+#[test]
+fn copy_up_gives_every_owner_and_mode_back() {
+    use layerfs::sys::SetTime;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !root_or_skip("chown of lower files to other owners") {
+        return;
+    }
+    let files: &[(&str, u32, (u32, u32))] = &[
+        ("f644", 0o644, (0, 0)),
+        ("f600", 0o600, (4321, 8765)),
+        ("f444", 0o444, (0, 0)),
+        ("f4755", 0o4755, (0, 0)),
+        ("f2711", 0o2711, (4321, 8765)),
+        ("facl", 0o640, (0, 0)),
+        ("empty", 0o751, (0, 0)),
+    ];
+    let dirs: &[(&str, u32, (u32, u32))] = &[
+        ("d755", 0o755, (0, 0)),
+        ("d555", 0o555, (0, 0)),
+        ("d1777", 0o1777, (0, 0)),
+        ("d750", 0o750, (4321, 8765)),
+    ];
+    for setgid_workdir in [false, true] {
+        let s = Scratch::new();
+        let (l, u, w) = (s.path("l"), s.path("u"), s.path("w"));
+        fs::create_dir_all(&l).unwrap();
+        fs::create_dir_all(&w).unwrap();
+        for &(n, mode, (uid, gid)) in files {
+            fs::write(l.join(n), if n == "empty" { &b""[..] } else { &b"some data"[..] }).unwrap();
+            std::os::unix::fs::lchown(l.join(n), Some(uid), Some(gid)).unwrap();
+            fs::set_permissions(l.join(n), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        for &(n, mode, (uid, gid)) in dirs {
+            fs::create_dir(l.join(n)).unwrap();
+            std::os::unix::fs::lchown(l.join(n), Some(uid), Some(gid)).unwrap();
+            fs::set_permissions(l.join(n), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let acl =
+            std::process::Command::new("setfacl").args(["-m", "u:1234:rw"]).arg(l.join("facl")).status();
+        let with_acl = acl.is_ok_and(|s| s.success());
+        if setgid_workdir {
+            std::os::unix::fs::lchown(&w, None, Some(8765)).unwrap();
+            fs::set_permissions(&w, fs::Permissions::from_mode(0o2775)).unwrap();
+        }
+        let mut o = FsOptions::new(vec![l.clone()]);
+        o.upper = Some(u.clone());
+        o.work = Some(w);
+        let fs = OverlayFs::new(o).unwrap();
+        for &(n, ..) in files.iter().chain(dirs) {
+            let a = fs.lookup(1, OsStr::new(n)).unwrap();
+            // An atime-only change: a copy-up that changes neither owner nor mode.
+            let sa = SetAttr { atime: Some(SetTime::At(1_000_000, 0)), ..Default::default() };
+            fs.setattr(a.ino.0, sa).unwrap();
+            let (lm, um) =
+                (fs::symlink_metadata(l.join(n)).unwrap(), fs::symlink_metadata(u.join(n)).unwrap());
+            let what = format!("{n} (set-gid workdir: {setgid_workdir})");
+            assert_eq!((um.uid(), um.gid()), (lm.uid(), lm.gid()), "{what}: owner");
+            assert_eq!(um.mode(), lm.mode(), "{what}: mode {:o} against {:o}", um.mode(), lm.mode());
+            assert_eq!((um.mtime(), um.mtime_nsec()), (lm.mtime(), lm.mtime_nsec()), "{what}: mtime");
+            if lm.is_file() {
+                assert_eq!(fs::read(u.join(n)).unwrap(), fs::read(l.join(n)).unwrap(), "{what}: data");
+            }
+        }
+        if with_acl {
+            let get = |p: &std::path::Path| {
+                let out = std::process::Command::new("getfacl").args(["-c", "-n"]).arg(p).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            assert_eq!(get(&u.join("facl")), get(&l.join("facl")), "the access ACL");
+        }
+    }
+}

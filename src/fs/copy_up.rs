@@ -141,22 +141,34 @@ const APPEND_FL: u32 = 0x20;
 const IMMUTABLE_FL: u32 = 0x10;
 
 /// Copies [`COPIED_INODE_FLAGS`] from the source to the copy (best effort: a filesystem without
-/// inode flags has none to copy). Returns the source's flags (0 where it has none).
-fn copy_inode_flags(src: &Loc, dst: &Loc, dir: bool) -> u32 {
+/// inode flags has none to copy), through their descriptors where the copy-up has them open.
+/// Returns the source's flags (0 where it has none).
+fn copy_inode_flags(
+    src: &Loc,
+    src_fd: Option<&OwnedFd>,
+    dst: &Loc,
+    dst_fd: Option<&OwnedFd>,
+    dir: bool,
+) -> u32 {
     let flags =
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
-    let get = |l: &Loc| -> Option<(OwnedFd, u32)> {
-        let fd = l.open(flags).ok()?;
+    let get = |l: &Loc, open: Option<&OwnedFd>| -> Option<(Option<OwnedFd>, u32)> {
+        let opened = match open {
+            Some(_) => None,
+            None => Some(l.open(flags).ok()?),
+        };
+        let fd = open.or(opened.as_ref())?.as_fd();
         let mut v = [0u8; 4];
-        sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[0].0, &mut v).ok()?;
-        Some((fd, u32::from_ne_bytes(v)))
+        sys::ioctl_buf(fd, sys::FILEATTR_IOCTLS[0].0, &mut v).ok()?;
+        Some((opened, u32::from_ne_bytes(v)))
     };
-    let Some((_, src_flags)) = get(src) else { return 0 };
+    let Some((_, src_flags)) = get(src, src_fd) else { return 0 };
     let want = src_flags & COPIED_INODE_FLAGS;
     if want != 0 {
-        if let Some((fd, have)) = get(dst) {
+        if let Some((opened, have)) = get(dst, dst_fd) {
+            let fd = dst_fd.or(opened.as_ref()).map(|f| f.as_fd());
             let mut v = (have | want).to_ne_bytes();
-            if let Err(e) = sys::ioctl_buf(fd.as_fd(), sys::FILEATTR_IOCTLS[1].0, &mut v) {
+            if let Some(Err(e)) = fd.map(|fd| sys::ioctl_buf(fd, sys::FILEATTR_IOCTLS[1].0, &mut v)) {
                 log::debug!("copy-up: inode flags {want:#x} not set: {e}");
             }
         }
@@ -164,11 +176,13 @@ fn copy_inode_flags(src: &Loc, dst: &Loc, dir: bool) -> u32 {
     src_flags
 }
 
-/// Copies every xattr but the overlay-private ones.
-pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
+/// Copies every xattr but the overlay-private ones. Returns whether it set an access ACL
+/// (`system.posix_acl_access`, which sets the mode's permission bits too).
+pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<bool> {
+    let mut acl = false;
     let list = match src.listxattr() {
         Ok(l) => l,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => return Ok(false),
         Err(e) => return Err(Error::io(e, "copy-up listxattr")),
     };
     for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -183,7 +197,7 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
             Err(e) => return Err(Error::io(e, "copy-up getxattr")),
         };
         match dst.setxattr(&cn, &v, 0) {
-            Ok(()) => {}
+            Ok(()) => acl |= cn.as_c_str() == c"system.posix_acl_access",
             // An upper filesystem without that namespace: skipped, as the kernel skips it. Any
             // other refusal (security.* without the privilege) fails the copy-up, as on the
             // kernel and fuse-overlayfs: a copy that silently lost an xattr (file
@@ -196,7 +210,7 @@ pub(crate) fn copy_xattrs(src: &Loc, dst: &Loc) -> Result<()> {
             Err(e) => return Err(Error::io(e, "copy-up setxattr")),
         }
     }
-    Ok(())
+    Ok(acl)
 }
 
 impl OverlayFs {
@@ -264,17 +278,35 @@ impl OverlayFs {
         } else {
             st.st_mode & 0o7777
         };
+        // The owner the copy must get, where the copy-up gives it one.
+        let chown_to = (!in_xattr && self.can_chown).then_some((st.st_uid, st.st_gid));
+        // A file or directory the server would create with its final owner anyway, whose mode
+        // has no bit a chown drops and leaves the server its own access (xattrs are set by
+        // path), is created with its final mode: no chown and no chmod follow, two of the
+        // metadata changes of a copy-up that clones. Any other is created for the server only
+        // and given its owner, then its mode, at the end.
+        let owner_bits = if real_fmt == libc::S_IFDIR { 0o700 } else { 0o600 };
+        let direct = matches!(kind, FileType::RegularFile | FileType::Directory)
+            && perm & !0o777 == 0
+            && perm & owner_bits == owner_bits
+            && chown_to.is_none_or(|o| o == self.own_ids);
         let wdir = DirFd::fixed(work.clone());
+        // The new object's descriptor (a file or directory), and the source's once opened.
+        let mut new_fd: Option<Arc<OwnedFd>> = None;
+        let mut src_fd: Option<OwnedFd> = None;
         let tloc = match kind {
             FileType::Directory => {
-                sys::mkdirat(work.as_fd(), &tmp, 0o700).map_err(|e| Error::io(e, "copy-up mkdir"))?;
-                let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up"))?;
-                Loc::fixed_dir(Arc::new(fd))
+                let m = if direct { perm } else { 0o700 };
+                sys::mkdirat(work.as_fd(), &tmp, m).map_err(|e| Error::io(e, "copy-up mkdir"))?;
+                let fd =
+                    Arc::new(layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "copy-up"))?);
+                new_fd = Some(fd.clone());
+                Loc::fixed_dir(fd)
             }
             FileType::RegularFile => {
-                let dst =
-                    sys::openat(work.as_fd(), &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)
-                        .map_err(|e| Error::io(e, "copy-up create"))?;
+                let m = if direct { perm } else { 0o600 };
+                let dst = sys::openat(work.as_fd(), &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, m)
+                    .map_err(|e| Error::io(e, "copy-up create"))?;
                 if with_data && st.st_size > 0 {
                     let sfd = sys::open_noatime(libc::O_RDONLY, |f| src.open(f))
                         .map_err(|e| Error::io(e, "copy-up open"))?;
@@ -293,7 +325,9 @@ impl OverlayFs {
                     if self.opts.fsync && how != REFLINK {
                         sys::fsync(dst.as_fd(), false).map_err(|e| Error::io(e, "copy-up fsync"))?;
                     }
+                    src_fd = Some(sfd);
                 }
+                new_fd = Some(Arc::new(dst));
                 Loc::At(wdir, Arc::from(tmp.as_c_str()))
             }
             FileType::Symlink => {
@@ -308,14 +342,25 @@ impl OverlayFs {
                 Loc::At(wdir, Arc::from(tmp.as_c_str()))
             }
         };
+        // What the new object got on creation (read through its descriptor, no path walk): an
+        // owner it has already needs no chown, a mode it has already no chmod.
+        let made = new_fd.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
+        let has_owner = |o: (u32, u32)| made.is_some_and(|m| (m.st_uid, m.st_gid) == o);
         // The owner before the xattrs: a chown drops file capabilities (security.capability).
-        if !in_xattr && self.can_chown {
-            tloc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "copy-up chown"))?;
-        }
-        copy_xattrs(&src, &tloc)?;
+        let chowned = match chown_to {
+            Some(o) if !has_owner(o) => {
+                tloc.chown(o.0, o.1).map_err(|e| Error::io(e, "copy-up chown"))?;
+                true
+            }
+            _ => false,
+        };
+        // (Setting an access ACL sets the mode's group bits from it.)
+        let acl_set = copy_xattrs(&src, &tloc)?;
         let mut prot = 0;
         if matches!(kind, FileType::RegularFile | FileType::Directory) {
-            let f = copy_inode_flags(&src, &tloc, kind == FileType::Directory);
+            // (A new directory's descriptor is an O_PATH one, which takes no ioctl.)
+            let dst_fd = new_fd.as_deref().filter(|_| kind == FileType::RegularFile);
+            let f = copy_inode_flags(&src, src_fd.as_ref(), &tloc, dst_fd, kind == FileType::Directory);
             prot = if f & APPEND_FL != 0 { super::PROT_APPEND } else { 0 }
                 | if f & IMMUTABLE_FL != 0 { super::PROT_IMMUTABLE } else { 0 };
             if prot != 0 {
@@ -333,6 +378,7 @@ impl OverlayFs {
                 }
             }
         }
+        drop((src_fd, new_fd));
         if in_xattr {
             let o = ovr::Override {
                 uid: eff.st_uid,
@@ -342,7 +388,8 @@ impl OverlayFs {
             };
             self.write_override(&tloc, &o)?;
         }
-        if kind != FileType::Symlink {
+        let has_mode = !chowned && !acl_set && made.is_some_and(|m| m.st_mode & 0o7777 == perm);
+        if kind != FileType::Symlink && !has_mode {
             tloc.chmod(perm).map_err(|e| Error::io(e, "copy-up chmod"))?;
         }
         tloc.utimes(SetTime::At(st.st_atime, st.st_atime_nsec), SetTime::At(st.st_mtime, st.st_mtime_nsec))

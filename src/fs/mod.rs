@@ -493,6 +493,9 @@ pub struct OverlayFs {
     /// Whether `trusted.*` xattrs can be written on the upper (root): opaque form.
     pub(crate) trusted_xattrs: bool,
     pub(crate) can_chown: bool,
+    /// The server's effective uid and gid: the owner a file it creates gets (outside a set-gid
+    /// directory).
+    pub(crate) own_ids: (u32, u32),
     /// Per layer: the override-stat xattr its objects are read with (None: not read).
     pub(crate) ovr: Vec<Option<&'static std::ffi::CStr>>,
     /// `xattr_permissions=`: owners and modes go into the upper's override xattr.
@@ -875,6 +878,7 @@ impl OverlayFs {
             whiteout_style: style,
             trusted_xattrs: trusted,
             can_chown: euid == 0,
+            own_ids: (euid, sys::getegid()),
             write_ovr: opts.xattr_permissions != 0,
             ovr: ovr_names,
             acl: AtomicBool::new(acl),
