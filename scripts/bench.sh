@@ -297,26 +297,20 @@ row() { ROWS+=("$1"); UNIT[$1]=$2; LABEL[$1]=$3; }
 record() { RES["$1|$IMPL"]+="$2 "; log "  $1 $IMPL: $2"; }  # every value in the log too
 
 # t ROW CMD...: time CMD (external command), record seconds; stdout kept in $WORK/last.out
-t() {
-    local r=$1; shift
-    if [ "$MOUNT_OK" != 1 ]; then record "$r" FAIL; return 1; fi
-    local t0=$EPOCHREALTIME
-    if timeout -k 5 900 "$@" >"$WORK/last.out" 2>"$ERR"; then
-        local t1=$EPOCHREALTIME
-        record "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.6f", b-a}')"
-        return 0
-    fi
-    log "$IMPL: $r failed: $(head -c 300 "$ERR")"
-    record "$r" FAIL
-    return 1
-}
-
+t() { cell wall "$@"; }
 # ti ROW CMD...: run CMD, which times itself: record the first field of its last line
-ti() {
-    local r=$1 v; shift
+ti() { cell self "$@"; }
+cell() {
+    local how=$1 r=$2 v t0 t1; shift 2
     if [ "$MOUNT_OK" != 1 ]; then record "$r" FAIL; return 1; fi
+    t0=$EPOCHREALTIME
     if timeout -k 5 900 "$@" >"$WORK/last.out" 2>"$ERR"; then
-        v=$(tail -n1 "$WORK/last.out" | awk '{print $1}')
+        t1=$EPOCHREALTIME
+        if [ "$how" = wall ]; then
+            v=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.6f", b-a}')
+        else
+            v=$(tail -n1 "$WORK/last.out" | awk '{print $1}')
+        fi
         if [[ $v =~ ^[0-9.]+$ ]]; then record "$r" "$v"; return 0; fi
     fi
     log "$IMPL: $r failed: $(head -c 300 "$ERR")"
