@@ -13,8 +13,8 @@
 #                    clone copy-up is a tenth of a millisecond: one call on a fresh mount
 #                    measured 0.18-0.75 ms on the same binary) get 2N+1
 #   --only REGEX     workload groups to run (grep -E on the group name), groups:
-#                    meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create
-#                    tar sqlite chown (reflink: the copy-up rows again on a loop-mounted XFS,
+#                    meta deep5 deep50 deep500 readdir seqread fio seqwrite syncw copyup reflink
+#                    create tar sqlite chown (reflink: the copy-up rows again on a loop-mounted XFS,
 #                    reflink=1)
 #   --work DIR       stacks, mountpoint and scratch (default /tmp/layerfs-bench); the stacks are
 #                    built once per size set and reused by later invocations
@@ -87,11 +87,11 @@ fi
 if [ "$QUICK" = 1 ]; then
     SIZESET=quick
     META_N=10000 DEEP_N=200 RD_N=2000 BIG_MB=200 CU_MB=100 CREATE_N=2000 SRC_N=3000 SRC_MB=30
-    FIO_RT=2 FIO_WSIZE=32m SQL_ROWS=1000 SQL_OPS=40
+    FIO_RT=2 FIO_WSIZE=32m SQL_ROWS=1000 SQL_OPS=40 SYNC_N=128
 else
     SIZESET=full
     META_N=100000 DEEP_N=2000 RD_N=20000 BIG_MB=2048 CU_MB=1024 CREATE_N=20000 SRC_N=30000 SRC_MB=300
-    FIO_RT=5 FIO_WSIZE=256m SQL_ROWS=4000 SQL_OPS=150
+    FIO_RT=5 FIO_WSIZE=256m SQL_ROWS=4000 SQL_OPS=150 SYNC_N=1024
 fi
 PARAMS="v1 meta=$META_N deep=$DEEP_N rd=$RD_N big=$BIG_MB cu=$CU_MB src=$SRC_N/$SRC_MB"
 
@@ -552,6 +552,19 @@ G_chown() {
     fresh_fs_done
 }
 
+# Synchronous writes, which fuse-overlayfs users found several times slower than kernel
+# overlayfs (its issue #390, `dd oflag=sync`): a new file written in SYNC_N 64 KiB O_DSYNC
+# writes, then its first 8 MiB again in 4 KiB O_DSYNC overwrites, each write waiting for the
+# disk. The upper on a fresh ext4 with a journal, as the other write rows.
+G_syncw() {
+    local UP=$WFS/upper WK=$WFS/workdir
+    mount_fresh
+    t syncw_new dd if=/dev/zero of="$MNT/bench-w/s" bs=64k count="$SYNC_N" oflag=dsync status=none
+    t syncw_over dd if=/dev/zero of="$MNT/bench-w/s" bs=4k count=2048 oflag=dsync conv=notrunc status=none
+    umount_impl
+    fresh_fs_done
+}
+
 # 8 processes writing (4 per database) in transactions that each commit with an fsync or two;
 # the databases come from the lower layer (the plain column gets a copy), so the first write
 # to each copies it up
@@ -583,6 +596,8 @@ row seqread_warm time "sequential read ${BIG_MB} MiB lower file, warm"
 row seqwrite time "sequential write ${BIG_MB} MiB new file (dd bs=1M conv=fsync)"
 row fio_rr usio "fio 4k random read of the ${BIG_MB} MiB lower file (fresh mount, lower in page cache), ${FIO_RT}s"
 row fio_rw usio "fio 4k random write, new ${FIO_WSIZE} file, ${FIO_RT}s"
+row syncw_new time "sync writes: $(( SYNC_N / 16 )) MiB new file in 64 KiB O_DSYNC writes"
+row syncw_over time "sync writes: 8 MiB of it again in 4 KiB O_DSYNC overwrites"
 row copyup_append time "copy-up: append 1 byte to a ${CU_MB} MiB lower file"
 row copyup_chmod time "copy-up: chmod a ${CU_MB} MiB lower file"
 row copyup_stall time "slowest stat/lookup/list/create beside that chmod, same directory"
@@ -595,7 +610,7 @@ row tarout time "tar them back out (cold)"
 row sqlite time "SQLite: 8 writers x ${SQL_OPS} transactions on 2 lower databases of ${SQL_ROWS} rows (journal, WAL)"
 row chown time "chown -R of the ${DEEP_N} small bottom-layer files of the 5-layer stack (a copy-up each)"
 
-GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite copyup reflink create tar sqlite chown)
+GROUPS_ALL=(meta deep5 deep50 deep500 readdir seqread fio seqwrite syncw copyup reflink create tar sqlite chown)
 
 # ---------------------------------------------------------------- run
 cleanup  # stale mounts of an earlier interrupted run
@@ -684,7 +699,7 @@ table() {
     echo "Medians of $RUNS runs ($(( 2 * RUNS + 1 )) for the ${DEEP_N}-file stat, readdir, sequential read and write and XFS copy-up rows; $SIZESET sizes, $ELAPSED s total); lower is better in every row; ratios > 1 mean layerfs is slower."
     echo "Cold = fresh mount after \`sync; echo 3 > /proc/sys/vm/drop_caches\` (all columns). plain = cp -a of the merged view."
     echo "fio rows: 1e6 / IOPS (psync, bs=4k, buffered). Copy-up rows: fresh upper, source in page cache."
-    echo "Create, delete, untar, tar-out, SQLite and chown rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
+    echo "Sync write, create, delete, untar, tar-out, SQLite and chown rows: each cell on a fresh ext4 (a loop-mounted image, with a journal) holding the upper and workdir, or the plain column's directory."
     local i d5 d500 sc=
     for i in "${IMPLS[@]}"; do
         # shellcheck disable=SC2086
