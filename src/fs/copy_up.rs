@@ -152,28 +152,43 @@ fn copy_inode_flags(
 ) -> u32 {
     let flags =
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
-    let get = |l: &Loc, open: Option<&OwnedFd>| -> Option<(Option<OwnedFd>, u32)> {
-        let opened = match open {
-            Some(_) => None,
-            None => Some(l.open(flags).ok()?),
-        };
-        let fd = open.or(opened.as_ref())?.as_fd();
-        let mut v = [0u8; 4];
-        sys::ioctl_buf(fd, sys::FILEATTR_IOCTLS[0].0, &mut v).ok()?;
-        Some((opened, u32::from_ne_bytes(v)))
-    };
-    let Some((_, src_flags)) = get(src, src_fd) else { return 0 };
+    let (mut src_opened, mut dst_opened) = (None, None);
+    let Some(sfd) = given_or_open(src, src_fd, flags, &mut src_opened) else { return 0 };
+    let Some(src_flags) = inode_flags(sfd) else { return 0 };
     let want = src_flags & COPIED_INODE_FLAGS;
-    if want != 0 {
-        if let Some((opened, have)) = get(dst, dst_fd) {
-            let fd = dst_fd.or(opened.as_ref()).map(|f| f.as_fd());
-            let mut v = (have | want).to_ne_bytes();
-            if let Some(Err(e)) = fd.map(|fd| sys::ioctl_buf(fd, sys::FILEATTR_IOCTLS[1].0, &mut v)) {
-                log::debug!("copy-up: inode flags {want:#x} not set: {e}");
-            }
+    if want != 0
+        && let Some(dfd) = given_or_open(dst, dst_fd, flags, &mut dst_opened)
+        && let Some(have) = inode_flags(dfd)
+    {
+        let mut v = (have | want).to_ne_bytes();
+        if let Err(e) = sys::ioctl_buf(dfd, sys::FILEATTR_IOCTLS[1].0, &mut v) {
+            log::debug!("copy-up: inode flags {want:#x} not set: {e}");
         }
     }
     src_flags
+}
+
+/// `given`, or else `l` opened with `flags` into `slot`.
+fn given_or_open<'a>(
+    l: &Loc,
+    given: Option<&'a OwnedFd>,
+    flags: i32,
+    slot: &'a mut Option<OwnedFd>,
+) -> Option<BorrowedFd<'a>> {
+    match given {
+        Some(fd) => Some(fd.as_fd()),
+        None => {
+            let fd: &'a OwnedFd = slot.insert(l.open(flags).ok()?);
+            Some(fd.as_fd())
+        }
+    }
+}
+
+/// An object's inode flags (`FS_IOC_GETFLAGS`).
+fn inode_flags(fd: BorrowedFd) -> Option<u32> {
+    let mut v = [0u8; 4];
+    sys::ioctl_buf(fd, sys::FILEATTR_IOCTLS[0].0, &mut v).ok()?;
+    Some(u32::from_ne_bytes(v))
 }
 
 /// Copies every xattr but the overlay-private ones. Returns whether it set an access ACL
@@ -279,7 +294,7 @@ impl OverlayFs {
             st.st_mode & 0o7777
         };
         // The owner the copy must get, where the copy-up gives it one.
-        let chown_to = (!in_xattr && self.can_chown).then_some((st.st_uid, st.st_gid));
+        let chown_to = (!in_xattr && self.can_chown()).then_some((st.st_uid, st.st_gid));
         // A file or directory the server would create with its final owner anyway, whose mode
         // has no bit a chown drops and leaves the server its own access (xattrs are set by
         // path), is created with its final mode: no chown and no chmod follow, two of the
@@ -345,10 +360,9 @@ impl OverlayFs {
         // What the new object got on creation (read through its descriptor, no path walk): an
         // owner it has already needs no chown, a mode it has already no chmod.
         let made = new_fd.as_ref().and_then(|fd| sys::fstat(fd.as_fd()).ok());
-        let has_owner = |o: (u32, u32)| made.is_some_and(|m| (m.st_uid, m.st_gid) == o);
         // The owner before the xattrs: a chown drops file capabilities (security.capability).
         let chowned = match chown_to {
-            Some(o) if !has_owner(o) => {
+            Some(o) if made.is_none_or(|m| (m.st_uid, m.st_gid) != o) => {
                 tloc.chown(o.0, o.1).map_err(|e| Error::io(e, "copy-up chown"))?;
                 true
             }

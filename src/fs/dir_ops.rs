@@ -179,7 +179,7 @@ impl OverlayFs {
         pst: &Stat,
         mode: Option<u32>,
     ) -> Result<Option<Stat>> {
-        if !self.can_chown {
+        if !self.can_chown() {
             return Ok(None);
         }
         let (uid, cgid) = self.disk_owner(caller.uid, caller.gid)?;
@@ -830,7 +830,7 @@ impl OverlayFs {
         let guard = TmpGuard { dir: work, name: tmp.clone(), armed: true };
         let fd = layer::open_dir_at(work.as_fd(), &tmp).map_err(|e| Error::io(e, "rename staging dir"))?;
         let loc = Loc::fixed_dir(Arc::new(fd));
-        if self.can_chown {
+        if self.can_chown() {
             loc.chown(st.st_uid, st.st_gid).map_err(|e| Error::io(e, "rename staging dir"))?;
         }
         loc.chmod(st.st_mode & 0o7777).map_err(|e| Error::io(e, "rename staging dir"))?;

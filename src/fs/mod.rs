@@ -492,7 +492,6 @@ pub struct OverlayFs {
     pub(crate) whiteout_style: WhiteoutStyle,
     /// Whether `trusted.*` xattrs can be written on the upper (root): opaque form.
     pub(crate) trusted_xattrs: bool,
-    pub(crate) can_chown: bool,
     /// The server's effective uid and gid: the owner a file it creates gets (outside a set-gid
     /// directory).
     pub(crate) own_ids: (u32, u32),
@@ -755,6 +754,11 @@ const TRIM_MIN_NODES: usize = 4096;
 const INDEX_MIN_LOWERS: usize = 2;
 
 impl OverlayFs {
+    /// Whether the server can give objects any owner (it runs as root).
+    pub(crate) fn can_chown(&self) -> bool {
+        self.own_ids.0 == 0
+    }
+
     /// Opens the layers, prepares workdir, and builds the root node.
     pub fn new(opts: FsOptions) -> std::result::Result<OverlayFs, String> {
         let open_root = |p: &std::path::Path| -> std::result::Result<(Arc<OwnedFd>, u64), String> {
@@ -877,7 +881,6 @@ impl OverlayFs {
             upper_noatime,
             whiteout_style: style,
             trusted_xattrs: trusted,
-            can_chown: euid == 0,
             own_ids: (euid, sys::getegid()),
             write_ovr: opts.xattr_permissions != 0,
             ovr: ovr_names,
