@@ -267,3 +267,34 @@ fn default_root_comes_from_the_environment() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), diff_id_of("fuse-4-empty.tar"));
     assert!(root.join("layerdb/sha256").join(hex(&diff_id_of("fuse-4-empty.tar"))).is_dir());
 }
+
+/// `store import -` reads a layer from standard input, which can be read once: it was hashed
+/// first and then unpacked from what was left (nothing), and failed. Importing it again from
+/// standard input finds it present and leaves no second copy.
+#[test]
+fn import_reads_a_layer_from_stdin() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let (_, native) = CHAINS[0];
+    let want = chain_of(&native[..1]);
+    for _ in 0..2 {
+        let mut child = Command::new(bin())
+            .args(["store".as_ref(), "--root".as_ref(), root.as_os_str(), "import".as_ref(), "-".as_ref()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let data = fs::read(fixture(native[0])).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(&data));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want[0]);
+    }
+    assert_eq!(ls(&root).len(), 1);
+    assert_eq!(fs::read_dir(root.join("layers")).unwrap().count(), 1, "a second copy was kept");
+}

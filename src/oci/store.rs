@@ -173,12 +173,20 @@ impl Store {
 
     /// Imports one layer; the caller holds the lock.
     fn import_one(&self, parent: Option<&str>, tar: &Path) -> Result<String> {
-        let (diff_id, _) = digest::diff_id_of_file(tar)?;
-        let chain_id = digest::chain_id(parent, &diff_id);
-        if self.exists(&chain_id) {
-            log::info!("layer {chain_id} already present");
-            return Ok(chain_id);
-        }
+        // A file is hashed first, so a layer already present is not unpacked again; standard
+        // input can be read once only, so it is unpacked and its DiffID taken from that.
+        let stdin = tar.as_os_str() == "-";
+        let known = if stdin {
+            None
+        } else {
+            let (diff_id, _) = digest::diff_id_of_file(tar)?;
+            let chain_id = digest::chain_id(parent, &diff_id);
+            if self.exists(&chain_id) {
+                log::info!("layer {chain_id} already present");
+                return Ok(chain_id);
+            }
+            Some(diff_id)
+        };
         let cache_id = random_hex(32);
         let content = self.root.join("layers").join(&cache_id);
         let opts = UnpackOptions { whiteouts: WhiteoutMode::Auto, flatten: false, diff_ids: true };
@@ -187,11 +195,17 @@ impl Store {
             let _ = remove_path(&content);
             e
         };
-        if rep.diff_ids[0] != diff_id {
+        let diff_id = rep.diff_ids[0].clone();
+        if let Some(before) = known.filter(|d| *d != diff_id) {
             return Err(cleanup(Error::new(format!(
-                "layer changed while importing (DiffID {} then {})",
-                diff_id, rep.diff_ids[0]
+                "layer changed while importing (DiffID {before} then {diff_id})"
             ))));
+        }
+        let chain_id = digest::chain_id(parent, &diff_id);
+        if self.exists(&chain_id) {
+            log::info!("layer {chain_id} already present");
+            let _ = remove_path(&content);
+            return Ok(chain_id);
         }
         let size = dir_size(&content).map_err(cleanup)?;
         self.write_meta(&chain_id, &diff_id, parent, size, &cache_id).map_err(cleanup)?;
