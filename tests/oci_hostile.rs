@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -519,6 +520,14 @@ fn whiteout_and_entries_under_it_in_one_layer() {
             file("w/new", b"n"),
             file("q/new", b"n"),
             file(".wh.q", b""),
+            // An opaque marker makes the directory the layer's own, before or after a
+            // whiteout of it (`--flatten` kept these, the layer directory lost or refused them).
+            file("o/.wh..wh..opq", b""),
+            file(".wh.o", b""),
+            file(".wh.p", b""),
+            file("p/.wh..wh..opq", b""),
+            file(".wh.r", b""),
+            file("r/e/.wh..wh..opq", b""),
             end(),
         ]
         .concat(),
@@ -540,6 +549,12 @@ fn whiteout_and_entries_under_it_in_one_layer() {
             }
             assert_eq!(fs::read(t.join(d).join("new")).unwrap(), b"n", "{form}: {d}/new");
         }
+        for d in ["o", "p", "r", "r/e"] {
+            assert!(fs::symlink_metadata(t.join(d)).unwrap().is_dir(), "{form}: {d}");
+            let xs = layerfs::oci::xattrs_nofollow(&t.join(d)).unwrap();
+            let by_xattr = xs.iter().any(|(k, v)| k == b"trusted.overlay.opaque" && v == b"y");
+            assert!(by_xattr || t.join(d).join(".wh..wh..opq").exists(), "{form}: {d} not opaque: {xs:?}");
+        }
         for d in ["z", "v"] {
             match form {
                 "chardev" => {
@@ -556,7 +571,7 @@ fn whiteout_and_entries_under_it_in_one_layer() {
     // The same chain flattened: the lower contents are gone, the layer's own stay.
     let lower = a.root.join("lower.tar");
     let mut entries = Vec::new();
-    for d in ["x", "y", "z", "v", "w", "q"] {
+    for d in ["x", "y", "z", "v", "w", "q", "o", "p", "r"] {
         entries.push(dir(&format!("{d}/")));
         entries.push(file(&format!("{d}/b"), b"b"));
         entries.push(file(&format!("{d}/old"), b"o"));
@@ -568,7 +583,7 @@ fn whiteout_and_entries_under_it_in_one_layer() {
     let mut names: Vec<String> =
         walk(&flat).into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
     names.sort();
-    assert_eq!(names, vec!["q", "q/new", "w", "w/new", "x", "x/new", "y", "y/new"]);
+    assert_eq!(names, vec!["o", "p", "q", "q/new", "r", "r/e", "w", "w/new", "x", "x/new", "y", "y/new"]);
 }
 
 /// A directory declared again by a later layer takes that layer's attributes: xattrs it no
@@ -686,4 +701,184 @@ fn diff_output_inside_the_directory_is_not_exported() {
             .collect();
         assert_eq!(names, vec!["f"]);
     }
+}
+
+/// Entries of types that carry no data (directories, links, devices, fifos) but give a size
+/// anyway: Go's archive/tar (Docker, containerd, podman) and Python read the block after the
+/// header as the next header, the tar crate skipped the size first, so such a tar showed each
+/// reader another tree (here a file only layerfs saw).
+#[test]
+fn entries_without_data_that_give_a_size_are_refused() {
+    let hidden = [file("seen-by-layerfs", b"EVIL!\n"), end()].concat();
+    let data = [file("seen-by-go", &[0u8; 512]), vec![0u8; 512]].concat();
+    for (name, typ, link) in [
+        (&b"d/"[..], b'5', &b""[..]),
+        (b"l", b'2', b"target"),
+        (b"h", b'1', b"ok/file"),
+        (b"f", b'6', b""),
+        (b"c", b'3', b""),
+        (b"old/", 0, b""),
+    ] {
+        let archive = [good_prefix(), raw_entry(name, typ, link, &data, 0o755), hidden.clone()].concat();
+        assert_refused(&archive, "carries 1536 bytes of data");
+    }
+}
+
+/// A GNU sparse entry whose map runs on in extension blocks: the end of its data was put
+/// 512 bytes early per extension block, so its last blocks were read as headers, and a PAX
+/// header forged there named the next entry (and could give it xattrs). GNU tar and Python
+/// see that data as data.
+#[test]
+fn gnu_sparse_extension_blocks_are_not_headers() {
+    let octal = |v: u64| format!("{v:011o}\0").into_bytes();
+    let regions: Vec<(u64, u64)> = (0..30).map(|i| (i * 4096, 512)).collect();
+    let real = 29 * 4096 + 512; // where the last region ends
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..6].copy_from_slice(b"sparse");
+        for (slot, &(off, len)) in g.sparse.iter_mut().zip(&regions[..4]) {
+            slot.set_offset(off);
+            slot.set_length(len);
+        }
+        g.isextended[0] = 1;
+        g.set_real_size(real);
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(30 * 512);
+    h.set_cksum();
+    // Two extension blocks of 21 map entries at most, the first saying another follows.
+    let ext = |rs: &[(u64, u64)], more: bool| {
+        let mut b = Vec::new();
+        for &(off, len) in rs {
+            b.extend(octal(off));
+            b.extend(octal(len));
+        }
+        b.resize(504, 0);
+        b.push(u8::from(more));
+        b.resize(512, 0);
+        b
+    };
+    let forged = raw_entry(b"PaxHeaders/x", b'x', b"", &pax_record("path", "evil-name"), 0o644);
+    assert_eq!(forged.len(), 1024);
+    let mut data = vec![b'd'; 30 * 512 - 1024];
+    data.extend_from_slice(&forged);
+    let archive = [
+        h.as_bytes().to_vec(),
+        ext(&regions[4..25], true),
+        ext(&regions[25..], false),
+        data.clone(),
+        file("innocent", b"i\n"),
+        end(),
+    ]
+    .concat();
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    fs::write(&tar, &archive).unwrap();
+    run_ok([OsStr::new("unpack"), s(&tar), s(&a.target)]);
+    let mut names: Vec<String> =
+        walk(&a.target).into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["innocent", "sparse"]);
+    let got = fs::read(a.target.join("sparse")).unwrap();
+    assert_eq!(got.len() as u64, real);
+    let last = &got[29 * 4096..29 * 4096 + 512];
+    assert_eq!(last, &forged[512..], "the data's last block");
+    // A PAX size record on a sparse entry: the crate reads that much data, where the header
+    // (size 0 here) put the next header, so the forged one was read as the next entry's.
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..6].copy_from_slice(b"sparse");
+        g.sparse[0].set_offset(0);
+        g.sparse[0].set_length(1024);
+        g.set_real_size(1024);
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    let sized = [
+        raw_entry(b"PaxHeaders/s", b'x', b"", &pax_record("size", "1024"), 0o644),
+        h.as_bytes().to_vec(),
+        forged,
+        file("innocent", b"i\n"),
+        end(),
+    ]
+    .concat();
+    assert_refused(&sized, "PAX size record on a GNU sparse entry");
+}
+
+/// Owner and mode overrides (`xattr_permissions=`) come from the unpacker, never from the
+/// tar: a file given `security.fuseoverlayfs.override_stat` showed as setuid root through a
+/// mount reading that xattr, and `diff` wrote it so.
+#[test]
+fn override_xattrs_in_a_tar_are_dropped() {
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    let mut entries = Vec::new();
+    for name in [
+        "security.fuseoverlayfs.override_stat",
+        "user.containers.override_stat",
+        "user.fuseoverlayfs.override_stat",
+    ] {
+        let rec = pax_record(&format!("SCHILY.xattr.{name}"), "0:0:4755:file");
+        entries.push(raw_entry(b"PaxHeaders/x", b'x', b"", &rec, 0o644));
+        entries.push(file(&format!("f-{name}"), b"x"));
+    }
+    entries.push(end());
+    fs::write(&tar, entries.concat()).unwrap();
+    run_ok([OsStr::new("unpack"), s(&tar), s(&a.target)]);
+    for (p, _) in walk(&a.target) {
+        let xs = layerfs::oci::xattrs_nofollow(&a.target.join(OsStr::from_bytes(&p))).unwrap();
+        assert!(xs.iter().all(|(k, _)| !k.ends_with(b"override_stat")), "{xs:?}");
+    }
+}
+
+/// Times: GNU base-256 mtimes before 1970 (GNU tar writes them so) came out as the year 2446;
+/// a PAX mtime that is not a number is refused, not ignored; a PAX global header (GNU tar
+/// names it `/tmp/GlobalHead.N`) is skipped, not refused as an absolute name.
+#[test]
+fn old_times_bad_pax_times_and_global_headers() {
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    let mut old = raw_entry(b"old", b'0', b"", b"x", 0o644);
+    // -315619200 (1960-01-01) in 12 bytes of two's complement, the first byte 0xff.
+    let mut field = [0xffu8; 12];
+    field[4..].copy_from_slice(&(-315_619_200i64).to_be_bytes());
+    old[136..148].copy_from_slice(&field);
+    let mut h = tar::Header::from_byte_slice(&old[..512]).clone();
+    h.set_cksum();
+    old[..512].copy_from_slice(h.as_bytes());
+    let global = raw_entry(b"/tmp/GlobalHead.1", b'g', b"", &pax_record("comment", "hello"), 0o644);
+    fs::write(&tar, [global, old, end()].concat()).unwrap();
+    run_ok([OsStr::new("unpack"), s(&tar), s(&a.target)]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(a.target.join("old")).unwrap().mtime(), -315_619_200);
+    let bad =
+        [raw_entry(b"PaxHeaders/x", b'x', b"", &pax_record("mtime", "abc"), 0o644), file("f", b"x"), end()]
+            .concat();
+    assert_refused(&bad, "mtime (PAX)");
+}
+
+/// The temporary sibling of a target whose name is near NAME_MAX is cut short to fit (it was
+/// the name and `.tmp-XXXXXXXX`: ENAMETOOLONG).
+#[test]
+fn targets_with_long_names_unpack_and_diff() {
+    let a = arena();
+    let tar = a.root.join("in.tar");
+    fs::write(&tar, [file("f", b"x"), end()].concat()).unwrap();
+    let long = a.root.join("work").join("t".repeat(250));
+    run_ok([OsStr::new("unpack"), s(&tar), s(&long)]);
+    assert_eq!(fs::read(long.join("f")).unwrap(), b"x");
+    let out = a.root.join("work").join(format!("{}.tar", "o".repeat(250)));
+    run_ok([OsStr::new("diff"), s(&long), OsStr::new("-o"), s(&out)]);
+    assert!(fs::metadata(&out).unwrap().len() >= 1024);
 }

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::digest::{BUF_SIZE, HashingWriter};
@@ -139,7 +140,7 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
     };
     let name =
         file.file_name().ok_or_else(|| Error::new(format!("invalid output file {}", file.display())))?;
-    let tmp = dir.join(format!("{}.tmp-{}", name.to_string_lossy(), super::unpack::random_hex(4)));
+    let tmp = dir.join(std::ffi::OsStr::from_bytes(&super::unpack::tmp_sibling(name.as_bytes())));
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

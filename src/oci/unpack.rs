@@ -9,7 +9,7 @@
 //!   writing outside. Hard-link targets must be non-directory entries created
 //!   earlier by the same archive.
 //! - **No half-written layer.** Everything is written into a private sibling
-//!   `TARGET.tmp-XXXXXXXX` (mode 0700) that is renamed onto TARGET only on
+//!   `TARGET.tmp-XXXXXXXX` (mode 0700; TARGET cut short to fit NAME_MAX) that is renamed onto TARGET only on
 //!   success and removed on any failure. The archive must end with the
 //!   end-of-archive block; a short read in a file's data is an error.
 //! - **Whiteouts.** Without `--flatten` they are materialised in the chosen
@@ -106,10 +106,7 @@ pub struct UnpackReport {
 /// Private xattrs that an archive may not set (they would change the overlay
 /// meaning of the layer directory) and that `diff` never exports.
 pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.overlay.")
-        || name.starts_with(b"user.fuseoverlayfs.")
-        || name == b"user.containers.override_stat"
+    crate::whiteout::is_private_xattr(name) || crate::ovr::is_override_xattr(name)
 }
 
 pub const OVERRIDE_STAT: &[u8] = b"user.containers.override_stat";
@@ -189,6 +186,15 @@ pub fn random_hex(n: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A fresh temporary name beside `name` (`NAME.tmp-XXXXXXXX`), with `name` cut short where the
+/// whole would pass NAME_MAX.
+pub fn tmp_sibling(name: &[u8]) -> Vec<u8> {
+    let suffix = format!(".tmp-{}", random_hex(4));
+    let mut v = name[..name.len().min(255 - suffix.len())].to_vec();
+    v.extend_from_slice(suffix.as_bytes());
+    v
+}
+
 impl Staging {
     pub fn new(target: &Path) -> Result<Staging> {
         use std::os::unix::ffi::OsStrExt;
@@ -217,8 +223,7 @@ impl Staging {
         let parent = fsutil::open_dir_path(parent_path).ctx(|| format!("open {}", parent_path.display()))?;
         let mut tries = 0;
         loop {
-            let mut tmp_name = final_name.clone();
-            tmp_name.extend_from_slice(format!(".tmp-{}", random_hex(4)).as_bytes());
+            let tmp_name = tmp_sibling(&final_name);
             match fsutil::mkdir_at(parent.as_fd(), &tmp_name, 0o700) {
                 Ok(()) => {
                     return Ok(Staging {
@@ -428,13 +433,16 @@ impl Applier {
                 let mut e = e.map_err(|e| {
                     Error::new(format!("corrupt or truncated archive: {}", clip(&e.to_string())))
                 })?;
-                let disk = if e.header().entry_type().is_gnu_sparse() {
-                    e.header().entry_size().unwrap_or(0)
+                let (disk, data_start) = if e.header().entry_type().is_gnu_sparse() {
+                    // The crate's data position leaves out the extension blocks of the sparse
+                    // map that follow the header; the crate has read them all when it yields
+                    // the entry, and none of the data yet.
+                    (e.header().entry_size().unwrap_or(0), e.raw_file_position().max(count.get()))
                 } else {
-                    e.size()
+                    (e.size(), e.raw_file_position())
                 };
                 let chain = found.borrow_mut().chain(expected_end, e.raw_header_position());
-                expected_end = e.raw_file_position().saturating_add(disk.div_ceil(512).saturating_mul(512));
+                expected_end = data_start.saturating_add(disk.div_ceil(512).saturating_mul(512));
                 // Its data is no place for headers.
                 found.borrow_mut().skip_to(expected_end);
                 let pax = match &chain {
@@ -513,7 +521,7 @@ impl Applier {
         let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
         let mut uid = h.uid().map_err(|_| bad("uid"))?;
         let mut gid = h.gid().map_err(|_| bad("gid"))?;
-        let mut mtime = i64::try_from(h.mtime().map_err(|_| bad("mtime"))?).unwrap_or(i64::MAX);
+        let mut mtime = header_mtime(h).ok_or_else(|| bad("mtime"))?;
         let mut mtime_ns = 0u32;
         let mut xattrs = Vec::new();
         let mut link = None;
@@ -542,23 +550,29 @@ impl Applier {
                 }
                 xattrs.push((name.to_vec(), value.clone()));
             } else if key == b"mtime" {
-                if let Some((s, ns)) = parse_pax_time(value) {
-                    mtime = s;
-                    mtime_ns = ns;
-                }
+                (mtime, mtime_ns) = parse_pax_time(value).ok_or_else(|| bad("mtime (PAX)"))?;
             } else if own && key == b"uid" {
                 uid = num().ok_or_else(|| bad("uid (PAX)"))?;
             } else if own && key == b"gid" {
                 gid = num().ok_or_else(|| bad("gid (PAX)"))?;
             } else if own && key == b"linkpath" && !long_link {
                 link = Some(value.clone());
-            } else if own && key == b"size" && !e.header().entry_type().is_gnu_sparse() {
+            } else if key == b"size" && e.header().entry_type().is_gnu_sparse() {
+                // The tar crate would skip the data by this size, and the entry's data is as
+                // long as its header says.
+                return Err(Error::new("a PAX size record on a GNU sparse entry"));
+            } else if own && key == b"size" {
                 // The tar crate stops at the first record it cannot read when it looks for the
                 // size: past a value with a newline, it skipped by the header's size instead.
-                if num() != Some(e.size()) {
-                    return Err(Error::new(
-                        "a PAX size record the tar reader misread (after a value holding a newline)",
-                    ));
+                match num() {
+                    None => return Err(bad("size (PAX)")),
+                    Some(n) if n != e.size() => {
+                        return Err(Error::new(
+                            "a PAX size record the tar reader misread (after a value holding a \
+                             newline)",
+                        ));
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -577,16 +591,30 @@ impl Applier {
         e: &mut tar::Entry<'_, R>,
         records: Option<(paxtap::Records, bool)>,
     ) -> Result<()> {
-        let path = paths::sanitize(raw).map_err(|e| Error::new(e.to_string()))?;
         let et = e.header().entry_type();
         if et.is_pax_global_extensions() {
+            // Records for the whole archive (GNU tar names the header /tmp/GlobalHead.N):
+            // nothing to create.
             return Ok(());
         }
+        let path = paths::sanitize(raw).map_err(|e| Error::new(e.to_string()))?;
         let action = paths::classify(&path).map_err(|e| Error::new(e.to_string()))?;
-        let meta = self.meta_of(e, records)?;
         // A pre-POSIX entry (type NUL) whose name ends in '/' is a directory, as GNU tar, Go's
         // archive/tar (Docker, containerd, podman) and Python's tarfile read it.
         let legacy_dir = e.header().as_bytes()[156] == 0 && raw.ends_with(b"/");
+        if e.size() != 0 && (legacy_dir || header_only(et)) {
+            // Readers disagree on where the next header of such an archive is: Go's
+            // archive/tar (Docker, containerd, podman) and Python read the block after this
+            // header, the tar crate skips that many bytes first (and GNU tar does either,
+            // by type), so each would show another tree.
+            return Err(Error::new(format!(
+                "an entry of type {:?} that carries {} bytes of data (readers disagree on where \
+                 the next entry starts)",
+                et.as_byte() as char,
+                e.size()
+            )));
+        }
+        let meta = self.meta_of(e, records)?;
         match action {
             Action::Whiteout(t) => self.whiteout(&path, &t, &meta),
             Action::Opaque(d) => self.opaque(&path, &d, &meta),
@@ -1069,11 +1097,12 @@ impl Applier {
         let (pfd, name) = self.parent_of(target)?;
         match fsutil::stat_at(pfd.as_fd(), &name) {
             // The layer has the name already: a non-directory wins as it is. A directory of
-            // the layer's own (an entry for it, or entries beneath it) is made opaque, so what
-            // lower layers have there stays hidden, whichever entry came first; one that was
-            // only made to hold whiteouts gives way to this whiteout.
+            // the layer's own (an entry for it, entries beneath it, or its opaque marker) is
+            // made opaque, so what lower layers have there stays hidden, whichever entry came
+            // first; one that was only made to hold whiteouts gives way to this whiteout.
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                if self.explicit_dirs.contains(target) || !only_whiteouts(&pfd, &name)? {
+                let own = self.explicit_dirs.contains(target) || self.touched.contains(target);
+                if own || !only_whiteouts(&pfd, &name)? {
                     return self.opaque(&paths::join(target, OPAQUE_NAME), target, &marker_meta(meta));
                 }
                 remove_all(pfd.as_fd(), &name).ctx(|| format!("remove {}", show(target)))?;
@@ -1114,7 +1143,8 @@ impl Applier {
     }
 
     fn opaque(&mut self, path: &[u8], dir: &[u8], meta: &Meta) -> Result<()> {
-        let dfd = self.resolve_dir(dir, true)?.expect("created");
+        // (A directory this layer whited out becomes the layer's own, as for any entry in it.)
+        let (dfd, _) = self.parent_of(path)?;
         self.note_created(dir);
         if self.opts.flatten {
             for ent in fsutil::read_dir(dfd.as_fd()).ctx(|| "read directory")? {
@@ -1209,6 +1239,30 @@ fn clip(s: &str) -> String {
 }
 
 /// Parses a PAX time `[-]sec[.frac]`.
+/// Entry types that carry no data.
+fn header_only(et: tar::EntryType) -> bool {
+    use tar::EntryType as T;
+    matches!(et, T::Link | T::Symlink | T::Char | T::Block | T::Directory | T::Fifo)
+}
+
+/// A header's mtime field: octal, or GNU base-256, which is big-endian two's complement below
+/// its marker bit and so holds times before 1970 (the tar crate reads those as huge unsigned
+/// numbers). Times beyond what `i64` holds are clamped.
+fn header_mtime(h: &tar::Header) -> Option<i64> {
+    let f = &h.as_bytes()[136..148];
+    if f[0] & 0x80 == 0 {
+        return Some(i64::try_from(h.mtime().ok()?).unwrap_or(i64::MAX));
+    }
+    let neg = f[0] & 0x40 != 0;
+    let mut v: i128 = if neg { -1 } else { 0 };
+    for (i, &b) in f.iter().enumerate() {
+        // The first byte's top bit is the marker; its next bit is the sign.
+        let b = if i == 0 && !neg { b & 0x7f } else { b };
+        v = (v << 8) | i128::from(b);
+    }
+    Some(i64::try_from(v).unwrap_or(if neg { i64::MIN } else { i64::MAX }))
+}
+
 fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
     let s = std::str::from_utf8(v).ok()?;
     let (neg, s) = match s.strip_prefix('-') {
