@@ -172,3 +172,42 @@ fn acls_off_when_a_layer_lacks_them() {
     let (ok, out) = sh(&m2, "setfacl -m u:1234:rw f && getfacl -n f");
     assert!(ok && out.contains("user:1234:rw-"), "{out}");
 }
+
+/// A default ACL on WORKDIR, which `WORKDIR/work` inherits, must reach no copy-up made there:
+/// kernel overlayfs removes the work directory's ACLs at mount, and layerfs does too. (It gave
+/// every copied-up file and directory that ACL, and a copied-up directory's new files the
+/// mode its default entries asked for, not the umask's.)
+#[test]
+fn a_default_acl_on_workdir_reaches_no_copy() {
+    if !available() {
+        return;
+    }
+    let s = Scratch::new();
+    let mut out = Vec::new();
+    for (side, layerfs) in [("k", false), ("f", true)] {
+        let base = s.path(side);
+        let (l, u, w, m) = (base.join("l"), base.join("u"), base.join("w"), base.join("m"));
+        for d in [&l, &u, &w, &m] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(l.join("f"), "x\n").unwrap();
+        fs::create_dir(l.join("d")).unwrap();
+        let (ok, o) = sh(&w, "setfacl -d -m u:1234:rwx . && getfacl -n . | grep -c 1234");
+        assert!(ok && o.trim() == "1", "{o}");
+        let mut mnt = if layerfs {
+            mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "")
+        } else {
+            mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m)
+        };
+        let (ok, o) = sh(
+            &m,
+            "umask 022; chmod 640 f && touch d/new && getfacl -n f d d/new && stat -c '%a %n' f d d/new",
+        );
+        mnt.unmount();
+        assert!(ok, "{o}");
+        out.push(o);
+    }
+    eprintln!("{}", out[1]);
+    assert_eq!(out[0], out[1]);
+    assert!(!out[1].contains("1234") && out[1].contains("640 f\n755 d\n644 d/new"), "{}", out[1]);
+}

@@ -28,7 +28,7 @@ mod table;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -2055,6 +2055,18 @@ fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
     }
     let fd = layer::open_dir_at(wroot.as_fd(), name)?;
     clean_dir(&fd)?;
+    // Copies are made in here: a default ACL here would be inherited by each copy (as its
+    // access ACL, and a directory's default one) on top of what the lower object carries.
+    // Kernel overlayfs removes both from its work directory too.
+    let path = sys::proc_fd_path(fd.as_raw_fd(), None);
+    for acl in [ACL_DEFAULT, ACL_ACCESS] {
+        match sys::removexattr(&path, acl, true) {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)) => {
+                return Err(e);
+            }
+            _ => {}
+        }
+    }
     Ok(fd)
 }
 
