@@ -916,3 +916,34 @@ fn copy_up_gives_every_owner_and_mode_back() {
         }
     }
 }
+
+/// Dirty and writeback pages of a whole file (cachestat(2), Linux 6.5).
+fn dirty_pages(p: &std::path::Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(p).unwrap();
+    let range = [0u64; 2];
+    let mut stat = [0u64; 5];
+    // SAFETY: cachestat reads a range and fills a struct of five u64 counters.
+    let r = unsafe { libc::syscall(451, f.as_raw_fd(), range.as_ptr(), stat.as_mut_ptr(), 0) };
+    assert_eq!(r, 0, "cachestat: {}", std::io::Error::last_os_error());
+    stat[1] + stat[2]
+}
+
+/// fsync of a handle that opened the lower file read-only syncs the copy made since through
+/// another handle (what the kernel syncs, as it follows such a descriptor to the copy); it
+/// synced the lower file and left the copy's written pages dirty.
+#[test]
+fn fsync_of_a_read_handle_from_before_a_copy_up_syncs_the_copy() {
+    let (s, fs) = fixture();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    let r = fs.open(a.ino.0, libc::O_RDONLY).unwrap();
+    let w = fs.open(a.ino.0, libc::O_WRONLY).unwrap();
+    fs.write(w.fh, 0, &vec![b'N'; 1 << 20]).unwrap();
+    fs.release(w.fh);
+    let copy = s.path("u").join("d/a");
+    assert!(dirty_pages(&copy) > 0, "the write left no dirty pages to sync");
+    fs.fsync(r.fh, false).unwrap();
+    assert_eq!(dirty_pages(&copy), 0, "fsync of the read handle left the copy dirty");
+    fs.release(r.fh);
+}

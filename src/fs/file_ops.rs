@@ -626,7 +626,13 @@ impl OverlayFs {
             return Ok(());
         }
         let h = self.file(fh)?;
-        let fd = h.fd.read().clone();
+        // A read handle opened on the lower file syncs the copy once there is one (the data
+        // written through other handles); a lower file itself is never synced, as the kernel
+        // does not.
+        let (fd, lower) = self.handle_fd_of(&h)?;
+        if lower {
+            return Ok(());
+        }
         sys::fsync(fd.as_fd(), datasync).map_err(|e| Error::io(e, "fsync"))
     }
 
