@@ -207,7 +207,10 @@ fn answer(fuse: &Fuse, fd: BorrowedFd, buf: &mut [u8], n: usize) {
         }
         _ => {}
     }
-    let size = op_size(opcode);
+    let size = match opcode {
+        21 if fuse.setxattr_ext.load(std::sync::atomic::Ordering::Relaxed) => 16, // fuse_setxattr_in
+        _ => op_size(opcode),
+    };
     if body.len() < size {
         log::warn!("/dev/fuse: {} request of {n} bytes is short", op_name(opcode));
         return send(fd, unique, libc::EIO, &[]);

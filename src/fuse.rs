@@ -40,6 +40,9 @@ pub struct Fuse {
     /// S_NOSEC once it has found nothing to drop, asks for `security.capability` at an
     /// inode's first write only, not before every write).
     killpriv: AtomicBool,
+    /// FUSE_SETXATTR_EXT is on: SETXATTR carries flags, among them the kernel's word that an
+    /// access ACL is set by a caller who may not keep the setgid bit.
+    pub setxattr_ext: AtomicBool,
     backing: Mutex<Backing>,
     /// Signalled when an inode leaves [`InoMode::Storing`].
     stored: Condvar,
@@ -276,6 +279,7 @@ impl Fuse {
             aliases: Mutex::new(Aliases::default()),
             any_alias: AtomicBool::new(false),
             killpriv: AtomicBool::new(false),
+            setxattr_ext: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             stored: Condvar::new(),
             notifier,
@@ -1099,10 +1103,19 @@ impl Fuse {
         }
     }
 
-    pub fn setxattr(&self, ctx: &Ctx, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Answer<'static> {
-        log::debug!("setxattr(ino={ino}, name={name:?}, len={})", value.len());
+    /// `kill_sgid`: the kernel's FUSE_SETXATTR_ACL_KILL_SGID.
+    pub fn setxattr(
+        &self,
+        ctx: &Ctx,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        kill_sgid: bool,
+    ) -> Answer<'static> {
+        log::debug!("setxattr(ino={ino}, name={name:?}, len={}, kill_sgid={kill_sgid})", value.len());
         let args = |a: &mut Args| _ = a.s("name", name).n("len", value.len()).n("flags", flags);
-        let f = || self.fs.setxattr(ino, name, value, flags);
+        let f = || self.fs.setxattr(ino, name, value, flags, kill_sgid);
         done("setxattr", self.hook(ctx, Op::Setxattr, ino, None, 0, args, f))
     }
 
@@ -1312,6 +1325,13 @@ impl Filesystem for FuseFs {
         // a mapping with ENODEV.
         if config.capabilities().contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
             let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        }
+        // SETXATTR then says when an ACL's setter may not keep the setgid bit (the VFS
+        // drops it for a local filesystem; the server's own setxattr as root keeps it).
+        if config.capabilities().contains(InitFlags::FUSE_SETXATTR_EXT)
+            && config.add_capabilities(InitFlags::FUSE_SETXATTR_EXT).is_ok()
+        {
+            f.setxattr_ext.store(true, Ordering::Relaxed);
         }
         // The umask is applied by layerfs (not under a default ACL), as POSIX ACLs need.
         if config.capabilities().contains(InitFlags::FUSE_DONT_MASK) {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fuser::{FileAttr, FileType};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use crate::fs::SetAttr;
+use crate::fs::{Caller, SetAttr};
 use crate::fuse::{Answer, Ctx, DirOut, DirPlusOut, Fuse, SetattrIn};
 use crate::sys::SetTime;
 
@@ -56,6 +56,8 @@ const FUSE_STATFS: u32 = 17;
 const FUSE_RELEASE: u32 = 18;
 const FUSE_FSYNC: u32 = 20;
 const FUSE_SETXATTR: u32 = 21;
+/// `fuse_setxattr_in.setxattr_flags`: clear setgid when setting `system.posix_acl_access`.
+const FUSE_SETXATTR_ACL_KILL_SGID: u32 = 1;
 const FUSE_GETXATTR: u32 = 22;
 const FUSE_LISTXATTR: u32 = 23;
 const FUSE_REMOVEXATTR: u32 = 24;
@@ -907,7 +909,7 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
                 atime: set_time(valid, FATTR_ATIME, FATTR_ATIME_NOW, rd64(op, 32), rd32(op, 56)),
                 mtime: set_time(valid, FATTR_MTIME, FATTR_MTIME_NOW, rd64(op, 40), rd32(op, 60)),
                 fh: (valid & FATTR_FH != 0).then(|| rd64(op, 8)),
-                caller: (ctx.uid, ctx.gid),
+                caller: Caller { uid: ctx.uid, gid: ctx.gid, umask: 0, pid: ctx.pid },
             };
             let s = SetattrIn { attr, ctime: valid & FATTR_CTIME != 0 };
             f.setattr(ctx, ino, s)
@@ -938,13 +940,15 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
         FUSE_RELEASE => f.release(ctx, ino, rd64(op, 0)),
         FUSE_FSYNC => f.fsync(ctx, ino, rd64(op, 0), rd32(op, 8) & FUSE_FSYNC_FDATASYNC != 0),
         FUSE_SETXATTR => {
-            // struct fuse_setxattr_in is 16 bytes with FUSE_SETXATTR_EXT, which fuser does
-            // not ask for: size, flags.
+            // struct fuse_setxattr_in: size, flags, and with FUSE_SETXATTR_EXT setxattr_flags
+            // and padding.
             let (size, flags) = (rd32(op, 0) as usize, rd32(op, 4) as i32);
+            let ext = f.setxattr_ext.load(std::sync::atomic::Ordering::Relaxed);
+            let kill_sgid = ext && rd32(op, 8) & FUSE_SETXATTR_ACL_KILL_SGID != 0;
             let n = name!(1);
             let start = n[0].len() + 1;
             let Some(value) = p.get(start..start + size) else { return Answer::Err(libc::EINVAL) };
-            f.setxattr(ctx, ino, n[0], value, flags)
+            f.setxattr(ctx, ino, n[0], value, flags, kill_sgid)
         }
         FUSE_REMOVEXATTR => f.removexattr(ctx, ino, name!(1)[0]),
         FUSE_FLUSH => f.flush(ctx, ino, rd64(op, 0)),

@@ -831,7 +831,7 @@ fn new_files_capabilities_are_read_once_set() {
     assert_eq!(fs.getxattr(f, caps).unwrap_err().errno, libc::ENODATA);
     // VFS_CAP_REVISION_2 granting cap_net_raw.
     let v = [1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    fs.setxattr(f, caps, &v, 0).unwrap();
+    fs.setxattr(f, caps, &v, 0, false).unwrap();
     assert_eq!(fs.getxattr(f, caps).unwrap(), v);
     fs.removexattr(f, caps).unwrap();
     assert_eq!(fs.getxattr(f, caps).unwrap_err().errno, libc::ENODATA);

@@ -159,3 +159,51 @@ fn setgid_mark_stays_for_group_members_and_root() {
         assert!(all.contains("w 2664\nt 2664\no 2664\nc 2664\nr 2664"), "{opts}:\n{all}");
     }
 }
+
+/// A chown, or an access ACL, set by the owner while not in the file's group drops setgid,
+/// group-executable or not (the VFS's `setattr_should_drop_sgid` and
+/// `posix_acl_update_mode`); the server's own chown and setxattr, made as root, kept a setgid
+/// without group execute. Lower and upper files, and a directory for the ACL.
+fn owner_outside_group_scenario(c: &mut Ctx) {
+    c.sh(
+        "chmod 777 . && for f in up_chgrp up_acl; do printf data > $f; done; mkdir up_dir; \
+         chown 1000:4242 up_chgrp up_acl up_dir && chmod 2744 up_chgrp && chmod 2775 up_acl up_dir",
+        false,
+    );
+    let owner = "setpriv --reuid 1000 --regid 1000 --groups 1000";
+    c.sh(
+        &format!(
+            "{owner} chgrp 1000 low_chgrp up_chgrp; {owner} chown 1000:1000 low_chown; \
+             {owner} setfacl -m u:5:r low_acl up_acl; {owner} setfacl -m u:5:rx low_dir up_dir; \
+             stat -c '%n %a %g' low_chgrp up_chgrp low_chown low_acl up_acl low_dir up_dir"
+        ),
+        false,
+    );
+    c.remount();
+    c.sh("stat -c '%n %a %g' low_chgrp up_chgrp low_chown low_acl up_acl low_dir up_dir", false);
+}
+
+#[test]
+fn the_owner_outside_the_group_drops_setgid_by_chown_and_acl() {
+    if !available() {
+        return;
+    }
+    let stack = Stack::new(vec![
+        Layer::new()
+            .file_mode("low_chgrp", "x\n", 0o2744)
+            .owner("low_chgrp", 1000, 4242)
+            .file_mode("low_chown", "x\n", 0o6744)
+            .owner("low_chown", 1000, 4242)
+            .file_mode("low_acl", "x\n", 0o2775)
+            .owner("low_acl", 1000, 4242)
+            .dir_mode("low_dir", 0o2775)
+            .owner("low_dir", 1000, 4242),
+    ]);
+    for opts in ["", "passthrough=0"] {
+        let s = common::Scratch::new();
+        let all = joined(&run_both_in(s.dir.path(), &stack, &owner_outside_group_scenario, opts));
+        let want = "low_chgrp 744 1000\nup_chgrp 744 1000\nlow_chown 744 1000\nlow_acl 775 4242\n\
+                    up_acl 775 4242\nlow_dir 775 4242\nup_dir 775 4242";
+        assert!(all.contains(want), "{opts}:\n{all}");
+    }
+}

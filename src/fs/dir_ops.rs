@@ -49,7 +49,7 @@ pub(crate) enum NewObj<'a> {
 
 /// The caller's identity, for the owner of what it creates, and its umask (the kernel leaves
 /// applying it to the server with FUSE_DONT_MASK: not applied under a default ACL).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,

@@ -45,8 +45,8 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub fh: Option<u64>,
-    /// Who asks (uid, gid as shown): a chown's dropping of setuid/setgid depends on it.
-    pub caller: (u32, u32),
+    /// Who asks: a chown's dropping of setgid depends on it.
+    pub caller: super::Caller,
 }
 
 /// File capabilities: dropped by writes, as setuid is.
@@ -703,11 +703,11 @@ impl OverlayFs {
             if sa.mode.is_none() && kind != FileType::Directory {
                 // A chown drops setuid, and setgid where group-executable or where the caller
                 // (not root) is not in the file's group, as the VFS does; under
-                // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to the server (the real
-                // chown does it where the mode is real).
-                let (cuid, cgid) = sa.caller;
+                // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that to the server.
                 perm &= !libc::S_ISUID;
-                if perm & libc::S_IXGRP != 0 || (cuid != 0 && self.opts.gid_map.to_shown(st.st_gid) != cgid) {
+                if perm & libc::S_IXGRP != 0
+                    || !sa.caller.in_group_or_root(self.opts.gid_map.to_shown(st.st_gid))
+                {
                     perm &= !libc::S_ISGID;
                 }
             }
@@ -720,10 +720,25 @@ impl OverlayFs {
             self.write_override(loc, &o)?;
         } else if sa.uid.is_some() || sa.gid.is_some() {
             let (uid, gid) = self.disk_owner(sa.uid.unwrap_or(u32::MAX), sa.gid.unwrap_or(u32::MAX))?;
+            // The real chown drops setuid, and setgid where group-executable; the VFS also
+            // drops a setgid the caller (not root) could not have set, not being in the file's
+            // group, which the server's own chown as root keeps.
+            let sgid_kept = |st: &sys::Stat| st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID;
+            let drop_sgid = kind != FileType::Directory
+                && sa.mode.is_none()
+                && loc.stat().is_ok_and(|st| {
+                    sgid_kept(&st) && !sa.caller.in_group_or_root(self.opts.gid_map.to_shown(st.st_gid))
+                });
             if let Err(e) = loc.chown(uid, gid) {
                 // As fuse-overlayfs: with squash_to_*, chown errors are ignored.
                 if !self.squashing() {
                     return Err(Error::io(e, "chown"));
+                }
+            }
+            if drop_sgid {
+                let st = loc.stat().map_err(|e| Error::io(e, "stat"))?;
+                if sgid_kept(&st) {
+                    loc.chmod(st.st_mode & 0o7777 & !libc::S_ISGID).map_err(|e| Error::io(e, "chmod"))?;
                 }
             }
         }
@@ -834,30 +849,47 @@ impl OverlayFs {
         Ok((node, cname(n)?))
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    /// `kill_sgid`: the setter of an access ACL may not keep the setgid bit (not in the
+    /// object's group, without CAP_FSETID; the kernel says so, the VFS would drop it).
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32, kill_sgid: bool) -> Result<()> {
         self.xattr_writable(ino)?;
         let (node, cn) = self.xattr_target(ino, name)?;
         let up = node.upper().ok_or(Error::errno(libc::EIO))?;
+        let kill_sgid = kill_sgid && cn.as_c_str() == super::ACL_ACCESS;
         if cn.as_c_str() == super::ACL_ACCESS && self.keeps_override(&up.loc) {
             if let Some(acl) = crate::acl::Acl::parse(value) {
-                return self.set_acl_with_override(&up.loc, &acl, value);
+                return self.set_acl_with_override(&up.loc, &acl, value, kill_sgid);
             }
         }
-        up.loc.setxattr(&cn, value, flags).map_err(|e| Error::io(e, "setxattr"))
+        up.loc.setxattr(&cn, value, flags).map_err(|e| Error::io(e, "setxattr"))?;
+        if kill_sgid {
+            let st = up.loc.stat().map_err(|e| Error::io(e, "stat"))?;
+            if st.st_mode & libc::S_ISGID != 0 {
+                up.loc.chmod(st.st_mode & 0o7777 & !libc::S_ISGID).map_err(|e| Error::io(e, "chmod"))?;
+            }
+        }
+        Ok(())
     }
 
     /// An access ACL set on an object whose mode lives in the override xattr: the mode it
     /// stands for goes there (as a filesystem sets the mode from it; `sed -i` and `cp -p` set
     /// modes this way). The real object keeps the ACL's named entries, if it has any, and what
     /// the server needs to reach it.
-    fn set_acl_with_override(&self, loc: &Loc, acl: &crate::acl::Acl, value: &[u8]) -> Result<()> {
+    fn set_acl_with_override(
+        &self,
+        loc: &Loc,
+        acl: &crate::acl::Acl,
+        value: &[u8],
+        kill_sgid: bool,
+    ) -> Result<()> {
         let st = self.stat_eff(loc, 0).map_err(|e| Error::io(e, "stat"))?;
         let real = loc.stat().map_err(|e| Error::io(e, "stat"))?;
         let exists = loc.getxattr(super::ACL_ACCESS).is_ok();
+        let special = st.st_mode & 0o7000 & if kill_sgid { !libc::S_ISGID } else { !0 };
         let o = ovr::Override {
             uid: st.st_uid,
             gid: st.st_gid,
-            perm: (st.st_mode & 0o7000) | acl.mode_bits(),
+            perm: special | acl.mode_bits(),
             kind: ovr::Kind::from_mode(st.st_mode, st.st_rdev),
         };
         if acl.is_minimal() {
