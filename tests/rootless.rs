@@ -359,3 +359,57 @@ cat $M/g
         assert_eq!(atimes(), before, "lower access times (d, d/in, f, big, g), userns {userns}");
     }
 }
+
+/// A plain user's copy-up keeps the lower object's owner where the user may give it (a group
+/// the user is in; a setgid directory's new files then take that group), and fails with
+/// EPERM where it may not, as fuse-overlayfs's does: it used to hand such objects to the user
+/// (a world-writable root file became the user's, a setuid root file setuid to the user).
+#[test]
+fn plain_user_copy_up_keeps_the_owner_or_fails() {
+    let Some((uid, gid, s)) = user_scratch() else { return };
+    let group = "layerfs-rootless-g";
+    let _ = Command::new("groupadd").args(["--system", group]).status();
+    let g = Command::new("getent").args(["group", group]).output().unwrap();
+    let g: u32 = String::from_utf8_lossy(&g.stdout).split(':').nth(2).unwrap().trim().parse().unwrap();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("grp"), b"g\n").unwrap();
+    fs::create_dir(l.join("sgd")).unwrap();
+    fs::write(l.join("foreign"), b"f\n").unwrap();
+    fs::write(l.join("suid"), b"s\n").unwrap();
+    chown_r(s.dir.path(), uid, gid);
+    let (ok, out) = sh(
+        &l,
+        &format!(
+            "chgrp {g} grp sgd && chmod 2775 sgd && chown 0:0 foreign suid && chmod 0666 foreign \
+             && chmod 4777 suid"
+        ),
+    );
+    assert!(ok, "{out}");
+    let script = format!(
+        r#"
+B={bin}; M={m}
+$B -o lowerdir={l},upperdir={u},workdir={w} $M
+trap 'fusermount3 -u $M' EXIT
+echo more >> $M/grp && touch $M/sgd/new
+stat -c '%n %a %u:%g' $M/grp $M/sgd $M/sgd/new | sed "s|$M/||"
+echo x >> $M/foreign || echo foreign-refused
+mv $M/suid $M/suid2 || echo suid-refused
+stat -c '%n %a %u:%g' $M/foreign $M/suid | sed "s|$M/||"
+"#,
+        bin = layerfs_bin().display(),
+        m = m.display(),
+        l = l.display(),
+        u = u.display(),
+        w = w.display(),
+    );
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--groups", &g.to_string(), "--"]);
+    let o = c.args(["sh", "-euc", &script]).env("HOME", "/tmp").env("LC_ALL", "C").output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}");
+    let want = format!("grp 644 {uid}:{g}\nsgd 2775 {uid}:{g}\nsgd/new 644 {uid}:{g}\n");
+    assert!(out.contains(&want), "{out}");
+    assert!(out.contains("foreign-refused") && out.contains("suid-refused"), "{out}");
+    assert!(out.contains("foreign 666 0:0\nsuid 4777 0:0"), "{out}");
+    assert!(!u.join("foreign").exists() && !u.join("suid").exists() && !u.join("suid2").exists());
+}

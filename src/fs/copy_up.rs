@@ -293,8 +293,14 @@ impl OverlayFs {
         } else {
             st.st_mode & 0o7777
         };
-        // The owner the copy must get, where the copy-up gives it one.
-        let chown_to = (!in_xattr && self.can_chown()).then_some((st.st_uid, st.st_gid));
+        // The owner the copy must get: the lower object's (unless the override xattr keeps
+        // it). A server that is not root can give only an owner it may (its own uid, a group
+        // it is in); where it may not, the copy-up fails with EPERM, as fuse-overlayfs's does,
+        // rather than hand the object to the server's user (a setuid root file became the
+        // user's, and a file of one of the user's groups lost its group).
+        let lower_owner = (st.st_uid, st.st_gid);
+        let chown_to =
+            (!in_xattr && (self.can_chown() || lower_owner != self.own_ids)).then_some(lower_owner);
         // A file or directory the server would create with its final owner anyway, whose mode
         // has no bit a chown drops and leaves the server its own access (xattrs are set by
         // path), is created with its final mode: no chown and no chmod follow, two of the
