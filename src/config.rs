@@ -89,8 +89,10 @@ fn os_to_string(s: &OsStr) -> Result<String, String> {
     s.to_str().map(str::to_owned).ok_or_else(|| "mount options must be valid UTF-8".to_string())
 }
 
-/// Splits an option string on commas, honouring `\,` and double quotes; drops empty elements.
-/// Backslashes other than `\,` are kept for the per-option value parsing.
+/// Splits an option string on commas, honouring `\,` and a value in double quotes
+/// (`context="a:b,c"`: a quote right after `=` opens, the next one closes); drops empty
+/// elements. Backslashes other than `\,` are kept for the per-option value parsing. A quote
+/// elsewhere is an ordinary character (it used to swallow the options after it).
 pub fn split_options(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -110,7 +112,7 @@ pub fn split_options(s: &str) -> Vec<String> {
                 }
                 None => cur.push('\\'),
             },
-            '"' => {
+            '"' if in_quotes || cur.ends_with('=') => {
                 in_quotes = !in_quotes;
                 cur.push('"');
             }
@@ -318,6 +320,37 @@ fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse::<T>().map_err(|_| format!("invalid value for {key}: {v}"))
 }
 
+/// Options that take no value.
+const FLAGS: &[&str] = &[
+    "ro",
+    "rw",
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "auto_unmount",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+    "atime",
+    "strictatime",
+    "relatime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "debug",
+    "volatile",
+    "static_nlink",
+    "noacl",
+    "squash_to_root",
+];
+
 /// Parses all `-o` strings, in order (a later value wins).
 pub fn parse_options(raw: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
@@ -330,6 +363,12 @@ pub fn parse_options(raw: &[String]) -> Result<Options, String> {
             let need = |v: &Option<String>| -> Result<String, String> {
                 v.clone().ok_or_else(|| format!("option {key} needs a value"))
             };
+            if val.is_some() && FLAGS.contains(&key.as_str()) {
+                // A flag takes no value: as fuse-overlayfs, `squash_to_root=0` or `ro=0` is
+                // not the flag (it was switched on whatever the value said).
+                o.warnings.push(format!("unknown argument ignored: {opt} ({key} takes no value)"));
+                continue;
+            }
             match key.as_str() {
                 "lowerdir" => {
                     let v = need(&val)?;
@@ -605,6 +644,18 @@ mod tests {
         );
         assert_eq!(split_options("lowerdir=a\\:b:c"), vec!["lowerdir=a\\:b:c"]);
         assert_eq!(split_options(""), Vec::<String>::new());
+        // A quote inside a value is a character: the options after it stay options.
+        assert_eq!(split_options("fsname=my\"fs,ro"), vec!["fsname=my\"fs", "ro"]);
+        assert_eq!(split_options("lowerdir=x\"q:l2,upperdir=u"), vec!["lowerdir=x\"q:l2", "upperdir=u"]);
+    }
+
+    #[test]
+    fn flags_given_a_value_are_ignored_with_a_warning() {
+        let o = parse_options(&["squash_to_root=0,ro=0,noacl=0,static_nlink=0,debug=0,volatile=1".into()])
+            .unwrap();
+        assert!(!o.squash_to_root && !o.ro && !o.noacl && !o.static_nlink && !o.debug && o.fsync);
+        assert_eq!(o.warnings.len(), 6);
+        assert!(o.warnings[0].contains("squash_to_root=0"), "{:?}", o.warnings);
     }
 
     #[test]
