@@ -315,12 +315,21 @@ pub fn run(cfg: MountConfig, source: Option<&str>) -> Result<(), String> {
     }
     let unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
+    let stats_fs = fuse.fs.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut first = Some(unmounter);
             loop {
                 let sig = sys::wait_term_signal();
+                if sig == libc::SIGUSR1 {
+                    let rss = std::fs::read_to_string("/proc/self/status")
+                        .ok()
+                        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l[6..].trim().to_string()))
+                        .unwrap_or_default();
+                    log::warn!("statistics: {}, RSS {rss}", stats_fs.stats_line());
+                    continue;
+                }
                 let state = || {
                     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
                     mount_state(&info, &mountpoint, own_dev.as_deref())

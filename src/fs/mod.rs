@@ -980,6 +980,18 @@ impl OverlayFs {
         self.nodes.len()
     }
 
+    /// One line of statistics (SIGUSR1, as fuse-overlayfs answers it): nodes the kernel holds
+    /// (how many of them lite entries), open file and directory handles.
+    pub fn stats_line(&self) -> String {
+        format!(
+            "{} nodes ({} lite), {} open files, {} open directories",
+            self.node_count(),
+            self.lite_count(),
+            self.files.read().len(),
+            self.dirs.read().len()
+        )
+    }
+
     /// The node's current path in the merged tree (`/` for the root), by its parent links
     /// (for tracing and fault rules). None for an unknown or detached node. Read-only: each
     /// node's state is locked briefly, one at a time.

@@ -1141,32 +1141,41 @@ pub fn redirect_stdio_to_null(keep_stderr: bool) {
     }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and threads it spawns later).
-pub fn block_term_signals() {
+/// The signals the server's signal thread takes: SIGTERM, SIGINT and SIGHUP (unmount), and
+/// SIGUSR1 (statistics, as fuse-overlayfs; its default action would end the server and leave
+/// its mount dead).
+const SERVER_SIGNALS: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+
+fn server_sigset() -> MaybeUninit<libc::sigset_t> {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
     // SAFETY: sigset manipulation on a local set.
     unsafe {
-        let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
         libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+        for s in SERVER_SIGNALS {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+    }
+    set
+}
+
+/// Blocks the server's signals in this thread (and threads it spawns later).
+pub fn block_term_signals() {
+    let set = server_sigset();
+    // SAFETY: a valid, initialised set.
+    unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
     }
 }
 
-/// Waits for one of the blocked termination signals; returns its number.
+/// Waits for one of the blocked server signals; returns its number.
 pub fn wait_term_signal() -> i32 {
-    // SAFETY: sigwait on a local set of blocked signals.
+    let set = server_sigset();
+    let mut sig = 0;
+    // SAFETY: sigwait on a valid set of blocked signals.
     unsafe {
-        let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
-        let mut sig = 0;
         libc::sigwait(set.as_ptr(), &mut sig);
-        sig
     }
+    sig
 }
 
 /// `makedev(major, minor)`.
