@@ -54,7 +54,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if args.first().is_some_and(|a0| a0 == crate::mount::WATCHER_ARG0) {
         return crate::mount::watcher_main(&args);
     }
-    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()).filter(|_| !mount_form(&args[1..])) {
         if first == "check" {
             return crate::check::main(args[1..].to_vec());
         }
@@ -77,6 +77,24 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
+/// Whether the arguments are the mount form whatever their first word: an `-o` option string
+/// that gives `lowerdir=` (before any `--`). mount.fuse3 passes `SOURCE MOUNTPOINT -o ...`,
+/// and a source named like a subcommand (`diff`, `store`) ran that instead of mounting.
+fn mount_form(args: &[OsString]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut it = args.iter().map(|a| a.as_bytes());
+    while let Some(a) = it.next() {
+        if a == b"--" {
+            return false;
+        }
+        let opts = if a == b"-o" { it.next() } else { a.strip_prefix(b"-o") };
+        if opts.is_some_and(|o| o.split(|&c| c == b',').any(|opt| opt.starts_with(b"lowerdir="))) {
+            return true;
+        }
+    }
+    false
+}
+
 /// The mount form (arguments after the program name).
 pub fn mount_main(args: &[OsString]) -> Result<(), String> {
     let argv = config::parse_argv(args)?;
@@ -91,4 +109,22 @@ pub fn mount_main(args: &[OsString]) -> Result<(), String> {
     let cfg = MountConfig::from_argv(&argv)?;
     let source = argv.source.as_ref().and_then(|s| s.to_str().map(str::to_owned));
     crate::mount::run(cfg, source.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_mount_form_is_told_by_its_lowerdir_whatever_the_first_word() {
+        assert!(mount_form(&args(&["diff", "/mnt", "-o", "lowerdir=/l,upperdir=/u,workdir=/w"])));
+        assert!(mount_form(&args(&["store", "/mnt", "-oro,lowerdir=/l"])));
+        assert!(!mount_form(&args(&["diff", "/upper", "-o", "out.tar"])));
+        assert!(!mount_form(&args(&["compare", "/l", "--", "x", "-o", "lowerdir=/l"])));
+        assert!(!mount_form(&args(&["unpack", "a.tar", "dir"])));
+    }
 }

@@ -150,11 +150,54 @@ fn engine_style_invocations_mount() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let _g = Mounted { mnt: m.clone(), fuse: true };
+    let mut g = Mounted { mnt: m.clone(), fuse: true };
     assert_eq!(fs::read(m.join("top")).unwrap(), b"1");
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
     let mline = mounts.lines().find(|l| l.contains(m.to_str().unwrap())).unwrap_or_default().to_string();
     assert!(mline.starts_with("overlay ") && mline.contains(" fuse.ovl-test "), "{mline}");
+    g.unmount();
+    // A source named like a subcommand is still a source: `diff` ran the layer tool (exit 0,
+    // nothing mounted, a tar written to a file named after the options).
+    let opts = format!("lowerdir={},upperdir={},workdir={}", l1.display(), u.display(), w.display());
+    let o = Command::new(layerfs_bin()).arg("diff").arg(&m).arg("-o").arg(&opts).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _g = Mounted { mnt: m.clone(), fuse: true };
+    assert_eq!(fs::read(m.join("top")).unwrap(), b"1");
+}
+
+/// SIGUSR1 logs statistics and the server goes on serving, as fuse-overlayfs's does (its
+/// default action ended the server and left its mount dead).
+#[test]
+fn sigusr1_logs_statistics_and_keeps_serving() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::write(l.join("f"), b"x").unwrap();
+    let mut child = Command::new(layerfs_bin())
+        .arg("-f")
+        .arg("-o")
+        .arg(format!("lowerdir={}", l.display()))
+        .arg(&m)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = Mounted { mnt: m.clone(), fuse: true };
+    let t = Instant::now();
+    while !is_mounted(&m) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+    // SAFETY: sending a signal to our own child server.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGUSR1 ended the server");
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+    g.unmount();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("statistics: ") && err.contains(" nodes ("), "{err}");
 }
 
 fn wait_gone(pid: u32) -> bool {
