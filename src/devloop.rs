@@ -192,8 +192,15 @@ fn answer(fuse: &Fuse, fd: BorrowedFd, buf: &mut [u8], n: usize) {
             return;
         }
         // Not implemented (as fuser answers it): the kernel then stops sending interrupts.
-        FUSE_INTERRUPT => return send(fd, unique, libc::ENOSYS, &[]),
-        FUSE_DESTROY => return send(fd, unique, 0, &[]),
+        FUSE_INTERRUPT => {
+            let of = if body.len() >= 8 { rd64(body, 0) } else { 0 };
+            log::debug!("FUSE({unique:3}) INTERRUPT of request {of} (/dev/fuse, pid {})", ctx.pid);
+            return send(fd, unique, libc::ENOSYS, &[]);
+        }
+        FUSE_DESTROY => {
+            log::debug!("FUSE({unique:3}) DESTROY (/dev/fuse)");
+            return send(fd, unique, 0, &[]);
+        }
         FUSE_READ if body.len() >= 40 => {
             log::debug!("FUSE({unique:3}) ino {nodeid:#018x} READ (/dev/fuse, pid {})", ctx.pid);
             let (fh, off, size) = (rd64(body, 0), rd64(body, 8), rd32(body, 16));
