@@ -496,6 +496,15 @@ fn canonical_dir(what: &str, p: &Path) -> Result<PathBuf, String> {
     Ok(c)
 }
 
+/// [`canonical_dir`] for a layer, which the server must be able to list (a plain user's
+/// server over a layer it may not read mounted, and then failed every listing with EACCES;
+/// fuse-overlayfs refuses it so too).
+fn layer_dir(what: &str, p: &Path) -> Result<PathBuf, String> {
+    let c = canonical_dir(what, p)?;
+    std::fs::read_dir(&c).map_err(|e| format!("{what} {}: cannot read it: {e}", p.display()))?;
+    Ok(c)
+}
+
 /// True when `inner` is `outer` or lies below it (both canonical).
 pub fn is_within(inner: &Path, outer: &Path) -> bool {
     inner.starts_with(outer)
@@ -526,9 +535,9 @@ impl MountConfig {
         }
         let mut lowers = Vec::with_capacity(opts.lowers.len());
         for l in &opts.lowers {
-            lowers.push(canonical_dir("lowerdir", l)?);
+            lowers.push(layer_dir("lowerdir", l)?);
         }
-        let upper = opts.upper.as_deref().map(|p| canonical_dir("upperdir", p)).transpose()?;
+        let upper = opts.upper.as_deref().map(|p| layer_dir("upperdir", p)).transpose()?;
         let work = opts.work.as_deref().map(|p| canonical_dir("workdir", p)).transpose()?;
         let mountpoint = canonical_dir("mountpoint", Path::new(mp))?;
         let cfg =
@@ -569,9 +578,18 @@ impl MountConfig {
                     ));
                 }
             }
+            // By path, and by inode: a bind mount of the upper directory given as a lower one
+            // (or the reverse) passed the path check, and writes showed in that lower layer.
+            let chains = [("upperdir", u, inode_chain(u)), ("workdir", w, inode_chain(w))];
             for l in &self.lowers {
-                for (what, p) in [("upperdir", u), ("workdir", w)] {
-                    if is_within(p, l) || is_within(l, p) {
+                let lchain = inode_chain(l);
+                for (what, p, pchain) in &chains {
+                    let by_inode = |a: &[DevIno], b: &[DevIno]| a.first().is_some_and(|x| b.contains(x));
+                    if is_within(p, l)
+                        || is_within(l, p)
+                        || by_inode(pchain, &lchain)
+                        || by_inode(&lchain, pchain)
+                    {
                         return Err(format!("{what} {} overlaps lowerdir {}", p.display(), l.display()));
                     }
                 }
@@ -595,6 +613,37 @@ impl MountConfig {
     pub fn read_only(&self) -> bool {
         self.upper.is_none() || self.opts.ro
     }
+}
+
+/// A directory's (device, inode).
+type DevIno = (u64, u64);
+
+/// (device, inode) of directory `p` and of each directory above it, reached by `..` from the
+/// directory itself: through the mounts it is reached by, so a bind mount of a directory has
+/// that directory's pair first. Empty where `p` cannot be opened.
+fn inode_chain(p: &Path) -> Vec<DevIno> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let open = |dir: libc::c_int, name: &std::ffi::CStr| -> Option<OwnedFd> {
+        // SAFETY: a NUL-terminated name; the descriptor returned is owned here.
+        let fd =
+            unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        // SAFETY: a descriptor just opened and owned by no one else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let mut out = Vec::new();
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return out };
+    let mut fd = open(libc::AT_FDCWD, &c);
+    while let Some(f) = fd {
+        let Ok(st) = std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())) else { break };
+        let id = (st.dev(), st.ino());
+        if out.last() == Some(&id) || out.len() > 4096 {
+            break; // the root: its `..` is itself
+        }
+        out.push(id);
+        fd = open(f.as_raw_fd(), c"..");
+    }
+    out
 }
 
 /// The id of the mount `p` is on (statx STATX_MNT_ID, Linux 5.8+); None where unknown.

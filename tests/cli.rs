@@ -22,12 +22,14 @@ fn help_and_version_exit_zero_without_mounting() {
 
 fn assert_refused(args: &[&str], want: &str, mnt: &std::path::Path) {
     let o = run(args);
+    // A mount made by mistake goes before the asserts can fail (a test leaves none behind).
+    let leftover = is_mounted(mnt).then(|| Mounted { mnt: mnt.to_path_buf(), fuse: true });
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{args:?} should fail");
     assert!(err.contains(want), "{args:?}: stderr {err:?} lacks {want:?}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err:?}");
     assert!(err.starts_with("layerfs: "), "{err:?}");
-    assert!(!is_mounted(mnt), "{args:?} left a mount");
+    assert!(leftover.is_none(), "{args:?} left a mount");
 }
 
 #[test]
@@ -96,6 +98,33 @@ fn bad_input_is_refused_with_one_line_and_no_mount() {
             mp,
         );
         assert!(Command::new("umount").arg(&bw).status().unwrap().success());
+        // A bind mount of the upper directory (or of a directory above it) given as a lower
+        // one: the paths differ, the directory is the same, and writes would show in the layer.
+        let bu = std::path::Path::new(u).parent().unwrap().join("bindu");
+        fs::create_dir_all(&bu).unwrap();
+        assert!(Command::new("mount").arg("--bind").arg(u).arg(&bu).status().unwrap().success());
+        let r = std::panic::catch_unwind(|| {
+            assert_refused(
+                &["-o", &format!("lowerdir={}:{l},upperdir={u},workdir={w}", bu.display()), m],
+                "overlaps",
+                mp,
+            );
+        });
+        assert!(Command::new("umount").arg(&bu).status().unwrap().success());
+        r.unwrap();
+        let parent = std::path::Path::new(u).parent().unwrap();
+        let bp = tempfile::tempdir().unwrap();
+        assert!(Command::new("mount").arg("--bind").arg(parent).arg(bp.path()).status().unwrap().success());
+        let r = std::panic::catch_unwind(|| {
+            let inner = bp.path().join("u");
+            assert_refused(
+                &["-o", &format!("lowerdir={}:{l},upperdir={u},workdir={w}", inner.display()), m],
+                "overlaps",
+                mp,
+            );
+        });
+        assert!(Command::new("umount").arg(bp.path()).status().unwrap().success());
+        r.unwrap();
     }
 }
 
