@@ -368,7 +368,7 @@ cat $M/g
 fn plain_user_copy_up_keeps_the_owner_or_fails() {
     let Some((uid, gid, s)) = user_scratch() else { return };
     let group = "layerfs-rootless-g";
-    let _ = Command::new("groupadd").args(["--system", group]).status();
+    let _ = Command::new("groupadd").args(["--system", group]).stderr(std::process::Stdio::null()).status();
     let g = Command::new("getent").args(["group", group]).output().unwrap();
     let g: u32 = String::from_utf8_lossy(&g.stdout).split(':').nth(2).unwrap().trim().parse().unwrap();
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
@@ -412,4 +412,37 @@ stat -c '%n %a %u:%g' $M/foreign $M/suid | sed "s|$M/||"
     assert!(out.contains("foreign-refused") && out.contains("suid-refused"), "{out}");
     assert!(out.contains("foreign 666 0:0\nsuid 4777 0:0"), "{out}");
     assert!(!u.join("foreign").exists() && !u.join("suid").exists() && !u.join("suid2").exists());
+}
+
+/// A plain user's server refuses, in one line naming the cause, a lower layer it may not read
+/// (it mounted, and every listing failed with EACCES; fuse-overlayfs refuses it too) and a
+/// workdir holding an entry it may not remove (the message named neither).
+#[test]
+fn a_plain_user_is_told_what_it_may_not_use() {
+    let Some((uid, gid, s)) = user_scratch() else { return };
+    let (l1, l2, u, w, m) = (s.path("l1"), s.path("l2"), s.path("u"), s.path("w"), s.path("m"));
+    chown_r(s.dir.path(), uid, gid);
+    let (ok, out) = sh(s.dir.path(), "chown 0:0 l2 && chmod 0700 l2");
+    assert!(ok, "{out}");
+    let bin = layerfs_bin();
+    let mount = |lowers: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "--"]);
+        c.arg(&bin)
+            .arg("-o")
+            .arg(format!("lowerdir={lowers},upperdir={},workdir={}", u.display(), w.display()))
+            .arg(&m);
+        let o = c.output().unwrap();
+        let left = is_mounted(&m).then(|| Mounted { mnt: m.clone(), fuse: true });
+        assert!(!o.status.success() && left.is_none(), "mounted with {lowers}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err
+    };
+    let err = mount(&format!("{}:{}", l1.display(), l2.display()));
+    assert!(err.contains("cannot read it: Permission denied") && err.contains("l2"), "{err}");
+    let (ok, out) = sh(&w, "mkdir -p work/junk && touch work/junk/f");
+    assert!(ok, "{out}");
+    let err = mount(&l1.display().to_string());
+    assert!(err.contains("cannot empty work: remove junk: Permission denied"), "{err}");
 }

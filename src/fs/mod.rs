@@ -1957,7 +1957,13 @@ impl OverlayFs {
 
     pub fn statfs(&self) -> Result<libc::statvfs> {
         let root = &self.layers[0].root;
-        sys::fstatvfs(root.as_fd()).map_err(|e| Error::io(e, "statfs"))
+        let mut st = sys::fstatvfs(root.as_fd()).map_err(|e| Error::io(e, "statfs"))?;
+        if self.whiteout_style == WhiteoutStyle::WhFile {
+            // Room for the `.wh.` a whiteout of any name adds (fuse-overlayfs says the same):
+            // a name the full length could be made but not deleted.
+            st.f_namemax = st.f_namemax.saturating_sub(4);
+        }
+        Ok(st)
     }
 
     pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
@@ -2051,7 +2057,7 @@ fn leaf_key(roots: &[&OwnedFd]) -> (u64, u64) {
 
 /// Creates `WORKDIR/work` (as the kernel and fuse-overlayfs do) and empties it: entries left
 /// there by a crash are half-made copies or removed objects, never visible data.
-fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
+fn prepare_workdir(wroot: &OwnedFd) -> std::result::Result<OwnedFd, String> {
     let name = c"work";
     match sys::mkdirat(wroot.as_fd(), name, 0o700) {
         Ok(()) => {}
@@ -2059,14 +2065,21 @@ fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
             // Something other than a directory left there (a file, a symlink) is removed, as
             // kernel overlayfs does, and the directory made.
             if sys::fstatat(wroot.as_fd(), name).is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR) {
-                sys::unlinkat(wroot.as_fd(), name, false)?;
-                sys::mkdirat(wroot.as_fd(), name, 0o700)?;
+                sys::unlinkat(wroot.as_fd(), name, false).map_err(|e| format!("remove work: {e}"))?;
+                sys::mkdirat(wroot.as_fd(), name, 0o700).map_err(|e| format!("create work: {e}"))?;
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(format!("create work: {e}")),
     }
-    let fd = layer::open_dir_at(wroot.as_fd(), name)?;
-    clean_dir(&fd)?;
+    let fd = layer::open_dir_at(wroot.as_fd(), name).map_err(|e| format!("open work: {e}"))?;
+    // What an earlier mount left (a crash's copies, a removed directory's remains) goes; an
+    // entry the server may not remove (left by another user's mount) fails the mount, named.
+    let rfd = sys::reopen_dir(fd.as_fd(), true).map_err(|e| format!("read work: {e}"))?;
+    for e in sys::read_dir_all(rfd.as_fd()).map_err(|e| format!("read work: {e}"))? {
+        let Ok(cn) = CString::new(e.name) else { continue };
+        remove_tree_at(&fd, &cn)
+            .map_err(|err| format!("cannot empty work: remove {}: {err}", cn.to_string_lossy()))?;
+    }
     // Copies are made in here: a default ACL here would be inherited by each copy (as its
     // access ACL, and a directory's default one) on top of what the lower object carries.
     // Kernel overlayfs removes both from its work directory too.
@@ -2074,7 +2087,7 @@ fn prepare_workdir(wroot: &OwnedFd) -> std::io::Result<OwnedFd> {
     for acl in [ACL_DEFAULT, ACL_ACCESS] {
         match sys::removexattr(&path, acl, true) {
             Err(e) if !matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::EOPNOTSUPP)) => {
-                return Err(e);
+                return Err(format!("remove the ACLs of work: {e}"));
             }
             _ => {}
         }
