@@ -204,23 +204,14 @@ fn sigusr1_logs_statistics_and_keeps_serving() {
     let s = Scratch::new();
     let (l, m) = (s.path("l"), s.path("m"));
     fs::write(l.join("f"), b"x").unwrap();
-    let mut child = Command::new(layerfs_bin())
-        .arg("-f")
-        .arg("-o")
-        .arg(format!("lowerdir={}", l.display()))
-        .arg(&m)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let opts = format!("lowerdir={}", l.display());
+    let child = spawn_layerfs_fg(&opts, &m, &[], std::process::Stdio::piped());
     let mut g = Mounted { mnt: m.clone(), fuse: true };
-    let t = Instant::now();
-    while !is_mounted(&m) && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
     // SAFETY: sending a signal to our own child server.
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     std::thread::sleep(Duration::from_millis(300));
+    let mut child = child;
     assert!(child.try_wait().unwrap().is_none(), "SIGUSR1 ended the server");
     assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
     g.unmount();

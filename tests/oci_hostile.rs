@@ -397,21 +397,18 @@ fn pax_sparse_files_are_refused() {
     }
 }
 
-/// A GNU sparse entry of 64 MiB holding one 4 KiB block: unpacked with its holes, it takes
-/// about the space of its data (its zeros were written out: 64 MiB on disk).
-#[test]
-fn gnu_sparse_entry_keeps_its_holes() {
-    use std::os::unix::fs::MetadataExt;
-    let (real, at) = (64u64 << 20, 32u64 << 20);
+/// The header of a GNU sparse entry named `sparse`: the first four (offset, length) pairs of
+/// its map (`extended`: more follow in extension blocks), its real size and the bytes stored.
+fn gnu_sparse_header(map: &[(u64, u64)], real: u64, stored: u64, extended: bool) -> Vec<u8> {
     let mut h = tar::Header::new_gnu();
     {
         let g = h.as_gnu_mut().unwrap();
         g.name[..6].copy_from_slice(b"sparse");
-        g.sparse[0].set_offset(at);
-        g.sparse[0].set_length(4096);
-        // The map ends with an empty block at the real size (the trailing hole).
-        g.sparse[1].set_offset(real);
-        g.sparse[1].set_length(0);
+        for (slot, &(off, len)) in g.sparse.iter_mut().zip(map) {
+            slot.set_offset(off);
+            slot.set_length(len);
+        }
+        g.isextended[0] = u8::from(extended);
         g.set_real_size(real);
     }
     h.set_entry_type(tar::EntryType::GNUSparse);
@@ -419,9 +416,20 @@ fn gnu_sparse_entry_keeps_its_holes() {
     h.set_gid(0);
     h.set_mode(0o644);
     h.set_mtime(1_700_000_000);
-    h.set_size(4096);
+    h.set_size(stored);
     h.set_cksum();
-    let archive = [h.as_bytes().to_vec(), vec![b'x'; 4096], end()].concat();
+    h.as_bytes().to_vec()
+}
+
+/// A GNU sparse entry of 64 MiB holding one 4 KiB block: unpacked with its holes, it takes
+/// about the space of its data (its zeros were written out: 64 MiB on disk).
+#[test]
+fn gnu_sparse_entry_keeps_its_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let (real, at) = (64u64 << 20, 32u64 << 20);
+    // The map ends with an empty block at the real size (the trailing hole).
+    let h = gnu_sparse_header(&[(at, 4096), (real, 0)], real, 4096, false);
+    let archive = [h, vec![b'x'; 4096], end()].concat();
     let a = arena();
     let tar = a.root.join("in.tar");
     fs::write(&tar, &archive).unwrap();
@@ -733,24 +741,7 @@ fn gnu_sparse_extension_blocks_are_not_headers() {
     let octal = |v: u64| format!("{v:011o}\0").into_bytes();
     let regions: Vec<(u64, u64)> = (0..30).map(|i| (i * 4096, 512)).collect();
     let real = 29 * 4096 + 512; // where the last region ends
-    let mut h = tar::Header::new_gnu();
-    {
-        let g = h.as_gnu_mut().unwrap();
-        g.name[..6].copy_from_slice(b"sparse");
-        for (slot, &(off, len)) in g.sparse.iter_mut().zip(&regions[..4]) {
-            slot.set_offset(off);
-            slot.set_length(len);
-        }
-        g.isextended[0] = 1;
-        g.set_real_size(real);
-    }
-    h.set_entry_type(tar::EntryType::GNUSparse);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mode(0o644);
-    h.set_mtime(1_700_000_000);
-    h.set_size(30 * 512);
-    h.set_cksum();
+    let h = gnu_sparse_header(&regions[..4], real, 30 * 512, true);
     // Two extension blocks of 21 map entries at most, the first saying another follows.
     let ext = |rs: &[(u64, u64)], more: bool| {
         let mut b = Vec::new();
@@ -768,7 +759,7 @@ fn gnu_sparse_extension_blocks_are_not_headers() {
     let mut data = vec![b'd'; 30 * 512 - 1024];
     data.extend_from_slice(&forged);
     let archive = [
-        h.as_bytes().to_vec(),
+        h,
         ext(&regions[4..25], true),
         ext(&regions[25..], false),
         data.clone(),
@@ -790,24 +781,9 @@ fn gnu_sparse_extension_blocks_are_not_headers() {
     assert_eq!(last, &forged[512..], "the data's last block");
     // A PAX size record on a sparse entry: the crate reads that much data, where the header
     // (size 0 here) put the next header, so the forged one was read as the next entry's.
-    let mut h = tar::Header::new_gnu();
-    {
-        let g = h.as_gnu_mut().unwrap();
-        g.name[..6].copy_from_slice(b"sparse");
-        g.sparse[0].set_offset(0);
-        g.sparse[0].set_length(1024);
-        g.set_real_size(1024);
-    }
-    h.set_entry_type(tar::EntryType::GNUSparse);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mode(0o644);
-    h.set_mtime(1_700_000_000);
-    h.set_size(0);
-    h.set_cksum();
     let sized = [
         raw_entry(b"PaxHeaders/s", b'x', b"", &pax_record("size", "1024"), 0o644),
-        h.as_bytes().to_vec(),
+        gnu_sparse_header(&[(0, 1024)], 1024, 0, false),
         forged,
         file("innocent", b"i\n"),
         end(),
