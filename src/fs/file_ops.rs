@@ -726,6 +726,7 @@ impl OverlayFs {
             let sgid_kept = |st: &sys::Stat| st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID;
             let drop_sgid = kind != FileType::Directory
                 && sa.mode.is_none()
+                && sa.caller.uid != 0 // (root keeps it: no stat)
                 && loc.stat().is_ok_and(|st| {
                     sgid_kept(&st) && !sa.caller.in_group_or_root(self.opts.gid_map.to_shown(st.st_gid))
                 });
