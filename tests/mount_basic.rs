@@ -906,8 +906,9 @@ fn a_change_thousands_of_levels_down_copies_up_every_ancestor() {
 }
 
 /// With `.wh.` whiteouts, a lower name of 252 bytes or more cannot be whited out (no
-/// `.wh.NAME` fits in 255 bytes): its unlink fails with ENAMETOOLONG before anything changes.
-/// It copied the directory up first, leaving the upper changed by a failed unlink.
+/// `.wh.NAME` fits in 255 bytes): its unlink and its rename fail with ENAMETOOLONG before
+/// anything changes. They copied the directory (and the rename the file) up first, leaving
+/// the upper changed by a failed call.
 #[test]
 fn unlink_that_cannot_leave_a_wh_whiteout_changes_nothing() {
     if !can_mount() {
@@ -922,6 +923,9 @@ fn unlink_that_cannot_leave_a_wh_whiteout_changes_nothing() {
     let r = fs::remove_file(m.join("d").join(&long));
     assert_eq!(errno(&r), libc::ENAMETOOLONG);
     assert_eq!(fs::read_dir(&u).unwrap().count(), 0, "the upper is unchanged");
+    let r = fs::rename(m.join("d").join(&long), m.join("d/renamed"));
+    assert_eq!(errno(&r), libc::ENAMETOOLONG);
+    assert_eq!(fs::read_dir(&u).unwrap().count(), 0, "the upper is unchanged by the rename");
     assert!(m.join("d").join(&long).exists());
     // A name that fits is whited out as usual.
     fs::write(m.join("d/short"), b"s").unwrap();

@@ -982,6 +982,15 @@ impl OverlayFs {
             }
             self.check_replaceable(d, &src, &npn, nname)?;
         }
+        if !exchange
+            && self.whiteout_style == WhiteoutStyle::WhFile
+            && name::whiteout_name(oname).is_none()
+            && self.lower_positive(&opn, oname)?
+        {
+            // As for an unlink: no `.wh.` name fits the name the rename leaves behind, so it is
+            // refused before anything is copied up.
+            return Err(Error::errno(libc::ENAMETOOLONG));
+        }
         if exchange {
             let d = dst0.as_ref().ok_or(Error::errno(libc::ENOENT))?;
             if Self::has_lower_content(d) {
