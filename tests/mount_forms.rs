@@ -33,6 +33,13 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
         fs::write(bottom.join(f), b"bottom").unwrap();
     }
     fs::write(bottom.join("xw/gone"), b"bottom").unwrap();
+    // An xattr whiteout in the bottom layer's own `opaque=x` directory is hidden too, as the
+    // kernel's lookup hides it (the bottom's marks were not read: it showed as an empty file).
+    fs::create_dir(bottom.join("xwb")).unwrap();
+    set_xattr(&bottom.join("xwb"), "trusted.overlay.opaque", b"x");
+    fs::write(bottom.join("xwb/w"), b"").unwrap();
+    set_xattr(&bottom.join("xwb/w"), "trusted.overlay.whiteout", b"");
+    fs::write(bottom.join("xwb/z"), b"z").unwrap();
     // Top lower: whiteouts and opaque directories in each form.
     mknod_whiteout(&top.join("w_chr"));
     fs::write(top.join(".wh.w_wh"), b"").unwrap();
@@ -69,8 +76,9 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
     let _g = mount_layerfs(&[top.clone(), bottom.clone()], Some((&u, &w)), &m, "");
     assert_eq!(
         names(&m),
-        vec!["keep", "o_fovl", "o_marker", "o_trusted", "o_upper", "o_user", "x_upper", "xw"]
+        vec!["keep", "o_fovl", "o_marker", "o_trusted", "o_upper", "o_user", "x_upper", "xw", "xwb"]
     );
+    assert_eq!(names(&m.join("xwb")), vec!["z"]);
     for d in ["o_trusted", "o_user", "o_fovl", "o_marker"] {
         assert_eq!(names(&m.join(d)), vec!["new"], "{d} must be opaque");
         assert!(fs::symlink_metadata(m.join(d).join("old")).is_err(), "{d}/old must stay hidden");
@@ -78,14 +86,23 @@ fn every_whiteout_and_opaque_form_is_read_and_hidden() {
     assert!(names(&m.join("o_upper")).is_empty());
     assert!(names(&m.join("xw")).contains(&"old".to_string()), "opaque=x merges");
     assert!(!names(&m.join("xw")).contains(&"gone".to_string()), "xattr whiteout hides");
-    for f in ["w_chr", "w_wh", "w_upper_chr", "w_upper_wh", ".wh.w_wh", "xw/gone", "o_marker/.wh..wh..opq"] {
+    for f in [
+        "w_chr",
+        "w_wh",
+        "w_upper_chr",
+        "w_upper_wh",
+        ".wh.w_wh",
+        "xw/gone",
+        "xwb/w",
+        "o_marker/.wh..wh..opq",
+    ] {
         let e = fs::symlink_metadata(m.join(f)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{f}");
     }
     // No private xattr is visible, a user one is.
     let x = xattrs(&m.join("keep"), true);
     assert_eq!(x, vec![("user.visible".to_string(), "1".to_string())]);
-    for d in ["o_trusted", "o_user", "o_fovl", "xw"] {
+    for d in ["o_trusted", "o_user", "o_fovl", "xw", "xwb"] {
         assert!(
             xattrs(&m.join(d), true).is_empty(),
             "{d} shows private xattrs: {:?}",

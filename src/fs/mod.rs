@@ -910,7 +910,7 @@ impl OverlayFs {
         let mut lower_dirs = Vec::new();
         let mut stop = false;
         for (i, l) in self.layers.iter().enumerate() {
-            let marks = if l.is_bottom { DirMarks::default() } else { layer::dir_marks(&l.root) };
+            let marks = if l.is_bottom { layer::xattr_marks(&l.root) } else { layer::dir_marks(&l.root) };
             if l.is_upper {
                 upper = Some(Loc::fixed_dir(l.root.clone()));
                 upper_marks = marks;
@@ -1213,7 +1213,9 @@ impl OverlayFs {
         if fmt == libc::S_IFDIR {
             let fd = layer::open_dir_at(dir.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?;
             let fd = Arc::new(fd);
-            let mut marks = if bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
+            // (At the bottom opacity hides nothing, but `opaque=x` still marks xattr
+            // whiteouts, which the kernel's lookup hides there too.)
+            let mut marks = if bottom { layer::xattr_marks(&fd) } else { layer::dir_marks(&fd) };
             if !bottom && !marks.opaque && self.has_wh_file(dir, name) {
                 // A directory next to its own whiteout: nothing below shows through.
                 marks.opaque = true;
@@ -1282,7 +1284,8 @@ impl OverlayFs {
         let fd = Arc::new(
             layer::open_dir_at(dir_open(&ld.fd)?.as_fd(), cname).map_err(|e| Error::io(e, "open dir"))?,
         );
-        let marks = if self.layers[ld.layer].is_bottom { DirMarks::default() } else { layer::dir_marks(&fd) };
+        let marks =
+            if self.layers[ld.layer].is_bottom { layer::xattr_marks(&fd) } else { layer::dir_marks(&fd) };
         Ok((fd, marks))
     }
 
