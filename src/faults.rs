@@ -114,7 +114,12 @@ const ERRNOS: &[(&str, i32)] = &[
 /// `EIO` → 5; also a plain number.
 pub fn errno_from_name(s: &str) -> Option<i32> {
     let u = s.to_ascii_uppercase();
-    ERRNOS.iter().find(|(n, _)| *n == u).map(|(_, e)| *e).or_else(|| s.parse::<i32>().ok().filter(|e| *e > 0))
+    // The kernel takes reply errors 1..=511 only: another left the caller waiting for good.
+    ERRNOS
+        .iter()
+        .find(|(n, _)| *n == u)
+        .map(|(_, e)| *e)
+        .or_else(|| s.parse::<i32>().ok().filter(|e| (1..512).contains(e)))
 }
 
 /// 5 → `EIO` (the first name of a number), else `E<number>`.
@@ -223,6 +228,13 @@ impl Rule {
         }
         let glob = match path_s {
             "*" | "**" | "/**" => None,
+            p if p.starts_with('*') && !p.starts_with("**") => {
+                // `*` does not cross `/`, and paths start with one: it would match nothing.
+                return Err(format!(
+                    "rule {line:?}: a path starting with a single '*' matches nothing (use /{p} for the \
+                     top directory or **/{p} anywhere)"
+                ));
+            }
             p if p.starts_with('/') || p.starts_with('*') => Some(p.as_bytes().to_vec()),
             p => Some(format!("/{p}").into_bytes()),
         };
@@ -386,12 +398,13 @@ impl Faults {
         let mut inj = Injection::default();
         let mut any = false;
         for r in rules.iter().filter(|r| r.ops & op.bit() != 0 && r.matches_path(path)) {
+            // (Every matching rule counts the call, also after an errno is decided: `nth=` and
+            // `prob=` of later rules count from it, and their delays still add up.)
             if r.fires(op, len) {
                 any = true;
                 inj.delay += r.delay;
-                if r.errno.is_some() {
+                if inj.errno.is_none() {
                     inj.errno = r.errno;
-                    break;
                 }
             }
         }
@@ -673,9 +686,28 @@ mod tests {
         assert!(Rule::parse("write /x EIO nth=1 prob=0.5").is_err());
         assert!(Rule::parse("write /x EIO prob=2").is_err());
         assert!(Rule::parse("write /x EBOGUS").is_err());
+        // The kernel takes reply errors up to 511; a single leading '*' matches no path.
+        assert!(Rule::parse("open /f errno=600").is_err());
+        assert!(Rule::parse("open /f errno=511").is_ok());
+        assert!(Rule::parse("open *.conf ENOSPC").unwrap_err().contains("**/*.conf"));
         let rs = parse_rules("# comment\n\nwrite /a/** EIO  # trailing\nopen * EACCES nth=2\n").unwrap();
         assert_eq!(rs.len(), 2);
         assert!(parse_rules("write /a\n").unwrap_err().contains("line 1"));
+    }
+
+    /// Every matching rule counts each call: the first errno decides, later rules still count
+    /// the call (their `nth=`) and add their delays.
+    #[test]
+    fn every_matching_rule_counts_a_call_the_first_errno_decides() {
+        let f = Faults::new(
+            parse_rules("open /etc/a.conf EIO nth=1\nopen /etc/* EACCES nth=2\nopen /etc/motd EIO\nopen /etc/motd delay=1s")
+                .unwrap(),
+        );
+        let d = |p: &str| f.decide(Op::Open, Some(Path::new(p)), 0);
+        assert_eq!(d("/etc/a.conf").unwrap().errno, Some(libc::EIO));
+        assert_eq!(d("/etc/b.conf").unwrap().errno, Some(libc::EACCES), "the second /etc/* open");
+        let m = d("/etc/motd").unwrap();
+        assert_eq!((m.errno, m.delay), (Some(libc::EIO), Duration::from_secs(1)));
     }
 
     #[test]
