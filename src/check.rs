@@ -290,6 +290,16 @@ impl Checker {
                     continue;
                 }
             };
+            let chr = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+            if chr
+                && st.st_rdev == 0
+                && ent.name.starts_with(b"#")
+                && ent.name[1..].iter().all(u8::is_ascii_hexdigit)
+            {
+                // Kernel overlayfs keeps one whiteout here (`#<hex>`) to link new whiteouts to,
+                // and leaves it at unmount; its next mount clears it.
+                continue;
+            }
             if is_reg(&st) {
                 let expl = if st.st_size == 0 {
                     "zero-length regular file left in the workdir (a copy-up or create cut short \

@@ -285,6 +285,28 @@ fn repair_refused_on_a_mounted_kernel_upper() {
     assert!(u.join(".wh.f").exists());
 }
 
+/// What kernel overlayfs leaves after a clean session is healthy: the one whiteout it keeps in
+/// `work/` (`#<hex>`, char device 0/0) to link new whiteouts to was reported as a leftover.
+#[test]
+fn a_kernel_session_leaves_a_healthy_upper_and_workdir() {
+    if !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    fs::write(l.join("f"), b"x").unwrap();
+    fs::write(l.join("g"), b"y").unwrap();
+    {
+        let mut g = mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m);
+        fs::remove_file(m.join("f")).unwrap();
+        fs::remove_file(m.join("g")).unwrap();
+        g.unmount();
+    }
+    let kept: Vec<_> = fs::read_dir(w.join("work")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let o = check(&u, Some(&w), false);
+    assert_eq!(o.code, 0, "work holds {kept:?}\n{}\n{}", o.stdout, o.stderr);
+}
+
 #[test]
 fn odd_names_stay_on_one_line() {
     let s = Scratch::new();
