@@ -542,7 +542,7 @@ fn upper_in_use(upper: &Path) -> bool {
 
 /// `layerfs check ...`; `args[0]` is "check". Returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match Args::try_parse_from(&args) {
+    let mut a = match Args::try_parse_from(&args) {
         Ok(a) => a,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -557,8 +557,10 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
-    match std::fs::symlink_metadata(&a.upper) {
-        Ok(m) if m.is_dir() => {}
+    // The directories as a mount names them (a path through a symlink is followed, as the
+    // mount's own option parsing does).
+    match std::fs::canonicalize(&a.upper).and_then(|c| std::fs::metadata(&c).map(|m| (c, m))) {
+        Ok((c, m)) if m.is_dir() => a.upper = c,
         Ok(_) => {
             eprintln!("layerfs: check: {}: not a directory", a.upper.display());
             return 2;
@@ -567,6 +569,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
             eprintln!("layerfs: check: {}: {e}", a.upper.display());
             return 2;
         }
+    }
+    if let Some(w) = a.work.as_ref().and_then(|w| std::fs::canonicalize(w).ok()) {
+        a.work = Some(w);
     }
     if a.repair && upper_in_use(&a.upper) {
         eprintln!(

@@ -387,3 +387,16 @@ fn normal_session_upper_is_clean() {
         );
     }
 }
+
+/// An upper named through a symlink is followed, as a mount's options are (it was refused as
+/// "not a directory").
+#[test]
+fn an_upper_named_through_a_symlink_is_checked() {
+    let s = Scratch::new();
+    let u = s.path("u");
+    fs::write(u.join(".wh.gone"), b"").unwrap();
+    let link = s.dir.path().join("link");
+    symlink(&u, &link).unwrap();
+    let o = check(&link, None, false);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+}
