@@ -298,3 +298,39 @@ fn import_reads_a_layer_from_stdin() {
     assert_eq!(ls(&root).len(), 1);
     assert_eq!(fs::read_dir(root.join("layers")).unwrap().count(), 1, "a second copy was kept");
 }
+
+/// An import on a parent and an `rm` of that parent, both waiting for the store's lock: one
+/// of them must fail. The parent was checked before the lock, and both succeeded, leaving a
+/// layer on a removed parent.
+#[test]
+fn import_on_a_parent_and_its_rm_do_not_both_succeed() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let (_, native) = CHAINS[0];
+    let base = import(&root, &native[..1]);
+    let lock = fs::OpenOptions::new().write(true).open(root.join("lock")).unwrap();
+    // SAFETY: flock on an open file.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+    let store = |args: &[&std::ffi::OsStr]| {
+        Command::new(bin())
+            .args(["store".as_ref(), "--root".as_ref(), root.as_os_str()])
+            .args(args)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut rm = store(&["rm".as_ref(), base.as_ref()]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let tar = fixture(native[1]);
+    let mut imp = store(&["import".as_ref(), "--parent".as_ref(), base.as_ref(), tar.as_os_str()]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(lock);
+    let (r, i) = (rm.wait().unwrap().success(), imp.wait().unwrap().success());
+    assert!(!(r && i), "both the rm and the import on its parent succeeded");
+    for l in ls(&root) {
+        let parent = &l[2];
+        assert!(parent == "-" || ls(&root).iter().any(|p| &p[0] == parent), "{l:?} has a removed parent");
+    }
+}

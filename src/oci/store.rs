@@ -141,7 +141,13 @@ impl Store {
             if !valid_hex64(&name) {
                 continue;
             }
-            out.push(self.get(&name)?);
+            match self.get(&name) {
+                Ok(info) => out.push(info),
+                // Removed meanwhile (`rm` renames its entry away first, under the lock that
+                // listing does not take).
+                Err(_) if !self.meta_dir(&name).exists() => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
         Ok(out)
@@ -153,17 +159,13 @@ impl Store {
         if tars.is_empty() {
             return Err(Error::new("no layer tar given"));
         }
-        let mut parent = match parent {
-            Some(p) => {
-                let p = parse_digest(p)?;
-                if !self.exists(&p) {
-                    return Err(Error::new(format!("parent layer {p} is not in the store")));
-                }
-                Some(p)
-            }
-            None => None,
-        };
+        let mut parent = parent.map(parse_digest).transpose()?;
+        // The parent is checked under the lock: an `rm` of it between the check and the
+        // import left the new layer on a removed parent.
         let _lock = self.lock()?;
+        if let Some(p) = parent.as_ref().filter(|p| !self.exists(p)) {
+            return Err(Error::new(format!("parent layer {p} is not in the store")));
+        }
         for tar in tars {
             let c = self.import_one(parent.as_deref(), tar).ctx(|| format!("import {}", tar.display()))?;
             parent = Some(c);
