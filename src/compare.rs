@@ -69,15 +69,19 @@ fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-/// Extended attributes of `p` (not following a symlink), without `security.*`/`system.*`;
-/// the overlay's private ones only with `keep_private`.
+/// Extended attributes of `p` (not following a symlink): file capabilities and ACLs, not the
+/// other `security.*`/`system.*` ones (labels the host's LSM gives); the overlay's private
+/// ones only with `keep_private`.
 pub fn xattrs(p: &Path, keep_private: bool) -> Vec<(String, String)> {
     let c = cpath(p);
     let Ok(list) = sys::listxattr(&c, false) else { return Vec::new() };
     let mut out = Vec::new();
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let s = String::from_utf8_lossy(name).to_string();
-        if s.starts_with("security.") || s.starts_with("system.") || (!keep_private && is_private_xattr(&s)) {
+        let compared = s == "security.capability" || s.starts_with("system.posix_acl_");
+        if ((s.starts_with("security.") || s.starts_with("system.")) && !compared)
+            || (!keep_private && is_private_xattr(&s))
+        {
             continue;
         }
         let cn = CString::new(name).unwrap_or_default();
@@ -134,6 +138,13 @@ fn error_entry(e: &std::io::Error) -> Entry {
 /// times are left out (they legitimately differ between implementations).
 pub fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
+    // The root too: a chmod of `.`, or an xattr set on it, is a change like any other.
+    if let Ok(md) = std::fs::symlink_metadata(root) {
+        let (mode, uid, gid) = (md.mode() & 0o7777, md.uid(), md.gid());
+        let e =
+            Entry { kind: 'd', mode, uid, gid, size: 0, content: String::new(), xattrs: xattrs(root, false) };
+        out.insert(".".to_string(), e);
+    }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = match std::fs::read_dir(&dir) {
@@ -260,6 +271,16 @@ fn set_opaque(dir: &Path) -> std::io::Result<()> {
 pub fn convert_to_kernel_whiteouts(root: &Path) -> std::io::Result<()> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
+        // The user-namespace opaque marks mean nothing to a kernel mount without `userxattr`,
+        // which copies them up as plain xattrs (and the upper then read as opaque here).
+        for x in [c"user.overlay.opaque", c"user.fuseoverlayfs.opaque"] {
+            if let Ok(v) = sys::getxattr(&cpath(&d), x, false) {
+                if v == b"y" {
+                    set_opaque(&d)?;
+                }
+                sys::removexattr(&cpath(&d), x, false)?;
+            }
+        }
         for e in std::fs::read_dir(&d)? {
             let e = e?;
             let p = e.path();
@@ -308,9 +329,13 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A path as a mount option's value: `\\`, `:` and `,` escaped.
+fn esc(p: &Path) -> String {
+    p.to_string_lossy().replace('\\', "\\\\").replace(':', "\\:").replace(',', "\\,")
+}
+
 fn join_layers(lowers: &[PathBuf]) -> String {
-    let esc = |p: &PathBuf| p.to_string_lossy().replace('\\', "\\\\").replace(':', "\\:").replace(',', "\\,");
-    lowers.iter().map(esc).collect::<Vec<_>>().join(":")
+    lowers.iter().map(|p| esc(p)).collect::<Vec<_>>().join(":")
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -344,7 +369,7 @@ struct Run {
     upper: BTreeMap<String, Entry>,
 }
 
-fn run_command(cmd: &[OsString], mnt: &Path) -> (Option<i32>, String, String) {
+fn run_command(cmd: &[OsString], mnt: &Path) -> Result<(Option<i32>, String, String), String> {
     let out = Command::new(&cmd[0])
         .args(&cmd[1..])
         .current_dir(mnt)
@@ -354,9 +379,9 @@ fn run_command(cmd: &[OsString], mnt: &Path) -> (Option<i32>, String, String) {
     match out {
         Ok(o) => {
             let norm = |b: &[u8]| String::from_utf8_lossy(b).replace(&*mnt.to_string_lossy(), "$ROOT");
-            (o.status.code(), norm(&o.stdout), norm(&o.stderr))
+            Ok((o.status.code(), norm(&o.stdout), norm(&o.stderr)))
         }
-        Err(e) => (None, String::new(), format!("cannot run {}: {e}", cmd[0].to_string_lossy())),
+        Err(e) => Err(format!("cannot run {}: {e}", cmd[0].to_string_lossy())),
     }
 }
 
@@ -382,8 +407,8 @@ fn mount_opts(side: &Path, lowers: &[PathBuf]) -> String {
     format!(
         "lowerdir={},upperdir={},workdir={}",
         join_layers(lowers),
-        side.join("upper").display(),
-        side.join("work").display()
+        esc(&side.join("upper")),
+        esc(&side.join("work"))
     )
 }
 
@@ -406,12 +431,14 @@ fn run_side(name: &'static str, side: &Path, lowers: &[PathBuf], cmd: &[OsString
     if !out.status.success() {
         return Err(format!("{name} mount refused: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    let (code, stdout, stderr) = run_command(cmd, &mnt);
+    let ran = run_command(cmd, &mnt);
     let merged = snapshot(&mnt);
     unmount(&mnt, !kernel);
     if is_mounted(&mnt) {
         return Err(format!("{} is still mounted", mnt.display()));
     }
+    // A command that could not be started compared nothing (it read as two identical runs).
+    let (code, stdout, stderr) = ran?;
     Ok(Run { name, code, stdout, stderr, merged, upper: canonical_upper(&side.join("upper")) })
 }
 

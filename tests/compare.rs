@@ -99,3 +99,39 @@ fn usage_errors_compare_nothing() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/layer"));
 }
+
+/// What compare missed or made up: a change of the root itself, a capability and an ACL (set
+/// on the kernel side only, by a command that tells the sides apart), a command that cannot
+/// be started (reported identical, exit 0), and the user-namespace opaque mark of a layer
+/// (which the kernel copies up as a plain xattr: a made-up opaque upper directory).
+#[test]
+fn the_root_capabilities_acls_and_unrunnable_commands_are_told() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let lowers = layers(&s);
+    let on_kernel = "grep -q \"^overlay $PWD \" /proc/mounts";
+    let cmd = format!(
+        "touch lib/x.so dir/new; if {on_kernel}; then chmod 700 .; setfattr -n security.capability \
+         -v 0x0100000200200000000000000000000000000000 lib/x.so; setfacl -m u:7:r dir/new; fi"
+    );
+    let out = compare(&lowers, &[], &cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for d in ["differs: .\n", "differs: lib/x.so", "differs: dir/new"] {
+        assert!(stdout.contains(d), "{d}: {stdout}");
+    }
+    let out = Command::new(layerfs_bin())
+        .arg("compare")
+        .args(&lowers)
+        .args(["--", "/no/such/command"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    // A layer in fuse-overlayfs's form: the marker file and user.overlay.opaque.
+    set_xattr(&lowers[0].join("dir"), "user.overlay.opaque", b"y");
+    let out = compare(&lowers, &[], "touch dir/newer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+}
