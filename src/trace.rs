@@ -216,7 +216,20 @@ impl Tracer {
     /// server's own (0600: the server runs with umask 0, and a trace shows every name).
     pub fn open(path: &Path, queue: usize) -> std::io::Result<Tracer> {
         use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        // Non-blocking, so that a FIFO no process reads fails here (ENXIO) instead of holding
+        // the mount until a reader comes; the writer thread then writes blocking again.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) => std::io::Error::other("a FIFO that no process reads"),
+                _ => e,
+            })?;
+        crate::sys::clear_nonblock(std::os::fd::AsFd::as_fd(&f))?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let (d, taken) = (dropped.clone(), Arc::new(AtomicU64::new(0)));
@@ -476,8 +489,13 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 pub fn summarize(r: impl BufRead) -> std::io::Result<String> {
     let mut by: std::collections::BTreeMap<String, OpStats> = Default::default();
     let (mut dropped, mut bad, mut total) = (0u64, 0u64, 0u64);
-    for line in r.lines() {
-        let line = line?;
+    for line in r.split(b'\n') {
+        // A line that is not UTF-8 (a name cut inside a character) is one unreadable line,
+        // not the end of the summary.
+        let Ok(line) = String::from_utf8(line?) else {
+            bad += 1;
+            continue;
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -542,6 +560,10 @@ usage: layerfs trace summarize FILE   counts and latency percentiles (µs) per o
 pub fn cli_main(args: &[std::ffi::OsString]) -> i32 {
     let a: Vec<String> = args.iter().map(|s| s.to_string_lossy().into_owned()).collect();
     match a.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["-h"] | ["--help"] | ["summarize", "-h" | "--help"] => {
+            print!("{TRACE_USAGE}");
+            0
+        }
         ["summarize", file] => {
             let r: std::io::Result<String> = if *file == "-" {
                 summarize(std::io::stdin().lock())
@@ -558,10 +580,6 @@ pub fn cli_main(args: &[std::ffi::OsString]) -> i32 {
                     1
                 }
             }
-        }
-        ["-h"] | ["--help"] => {
-            print!("{TRACE_USAGE}");
-            0
         }
         _ => {
             eprint!("{TRACE_USAGE}");

@@ -177,3 +177,50 @@ impl StdinBytes for Command {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
+
+/// A trace FIFO that no process reads is refused at mount in one line (the mount command
+/// waited for a reader, and a server left behind by Ctrl-C mounted whenever one came); a
+/// line that is not UTF-8 is one unreadable line of a summary (it ended the summary), and
+/// `summarize --help` is help (it was taken for a file name).
+#[test]
+fn a_fifo_nobody_reads_is_refused_and_summaries_take_any_bytes() {
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    let fifo = s.dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    if can_mount() {
+        let mut child = Command::new(layerfs_bin())
+            .arg("-o")
+            .arg(format!("lowerdir={},trace={}", l.display(), fifo.display()))
+            .arg(&m)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _g = is_mounted(&m).then(|| Mounted { mnt: m.clone(), fuse: true });
+        let done = child.try_wait().unwrap();
+        if done.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(done.is_some_and(|st| !st.success()), "still waiting for a reader: {err}");
+        assert!(err.contains("a FIFO that no process reads") && err.trim_end().lines().count() == 1, "{err}");
+        assert!(!is_mounted(&m));
+    }
+    let tr = s.dir.path().join("tr");
+    std::fs::write(&tr, b"{\"op\":\"getattr\",\"us\":5}\n\xff\xfe\n{\"op\":\"getattr\",\"us\":7}\n").unwrap();
+    let o = Command::new(layerfs_bin()).args(["trace", "summarize"]).arg(&tr).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("unreadable lines: 1") && out.contains("total 2 operations"),
+        "{out}"
+    );
+    let o = Command::new(layerfs_bin()).args(["trace", "summarize", "--help"]).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("usage: layerfs trace"));
+}

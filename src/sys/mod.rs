@@ -1397,6 +1397,15 @@ pub fn set_nonblock(fd: BorrowedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears `O_NONBLOCK` on the open file `fd` refers to.
+pub fn clear_nonblock(fd: BorrowedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd.
+    let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
 /// `read(2)` into `buf`.
 pub fn read(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: read into a buffer we own, of its length.
