@@ -270,6 +270,16 @@ impl Fuse {
                 }
             }
         }));
+        // A moved directory's listing, cached by the kernel, names its old parent for `..`:
+        // its pages go.
+        let n = notifier.clone();
+        let _ = fs.listing_stale.set(Box::new(move |id| {
+            if let Some(n) = n.get() {
+                if let Err(e) = n.inval_inode(INodeNo(id), 0, 0) {
+                    log::debug!("invalidating the listing of {id:#x}: {e}");
+                }
+            }
+        }));
         Fuse {
             fs,
             ttl,

@@ -171,3 +171,49 @@ fn opendir_is_asked_once_then_the_kernel_opens_directories_itself() {
     assert!(text.contains(" READDIR"), "no request log in {}", log.display());
     assert!(opendirs <= 1, "{opendirs} OPENDIR requests for 31 directory opens");
 }
+
+/// The `..` entry getdents gives: its inode number.
+fn dotdot_ino(dir: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut found = None;
+    loop {
+        // SAFETY: getdents64 into a buffer of the length given.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, f.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+        let mut p = 0usize;
+        while p < n as usize {
+            let ino = u64::from_ne_bytes(buf[p..p + 8].try_into().unwrap());
+            let reclen = u16::from_ne_bytes(buf[p + 16..p + 18].try_into().unwrap()) as usize;
+            let name = CStr::from_bytes_until_nul(&buf[p + 19..p + reclen]).unwrap();
+            if name.to_bytes() == b".." {
+                found = Some(ino);
+            }
+            p += reclen;
+        }
+    }
+    found.expect("no .. entry")
+}
+
+/// A directory moved to another parent lists the new parent for `..`, also where the kernel
+/// had cached its listing before the move (a move changes nothing the kernel checks there, so
+/// it gave the old parent's number until something changed inside).
+#[test]
+fn a_moved_directory_lists_its_new_parent() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "");
+    fs::create_dir_all(m.join("A/x")).unwrap();
+    fs::create_dir(m.join("B")).unwrap();
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    assert_eq!(dotdot_ino(&m.join("A/x")), ino(&m.join("A")));
+    fs::rename(m.join("A/x"), m.join("B/x")).unwrap();
+    assert_eq!(dotdot_ino(&m.join("B/x")), ino(&m.join("B")), "`..` of the moved directory");
+}

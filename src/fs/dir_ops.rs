@@ -1147,6 +1147,16 @@ impl OverlayFs {
             self.set_opaque(&l)?;
             node.state.lock().upper_marks.opaque = true;
         }
+        if is_dir {
+            // The listing the kernel caches names the old parent for `..` (a move changes
+            // neither the directory's mtime nor anything else the kernel checks): dropped, now
+            // that the new parent is the node's, with the server's own.
+            let _g = node.dir_lock.write();
+            self.dir_changed(node.ino);
+            if let Some(f) = self.listing_stale.get() {
+                f(node.ino);
+            }
+        }
         Ok(())
     }
 }

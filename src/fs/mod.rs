@@ -512,6 +512,9 @@ pub struct OverlayFs {
     /// copy-up changed: its attributes (link count, size, ctime) are now the upper's, and the
     /// kernel may hold the lower's (see `Fuse::new`).
     pub attrs_stale: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Told the node id of each directory moved: the kernel's cached listing of it holds the
+    /// old parent's inode number for `..` (see `Fuse::new`).
+    pub listing_stale: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     /// Listings for READDIR without a handle, by directory node id.
@@ -890,6 +893,7 @@ impl OverlayFs {
             upper_ids: Mutex::new(HashMap::new()),
             leaf_key,
             attrs_stale: OnceLock::new(),
+            listing_stale: OnceLock::new(),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             listings: Mutex::new(lru::LruCache::new(
