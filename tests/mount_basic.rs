@@ -1124,3 +1124,42 @@ fn large_reads_racing_a_truncation_through_the_mount_do_not_fail() {
     assert!(failed.is_empty(), "{} of {} reads failed: {:?}", failed.len(), ok + failed.len(), &failed[..1]);
     assert!(ok > 10, "only {ok} reads");
 }
+
+/// A removed lower file still open is never copied up again: an fchmod through its descriptor
+/// fails with EEXIST as on kernel overlayfs (with `.wh.` whiteouts, which leave the name free,
+/// the copy came back under the name), and under `writeback=1` the times the kernel flushes
+/// at close, or the ctime it sends within the unlink, change nothing (the close failed with
+/// EIO, and the file's data was copied for nothing).
+#[test]
+fn a_removed_lower_file_is_never_copied_up_again() {
+    if !can_mount() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for opts in ["whiteout=wh", "passthrough=0,writeback=1", "passthrough=0,writeback=1,whiteout=wh"] {
+        let s = Scratch::new();
+        let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+        for f in ["a", "b"] {
+            fs::write(l.join(f), format!("lower {f}\n")).unwrap();
+        }
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, opts);
+        let a = fs::File::open(m.join("a")).unwrap();
+        fs::remove_file(m.join("a")).unwrap();
+        let e = a.set_permissions(fs::Permissions::from_mode(0o600)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{opts}");
+        let b = fs::File::open(m.join("b")).unwrap();
+        fs::remove_file(m.join("b")).unwrap();
+        b.sync_all().unwrap();
+        // SAFETY: closing a descriptor this test owns, to see close's result.
+        assert_eq!(unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(b)) }, 0, "{opts}");
+        drop(a);
+        assert!(
+            fs::symlink_metadata(m.join("a")).is_err() && fs::symlink_metadata(m.join("b")).is_err(),
+            "{opts}"
+        );
+        for f in ["a", "b"] {
+            let up = fs::symlink_metadata(u.join(f));
+            assert!(up.is_err() || up.unwrap().len() == 0, "{opts}: a copy of {f} in the upper");
+        }
+    }
+}

@@ -267,10 +267,16 @@ impl OverlayFs {
         if node.has_upper.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (parent, name, kind, src) = {
+        let (parent, name, kind, src, unlinked) = {
             let s = node.state.lock();
-            (s.parent.clone(), s.name.clone(), s.kind, super::top_loc_layer_of(&s))
+            (s.parent.clone(), s.name.clone(), s.kind, super::top_loc_layer_of(&s), s.unlinked)
         };
+        if unlinked {
+            // A removed lower object (still open): its name is a whiteout's, or another
+            // object's, now. The kernel's copy-up fails there with EEXIST; with a `.wh.`
+            // whiteout, which leaves the name free, the copy came back under it.
+            return Err(Error::new(libc::EEXIST, "copy-up of a removed object"));
+        }
         let parent = parent.ok_or(Error::new(libc::EIO, "copy-up of a node without parent"))?;
         let (src, src_layer) = src.ok_or(Error::new(libc::ESTALE, "copy-up source"))?;
         let (pdir, pfd) = self.ensure_upper_dir(&parent)?;

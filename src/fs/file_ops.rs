@@ -669,6 +669,15 @@ impl OverlayFs {
                 return Err(Error::errno(libc::EPERM));
             }
         }
+        let times_only = sa.mode.is_none() && sa.uid.is_none() && sa.gid.is_none() && sa.size.is_none();
+        let nothing = times_only && sa.atime.is_none() && sa.mtime.is_none();
+        let flushed = times_only && self.writeback_cache.load(Ordering::Relaxed);
+        if (nothing || flushed) && !node.has_upper.load(Ordering::Acquire) && node.state.lock().unlinked {
+            // The ctime the kernel's writeback cache sends within an unlink or a rename over a
+            // lower file, and the times it flushes when a descriptor of it is closed or synced:
+            // nothing to copy up for a removed object (that failed, and the close with it).
+            return self.node_attr(&node);
+        }
         let only_truncate_to_zero =
             sa.size == Some(0) && sa.mode.is_none() && sa.uid.is_none() && sa.gid.is_none();
         self.copy_up(&node, !only_truncate_to_zero)?;
