@@ -622,26 +622,18 @@ type DevIno = (u64, u64);
 /// directory itself: through the mounts it is reached by, so a bind mount of a directory has
 /// that directory's pair first. Empty where `p` cannot be opened.
 fn inode_chain(p: &Path) -> Vec<DevIno> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
-    let open = |dir: libc::c_int, name: &std::ffi::CStr| -> Option<OwnedFd> {
-        // SAFETY: a NUL-terminated name; the descriptor returned is owned here.
-        let fd =
-            unsafe { libc::openat(dir, name.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-        // SAFETY: a descriptor just opened and owned by no one else.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-    };
+    use std::os::fd::AsFd;
+    let dir = libc::O_PATH | libc::O_DIRECTORY;
     let mut out = Vec::new();
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return out };
-    let mut fd = open(libc::AT_FDCWD, &c);
+    let mut fd = crate::sys::cstr(p.as_os_str()).and_then(|c| crate::sys::open_trusted(&c, dir, 0)).ok();
     while let Some(f) = fd {
-        let Ok(st) = std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())) else { break };
-        let id = (st.dev(), st.ino());
+        let Ok(st) = crate::sys::fstat(f.as_fd()) else { break };
+        let id = (st.st_dev, st.st_ino);
         if out.last() == Some(&id) || out.len() > 4096 {
             break; // the root: its `..` is itself
         }
         out.push(id);
-        fd = open(f.as_raw_fd(), c"..");
+        fd = crate::sys::openat(f.as_fd(), c"..", dir, 0).ok();
     }
     out
 }

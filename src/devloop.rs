@@ -77,7 +77,7 @@ pub const POLL_MAX_CPUS: usize = 4;
 fn shared_dev(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd> {
     let fd = sys::dup_cloexec(session)?;
     if nonblock {
-        sys::set_nonblock(fd.as_fd())?;
+        sys::set_nonblocking(fd.as_fd(), true)?;
     }
     Ok(fd)
 }

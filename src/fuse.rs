@@ -261,25 +261,21 @@ impl Fuse {
         let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::new(OnceLock::new());
         // A copied-up object (and its parent directory, which got an entry) keeps the lower's
         // attributes in the kernel (ctime, a directory's size, a hard-linked file's link
-        // count) for the whole timeout: they are to be asked for again.
-        let n = notifier.clone();
-        let _ = fs.attrs_stale.set(Box::new(move |id| {
-            if let Some(n) = n.get() {
-                if let Err(e) = n.inval_inode(INodeNo(id), -1, 0) {
-                    log::debug!("invalidating the attributes of {id:#x}: {e}");
+        // count) for the whole timeout: they are to be asked for again (offset -1). A moved
+        // directory's listing, cached by the kernel, names its old parent for `..`: its pages
+        // go (offset 0).
+        let inval = |offset: i64, what: &'static str| -> Box<dyn Fn(u64) + Send + Sync> {
+            let n = notifier.clone();
+            Box::new(move |id| {
+                if let Some(n) = n.get() {
+                    if let Err(e) = n.inval_inode(INodeNo(id), offset, 0) {
+                        log::debug!("invalidating the {what} of {id:#x}: {e}");
+                    }
                 }
-            }
-        }));
-        // A moved directory's listing, cached by the kernel, names its old parent for `..`:
-        // its pages go.
-        let n = notifier.clone();
-        let _ = fs.listing_stale.set(Box::new(move |id| {
-            if let Some(n) = n.get() {
-                if let Err(e) = n.inval_inode(INodeNo(id), 0, 0) {
-                    log::debug!("invalidating the listing of {id:#x}: {e}");
-                }
-            }
-        }));
+            })
+        };
+        let _ = fs.attrs_stale.set(inval(-1, "attributes"));
+        let _ = fs.listing_stale.set(inval(0, "listing"));
         Fuse {
             fs,
             ttl,

@@ -229,7 +229,7 @@ impl Tracer {
                 Some(libc::ENXIO) => std::io::Error::other("a FIFO that no process reads"),
                 _ => e,
             })?;
-        crate::sys::clear_nonblock(std::os::fd::AsFd::as_fd(&f))?;
+        crate::sys::set_nonblocking(std::os::fd::AsFd::as_fd(&f), false)?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let (d, taken) = (dropped.clone(), Arc::new(AtomicU64::new(0)));

@@ -1389,20 +1389,13 @@ pub fn fuse_dev_clone(session: BorrowedFd, nonblock: bool) -> io::Result<OwnedFd
     Ok(fd)
 }
 
-/// Sets `O_NONBLOCK` on the open file `fd` refers to (shared by its duplicates).
-pub fn set_nonblock(fd: BorrowedFd) -> io::Result<()> {
+/// Sets or clears `O_NONBLOCK` on the open file `fd` refers to (shared by its duplicates).
+pub fn set_nonblocking(fd: BorrowedFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a valid descriptor.
     let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) })?;
-    Ok(())
-}
-
-/// Clears `O_NONBLOCK` on the open file `fd` refers to.
-pub fn clear_nonblock(fd: BorrowedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a valid fd.
-    let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let fl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) })?;
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) })?;
     Ok(())
 }
 
