@@ -304,9 +304,8 @@ impl OverlayFs {
         // it is in); where it may not, the copy-up fails with EPERM, as fuse-overlayfs's does,
         // rather than hand the object to the server's user (a setuid root file became the
         // user's, and a file of one of the user's groups lost its group).
-        let lower_owner = (st.st_uid, st.st_gid);
-        let chown_to =
-            (!in_xattr && (self.can_chown() || lower_owner != self.own_ids)).then_some(lower_owner);
+        // (An owner the copy gets on creation, the server's own, needs no chown: see `made`.)
+        let chown_to = (!in_xattr).then_some((st.st_uid, st.st_gid));
         // A file or directory the server would create with its final owner anyway, whose mode
         // has no bit a chown drops and leaves the server its own access (xattrs are set by
         // path), is created with its final mode: no chown and no chmod follow, two of the
