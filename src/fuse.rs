@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::error::Error;
-use crate::fs::{Caller, ListedFile, Opened, OverlayFs, SetAttr};
+use crate::fs::{Attr, Caller, ListedFile, Opened, OverlayFs, SetAttr};
 use crate::trace::{Args, Hooks, Op, Outcome};
 
 /// The server side of one mount: what every transport answers requests with.
@@ -91,9 +91,10 @@ pub struct Ctx {
 pub enum Answer<'a> {
     Err(i32),
     Ok,
-    /// The attributes (`attr.ino` is the inode number shown) and the node id the kernel
-    /// refers to the object by, which differ for an alias ([`Aliases`]).
-    Entry(FileAttr, u64),
+    /// The attributes (`attr.ino` is the inode number shown), the node id the kernel refers
+    /// to the object by, and whether the kernel may cache the attributes (not for an alias,
+    /// whose node has two kernel inodes: [`Fuse::resolve`]).
+    Entry(FileAttr, u64, bool),
     Attr(FileAttr),
     Data(&'a [u8]),
     XattrSize(u32),
@@ -103,7 +104,9 @@ pub enum Answer<'a> {
         backing: Option<u32>,
     },
     Create {
+        /// As in `Entry`, with the node id (a new file: never an alias).
         attr: FileAttr,
+        id: u64,
         fh: u64,
         flags: FopenFlags,
         backing: Option<u32>,
@@ -423,7 +426,7 @@ impl Fuse {
 
     /// The node id to answer an entry of `attr`'s node with, which then holds one more kernel
     /// reference: the node's current alias, if it has one.
-    fn kernel_id(&self, attr: &FileAttr) -> u64 {
+    fn kernel_id(&self, attr: &Attr) -> u64 {
         let id = attr.ino.0;
         if attr.kind != FileType::RegularFile || !self.any_alias.load(Ordering::Acquire) {
             return id;
@@ -635,9 +638,12 @@ pub struct SetattrIn {
 /// `/dev/fuse` threads in [`crate::devloop`], or the io_uring queues in [`crate::uring`]).
 impl Fuse {
     /// The answer to an operation that makes or finds a name.
-    fn entry(&self, op: &str, r: crate::error::Result<FileAttr>) -> Answer<'static> {
+    fn entry(&self, op: &str, r: crate::error::Result<Attr>) -> Answer<'static> {
         match r {
-            Ok(attr) => Answer::Entry(attr, self.kernel_id(&attr)),
+            Ok(attr) => {
+                let id = self.kernel_id(&attr);
+                Answer::Entry(attr.shown(), id, id == attr.ino.0)
+            }
             Err(e) => fail(op, e),
         }
     }
@@ -686,7 +692,7 @@ impl Fuse {
             None => self.fs.getattr(ino),
         });
         match r {
-            Ok(attr) => Answer::Attr(attr),
+            Ok(attr) => Answer::Attr(attr.shown()),
             Err(e) => fail("getattr", e),
         }
     }
@@ -747,7 +753,7 @@ impl Fuse {
             if kill || empty { self.fs.getattr(ino) } else { Ok(attr) }
         };
         match self.hook(ctx, Op::Setattr, ino, None, 0, args, f) {
-            Ok(attr) => Answer::Attr(attr),
+            Ok(attr) => Answer::Attr(attr.shown()),
             Err(e) => fail("setattr", e),
         }
     }
@@ -1042,7 +1048,7 @@ impl Fuse {
                     Ok(a) => a,
                     Err(e) => return fail("readdirplus", e),
                 };
-                if out.add(off, &e.name, &self.ttl, &attr, attr.ino.0) {
+                if out.add(off, &e.name, &self.ttl, &attr.shown(), attr.ino.0) {
                     break;
                 }
                 continue;
@@ -1051,7 +1057,9 @@ impl Fuse {
             match self.fs.lookup(ino, &e.name) {
                 Ok(attr) => {
                     let id = self.kernel_id(&attr);
-                    if out.add(off, &e.name, &self.ttl, &attr, id) {
+                    // (An alias's attributes are not cached: see `Answer::Entry`.)
+                    let ttl = if id == attr.ino.0 { &self.ttl } else { &Duration::ZERO };
+                    if out.add(off, &e.name, ttl, &attr.shown(), id) {
                         self.forget_id(id, 1);
                         break;
                     }
@@ -1180,16 +1188,18 @@ impl Fuse {
 
     /// The reply to CREATE or TMPFILE: a new file, no other open of its inode, so no conflict
     /// either.
-    fn created(&self, attr: FileAttr, o: crate::fs::Opened, flags: i32) -> Answer<'static> {
+    fn created(&self, attr: Attr, o: crate::fs::Opened, flags: i32) -> Answer<'static> {
         // (A file made by this open is written by it, whatever `flags` says.)
         let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
-        match self.open_mode(attr.ino.0, attr.ino.0, o.fh, flags, false, Some(attr.perm as u32)) {
+        let id = attr.ino.0;
+        let (fh, attr) = (o.fh, attr.shown());
+        match self.open_mode(id, id, fh, flags, false, Some(attr.perm as u32)) {
             OpenMode::Passthrough(b) => {
-                Answer::Create { attr, fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
+                Answer::Create { attr, id, fh, flags: self.noflush(), backing: Some(b.id) }
             }
             // Not asked for by create (may_store is false).
             OpenMode::Cached | OpenMode::Store(_) | OpenMode::Conflict => {
-                Answer::Create { attr, fh: o.fh, flags: self.fopen(&o), backing: None }
+                Answer::Create { attr, id, fh, flags: self.fopen(&o), backing: None }
             }
         }
     }
@@ -1402,10 +1412,11 @@ mod tests {
         Fuse::new(Arc::new(OverlayFs::new(o).unwrap()), Duration::from_secs(1), false, true)
     }
 
-    fn lookup(f: &Fuse) -> (u64, u64) {
+    /// What a lookup of "f" answered: (inode number shown, kernel id, attributes cached).
+    fn lookup(f: &Fuse) -> (u64, u64, bool) {
         let ctx = Ctx { uid: 0, gid: 0, pid: 1 };
         match f.lookup(&ctx, 1, OsStr::new("f")) {
-            Answer::Entry(attr, id) => (attr.ino.0, id),
+            Answer::Entry(attr, id, cache) => (attr.ino.0, id, cache),
             _ => panic!("lookup failed"),
         }
     }
@@ -1467,16 +1478,22 @@ mod tests {
     /// once while revalidating the old entry, then looks it up again) and goes with the node.
     #[test]
     fn an_alias_answers_lookups_until_its_node_is_forgotten() {
+        use std::os::unix::fs::MetadataExt;
         let t = tempfile::tempdir().unwrap();
         let f = fuse_over(t.path());
-        let (node, id) = lookup(&f);
-        assert_eq!(node, id, "no alias: the node id itself");
+        let (shown, node, cached) = lookup(&f);
+        assert_eq!(node, f.fs.lookup(1, OsStr::new("f")).unwrap().ino.0, "no alias: the node id itself");
+        f.fs.forget(node, 1);
+        assert!(cached);
+        // A lower file: its real inode number.
+        assert_eq!(shown, std::fs::metadata(t.path().join("l/f")).unwrap().ino());
         assert_eq!(f.resolve(node), (node, false));
 
         f.make_alias(node);
-        let (shown, alias) = lookup(&f);
-        assert_eq!(shown, node, "the inode number shown stays the node's");
+        let (shown2, alias, cached) = lookup(&f);
+        assert_eq!(shown2, shown, "the inode number shown stays the node's");
         assert_ne!(alias, node);
+        assert!(!cached, "an alias's attributes are not cached");
         assert_eq!(f.resolve(alias), (node, true));
         assert_eq!(f.resolve(node), (node, true));
         assert_eq!(f.node_of(alias), node);
@@ -1485,7 +1502,7 @@ mod tests {
         f.make_alias(node);
         assert_eq!(lookup(&f).1, alias, "still the current alias after its references went");
         f.make_alias(node);
-        let (_, second) = lookup(&f);
+        let (_, second, _) = lookup(&f);
         assert_ne!(second, alias, "an alias the kernel holds is not reused");
         assert_eq!(f.node_of(alias), node, "the older alias still reaches the node");
         f.forget_id(alias, 1);
@@ -1499,7 +1516,7 @@ mod tests {
         assert!(!f.fs.holds(node));
         assert_eq!(f.resolve(second), (second, false), "the alias went with its node");
         assert!(!f.any_alias.load(Ordering::Acquire));
-        let (n2, id2) = lookup(&f);
-        assert_eq!((n2, id2), (node, node), "a fresh lookup answers the node id again");
+        let (n2, id2, _) = lookup(&f);
+        assert_eq!((n2, id2), (shown, node), "a fresh lookup answers the node id again");
     }
 }

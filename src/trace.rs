@@ -27,12 +27,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fuser::FileAttr;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::faults::{self, Faults};
-use crate::fs::{DirEntry, Opened, OverlayFs};
+use crate::fs::{Attr, DirEntry, Opened, OverlayFs};
 
 macro_rules! ops {
     ($($v:ident = $n:literal),* $(,)?) => {
@@ -154,9 +153,9 @@ pub trait Outcome {
     }
 }
 impl Outcome for () {}
-impl Outcome for FileAttr {}
+impl Outcome for Attr {}
 impl Outcome for Opened {}
-impl Outcome for (FileAttr, Opened) {}
+impl Outcome for (Attr, Opened) {}
 impl Outcome for libc::statvfs {}
 impl Outcome for u64 {}
 impl Outcome for Vec<u8> {

@@ -666,9 +666,6 @@ impl Reply<'_> {
     }
     /// `struct fuse_entry_out`.
     fn entry(&mut self, ttl: &Duration, a: &FileAttr, id: u64) {
-        // An alias: its node has two kernel inodes, whose attributes are not to be cached
-        // ([`Fuse::resolve`]).
-        let ttl = if id != a.ino.0 { &Duration::ZERO } else { ttl };
         self.u64(id);
         self.u64(0);
         self.u64(ttl.as_secs());
@@ -688,7 +685,9 @@ impl Reply<'_> {
         match a {
             Answer::Err(e) => self.error = e,
             Answer::Ok => {}
-            Answer::Entry(attr, id) => self.entry(ttl, &attr, id),
+            Answer::Entry(attr, id, cache) => {
+                self.entry(if cache { ttl } else { &Duration::ZERO }, &attr, id)
+            }
             Answer::Attr(attr) => {
                 self.u64(ttl.as_secs());
                 self.u32(ttl.subsec_nanos());
@@ -705,8 +704,8 @@ impl Reply<'_> {
                 self.u32(0);
             }
             Answer::Open { fh, flags, backing } => self.open(fh, flags.bits(), backing),
-            Answer::Create { attr, fh, flags, backing } => {
-                self.entry(ttl, &attr, attr.ino.0);
+            Answer::Create { attr, id, fh, flags, backing } => {
+                self.entry(ttl, &attr, id);
                 self.open(fh, flags.bits(), backing);
             }
             Answer::Written(n) => {

@@ -252,15 +252,109 @@ fn d_ino_equals_st_ino_and_inodes_are_stable() {
         }
     }
     assert!(count > 10);
-    // Hard links inside one lower layer keep their link count, and are two objects (writing
-    // through one name copies up that name only, as in kernel overlayfs without index=on).
+    // Hard links inside one lower layer keep their link count and show one inode number.
     let hl = lowers.iter().find(|l| l.join("hl-a").exists());
     if hl.is_some() {
         let a = fs::symlink_metadata(m.join("hl-a")).unwrap();
         let b = fs::symlink_metadata(m.join("hl-b")).unwrap();
-        assert_ne!(a.ino(), b.ino());
+        assert_eq!(a.ino(), b.ino());
         assert_eq!((a.nlink(), b.nlink()), (2, 2));
     }
+}
+
+/// Every name's inode number, from a stat and from its directory's listing (`d_ino`).
+fn inode_numbers(m: &Path) -> std::collections::BTreeMap<String, (u64, u64)> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![m.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(e.path().strip_prefix(m).unwrap().display().to_string(), (md.ino(), e.ino()));
+        }
+    }
+    out
+}
+
+/// Lower non-directories show their real inode numbers, as on kernel overlayfs (all layers on
+/// one filesystem): two names of a hard link in a layer show one number, in a stat and in a
+/// listing, so tar, du and `cp -a` take them for one file (they showed two numbers, and a tar
+/// of the merged tree held the file twice). Writing through one name copies up that name only
+/// (kernel overlayfs without `index=on`), which then shows its copy's number and one link; a
+/// file linked once keeps its number through a copy-up. Kernel overlayfs gives the same
+/// numbers, before and after.
+#[test]
+fn lower_files_show_their_real_inode_numbers_as_on_kernel_overlayfs() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l1, l2) = (s.path("l1"), s.path("l2"));
+    fs::create_dir_all(l1.join("d")).unwrap();
+    fs::create_dir_all(l2.join("d/sub")).unwrap();
+    fs::write(l2.join("d/a"), b"a").unwrap();
+    fs::hard_link(l2.join("d/a"), l2.join("d/b")).unwrap();
+    fs::hard_link(l2.join("d/a"), l2.join("d/sub/c")).unwrap();
+    fs::write(l1.join("d/top"), b"top").unwrap();
+    std::os::unix::fs::symlink("a", l2.join("d/sym")).unwrap();
+    std::os::unix::fs::symlink("a", l1.join("d/sym2")).unwrap();
+    fs::hard_link(l1.join("d/sym2"), l1.join("d/sym3")).unwrap();
+    let lowers = [l1.clone(), l2.clone()];
+    let real = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+    let a_ino = real(&l2.join("d/a"));
+    let numbers = |m: &Path| {
+        let n = inode_numbers(m);
+        for (p, (st, d)) in &n {
+            assert_eq!(st, d, "{p}: d_ino != st_ino");
+        }
+        n
+    };
+    let run = |tag: &str, kernel: bool| {
+        let (u, w, m) =
+            (s.path(&format!("{tag}-u")), s.path(&format!("{tag}-w")), s.path(&format!("{tag}-m")));
+        for d in [&u, &w, &m] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let _g = if kernel {
+            mount_overlay(&lowers, Some((&u, &w)), &m)
+        } else {
+            mount_layerfs(&lowers, Some((&u, &w)), &m, "")
+        };
+        let before = numbers(&m);
+        for name in ["d/a", "d/b", "d/sub/c"] {
+            assert_eq!(before[name].0, a_ino, "{tag}: {name}");
+        }
+        assert_eq!(before["d/top"].0, real(&l1.join("d/top")), "{tag}");
+        assert_eq!(before["d/sym"].0, real(&l2.join("d/sym")), "{tag}");
+        assert_eq!(before["d/sym2"].0, before["d/sym3"].0, "{tag}");
+        let md = fs::symlink_metadata(m.join("d/b")).unwrap();
+        assert_eq!(md.nlink(), 3, "{tag}");
+        // A copy-up through one name of the hard link, and one of a file linked once.
+        let mut f = fs::OpenOptions::new().append(true).open(m.join("d/b")).unwrap();
+        std::io::Write::write_all(&mut f, b"X").unwrap();
+        drop(f);
+        fs::set_permissions(m.join("d/top"), fs::Permissions::from_mode(0o600)).unwrap();
+        let mut after = numbers(&m);
+        // The copied-up name of the hard link shows its copy's number; the rest keep theirs.
+        let copy = real(&u.join("d/b"));
+        assert_ne!(copy, a_ino);
+        assert_eq!(after.insert("d/b".into(), (a_ino, a_ino)), Some((copy, copy)), "{tag}");
+        assert_eq!(after, before, "{tag}: numbers changed at the copy-up");
+        let nl = |p: &str| fs::symlink_metadata(m.join(p)).unwrap().nlink();
+        assert_eq!((nl("d/a"), nl("d/b"), nl("d/sub/c")), (3, 1, 3), "{tag}");
+        assert_eq!(fs::read(m.join("d/a")).unwrap(), b"a");
+        assert_eq!(fs::read(m.join("d/b")).unwrap(), b"aX");
+        (before, canonical_upper(&u))
+    };
+    let (k, ku) = run("kernel", true);
+    let (l, lu) = run("layerfs", false);
+    assert_eq!(l, k);
+    assert_eq!(lu, ku);
 }
 
 /// Inode numbers of a directory with lower content, and of the untouched lower files in it,

@@ -803,11 +803,11 @@ fn create_finds_names_taken_and_free_as_lookup_does() {
     assert!(eexist(fs.mknod(fresh, OsStr::new("f"), libc::S_IFREG | 0o644, 0, me)));
     assert!(eexist(fs.mkdir(fresh, OsStr::new("f"), 0o755, me)));
     // What a new object's reply says is what a stat of it says.
-    let same = |made: fuser::FileAttr| {
+    let same = |made: layerfs::fs::Attr| {
         let again = fs.getattr(made.ino.0).unwrap();
         assert_eq!(
-            (made.perm, made.size, made.ctime, made.mtime),
-            (again.perm, again.size, again.ctime, again.mtime)
+            (made.perm, made.size, made.ctime, made.mtime, made.st_ino),
+            (again.perm, again.size, again.ctime, again.mtime, again.st_ino)
         );
     };
     let sub = fs.mkdir(fresh, OsStr::new("sub"), 0o700, me).unwrap();

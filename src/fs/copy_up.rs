@@ -454,10 +454,20 @@ impl OverlayFs {
             }
         };
         drop(guard);
+        let mut renumbered = false;
         if let Ok(ust) = new_loc.stat() {
             let key = self.layers[0].ino_base ^ ust.st_ino;
             if key != node.ino {
                 self.upper_ids.lock().insert(key, node.ino);
+            }
+            if kind != FileType::Directory {
+                // What the node shows from now on (`shown_ino`): the lower object's number, as
+                // kernel overlayfs keeps it; for one linked more than once in its layer, whose
+                // names are copied up apart (`index=off`), the copy's, as the kernel gives.
+                renumbered = st.st_nlink > 1;
+                let kept =
+                    if renumbered { self.ino_raw(0, ust.st_ino) } else { self.ino_raw(src_layer, st.st_ino) };
+                self.kept_ino.lock().insert(node.ino, kept);
             }
         }
         {
@@ -472,6 +482,13 @@ impl OverlayFs {
         if let Some(f) = self.attrs_stale.get() {
             f(node.ino);
             f(parent.ino);
+        }
+        if renumbered {
+            // Listings of the directory give the new number too (`d_ino`).
+            self.dir_changed(parent.ino);
+            if let Some(f) = self.listing_stale.get() {
+                f(parent.ino);
+            }
         }
         Ok(())
     }

@@ -21,14 +21,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fuser::{FileAttr, FileType};
+use fuser::FileType;
 use parking_lot::RwLockWriteGuard;
 
 use super::copy_up::TmpGuard;
 use super::dirfd::DirFd;
 use super::{
-    DirMarks, FACT_MADE_HERE, FACT_NO_CAPS, FACT_NO_DEFAULT_ACL, Node, NodeState, OverlayFs, PROT_APPEND,
-    PROT_IMMUTABLE, cname, kind_of, remove_tree_at,
+    Attr, DirMarks, FACT_MADE_HERE, FACT_NO_CAPS, FACT_NO_DEFAULT_ACL, Node, NodeState, OverlayFs,
+    PROT_APPEND, PROT_IMMUTABLE, cname, kind_of, remove_tree_at,
 };
 use crate::error::{Error, Result};
 use crate::layer::{self, Live, Loc};
@@ -631,20 +631,20 @@ impl OverlayFs {
 
     /// The attributes of an object [`Self::create_upper`] just made, from the stat it returned
     /// (no second stat): the override applied, one layer only.
-    pub(crate) fn new_attr(&self, node: &Node, mut st: Stat) -> FileAttr {
+    pub(crate) fn new_attr(&self, node: &Node, mut st: Stat) -> Attr {
         if let Some(top) = node.top() {
             self.apply_override(&mut st, &top.loc, top.layer);
         }
-        self.attr_from_stat(node.ino, &st, false)
+        self.attr_from_stat(node.ino, 0, &st, false)
     }
 
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<FileAttr> {
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
         let p = self.node(parent)?;
         let (n, st, _) = self.create_upper(&p, name, NewObj::Dir { mode }, caller)?;
         Ok(self.new_attr(&n, st))
     }
 
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Result<FileAttr> {
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Result<Attr> {
         let p = self.node(parent)?;
         let obj = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
             NewObj::File { mode: mode & 0o7777, flags: libc::O_WRONLY }
@@ -655,14 +655,14 @@ impl OverlayFs {
         Ok(self.new_attr(&n, st))
     }
 
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: Caller) -> Result<FileAttr> {
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: Caller) -> Result<Attr> {
         let p = self.node(parent)?;
         let t = cname(target.as_bytes())?;
         let (n, st, _) = self.create_upper(&p, name, NewObj::Symlink { target: &t }, caller)?;
         Ok(self.new_attr(&n, st))
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         self.check_writable()?;
         let src = self.node(ino)?;
         if src.is_dir() {

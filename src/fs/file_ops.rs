@@ -16,11 +16,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use fuser::{FileAttr, FileType};
+use fuser::FileType;
 use parking_lot::RwLock;
 
 use super::dir_ops::{Caller, NewObj};
-use super::{FileHandle, Node, OverlayFs, PROT_APPEND, PROT_IMMUTABLE, PROT_UNKNOWN, cname};
+use super::{Attr, FileHandle, Node, OverlayFs, PROT_APPEND, PROT_IMMUTABLE, PROT_UNKNOWN, cname};
 use crate::error::{Error, Result};
 use crate::layer::Loc;
 use crate::ovr;
@@ -214,7 +214,7 @@ impl OverlayFs {
         mode: u32,
         flags: i32,
         caller: Caller,
-    ) -> Result<(FileAttr, Opened)> {
+    ) -> Result<(Attr, Opened)> {
         let p = self.node(parent)?;
         let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
         let mut flags = real_flags(flags);
@@ -232,7 +232,7 @@ impl OverlayFs {
     }
 
     /// O_TMPFILE in `parent` ([`Self::tmpfile_upper`]), opened.
-    pub fn tmpfile(&self, parent: u64, mode: u32, flags: i32, caller: Caller) -> Result<(FileAttr, Opened)> {
+    pub fn tmpfile(&self, parent: u64, mode: u32, flags: i32, caller: Caller) -> Result<(Attr, Opened)> {
         let p = self.node(parent)?;
         let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY;
         let flags = (real_flags(flags) & !libc::O_ACCMODE) | libc::O_RDWR;
@@ -604,17 +604,19 @@ impl OverlayFs {
     }
 
     /// Attributes through an open file (fstat): works after the last name is gone.
-    pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<FileAttr> {
+    pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Attr> {
         let h = self.file(fh)?;
         if h.node.ino != ino {
             return self.getattr(ino);
         }
         let fd = self.handle_fd(&h)?;
         let mut st = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "fstat"))?;
+        let mut li = 0;
         if let Some(top) = h.node.top() {
             self.apply_override(&mut st, &top.loc, top.layer);
+            li = top.layer;
         }
-        Ok(self.attr_from_stat(ino, &st, false))
+        Ok(self.attr_from_stat(ino, li, &st, false))
     }
 
     pub fn release(&self, fh: u64) {
@@ -649,7 +651,7 @@ impl OverlayFs {
         Ok(())
     }
 
-    pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<FileAttr> {
+    pub fn setattr(&self, ino: u64, sa: SetAttr) -> Result<Attr> {
         self.check_writable()?;
         let node = self.node(ino)?;
         let prot = self.prot(&node);

@@ -17,9 +17,9 @@ use std::ffi::CStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fuser::{FileAttr, FileType};
+use fuser::FileType;
 
-use super::{Node, NodeState, OverlayFs, arc_cname};
+use super::{Attr, Node, NodeState, OverlayFs, arc_cname};
 use crate::error::{Error, Result};
 use crate::layer::Loc;
 
@@ -213,13 +213,13 @@ impl OverlayFs {
     }
 
     /// The attributes of node `id`, a lite entry stat'ed without promoting it.
-    pub fn getattr(&self, id: u64) -> Result<FileAttr> {
+    pub fn getattr(&self, id: u64) -> Result<Attr> {
         match self.entry(id)? {
             Entry::Full(node) => self.node_attr(&node),
             Entry::Lite { parent, name, layer, .. } => {
                 let loc = Loc::At(self.lite_dir(&parent, layer)?, name);
                 let st = self.stat_eff(&loc, usize::from(layer)).map_err(|e| Error::io(e, "stat"))?;
-                Ok(self.attr_from_stat(id, &st, false))
+                Ok(self.attr_from_stat(id, usize::from(layer), &st, false))
             }
         }
     }

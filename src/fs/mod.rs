@@ -2,11 +2,14 @@
 //! fuser's plain data (`FileAttr`, `FileType`).
 //!
 //! Hard parts, and where they are handled:
-//! 1. Identity. fuser replies use `attr.ino` as both the FUSE node id and `st_ino`, so a node's
-//!    id is the inode number it reports: the real inode of the topmost object found when the
-//!    node was first looked up, offset per filesystem ([`Layer::ino_base`]). A node keeps its id
-//!    across copy-up; `upper_ids` maps the new upper inode back to it so readdir's `d_ino` and
-//!    later lookups (hard links made through the mount) agree with `stat`.
+//! 1. Identity. A node's id (the FUSE node id) is the real inode of the topmost object found
+//!    when it was first looked up, offset per filesystem ([`Layer::ino_base`]), for directories
+//!    and upper objects, and a keyed hash of (directory, name) for lower non-directories
+//!    ([`lower_leaf_id`]), so that two names of a hard link in a layer are two nodes. A node
+//!    keeps its id across copy-up; `upper_ids` maps the new upper inode back to it, so later
+//!    lookups (hard links made through the mount) find it. The inode number shown (`st_ino`,
+//!    `d_ino`) is the id, except for lower non-directories, which show their real inode
+//!    number as kernel overlayfs does ([`OverlayFs::shown_ino`], [`Attr`]).
 //! 2. Locks (order: a directory's `dir_lock`, then node `state` mutexes, then the table; a
 //!    table or state lock is never held across a syscall). Lookups and readdir take the parent's
 //!    `dir_lock` shared; creations and removals take it exclusive; rename takes both parents in
@@ -407,9 +410,33 @@ pub(crate) fn dir_open(d: &DirFd) -> Result<Arc<OwnedFd>> {
     d.get().map_err(|e| Error::io(e, "reopen dir"))
 }
 
+/// Attributes as the façade answers them: fuser's `FileAttr`, whose `ino` is the node id that
+/// requests name the object by, and the inode number `stat` and readdir show for it, which
+/// differs for lower files (see [`OverlayFs::shown_ino`]). Derefs to the `FileAttr`.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub attr: FileAttr,
+    pub st_ino: u64,
+}
+
+impl Attr {
+    /// The attributes as the kernel is to be given them: `ino` the inode number shown.
+    pub fn shown(&self) -> FileAttr {
+        FileAttr { ino: INodeNo(self.st_ino), ..self.attr }
+    }
+}
+
+impl std::ops::Deref for Attr {
+    type Target = FileAttr;
+    fn deref(&self) -> &FileAttr {
+        &self.attr
+    }
+}
+
 /// One entry of a merged listing.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
+    /// The inode number shown (`d_ino`), which equals a `stat`'s `st_ino`.
     pub ino: u64,
     pub kind: FileType,
     pub name: OsString,
@@ -506,6 +533,9 @@ pub struct OverlayFs {
     pub(crate) read_asked: AtomicU64,
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
+    /// Node id of a lower non-directory copied up → the inode number it showed before, which
+    /// it keeps for the mount ([`OverlayFs::shown_ino`]).
+    pub(crate) kept_ino: Mutex<HashMap<u64, u64>>,
     /// The key of [`lower_leaf_id`] for this stack.
     pub(crate) leaf_key: (u64, u64),
     /// Told the node id of each directory copied up, and of each file whose link count the
@@ -891,6 +921,7 @@ impl OverlayFs {
             nodes: table::NodeTable::new(),
             read_asked: AtomicU64::new(0),
             upper_ids: Mutex::new(HashMap::new()),
+            kept_ino: Mutex::new(HashMap::new()),
             leaf_key,
             attrs_stale: OnceLock::new(),
             listing_stale: OnceLock::new(),
@@ -1091,7 +1122,13 @@ impl OverlayFs {
 
     // ---- attributes -----------------------------------------------------------------------
 
-    pub(crate) fn attr_from_stat(&self, ino: u64, st: &Stat, merged_dir: bool) -> FileAttr {
+    /// The attributes of node `id` from `st`, a stat of its object in layer `li`.
+    pub(crate) fn attr_from_stat(&self, ino: u64, li: usize, st: &Stat, merged_dir: bool) -> Attr {
+        let attr = self.file_attr(ino, st, merged_dir);
+        Attr { attr, st_ino: self.shown_ino(ino, li, st) }
+    }
+
+    fn file_attr(&self, ino: u64, st: &Stat, merged_dir: bool) -> FileAttr {
         let kind = kind_of(st.st_mode);
         let mut nlink = st.st_nlink as u32;
         if kind == FileType::Directory && (merged_dir || self.opts.static_nlink) {
@@ -1118,7 +1155,35 @@ impl OverlayFs {
         }
     }
 
-    pub(crate) fn node_attr(&self, node: &Node) -> Result<FileAttr> {
+    /// The inode number node `id` shows, from `st`, a stat of its object in layer `li`:
+    /// - a directory: its id (the real number of its topmost lower directory, else of its
+    ///   upper one; see `resolve`);
+    /// - a lower non-directory: its real number in its layer, as on kernel overlayfs, so that
+    ///   two names of one hard link there show one number (tar, du and `cp -a` take them for
+    ///   one file), though they are two nodes (writing through one name copies up that name
+    ///   only, as the kernel without `index=on` does);
+    /// - an upper one: its id, or, copied up from a lower file in this mount, the number it
+    ///   showed before ([`Self::kept_ino`]).
+    pub(crate) fn shown_ino(&self, id: u64, li: usize, st: &Stat) -> u64 {
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            id
+        } else if !self.layers[li].is_upper {
+            self.ino_raw(li, st.st_ino)
+        } else {
+            self.kept_or(id)
+        }
+    }
+
+    /// What a copied-up lower non-directory `id` kept, or `id`. (Only ids of lower
+    /// non-directories, [`lower_leaf_id`]s, have the top bit set.)
+    fn kept_or(&self, id: u64) -> u64 {
+        if id & (1 << 63) == 0 {
+            return id;
+        }
+        self.kept_ino.lock().get(&id).copied().unwrap_or(id)
+    }
+
+    pub(crate) fn node_attr(&self, node: &Node) -> Result<Attr> {
         let merged = {
             let s = node.state.lock();
             let layers = s.lower_dirs.len() + usize::from(s.upper.is_some());
@@ -1126,8 +1191,9 @@ impl OverlayFs {
         };
         let top = node.top().ok_or(Error::new(libc::ESTALE, "node without object"))?;
         let st = self.stat_eff(&top.loc, top.layer).map_err(|e| Error::io(e, "stat"))?;
+        let li = top.layer;
         drop(top);
-        Ok(self.attr_from_stat(node.ino, &st, merged))
+        Ok(self.attr_from_stat(node.ino, li, &st, merged))
     }
 
     /// Whether owners and modes of some layer (or of new upper objects) live in override
@@ -1537,20 +1603,23 @@ impl OverlayFs {
     /// The node id for a real inode found in layer `li` (directories, and upper objects).
     pub(crate) fn ino_for(&self, li: usize, real_ino: u64) -> u64 {
         let l = &self.layers[li];
-        let mut id = l.ino_base ^ real_ino;
         if l.is_upper {
-            if let Some(mapped) = self.upper_ids.lock().get(&id) {
+            if let Some(mapped) = self.upper_ids.lock().get(&(l.ino_base ^ real_ino)) {
                 return *mapped;
             }
         }
-        if id == ROOT_ID || id == 0 {
-            id ^= 1 << 63;
-        }
-        id
+        self.ino_raw(li, real_ino)
+    }
+
+    /// A real inode number of layer `li`, offset per filesystem ([`Layer::ino_base`]), never
+    /// the root's id or 0.
+    pub(crate) fn ino_raw(&self, li: usize, real_ino: u64) -> u64 {
+        let id = self.layers[li].ino_base ^ real_ino;
+        if id == ROOT_ID || id == 0 { id ^ (1 << 63) } else { id }
     }
 
     /// Looks up `name` in directory `parent` and takes a kernel reference on the result.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         let name = name.as_bytes();
         name::validate(name).map_err(|e| Error::errno(e.errno()))?;
         if name::is_reserved(name) {
@@ -1577,7 +1646,7 @@ impl OverlayFs {
             let loc = Loc::At(fd, state.name.clone());
             let st = eff(&loc, usize::from(layer))?;
             if self.add_lite(id, &pnode, name, layer, state.kind) {
-                return Ok(self.attr_from_stat(id, &st, false));
+                return Ok(self.attr_from_stat(id, usize::from(layer), &st, false));
             }
         }
         // An upper non-directory found by its probe: that stat. (A node it joins that keeps
@@ -1588,7 +1657,7 @@ impl OverlayFs {
         };
         let node = self.install_child(&pnode, id, state);
         let attr = match upper_st {
-            Some(st) => self.attr_from_stat(node.ino, &st, false),
+            Some(st) => self.attr_from_stat(node.ino, 0, &st, false),
             None => self.node_attr(&node)?,
         };
         node.lookups.fetch_add(1, Ordering::Relaxed);
@@ -1611,8 +1680,7 @@ impl OverlayFs {
 
     /// The id for lower non-directory `name` in directory `parent`: [`lower_leaf_id`], unless
     /// the table holds that id for another object (a collision, which the keyed hash makes
-    /// all but impossible), then the first salted one that is free or this object's. (Only
-    /// then does a name's `d_ino` from readdir, unsalted, differ from its `st_ino`.)
+    /// all but impossible), then the first salted one that is free or this object's.
     fn free_leaf_id(&self, parent: u64, name: &[u8]) -> u64 {
         for salt in 0.. {
             let id = lower_leaf_id(self.leaf_key, parent, name, salt);
@@ -1781,8 +1849,10 @@ impl OverlayFs {
                 {
                     self.ino_for(dirs[bpos].0, bino)
                 }
-                _ if kind == FileType::Directory || self.layers[li].is_upper => self.ino_for(li, real_ino),
-                _ => lower_leaf_id(self.leaf_key, node.ino, &name, 0),
+                _ if kind == FileType::Directory => self.ino_for(li, real_ino),
+                // As `shown_ino`.
+                _ if self.layers[li].is_upper => self.kept_or(self.ino_for(li, real_ino)),
+                _ => self.ino_raw(li, real_ino),
             };
             out.push(DirEntry { ino, kind, cookie: dir_cookie(&name), name: OsString::from_vec(name) });
         }
@@ -2018,7 +2088,8 @@ fn upper_subdir_opaque(dir: &OwnedFd, name: &[u8]) -> bool {
 /// The node id of a lower non-directory: derived from its directory's id and its name, not from
 /// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
 /// overlayfs without `index=on`: writing through one name copies up that name only). Ids
-/// from inode numbers never have the top bit set; these always do.
+/// from inode numbers have the top bit set only in the corner [`OverlayFs::ino_raw`] moves;
+/// these always do. The number the node shows is its real one ([`OverlayFs::shown_ino`]).
 ///
 /// Keyed SipHash (`key`: [`leaf_key`], the same for a stack on every mount, not known to
 /// whoever made the layers): two names whose ids collide would be one node, and a write

@@ -1132,6 +1132,8 @@ fn diff_strict(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Ve
 pub struct Outcome {
     pub log: Vec<(String, i32)>,
     pub merged: BTreeMap<String, Entry>,
+    /// Names of the merged tree that show one inode number ([`link_groups`]).
+    pub merged_links: Vec<Vec<String>>,
     pub t0: i64,
 }
 
@@ -1146,8 +1148,9 @@ pub fn run_side(side: &mut Side, scenario: &dyn Fn(&mut Ctx)) -> Outcome {
     let log = std::mem::take(&mut c.log);
     drop(c);
     let merged = snapshot_all_mtimes(&side.mnt);
+    let merged_links = link_groups(&side.mnt);
     side.unmount();
-    Outcome { log, merged, t0 }
+    Outcome { log, merged, merged_links, t0 }
 }
 
 /// All differences between the two sides after a run, as readable text (empty when equal).
@@ -1166,6 +1169,12 @@ pub fn compare_sides(
     let d = diff_merged(&ko.merged, ko.t0, &fo.merged, fo.t0);
     if !d.is_empty() {
         problems.push(format!("merged trees differ:\n{}", d.join("\n")));
+    }
+    if ko.merged_links != fo.merged_links {
+        problems.push(format!(
+            "merged hard-link groups (one inode number) differ:\n  kernel:  {:?}\n  layerfs: {:?}",
+            ko.merged_links, fo.merged_links
+        ));
     }
     if !k.read_only {
         let (cu_k, cu_f) = (canonical_upper(&k.upper), canonical_upper(&f.upper));
