@@ -3,7 +3,7 @@
 //! ([`crate::devloop`] for `/dev/fuse`, [`crate::uring`] for io_uring). fuser's `Filesystem`
 //! is used only to mount and answer INIT. No union logic lives here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -180,6 +180,11 @@ struct Backing {
     /// Truncations under way per inode (an O_TRUNC open, a SETATTR of the size): no store of
     /// the inode's data starts meanwhile, and none starts while a store is under way.
     truncating: HashMap<u64, usize>,
+    /// Inodes opened read-write through passthrough in this mount. A shared mapping made
+    /// through such a handle is the backing file's, and outlives the handle: its writes reach
+    /// the upper file behind FUSE's page cache, so no later open stores the file into that
+    /// cache (whose stale pages a cached mapping would write back over them).
+    rw_passthrough: HashSet<u64>,
 }
 
 /// Marks a truncation of an inode under way until dropped ([`Fuse::truncation`]).
@@ -332,7 +337,9 @@ impl Fuse {
     /// differ for an alias). `read_only`: opened for reading only. `may_store`: a read-only
     /// open that could be answered by storing the file into the kernel's page cache
     /// ([`STORE_MAX`]). `created`: the mode of a file this request created, which can carry no
-    /// capability xattr yet.
+    /// capability xattr yet. `mappable`: the caller's descriptor is read-write (it can map the
+    /// file shared and writable).
+    #[allow(clippy::too_many_arguments)]
     fn open_mode(
         &self,
         ino: u64,
@@ -341,6 +348,7 @@ impl Fuse {
         flags: i32,
         may_store: bool,
         created: Option<u32>,
+        mappable: bool,
     ) -> OpenMode {
         let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
         // Sized before the lock, which every open and release takes. Stores are keyed by node
@@ -365,12 +373,17 @@ impl Fuse {
                 *n += 1;
                 let id = id.clone();
                 b.by_fh.insert(fh, ino);
+                if mappable {
+                    b.rw_passthrough.insert(ino);
+                }
                 return OpenMode::Passthrough(id);
             }
             Some(InoMode::Storing(_)) | None => {}
         }
         b.by_fh.insert(fh, ino);
-        if let Some(n) = small.filter(|_| !b.truncating.contains_key(&ino)) {
+        if let Some(n) =
+            small.filter(|_| !b.truncating.contains_key(&ino) && !b.rw_passthrough.contains(&ino))
+        {
             b.by_ino.insert(ino, InoMode::Storing(1));
             return OpenMode::Store(n);
         }
@@ -409,7 +422,12 @@ impl Fuse {
             }
         }
         let m = match &mode {
-            OpenMode::Passthrough(id) => InoMode::Passthrough(id.clone(), 1, lower),
+            OpenMode::Passthrough(id) => {
+                if mappable {
+                    b.rw_passthrough.insert(ino);
+                }
+                InoMode::Passthrough(id.clone(), 1, lower)
+            }
             _ => InoMode::Cached(1),
         };
         b.by_ino.insert(ino, m);
@@ -621,6 +639,24 @@ impl Fuse {
     fn noflush(&self) -> FopenFlags {
         if self.hooks.is_none() { FopenFlags::FOPEN_NOFLUSH } else { FopenFlags::empty() }
     }
+}
+
+/// Whether process `pid` has CAP_SYS_ADMIN in the server's user namespace, read from `/proc`
+/// (false where it cannot be read). The kernel lists `trusted.*` xattrs only to such callers;
+/// where the server runs in another user namespace, it sees none to list.
+fn caller_is_admin(pid: u32) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let user_ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let pid = pid.to_string();
+    if pid == "0" || user_ns(&pid).is_none() || user_ns(&pid) != user_ns("self") {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 fn caller(ctx: &Ctx, umask: u32) -> Caller {
@@ -851,7 +887,8 @@ impl Fuse {
             Ok(o) => {
                 let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
                 let may_store = read_only && o.keep_cache && flags & libc::O_TRUNC == 0;
-                let answer = match self.open_mode(ino, node, o.fh, flags, may_store, None) {
+                let mappable = flags & libc::O_ACCMODE == libc::O_RDWR;
+                let answer = match self.open_mode(ino, node, o.fh, flags, may_store, None, mappable) {
                     OpenMode::Passthrough(b) => {
                         Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                     }
@@ -936,9 +973,11 @@ impl Fuse {
         fh: u64,
         offset: u64,
         data: &[u8],
-        kill_suidgid: bool,
+        write_flags: u32,
     ) -> Answer<'static> {
-        let kill = self.killpriv.load(Ordering::Relaxed) && kill_suidgid;
+        use crate::uring::{FUSE_WRITE_CACHE, FUSE_WRITE_KILL_SUIDGID};
+        let kill = self.killpriv.load(Ordering::Relaxed) && write_flags & FUSE_WRITE_KILL_SUIDGID != 0;
+        let from_cache = write_flags & FUSE_WRITE_CACHE != 0;
         log::debug!("write(ino={ino}, fh={fh}, off={offset}, len={})", data.len());
         let (len, args) =
             (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("len", data.len()));
@@ -946,7 +985,7 @@ impl Fuse {
             if kill {
                 self.fs.kill_privs(ino, caller(ctx, 0))?;
             }
-            self.fs.write(fh, offset, data)
+            self.fs.write(fh, offset, data, from_cache)
         };
         match self.hook(ctx, Op::Write, ino, None, len, args, f) {
             Ok(n) => Answer::Written(n),
@@ -1147,7 +1186,8 @@ impl Fuse {
     pub fn listxattr(&self, ctx: &Ctx, ino: u64, size: u32, k: impl FnOnce(Answer<'_>)) {
         log::debug!("listxattr(ino={ino}, size={size})");
         let args = |a: &mut Args| _ = a.n("size", size);
-        match self.hook(ctx, Op::Listxattr, ino, None, 0, args, || self.fs.listxattr(ino)) {
+        let f = || self.fs.listxattr(ino, || caller_is_admin(ctx.pid));
+        match self.hook(ctx, Op::Listxattr, ino, None, 0, args, f) {
             Ok(v) => k(xattr_answer(&v, size)),
             Err(e) => k(fail("listxattr", e)),
         }
@@ -1190,10 +1230,11 @@ impl Fuse {
     /// either.
     fn created(&self, attr: Attr, o: crate::fs::Opened, flags: i32) -> Answer<'static> {
         // (A file made by this open is written by it, whatever `flags` says.)
+        let mappable = flags & libc::O_ACCMODE == libc::O_RDWR;
         let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         let id = attr.ino.0;
         let (fh, attr) = (o.fh, attr.shown());
-        match self.open_mode(id, id, fh, flags, false, Some(attr.perm as u32)) {
+        match self.open_mode(id, id, fh, flags, false, Some(attr.perm as u32), mappable) {
             OpenMode::Passthrough(b) => {
                 Answer::Create { attr, id, fh, flags: self.noflush(), backing: Some(b.id) }
             }

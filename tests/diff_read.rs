@@ -538,3 +538,140 @@ fn access_times_after_reads_match_the_kernel() {
         assert_eq!(seen[1], seen[0], "layerfs (left) against the kernel, noatime {noatime}");
     }
 }
+
+/// Inode numbers stay unique across layers on different filesystems, also where a layer's
+/// own numbers are 2^48 or more (a nested layerfs mount showing a second filesystem's files
+/// offset by 2^48): offset again, they met another filesystem's, and two different files
+/// showed one number.
+#[test]
+fn numbers_of_layers_on_several_filesystems_stay_apart() {
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount() || !root_or_skip("tmpfs mounts") {
+        return;
+    }
+    let s = Scratch::new();
+    let (a, t1, t2, inner, outer) =
+        (s.path("a"), s.path("t1"), s.path("t2"), s.path("inner"), s.path("outer"));
+    let mut tmpfs = Vec::new();
+    for t in [&t1, &t2] {
+        fs::create_dir_all(t).unwrap();
+        let (ok, out) = sh(s.dir.path(), &format!("mount -t tmpfs tmpfs {}", t.display()));
+        assert!(ok, "{out}");
+        tmpfs.push(Mounted { mnt: t.clone(), fuse: false });
+    }
+    fs::write(a.join("fa"), b"a").unwrap();
+    fs::write(t1.join("f1"), b"1").unwrap();
+    fs::write(t2.join("f2"), b"2").unwrap();
+    fs::write(t2.join("f3"), b"3").unwrap();
+    let _i = mount_layerfs(&[a.clone(), t1.clone()], None, &inner, "passthrough=0");
+    let inner_f1 = fs::metadata(inner.join("f1")).unwrap().ino();
+    assert!(inner_f1 >> 48 != 0, "f1 shows {inner_f1}: the test needs a number of 2^48 or more");
+    let _o = mount_layerfs(&[inner.clone(), t2.clone()], None, &outer, "");
+    let mut seen = std::collections::BTreeMap::new();
+    for e in fs::read_dir(&outer).unwrap() {
+        let e = e.unwrap();
+        let ino = fs::symlink_metadata(e.path()).unwrap().ino();
+        assert_eq!(std::os::unix::fs::DirEntryExt::ino(&e), ino);
+        if let Some(other) = seen.insert(ino, e.file_name()) {
+            panic!("{:?} and {other:?} show one number, {ino}", e.file_name());
+        }
+    }
+    assert_eq!(seen.len(), 4);
+    // The same numbers on the next mount.
+    let before: Vec<u64> = seen.keys().copied().collect();
+    drop(_o);
+    let _o = mount_layerfs(&[inner.clone(), t2.clone()], None, &outer, "");
+    let mut after: Vec<u64> =
+        fs::read_dir(&outer).unwrap().map(|e| e.unwrap().metadata().unwrap().ino()).collect();
+    after.sort();
+    assert_eq!(after, before);
+}
+
+/// A file copied up and then removed gives its number back: a new file that gets the copy's
+/// inode on the upper filesystem shows its own number, as on kernel overlayfs, not the
+/// removed file's lower one. And a listing made while files are being copied up never shows
+/// a copy's upper number for a file that keeps its lower one.
+#[test]
+fn a_removed_copy_gives_its_number_back_and_listings_never_show_a_copys() {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    if !can_mount() {
+        return;
+    }
+    const DIRS: usize = 60;
+    const FILES: usize = 20;
+    let s = Scratch::new();
+    let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
+    for d in 0..DIRS {
+        fs::create_dir_all(l.join(format!("d{d}"))).unwrap();
+        for f in 0..FILES {
+            fs::write(l.join(format!("d{d}/f{f}")), b"x").unwrap();
+        }
+    }
+    fs::write(l.join("c"), b"c").unwrap();
+    let lower_c = fs::metadata(l.join("c")).unwrap().ino();
+    let _g = mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "timeout=0");
+    // Listings beside copy-ups.
+    let mut lower_ino = std::collections::HashMap::new();
+    for d in 0..DIRS {
+        for e in fs::read_dir(l.join(format!("d{d}"))).unwrap() {
+            let e = e.unwrap();
+            lower_ino.insert((d, e.file_name()), e.ino());
+        }
+    }
+    let lower_ino = &lower_ino;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let list = || {
+            let mut bad = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for d in 0..DIRS {
+                    for e in fs::read_dir(m.join(format!("d{d}"))).unwrap() {
+                        let e = e.unwrap();
+                        let want = lower_ino[&(d, e.file_name())];
+                        if e.ino() != want {
+                            bad.push((d, e.file_name(), e.ino(), want));
+                        }
+                    }
+                }
+            }
+            bad
+        };
+        let listers = [sc.spawn(list), sc.spawn(list)];
+        for d in 0..DIRS {
+            for f in 0..FILES {
+                let mut h = fs::OpenOptions::new().append(true).open(m.join(format!("d{d}/f{f}"))).unwrap();
+                std::io::Write::write_all(&mut h, b"y").unwrap();
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bad: Vec<_> = listers.into_iter().flat_map(|l| l.join().unwrap()).collect();
+        assert!(bad.is_empty(), "listed with another number: {bad:?}");
+    });
+    // A removed copy.
+    for round in 0..5 {
+        let c = m.join("c");
+        if round > 0 {
+            fs::write(&c, b"again").unwrap();
+        }
+        fs::OpenOptions::new().append(true).open(&c).unwrap();
+        std::process::Command::new("chmod").arg("600").arg(&c).status().unwrap();
+        let shown = fs::metadata(&c).unwrap().ino();
+        assert_eq!(shown == lower_c, round == 0, "round {round}: c shows {shown}");
+        let copy = fs::metadata(u.join("c")).unwrap().ino();
+        fs::remove_file(&c).unwrap();
+        // Let the kernel forget it, then make files until one gets the copy's inode.
+        let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+        let mut reused = None;
+        for i in 0..200 {
+            let p = m.join(format!("g{round}-{i}"));
+            fs::write(&p, b"g").unwrap();
+            if fs::metadata(u.join(format!("g{round}-{i}"))).unwrap().ino() == copy {
+                reused = Some(p);
+                break;
+            }
+        }
+        if let Some(p) = reused {
+            assert_eq!(fs::metadata(&p).unwrap().ino(), copy, "a new file shows the removed copy's number");
+        }
+    }
+}

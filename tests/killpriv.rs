@@ -207,3 +207,51 @@ fn the_owner_outside_the_group_drops_setgid_by_chown_and_acl() {
         assert!(all.contains(want), "{opts}:\n{all}");
     }
 }
+
+/// A write-back of a shared mapping's pages keeps file capabilities, as on a local filesystem
+/// and kernel overlayfs; a `write(2)` drops them, whoever writes. The server's own write to
+/// the upper file dropped them in both cases (the upper filesystem drops them on any write).
+fn mapped_write_scenario(c: &mut Ctx) {
+    c.sh(
+        "printf data > up_caps; printf data > up_plain; \
+         for f in up_caps up_plain; do cp $f $f.w; done",
+        false,
+    );
+    let setcaps = format!(
+        "/usr/bin/python3 -c \"import os\nfor f in ['up_caps', 'up_caps.w', 'low_caps', 'low_caps.w']: \
+         os.setxattr(f, 'security.capability', b'{CAPS}')\""
+    );
+    c.sh(&setcaps, false);
+    let count = "for f in up_caps up_caps.w low_caps low_caps.w; do \
+                 printf '%s ' $f; getfattr -n security.capability -e hex $f 2>&1 | grep -c 0x01; done";
+    c.sh(count, false);
+    c.sh(
+        "/usr/bin/python3 -c \"import os, mmap\nfor f in ['up_caps', 'low_caps', 'up_plain']:\n \
+         fd = os.open(f, os.O_RDWR); m = mmap.mmap(fd, 4); m[0:1] = b'X'; m.flush(); m.close(); os.close(fd)\"; \
+         printf x >> up_caps.w; printf x >> low_caps.w; cat up_caps low_caps up_plain up_caps.w low_caps.w",
+        false,
+    );
+    c.sh(count, false);
+    c.sh(count, true);
+    c.remount();
+    c.sh(count, false);
+}
+
+fn check_mapped(log: &[(String, i32)]) {
+    let all = joined(log);
+    let want = "up_caps 1\nup_caps.w 0\nlow_caps 1\nlow_caps.w 0\n";
+    assert!(all.contains(want), "caps after the writes:\n{all}");
+    assert!(all.contains("XataXowerXatadatax"), "{all}");
+}
+
+#[test]
+fn mapped_writes_keep_caps_as_on_kernel_overlayfs() {
+    if !available() {
+        return;
+    }
+    let stack = Stack::new(vec![Layer::new().file("low_caps", "lower").file("low_caps.w", "lower")]);
+    for opts in ["", "passthrough=0", "writeback=1"] {
+        let s = common::Scratch::new();
+        check_mapped(&run_both_in(s.dir.path(), &stack, &mapped_write_scenario, opts));
+    }
+}

@@ -344,3 +344,96 @@ fn an_o_direct_writer_can_clear_o_direct() {
     assert_eq!(&got[4096..4100], b"tail");
     assert_eq!(got.len(), 10_000);
 }
+
+/// A shared mapping that outlives its read-write descriptor (passed through: the mapping is
+/// the upper file's) and a later open of the same small file: reads through it see the
+/// mapping's writes, and the mapping's writes survive another shared mapping made through
+/// it, as on kernel overlayfs. The later read-only open stored the file into FUSE's page
+/// cache, which the first mapping's writes never reached: reads came back stale, and the
+/// second mapping's write-back of its stale page lost them. Run on a new file and on a
+/// small lower file, in the default mode and with `passthrough=all`, against the kernel.
+#[test]
+fn a_mapping_that_outlives_its_descriptor_stays_coherent_with_later_opens() {
+    if !can_mount() || !can_kernel_overlay() || !root_or_skip("passthrough") {
+        return;
+    }
+    fn map(f: &File) -> *mut u8 {
+        // SAFETY: a new shared mapping of 4096 bytes of an open file; unmapped by the caller.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p.cast()
+    }
+    fn sync_unmap(p: *mut u8, unmap: bool) {
+        // SAFETY: `p` is a live 4096-byte mapping from `map`.
+        unsafe {
+            assert_eq!(libc::msync(p.cast(), 4096, libc::MS_SYNC), 0);
+            if unmap {
+                libc::munmap(p.cast(), 4096);
+            }
+        }
+    }
+    let at = |f: &File, off: u64, n: usize| {
+        let mut b = vec![0u8; n];
+        f.read_exact_at(&mut b, off).unwrap();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    // What one side shows: reads along the way and the file at the end.
+    let scenario = |p: &Path| -> Vec<String> {
+        let rw = || OpenOptions::new().read(true).write(true).open(p).unwrap();
+        let a = {
+            let f = rw();
+            f.set_len(4096).unwrap();
+            map(&f)
+        };
+        // SAFETY (all writes below): `a` and `b` are live 4096-byte shared mappings.
+        unsafe { std::ptr::copy_nonoverlapping(b"one".as_ptr(), a, 3) };
+        let r = File::open(p).unwrap();
+        let mut seen = vec![at(&r, 0, 3)];
+        unsafe { std::ptr::copy_nonoverlapping(b"two".as_ptr(), a, 3) };
+        sync_unmap(a, false);
+        seen.push(at(&r, 0, 3));
+        let w = rw();
+        let b = map(&w);
+        unsafe {
+            *a.add(100) = b'A';
+            *b = b'M';
+        }
+        sync_unmap(b, true);
+        sync_unmap(a, true);
+        drop((w, r));
+        let f = File::open(p).unwrap();
+        seen.push(at(&f, 0, 3) + &at(&f, 100, 1));
+        seen
+    };
+    let s = Scratch::new();
+    let l = s.path("l");
+    fs::write(l.join("small"), vec![b'.'; 4000]).unwrap();
+    let mut results = Vec::new();
+    for (tag, opts) in [("kernel", None), ("default", Some("")), ("all", Some("passthrough=all"))] {
+        let (u, w, m) =
+            (s.path(&format!("{tag}-u")), s.path(&format!("{tag}-w")), s.path(&format!("{tag}-m")));
+        for d in [&u, &w, &m] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let _g = match opts {
+            None => mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m),
+            Some(o) => mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, o),
+        };
+        fs::write(m.join("new"), b"").unwrap();
+        let got = [scenario(&m.join("new")), scenario(&m.join("small"))];
+        results.push((tag, got));
+    }
+    let want = vec!["one".to_string(), "two".into(), "MwoA".into()];
+    for (tag, got) in results {
+        assert_eq!(got, [want.clone(), want.clone()], "{tag}");
+    }
+}

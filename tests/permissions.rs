@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::Command;
 
 const USER: &str = "layerfs-perm";
@@ -61,4 +62,57 @@ fn other_users_get_what_mode_bits_allow() {
     );
     assert!(!as_user(uid, gid, &["touch", &p("newfile")]), "root-owned 0755 dir writable by another user");
     assert_eq!(fs::read(l.join("public")).unwrap(), b"p");
+}
+
+/// `trusted.*` xattrs are listed only to callers with CAP_SYS_ADMIN, as a local filesystem and
+/// kernel overlayfs list them (layerfs listed them to everyone; a `getxattr` of one then
+/// failed with ENODATA, and `getfattr -d` printed "No such attribute").
+#[test]
+fn trusted_xattrs_are_listed_to_admins_only_as_on_kernel_overlayfs() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let Some((uid, gid)) = user() else { return };
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let l = s.path("l");
+    fs::write(l.join("f"), b"f").unwrap();
+    set_xattr(&l.join("f"), "trusted.t", b"t");
+    set_xattr(&l.join("f"), "user.a", b"a");
+    let list = |p: &Path, as_other: bool| -> String {
+        let script = "import os, sys; print(' '.join(sorted(os.listxattr(sys.argv[1]))))";
+        let mut c = Command::new("setpriv");
+        if as_other {
+            c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups"]);
+        }
+        // The system's python3 (scripts/deps.sh installs it): one first on PATH may be in a
+        // directory the other user cannot enter.
+        let py = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+        let out = c.args(["--", py, "-c", script]).arg(p).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let run = |tag: &str, kernel: bool| -> Vec<String> {
+        let (u, w, m) =
+            (s.path(&format!("{tag}-u")), s.path(&format!("{tag}-w")), s.path(&format!("{tag}-m")));
+        for d in [&u, &w, &m] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let _g = if kernel {
+            mount_overlay(std::slice::from_ref(&l), Some((&u, &w)), &m)
+        } else {
+            mount_layerfs(std::slice::from_ref(&l), Some((&u, &w)), &m, "")
+        };
+        fs::write(m.join("g"), b"g").unwrap();
+        set_xattr(&m.join("g"), "trusted.r", b"r");
+        let mut out = Vec::new();
+        for name in ["f", "g"] {
+            out.push(list(&m.join(name), false));
+            out.push(list(&m.join(name), true));
+        }
+        out
+    };
+    let k = run("kernel", true);
+    assert_eq!(k, ["trusted.t user.a", "user.a", "trusted.r", ""]);
+    assert_eq!(run("layerfs", false), k);
 }

@@ -26,7 +26,7 @@ use super::{Node, OverlayFs, remove_tree_at};
 use crate::error::{Error, Result};
 use crate::layer::{self, Live, Loc};
 use crate::ovr;
-use crate::sys::{self, SetTime};
+use crate::sys::{self, SetTime, Stat};
 use crate::whiteout;
 
 /// Removes a temporary workdir entry unless disarmed.
@@ -258,6 +258,33 @@ impl OverlayFs {
     }
 
     /// Copies a node up (with its data unless `with_data` is false: O_TRUNC, truncate to 0).
+    /// Maps the copy of `node` (upper inode `upper_ino`) to the node, and for a non-directory
+    /// keeps the number it shows from now on (`shown_ino`): the lower object's (`st`, in layer
+    /// `li`), as kernel overlayfs keeps it, or, for one linked more than once in its layer,
+    /// whose names are copied up apart (`index=off`), the copy's, as the kernel gives.
+    fn map_copy(&self, node: &Node, kind: FileType, upper_ino: u64, st: &Stat, li: usize) {
+        let key = self.layers[0].ino_base ^ upper_ino;
+        if key != node.ino {
+            self.upper_ids.lock().insert(key, node.ino);
+        }
+        if kind != FileType::Directory {
+            let kept = if st.st_nlink > 1 { self.ino_raw(0, upper_ino) } else { self.ino_raw(li, st.st_ino) };
+            self.kept_ino.lock().insert(node.ino, kept);
+        }
+    }
+
+    /// Undoes [`Self::map_copy`] once upper inode `upper_ino` of node `id` is gone (its
+    /// number may go to a new object).
+    pub(crate) fn unmap_copy(&self, id: u64, upper_ino: u64) {
+        let key = self.layers[0].ino_base ^ upper_ino;
+        let mut ids = self.upper_ids.lock();
+        if ids.get(&key) == Some(&id) {
+            ids.remove(&key);
+        }
+        drop(ids);
+        self.kept_ino.lock().remove(&id);
+    }
+
     pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Result<()> {
         if node.has_upper.load(Ordering::Acquire) {
             return Ok(());
@@ -419,6 +446,17 @@ impl OverlayFs {
         }
         tloc.utimes(SetTime::At(st.st_atime, st.st_atime_nsec), SetTime::At(st.st_mtime, st.st_mtime_nsec))
             .map_err(|e| Error::io(e, "copy-up utimes"))?;
+        // The copy's number is known before the rename, which keeps it: mapped now, a listing
+        // or lookup right after the rename finds the copy's entry mapped to the node.
+        let tmp_ino = made.map(|m| m.st_ino).or_else(|| tloc.stat().ok().map(|m| m.st_ino));
+        if let Some(i) = tmp_ino {
+            self.map_copy(node, kind, i, &st, src_layer);
+        }
+        let unmap_tmp = || {
+            if let Some(i) = tmp_ino {
+                self.unmap_copy(node.ino, i);
+            }
+        };
         let new_loc = {
             let _pl = parent.dir_lock.write();
             // A copy-up is not a change of its directory: its times are put back after the
@@ -445,31 +483,26 @@ impl OverlayFs {
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && kind == FileType::Directory => {
+                    unmap_tmp();
                     // Another node object for the same directory copied it up already.
                     let fd = layer::open_dir_at(pfd.as_fd(), &name).map_err(|e| Error::io(e, "copy-up"))?;
                     let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
                     Loc::Dir(DirFd::child(&pdir, name.clone(), Arc::new(fd), ino))
                 }
-                Err(e) => return Err(Error::io(e, "copy-up rename")),
+                Err(e) => {
+                    unmap_tmp();
+                    return Err(Error::io(e, "copy-up rename"));
+                }
             }
         };
         drop(guard);
-        let mut renumbered = false;
         if let Ok(ust) = new_loc.stat() {
-            let key = self.layers[0].ino_base ^ ust.st_ino;
-            if key != node.ino {
-                self.upper_ids.lock().insert(key, node.ino);
-            }
-            if kind != FileType::Directory {
-                // What the node shows from now on (`shown_ino`): the lower object's number, as
-                // kernel overlayfs keeps it; for one linked more than once in its layer, whose
-                // names are copied up apart (`index=off`), the copy's, as the kernel gives.
-                renumbered = st.st_nlink > 1;
-                let kept =
-                    if renumbered { self.ino_raw(0, ust.st_ino) } else { self.ino_raw(src_layer, st.st_ino) };
-                self.kept_ino.lock().insert(node.ino, kept);
+            if Some(ust.st_ino) != tmp_ino {
+                self.map_copy(node, kind, ust.st_ino, &st, src_layer);
             }
         }
+        // A file linked more than once in its layer shows its copy's number from now on.
+        let renumbered = kind != FileType::Directory && st.st_nlink > 1;
         {
             let mut s = node.state.lock();
             s.upper = Some(new_loc);

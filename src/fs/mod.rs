@@ -1175,9 +1175,10 @@ impl OverlayFs {
     }
 
     /// What a copied-up lower non-directory `id` kept, or `id`. (Only ids of lower
-    /// non-directories, [`lower_leaf_id`]s, have the top bit set.)
+    /// non-directories, [`lower_leaf_id`]s, have the top two bits [`LEAF_PREFIX`], but for the
+    /// corner [`Self::ino_raw`] moves.)
     fn kept_or(&self, id: u64) -> u64 {
-        if id & (1 << 63) == 0 {
+        if id >> 62 != LEAF_PREFIX >> 62 {
             return id;
         }
         self.kept_ino.lock().get(&id).copied().unwrap_or(id)
@@ -1614,7 +1615,13 @@ impl OverlayFs {
     /// A real inode number of layer `li`, offset per filesystem ([`Layer::ino_base`]), never
     /// the root's id or 0.
     pub(crate) fn ino_raw(&self, li: usize, real_ino: u64) -> u64 {
-        let id = self.layers[li].ino_base ^ real_ino;
+        let base = self.layers[li].ino_base;
+        if real_ino >> 48 != 0 {
+            // A filesystem whose numbers reach the bits that tell filesystems apart (a FUSE
+            // or NFS layer, a nested overlay): offset, they could meet another filesystem's.
+            return big_ino(self.leaf_key, base, real_ino);
+        }
+        let id = base ^ real_ino;
         if id == ROOT_ID || id == 0 { id ^ (1 << 63) } else { id }
     }
 
@@ -1769,16 +1776,24 @@ impl OverlayFs {
         drop(nodes);
         if let Some(lite::Slot::Full(node)) = &removed {
             // Unlink from the parent now: the node may live on in open handles.
-            let (parent, upper, dir) = {
+            let (parent, upper, dir, unlinked) = {
                 let mut s = node.state.lock();
-                (s.parent.take(), s.upper.clone(), s.kind == FileType::Directory)
+                (s.parent.take(), s.upper.clone(), s.kind == FileType::Directory, s.unlinked)
             };
             if dir {
                 self.listings.lock().pop(&ino);
             }
             drop(parent);
-            // `upper_ids` keeps its entry: a copied-up object keeps its inode number for the
-            // whole mount, also in listings the kernel may still have cached.
+            // `upper_ids` keeps its entry while the copied-up object lives: it keeps its
+            // inode number for the whole mount, also in listings the kernel may still have
+            // cached. Once it is removed and nothing holds it (no open handle; the node's own
+            // pinned descriptor goes now), its number may go to a new object, which is not
+            // this node.
+            if unlinked && Arc::strong_count(node) == 1 {
+                if let Some(st) = upper.as_ref().and_then(|u| u.stat().ok()).filter(|st| st.st_nlink == 0) {
+                    self.unmap_copy(ino, st.st_ino);
+                }
+            }
             drop(upper);
         }
         drop(removed);
@@ -2008,7 +2023,10 @@ impl OverlayFs {
         Ok(v)
     }
 
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+    /// The object's xattr names, without the private ones. `trusted.*` names are listed only
+    /// when `admin` says the caller has CAP_SYS_ADMIN (asked once, where there are such
+    /// names), as a local filesystem and kernel overlayfs list them.
+    pub fn listxattr(&self, ino: u64, admin: impl FnOnce() -> bool) -> Result<Vec<u8>> {
         if self.opts.noxattrs {
             return Err(Error::errno(libc::ENOSYS));
         }
@@ -2020,10 +2038,18 @@ impl OverlayFs {
             Err(e) => return Err(Error::io(e, "listxattr")),
         };
         let mut out = Vec::with_capacity(raw.len());
+        let mut admin = Some(admin);
+        let mut trusted_ok = false;
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if n.starts_with(b"trusted.") {
+                if let Some(f) = admin.take() {
+                    trusted_ok = f();
+                }
+            }
             if !whiteout::is_private_xattr(n)
                 && !ovr::is_override_xattr(n)
                 && (self.acl_enabled() || !is_acl_xattr(n))
+                && (trusted_ok || !n.starts_with(b"trusted."))
             {
                 out.extend_from_slice(n);
                 out.push(0);
@@ -2087,9 +2113,10 @@ fn upper_subdir_opaque(dir: &OwnedFd, name: &[u8]) -> bool {
 
 /// The node id of a lower non-directory: derived from its directory's id and its name, not from
 /// its inode, so that two names of one hard-linked lower file are two objects (as in kernel
-/// overlayfs without `index=on`: writing through one name copies up that name only). Ids
-/// from inode numbers have the top bit set only in the corner [`OverlayFs::ino_raw`] moves;
-/// these always do. The number the node shows is its real one ([`OverlayFs::shown_ino`]).
+/// overlayfs without `index=on`: writing through one name copies up that name only). They
+/// have the top two bits [`LEAF_PREFIX`]; ids from inode numbers have them only in the
+/// corner [`OverlayFs::ino_raw`] moves. The number the node shows is its real one
+/// ([`OverlayFs::shown_ino`]).
 ///
 /// Keyed SipHash (`key`: [`leaf_key`], the same for a stack on every mount, not known to
 /// whoever made the layers): two names whose ids collide would be one node, and a write
@@ -2103,7 +2130,25 @@ pub(crate) fn lower_leaf_id(key: (u64, u64), parent: u64, name: &[u8], salt: u32
     h.write_u64(parent);
     h.write_u32(salt);
     h.write(name);
-    h.finish() | (1 << 63)
+    (h.finish() >> 2) | LEAF_PREFIX
+}
+
+/// The top two bits of [`lower_leaf_id`]s (10) and of [`big_ino`]s (11); other ids are real
+/// inode numbers below 2^48, offset per filesystem by less than 2^63.
+const LEAF_PREFIX: u64 = 0b10 << 62;
+const BIG_PREFIX: u64 = 0b11 << 62;
+
+/// The id and inode number of an inode whose real number is 2^48 or more, of the filesystem
+/// with offset `base` ([`Layer::ino_base`]): a keyed SipHash of the two ([`leaf_key`], so the
+/// same on every mount of the stack), in its own range. (An offset number could meet another
+/// filesystem's: two files would show one number, and two directories be one node.)
+fn big_ino(key: (u64, u64), base: u64, real_ino: u64) -> u64 {
+    use std::hash::Hasher;
+    #[allow(deprecated)] // as in lower_leaf_id
+    let mut h = std::hash::SipHasher::new_with_keys(key.0, key.1);
+    h.write_u64(base);
+    h.write_u64(real_ino);
+    (h.finish() >> 2) | BIG_PREFIX
 }
 
 /// The key of [`lower_leaf_id`] for a stack: drawn from the birth times (to the nanosecond)
