@@ -257,7 +257,6 @@ impl OverlayFs {
         Ok((d, fd))
     }
 
-    /// Copies a node up (with its data unless `with_data` is false: O_TRUNC, truncate to 0).
     /// Maps the copy of `node` (upper inode `upper_ino`) to the node, and for a non-directory
     /// keeps the number it shows from now on (`shown_ino`): the lower object's (`st`, in layer
     /// `li`), as kernel overlayfs keeps it, or, for one linked more than once in its layer,
@@ -285,6 +284,7 @@ impl OverlayFs {
         self.kept_ino.lock().remove(&id);
     }
 
+    /// Copies a node up (with its data unless `with_data` is false: O_TRUNC, truncate to 0).
     pub(crate) fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> Result<()> {
         if node.has_upper.load(Ordering::Acquire) {
             return Ok(());

@@ -405,9 +405,10 @@ impl OverlayFs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], from_cache: bool) -> Result<u32> {
         let h = self.file(fh)?;
         let fd = h.fd.read().clone();
-        let caps = match from_cache && !h.node.has_fact(super::FACT_NO_CAPS) {
-            true => sys::fgetxattr(fd.as_fd(), CAPS_XATTR).ok(),
-            false => None,
+        let caps = if from_cache && !h.node.has_fact(super::FACT_NO_CAPS) {
+            sys::fgetxattr(fd.as_fd(), CAPS_XATTR).ok()
+        } else {
+            None
         };
         let done = self.write_all_at(&fd, offset, data)?;
         if let Some(v) = caps {
