@@ -615,6 +615,23 @@ fn unlinked_while_open() {
     });
 }
 
+/// `linkat` of a descriptor of a lower file removed while open fails with ENOENT, as on the
+/// kernel (whose `fstat` of it still shows the lower file's count); it reached a copy-up of
+/// the removed file, EEXIST.
+#[test]
+fn a_removed_lower_file_held_open_cannot_be_linked_again() {
+    need_mounts!();
+    run_both(&std_stack(), |c| {
+        c.sh(
+            "/usr/bin/python3 -c \"import os, ctypes\nfd = os.open('f_top', os.O_RDONLY)\nos.unlink('f_top')\n\
+             print('nlink', os.fstat(fd).st_nlink)\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+             r = libc.linkat(fd, b'', -100, b'again', 0x1000)\nprint('linkat', r, os.strerror(ctypes.get_errno()))\"",
+            false,
+        );
+        c.readdir("");
+    });
+}
+
 #[test]
 fn fallocate_cases() {
     need_mounts!();

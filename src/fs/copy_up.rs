@@ -457,12 +457,13 @@ impl OverlayFs {
                 self.unmap_copy(node.ino, i);
             }
         };
-        let new_loc = {
+        {
             let _pl = parent.dir_lock.write();
             // A copy-up is not a change of its directory: its times are put back after the
             // rename, as kernel overlayfs does (best effort).
             let ptimes = sys::fstat(pfd.as_fd()).ok();
-            match sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE) {
+            let new_loc = match sys::renameat2(work.as_fd(), &tmp, pfd.as_fd(), &name, sys::RENAME_NOREPLACE)
+            {
                 Ok(()) => {
                     guard.armed = false;
                     if let Some(p) = ptimes {
@@ -474,41 +475,45 @@ impl OverlayFs {
                             log::debug!("copy-up {name:?}: restoring the directory's times: {e}");
                         }
                     }
-                    match tloc.live().map_err(|e| Error::io(e, "copy-up"))? {
+                    let loc = match tloc.live().map_err(|e| Error::io(e, "copy-up"))? {
                         Live::Dir(fd) => {
                             let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
                             Loc::Dir(DirFd::child(&pdir, name.clone(), fd, ino))
                         }
                         _ => Loc::At(pdir.clone(), name.clone()),
+                    };
+                    if tmp_ino.is_none() {
+                        if let Ok(ust) = loc.stat() {
+                            self.map_copy(node, kind, ust.st_ino, &st, src_layer);
+                        }
                     }
+                    loc
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && kind == FileType::Directory => {
                     unmap_tmp();
                     // Another node object for the same directory copied it up already.
                     let fd = layer::open_dir_at(pfd.as_fd(), &name).map_err(|e| Error::io(e, "copy-up"))?;
                     let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
+                    self.map_copy(node, kind, ino, &st, src_layer);
                     Loc::Dir(DirFd::child(&pdir, name.clone(), Arc::new(fd), ino))
                 }
                 Err(e) => {
                     unmap_tmp();
                     return Err(Error::io(e, "copy-up rename"));
                 }
-            }
-        };
-        drop(guard);
-        if let Ok(ust) = new_loc.stat() {
-            if Some(ust.st_ino) != tmp_ino {
-                self.map_copy(node, kind, ust.st_ino, &st, src_layer);
-            }
-        }
-        // A file linked more than once in its layer shows its copy's number from now on.
-        let renumbered = kind != FileType::Directory && st.st_nlink > 1;
-        {
+            };
+            // The node takes its copy before the directory's lock goes: an unlink or rename
+            // of the name right after (they take that lock) finds the node copied up and
+            // pins its copy, where taking it after them put the name back in the node, by
+            // then a whiteout's or another file's, which its open handles then reached.
             let mut s = node.state.lock();
             s.upper = Some(new_loc);
             node.prot.store(prot, Ordering::Release);
             node.has_upper.store(true, Ordering::Release);
         }
+        drop(guard);
+        // A file linked more than once in its layer shows its copy's number from now on.
+        let renumbered = kind != FileType::Directory && st.st_nlink > 1;
         // What the kernel holds is the lower object's: the copy has its own ctime (a file
         // linked more than once in its layer is linked once in the upper, `index=off`), and
         // the parent's real directory got an entry (a new ctime; its mtime was put back).

@@ -668,6 +668,17 @@ impl OverlayFs {
         if src.is_dir() {
             return Err(Error::errno(libc::EPERM));
         }
+        let removed_lower = {
+            let s = src.state.lock();
+            s.unlinked && s.upper.is_none()
+        };
+        if removed_lower {
+            // A removed lower object (`linkat` of a descriptor still open): the kernel's
+            // overlay inode has no link left, and the VFS refuses; this FUSE inode still shows
+            // the lower object's count, as the kernel's `stat` does. (A removed upper object
+            // shows its own count, none, and the VFS refuses here.)
+            return Err(Error::errno(libc::ENOENT));
+        }
         // As vfs_link: no new name for an append-only or immutable file; none in an immutable
         // directory.
         self.check_prot(&*self.node(newparent)?, PROT_IMMUTABLE)?;
