@@ -3,7 +3,7 @@
 //! ([`crate::devloop`] for `/dev/fuse`, [`crate::uring`] for io_uring). fuser's `Filesystem`
 //! is used only to mount and answer INIT. No union logic lives here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -180,11 +180,36 @@ struct Backing {
     /// Truncations under way per inode (an O_TRUNC open, a SETATTR of the size): no store of
     /// the inode's data starts meanwhile, and none starts while a store is under way.
     truncating: HashMap<u64, usize>,
-    /// Inodes opened read-write through passthrough in this mount. A shared mapping made
-    /// through such a handle is the backing file's, and outlives the handle: its writes reach
-    /// the upper file behind FUSE's page cache, so no later open stores the file into that
-    /// cache (whose stale pages a cached mapping would write back over them).
-    rw_passthrough: HashSet<u64>,
+    /// Nodes opened read-write through passthrough in this mount (the last
+    /// [`RW_PASSTHROUGH_KEPT`]). A shared mapping made through such a handle is the backing
+    /// file's, and outlives the handle: its writes reach the upper file behind FUSE's page
+    /// cache, so no later open stores the file into that cache (whose stale pages a cached
+    /// mapping would write back over them).
+    rw_passthrough: RwPassthrough,
+}
+
+/// How many nodes [`Backing::rw_passthrough`] remembers: a mapping that outlives this many
+/// later read-write opens of other files could meet a store again (a bound on the memory of
+/// a mount that creates millions of files).
+const RW_PASSTHROUGH_KEPT: usize = 16384;
+
+/// [`Backing::rw_passthrough`]: grown as used (a bounded `LruCache` would take its whole
+/// table at once).
+struct RwPassthrough(lru::LruCache<u64, ()>);
+
+impl Default for RwPassthrough {
+    fn default() -> Self {
+        RwPassthrough(lru::LruCache::unbounded())
+    }
+}
+
+impl RwPassthrough {
+    fn add(&mut self, node: u64) {
+        self.0.put(node, ());
+        if self.0.len() > RW_PASSTHROUGH_KEPT {
+            self.0.pop_lru();
+        }
+    }
 }
 
 /// Marks a truncation of an inode under way until dropped ([`Fuse::truncation`]).
@@ -374,7 +399,7 @@ impl Fuse {
                 let id = id.clone();
                 b.by_fh.insert(fh, ino);
                 if mappable {
-                    b.rw_passthrough.insert(ino);
+                    b.rw_passthrough.add(node);
                 }
                 return OpenMode::Passthrough(id);
             }
@@ -382,7 +407,7 @@ impl Fuse {
         }
         b.by_fh.insert(fh, ino);
         if let Some(n) =
-            small.filter(|_| !b.truncating.contains_key(&ino) && !b.rw_passthrough.contains(&ino))
+            small.filter(|_| !b.truncating.contains_key(&ino) && !b.rw_passthrough.0.contains(&node))
         {
             b.by_ino.insert(ino, InoMode::Storing(1));
             return OpenMode::Store(n);
@@ -424,7 +449,7 @@ impl Fuse {
         let m = match &mode {
             OpenMode::Passthrough(id) => {
                 if mappable {
-                    b.rw_passthrough.insert(ino);
+                    b.rw_passthrough.add(node);
                 }
                 InoMode::Passthrough(id.clone(), 1, lower)
             }
@@ -648,8 +673,9 @@ fn caller_is_admin(pid: u32) -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     let user_ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
     let pid = pid.to_string();
-    if pid == "0" || user_ns(&pid).is_none() || user_ns(&pid) != user_ns("self") {
-        return false;
+    match user_ns(&pid) {
+        Some(ns) if pid != "0" && Some(&ns) == user_ns("self").as_ref() => {}
+        _ => return false,
     }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
     status
@@ -975,9 +1001,8 @@ impl Fuse {
         data: &[u8],
         write_flags: u32,
     ) -> Answer<'static> {
-        use crate::uring::{FUSE_WRITE_CACHE, FUSE_WRITE_KILL_SUIDGID};
-        let kill = self.killpriv.load(Ordering::Relaxed) && write_flags & FUSE_WRITE_KILL_SUIDGID != 0;
-        let from_cache = write_flags & FUSE_WRITE_CACHE != 0;
+        let kill =
+            self.killpriv.load(Ordering::Relaxed) && write_flags & crate::uring::FUSE_WRITE_KILL_SUIDGID != 0;
         log::debug!("write(ino={ino}, fh={fh}, off={offset}, len={})", data.len());
         let (len, args) =
             (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("len", data.len()));
@@ -985,7 +1010,7 @@ impl Fuse {
             if kill {
                 self.fs.kill_privs(ino, caller(ctx, 0))?;
             }
-            self.fs.write(fh, offset, data, from_cache)
+            self.fs.write(fh, offset, data)
         };
         match self.hook(ctx, Op::Write, ino, None, len, args, f) {
             Ok(n) => Answer::Written(n),

@@ -87,8 +87,6 @@ const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
 const FATTR_CTIME: u32 = 1 << 10;
 const FUSE_GETATTR_FH: u32 = 1;
-/// `write_flags`: a write-back of the kernel's page cache.
-pub(crate) const FUSE_WRITE_CACHE: u32 = 1 << 0;
 /// `write_flags`: the writer lacks CAP_FSETID (setuid and setgid are to go).
 pub(crate) const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 const FUSE_FSYNC_FDATASYNC: u32 = 1;

@@ -64,7 +64,7 @@ fn copy_up_keeps_inode_and_leaves_work_clean() {
     let d = fs.lookup(1, OsStr::new("d")).unwrap();
     let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
     let o = fs.open(a.ino.0, libc::O_WRONLY).unwrap();
-    fs.write(o.fh, 7, b" changed", false).unwrap();
+    fs.write(o.fh, 7, b" changed").unwrap();
     fs.release(o.fh);
     let a2 = fs.getattr(a.ino.0).unwrap();
     assert_eq!(a2.ino, a.ino, "inode number kept across copy-up");
@@ -121,7 +121,7 @@ fn looked_up_lower_files_stay_lite_until_used() {
     // A write promotes it (open), copies it up and keeps the id and both references.
     let o = fs.open(a.ino.0, libc::O_WRONLY).unwrap();
     assert_eq!(fs.lite_count(), lite0, "opened: a full node now");
-    fs.write(o.fh, 0, b"L", false).unwrap();
+    fs.write(o.fh, 0, b"L").unwrap();
     fs.release(o.fh);
     assert_eq!(fs::read(s.path("u").join("d/a")).unwrap(), b"Lower a");
     let st = fs.getattr(a.ino.0).unwrap();
@@ -731,7 +731,7 @@ fn a_created_file_is_its_own_read_write_backing_file_with_the_callers_owner() {
     assert_eq!(fl & libc::O_ACCMODE, libc::O_RDWR, "backing descriptor is read-write");
     let (fd2, _) = fs.backing_file(o.fh).unwrap();
     assert!(std::sync::Arc::ptr_eq(&fd, &fd2), "the handle's own descriptor, not a new open");
-    fs.write(o.fh, 0, b"data", false).unwrap();
+    fs.write(o.fh, 0, b"data").unwrap();
     let m = fs::metadata(s.path("u").join("new")).unwrap();
     assert_eq!((attr.perm, attr.uid, attr.gid, attr.size), (0, m.uid(), m.gid(), 0));
     assert_eq!((m.uid(), m.gid()), (me.uid, me.gid), "owner already right: kept");
@@ -939,7 +939,7 @@ fn fsync_of_a_read_handle_from_before_a_copy_up_syncs_the_copy() {
     let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
     let r = fs.open(a.ino.0, libc::O_RDONLY).unwrap();
     let w = fs.open(a.ino.0, libc::O_WRONLY).unwrap();
-    fs.write(w.fh, 0, &vec![b'N'; 1 << 20], false).unwrap();
+    fs.write(w.fh, 0, &vec![b'N'; 1 << 20]).unwrap();
     fs.release(w.fh);
     let copy = s.path("u").join("d/a");
     assert!(dirty_pages(&copy) > 0, "the write left no dirty pages to sync");

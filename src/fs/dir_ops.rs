@@ -675,8 +675,8 @@ impl OverlayFs {
         if removed_lower {
             // A removed lower object (`linkat` of a descriptor still open): the kernel's
             // overlay inode has no link left, and the VFS refuses; this FUSE inode still shows
-            // the lower object's count, as the kernel's `stat` does. (A removed upper object
-            // shows its own count, none, and the VFS refuses here.)
+            // the lower object's count, as the kernel's `stat` does. (For a removed upper
+            // object, which shows its own count, none, the kernel refuses before asking.)
             return Err(Error::errno(libc::ENOENT));
         }
         // As vfs_link: no new name for an append-only or immutable file; none in an immutable

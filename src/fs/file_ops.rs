@@ -397,29 +397,9 @@ impl OverlayFs {
         self.read_asked.load(Ordering::Relaxed)
     }
 
-    /// Writes `data` at `offset`. `from_cache`: the kernel writing back pages of its cache (a
-    /// shared mapping's, or `writeback=1`'s), where a local filesystem drops no privileges
-    /// (for a `write(2)` the kernel has dropped them already, or asks the server to). The
-    /// upper filesystem drops file capabilities on any write, whoever writes: for such a
-    /// write they are put back, as kernel overlayfs keeps them.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], from_cache: bool) -> Result<u32> {
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.file(fh)?;
         let fd = h.fd.read().clone();
-        let caps = if from_cache && !h.node.has_fact(super::FACT_NO_CAPS) {
-            sys::fgetxattr(fd.as_fd(), CAPS_XATTR).ok()
-        } else {
-            None
-        };
-        let done = self.write_all_at(&fd, offset, data)?;
-        if let Some(v) = caps {
-            if let Err(e) = sys::fsetxattr(fd.as_fd(), CAPS_XATTR, &v, 0) {
-                log::warn!("putting back the capabilities a write dropped: {e}");
-            }
-        }
-        Ok(done)
-    }
-
-    fn write_all_at(&self, fd: &OwnedFd, offset: u64, data: &[u8]) -> Result<u32> {
         let mut done = 0usize;
         while done < data.len() {
             match sys::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {

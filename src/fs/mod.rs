@@ -1174,9 +1174,10 @@ impl OverlayFs {
         }
     }
 
-    /// What a copied-up lower non-directory `id` kept, or `id`. (Only ids of lower
-    /// non-directories, [`lower_leaf_id`]s, have the top two bits [`LEAF_PREFIX`], but for the
-    /// corner [`Self::ino_raw`] moves.)
+    /// What a copied-up lower non-directory `id` kept, or `id`. Only the ids of lower
+    /// non-directories ([`lower_leaf_id`]) start with the bits [`LEAF_PREFIX`]; the one
+    /// other kind that may, an inode number [`Self::ino_raw`] moved off 0 or the root's id,
+    /// is never in the map.
     fn kept_or(&self, id: u64) -> u64 {
         if id >> 62 != LEAF_PREFIX >> 62 {
             return id;
@@ -2041,19 +2042,22 @@ impl OverlayFs {
         let mut admin = Some(admin);
         let mut trusted_ok = false;
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if whiteout::is_private_xattr(n)
+                || ovr::is_override_xattr(n)
+                || (!self.acl_enabled() && is_acl_xattr(n))
+            {
+                continue;
+            }
             if n.starts_with(b"trusted.") {
                 if let Some(f) = admin.take() {
                     trusted_ok = f();
                 }
+                if !trusted_ok {
+                    continue;
+                }
             }
-            if !whiteout::is_private_xattr(n)
-                && !ovr::is_override_xattr(n)
-                && (self.acl_enabled() || !is_acl_xattr(n))
-                && (trusted_ok || !n.starts_with(b"trusted."))
-            {
-                out.extend_from_slice(n);
-                out.push(0);
-            }
+            out.extend_from_slice(n);
+            out.push(0);
         }
         Ok(out)
     }

@@ -596,23 +596,6 @@ pub fn fgetxattr_len(fd: BorrowedFd, name: &CStr) -> io::Result<usize> {
     cvt_l(unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0) })
 }
 
-/// An xattr's value, read through an open (not `O_PATH`) descriptor.
-pub fn fgetxattr(fd: BorrowedFd, name: &CStr) -> io::Result<Vec<u8>> {
-    xattr_buf_loop(|buf| {
-        let (p, l) =
-            if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
-        // SAFETY: `p` is null with length 0, or points to `l` writable bytes.
-        cvt_l(unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), p, l) })
-    })
-}
-
-/// Sets an xattr through an open (not `O_PATH`) descriptor.
-pub fn fsetxattr(fd: BorrowedFd, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
-    // SAFETY: valid C string; `value` is readable for its length.
-    cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
-        .map(|_| ())
-}
-
 /// Size-probe only: does the xattr exist, and how long is it. Cheaper than [`getxattr`].
 pub fn getxattr_into(path: &CStr, name: &CStr, follow: bool, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its whole length.
