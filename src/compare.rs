@@ -140,10 +140,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     // The root too: a chmod of `.`, or an xattr set on it, is a change like any other.
     if let Ok(md) = std::fs::symlink_metadata(root) {
-        let (mode, uid, gid) = (md.mode() & 0o7777, md.uid(), md.gid());
-        let e =
-            Entry { kind: 'd', mode, uid, gid, size: 0, content: String::new(), xattrs: xattrs(root, false) };
-        out.insert(".".to_string(), e);
+        out.insert(".".to_string(), entry_of(root, &md));
     }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -172,29 +169,35 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Entry> {
                     continue;
                 }
             };
-            let kind = kind_char(&md.file_type());
-            let content = match kind {
-                'f' => file_hash(&p),
-                'l' => std::fs::read_link(&p).map(|t| t.to_string_lossy().to_string()).unwrap_or_default(),
-                'c' | 'b' => format!("{}:{}", sys::major(md.rdev()), sys::minor(md.rdev())),
-                _ => String::new(),
-            };
-            let e = Entry {
-                kind,
-                mode: md.mode() & 0o7777,
-                uid: md.uid(),
-                gid: md.gid(),
-                size: if kind == 'f' || kind == 'l' { md.size() } else { 0 },
-                content,
-                xattrs: xattrs(&p, false),
-            };
+            let e = entry_of(&p, &md);
+            let dir = e.kind == 'd';
             out.insert(rel, e);
-            if kind == 'd' {
+            if dir {
                 stack.push(p);
             }
         }
     }
     out
+}
+
+/// What [`snapshot`] records of `p` (`md`, its metadata, not following a symlink).
+fn entry_of(p: &Path, md: &std::fs::Metadata) -> Entry {
+    let kind = kind_char(&md.file_type());
+    let content = match kind {
+        'f' => file_hash(p),
+        'l' => std::fs::read_link(p).map(|t| t.to_string_lossy().to_string()).unwrap_or_default(),
+        'c' | 'b' => format!("{}:{}", sys::major(md.rdev()), sys::minor(md.rdev())),
+        _ => String::new(),
+    };
+    Entry {
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        size: if kind == 'f' || kind == 'l' { md.size() } else { 0 },
+        content,
+        xattrs: xattrs(p, false),
+    }
 }
 
 fn whiteout_entry() -> Entry {

@@ -362,9 +362,7 @@ impl Fuse {
     /// differ for an alias). `read_only`: opened for reading only. `may_store`: a read-only
     /// open that could be answered by storing the file into the kernel's page cache
     /// ([`STORE_MAX`]). `created`: the mode of a file this request created, which can carry no
-    /// capability xattr yet. `mappable`: the caller's descriptor is read-write (it can map the
-    /// file shared and writable).
-    #[allow(clippy::too_many_arguments)]
+    /// capability xattr yet (and which the open writes, whatever `flags` says).
     fn open_mode(
         &self,
         ino: u64,
@@ -373,9 +371,10 @@ impl Fuse {
         flags: i32,
         may_store: bool,
         created: Option<u32>,
-        mappable: bool,
     ) -> OpenMode {
-        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
+        let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && created.is_none();
+        // A read-write descriptor can map the file shared and writable.
+        let mappable = flags & libc::O_ACCMODE == libc::O_RDWR;
         // Sized before the lock, which every open and release takes. Stores are keyed by node
         // id, as truncations are: none on an alias.
         let small = if may_store && ino == node && self.stores() {
@@ -671,10 +670,12 @@ impl Fuse {
 /// where the server runs in another user namespace, it sees none to list.
 fn caller_is_admin(pid: u32) -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
+    if pid == 0 {
+        return false;
+    }
     let user_ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
-    let pid = pid.to_string();
-    match user_ns(&pid) {
-        Some(ns) if pid != "0" && Some(&ns) == user_ns("self").as_ref() => {}
+    match user_ns(&pid.to_string()) {
+        Some(ns) if Some(&ns) == user_ns("self").as_ref() => {}
         _ => return false,
     }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
@@ -913,8 +914,7 @@ impl Fuse {
             Ok(o) => {
                 let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY;
                 let may_store = read_only && o.keep_cache && flags & libc::O_TRUNC == 0;
-                let mappable = flags & libc::O_ACCMODE == libc::O_RDWR;
-                let answer = match self.open_mode(ino, node, o.fh, flags, may_store, None, mappable) {
+                let answer = match self.open_mode(ino, node, o.fh, flags, may_store, None) {
                     OpenMode::Passthrough(b) => {
                         Answer::Open { fh: o.fh, flags: self.noflush(), backing: Some(b.id) }
                     }
@@ -999,10 +999,9 @@ impl Fuse {
         fh: u64,
         offset: u64,
         data: &[u8],
-        write_flags: u32,
+        kill_suidgid: bool,
     ) -> Answer<'static> {
-        let kill =
-            self.killpriv.load(Ordering::Relaxed) && write_flags & crate::uring::FUSE_WRITE_KILL_SUIDGID != 0;
+        let kill = self.killpriv.load(Ordering::Relaxed) && kill_suidgid;
         log::debug!("write(ino={ino}, fh={fh}, off={offset}, len={})", data.len());
         let (len, args) =
             (data.len() as u64, |a: &mut Args| _ = a.n("fh", fh).n("off", offset).n("len", data.len()));
@@ -1254,12 +1253,9 @@ impl Fuse {
     /// The reply to CREATE or TMPFILE: a new file, no other open of its inode, so no conflict
     /// either.
     fn created(&self, attr: Attr, o: crate::fs::Opened, flags: i32) -> Answer<'static> {
-        // (A file made by this open is written by it, whatever `flags` says.)
-        let mappable = flags & libc::O_ACCMODE == libc::O_RDWR;
-        let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         let id = attr.ino.0;
         let (fh, attr) = (o.fh, attr.shown());
-        match self.open_mode(id, id, fh, flags, false, Some(attr.perm as u32), mappable) {
+        match self.open_mode(id, id, fh, flags, false, Some(attr.perm as u32)) {
             OpenMode::Passthrough(b) => {
                 Answer::Create { attr, id, fh, flags: self.noflush(), backing: Some(b.id) }
             }

@@ -87,8 +87,7 @@ const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
 const FATTR_CTIME: u32 = 1 << 10;
 const FUSE_GETATTR_FH: u32 = 1;
-/// `write_flags`: the writer lacks CAP_FSETID (setuid and setgid are to go).
-pub(crate) const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
+const FUSE_WRITE_KILL_SUIDGID: u32 = 1 << 2;
 const FUSE_FSYNC_FDATASYNC: u32 = 1;
 
 /// Who may use the mount, as fuser checks it on `/dev/fuse` (`allow_root`, or neither
@@ -934,7 +933,7 @@ fn answer(f: &Fuse, ctx: &Ctx, opcode: u32, ino: u64, op: &[u8], p: &[u8]) -> An
         FUSE_WRITE => {
             let (fh, off, size, wflags) = (rd64(op, 0), rd64(op, 8), rd32(op, 16) as usize, rd32(op, 20));
             let Some(data) = p.get(..size) else { return Answer::Err(libc::EINVAL) };
-            f.write(ctx, ino, fh, off, data, wflags)
+            f.write(ctx, ino, fh, off, data, wflags & FUSE_WRITE_KILL_SUIDGID != 0)
         }
         FUSE_STATFS => f.statfs(ctx, ino),
         FUSE_RELEASE => f.release(ctx, ino, rd64(op, 0)),

@@ -448,15 +448,11 @@ impl OverlayFs {
             .map_err(|e| Error::io(e, "copy-up utimes"))?;
         // The copy's number is known before the rename, which keeps it: mapped now, a listing
         // or lookup right after the rename finds the copy's entry mapped to the node.
-        let tmp_ino = made.map(|m| m.st_ino).or_else(|| tloc.stat().ok().map(|m| m.st_ino));
-        if let Some(i) = tmp_ino {
-            self.map_copy(node, kind, i, &st, src_layer);
-        }
-        let unmap_tmp = || {
-            if let Some(i) = tmp_ino {
-                self.unmap_copy(node.ino, i);
-            }
+        let tmp_ino = match made {
+            Some(m) => m.st_ino,
+            None => tloc.stat().map_err(|e| Error::io(e, "copy-up stat"))?.st_ino,
         };
+        self.map_copy(node, kind, tmp_ino, &st, src_layer);
         {
             let _pl = parent.dir_lock.write();
             // A copy-up is not a change of its directory: its times are put back after the
@@ -475,22 +471,13 @@ impl OverlayFs {
                             log::debug!("copy-up {name:?}: restoring the directory's times: {e}");
                         }
                     }
-                    let loc = match tloc.live().map_err(|e| Error::io(e, "copy-up"))? {
-                        Live::Dir(fd) => {
-                            let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
-                            Loc::Dir(DirFd::child(&pdir, name.clone(), fd, ino))
-                        }
+                    match tloc.live().map_err(|e| Error::io(e, "copy-up"))? {
+                        Live::Dir(fd) => Loc::Dir(DirFd::child(&pdir, name.clone(), fd, tmp_ino)),
                         _ => Loc::At(pdir.clone(), name.clone()),
-                    };
-                    if tmp_ino.is_none() {
-                        if let Ok(ust) = loc.stat() {
-                            self.map_copy(node, kind, ust.st_ino, &st, src_layer);
-                        }
                     }
-                    loc
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && kind == FileType::Directory => {
-                    unmap_tmp();
+                    self.unmap_copy(node.ino, tmp_ino);
                     // Another node object for the same directory copied it up already.
                     let fd = layer::open_dir_at(pfd.as_fd(), &name).map_err(|e| Error::io(e, "copy-up"))?;
                     let ino = sys::fstat(fd.as_fd()).map_err(|e| Error::io(e, "copy-up"))?.st_ino;
@@ -498,7 +485,7 @@ impl OverlayFs {
                     Loc::Dir(DirFd::child(&pdir, name.clone(), Arc::new(fd), ino))
                 }
                 Err(e) => {
-                    unmap_tmp();
+                    self.unmap_copy(node.ino, tmp_ino);
                     return Err(Error::io(e, "copy-up rename"));
                 }
             };
@@ -523,10 +510,7 @@ impl OverlayFs {
         }
         if renumbered {
             // Listings of the directory give the new number too (`d_ino`).
-            self.dir_changed(parent.ino);
-            if let Some(f) = self.listing_stale.get() {
-                f(parent.ino);
-            }
+            self.listing_changed(parent.ino);
         }
         Ok(())
     }

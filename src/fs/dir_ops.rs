@@ -1163,10 +1163,7 @@ impl OverlayFs {
             // neither the directory's mtime nor anything else the kernel checks): dropped, now
             // that the new parent is the node's, with the server's own.
             let _g = node.dir_lock.write();
-            self.dir_changed(node.ino);
-            if let Some(f) = self.listing_stale.get() {
-                f(node.ino);
-            }
+            self.listing_changed(node.ino);
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ mod table;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
+use std::hash::Hasher as _;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -542,8 +543,8 @@ pub struct OverlayFs {
     /// copy-up changed: its attributes (link count, size, ctime) are now the upper's, and the
     /// kernel may hold the lower's (see `Fuse::new`).
     pub attrs_stale: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
-    /// Told the node id of each directory moved: the kernel's cached listing of it holds the
-    /// old parent's inode number for `..` (see `Fuse::new`).
+    /// Told the node id of each directory whose listing the kernel caches is stale in a way it
+    /// cannot see ([`OverlayFs::listing_changed`]; see `Fuse::new`).
     pub listing_stale: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     pub(crate) files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     pub(crate) dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
@@ -1124,11 +1125,6 @@ impl OverlayFs {
 
     /// The attributes of node `id` from `st`, a stat of its object in layer `li`.
     pub(crate) fn attr_from_stat(&self, ino: u64, li: usize, st: &Stat, merged_dir: bool) -> Attr {
-        let attr = self.file_attr(ino, st, merged_dir);
-        Attr { attr, st_ino: self.shown_ino(ino, li, st) }
-    }
-
-    fn file_attr(&self, ino: u64, st: &Stat, merged_dir: bool) -> FileAttr {
         let kind = kind_of(st.st_mode);
         let mut nlink = st.st_nlink as u32;
         if kind == FileType::Directory && (merged_dir || self.opts.static_nlink) {
@@ -1136,7 +1132,7 @@ impl OverlayFs {
             // it; nlink=1 tells find(1) and friends not to rely on it.
             nlink = 1;
         }
-        FileAttr {
+        let attr = FileAttr {
             ino: INodeNo(ino),
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
@@ -1152,7 +1148,8 @@ impl OverlayFs {
             rdev: st.st_rdev as u32,
             blksize: st.st_blksize as u32,
             flags: 0,
-        }
+        };
+        Attr { attr, st_ino: self.shown_ino(ino, li, st) }
     }
 
     /// The inode number node `id` shows, from `st`, a stat of its object in layer `li`:
@@ -1790,7 +1787,10 @@ impl OverlayFs {
             // cached. Once it is removed and nothing holds it (no open handle; the node's own
             // pinned descriptor goes now), its number may go to a new object, which is not
             // this node.
-            if unlinked && Arc::strong_count(node) == 1 {
+            // (Only a lower non-directory or a directory copied up has one: an upper-only
+            // file's id is its upper number, and costs no stat here.)
+            let may_be_mapped = dir || ino >> 62 == LEAF_PREFIX >> 62;
+            if unlinked && may_be_mapped && Arc::strong_count(node) == 1 {
                 if let Some(st) = upper.as_ref().and_then(|u| u.stat().ok()).filter(|st| st.st_nlink == 0) {
                     self.unmap_copy(ino, st.st_ino);
                 }
@@ -1956,6 +1956,15 @@ impl OverlayFs {
     /// `dir_lock` exclusively.
     pub(crate) fn dir_changed(&self, dir: u64) {
         self.listings.lock().pop(&dir);
+    }
+
+    /// A change to directory `dir`'s listing that the kernel cannot see (an entry's `d_ino`,
+    /// `..`): the server's cached listing and the kernel's go.
+    pub(crate) fn listing_changed(&self, dir: u64) {
+        self.dir_changed(dir);
+        if let Some(f) = self.listing_stale.get() {
+            f(dir);
+        }
     }
 
     /// The listing and the position of the first entry after `offset` (a cookie, 0 for the
@@ -2128,13 +2137,19 @@ fn upper_subdir_opaque(dir: &OwnedFd, name: &[u8]) -> bool {
 /// was found in minutes. `salt` picks another id where one collides anyway
 /// ([`OverlayFs::free_leaf_id`]).
 pub(crate) fn lower_leaf_id(key: (u64, u64), parent: u64, name: &[u8], salt: u32) -> u64 {
-    use std::hash::Hasher;
-    #[allow(deprecated)] // SipHasher: std's SipHash-2-4 with explicit keys, which we need
+    keyed_id(key, LEAF_PREFIX, |h| {
+        h.write_u64(parent);
+        h.write_u32(salt);
+        h.write(name);
+    })
+}
+
+/// A keyed SipHash of what `write` feeds it, in the id range of `prefix` (its top two bits).
+#[allow(deprecated)] // SipHasher: std's SipHash-2-4 with explicit keys, which we need
+fn keyed_id(key: (u64, u64), prefix: u64, write: impl FnOnce(&mut std::hash::SipHasher)) -> u64 {
     let mut h = std::hash::SipHasher::new_with_keys(key.0, key.1);
-    h.write_u64(parent);
-    h.write_u32(salt);
-    h.write(name);
-    (h.finish() >> 2) | LEAF_PREFIX
+    write(&mut h);
+    (h.finish() >> 2) | prefix
 }
 
 /// The top two bits of [`lower_leaf_id`]s (10) and of [`big_ino`]s (11); other ids are real
@@ -2147,12 +2162,10 @@ const BIG_PREFIX: u64 = 0b11 << 62;
 /// same on every mount of the stack), in its own range. (An offset number could meet another
 /// filesystem's: two files would show one number, and two directories be one node.)
 fn big_ino(key: (u64, u64), base: u64, real_ino: u64) -> u64 {
-    use std::hash::Hasher;
-    #[allow(deprecated)] // as in lower_leaf_id
-    let mut h = std::hash::SipHasher::new_with_keys(key.0, key.1);
-    h.write_u64(base);
-    h.write_u64(real_ino);
-    (h.finish() >> 2) | BIG_PREFIX
+    keyed_id(key, BIG_PREFIX, |h| {
+        h.write_u64(base);
+        h.write_u64(real_ino);
+    })
 }
 
 /// The key of [`lower_leaf_id`] for a stack: drawn from the birth times (to the nanosecond)
@@ -2163,10 +2176,9 @@ fn big_ino(key: (u64, u64), base: u64, real_ino: u64) -> u64 {
 /// key is the inode numbers alone, which a layer's author cannot see either but could guess
 /// at.)
 fn leaf_key(roots: &[&OwnedFd]) -> (u64, u64) {
-    use std::hash::Hasher;
     let mut halves = [0u64; 2];
     for (i, half) in halves.iter_mut().enumerate() {
-        #[allow(deprecated)] // as in lower_leaf_id
+        #[allow(deprecated)] // as in keyed_id
         let mut h = std::hash::SipHasher::new_with_keys(i as u64, 0x6c61_7965_7266_7321);
         for fd in roots {
             if let Ok(st) = sys::fstat(fd.as_fd()) {
