@@ -508,6 +508,10 @@ pub struct OverlayFs {
     pub(crate) layers: Vec<Layer>,
     pub(crate) has_upper: bool,
     pub(crate) work: Option<Arc<OwnedFd>>,
+    /// The upper filesystem's journal orders a copy's rename after its finished data
+    /// write-back ([`sys::journal_orders_rename`]): a copy-up waits for the write-back, not for
+    /// an fsync.
+    pub(crate) journal_orders: bool,
     /// Each layer filesystem's device and its disk's read-ahead window in bytes
     /// (`read_ahead_kb`), where it has one.
     pub(crate) disk_windows: Vec<(u64, Option<u64>)>,
@@ -850,6 +854,7 @@ impl OverlayFs {
         let mut work = None;
         let mut style = opts.whiteout.unwrap_or(WhiteoutStyle::CharDev);
         let mut trusted = false;
+        let mut journal_orders = false;
         let euid = sys::geteuid();
         if let Some(w) = &opts.work {
             let (wroot, _) = open_root(w)?;
@@ -871,6 +876,15 @@ impl OverlayFs {
                     )
                 })?;
             }
+            journal_orders = sys::journal_orders_rename(workdir.as_fd());
+            log::debug!(
+                "copy-ups {}",
+                if journal_orders {
+                    "wait for their data's write-back; the upper's journal orders their renames after it"
+                } else {
+                    "are fsynced before their renames"
+                }
+            );
             work = Some(Arc::new(workdir));
         }
         let ovr_names = override_names(&layers, opts.xattr_permissions)?;
@@ -911,6 +925,7 @@ impl OverlayFs {
             layers,
             has_upper,
             work,
+            journal_orders,
             disk_windows,
             upper_noatime,
             whiteout_style: style,
