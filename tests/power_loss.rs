@@ -66,6 +66,9 @@ fn connection_of(mnt: &Path) -> u64 {
     ((libc::major(dev) as u64) << 20) | libc::minor(dev) as u64
 }
 
+/// Aborts FUSE connection `conn` through the fuse control filesystem, mounted first where it
+/// is not (as systemd mounts it at boot; it is left mounted, since tests running beside this
+/// one may use it).
 fn abort_connection(conn: u64) {
     let ctl = Path::new("/sys/fs/fuse/connections");
     if !fs::read_to_string("/proc/self/mounts")
