@@ -373,10 +373,10 @@ impl OverlayFs {
                     log::debug!("copy-up {:?}: {} bytes by {how}", name, st.st_size);
                     // Copied data is on the disk before the rename puts it under the name, as
                     // kernel overlayfs makes it by an fsync. Where the upper's journal commits
-                    // the rename only after the metadata of a finished write-back (ext4 with a
-                    // journal, XFS), waiting for the write-back is enough: the fsync's journal
-                    // commit, most of a small file's copy-up, is left to the journal's own
-                    // time. Like the kernel, nothing after a clone (a metadata change the
+                    // the rename only after the metadata of a finished write-back, and flushes
+                    // the disk's cache with its data before ([`sys::journal_orders_rename`]),
+                    // waiting for the write-back is enough: the fsync's journal commit, most of
+                    // a small file's copy-up, is left to the journal's own time. Like the kernel, nothing after a clone (a metadata change the
                     // journal orders before the rename, with no data of its own to write
                     // back) nor for an empty file.
                     if self.opts.fsync && how != REFLINK {

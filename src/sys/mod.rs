@@ -746,11 +746,18 @@ pub fn start_writeback(fd: BorrowedFd, off: u64, len: u64) -> io::Result<()> {
 
 /// Whether the filesystem holding `fd` commits a rename only after every metadata change made
 /// before it, a finished data write-back's included (block allocation, unwritten extents
-/// marked written, the on-disk size): XFS, and ext4 (ext3) with a journal. There a copy-up
+/// marked written, the on-disk size), and flushes the disk's write cache, with that
+/// write-back's data in it, before the commit: XFS without a realtime device, and ext4 (ext3)
+/// with a journal inside the filesystem and without `journal_async_commit`. There a copy-up
 /// need not fsync its copy before renaming it into place: once the copy's data write-back has
 /// finished ([`wait_written`]), a power loss can leave the name on the lower file or on the
 /// whole copy, never on a short one (the fsync's journal commit is what it saves). Any other
-/// filesystem, ext4 without a journal among them, or one this cannot tell: false.
+/// filesystem or setup, or one this cannot tell: false.
+///
+/// An external ext4 journal flushes only its own device before a commit (the filesystem's
+/// device only when ordered data joined the transaction, which unwritten extents do not), an
+/// asynchronous commit writes its record before the flush, and XFS flushes a realtime device
+/// only in an fsync: in each the rename could reach the disk before the copy's data.
 pub fn journal_orders_rename(fd: BorrowedFd) -> bool {
     const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
     const EXT4_SUPER_MAGIC: i64 = 0xEF53;
@@ -762,24 +769,46 @@ pub fn journal_orders_rename(fd: BorrowedFd) -> bool {
     // SAFETY: filled on success.
     #[allow(clippy::unnecessary_cast)] // f_type's type depends on the architecture
     let ftype = unsafe { s.assume_init() }.f_type as i64;
+    let Ok(st) = fstat(fd) else { return false };
     match ftype {
-        XFS_SUPER_MAGIC => true,
-        EXT4_SUPER_MAGIC => {
-            let Ok(st) = fstat(fd) else { return false };
-            ext4_has_journal(st.st_dev)
+        XFS_SUPER_MAGIC => {
+            super_options(st.st_dev).is_some_and(|o| !o.split(',').any(|x| x.starts_with("rtdev=")))
         }
+        EXT4_SUPER_MAGIC => ext4_orders_rename(st.st_dev),
         _ => false,
     }
 }
 
-/// Whether the ext4 filesystem on device `dev` runs a journal: its sysfs `journal_task` names
-/// the journal thread, or `<none>` (no journal, or one not loaded). Unreadable: false.
-fn ext4_has_journal(dev: u64) -> bool {
+/// The super-block options `/proc/self/mountinfo` shows for the filesystem on device `dev`.
+fn super_options(dev: u64) -> Option<String> {
+    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        if l.split(' ').nth(2) != Some(want.as_str()) {
+            return None;
+        }
+        // After the separator: filesystem type, source, super-block options.
+        l.split_once(" - ")?.1.split(' ').nth(2).map(str::to_string)
+    })
+}
+
+/// Whether the ext4 filesystem on device `dev` runs a journal inside itself (jbd2 names such a
+/// journal after the filesystem's device and the journal's inode, `loop0-8`; an external one
+/// after its own device) with synchronous commits. Unreadable: false.
+fn ext4_orders_rename(dev: u64) -> bool {
     let (maj, min) = (libc::major(dev), libc::minor(dev));
     let Ok(link) = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}")) else { return false };
-    let Some(name) = link.file_name() else { return false };
-    let path = std::path::Path::new("/sys/fs/ext4").join(name).join("journal_task");
-    std::fs::read_to_string(path).is_ok_and(|t| !t.trim().is_empty() && t.trim() != "<none>")
+    let Some(name) = link.file_name().and_then(|n| n.to_str()) else { return false };
+    let Ok(journals) = std::fs::read_dir("/proc/fs/jbd2") else { return false };
+    let internal = journals.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .and_then(|j| j.strip_prefix(name))
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
+    });
+    let options = std::fs::read_to_string(format!("/proc/fs/ext4/{name}/options"));
+    internal && options.is_ok_and(|o| !o.lines().any(|l| l.trim() == "journal_async_commit"))
 }
 
 /// Writes back a file's dirty data and waits until the write-back has finished (on ext4 and
