@@ -376,9 +376,10 @@ impl OverlayFs {
                     // the rename only after the metadata of a finished write-back, and flushes
                     // the disk's cache with its data before ([`sys::journal_orders_rename`]),
                     // waiting for the write-back is enough: the fsync's journal commit, most of
-                    // a small file's copy-up, is left to the journal's own time. Like the kernel, nothing after a clone (a metadata change the
-                    // journal orders before the rename, with no data of its own to write
-                    // back) nor for an empty file.
+                    // a small file's copy-up, is left to the journal's own time. Like the
+                    // kernel, nothing after a clone (a metadata change the journal orders
+                    // before the rename, with no data of its own to write back) nor for an
+                    // empty file.
                     if self.opts.fsync && how != REFLINK {
                         if self.journal_orders {
                             sys::wait_written(dst.as_fd()).map_err(|e| Error::io(e, "copy-up write-back"))?;
