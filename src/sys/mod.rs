@@ -781,14 +781,19 @@ pub fn journal_orders_rename(fd: BorrowedFd) -> bool {
 
 /// The super-block options `/proc/self/mountinfo` shows for the filesystem on device `dev`.
 fn super_options(dev: u64) -> Option<String> {
-    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    super_options_in(&info, libc::major(dev), libc::minor(dev)).map(str::to_string)
+}
+
+/// The super-block options of the first line of a mountinfo text for device `maj:min`.
+fn super_options_in(info: &str, maj: u32, min: u32) -> Option<&str> {
+    let want = format!("{maj}:{min}");
     info.lines().find_map(|l| {
         if l.split(' ').nth(2) != Some(want.as_str()) {
             return None;
         }
         // After the separator: filesystem type, source, super-block options.
-        l.split_once(" - ")?.1.split(' ').nth(2).map(str::to_string)
+        l.split_once(" - ")?.1.split(' ').nth(2)
     })
 }
 
@@ -800,15 +805,19 @@ fn ext4_orders_rename(dev: u64) -> bool {
     let Ok(link) = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}")) else { return false };
     let Some(name) = link.file_name().and_then(|n| n.to_str()) else { return false };
     let Ok(journals) = std::fs::read_dir("/proc/fs/jbd2") else { return false };
-    let internal = journals.flatten().any(|e| {
-        e.file_name()
-            .to_str()
-            .and_then(|j| j.strip_prefix(name))
-            .and_then(|r| r.strip_prefix('-'))
-            .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
-    });
+    let internal =
+        journals.flatten().any(|e| e.file_name().to_str().is_some_and(|j| journal_inside(j, name)));
     let options = std::fs::read_to_string(format!("/proc/fs/ext4/{name}/options"));
     internal && options.is_ok_and(|o| !o.lines().any(|l| l.trim() == "journal_async_commit"))
+}
+
+/// Whether jbd2's name `journal` (a `/proc/fs/jbd2` entry) is a journal inside the
+/// filesystem on device `dev_name`: `<device>-<journal inode>`.
+fn journal_inside(journal: &str, dev_name: &str) -> bool {
+    journal
+        .strip_prefix(dev_name)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Writes back a file's dirty data and waits until the write-back has finished (on ext4 and
@@ -1652,5 +1661,29 @@ mod tests {
         let (p, follow) = n.proc_path();
         assert_eq!(getxattr(&p, c"user.b", follow).unwrap(), long);
         assert_eq!(listxattr(&p, follow).unwrap(), n.list().unwrap());
+    }
+
+    #[test]
+    fn an_internal_journal_is_told_by_its_jbd2_name() {
+        assert!(journal_inside("loop0-8", "loop0"));
+        assert!(journal_inside("dm-1-8", "dm-1"));
+        assert!(journal_inside("nvme0n1p2-12", "nvme0n1p2"));
+        // Another device's journal, and an external journal (named after its own device).
+        assert!(!journal_inside("loop10-8", "loop1"));
+        assert!(!journal_inside("dm-12-8", "dm-1"));
+        assert!(!journal_inside("loop2", "loop2"));
+        assert!(!journal_inside("loop2-", "loop2"));
+        assert!(!journal_inside("loop2-8x", "loop2"));
+    }
+
+    #[test]
+    fn super_block_options_are_read_from_the_device_s_mountinfo_line() {
+        let info = "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/dm-0 rw,data=ordered\n\
+                    40 22 7:1 /sub /mnt/a\\040b rw master:3 - xfs /dev/loop1 rw,attr2,rtdev=/dev/loop2,noquota\n\
+                    41 22 7:1 / /mnt/c rw - xfs /dev/loop1 rw,attr2,rtdev=/dev/loop2,noquota\n";
+        assert_eq!(super_options_in(info, 253, 0), Some("rw,data=ordered"));
+        assert_eq!(super_options_in(info, 7, 1), Some("rw,attr2,rtdev=/dev/loop2,noquota"));
+        assert_eq!(super_options_in(info, 7, 10), None);
+        assert_eq!(super_options_in("garbage\n", 7, 1), None);
     }
 }
