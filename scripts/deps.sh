@@ -4,9 +4,10 @@ set -euo pipefail
 # Tests: fuse3, attr (getfattr/setfattr), acl (setfacl/getfacl), util-linux (setpriv, unshare),
 # passwd (useradd), uidmap, python3 (its standard library's sqlite3 for tests/sqlite.rs), umoci,
 # stress-ng and the engines; benchmarks: fio, gcc, e2fsprogs (mkfs.ext4 for bench-layers.sh and
-# bench.sh's create, tar, sqlite and chown cells; filefrag), xfsprogs (mkfs.xfs: a reflink filesystem
-# for tests/reflink.rs and the reflink rows), strace (tests/reflink.rs counts the server's
-# fsyncs), procps (pgrep), fuse-overlayfs as the peer; mount, findutils for both.
+# bench.sh's create, tar, sqlite and chown cells; filefrag; also mkfs.ext4, mke2fs and e2fsck for
+# tests/power_loss.rs), xfsprogs (mkfs.xfs: a reflink filesystem for tests/reflink.rs and the
+# reflink rows, and tests/power_loss.rs's XFS), strace (tests/reflink.rs counts the server's
+# fsyncs), procps (pgrep), fuse-overlayfs as the peer; mount (losetup, mount), findutils for both.
 # Build: gcc (the sha2 and zstd crates compile C), curl and ca-certificates (rustup, when the
 # machine has no Rust yet or an old one). kmod (modprobe): kernel overlayfs and FUSE are modules
 # on most kernels, loaded here so the tests find them in /proc/filesystems.

@@ -769,13 +769,16 @@ pub fn journal_orders_rename(fd: BorrowedFd) -> bool {
     // SAFETY: filled on success.
     #[allow(clippy::unnecessary_cast)] // f_type's type depends on the architecture
     let ftype = unsafe { s.assume_init() }.f_type as i64;
+    if ftype != XFS_SUPER_MAGIC && ftype != EXT4_SUPER_MAGIC {
+        return false;
+    }
     let Ok(st) = fstat(fd) else { return false };
-    match ftype {
-        XFS_SUPER_MAGIC => {
-            super_options(st.st_dev).is_some_and(|o| !o.split(',').any(|x| x.starts_with("rtdev=")))
-        }
-        EXT4_SUPER_MAGIC => ext4_orders_rename(st.st_dev),
-        _ => false,
+    let Some(options) = super_options(st.st_dev) else { return false };
+    let has = |name: &str| options.split(',').any(|o| o.split('=').next() == Some(name));
+    if ftype == XFS_SUPER_MAGIC {
+        !has("rtdev")
+    } else {
+        !has("journal_async_commit") && ext4_journal_inside(st.st_dev)
     }
 }
 
@@ -799,16 +802,13 @@ fn super_options_in(info: &str, maj: u32, min: u32) -> Option<&str> {
 
 /// Whether the ext4 filesystem on device `dev` runs a journal inside itself (jbd2 names such a
 /// journal after the filesystem's device and the journal's inode, `loop0-8`; an external one
-/// after its own device) with synchronous commits. Unreadable: false.
-fn ext4_orders_rename(dev: u64) -> bool {
+/// after its own device). Unreadable: false.
+fn ext4_journal_inside(dev: u64) -> bool {
     let (maj, min) = (libc::major(dev), libc::minor(dev));
     let Ok(link) = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}")) else { return false };
     let Some(name) = link.file_name().and_then(|n| n.to_str()) else { return false };
     let Ok(journals) = std::fs::read_dir("/proc/fs/jbd2") else { return false };
-    let internal =
-        journals.flatten().any(|e| e.file_name().to_str().is_some_and(|j| journal_inside(j, name)));
-    let options = std::fs::read_to_string(format!("/proc/fs/ext4/{name}/options"));
-    internal && options.is_ok_and(|o| !o.lines().any(|l| l.trim() == "journal_async_commit"))
+    journals.flatten().any(|e| e.file_name().to_str().is_some_and(|j| journal_inside(j, name)))
 }
 
 /// Whether jbd2's name `journal` (a `/proc/fs/jbd2` entry) is a journal inside the
