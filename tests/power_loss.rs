@@ -37,6 +37,23 @@ const SIZE: usize = 8 << 10;
 /// stage.
 const CUT_AFTER: Duration = Duration::from_secs(1);
 
+/// One run at a time: a run's writes and flushes must not reach another run's disk (a
+/// `sync` anywhere writes every filesystem's dirty data back, which would leave an `fsync=0`
+/// control with whole copies), and the cut's timing must not depend on what else runs.
+static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn syncfs(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let d = fs::File::open(dir).unwrap();
+    // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
+    assert_eq!(
+        unsafe { libc::syncfs(d.as_raw_fd()) },
+        0,
+        "syncfs {dir:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 fn content(i: usize) -> Vec<u8> {
     let mut r = Rng(0x5eed_0000 + i as u64);
     (0..SIZE / 8).flat_map(|_| r.next().to_le_bytes()).collect()
@@ -128,6 +145,7 @@ fn image(dir: &Path, name: &str, mib: u64) -> String {
 /// `extra` options whose upper is a fresh `upper` filesystem, cuts the power in the middle
 /// ([`CUT_AFTER`]), and checks the filesystem as it was left.
 fn copy_ups_then_power_loss(upper: Upper, extra: &str) -> Outcome {
+    let _one = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let s = Scratch::new();
     let low = s.path("low");
     for i in 0..FILES {
@@ -159,7 +177,8 @@ fn copy_ups_then_power_loss(upper: Upper, extra: &str) -> Outcome {
     let (up, work, mnt) = (inner.join("up"), inner.join("work"), s.path("mnt"));
     fs::create_dir(&up).unwrap();
     fs::create_dir(&work).unwrap();
-    run("sync", &[]);
+    // Only this filesystem: a `sync` would also write back another run's copies.
+    syncfs(&inner);
     // In the foreground, with the debug log that says how its copy-ups reach the disk.
     let log = s.dir.path().join("server.log");
     let mut server = spawn_layerfs_fg(
