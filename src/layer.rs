@@ -25,6 +25,9 @@ pub struct Layer {
     pub is_upper: bool,
     /// True for the bottom-most layer: its directories' opaqueness never matters.
     pub is_bottom: bool,
+    /// Its filesystem's UUID, as `overlay.origin` records it ([`crate::origin`]); zeros
+    /// where the filesystem has none.
+    pub uuid: [u8; 16],
 }
 
 /// Where a real object lives.
@@ -179,6 +182,14 @@ impl Live {
         }
     }
 
+    /// The object's file handle ([`sys::name_to_handle_at`]).
+    pub fn handle(&self) -> io::Result<(i32, Vec<u8>)> {
+        match self {
+            Live::Dir(fd) | Live::Pinned(fd) => sys::name_to_handle_at(fd.as_fd(), c""),
+            Live::At(dir, name) => sys::name_to_handle_at(dir.as_fd(), name),
+        }
+    }
+
     /// Where the object's xattrs are read from (valid while `self` lives).
     pub fn xattr_at(&self) -> sys::XattrAt<'_> {
         match self {
@@ -200,6 +211,9 @@ pub struct DirMarks {
     pub opaque: bool,
     /// `overlay.opaque=x`: entries may be xattr whiteouts.
     pub xattr_whiteouts: bool,
+    /// `overlay.impure`: entries may have been copied up, and carry an `overlay.origin`
+    /// (see [`crate::origin`]).
+    pub impure: bool,
 }
 
 /// Reads the opaque xattrs of a directory fd and looks for a `.wh..wh..opq` entry.
@@ -221,7 +235,9 @@ pub fn xattr_marks(fd: &OwnedFd) -> DirMarks {
     // One listxattr tells whether any overlay xattr is there at all (the common case: none).
     if let Ok(list) = at.list() {
         for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if whiteout::OPAQUE_XATTRS.contains(&n) {
+            if whiteout::IMPURE_XATTRS.contains(&n) {
+                m.impure = true;
+            } else if whiteout::OPAQUE_XATTRS.contains(&n) {
                 let Ok(cn) = CString::new(n) else { continue };
                 let mut buf = [0u8; 8];
                 if let Ok(len) = at.get_into(&cn, &mut buf) {

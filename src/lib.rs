@@ -10,6 +10,7 @@
 //! - `mount`: daemonising, mounting, signal handling.
 //! - `logging`: the `log` backend: standard error, then the system log in the background.
 //! - `oci`: OCI/Docker layer tar tooling (unpack, diff, digest, store).
+//! - `origin`: the `overlay.origin` xattr's format (pure).
 //! - `ovr`: the override-stat xattr (`xattr_permissions=`): parsing and formatting (pure).
 //! - `trace`, `faults`, `compare`: behaviour testing (operation trace, fault injection, a run
 //!   on kernel overlayfs and on layerfs compared).
@@ -31,6 +32,7 @@ pub mod merge;
 pub mod mount;
 pub mod name;
 pub mod oci;
+pub mod origin;
 pub mod ovr;
 pub mod sys;
 pub mod trace;

@@ -17,6 +17,11 @@ pub const USER_OPAQUE: &[u8] = b"user.overlay.opaque";
 pub const FUSEOVL_OPAQUE: &[u8] = b"user.fuseoverlayfs.opaque";
 pub const OPAQUE_XATTRS: [&[u8]; 3] = [TRUSTED_OPAQUE, USER_OPAQUE, FUSEOVL_OPAQUE];
 pub const TRUSTED_WHITEOUT: &[u8] = b"trusted.overlay.whiteout";
+pub const TRUSTED_IMPURE: &std::ffi::CStr = c"trusted.overlay.impure";
+pub const USER_IMPURE: &std::ffi::CStr = c"user.overlay.impure";
+pub const IMPURE_XATTRS: [&[u8]; 2] = [TRUSTED_IMPURE.to_bytes(), USER_IMPURE.to_bytes()];
+pub const TRUSTED_ORIGIN: &std::ffi::CStr = c"trusted.overlay.origin";
+pub const USER_ORIGIN: &std::ffi::CStr = c"user.overlay.origin";
 pub const USER_WHITEOUT: &[u8] = b"user.overlay.whiteout";
 
 /// Prefixes of xattrs that belong to an overlay implementation: hidden from listxattr, refused

@@ -9,6 +9,7 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The chains described in shared/testdata/layers/README.md (bottom first) and their listing.
 const CHAINS: &[(&str, &[&str])] = &[
@@ -418,6 +419,116 @@ fn inode_numbers_survive_a_copy_up_and_a_remount() {
         }
     }
     assert!(after.contains_key("gone") && after.contains_key("d/sub/new"));
+}
+
+/// A copied-up file keeps the lower file's number after a remount, as on kernel overlayfs:
+/// the copy-up records the lower object in `overlay.origin` in the kernel's format, and marks
+/// its directory `overlay.impure`. A copy-up by layerfs read back by layerfs and by kernel
+/// overlayfs, and a copy-up by the kernel read back by layerfs, show the numbers the copy-up's
+/// own mount showed, in a stat and in a listing: a file, a symlink, a fifo, a file renamed in
+/// its directory and one moved to another; a name of a file linked twice in its layer shows
+/// its copy's number (the kernel records no origin for it). Before, every copied-up file
+/// showed a new number after a remount (a container restart), and tools keyed on them (git's
+/// index, incremental tar) took it for another file.
+#[test]
+fn copied_up_files_keep_their_numbers_across_a_remount_as_on_kernel_overlayfs() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l1, l2) = (s.path("l1"), s.path("l2"));
+    for d in ["d", "e"] {
+        fs::create_dir_all(l1.join(d)).unwrap();
+        fs::create_dir_all(l2.join(d)).unwrap();
+    }
+    fs::write(l1.join("f"), b"f").unwrap();
+    fs::write(l2.join("d/a"), b"a").unwrap();
+    fs::write(l2.join("d/b"), b"b").unwrap();
+    fs::hard_link(l2.join("d/b"), l2.join("d/b2")).unwrap();
+    std::os::unix::fs::symlink("a", l2.join("d/sym")).unwrap();
+    assert!(Command::new("mkfifo").arg(l2.join("d/fifo")).status().unwrap().success());
+    fs::write(l1.join("e/g"), b"g").unwrap();
+    fs::write(l2.join("e/h"), b"h").unwrap();
+    fs::write(l2.join("e/keep"), b"k").unwrap();
+    let lowers = [l1.clone(), l2.clone()];
+    let numbers = |tag: &str, m: &Path| {
+        let n = inode_numbers(m);
+        for (p, (st, d)) in &n {
+            assert_eq!(st, d, "{tag}: {p}: d_ino != st_ino");
+        }
+        n.into_iter().map(|(p, (st, _))| (p, st)).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    // Copies up every kind, renames two copies, and returns the numbers then shown.
+    let copy_ups = |tag: &str, m: &Path| {
+        let before = numbers(tag, m);
+        fs::set_permissions(m.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(m.join("d/a"), b"a2").unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(m.join("d/b")).unwrap();
+        std::io::Write::write_all(&mut f, b"X").unwrap();
+        drop(f);
+        std::os::unix::fs::lchown(m.join("d/sym"), Some(5), Some(5)).unwrap();
+        fs::set_permissions(m.join("d/fifo"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(m.join("e/g"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(m.join("e/g"), m.join("d/g")).unwrap();
+        fs::set_permissions(m.join("e/h"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(m.join("e/h"), m.join("e/h2")).unwrap();
+        let after = numbers(tag, m);
+        for (p, was) in [("f", "f"), ("d/a", "d/a"), ("d/sym", "d/sym"), ("d/fifo", "d/fifo"), ("d/g", "e/g")]
+        {
+            assert_eq!(after[p], before[was], "{tag}: {p} changed its number at the copy-up");
+        }
+        assert_eq!(after["e/h2"], before["e/h"], "{tag}");
+        assert_ne!(after["d/b"], before["d/b"], "{tag}: a name of a hard link shows its copy's number");
+        after
+    };
+    let dirs = |tag: &str| {
+        let d = [s.path(&format!("{tag}-u")), s.path(&format!("{tag}-w")), s.path(&format!("{tag}-m"))];
+        for p in &d {
+            fs::create_dir_all(p).unwrap();
+        }
+        d
+    };
+
+    // layerfs copies up; layerfs, then the kernel, read the upper back.
+    let [u, w, m] = dirs("layerfs");
+    let shown = {
+        let _g = mount_layerfs(&lowers, Some((&u, &w)), &m, "");
+        copy_ups("layerfs", &m)
+    };
+    let origin = common::xattrs(&u.join("d/a"), true);
+    assert!(origin.iter().any(|(n, _)| n == "trusted.overlay.origin"), "no origin on the copy: {origin:?}");
+    assert!(common::xattrs(&u.join("d/b"), true).iter().all(|(n, _)| n != "trusted.overlay.origin"));
+    for d in [&u, &u.join("d"), &u.join("e")] {
+        assert!(
+            common::xattrs(d, true).iter().any(|(n, _)| n == "trusted.overlay.impure"),
+            "{d:?} not impure"
+        );
+    }
+    {
+        let _g = mount_layerfs(&lowers, Some((&u, &w)), &m, "");
+        assert_eq!(numbers("layerfs remounted", &m), shown, "layerfs after a remount");
+        // And once the kernel forgot them (a lookup reads the origin again).
+        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        assert_eq!(numbers("layerfs remounted", &m), shown, "layerfs after a remount and a cache drop");
+    }
+    {
+        let _g = mount_overlay(&lowers, Some((&u, &w)), &m);
+        assert_eq!(
+            numbers("kernel over layerfs's upper", &m),
+            shown,
+            "kernel overlayfs over layerfs's upper"
+        );
+    }
+
+    // The kernel copies up; layerfs reads its upper back.
+    let [u, w, m] = dirs("kernel");
+    let shown = {
+        let _g = mount_overlay(&lowers, Some((&u, &w)), &m);
+        copy_ups("kernel", &m)
+    };
+    let _g = mount_layerfs(&lowers, Some((&u, &w)), &m, "");
+    assert_eq!(numbers("layerfs over the kernel's upper", &m), shown, "layerfs over the kernel's upper");
 }
 
 /// Without an upper directory, a directory in two lowers reports the topmost one's number

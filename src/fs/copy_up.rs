@@ -14,7 +14,7 @@
 //!    big file is copied.
 //! 5. `O_TRUNC` and truncate-to-zero copy up without data (the kernel does the same).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -268,7 +268,39 @@ impl OverlayFs {
         }
         if kind != FileType::Directory {
             let kept = if st.st_nlink > 1 { self.ino_raw(0, upper_ino) } else { self.ino_raw(li, st.st_ino) };
-            self.kept_ino.lock().insert(node.ino, kept);
+            self.kept_ino.lock().insert(node.ino, super::Kept { ino: kept, origin_key: None });
+        }
+    }
+
+    /// Writes the `overlay.origin` of copy `copy` of `src` (in layer `li`) in the kernel's
+    /// format ([`crate::origin`]): the lower object's file handle where the server may decode
+    /// handles (root), else an empty value, as the kernel in a user namespace writes. Best
+    /// effort: a copy-up does not fail for it (the copy then shows its own number after a
+    /// remount).
+    fn record_origin(&self, src: &Loc, li: usize, copy: &Loc, name: &CStr) {
+        let value = if self.trusted_xattrs {
+            src.live()
+                .and_then(|l| l.handle())
+                .ok()
+                .and_then(|(t, h)| crate::origin::encode(&self.layers[li].uuid, t, &h))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = copy.setxattr(self.origin_xattr(), &value, 0) {
+            log::debug!("copy-up {name:?}: origin not recorded ({e})");
+        }
+    }
+
+    /// Marks the upper directory `dir` of `pnode` impure (it may hold copies with an origin,
+    /// which its listings and lookups then look for), once.
+    pub(crate) fn mark_impure(&self, pnode: &Node, dir: &DirFd) {
+        if pnode.state.lock().upper_marks.impure {
+            return;
+        }
+        match Loc::Dir(dir.clone()).setxattr(self.impure_xattr(), b"y", 0) {
+            Ok(()) => pnode.state.lock().upper_marks.impure = true,
+            Err(e) => log::debug!("upper directory not marked impure ({e})"),
         }
     }
 
@@ -440,6 +472,13 @@ impl OverlayFs {
             }
         }
         drop((src_fd, new_fd));
+        // As kernel overlayfs: the copy of a directory, or of a file linked once in its layer,
+        // names the lower object it came from, so that it shows that object's number after a
+        // remount too, and its directory says it may hold such copies.
+        if kind == FileType::Directory || st.st_nlink == 1 {
+            self.record_origin(&src, src_layer, &tloc, &name);
+        }
+        self.mark_impure(&parent, &pdir);
         if in_xattr {
             let o = ovr::Override {
                 uid: eff.st_uid,

@@ -541,7 +541,7 @@ impl OverlayFs {
             name: cn.clone(),
             kind: kind_of(st.st_mode),
             upper: Some(final_loc),
-            upper_marks: DirMarks { opaque, xattr_whiteouts: false },
+            upper_marks: DirMarks { opaque, ..DirMarks::default() },
             lower_dirs: super::LowerDirs::default(),
             lower: None,
             unlinked: false,
@@ -1015,6 +1015,22 @@ impl OverlayFs {
         let (_g1, _g2) = Self::lock_two(&opn, &npn);
         self.dir_changed(opn.ino);
         self.dir_changed(npn.ino);
+        // As kernel overlayfs: a copy with an origin moved into another directory marks that
+        // one impure, where lookups and listings look for origins; and it keeps its number
+        // for the mount from now on, as other copies do, not read again from its origin.
+        for (n, to, to_dir) in
+            [(Some(&src), &npn, &npdir), (dst0.as_ref().filter(|_| exchange), &opn, &opdir)]
+        {
+            let Some(n) = n else { continue };
+            let copied = if n.is_dir() {
+                !n.state.lock().lower_dirs.is_empty()
+            } else {
+                self.kept_ino.lock().get_mut(&n.ino).map(|k| k.origin_key = None).is_some()
+            };
+            if copied && !Arc::ptr_eq(&opn, &npn) {
+                self.mark_impure(to, to_dir);
+            }
+        }
         // Re-check under the locks: the names may have changed meanwhile.
         let src2 = self.lookup_locked(&opn, oname)?.ok_or(Error::errno(libc::ENOENT))?;
         if !Arc::ptr_eq(&src, &src2) || !src.has_upper.load(Ordering::Acquire) {

@@ -32,7 +32,7 @@ mod table;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::hash::Hasher as _;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -411,6 +411,19 @@ pub(crate) fn dir_open(d: &DirFd) -> Result<Arc<OwnedFd>> {
     d.get().map_err(|e| Error::io(e, "reopen dir"))
 }
 
+/// What [`OverlayFs::resolve`] found: the node id, the state (without parent), the stat of a
+/// non-directory's probe, and the number its origin gave it ([`OverlayFs::upper_leaf_id`]).
+pub(crate) type Resolved = (u64, NodeState, Option<Stat>, Option<Kept>);
+
+/// The number a copied-up non-directory shows ([`OverlayFs::kept_ino`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Kept {
+    pub ino: u64,
+    /// Read from its `overlay.origin` (key of its entry in `upper_ids`): read again at its
+    /// next lookup, so its entries go when the kernel forgets it.
+    pub origin_key: Option<u64>,
+}
+
 /// Attributes as the façade answers them: fuser's `FileAttr`, whose `ino` is the node id that
 /// requests name the object by, and the inode number `stat` and readdir show for it, which
 /// differs for lower files (see [`OverlayFs::shown_ino`]). Derefs to the `FileAttr`.
@@ -539,8 +552,9 @@ pub struct OverlayFs {
     /// Upper real inode (plus base) → node id, where they differ.
     pub(crate) upper_ids: Mutex<HashMap<u64, u64>>,
     /// Node id of a lower non-directory copied up → the inode number it showed before, which
-    /// it keeps for the mount ([`OverlayFs::shown_ino`]).
-    pub(crate) kept_ino: Mutex<HashMap<u64, u64>>,
+    /// it keeps for the mount ([`OverlayFs::shown_ino`]), or that its `overlay.origin` gives
+    /// it ([`OverlayFs::upper_leaf_id`]).
+    pub(crate) kept_ino: Mutex<HashMap<u64, Kept>>,
     /// The key of [`lower_leaf_id`] for this stack.
     pub(crate) leaf_key: (u64, u64),
     /// Told the node id of each directory copied up, and of each file whose link count the
@@ -591,6 +605,19 @@ pub(crate) fn kind_of(mode: u32) -> FileType {
     }
 }
 
+/// The `S_IFMT` bits of a kind ([`kind_of`] the other way).
+fn fmt_of(kind: FileType) -> u32 {
+    match kind {
+        FileType::Directory => libc::S_IFDIR,
+        FileType::Symlink => libc::S_IFLNK,
+        FileType::CharDevice => libc::S_IFCHR,
+        FileType::BlockDevice => libc::S_IFBLK,
+        FileType::NamedPipe => libc::S_IFIFO,
+        FileType::Socket => libc::S_IFSOCK,
+        FileType::RegularFile => libc::S_IFREG,
+    }
+}
+
 fn kind_of_dtype(d: u8) -> Option<FileType> {
     Some(match d {
         libc::DT_DIR => FileType::Directory,
@@ -616,7 +643,7 @@ fn systime(sec: i64, nsec: i64) -> SystemTime {
 pub(crate) enum Found {
     /// `st`: the object's stat where the probe took one (a lower name found through its
     /// directory's index was not stat'ed).
-    NonDir { ino: u64, mode: u32, st: Option<Stat> },
+    NonDir { mode: u32, st: Option<Stat> },
     /// `index`: the directory's index when it was read with it (lower directories below many
     /// lowers, see [`OverlayFs::prefetch_lower_dirs`]).
     Dir { ino: u64, fd: Arc<OwnedFd>, marks: DirMarks, index: Option<SharedIndex> },
@@ -835,6 +862,7 @@ impl OverlayFs {
             roots.push(((fd, dev), false));
         }
         let mut devs: Vec<u64> = Vec::new();
+        let mut uuids: Vec<[u8; 16]> = Vec::new();
         let n = roots.len();
         let layers: Vec<Layer> = roots
             .into_iter()
@@ -842,9 +870,11 @@ impl OverlayFs {
             .map(|(i, ((root, dev), is_upper))| {
                 let idx = devs.iter().position(|d| *d == dev).unwrap_or_else(|| {
                     devs.push(dev);
+                    uuids.push(sys::fs_uuid(root.as_fd()).unwrap_or_default());
                     devs.len() - 1
                 });
-                Layer { root, dev, ino_base: (idx as u64) << 48, is_upper, is_bottom: i + 1 == n }
+                let uuid = uuids[idx];
+                Layer { root, dev, ino_base: (idx as u64) << 48, is_upper, is_bottom: i + 1 == n, uuid }
             })
             .collect();
         // Once per filesystem, not per layer (500 layers are usually on one disk).
@@ -1194,7 +1224,115 @@ impl OverlayFs {
         if id >> 62 != LEAF_PREFIX >> 62 {
             return id;
         }
-        self.kept_ino.lock().get(&id).copied().unwrap_or(id)
+        self.kept_ino.lock().get(&id).map_or(id, |k| k.ino)
+    }
+
+    /// The name of the xattr of a copy-up's origin ([`crate::origin`]) in this mount's form.
+    pub(crate) fn origin_xattr(&self) -> &'static CStr {
+        if self.trusted_xattrs { whiteout::TRUSTED_ORIGIN } else { whiteout::USER_ORIGIN }
+    }
+
+    /// The name of the "may hold copies" mark of an upper directory in this mount's form.
+    pub(crate) fn impure_xattr(&self) -> &'static CStr {
+        if self.trusted_xattrs { whiteout::TRUSTED_IMPURE } else { whiteout::USER_IMPURE }
+    }
+
+    /// The number an upper non-directory `name` of `dir` (of type `fmt`) shows from the lower
+    /// object its `overlay.origin` names, as kernel overlayfs shows it; None where it has
+    /// none, the object is not found, or it is linked more than once (the kernel records no
+    /// origin for such a copy-up, and a copy-up in this mount shows the copy's number).
+    /// `lowers`: the directory's lower directories, top first, opened only when needed.
+    ///
+    /// The lower object at the same name is checked first (its file handle against the
+    /// recorded one); where it is not that object (renamed since, or linked under another
+    /// name) and the server may decode handles (root, which alone records them), the handle
+    /// is opened on the one lower filesystem with the recorded UUID.
+    pub(crate) fn origin_ino(
+        &self,
+        dir: BorrowedFd,
+        cn: &CStr,
+        fmt: u32,
+        lowers: impl Iterator<Item = (usize, Result<Arc<OwnedFd>>)>,
+    ) -> Option<u64> {
+        let mut buf = [0u8; 256];
+        let n = sys::XattrAt::Name(dir.as_raw_fd(), cn).get_into(self.origin_xattr(), &mut buf).ok()?;
+        let o = crate::origin::decode(&buf[..n.min(buf.len())])?;
+        let found = |li: usize, st: &Stat| {
+            (st.st_mode & libc::S_IFMT == fmt && st.st_nlink == 1).then(|| self.ino_raw(li, st.st_ino))
+        };
+        for (li, fd) in lowers {
+            let Ok(fd) = fd else { break };
+            match sys::fstatat(fd.as_fd(), cn) {
+                Err(_) => continue,
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => break,
+                Ok(st) => {
+                    if self.layers[li].uuid == o.uuid
+                        && sys::name_to_handle_at(fd.as_fd(), cn)
+                            .is_ok_and(|h| h == (o.handle_type, o.handle.clone()))
+                    {
+                        return found(li, &st);
+                    }
+                    break;
+                }
+            }
+        }
+        if !self.trusted_xattrs {
+            return None;
+        }
+        let mut on = self.layers.iter().enumerate().filter(|(_, l)| !l.is_upper && l.uuid == o.uuid);
+        let (li, l) = on.next()?;
+        if on.any(|(_, m)| m.dev != l.dev) {
+            // Two filesystems with that UUID (none, say): the handle could name either's.
+            return None;
+        }
+        let mount = sys::reopen(l.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
+        let obj = sys::open_by_handle_at(mount.as_fd(), o.handle_type, &o.handle).ok()?;
+        found(li, &sys::fstat(obj.as_fd()).ok()?)
+    }
+
+    /// The node id of upper non-directory `cn` of `parent` (`st`, its stat), whose upper
+    /// directory `dir` has `marks`: the id it was mapped to (a copy-up in this
+    /// mount), else, in a directory marked impure, where its `overlay.origin` names a lower
+    /// object ([`Self::origin_ino`]), a lower file's id mapped to that object's number, as a
+    /// copy-up in this mount leaves it; else its own number.
+    pub(crate) fn upper_leaf_id(
+        &self,
+        parent: &Node,
+        cn: &CStr,
+        dir: &Arc<OwnedFd>,
+        marks: DirMarks,
+        lowers: &LowerDirs,
+        st: &Stat,
+    ) -> (u64, Option<Kept>) {
+        let (ino, fmt) = (st.st_ino, st.st_mode & libc::S_IFMT);
+        let key = self.layers[0].ino_base ^ ino;
+        if let Some(id) = self.upper_ids.lock().get(&key).copied() {
+            let kept = self.kept_ino.lock().get(&id).copied().filter(|k| k.origin_key.is_some());
+            return (id, kept);
+        }
+        let own = self.ino_raw(0, ino);
+        if !marks.impure || fmt == libc::S_IFDIR {
+            return (own, None);
+        }
+        let Some(shown) =
+            self.origin_ino(dir.as_fd(), cn, fmt, lowers.iter().map(|l| (l.layer, dir_open(&l.fd))))
+        else {
+            return (own, None);
+        };
+        let kept = Kept { ino: shown, origin_key: Some(key) };
+        let id = self.free_leaf_id(parent.ino, cn.to_bytes());
+        (self.keep_origin(id, kept), Some(kept))
+    }
+
+    /// Maps a node id to the number its origin gave it ([`Self::upper_leaf_id`]), unless its
+    /// upper inode is mapped already; returns the id mapped. Called again once the node is
+    /// in the table: its maps may have gone with a node of that id the kernel forgot meanwhile
+    /// ([`Self::forget`]).
+    pub(crate) fn keep_origin(&self, id: u64, kept: Kept) -> u64 {
+        let Some(key) = kept.origin_key else { return id };
+        let id = *self.upper_ids.lock().entry(key).or_insert(id);
+        self.kept_ino.lock().entry(id).or_insert(kept);
+        id
     }
 
     pub(crate) fn node_attr(&self, node: &Node) -> Result<Attr> {
@@ -1309,7 +1447,7 @@ impl OverlayFs {
                 Some(Found::Dir { ino: st.st_ino, fd, marks, index: None }),
             ));
         }
-        Ok((Probe::NonDir, Some(Found::NonDir { ino: st.st_ino, mode: st.st_mode, st: Some(st) })))
+        Ok((Probe::NonDir, Some(Found::NonDir { mode: st.st_mode, st: Some(st) })))
     }
 
     /// A lower directory's index, read now if it has none yet; None when it gets none (too
@@ -1474,12 +1612,12 @@ impl OverlayFs {
                 Ok((Probe::Dir { opaque: marks.opaque }, Some(Found::Dir { ino, fd, marks, index })))
             }
             libc::DT_REG if !ld.marks.xattr_whiteouts => {
-                Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFREG, st: None })))
+                Ok((Probe::NonDir, Some(Found::NonDir { mode: libc::S_IFREG, st: None })))
             }
-            libc::DT_LNK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFLNK, st: None }))),
-            libc::DT_FIFO => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFIFO, st: None }))),
-            libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFSOCK, st: None }))),
-            libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { ino, mode: libc::S_IFBLK, st: None }))),
+            libc::DT_LNK => Ok((Probe::NonDir, Some(Found::NonDir { mode: libc::S_IFLNK, st: None }))),
+            libc::DT_FIFO => Ok((Probe::NonDir, Some(Found::NonDir { mode: libc::S_IFIFO, st: None }))),
+            libc::DT_SOCK => Ok((Probe::NonDir, Some(Found::NonDir { mode: libc::S_IFSOCK, st: None }))),
+            libc::DT_BLK => Ok((Probe::NonDir, Some(Found::NonDir { mode: libc::S_IFBLK, st: None }))),
             // Char devices may be whiteouts, unknown types need a stat: ask the layer.
             _ => self.probe(&dir_open(&ld.fd)?, ld.marks, name, cname, bottom),
         }
@@ -1496,12 +1634,7 @@ impl OverlayFs {
     /// state (without parent) and, for a non-directory its probe stat'ed, that stat (as on
     /// disk); None when nothing is visible. `lookup`: a lookup by the kernel, which reads the
     /// directory's lower entries ahead ([`OverlayFs::looked_up`]).
-    pub(crate) fn resolve(
-        &self,
-        parent: &Node,
-        name: &[u8],
-        lookup: bool,
-    ) -> Result<Option<(u64, NodeState, Option<Stat>)>> {
+    pub(crate) fn resolve(&self, parent: &Node, name: &[u8], lookup: bool) -> Result<Option<Resolved>> {
         let cn = arc_cname(name)?;
         let (upper_dir, upper_marks, lowers) = {
             let s = parent.state.lock();
@@ -1556,18 +1689,23 @@ impl OverlayFs {
             Resolution::Negative => Ok(None),
             Resolution::NonDir { layer: pos } => {
                 let li = pos_to_layer(pos);
-                let Some((_, Found::NonDir { ino, mode, st }, dirfd)) = find(li) else {
+                let Some((_, Found::NonDir { mode, st }, dirfd)) = find(li) else {
                     return Err(Error::new(libc::EIO, "resolve"));
                 };
                 let is_upper = pos == 0 && upper_dir.is_some();
-                let id = if is_upper { self.ino_for(li, *ino) } else { self.free_leaf_id(parent.ino, name) };
+                let (id, kept) = if is_upper {
+                    let st = st.ok_or(Error::new(libc::EIO, "resolve: upper without its stat"))?;
+                    self.upper_leaf_id(parent, &cn, &dir_open(dirfd)?, upper_marks, &lowers, &st)
+                } else {
+                    (self.free_leaf_id(parent.ino, name), None)
+                };
                 let state = if is_upper {
                     let loc = Loc::At(dirfd.clone(), cn.clone());
                     NodeState::non_dir(cn.clone(), kind_of(*mode), Some(loc), None)
                 } else {
                     NodeState::non_dir(cn.clone(), kind_of(*mode), None, Some((li, dirfd.clone())))
                 };
-                Ok(Some((id, state, *st)))
+                Ok(Some((id, state, *st, kept)))
             }
             Resolution::Dir { layers } => {
                 let mut upper = None;
@@ -1609,7 +1747,7 @@ impl OverlayFs {
                     lower: None,
                     unlinked: false,
                 };
-                Ok(Some((id.or(upper_id).unwrap_or(0), state, None)))
+                Ok(Some((id.or(upper_id).unwrap_or(0), state, None, None)))
             }
         }
     }
@@ -1647,7 +1785,7 @@ impl OverlayFs {
         }
         let pnode = self.node(parent)?;
         let _g = pnode.dir_lock.read();
-        let Some((id, state, seen)) = self.resolve(&pnode, name, true)? else {
+        let Some((id, state, seen, kept)) = self.resolve(&pnode, name, true)? else {
             return Err(Error::errno(libc::ENOENT));
         };
         // The probe's stat of the object found, taken just now under the same lock, is its
@@ -1676,6 +1814,9 @@ impl OverlayFs {
             _ => None,
         };
         let node = self.install_child(&pnode, id, state);
+        if let Some(k) = kept {
+            self.keep_origin(id, k);
+        }
         let attr = match upper_st {
             Some(st) => self.attr_from_stat(node.ino, 0, &st, false),
             None => self.node_attr(&node)?,
@@ -1689,7 +1830,13 @@ impl OverlayFs {
     pub(crate) fn lookup_locked(&self, pnode: &Arc<Node>, name: &[u8]) -> Result<Option<Arc<Node>>> {
         // No per-directory map of children is kept (memory per node, for little: the kernel
         // caches entries); a resolution finds a live node again by its id.
-        Ok(self.resolve(pnode, name, false)?.map(|(id, state, _)| self.install_child(pnode, id, state)))
+        Ok(self.resolve(pnode, name, false)?.map(|(id, state, _, kept)| {
+            let node = self.install_child(pnode, id, state);
+            if let Some(k) = kept {
+                self.keep_origin(id, k);
+            }
+            node
+        }))
     }
 
     /// Installs a child of `pnode` resolved by [`OverlayFs::resolve`].
@@ -1786,6 +1933,14 @@ impl OverlayFs {
             }
         }
         let removed = nodes.remove(&ino);
+        if let Some(lite::Slot::Full(node)) = &removed {
+            // A number read from the node's origin is read again at its next lookup: its maps
+            // go now, under the table's lock, so that a lookup that found them before puts
+            // them back after (`keep_origin`). (Not while something else holds the node.)
+            if ino >> 62 == LEAF_PREFIX >> 62 && Arc::strong_count(node) == 1 {
+                self.forget_origin(ino);
+            }
+        }
         drop(nodes);
         if let Some(lite::Slot::Full(node)) = &removed {
             // Unlink from the parent now: the node may live on in open handles.
@@ -1816,6 +1971,18 @@ impl OverlayFs {
         if self.nodes.trim_due(TRIM_MIN_NODES) {
             self.nodes.shrink();
             sys::release_free_memory();
+        }
+    }
+
+    /// Drops the maps of node `id` when its number came from its origin.
+    fn forget_origin(&self, id: u64) {
+        let mut kept = self.kept_ino.lock();
+        let Some(key) = kept.get(&id).and_then(|k| k.origin_key) else { return };
+        kept.remove(&id);
+        drop(kept);
+        let mut ids = self.upper_ids.lock();
+        if ids.get(&key) == Some(&id) {
+            ids.remove(&key);
         }
     }
 
@@ -1881,8 +2048,21 @@ impl OverlayFs {
                     self.ino_for(dirs[bpos].0, bino)
                 }
                 _ if kind == FileType::Directory => self.ino_for(li, real_ino),
-                // As `shown_ino`.
-                _ if self.layers[li].is_upper => self.kept_or(self.ino_for(li, real_ino)),
+                // As `shown_ino`, and as a lookup would number a copy made before this mount
+                // (`upper_leaf_id`).
+                _ if self.layers[li].is_upper => {
+                    let id = self.ino_for(li, real_ino);
+                    match dirs[pos].2.impure && id == self.ino_raw(li, real_ino) {
+                        true => CString::new(name.as_slice())
+                            .ok()
+                            .and_then(|cn| {
+                                let lowers = dirs[pos + 1..].iter().map(|d| (d.0, Ok(d.1.clone())));
+                                self.origin_ino(dirs[pos].1.as_fd(), &cn, fmt_of(kind), lowers)
+                            })
+                            .unwrap_or(id),
+                        false => self.kept_or(id),
+                    }
+                }
                 _ => self.ino_raw(li, real_ino),
             };
             out.push(DirEntry { ino, kind, cookie: dir_cookie(&name), name: OsString::from_vec(name) });

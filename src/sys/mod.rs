@@ -231,6 +231,83 @@ pub fn fstatat(dir: BorrowedFd, name: &CStr) -> io::Result<Stat> {
 pub const STATX_ATTR_IMMUTABLE: u64 = 0x10;
 pub const STATX_ATTR_APPEND: u64 = 0x20;
 
+/// Room for a file handle (the kernel's MAX_HANDLE_SZ).
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct FileHandle {
+    handle_bytes: u32,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// The file handle of `name` in `dir` (an empty name: `dir` itself), without following a
+/// symlink: its type and bytes. EOPNOTSUPP where the filesystem has none.
+pub fn name_to_handle_at(dir: BorrowedFd, name: &CStr) -> io::Result<(i32, Vec<u8>)> {
+    let mut h =
+        FileHandle { handle_bytes: MAX_HANDLE_SZ as u32, handle_type: 0, f_handle: [0; MAX_HANDLE_SZ] };
+    let mut mount_id: libc::c_int = 0;
+    let flags = if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    // SAFETY: `h` is a file_handle whose handle_bytes says how much room follows it; `name` is
+    // NUL-terminated; `mount_id` is writable.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut h as *mut FileHandle,
+            &mut mount_id as *mut libc::c_int,
+            flags,
+        ) as libc::c_int
+    })?;
+    let n = (h.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((h.handle_type, h.f_handle[..n].to_vec()))
+}
+
+/// Opens the object a file handle names on the filesystem of `mount` (needs
+/// CAP_DAC_READ_SEARCH), as an `O_PATH` descriptor that does not follow a symlink.
+pub fn open_by_handle_at(mount: BorrowedFd, handle_type: i32, handle: &[u8]) -> io::Result<OwnedFd> {
+    if handle.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut h = FileHandle { handle_bytes: handle.len() as u32, handle_type, f_handle: [0; MAX_HANDLE_SZ] };
+    h.f_handle[..handle.len()].copy_from_slice(handle);
+    // SAFETY: `h` is a valid file_handle; the returned fd is owned by us.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut h as *mut FileHandle,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        ) as libc::c_int
+    })?;
+    // SAFETY: `fd` was just returned by open_by_handle_at and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID, Linux 6.8+); None where it has
+/// none or the kernel cannot tell.
+pub fn fs_uuid(fd: BorrowedFd) -> Option<[u8; 16]> {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    // _IOR(0x15, 0, struct fsuuid2)
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let mut u = FsUuid2 { len: 0, uuid: [0; 16] };
+    // The ioctl needs a descriptor that is not O_PATH.
+    let f = reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
+    // SAFETY: `u` is a writable struct fsuuid2, as the ioctl expects.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFSUUID as _, &mut u as *mut FsUuid2) };
+    (r == 0 && usize::from(u.len) <= 16).then(|| {
+        let mut out = [0u8; 16];
+        out[..usize::from(u.len)].copy_from_slice(&u.uuid[..usize::from(u.len)]);
+        out
+    })
+}
+
 /// The `stx_attributes` of `name` in `dir` (an empty name: `dir` itself), without following a
 /// symlink (append-only, immutable and the like; filled whatever the mask asks).
 pub fn statx_attributes(dir: BorrowedFd, name: &CStr) -> io::Result<u64> {
