@@ -25,9 +25,27 @@ pub struct Layer {
     pub is_upper: bool,
     /// True for the bottom-most layer: its directories' opaqueness never matters.
     pub is_bottom: bool,
-    /// Its filesystem's UUID, as `overlay.origin` records it ([`crate::origin`]); zeros
-    /// where the filesystem has none.
-    pub uuid: [u8; 16],
+    /// Its filesystem's UUID, as `overlay.origin` records it ([`crate::origin`]); None where
+    /// the kernel does not tell (before Linux 6.8, or a filesystem without one).
+    pub uuid: Option<[u8; 16]>,
+    /// A descriptor of its root that `open_by_handle_at` takes, where the origins that name
+    /// objects of its filesystem are read (see [`origin_decoder`]); shared by the layers of
+    /// one filesystem.
+    pub decoder: Option<Arc<OwnedFd>>,
+}
+
+/// Whether origins naming objects of a lower layer's filesystem are read, as kernel overlayfs
+/// reads them (`ovl_lower_uuid_ok`, with `index=off`): always on the upper's filesystem; on
+/// another only where its UUID is known, not null (a re-made filesystem may reuse the handles
+/// a null one recorded) and no other lower filesystem has it.
+pub fn origin_decoder(
+    dev: u64,
+    uuid: Option<[u8; 16]>,
+    upper_dev: Option<u64>,
+    others: &[(u64, Option<[u8; 16]>)],
+) -> bool {
+    let Some(u) = uuid else { return false };
+    upper_dev == Some(dev) || (u != [0; 16] && !others.iter().any(|&(d, o)| d != dev && o == Some(u)))
 }
 
 /// Where a real object lives.
@@ -271,4 +289,24 @@ pub fn has_whiteout_xattr(dir: &OwnedFd, name: &CStr) -> bool {
     [whiteout::TRUSTED_WHITEOUT, whiteout::USER_WHITEOUT]
         .iter()
         .any(|x| CString::new(*x).ok().is_some_and(|cx| at.get_into(&cx, &mut buf).is_ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_decoder;
+
+    /// As `ovl_lower_uuid_ok` with `index=off`: the upper's filesystem always; another with a
+    /// known UUID, not null, that no other lower filesystem shares.
+    #[test]
+    fn origins_are_read_where_the_kernel_reads_them() {
+        let (a, b, z) = (Some([1u8; 16]), Some([2u8; 16]), Some([0u8; 16]));
+        let lowers = [(10, a), (11, b), (12, z), (13, a)];
+        assert!(origin_decoder(12, z, Some(12), &lowers), "the upper's filesystem, null UUID");
+        assert!(origin_decoder(11, b, Some(1), &lowers), "a unique UUID");
+        assert!(!origin_decoder(12, z, Some(1), &lowers), "a null UUID elsewhere");
+        assert!(!origin_decoder(10, a, Some(1), &lowers), "a UUID two lower filesystems share");
+        assert!(origin_decoder(10, a, Some(10), &lowers), "shared, but the upper's own");
+        assert!(!origin_decoder(11, None, Some(11), &lowers), "no UUID known (before Linux 6.8)");
+        assert!(origin_decoder(11, b, None, &[(11, b)]));
+    }
 }

@@ -473,7 +473,11 @@ fn copied_up_files_keep_their_numbers_across_a_remount_as_on_kernel_overlayfs() 
         fs::rename(m.join("e/g"), m.join("d/g")).unwrap();
         fs::set_permissions(m.join("e/h"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::rename(m.join("e/h"), m.join("e/h2")).unwrap();
+        // A second name for a copy, in a directory made through the mount.
+        fs::create_dir(m.join("n")).unwrap();
+        fs::hard_link(m.join("d/a"), m.join("n/a-link")).unwrap();
         let after = numbers(tag, m);
+        assert_eq!(after["n/a-link"], before["d/a"], "{tag}: a link to a copy");
         for (p, was) in [("f", "f"), ("d/a", "d/a"), ("d/sym", "d/sym"), ("d/fifo", "d/fifo"), ("d/g", "e/g")]
         {
             assert_eq!(after[p], before[was], "{tag}: {p} changed its number at the copy-up");
@@ -499,7 +503,7 @@ fn copied_up_files_keep_their_numbers_across_a_remount_as_on_kernel_overlayfs() 
     let origin = common::xattrs(&u.join("d/a"), true);
     assert!(origin.iter().any(|(n, _)| n == "trusted.overlay.origin"), "no origin on the copy: {origin:?}");
     assert!(common::xattrs(&u.join("d/b"), true).iter().all(|(n, _)| n != "trusted.overlay.origin"));
-    for d in [&u, &u.join("d"), &u.join("e")] {
+    for d in [&u, &u.join("d"), &u.join("e"), &u.join("n")] {
         assert!(
             common::xattrs(d, true).iter().any(|(n, _)| n == "trusted.overlay.impure"),
             "{d:?} not impure"
@@ -529,6 +533,70 @@ fn copied_up_files_keep_their_numbers_across_a_remount_as_on_kernel_overlayfs() 
     };
     let _g = mount_layerfs(&lowers, Some((&u, &w)), &m, "");
     assert_eq!(numbers("layerfs over the kernel's upper", &m), shown, "layerfs over the kernel's upper");
+}
+
+/// Origins are read where kernel overlayfs reads them: a lower layer on another filesystem
+/// than the upper's has its origins read only when its UUID is not null (a filesystem made
+/// again, with a null UUID, could give a recorded handle to another file: the kernel takes
+/// such a filesystem for one whose origins cannot be trusted). A copied-up and renamed file of
+/// such a layer shows its upper number after a remount, on layerfs as on the kernel; with a
+/// UUID, the lower file's. No two names show one number either way.
+#[test]
+fn origins_on_a_lower_filesystem_without_a_uuid_are_not_read_as_on_kernel_overlayfs() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_mount() || !can_kernel_overlay() || !root_or_skip("loop-mounted lower filesystems") {
+        return;
+    }
+    for (uuid, lower_kept) in [("clear", false), ("random", true)] {
+        let s = Scratch::new();
+        let (_lm, x) = loop_mount(s.dir.path(), 64, &format!("mkfs.ext4 -q -F -U {uuid}"));
+        let l = x.join("l");
+        fs::create_dir_all(l.join("d")).unwrap();
+        fs::write(l.join("d/a"), b"a").unwrap();
+        fs::write(l.join("d/b"), b"b").unwrap();
+        let lowers = [l.clone()];
+        let run = |tag: &str, kernel: bool| {
+            let (u, w, m) =
+                (s.path(&format!("{tag}-u")), s.path(&format!("{tag}-w")), s.path(&format!("{tag}-m")));
+            for p in [&u, &w, &m] {
+                fs::create_dir_all(p).unwrap();
+            }
+            let mount = |m: &Path| {
+                if kernel {
+                    mount_overlay(&lowers, Some((&u, &w)), m)
+                } else {
+                    mount_layerfs(&lowers, Some((&u, &w)), m, "")
+                }
+            };
+            let during = {
+                let _g = mount(&m);
+                fs::set_permissions(m.join("d/a"), fs::Permissions::from_mode(0o600)).unwrap();
+                fs::rename(m.join("d/a"), m.join("d/a2")).unwrap();
+                inode_numbers(&m)
+            };
+            let _g = mount(&m);
+            let after = inode_numbers(&m);
+            // (The kernel, its layers on two filesystems without `xino`, gives directories
+            // another d_ino, and numbers of two filesystems may meet: those checks are
+            // layerfs's.)
+            if !kernel {
+                let mut seen = std::collections::BTreeMap::new();
+                for (p, (st, d)) in &after {
+                    assert_eq!(st, d, "{tag} {uuid}: {p}: d_ino != st_ino");
+                    assert_eq!(
+                        seen.insert(*st, p.clone()),
+                        None,
+                        "{tag} {uuid}: {p} shows another name's number"
+                    );
+                }
+            }
+            let copy = fs::symlink_metadata(u.join("d/a2")).unwrap().ino();
+            let want = if lower_kept { during["d/a2"].0 } else { copy };
+            assert_eq!(after["d/a2"].0, want, "{tag} {uuid}: the copy's number after a remount");
+        };
+        run("kernel", true);
+        run("layerfs", false);
+    }
 }
 
 /// Without an upper directory, a directory in two lowers reports the topmost one's number

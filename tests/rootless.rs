@@ -123,6 +123,11 @@ ls -A $M | sort | tr '\n' ' '
     assert_eq!(fs::read(u.join("d/new")).unwrap(), b"new\n");
     assert_eq!(fs::read(u.join("g")).unwrap(), b"low\nmore\n");
     assert_eq!(fs::metadata(u.join("g")).unwrap().uid(), uid, "files belong to the user");
+    // As the kernel writes a copy-up in a user namespace (it may not decode file handles
+    // there): an empty origin, and the directory marked impure.
+    let xs = xattrs(&u.join("g"), true);
+    assert!(xs.contains(&("user.overlay.origin".into(), String::new())), "{xs:?}");
+    assert!(xattrs(&u, true).contains(&("user.overlay.impure".into(), "y".into())));
     // Nothing written to the lower layer.
     assert_eq!(fs::read(l.join("f")).unwrap(), b"low\n");
     assert_eq!(fs::read(l.join("d/sub/y")).unwrap(), b"y");

@@ -274,18 +274,19 @@ impl OverlayFs {
 
     /// Writes the `overlay.origin` of copy `copy` of `src` (in layer `li`) in the kernel's
     /// format ([`crate::origin`]): the lower object's file handle where the server may decode
-    /// handles (root), else an empty value, as the kernel in a user namespace writes. Best
+    /// handles (root) and the kernel tells the lower filesystem's UUID, else an empty value,
+    /// as the kernel in a user namespace writes. Best
     /// effort: a copy-up does not fail for it (the copy then shows its own number after a
     /// remount).
     fn record_origin(&self, src: &Loc, li: usize, copy: &Loc, name: &CStr) {
-        let value = if self.trusted_xattrs {
-            src.live()
+        let value = match self.layers[li].uuid.filter(|_| self.trusted_xattrs) {
+            Some(uuid) => src
+                .live()
                 .and_then(|l| l.handle())
                 .ok()
-                .and_then(|(t, h)| crate::origin::encode(&self.layers[li].uuid, t, &h))
-                .unwrap_or_default()
-        } else {
-            Vec::new()
+                .and_then(|(t, h)| crate::origin::encode(&uuid, t, &h))
+                .unwrap_or_default(),
+            None => Vec::new(),
         };
         if let Err(e) = copy.setxattr(self.origin_xattr(), &value, 0) {
             log::debug!("copy-up {name:?}: origin not recorded ({e})");

@@ -696,9 +696,27 @@ impl OverlayFs {
             }
         };
         let p = self.node(newparent)?;
+        let (pdir, _) = self.ensure_upper_dir(&p)?;
+        self.copy_named_in(&src, &p, &pdir);
         let caller = Caller { uid: 0, gid: 0, umask: 0, pid: 0 };
         let (n, _, _) = self.create_upper(&p, newname, NewObj::Link { src: loc }, caller)?;
         self.node_attr(&n)
+    }
+
+    /// Before a copied-up object gets a name in directory `to` (upper `to_dir`) by a rename
+    /// from another directory or a link: as kernel overlayfs, `to` is marked impure when the
+    /// object has an origin (a copied-up non-directory, or a directory with lower ones), so
+    /// that lookups and listings there read it. Such a file keeps its number for the mount
+    /// from now on, as other copies do, rather than have it read again from its origin.
+    pub(crate) fn copy_named_in(&self, node: &Node, to: &Node, to_dir: &DirFd) {
+        let copied = if node.is_dir() {
+            !node.state.lock().lower_dirs.is_empty()
+        } else {
+            self.kept_ino.lock().get_mut(&node.ino).map(|k| k.origin_key = None).is_some()
+        };
+        if copied {
+            self.mark_impure(to, to_dir);
+        }
     }
 
     /// unlink (`dir == false`) and rmdir (`dir == true`).
@@ -1016,19 +1034,14 @@ impl OverlayFs {
         self.dir_changed(opn.ino);
         self.dir_changed(npn.ino);
         // As kernel overlayfs: a copy with an origin moved into another directory marks that
-        // one impure, where lookups and listings look for origins; and it keeps its number
-        // for the mount from now on, as other copies do, not read again from its origin.
-        for (n, to, to_dir) in
-            [(Some(&src), &npn, &npdir), (dst0.as_ref().filter(|_| exchange), &opn, &opdir)]
-        {
-            let Some(n) = n else { continue };
-            let copied = if n.is_dir() {
-                !n.state.lock().lower_dirs.is_empty()
-            } else {
-                self.kept_ino.lock().get_mut(&n.ino).map(|k| k.origin_key = None).is_some()
-            };
-            if copied && !Arc::ptr_eq(&opn, &npn) {
-                self.mark_impure(to, to_dir);
+        // one impure, where lookups and listings look for origins.
+        if !Arc::ptr_eq(&opn, &npn) {
+            for (n, to, to_dir) in
+                [(Some(&src), &npn, &npdir), (dst0.as_ref().filter(|_| exchange), &opn, &opdir)]
+            {
+                if let Some(n) = n {
+                    self.copy_named_in(n, to, to_dir);
+                }
             }
         }
         // Re-check under the locks: the names may have changed meanwhile.

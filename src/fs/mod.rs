@@ -862,21 +862,54 @@ impl OverlayFs {
             roots.push(((fd, dev), false));
         }
         let mut devs: Vec<u64> = Vec::new();
-        let mut uuids: Vec<[u8; 16]> = Vec::new();
         let n = roots.len();
-        let layers: Vec<Layer> = roots
+        let mut layers: Vec<Layer> = roots
             .into_iter()
             .enumerate()
             .map(|(i, ((root, dev), is_upper))| {
                 let idx = devs.iter().position(|d| *d == dev).unwrap_or_else(|| {
                     devs.push(dev);
-                    uuids.push(sys::fs_uuid(root.as_fd()).unwrap_or_default());
                     devs.len() - 1
                 });
-                let uuid = uuids[idx];
-                Layer { root, dev, ino_base: (idx as u64) << 48, is_upper, is_bottom: i + 1 == n, uuid }
+                let (uuid, decoder) = (None, None);
+                Layer {
+                    root,
+                    dev,
+                    ino_base: (idx as u64) << 48,
+                    is_upper,
+                    is_bottom: i + 1 == n,
+                    uuid,
+                    decoder,
+                }
             })
             .collect();
+        // Once per filesystem: its UUID, and where origins naming its objects are read, the
+        // descriptor that decodes them (see `origin_ino`).
+        let upper_dev = layers.first().filter(|l| l.is_upper).map(|l| l.dev);
+        let fs_ids: Vec<(u64, Option<[u8; 16]>)> = devs
+            .iter()
+            .map(|&d| {
+                let l = layers.iter().find(|l| l.dev == d).expect("a layer per device");
+                (d, sys::fs_uuid(l.root.as_fd()))
+            })
+            .collect();
+        let lower_ids: Vec<(u64, Option<[u8; 16]>)> = fs_ids
+            .iter()
+            .copied()
+            .filter(|&(d, _)| layers.iter().any(|l| l.dev == d && !l.is_upper))
+            .collect();
+        for &(d, uuid) in &fs_ids {
+            let decodes = upper_dev.is_some() && layer::origin_decoder(d, uuid, upper_dev, &lower_ids);
+            let mut decoder = None;
+            for l in layers.iter_mut().filter(|l| l.dev == d) {
+                l.uuid = uuid;
+                if decodes && !l.is_upper && decoder.is_none() {
+                    decoder =
+                        sys::reopen(l.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok().map(Arc::new);
+                }
+                l.decoder = decoder.clone().filter(|_| !l.is_upper);
+            }
+        }
         // Once per filesystem, not per layer (500 layers are usually on one disk).
         let disk_windows = devs.iter().map(|&d| (d, sys::disk_read_ahead_kb(d).map(|kb| kb << 10))).collect();
         let leaf_key = leaf_key(&layers.iter().map(|l| &*l.root).collect::<Vec<_>>());
@@ -1237,57 +1270,31 @@ impl OverlayFs {
         if self.trusted_xattrs { whiteout::TRUSTED_IMPURE } else { whiteout::USER_IMPURE }
     }
 
-    /// The number an upper non-directory `name` of `dir` (of type `fmt`) shows from the lower
-    /// object its `overlay.origin` names, as kernel overlayfs shows it; None where it has
-    /// none, the object is not found, or it is linked more than once (the kernel records no
-    /// origin for such a copy-up, and a copy-up in this mount shows the copy's number).
-    /// `lowers`: the directory's lower directories, top first, opened only when needed.
+    /// The number upper non-directory `cn` of `dir` (`fmt`: its real `S_IFMT`, None to stat
+    /// it) shows from the lower object its `overlay.origin` names, as kernel overlayfs shows
+    /// it: the handle is opened on the lower filesystem with the recorded UUID whose origins
+    /// are read ([`layer::origin_decoder`]). None where it has no origin, the object is gone,
+    /// of another type, or linked more than once (the kernel records no origin for a copy-up
+    /// of such a file, and a copy-up in this mount shows the copy's number).
     ///
-    /// The lower object at the same name is checked first (its file handle against the
-    /// recorded one); where it is not that object (renamed since, or linked under another
-    /// name) and the server may decode handles (root, which alone records them), the handle
-    /// is opened on the one lower filesystem with the recorded UUID.
-    pub(crate) fn origin_ino(
-        &self,
-        dir: BorrowedFd,
-        cn: &CStr,
-        fmt: u32,
-        lowers: impl Iterator<Item = (usize, Result<Arc<OwnedFd>>)>,
-    ) -> Option<u64> {
-        let mut buf = [0u8; 256];
-        let n = sys::XattrAt::Name(dir.as_raw_fd(), cn).get_into(self.origin_xattr(), &mut buf).ok()?;
-        let o = crate::origin::decode(&buf[..n.min(buf.len())])?;
-        let found = |li: usize, st: &Stat| {
-            (st.st_mode & libc::S_IFMT == fmt && st.st_nlink == 1).then(|| self.ino_raw(li, st.st_ino))
-        };
-        for (li, fd) in lowers {
-            let Ok(fd) = fd else { break };
-            match sys::fstatat(fd.as_fd(), cn) {
-                Err(_) => continue,
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => break,
-                Ok(st) => {
-                    if self.layers[li].uuid == o.uuid
-                        && sys::name_to_handle_at(fd.as_fd(), cn)
-                            .is_ok_and(|h| h == (o.handle_type, o.handle.clone()))
-                    {
-                        return found(li, &st);
-                    }
-                    break;
-                }
-            }
-        }
+    /// Only where the server may decode handles (root, which alone records them; a user
+    /// namespace's kernel records empty ones): elsewhere nothing is read.
+    pub(crate) fn origin_ino(&self, dir: BorrowedFd, cn: &CStr, fmt: Option<u32>) -> Option<u64> {
         if !self.trusted_xattrs {
             return None;
         }
-        let mut on = self.layers.iter().enumerate().filter(|(_, l)| !l.is_upper && l.uuid == o.uuid);
-        let (li, l) = on.next()?;
-        if on.any(|(_, m)| m.dev != l.dev) {
-            // Two filesystems with that UUID (none, say): the handle could name either's.
-            return None;
-        }
-        let mount = sys::reopen(l.root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
-        let obj = sys::open_by_handle_at(mount.as_fd(), o.handle_type, &o.handle).ok()?;
-        found(li, &sys::fstat(obj.as_fd()).ok()?)
+        let mut buf = [0u8; 256];
+        let n = sys::XattrAt::Name(dir.as_raw_fd(), cn).get_into(self.origin_xattr(), &mut buf).ok()?;
+        let o = crate::origin::decode(&buf[..n.min(buf.len())])?;
+        let (li, l) =
+            self.layers.iter().enumerate().find(|(_, l)| l.decoder.is_some() && l.uuid == Some(o.uuid))?;
+        let obj = sys::open_by_handle_at(l.decoder.as_ref()?.as_fd(), o.handle_type, &o.handle).ok()?;
+        let st = sys::fstat(obj.as_fd()).ok()?;
+        let fmt = match fmt {
+            Some(f) => f,
+            None => sys::fstatat(dir, cn).ok()?.st_mode & libc::S_IFMT,
+        };
+        (st.st_mode & libc::S_IFMT == fmt && st.st_nlink == 1).then(|| self.ino_raw(li, st.st_ino))
     }
 
     /// The node id of upper non-directory `cn` of `parent` (`st`, its stat), whose upper
@@ -1301,7 +1308,6 @@ impl OverlayFs {
         cn: &CStr,
         dir: &Arc<OwnedFd>,
         marks: DirMarks,
-        lowers: &LowerDirs,
         st: &Stat,
     ) -> (u64, Option<Kept>) {
         let (ino, fmt) = (st.st_ino, st.st_mode & libc::S_IFMT);
@@ -1314,9 +1320,7 @@ impl OverlayFs {
         if !marks.impure || fmt == libc::S_IFDIR {
             return (own, None);
         }
-        let Some(shown) =
-            self.origin_ino(dir.as_fd(), cn, fmt, lowers.iter().map(|l| (l.layer, dir_open(&l.fd))))
-        else {
+        let Some(shown) = self.origin_ino(dir.as_fd(), cn, Some(fmt)) else {
             return (own, None);
         };
         let kept = Kept { ino: shown, origin_key: Some(key) };
@@ -1328,11 +1332,15 @@ impl OverlayFs {
     /// upper inode is mapped already; returns the id mapped. Called again once the node is
     /// in the table: its maps may have gone with a node of that id the kernel forgot meanwhile
     /// ([`Self::forget`]).
+    /// `id` itself keeps the number too: a node installed under it while another name of
+    /// the same upper inode got mapped meanwhile shows the same number.
     pub(crate) fn keep_origin(&self, id: u64, kept: Kept) -> u64 {
         let Some(key) = kept.origin_key else { return id };
-        let id = *self.upper_ids.lock().entry(key).or_insert(id);
-        self.kept_ino.lock().entry(id).or_insert(kept);
-        id
+        let mapped = *self.upper_ids.lock().entry(key).or_insert(id);
+        let mut k = self.kept_ino.lock();
+        k.entry(id).or_insert(kept);
+        k.entry(mapped).or_insert(kept);
+        mapped
     }
 
     pub(crate) fn node_attr(&self, node: &Node) -> Result<Attr> {
@@ -1695,7 +1703,7 @@ impl OverlayFs {
                 let is_upper = pos == 0 && upper_dir.is_some();
                 let (id, kept) = if is_upper {
                     let st = st.ok_or(Error::new(libc::EIO, "resolve: upper without its stat"))?;
-                    self.upper_leaf_id(parent, &cn, &dir_open(dirfd)?, upper_marks, &lowers, &st)
+                    self.upper_leaf_id(parent, &cn, &dir_open(dirfd)?, upper_marks, &st)
                 } else {
                     (self.free_leaf_id(parent.ino, name), None)
                 };
@@ -2053,11 +2061,12 @@ impl OverlayFs {
                 _ if self.layers[li].is_upper => {
                     let id = self.ino_for(li, real_ino);
                     match dirs[pos].2.impure && id == self.ino_raw(li, real_ino) {
+                        // (The kind shown may be an override's: the real one is asked.)
                         true => CString::new(name.as_slice())
                             .ok()
                             .and_then(|cn| {
-                                let lowers = dirs[pos + 1..].iter().map(|d| (d.0, Ok(d.1.clone())));
-                                self.origin_ino(dirs[pos].1.as_fd(), &cn, fmt_of(kind), lowers)
+                                let fmt = (!self.reads_override_xattrs()).then(|| fmt_of(kind));
+                                self.origin_ino(dirs[pos].1.as_fd(), &cn, fmt)
                             })
                             .unwrap_or(id),
                         false => self.kept_or(id),
