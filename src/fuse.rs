@@ -674,8 +674,10 @@ fn caller_is_admin(pid: u32) -> bool {
         return false;
     }
     let user_ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    // The server's own namespace does not change: read once.
+    static OWN: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     match user_ns(&pid.to_string()) {
-        Some(ns) if Some(&ns) == user_ns("self").as_ref() => {}
+        Some(ns) if Some(&ns) == OWN.get_or_init(|| user_ns("self")).as_ref() => {}
         _ => return false,
     }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
