@@ -278,17 +278,30 @@ impl OverlayFs {
     /// as the kernel in a user namespace writes. Best
     /// effort: a copy-up does not fail for it (the copy then shows its own number after a
     /// remount).
-    fn record_origin(&self, src: &Loc, li: usize, copy: &Loc, name: &CStr) {
+    /// `fds`: the source's and the copy's descriptors where they are open for I/O.
+    fn record_origin(
+        &self,
+        src: &Loc,
+        li: usize,
+        copy: &Loc,
+        fds: (Option<BorrowedFd>, Option<&OwnedFd>),
+        name: &CStr,
+    ) {
         let value = match self.layers[li].uuid.filter(|_| self.trusted_xattrs) {
-            Some(uuid) => src
-                .live()
-                .and_then(|l| l.handle())
-                .ok()
-                .and_then(|(t, h)| crate::origin::encode(&uuid, t, &h))
-                .unwrap_or_default(),
+            Some(uuid) => match fds.0 {
+                Some(fd) => sys::name_to_handle_at(fd, c""),
+                None => src.live().and_then(|l| l.handle()),
+            }
+            .ok()
+            .and_then(|(t, h)| crate::origin::encode(&uuid, t, &h))
+            .unwrap_or_default(),
             None => Vec::new(),
         };
-        if let Err(e) = copy.setxattr(self.origin_xattr(), &value, 0) {
+        let set = match fds.1 {
+            Some(fd) => sys::fsetxattr(fd.as_fd(), self.origin_xattr(), &value, 0),
+            None => copy.setxattr(self.origin_xattr(), &value, 0),
+        };
+        if let Err(e) = set {
             log::debug!("copy-up {name:?}: origin not recorded ({e})");
         }
     }
@@ -472,14 +485,19 @@ impl OverlayFs {
                 }
             }
         }
-        drop((src_fd, new_fd));
         // As kernel overlayfs: the copy of a directory, or of a file linked once in its layer,
         // names the lower object it came from, so that it shows that object's number after a
-        // remount too, and its directory says it may hold such copies.
+        // remount too, and its directory says it may hold such copies. (Through the files'
+        // descriptors where they are open: no path walks.)
         if kind == FileType::Directory || st.st_nlink == 1 {
-            self.record_origin(&src, src_layer, &tloc, &name);
+            let fds = (
+                src_fd.as_ref().map(|f| f.as_fd()),
+                new_fd.as_deref().filter(|_| kind == FileType::RegularFile),
+            );
+            self.record_origin(&src, src_layer, &tloc, fds, &name);
         }
         self.mark_impure(&parent, &pdir);
+        drop((src_fd, new_fd));
         if in_xattr {
             let o = ovr::Override {
                 uid: eff.st_uid,

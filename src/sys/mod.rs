@@ -667,6 +667,13 @@ pub fn getxattr(path: &CStr, name: &CStr, follow: bool) -> io::Result<Vec<u8>> {
     })
 }
 
+/// Sets an xattr through an open (not `O_PATH`) descriptor: no path walk.
+pub fn fsetxattr(fd: BorrowedFd, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `value` is readable for its length.
+    cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+        .map(drop)
+}
+
 /// The length of an xattr's value, read through an open (not `O_PATH`) descriptor.
 pub fn fgetxattr_len(fd: BorrowedFd, name: &CStr) -> io::Result<usize> {
     // SAFETY: a size query: no buffer.
