@@ -2060,7 +2060,7 @@ impl OverlayFs {
                 // (`upper_leaf_id`).
                 _ if self.layers[li].is_upper => {
                     let id = self.ino_for(li, real_ino);
-                    match dirs[pos].2.impure && id == self.ino_raw(li, real_ino) {
+                    match self.trusted_xattrs && dirs[pos].2.impure && id == self.ino_raw(li, real_ino) {
                         // (The kind shown may be an override's: the real one is asked.)
                         true => CString::new(name.as_slice())
                             .ok()
