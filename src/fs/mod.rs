@@ -1313,8 +1313,10 @@ impl OverlayFs {
         let (ino, fmt) = (st.st_ino, st.st_mode & libc::S_IFMT);
         let key = self.layers[0].ino_base ^ ino;
         if let Some(id) = self.upper_ids.lock().get(&key).copied() {
-            let kept = self.kept_ino.lock().get(&id).copied().filter(|k| k.origin_key.is_some());
-            return (id, kept);
+            // (Numbers read from origins only where the server reads them: no second lock
+            // per lookup elsewhere.)
+            let kept = self.trusted_xattrs.then(|| self.kept_ino.lock().get(&id).copied()).flatten();
+            return (id, kept.filter(|k| k.origin_key.is_some()));
         }
         let own = self.ino_raw(0, ino);
         if !marks.impure || fmt == libc::S_IFDIR {
@@ -1945,7 +1947,7 @@ impl OverlayFs {
             // A number read from the node's origin is read again at its next lookup: its maps
             // go now, under the table's lock, so that a lookup that found them before puts
             // them back after (`keep_origin`). (Not while something else holds the node.)
-            if ino >> 62 == LEAF_PREFIX >> 62 && Arc::strong_count(node) == 1 {
+            if self.trusted_xattrs && ino >> 62 == LEAF_PREFIX >> 62 && Arc::strong_count(node) == 1 {
                 self.forget_origin(ino);
             }
         }
