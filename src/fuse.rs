@@ -1451,6 +1451,7 @@ impl Filesystem for FuseFs {
             // The queues are started once the session exists (`mount::run`).
             f.uring_agreed.store(true, Ordering::Relaxed);
         }
+        f.fs.start_workers();
         Ok(())
     }
 

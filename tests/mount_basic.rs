@@ -1163,3 +1163,36 @@ fn a_removed_lower_file_is_never_copied_up_again() {
         }
     }
 }
+
+/// The read-ahead workers start with the session (at INIT), so the first lookup of a fresh
+/// mount does not wait for two thread spawns (a copy-up's `chmod` right after a mount counted
+/// them); with `read_ahead=0` none start, however the mount is used.
+#[test]
+fn read_ahead_workers_start_with_the_mount_and_only_where_reading_ahead_is_on() {
+    if !can_mount() {
+        return;
+    }
+    let s = Scratch::new();
+    let (l, m) = (s.path("l"), s.path("m"));
+    fs::create_dir_all(l.join("d")).unwrap();
+    fs::write(l.join("d/f"), b"f").unwrap();
+    let workers = |pid: u32| server_threads(pid).iter().filter(|t| t.0 == "read-ahead").count();
+    {
+        let _mnt = mount_layerfs(std::slice::from_ref(&l), None, &m, "");
+        let pid = server_pid(&m).expect("server process");
+        // No lookup yet: a stat of the mountpoint's root is a GETATTR.
+        fs::metadata(&m).unwrap();
+        let t = std::time::Instant::now();
+        while workers(pid) < 2 && t.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(workers(pid), 2, "{:?}", server_threads(pid));
+    }
+    let _mnt = mount_layerfs(std::slice::from_ref(&l), None, &m, "read_ahead=0");
+    let pid = server_pid(&m).expect("server process");
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"f");
+    let names: Vec<_> = fs::read_dir(m.join("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(workers(pid), 0, "{:?}", server_threads(pid));
+}

@@ -241,7 +241,10 @@ impl ReadAhead {
         self.queue.ready.notify_one();
     }
 
-    fn start(&self) {
+    /// Starts the worker threads, once. The server calls this at FUSE's INIT, before the
+    /// first request, so that the first lookup of a fresh mount does not wait for two thread
+    /// spawns; `push` calls it too (unit tests build no session).
+    pub(crate) fn start(&self) {
         self.started.get_or_init(|| {
             for _ in 0..THREADS {
                 let q = self.queue.clone();

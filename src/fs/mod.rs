@@ -1084,6 +1084,14 @@ impl OverlayFs {
         self.opts.read_ahead
     }
 
+    /// Starts the read-ahead workers where reading ahead is on (see [`ahead`]); called at
+    /// FUSE's INIT rather than at the first lookup, whose answer would wait for the spawns.
+    pub fn start_workers(&self) {
+        if self.opts.read_ahead {
+            self.ahead.start();
+        }
+    }
+
     /// True when nothing can be written (no upper layer, or `ro`).
     pub fn is_read_only(&self) -> bool {
         self.opts.read_only || !self.has_upper
