@@ -11,6 +11,10 @@
 //!    (`trusted.overlay.origin`, ...). [`canonical_upper`] maps all of them to one form.
 //! 3. Where the kernel mount is refused (no root, no overlay) it says so and runs layerfs
 //!    only; the exit code is then 2 (nothing was compared).
+//! 4. A termination signal (Ctrl-C, SIGTERM, SIGHUP) leaves nothing mounted and, without
+//!    `--keep`, no scratch directory: a thread takes the signal, passes it on to the process
+//!    group of whatever compare waits for (a copy, a mount, the command), and compare then
+//!    unmounts, removes its copies and exits with 128 + the signal's number.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -18,7 +22,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -316,11 +321,63 @@ pub fn convert_to_kernel_whiteouts(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The termination signal compare took (SIGINT, SIGTERM or SIGHUP), or 0.
+static STOPPED: AtomicI32 = AtomicI32::new(0);
+/// The process group of the child compare waits for, or 0: the signal is passed on to it.
+static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Takes the termination signals on a thread of their own from now on (see the module's
+/// point 4). Children start with no signal blocked (the standard library clears the mask).
+fn take_signals() {
+    sys::block_term_signals();
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(|| {
+        loop {
+            let sig = sys::wait_term_signal();
+            if sig == libc::SIGUSR1 {
+                continue;
+            }
+            STOPPED.store(sig, Ordering::SeqCst);
+            let group = CHILD_GROUP.load(Ordering::SeqCst);
+            if group > 0 {
+                // SAFETY: kill(2) of a process group compare started and has not reaped.
+                unsafe { libc::kill(-group, sig) };
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("compare: signal thread: {e}; a signal ends compare at once");
+        sys::unblock_term_signals();
+    }
+}
+
+/// The signal that stopped compare, if one did.
+fn stopped() -> Option<i32> {
+    Some(STOPPED.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// [`Command::output`] with the child in a process group of its own, known to the signal
+/// thread while compare waits for it (a terminal's Ctrl-C reaches compare's group only).
+fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    use std::os::unix::process::CommandExt;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
+    let group = child.id() as i32;
+    CHILD_GROUP.store(group, Ordering::SeqCst);
+    // A signal taken before the store is passed on here (the thread stores STOPPED first).
+    if let Some(sig) = stopped() {
+        // SAFETY: as in the signal thread.
+        unsafe { libc::kill(-group, sig) };
+    }
+    let out = child.wait_with_output();
+    CHILD_GROUP.store(0, Ordering::SeqCst);
+    out
+}
+
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dst).map_err(|e| format!("{}: {e}", dst.display()))?;
     let mut s = src.as_os_str().to_owned();
     s.push("/.");
-    let out = Command::new("cp").arg("-a").arg(&s).arg(dst).output().map_err(|e| format!("cp: {e}"))?;
+    let out = output(Command::new("cp").arg("-a").arg(&s).arg(dst)).map_err(|e| format!("cp: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "cp -a {} {}: {}",
@@ -373,12 +430,7 @@ struct Run {
 }
 
 fn run_command(cmd: &[OsString], mnt: &Path) -> Result<(Option<i32>, String, String), String> {
-    let out = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .current_dir(mnt)
-        .env("LAYERFS_COMPARE_ROOT", mnt)
-        .stdin(Stdio::null())
-        .output();
+    let out = output(Command::new(&cmd[0]).args(&cmd[1..]).current_dir(mnt).env("LAYERFS_COMPARE_ROOT", mnt));
     match out {
         Ok(o) => {
             let norm = |b: &[u8]| String::from_utf8_lossy(b).replace(&*mnt.to_string_lossy(), "$ROOT");
@@ -420,29 +472,61 @@ fn run_side(name: &'static str, side: &Path, lowers: &[PathBuf], cmd: &[OsString
     let copies = prepare(side, lowers, kernel)?;
     let mnt = side.join("mnt");
     let o = mount_opts(side, &copies);
+    if let Some(sig) = stopped() {
+        return Err(interrupted(sig));
+    }
     let out = if kernel {
-        Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("{o},redirect_dir=off,index=off,metacopy=off,xino=off"))
-            .arg(&mnt)
-            .output()
+        output(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!("{o},redirect_dir=off,index=off,metacopy=off,xino=off"))
+                .arg(&mnt),
+        )
     } else {
         let exe = std::env::current_exe().map_err(|e| format!("current executable: {e}"))?;
-        Command::new(exe).arg("-o").arg(&o).arg(&mnt).output()
+        output(Command::new(exe).arg("-o").arg(&o).arg(&mnt))
     };
-    let out = out.map_err(|e| format!("{name} mount: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{name} mount refused: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    let ran = run_command(cmd, &mnt);
-    let merged = snapshot(&mnt);
+    // A signal during the mount command may have ended it after the mount was made.
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        _ if is_mounted(&mnt) => {
+            unmount(&mnt, !kernel);
+            return Err(stopped().map_or_else(|| format!("{name} mount failed"), interrupted));
+        }
+        Ok(o) => {
+            return Err(format!("{name} mount refused: {}", String::from_utf8_lossy(&o.stderr).trim()));
+        }
+        Err(e) => return Err(format!("{name} mount: {e}")),
+    };
+    drop(out);
+    let ran = match stopped() {
+        Some(sig) => Err(interrupted(sig)),
+        None => run_command(cmd, &mnt),
+    };
+    let merged = if stopped().is_some() { BTreeMap::new() } else { snapshot(&mnt) };
     unmount(&mnt, !kernel);
     if is_mounted(&mnt) {
         return Err(format!("{} is still mounted", mnt.display()));
     }
+    if let Some(sig) = stopped() {
+        return Err(interrupted(sig));
+    }
     // A command that could not be started compared nothing (it read as two identical runs).
     let (code, stdout, stderr) = ran?;
     Ok(Run { name, code, stdout, stderr, merged, upper: canonical_upper(&side.join("upper")) })
+}
+
+fn interrupted(sig: i32) -> String {
+    format!("interrupted by signal {sig}")
+}
+
+/// Reports why a side did not run; after a signal, the signal (a copy or command it ended
+/// fails with a message of its own).
+fn fail(e: &str) {
+    match stopped() {
+        Some(sig) => eprintln!("layerfs compare: {}", interrupted(sig)),
+        None => eprintln!("layerfs compare: {e}"),
+    }
 }
 
 fn make_tmp() -> Result<PathBuf, String> {
@@ -518,6 +602,7 @@ pub fn main(args: &[OsString]) -> i32 {
             }
         }
     }
+    take_signals();
     let tmp = match make_tmp() {
         Ok(t) => t,
         Err(e) => {
@@ -525,7 +610,10 @@ pub fn main(args: &[OsString]) -> i32 {
             return 2;
         }
     };
-    let code = compare(&tmp, &canon, &cmd);
+    let mut code = compare(&tmp, &canon, &cmd);
+    if let Some(sig) = stopped() {
+        code = 128 + sig;
+    }
     if keep {
         println!("kept: {}", tmp.display());
     } else if !is_mounted(&tmp.join("kernel/mnt")) && !is_mounted(&tmp.join("layerfs/mnt")) {
@@ -537,6 +625,10 @@ pub fn main(args: &[OsString]) -> i32 {
 fn compare(tmp: &Path, lowers: &[PathBuf], cmd: &[OsString]) -> i32 {
     let kernel = match run_side("kernel", &tmp.join("kernel"), lowers, cmd) {
         Ok(r) => Some(r),
+        Err(e) if stopped().is_some() => {
+            fail(&e);
+            return 2;
+        }
         Err(e) => {
             println!("kernel overlayfs: {e}; running layerfs only");
             None
@@ -545,7 +637,7 @@ fn compare(tmp: &Path, lowers: &[PathBuf], cmd: &[OsString]) -> i32 {
     let lfs = match run_side("layerfs", &tmp.join("layerfs"), lowers, cmd) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("layerfs compare: {e}");
+            fail(&e);
             return 2;
         }
     };

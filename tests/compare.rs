@@ -135,3 +135,70 @@ fn the_root_capabilities_acls_and_unrunnable_commands_are_told() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Ctrl-C (or SIGTERM) while either side runs leaves nothing mounted and no scratch directory,
+/// ends the command compare waits for, and exits with 128 + the signal's number. Before, the
+/// signal ended compare at once: the kernel or layerfs mount stayed, with the copies.
+#[test]
+fn a_signal_leaves_no_mount_and_no_copies() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new();
+    let lowers = layers(&s);
+    let (scratch, marks) = (s.path("scratch"), s.path("marks"));
+    // The kernel side runs first: `side` counts the runs, and the chosen one waits.
+    for (run, sig, group) in [(1, libc::SIGINT, true), (2, libc::SIGTERM, false), (2, libc::SIGINT, false)] {
+        let _ = fs::remove_dir_all(&marks);
+        fs::create_dir(&marks).unwrap();
+        let m = marks.display();
+        let cmd = format!(
+            "n=$(ls {m} | wc -l); n=$((n + 1)); echo > {m}/$n; \
+             if [ $n = {run} ]; then echo > {m}/waiting; sleep 60; echo > {m}/slept; fi"
+        );
+        let child = Command::new(layerfs_bin())
+            .env("TMPDIR", &scratch)
+            .arg("compare")
+            .args(&lowers)
+            .args(["--", "sh", "-c", &cmd])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let t0 = std::time::Instant::now();
+        while !marks.join("waiting").exists() {
+            assert!(t0.elapsed().as_secs() < 60, "the command never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let scratch_dir = fs::read_dir(&scratch).unwrap().next().expect("compare's scratch").unwrap().path();
+        let mnt = scratch_dir.join(if run == 1 { "kernel/mnt" } else { "layerfs/mnt" });
+        // A failing run leaves no mount behind either.
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                if is_mounted(&self.0) {
+                    let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+                }
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        assert!(is_mounted(&mnt), "{} is not mounted", mnt.display());
+        // A terminal's Ctrl-C goes to compare's process group, a kill(1) to compare alone.
+        let target = if group { -pid } else { pid };
+        // SAFETY: kill(2) of the child this test started (or its group).
+        assert_eq!(unsafe { libc::kill(target, sig) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + sig), "run {run}: {stderr}");
+        assert!(stderr.contains(&format!("interrupted by signal {sig}")), "{stderr}");
+        assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
+        assert!(fs::read_dir(&scratch).unwrap().next().is_none(), "the scratch directory is left");
+        assert!(t0.elapsed().as_secs() < 50, "the command was not ended");
+        assert!(!marks.join("slept").exists());
+        // The layerfs side never started after the kernel side was interrupted.
+        assert_eq!(fs::read_dir(&marks).unwrap().count(), run + 1, "run {run}");
+    }
+}

@@ -1337,6 +1337,15 @@ pub fn block_term_signals() {
     }
 }
 
+/// Unblocks what [`block_term_signals`] blocked, in this thread.
+pub fn unblock_term_signals() {
+    let set = server_sigset();
+    // SAFETY: a valid, initialised set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// Waits for one of the blocked server signals; returns its number.
 pub fn wait_term_signal() -> i32 {
     let set = server_sigset();
