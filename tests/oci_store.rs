@@ -334,3 +334,83 @@ fn import_on_a_parent_and_its_rm_do_not_both_succeed() {
         assert!(parent == "-" || ls(&root).iter().any(|p| &p[0] == parent), "{l:?} has a removed parent");
     }
 }
+
+/// A writer killed half way (a crash, Ctrl-C) leaves content no metadata names and staging in
+/// `tmp/`; the next writer sweeps them away under the lock and leaves every stored layer
+/// whole. Before, they stayed for good. Nothing is swept while a layer's metadata cannot be
+/// read, as its content could not be told from leftovers.
+#[test]
+fn what_an_interrupted_writer_left_is_swept_by_the_next() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let (_, native) = CHAINS[0];
+    import(&root, &native[..1]);
+    let stored: Vec<_> = fs::read_dir(root.join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(stored.len(), 1);
+    // An import from standard input, killed once its unpack has begun.
+    let mut child = Command::new(bin())
+        .args(["store".as_ref(), "--root".as_ref(), root.as_os_str(), "import".as_ref(), "-".as_ref()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let data = fs::read(fixture(native[1])).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..data.len() / 2]).unwrap();
+    let t = std::time::Instant::now();
+    while fs::read_dir(root.join("layers")).unwrap().count() < 2 {
+        assert!(t.elapsed().as_secs() < 30, "the import never began to unpack");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    // What other writers cut short leave: content whose metadata was never written, staging
+    // of metadata, of an `rm`, of a commit's tar.
+    let orphan = "ab".repeat(32);
+    fs::create_dir_all(root.join("layers").join(&orphan).join("etc")).unwrap();
+    fs::write(root.join("layers").join(&orphan).join("etc/f"), b"x").unwrap();
+    fs::create_dir_all(root.join("tmp/meta-0011aabb")).unwrap();
+    fs::write(root.join("tmp/meta-0011aabb/diff"), b"sha256:00").unwrap();
+    fs::create_dir_all(root.join("tmp/rm-0011aabb")).unwrap();
+    fs::write(root.join("tmp/commit-0011aabb.tar"), b"half").unwrap();
+    let leftovers = |root: &Path| {
+        let mut v: Vec<String> = ["layers", "tmp"]
+            .iter()
+            .flat_map(|d| {
+                fs::read_dir(root.join(d)).unwrap().map(move |e| format!("{d}/{:?}", e.unwrap().file_name()))
+            })
+            .filter(|n| !stored.iter().any(|s| n == &format!("layers/{s:?}")))
+            .collect();
+        v.sort();
+        v
+    };
+    // The killed import left its staging directory at least.
+    let left = leftovers(&root);
+    assert!(left.len() >= 5 && left.iter().any(|n| n.contains(".tmp-")), "{left:?}");
+    // Unreadable metadata: nothing is swept.
+    let bad = root.join("layerdb/sha256").join("cd".repeat(32));
+    fs::create_dir_all(&bad).unwrap();
+    fs::write(bad.join("diff"), format!("sha256:{}", "ef".repeat(32))).unwrap();
+    fs::write(bad.join("size"), b"1").unwrap();
+    fs::write(bad.join("cache-id"), b"not hex").unwrap();
+    // (An import of a layer already stored takes the lock, as every writer does.)
+    import(&root, &native[..1]);
+    assert_eq!(leftovers(&root), left, "swept despite unreadable metadata");
+    fs::remove_dir_all(&bad).unwrap();
+    // The next writer sweeps; the stored layers stay whole.
+    let top = import(&root, &native[..2]);
+    assert_eq!(top, chain_of(&native[..2])[1]);
+    assert!(leftovers(&root).iter().all(|n| n.starts_with("layers/")), "{:?}", leftovers(&root));
+    let named: Vec<String> = ls(&root).iter().map(|l| l[0].clone()).collect();
+    assert_eq!(named.len(), 2);
+    for c in chain_of(&native[..2]) {
+        let cache = fs::read_to_string(root.join("layerdb/sha256").join(hex(&c)).join("cache-id")).unwrap();
+        assert!(root.join("layers").join(cache).is_dir());
+    }
+    assert_eq!(fs::read_dir(root.join("layers")).unwrap().count(), 2, "{:?}", leftovers(&root));
+    assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+}

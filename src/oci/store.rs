@@ -12,8 +12,10 @@
 //! - **Commit by rename.** Layer content is unpacked into a temporary sibling
 //!   and renamed into `layers/<cache-id>`; the metadata directory is written
 //!   under `tmp/` and renamed into `layerdb/sha256/<chainid>` last, so a
-//!   layer is either fully present or absent (a crash can leave only an
-//!   unreferenced `layers/<cache-id>`).
+//!   layer is either fully present or absent. A crash or a signal can leave
+//!   content no metadata names (`layers/<cache-id>`, an unpack's `.tmp-`
+//!   sibling) and staging under `tmp/`; the next writer sweeps them away
+//!   under the lock, where no other writer can be under way.
 //! - **Sharing.** The ChainID is known before unpacking (a digest pass), so a
 //!   layer already present (same parent chain, same DiffID) is not stored
 //!   twice; the unpack's own DiffID is checked against the first pass.
@@ -88,6 +90,7 @@ impl Store {
         &self.root
     }
 
+    /// Takes the writers' lock, then sweeps away what a writer cut short left ([`Store::sweep`]).
     fn lock(&self) -> Result<File> {
         let p = self.root.join("lock");
         let f = fs::OpenOptions::new()
@@ -97,7 +100,39 @@ impl Store {
             .open(&p)
             .ctx(|| format!("open {}", p.display()))?;
         fsutil::flock_exclusive(&f).ctx(|| format!("lock {}", p.display()))?;
+        self.sweep();
         Ok(f)
+    }
+
+    /// Removes what a writer (import, commit, `rm`) cut short by a crash or a signal left:
+    /// entries of `layers/` that no layer's metadata names (content whose metadata was never
+    /// written, an unpack's `.tmp-` staging directory, content whose metadata an `rm` had
+    /// moved away) and everything in `tmp/`. Every writer holds the lock from before it
+    /// writes there, so with the lock held none of these is in use. Nothing is removed
+    /// when a layer's metadata cannot be read (its content cannot be told from leftovers).
+    fn sweep(&self) {
+        let named: std::collections::HashSet<String> = match self.list() {
+            Ok(layers) => layers.into_iter().map(|l| l.cache_id).collect(),
+            Err(e) => {
+                log::warn!("store: leftovers not swept: {e}");
+                return;
+            }
+        };
+        for dir in ["layers", "tmp"] {
+            let d = self.root.join(dir);
+            let Ok(entries) = fs::read_dir(&d) else { continue };
+            for ent in entries.flatten() {
+                let name = ent.file_name();
+                if dir == "layers" && name.to_str().is_some_and(|n| named.contains(n)) {
+                    continue;
+                }
+                let p = d.join(&name);
+                match remove_path(&p) {
+                    Ok(()) => log::info!("store: removed {}, left by an interrupted writer", p.display()),
+                    Err(e) => log::warn!("store: cannot remove the leftover {}: {e}", p.display()),
+                }
+            }
+        }
     }
 
     fn meta_dir(&self, chain_id: &str) -> PathBuf {
@@ -159,10 +194,15 @@ impl Store {
         if tars.is_empty() {
             return Err(Error::new("no layer tar given"));
         }
-        let mut parent = parent.map(parse_digest).transpose()?;
+        let _lock = self.lock()?;
+        self.import_locked(parent, tars)
+    }
+
+    /// [`Store::import`] for a caller that holds the lock.
+    fn import_locked(&self, parent: Option<&str>, tars: &[PathBuf]) -> Result<String> {
         // The parent is checked under the lock: an `rm` of it between the check and the
         // import left the new layer on a removed parent.
-        let _lock = self.lock()?;
+        let mut parent = parent.map(parse_digest).transpose()?;
         if let Some(p) = parent.as_ref().filter(|p| !self.exists(p)) {
             return Err(Error::new(format!("parent layer {p} is not in the store")));
         }
@@ -268,7 +308,9 @@ impl Store {
 
     /// Adds an upper directory as a new layer on top of `parent` (diff, then
     /// import, so the stored content is normalised).
+    /// The lock is held from before the tar is written in `tmp/`, so a sweep never takes it.
     pub fn commit(&self, upper: &Path, parent: Option<&str>) -> Result<String> {
+        let _lock = self.lock()?;
         if let Some(p) = parent {
             let p = parse_digest(p)?;
             if !self.exists(&p) {
@@ -277,7 +319,7 @@ impl Store {
         }
         let tmp = self.root.join("tmp").join(format!("commit-{}.tar", random_hex(8)));
         let res = super::export::export_to_file(upper, &tmp)
-            .and_then(|_| self.import(parent, std::slice::from_ref(&tmp)));
+            .and_then(|_| self.import_locked(parent, std::slice::from_ref(&tmp)));
         let _ = fs::remove_file(&tmp);
         res
     }
