@@ -336,3 +336,58 @@ fn a_capability_with_a_newline_byte_round_trips() {
     let x = oci::xattrs_nofollow(&b.join("tool")).unwrap();
     assert_eq!(x, vec![(b"security.capability".to_vec(), caps.to_vec())]);
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM while `unpack` reads a layer leaves neither the target nor the
+/// staging directory beside it, and exits with 128 + the signal's number; the same for a
+/// `store import`, whose staging is in the store. Before, the signal ended the process where
+/// it stood and the staging directory stayed.
+#[test]
+fn a_signal_during_unpack_leaves_nothing_staged() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fs::read(fixtures().join("00-base-busybox.tar")).unwrap();
+    for (sig, store) in [(libc::SIGINT, false), (libc::SIGTERM, false), (libc::SIGINT, true)] {
+        let out_dir = tmp.path().join(format!("out-{sig}-{store}"));
+        fs::create_dir(&out_dir).unwrap();
+        let (args, staging_in): (Vec<std::ffi::OsString>, PathBuf) = if store {
+            let root = out_dir.join("store");
+            (
+                vec!["store".into(), "--root".into(), root.clone().into(), "import".into(), "-".into()],
+                root.join("layers"),
+            )
+        } else {
+            (vec!["unpack".into(), "-".into(), out_dir.join("target").into()], out_dir.clone())
+        };
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&data[..data.len() / 2]).unwrap();
+        let staged = || {
+            fs::read_dir(&staging_in)
+                .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).count())
+                .unwrap_or(0)
+        };
+        let t = std::time::Instant::now();
+        while staged() == 0 {
+            assert!(t.elapsed().as_secs() < 30, "the unpack never began");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // SAFETY: kill(2) of the child this test started.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        // The signal is seen at the next entry, once the rest of the layer comes (the pipe may
+        // then close before all of it is written).
+        let _ = stdin.write_all(&data[data.len() / 2..]);
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + sig), "{err}");
+        assert!(err.contains(&format!("interrupted by signal {sig}")), "{err}");
+        assert_eq!(staged(), 0, "staging left in {}", staging_in.display());
+        assert!(!out_dir.join("target").exists());
+    }
+}

@@ -143,8 +143,25 @@ pub fn main(args: Vec<OsString>) -> i32 {
     // Unpack and diff hold a descriptor per directory level of the path they are at: a tree
     // deeper than the usual soft limit of 1024 must not fail with EMFILE where tar does not.
     crate::sys::raise_nofile_limit();
+    // The tools that write unwind on a signal and remove what they staged (see `stop`).
+    let writes = match &cli.cmd {
+        Cmd::Unpack(_) | Cmd::Diff(_) => true,
+        Cmd::Store(s) => {
+            matches!(s.cmd, StoreCmd::Import { .. } | StoreCmd::Commit { .. } | StoreCmd::Rm { .. })
+        }
+        Cmd::Digest(_) => false,
+    };
+    if writes {
+        super::stop::take_signals();
+    }
     match run(cli.cmd) {
         Ok(code) => code,
+        // A signal the tool stopped for (finished work stands: the signal came too late).
+        Err(_) if super::stop::stopped().is_some() => {
+            let sig = super::stop::stopped().unwrap_or(0);
+            eprintln!("layerfs: interrupted by signal {sig}");
+            128 + sig
+        }
         Err(e) => {
             eprintln!("layerfs: {e}");
             1

@@ -245,6 +245,7 @@ impl<W: Write> TarOut<W> {
     }
 
     fn entry(&mut self, h: &Hdr, data: Option<(&mut File, &mut [u8])>) -> Result<()> {
+        super::stop::check()?;
         let mut name = h.path.clone();
         if h.kind == Kind::Dir {
             name.push(b'/');

@@ -10,6 +10,7 @@
 //! - [`store`]: a content-addressed layer store laid out like Docker's
 //!   layerdb.
 //! - [`cli`]: the subcommand front end (`pub fn main(args) -> i32`).
+//! - [`stop`]: termination signals, taken so that the writers unwind and clean up.
 //! - `fsutil` (private): the only `unsafe` code (raw `*at` syscalls).
 //!
 //! Hard parts, in one place: a layer is untrusted input (see `unpack`); the
@@ -25,6 +26,7 @@ mod fsutil;
 pub mod paths;
 pub mod paxtap;
 pub mod progress;
+pub mod stop;
 pub mod store;
 pub mod unpack;
 

@@ -430,6 +430,7 @@ impl Applier {
         {
             let entries = ar.entries().map_err(|e| Error::new(format!("corrupt archive: {e}")))?;
             for e in entries {
+                super::stop::check()?;
                 let mut e = e.map_err(|e| {
                     Error::new(format!("corrupt or truncated archive: {}", clip(&e.to_string())))
                 })?;
