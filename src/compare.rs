@@ -327,7 +327,7 @@ static STOPPED: AtomicI32 = AtomicI32::new(0);
 static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
 
 /// Takes the termination signals on a thread of their own from now on (see the module's
-/// point 4). Children start with no signal blocked (the standard library clears the mask).
+/// point 4). Children get them unblocked again ([`output`]).
 fn take_signals() {
     sys::block_term_signals();
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(|| {
@@ -337,16 +337,25 @@ fn take_signals() {
                 continue;
             }
             STOPPED.store(sig, Ordering::SeqCst);
-            let group = CHILD_GROUP.load(Ordering::SeqCst);
-            if group > 0 {
-                // SAFETY: kill(2) of a process group compare started and has not reaped.
-                unsafe { libc::kill(-group, sig) };
-            }
+            pass_on(CHILD_GROUP.load(Ordering::SeqCst), sig);
         }
     });
     if let Err(e) = spawned {
         log::warn!("compare: signal thread: {e}; a signal ends compare at once");
         sys::unblock_term_signals();
+    }
+}
+
+/// Passes `sig` on to process group `group` (if any), then SIGCONT, as timeout(1) does: a
+/// group out of the terminal's foreground that touched the terminal is stopped, and a stopped
+/// group would keep the signal pending.
+fn pass_on(group: i32, sig: i32) {
+    if group > 0 {
+        // SAFETY: kill(2) of a process group compare started and has not reaped.
+        unsafe {
+            libc::kill(-group, sig);
+            libc::kill(-group, libc::SIGCONT);
+        }
     }
 }
 
@@ -356,17 +365,26 @@ fn stopped() -> Option<i32> {
 }
 
 /// [`Command::output`] with the child in a process group of its own, known to the signal
-/// thread while compare waits for it (a terminal's Ctrl-C reaches compare's group only).
+/// thread while compare waits for it (a terminal's Ctrl-C reaches compare's group only). The
+/// child starts with the termination signals unblocked: a child inherits its parent's signal
+/// mask (the standard library leaves it as it is).
 fn output(cmd: &mut Command) -> std::io::Result<Output> {
     use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls sigemptyset, sigaddset and pthread_sigmask, which are
+    // async-signal-safe.
+    let cmd = unsafe {
+        cmd.pre_exec(|| {
+            sys::unblock_term_signals();
+            Ok(())
+        })
+    };
     let child =
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
     let group = child.id() as i32;
     CHILD_GROUP.store(group, Ordering::SeqCst);
     // A signal taken before the store is passed on here (the thread stores STOPPED first).
     if let Some(sig) = stopped() {
-        // SAFETY: as in the signal thread.
-        unsafe { libc::kill(-group, sig) };
+        pass_on(group, sig);
     }
     let out = child.wait_with_output();
     CHILD_GROUP.store(0, Ordering::SeqCst);

@@ -148,33 +148,61 @@ fn a_signal_leaves_no_mount_and_no_copies() {
     let s = Scratch::new();
     let lowers = layers(&s);
     let (scratch, marks) = (s.path("scratch"), s.path("marks"));
-    // The kernel side runs first: `side` counts the runs, and the chosen one waits.
-    for (run, sig, group) in [(1, libc::SIGINT, true), (2, libc::SIGTERM, false), (2, libc::SIGINT, false)] {
+    let m = marks.display();
+    // The first case's command is no shell (a shell clears its signal mask): it must get the
+    // signal as compare started it. In the others `sh` counts the runs (the kernel's is the
+    // first) and the chosen one waits.
+    let on_layerfs = format!(
+        "n=$(ls {m} | wc -l); n=$((n + 1)); echo > {m}/$n; \
+         if [ $n = 2 ]; then echo > {m}/waiting; sleep 60; echo > {m}/slept; fi"
+    );
+    let direct: Vec<String> = vec!["sleep".into(), "61.25".into()];
+    let shell: Vec<String> = vec!["sh".into(), "-c".into(), on_layerfs];
+    // A command that stops itself (as one in a background group does when it touches the
+    // terminal): the signal must be followed by SIGCONT, or it stays pending.
+    let stops: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("echo $$ > {m}/stopped; kill -STOP $$; sleep 60; echo > {m}/slept"),
+    ];
+    for (cmd, side, sig, group) in [
+        (&direct, "kernel", libc::SIGINT, true),
+        (&shell, "layerfs", libc::SIGTERM, false),
+        (&shell, "layerfs", libc::SIGINT, false),
+        (&stops, "kernel", libc::SIGTERM, false),
+    ] {
         let _ = fs::remove_dir_all(&marks);
         fs::create_dir(&marks).unwrap();
-        let m = marks.display();
-        let cmd = format!(
-            "n=$(ls {m} | wc -l); n=$((n + 1)); echo > {m}/$n; \
-             if [ $n = {run} ]; then echo > {m}/waiting; sleep 60; echo > {m}/slept; fi"
-        );
         let child = Command::new(layerfs_bin())
             .env("TMPDIR", &scratch)
             .arg("compare")
             .args(&lowers)
-            .args(["--", "sh", "-c", &cmd])
-            .stdout(std::process::Stdio::piped())
+            .arg("--")
+            .args(cmd)
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
         let t0 = std::time::Instant::now();
-        while !marks.join("waiting").exists() {
+        let started = || {
+            if cmd == &direct {
+                find_process(|a| a == ["sleep", "61.25"]).is_some()
+            } else if cmd == &stops {
+                let pid = fs::read_to_string(marks.join("stopped")).unwrap_or_default();
+                let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+                stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            } else {
+                marks.join("waiting").exists()
+            }
+        };
+        while !started() {
             assert!(t0.elapsed().as_secs() < 60, "the command never started");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let scratch_dir = fs::read_dir(&scratch).unwrap().next().expect("compare's scratch").unwrap().path();
-        let mnt = scratch_dir.join(if run == 1 { "kernel/mnt" } else { "layerfs/mnt" });
+        let mnt = scratch_dir.join(side).join("mnt");
         // A failing run leaves no mount behind either.
         struct Unmount(PathBuf);
         impl Drop for Unmount {
@@ -190,15 +218,63 @@ fn a_signal_leaves_no_mount_and_no_copies() {
         let target = if group { -pid } else { pid };
         // SAFETY: kill(2) of the child this test started (or its group).
         assert_eq!(unsafe { libc::kill(target, sig) }, 0);
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(128 + sig), "run {run}: {stderr}");
+        // Waited for with a deadline: a signal compare does not pass on would hang the test.
+        let mut child = child;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed().as_secs() > 30 {
+                // SAFETY: kill(2) of the child this test started and of what it started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = child.wait();
+                let _ = Command::new("pkill").args(["-KILL", "-f", "61.25|marks/slept"]).status();
+                panic!("{side}: compare did not end after the signal");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(128 + sig), "{side}: {stderr}");
         assert!(stderr.contains(&format!("interrupted by signal {sig}")), "{stderr}");
         assert!(!is_mounted(&mnt), "{} is still mounted", mnt.display());
         assert!(fs::read_dir(&scratch).unwrap().next().is_none(), "the scratch directory is left");
-        assert!(t0.elapsed().as_secs() < 50, "the command was not ended");
+        assert!(t0.elapsed().as_secs() < 30, "{side}: the command was not ended");
         assert!(!marks.join("slept").exists());
-        // The layerfs side never started after the kernel side was interrupted.
-        assert_eq!(fs::read_dir(&marks).unwrap().count(), run + 1, "run {run}");
+        if cmd == &shell {
+            // The kernel side ran to its end, the layerfs side started once.
+            assert_eq!(fs::read_dir(&marks).unwrap().count(), 3, "{side}");
+        }
     }
+}
+
+/// Every program compare starts gets the termination signals unblocked and not ignored (a
+/// child inherits its parent's mask, and compare blocks them for its signal thread).
+#[test]
+fn compare_starts_commands_with_signals_unblocked() {
+    if !can_mount() || !can_kernel_overlay() {
+        return;
+    }
+    let s = Scratch::new();
+    let lowers = layers(&s);
+    let out = Command::new(layerfs_bin())
+        .arg("compare")
+        .arg("--keep")
+        .args(&lowers)
+        .args(["--", "cp", "/proc/self/status", "status"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let kept = Path::new(stdout.lines().find_map(|l| l.strip_prefix("kept: ")).expect("kept directory"));
+    let term = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM].iter().fold(0u64, |m, s| m | 1 << (s - 1));
+    for side in ["kernel", "layerfs"] {
+        let status = fs::read_to_string(kept.join(side).join("upper/status")).unwrap();
+        for field in ["SigBlk:", "SigIgn:"] {
+            let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim();
+            let mask = u64::from_str_radix(hex, 16).unwrap();
+            assert_eq!(mask & term, 0, "{side} {field} {hex}");
+        }
+    }
+    fs::remove_dir_all(kept).unwrap();
 }

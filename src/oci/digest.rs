@@ -259,6 +259,7 @@ impl<R: Read> HashingReader<R> {
     pub fn finish(mut self) -> Result<(String, u64)> {
         let mut buf = vec![0u8; BUF_SIZE];
         loop {
+            super::stop::check()?;
             match self.read(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => {}

@@ -140,19 +140,27 @@ pub fn export_to_file(upper: &Path, file: &Path) -> Result<ExportReport> {
     };
     let name =
         file.file_name().ok_or_else(|| Error::new(format!("invalid output file {}", file.display())))?;
-    let tmp = dir.join(std::ffi::OsStr::from_bytes(&super::unpack::tmp_sibling(name.as_bytes())));
+    let tmp_name = super::unpack::tmp_sibling(name.as_bytes());
+    let tmp = dir.join(std::ffi::OsStr::from_bytes(&tmp_name));
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)
         .ctx(|| format!("create {}", tmp.display()))?;
+    let staged = match std::fs::File::open(dir) {
+        Ok(d) => super::stop::stage(d.as_fd(), &tmp_name),
+        Err(_) => 0,
+    };
     let new = f.metadata().ok().map(|m| file_id(&m));
     let res = export_skipping(upper, &f, [new, old]).and_then(|r| {
-        std::fs::rename(&tmp, &file).ctx(|| format!("rename to {}", file.display()))?;
+        super::stop::commit(staged, || {
+            std::fs::rename(&tmp, &file).ctx(|| format!("rename to {}", file.display()))
+        })?;
         Ok(r)
     });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        super::stop::unstage(staged);
     }
     res
 }
@@ -301,6 +309,7 @@ impl<W: Write> TarOut<W> {
             let (f, buf) = data.ok_or_else(|| Error::new("internal: file without data"))?;
             let mut left = size;
             while left > 0 {
+                super::stop::check()?;
                 let want = (buf.len() as u64).min(left) as usize;
                 let n = match f.read(&mut buf[..want]) {
                     Ok(n) => n,

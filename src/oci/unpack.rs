@@ -171,6 +171,8 @@ pub struct Staging {
     target: PathBuf,
     replace_empty_dir: bool,
     done: bool,
+    /// Its registration with [`super::stop`].
+    staged: u64,
 }
 
 /// Random lower-case hex string of `n` bytes (from /dev/urandom; falls back
@@ -226,6 +228,7 @@ impl Staging {
             let tmp_name = tmp_sibling(&final_name);
             match fsutil::mkdir_at(parent.as_fd(), &tmp_name, 0o700) {
                 Ok(()) => {
+                    let staged = super::stop::stage(parent.as_fd(), &tmp_name);
                     return Ok(Staging {
                         parent,
                         tmp_name,
@@ -233,6 +236,7 @@ impl Staging {
                         target: target.to_path_buf(),
                         replace_empty_dir,
                         done: false,
+                        staged,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
@@ -250,14 +254,16 @@ impl Staging {
     }
 
     pub fn commit(&mut self) -> Result<()> {
-        fsutil::rename_at(
-            self.parent.as_fd(),
-            &self.tmp_name,
-            self.parent.as_fd(),
-            &self.final_name,
-            !self.replace_empty_dir,
-        )
-        .ctx(|| format!("rename into {}", self.target.display()))?;
+        super::stop::commit(self.staged, || {
+            fsutil::rename_at(
+                self.parent.as_fd(),
+                &self.tmp_name,
+                self.parent.as_fd(),
+                &self.final_name,
+                !self.replace_empty_dir,
+            )
+            .ctx(|| format!("rename into {}", self.target.display()))
+        })?;
         self.done = true;
         Ok(())
     }
@@ -269,6 +275,7 @@ impl Drop for Staging {
             if let Err(e) = remove_all(self.parent.as_fd(), &self.tmp_name) {
                 log::warn!("cannot remove temporary directory next to {}: {e}", self.target.display());
             }
+            super::stop::unstage(self.staged);
         }
     }
 }
@@ -823,6 +830,7 @@ impl Applier {
         let sparse = e.header().entry_type().is_gnu_sparse();
         let mut total = 0u64;
         while total < size {
+            super::stop::check()?;
             let n = match e.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,

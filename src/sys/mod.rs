@@ -1357,6 +1357,23 @@ pub fn wait_term_signal() -> i32 {
     sig
 }
 
+/// Waits at most `limit` for one of the blocked server signals; returns its number, or None
+/// when the time ran out.
+pub fn wait_term_signal_for(limit: std::time::Duration) -> Option<i32> {
+    let set = server_sigset();
+    let ts = libc::timespec { tv_sec: limit.as_secs() as libc::time_t, tv_nsec: limit.subsec_nanos() as _ };
+    loop {
+        // SAFETY: sigtimedwait on a valid set of blocked signals; no siginfo asked for.
+        let r = unsafe { libc::sigtimedwait(set.as_ptr(), std::ptr::null_mut(), &ts) };
+        if r > 0 {
+            return Some(r);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+}
+
 /// `makedev(major, minor)`.
 pub fn makedev(major: u32, minor: u32) -> u64 {
     libc::makedev(major, minor)
