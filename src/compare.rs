@@ -327,9 +327,11 @@ static STOPPED: AtomicI32 = AtomicI32::new(0);
 static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
 
 /// Takes the termination signals on a thread of their own from now on (see the module's
-/// point 4). Children get them unblocked again ([`output`]).
+/// point 4), those not ignored (`nohup`, a background job: they stay ignored, for compare and
+/// the children it starts, which inherit the disposition). Children get them unblocked again
+/// ([`output`]).
 fn take_signals() {
-    sys::block_term_signals();
+    sys::block_term_signals_not_ignored();
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(|| {
         loop {
             let sig = sys::wait_term_signal();

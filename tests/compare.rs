@@ -39,6 +39,26 @@ fn compare(lowers: &[PathBuf], extra: &[&str], cmd: &str) -> Output {
         .unwrap()
 }
 
+/// `cmd` with SIGHUP, SIGINT and SIGTERM at their default actions and unblocked, as in a
+/// terminal session: the tests may run where they are ignored (under `nohup`, or as a
+/// background job of a shell without job control), which a child inherits.
+fn default_signals(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2), sigemptyset, sigaddset and sigprocmask are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                libc::signal(s, libc::SIG_DFL);
+                libc::sigaddset(&mut set, s);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        })
+    }
+}
+
 fn tree_listing(p: &Path) -> Vec<String> {
     snapshot(p, true).into_iter().map(|(k, e)| format!("{k} {e:?}")).collect()
 }
@@ -173,7 +193,7 @@ fn a_signal_leaves_no_mount_and_no_copies() {
     ] {
         let _ = fs::remove_dir_all(&marks);
         fs::create_dir(&marks).unwrap();
-        let child = Command::new(layerfs_bin())
+        let child = default_signals(&mut Command::new(layerfs_bin()))
             .env("TMPDIR", &scratch)
             .arg("compare")
             .args(&lowers)
@@ -257,7 +277,7 @@ fn compare_starts_commands_with_signals_unblocked() {
     }
     let s = Scratch::new();
     let lowers = layers(&s);
-    let out = Command::new(layerfs_bin())
+    let out = default_signals(&mut Command::new(layerfs_bin()))
         .arg("compare")
         .arg("--keep")
         .args(&lowers)
@@ -276,5 +296,20 @@ fn compare_starts_commands_with_signals_unblocked() {
             assert_eq!(mask & term, 0, "{side} {field} {hex}");
         }
     }
+    fs::remove_dir_all(kept).unwrap();
+    // A signal compare was started ignoring (`nohup`) stays ignored for it and its children.
+    let out = default_signals(&mut Command::new("nohup"))
+        .arg(layerfs_bin())
+        .arg("compare")
+        .arg("--keep")
+        .args(&lowers)
+        .args(["--", "cp", "/proc/self/status", "status"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kept = Path::new(stdout.lines().find_map(|l| l.strip_prefix("kept: ")).expect("kept directory"));
+    let status = fs::read_to_string(kept.join("layerfs/upper/status")).unwrap();
+    let ign = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap().trim();
+    assert_ne!(u64::from_str_radix(ign, 16).unwrap() & 1 << (libc::SIGHUP - 1), 0, "SigIgn {ign}");
     fs::remove_dir_all(kept).unwrap();
 }

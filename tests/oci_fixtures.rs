@@ -12,6 +12,26 @@ use std::path::{Path, PathBuf};
 use common::*;
 use layerfs::oci::{self, UnpackOptions, WhiteoutMode};
 
+/// `cmd` with SIGHUP, SIGINT and SIGTERM at their default actions and unblocked, as in a
+/// terminal session: the tests may run where they are ignored (under `nohup`, or as a
+/// background job of a shell without job control), which a child inherits.
+fn default_signals(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2), sigemptyset, sigaddset and sigprocmask are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                libc::signal(s, libc::SIG_DFL);
+                libc::sigaddset(&mut set, s);
+            }
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        })
+    }
+}
+
 #[test]
 fn fixtures_are_present_and_match_sha256sums() {
     let dir = fixtures();
@@ -365,7 +385,7 @@ fn a_signal_during_unpack_leaves_nothing_staged() {
         } else {
             (vec!["unpack".into(), "-".into(), out_dir.join("target").into()], out_dir.clone())
         };
-        let mut child = Command::new(bin())
+        let mut child = default_signals(&mut Command::new(bin()))
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

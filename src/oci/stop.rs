@@ -74,9 +74,10 @@ static UNWINDING: AtomicBool = AtomicBool::new(false);
 /// How long a tool has to come to a check after a signal.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// Takes the termination signals on a thread of their own from now on.
+/// Takes the termination signals on a thread of their own from now on, those not ignored
+/// (`nohup`, a background job of a shell without job control: they stay ignored).
 pub fn take_signals() {
-    crate::sys::block_term_signals();
+    crate::sys::block_term_signals_not_ignored();
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(|| {
         loop {
             let sig = crate::sys::wait_term_signal();

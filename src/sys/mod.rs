@@ -1337,6 +1337,30 @@ pub fn block_term_signals() {
     }
 }
 
+/// Blocks, in this thread and those it spawns later, the server's signals whose disposition is
+/// not SIG_IGN; those stay ignored (a process started by `nohup`, or in the background by a
+/// shell without job control, is to ignore them, and a blocked signal would be kept pending
+/// and taken by a `sigwait` instead).
+pub fn block_term_signals_not_ignored() {
+    let mut set = server_sigset();
+    for s in SERVER_SIGNALS {
+        let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: sigaction(2) only reads the disposition into a local; sigdelset on a local
+        // set.
+        unsafe {
+            if libc::sigaction(s, std::ptr::null(), old.as_mut_ptr()) == 0
+                && old.assume_init_ref().sa_sigaction == libc::SIG_IGN
+            {
+                libc::sigdelset(set.as_mut_ptr(), s);
+            }
+        }
+    }
+    // SAFETY: a valid, initialised set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// Unblocks what [`block_term_signals`] blocked, in this thread.
 pub fn unblock_term_signals() {
     let set = server_sigset();
