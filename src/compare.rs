@@ -331,21 +331,10 @@ static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
 /// the children it starts, which inherit the disposition). Children get them unblocked again
 /// ([`output`]).
 fn take_signals() {
-    sys::block_term_signals_not_ignored();
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(|| {
-        loop {
-            let sig = sys::wait_term_signal();
-            if sig == libc::SIGUSR1 {
-                continue;
-            }
-            STOPPED.store(sig, Ordering::SeqCst);
-            pass_on(CHILD_GROUP.load(Ordering::SeqCst), sig);
-        }
+    sys::take_term_signals(|sig| {
+        STOPPED.store(sig, Ordering::SeqCst);
+        pass_on(CHILD_GROUP.load(Ordering::SeqCst), sig);
     });
-    if let Err(e) = spawned {
-        log::warn!("compare: signal thread: {e}; a signal ends compare at once");
-        sys::unblock_term_signals();
-    }
 }
 
 /// Passes `sig` on to process group `group` (if any), then SIGCONT, as timeout(1) does: a

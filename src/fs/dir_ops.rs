@@ -681,7 +681,8 @@ impl OverlayFs {
         }
         // As vfs_link: no new name for an append-only or immutable file; none in an immutable
         // directory.
-        self.check_prot(&*self.node(newparent)?, PROT_IMMUTABLE)?;
+        let p = self.node(newparent)?;
+        self.check_prot(&p, PROT_IMMUTABLE)?;
         self.check_prot(&src, PROT_APPEND | PROT_IMMUTABLE)?;
         self.copy_up(&src, true)?;
         // Linked through a descriptor of its own: a rename of the source racing with this
@@ -695,7 +696,6 @@ impl OverlayFs {
                 l => l,
             }
         };
-        let p = self.node(newparent)?;
         let (pdir, _) = self.ensure_upper_dir(&p)?;
         self.copy_named_in(&src, &p, &pdir);
         let caller = Caller { uid: 0, gid: 0, umask: 0, pid: 0 };

@@ -871,15 +871,15 @@ impl OverlayFs {
                     devs.push(dev);
                     devs.len() - 1
                 });
-                let (uuid, decoder) = (None, None);
+                // (Its filesystem's UUID and decoder are set below, once per filesystem.)
                 Layer {
                     root,
                     dev,
                     ino_base: (idx as u64) << 48,
                     is_upper,
                     is_bottom: i + 1 == n,
-                    uuid,
-                    decoder,
+                    uuid: None,
+                    decoder: None,
                 }
             })
             .collect();

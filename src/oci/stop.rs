@@ -77,29 +77,19 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// Takes the termination signals on a thread of their own from now on, those not ignored
 /// (`nohup`, a background job of a shell without job control: they stay ignored).
 pub fn take_signals() {
-    crate::sys::block_term_signals_not_ignored();
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(|| {
-        loop {
-            let sig = crate::sys::wait_term_signal();
-            if sig == libc::SIGUSR1 {
-                continue;
+    crate::sys::take_term_signals(|sig| {
+        STOPPED.store(sig, Ordering::SeqCst);
+        let end = match crate::sys::wait_term_signal_for(GRACE) {
+            Some(again) if again != libc::SIGUSR1 => again,
+            _ if UNWINDING.load(Ordering::SeqCst) => return,
+            _ => {
+                eprintln!("layerfs: signal {sig} not seen within {} s; ending now", GRACE.as_secs());
+                remove_staged();
+                sig
             }
-            STOPPED.store(sig, Ordering::SeqCst);
-            let end = match crate::sys::wait_term_signal_for(GRACE) {
-                Some(again) if again != libc::SIGUSR1 => again,
-                _ if UNWINDING.load(Ordering::SeqCst) => continue,
-                _ => {
-                    eprintln!("layerfs: signal {sig} not seen within {} s; ending now", GRACE.as_secs());
-                    remove_staged();
-                    sig
-                }
-            };
-            std::process::exit(128 + end);
-        }
+        };
+        std::process::exit(128 + end);
     });
-    if spawned.is_err() {
-        crate::sys::unblock_term_signals();
-    }
 }
 
 /// The signal taken, if one was.

@@ -1341,7 +1341,7 @@ pub fn block_term_signals() {
 /// not SIG_IGN; those stay ignored (a process started by `nohup`, or in the background by a
 /// shell without job control, is to ignore them, and a blocked signal would be kept pending
 /// and taken by a `sigwait` instead).
-pub fn block_term_signals_not_ignored() {
+fn block_term_signals_not_ignored() {
     let mut set = server_sigset();
     for s in SERVER_SIGNALS {
         let mut old = MaybeUninit::<libc::sigaction>::zeroed();
@@ -1358,6 +1358,26 @@ pub fn block_term_signals_not_ignored() {
     // SAFETY: a valid, initialised set.
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// For the command-line tools (the server has its own signal thread, `mount::run`): takes
+/// the termination signals not ignored at start ([`block_term_signals_not_ignored`]) on a
+/// thread named `signals`, which calls `on` with each (SIGUSR1 is passed over). Where the
+/// thread cannot start, they keep their default actions.
+pub fn take_term_signals(mut on: impl FnMut(i32) + Send + 'static) {
+    block_term_signals_not_ignored();
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        loop {
+            let sig = wait_term_signal();
+            if sig != libc::SIGUSR1 {
+                on(sig);
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("signal thread: {e}; a signal ends the process at once");
+        unblock_term_signals();
     }
 }
 
