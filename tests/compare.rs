@@ -3,12 +3,15 @@
 //! (creating a `.wh.` name: EINVAL on layerfs), and the layers given are never changed.
 
 mod common;
+#[path = "common/signals.rs"]
+mod signals;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
+use signals::default_signals;
 
 /// Two layers with every `.wh.` form: a whiteout of a lower file, an opaque directory.
 fn layers(s: &Scratch) -> Vec<PathBuf> {
@@ -37,26 +40,6 @@ fn compare(lowers: &[PathBuf], extra: &[&str], cmd: &str) -> Output {
         .args(["sh", "-c", cmd])
         .output()
         .unwrap()
-}
-
-/// `cmd` with SIGHUP, SIGINT and SIGTERM at their default actions and unblocked, as in a
-/// terminal session: the tests may run where they are ignored (under `nohup`, or as a
-/// background job of a shell without job control), which a child inherits.
-fn default_signals(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: signal(2), sigemptyset, sigaddset and sigprocmask are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
-                libc::signal(s, libc::SIG_DFL);
-                libc::sigaddset(&mut set, s);
-            }
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            Ok(())
-        })
-    }
 }
 
 fn tree_listing(p: &Path) -> Vec<String> {
@@ -268,8 +251,40 @@ fn a_signal_leaves_no_mount_and_no_copies() {
     }
 }
 
+/// `compare --keep LOWERS -- COMMAND...` started through `launcher` (default actions for the
+/// termination signals): its exit code and the `/proc/self/status` each side's COMMAND saved
+/// as `status` (kernel, layerfs).
+fn saved_status(launcher: &mut Command, lowers: &[PathBuf], command: &[&str]) -> (Option<i32>, [String; 2]) {
+    let out = default_signals(launcher)
+        .arg("compare")
+        .arg("--keep")
+        .args(lowers)
+        .arg("--")
+        .args(command)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kept = Path::new(stdout.lines().find_map(|l| l.strip_prefix("kept: ")).expect("kept directory"));
+    let read = |side: &str| {
+        fs::read_to_string(kept.join(side).join("upper/status")).unwrap_or_else(|e| {
+            panic!("compare ended ({:?}) with no status saved on {side}: {e}", out.status)
+        })
+    };
+    let status = [read("kernel"), read("layerfs")];
+    fs::remove_dir_all(kept).unwrap();
+    (out.status.code(), status)
+}
+
+/// A signal mask field (`SigBlk:`, `SigIgn:`) of a `/proc/PID/status`.
+fn mask(status: &str, field: &str) -> u64 {
+    let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
 /// Every program compare starts gets the termination signals unblocked and not ignored (a
-/// child inherits its parent's mask, and compare blocks them for its signal thread).
+/// child inherits its parent's mask, and compare blocks them for its signal thread). A signal
+/// compare was started ignoring (`nohup`) stays ignored, by compare (a SIGHUP from its
+/// command does not stop it) and by its children.
 #[test]
 fn compare_starts_commands_with_signals_unblocked() {
     if !can_mount() || !can_kernel_overlay() {
@@ -277,39 +292,23 @@ fn compare_starts_commands_with_signals_unblocked() {
     }
     let s = Scratch::new();
     let lowers = layers(&s);
-    let out = default_signals(&mut Command::new(layerfs_bin()))
-        .arg("compare")
-        .arg("--keep")
-        .args(&lowers)
-        .args(["--", "cp", "/proc/self/status", "status"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let kept = Path::new(stdout.lines().find_map(|l| l.strip_prefix("kept: ")).expect("kept directory"));
-    let term = [libc::SIGHUP, libc::SIGINT, libc::SIGTERM].iter().fold(0u64, |m, s| m | 1 << (s - 1));
-    for side in ["kernel", "layerfs"] {
-        let status = fs::read_to_string(kept.join(side).join("upper/status")).unwrap();
+    let bit = |s: i32| 1u64 << (s - 1);
+    let term = bit(libc::SIGHUP) | bit(libc::SIGINT) | bit(libc::SIGTERM);
+    // cp itself, not through a shell (a shell clears its signal mask).
+    let (code, status) =
+        saved_status(&mut Command::new(layerfs_bin()), &lowers, &["cp", "/proc/self/status", "status"]);
+    assert_eq!(code, Some(1));
+    for (side, st) in ["kernel", "layerfs"].iter().zip(&status) {
         for field in ["SigBlk:", "SigIgn:"] {
-            let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap().trim();
-            let mask = u64::from_str_radix(hex, 16).unwrap();
-            assert_eq!(mask & term, 0, "{side} {field} {hex}");
+            assert_eq!(mask(st, field) & term, 0, "{side} {field}");
         }
     }
-    fs::remove_dir_all(kept).unwrap();
-    // A signal compare was started ignoring (`nohup`) stays ignored for it and its children.
-    let out = default_signals(&mut Command::new("nohup"))
-        .arg(layerfs_bin())
-        .arg("compare")
-        .arg("--keep")
-        .args(&lowers)
-        .args(["--", "cp", "/proc/self/status", "status"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let kept = Path::new(stdout.lines().find_map(|l| l.strip_prefix("kept: ")).expect("kept directory"));
-    let status = fs::read_to_string(kept.join("layerfs/upper/status")).unwrap();
-    let ign = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).unwrap().trim();
-    assert_ne!(u64::from_str_radix(ign, 16).unwrap() & 1 << (libc::SIGHUP - 1), 0, "SigIgn {ign}");
-    fs::remove_dir_all(kept).unwrap();
+    let mut nohup = Command::new("nohup");
+    nohup.arg(layerfs_bin());
+    let (code, status) =
+        saved_status(&mut nohup, &lowers, &["sh", "-c", "kill -HUP $PPID; exec cp /proc/self/status status"]);
+    assert_eq!(code, Some(1), "compare took an ignored SIGHUP");
+    for (side, st) in ["kernel", "layerfs"].iter().zip(&status) {
+        assert_ne!(mask(st, "SigIgn:") & bit(libc::SIGHUP), 0, "{side}");
+    }
 }

@@ -4,6 +4,8 @@
 
 #[path = "oci_common.rs"]
 mod common;
+#[path = "common/signals.rs"]
+mod signals;
 
 use std::fs;
 use std::io::Write;
@@ -11,26 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use layerfs::oci::{self, UnpackOptions, WhiteoutMode};
-
-/// `cmd` with SIGHUP, SIGINT and SIGTERM at their default actions and unblocked, as in a
-/// terminal session: the tests may run where they are ignored (under `nohup`, or as a
-/// background job of a shell without job control), which a child inherits.
-fn default_signals(cmd: &mut std::process::Command) -> &mut std::process::Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: signal(2), sigemptyset, sigaddset and sigprocmask are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
-                libc::signal(s, libc::SIG_DFL);
-                libc::sigaddset(&mut set, s);
-            }
-            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-            Ok(())
-        })
-    }
-}
+use signals::default_signals;
 
 #[test]
 fn fixtures_are_present_and_match_sha256sums() {
