@@ -602,11 +602,21 @@ impl<'a> Ctx<'a> {
         self.rec(format!("fd#{h} pwrite @{off} {data:?}"), errno(&r))
     }
 
+    /// Reads what the held descriptor shows from offset 0, up to 256 KiB.
     pub fn fd_read(&mut self, h: u32) -> i32 {
         use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; 256 << 10];
         let r = match self.fds.get(&h) {
-            Some(f) => f.read_at(&mut buf, 0),
+            Some(f) => (|| {
+                let mut n = 0;
+                while n < buf.len() {
+                    match f.read_at(&mut buf[n..], n as u64)? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                Ok(n)
+            })(),
             None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
         };
         let s = match &r {
@@ -626,6 +636,11 @@ impl<'a> Ctx<'a> {
             Err(_) => String::new(),
         };
         self.rec(format!("fd#{h} fstat -> {s}"), errno(&r))
+    }
+
+    /// Closes slot `h` if it holds a descriptor, recording nothing.
+    pub fn close_quiet(&mut self, h: u32) {
+        self.fds.remove(&h);
     }
 
     pub fn close(&mut self, h: u32) -> i32 {
@@ -1302,6 +1317,15 @@ pub enum Op {
     /// Observations (no change): they make lookups/readdirs happen between changes.
     Readdir(&'static str),
     Lstat(&'static str),
+    /// Descriptors kept open across later steps (slot, name, read-write): what a held
+    /// descriptor reads, writes and `fstat`s after copy-ups, renames, unlinks and truncations
+    /// through other opens. A remount closes them.
+    Hold(u8, &'static str, bool),
+    /// pwrite `"<slot>:<n>"` at the offset through a held descriptor.
+    HeldWrite(u8, u64, u8),
+    HeldRead(u8),
+    HeldStat(u8),
+    Release(u8),
 }
 
 /// The fixed two-lower fixture of the property test.
@@ -1421,12 +1445,33 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         Op::Lstat(n) => {
             c.lstat(n);
         }
+        Op::Hold(h, n, write) => {
+            c.close_quiet(h as u32);
+            c.open_keep(h as u32, n, write);
+        }
+        Op::HeldWrite(h, off, v) => {
+            c.fd_write_at(h as u32, off, &format!("{h}:{v}"));
+        }
+        Op::HeldRead(h) => {
+            c.fd_read(h as u32);
+        }
+        Op::HeldStat(h) => {
+            c.fd_stat(h as u32);
+        }
+        Op::Release(h) => {
+            c.close(h as u32);
+        }
     }
 }
 
 /// Runs `ops` (then observes every name) on kernel overlayfs and layerfs over `stack`, in `dir`
 /// (cleared first); `Err` holds the report. `avoid`: steer around [`AVOIDED_BUGS`].
 pub fn run_ops_on(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool) -> Result<(), String> {
+    run_ops_with(dir, stack, ops, avoid, "")
+}
+
+/// [`run_ops_on`] with `extra` mount options for layerfs (such as `passthrough=0`).
+pub fn run_ops_with(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool, extra: &str) -> Result<(), String> {
     let ops = ops.to_vec();
     let scenario = move |c: &mut Ctx| {
         for op in &ops {
@@ -1439,7 +1484,7 @@ pub fn run_ops_on(dir: &Path, stack: &Stack, ops: &[Op], avoid: bool) -> Result<
         c.readdir("");
         c.readdir("d");
     };
-    try_run_both_in(dir, stack, &scenario, "").map(|_| ())
+    try_run_both_in(dir, stack, &scenario, extra).map(|_| ())
 }
 
 /// [`run_ops_on`] the property test's two-lower stack in a fresh scratch directory; panics
