@@ -1,8 +1,10 @@
 //! Rootless mounts: a plain user through fusermount3, and root inside a user namespace
 //! (`unshare -Urm`). Both must work end to end (write, delete, recreate, rename, xattrs) and
-//! pick the whiteout and opaque forms the kernel allows them. Run as root: the test makes its
-//! own unprivileged user.
+//! pick the whiteout and opaque forms the kernel allows them; in a user namespace the property
+//! test's random operation sequences must also match kernel overlayfs mounted there. Run as
+//! root: the test makes its own unprivileged user.
 mod common;
+mod diffkit;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -450,4 +452,50 @@ fn a_plain_user_is_told_what_it_may_not_use() {
     assert!(ok, "{out}");
     let err = mount(&l1.display().to_string());
     assert!(err.contains("cannot empty work: remove junk: Permission denied"), "{err}");
+}
+
+/// Set in the copy of the test binary that runs the property test inside the user namespace.
+const USERNS_CHILD: &str = "LAYERFS_TEST_USERNS_CHILD";
+
+/// The property test (random operation sequences, descriptors held across steps among them)
+/// as root in a user namespace, the way rootless podman runs its mount program: the test user
+/// under `unshare -Urm`, layerfs against kernel overlayfs mounted there with `userxattr`, on
+/// the two-lower and the 18-lower stacks (whose opaque directory then carries
+/// `user.overlay.opaque`). The test starts its own binary again inside the namespace, where
+/// this function runs the property; `LAYERFS_PROPTEST_CASES` and `LAYERFS_PROPTEST_SECS` pass
+/// through.
+#[test]
+fn random_op_sequences_match_kernel_in_a_user_namespace() {
+    if std::env::var_os(USERNS_CHILD).is_some() {
+        assert!(in_user_namespace(), "{USERNS_CHILD} is set outside a user namespace");
+        diffkit::prop::run_property("user namespace", &diffkit::prop_stack(), "", 128, 60);
+        diffkit::prop::run_property("user namespace, 18 lowers", &diffkit::prop_stack_many(), "", 64, 45);
+        return;
+    }
+    let Some((uid, gid, _s)) = user_scratch() else { return };
+    if !can_kernel_overlay() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "--"])
+        .args(["unshare", "-Urm"])
+        .arg(&exe)
+        .args(["--exact", "random_op_sequences_match_kernel_in_a_user_namespace", "--nocapture"])
+        .args(["--test-threads=1"])
+        .env(USERNS_CHILD, "1")
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the property test in the user namespace failed:\n{out}");
+    // Both runs happened there (run_property skips where it cannot mount, outside CI).
+    for label in ["user namespace: ", "user namespace, 18 lowers: "] {
+        let ran = out
+            .lines()
+            .find_map(|l| l.strip_prefix(label)?.split(' ').next()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        assert!(ran > 0, "no case of '{label}' ran in the user namespace:\n{out}");
+    }
+    eprint!("{out}");
 }

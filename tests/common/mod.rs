@@ -219,13 +219,25 @@ pub fn can_kernel_overlay() -> bool {
     ok
 }
 
-/// Mounts kernel overlayfs with the options layerfs behaves like.
+/// True inside a user namespace that maps less than every id (as under `unshare -Urm`).
+pub fn in_user_namespace() -> bool {
+    let map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"]
+}
+
+/// Mounts kernel overlayfs with the options layerfs behaves like (`userxattr` in a user
+/// namespace, where the kernel may not use trusted xattrs, as layerfs then does).
 pub fn mount_overlay(lowers: &[PathBuf], uw: Option<(&Path, &Path)>, mnt: &Path) -> Mounted {
     let mut o = format!("lowerdir={}", join_layers(lowers));
     if let Some((u, w)) = uw {
         o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
     }
-    o.push_str(",redirect_dir=off,index=off,metacopy=off,xino=off");
+    if in_user_namespace() {
+        // `userxattr` takes `nofollow`, which creates and follows no redirects either.
+        o.push_str(",userxattr,redirect_dir=nofollow,index=off,metacopy=off,xino=off");
+    } else {
+        o.push_str(",redirect_dir=off,index=off,metacopy=off,xino=off");
+    }
     let out =
         Command::new("mount").args(["-t", "overlay", "overlay", "-o", &o]).arg(mnt).output().expect("mount");
     assert!(out.status.success(), "kernel overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
