@@ -485,6 +485,7 @@ fn random_op_sequences_match_kernel_in_a_user_namespace() {
         .args(["--test-threads=1"])
         .env(USERNS_CHILD, "1")
         .env("HOME", "/tmp")
+        .env("TMPDIR", "/tmp")
         .output()
         .unwrap();
     let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));

@@ -776,7 +776,23 @@ impl OverlayFs {
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
         child.state.lock().unlinked = true;
+        if upper.is_none() && !is_dir {
+            self.lower_name_gone(&child);
+        }
         Ok(())
+    }
+
+    /// A lower non-directory never copied up lost its name (unlink, or replaced by a rename).
+    /// The kernel drops the inode's link count itself, and under the writeback cache keeps its
+    /// other cached attributes: an `fstat` through a descriptor still open would show 0 links,
+    /// where kernel overlayfs shows the lower file's own count (it stays). Its attributes are
+    /// to be asked for again. (Without the writeback cache the kernel asks by itself.)
+    fn lower_name_gone(&self, node: &Node) {
+        if self.writeback_cache.load(Ordering::Relaxed) {
+            if let Some(f) = self.attrs_stale.get() {
+                f(node.ino);
+            }
+        }
     }
 
     /// That `child` can be removed by unlink (`dir` false) or rmdir: the right type, and a
@@ -1140,6 +1156,9 @@ impl OverlayFs {
         }
         if let Some(d) = &dst {
             d.state.lock().unlinked = true;
+            if !d.has_upper.load(Ordering::Acquire) && !d.is_dir() {
+                self.lower_name_gone(d);
+            }
         }
         self.moved(&src, &npn, &npdir, nname, &ncn)?;
         Ok(None)

@@ -1319,7 +1319,21 @@ pub fn available() -> bool {
 // ---- operation model for the property test and its pinned regressions ------------------------
 
 /// The small name space the property test works in.
-pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "d/x/q", "e", "e/f"];
+pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "d/x/q", "e", "e/f", "d/big"];
+
+/// The content of the property fixture's `d/big`: 1 MiB and 3 bytes of numbered lines, more
+/// than the 64 KiB a read-only open stores into the page cache at once, so its reads go
+/// through READ requests (and passthrough once copied up, as root).
+pub fn big_content() -> String {
+    let mut s = String::with_capacity((1 << 20) + 64);
+    let mut i = 0u32;
+    while s.len() < (1 << 20) + 3 {
+        s.push_str(&format!("big line {i:08}\n"));
+        i += 1;
+    }
+    s.truncate((1 << 20) + 3);
+    s
+}
 
 /// One generated operation. Written so that `{:?}` output pastes back as Rust
 /// (`use Op::*;` in scope).
@@ -1361,6 +1375,12 @@ pub enum Op {
     HeldRead(u8),
     HeldStat(u8),
     Release(u8),
+    /// lchown to the uid and gid.
+    Chown(&'static str, u32),
+    /// Reads the whole file through a new descriptor.
+    Read(&'static str),
+    /// fallocate(PUNCH_HOLE|KEEP_SIZE) of its first 8 KiB.
+    Punch(&'static str),
 }
 
 /// The fixed two-lower fixture of the property test.
@@ -1371,6 +1391,7 @@ pub fn prop_stack() -> Stack {
         .symlink("b", "a")
         .file("d/x", "x-bottom\n")
         .file("d/y", "y-bottom\n")
+        .file("d/big", &big_content())
         .dir("e")
         .file("c", "c-bottom\n");
     let top = Layer::new()
@@ -1496,6 +1517,15 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         Op::Release(h) => {
             c.close(h as u32);
         }
+        Op::Chown(n, id) => {
+            c.lchown(n, id, id);
+        }
+        Op::Read(n) => {
+            c.read(n);
+        }
+        Op::Punch(n) => {
+            c.fallocate(n, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 8192);
+        }
     }
 }
 
@@ -1530,8 +1560,13 @@ pub fn check_ops(ops: &[Op]) {
 
 /// [`check_ops`] on another stack (such as [`prop_stack_many`]).
 pub fn check_ops_on(stack: &Stack, ops: &[Op]) {
+    check_ops_with(stack, ops, "");
+}
+
+/// [`check_ops_on`] with `extra` mount options for layerfs.
+pub fn check_ops_with(stack: &Stack, ops: &[Op], extra: &str) {
     let s = Scratch::new();
-    if let Err(r) = run_ops_on(s.dir.path(), stack, ops, false) {
-        panic!("ops {ops:?}\n{r}");
+    if let Err(r) = run_ops_with(s.dir.path(), stack, ops, false, extra) {
+        panic!("ops {ops:?} ({extra})\n{r}");
     }
 }

@@ -41,6 +41,9 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(Op::HeldRead),
         1 => (0u8..3).prop_map(Op::HeldStat),
         1 => (0u8..3).prop_map(Op::Release),
+        1 => (name(), prop::sample::select(&[0u32, 1000, 65534][..])).prop_map(|(n, id)| Op::Chown(n, id)),
+        1 => name().prop_map(Op::Read),
+        1 => name().prop_map(Op::Punch),
     ]
 }
 
