@@ -55,14 +55,7 @@ fn run_as(uid: u32, gid: u32, userns: bool, script: &str) -> String {
 }
 
 fn scenario(userns: bool) {
-    if !can_mount() {
-        return;
-    }
-    let Some((uid, gid)) = test_user() else { return };
-    // /dev/fuse is world-usable on a normal distribution; some images ship it 0600.
-    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
-    let s = Scratch::new();
-    fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some((uid, gid, s)) = user_scratch() else { return };
     let (l, u, w, m) = (s.path("l"), s.path("u"), s.path("w"), s.path("m"));
     fs::write(l.join("f"), b"low\n").unwrap();
     fs::write(l.join("ro"), b"read-only\n").unwrap();
@@ -152,11 +145,7 @@ fn root_in_a_user_namespace() {
 /// fail as on kernel overlayfs (the same script runs on both and must print the same).
 #[test]
 fn chown_inside_a_mapped_range() {
-    if !can_mount() {
-        return;
-    }
-    let Some((uid, gid)) = test_user() else { return };
-    let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
+    let Some((uid, gid)) = user_with_fuse() else { return };
     {
         let _g = USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let has = fs::read_to_string("/etc/subuid")
@@ -238,14 +227,21 @@ cat k.out; echo ===; cat f.out
     assert_eq!(md.uid(), sub + 999);
 }
 
-/// The test user, /dev/fuse usable by it, and a scratch directory it can reach; None where
-/// the test cannot run (outside CI).
-fn user_scratch() -> Option<(u32, u32, Scratch)> {
+/// The test user and /dev/fuse usable by it; None where the test cannot run (outside CI).
+fn user_with_fuse() -> Option<(u32, u32)> {
     if !can_mount() {
         return None;
     }
-    let (uid, gid) = test_user()?;
+    let ids = test_user()?;
+    // /dev/fuse is world-usable on a normal distribution; some images ship it 0600.
     let _ = Command::new("chmod").args(["0666", "/dev/fuse"]).status();
+    Some(ids)
+}
+
+/// The test user, /dev/fuse usable by it, and a scratch directory it can reach; None where
+/// the test cannot run (outside CI).
+fn user_scratch() -> Option<(u32, u32, Scratch)> {
+    let (uid, gid) = user_with_fuse()?;
     let s = Scratch::new();
     fs::set_permissions(s.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     Some((uid, gid, s))
@@ -472,7 +468,7 @@ fn random_op_sequences_match_kernel_in_a_user_namespace() {
         diffkit::prop::run_property("user namespace, 18 lowers", &diffkit::prop_stack_many(), "", 64, 45);
         return;
     }
-    let Some((uid, gid, _s)) = user_scratch() else { return };
+    let Some((uid, gid)) = user_with_fuse() else { return };
     if !can_kernel_overlay() {
         return;
     }

@@ -776,22 +776,22 @@ impl OverlayFs {
             (None, _) => self.make_whiteout(&pfd, name)?,
         }
         child.state.lock().unlinked = true;
-        if upper.is_none() && !is_dir {
-            self.lower_name_gone(&child);
-        }
+        self.name_gone(&child);
         Ok(())
     }
 
-    /// A lower non-directory never copied up lost its name (unlink, or replaced by a rename).
-    /// The kernel drops the inode's link count itself, and under the writeback cache keeps its
-    /// other cached attributes: an `fstat` through a descriptor still open would show 0 links,
-    /// where kernel overlayfs shows the lower file's own count (it stays). Its attributes are
-    /// to be asked for again. (Without the writeback cache the kernel asks by itself.)
-    fn lower_name_gone(&self, node: &Node) {
-        if self.writeback_cache.load(Ordering::Relaxed) {
-            if let Some(f) = self.attrs_stale.get() {
-                f(node.ino);
-            }
+    /// `node` lost its name (unlink, or replaced by a rename). The kernel drops the inode's
+    /// link count itself, and under the writeback cache keeps its other cached attributes: an
+    /// `fstat` through a descriptor still open on a lower non-directory never copied up would
+    /// show 0 links, where kernel overlayfs shows the lower file's own count (it stays). Such
+    /// a node's attributes are to be asked for again. (Without the writeback cache the kernel
+    /// asks by itself; an upper object's count is the kernel's.)
+    fn name_gone(&self, node: &Node) {
+        if !self.writeback_cache.load(Ordering::Relaxed) || node.has_upper.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(f) = self.attrs_stale.get().filter(|_| !node.is_dir()) {
+            f(node.ino);
         }
     }
 
@@ -1156,9 +1156,7 @@ impl OverlayFs {
         }
         if let Some(d) = &dst {
             d.state.lock().unlinked = true;
-            if !d.has_upper.load(Ordering::Acquire) && !d.is_dir() {
-                self.lower_name_gone(d);
-            }
+            self.name_gone(d);
         }
         self.moved(&src, &npn, &npdir, nname, &ncn)?;
         Ok(None)
