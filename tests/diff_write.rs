@@ -586,6 +586,57 @@ fn old_fd_sees_copy_up() {
     });
 }
 
+/// A directory held open and listed again from its start after changes through other names
+/// (the rewinddir that must show the directory as it is now): a lower directory copied up by a
+/// create in it, a whiteout made by an unlink, an opaque directory, an upper one renamed, and
+/// one removed (ENOENT from `getdents64` on both). Then `ftruncate`, `fchmod` and `fsync`
+/// through held descriptors of lower files.
+#[test]
+fn held_descriptors_see_later_changes() {
+    need_mounts!();
+    let log = run_both(&std_stack(), |c| {
+        c.open_keep(1, "d_low", false);
+        c.fd_list(1);
+        c.create("d_low/new", "n\n");
+        c.unlink("d_low/a");
+        c.fd_list(1);
+        c.open_keep(2, "d_both", false);
+        c.fd_list(2);
+        c.rename("d_both", "d_moved"); // a merged directory: EXDEV (no redirect_dir)
+        c.unlink("d_both/x");
+        c.fd_list(2);
+        c.open_keep(3, "opq", false);
+        c.create("opq/new2", "n2\n");
+        c.fd_list(3);
+        c.rm_rf("d_both");
+        c.fd_list(2);
+        c.fd_list(1);
+        c.mkdir("nd");
+        c.create("nd/f", "f\n");
+        c.open_keep(6, "nd", false);
+        c.rename("nd", "nd2");
+        c.symlink("f", "nd2/g");
+        c.fd_list(6);
+        c.open_keep(4, "f_low", false);
+        c.fd_truncate(4, 2); // read-only: EINVAL
+        c.fd_chmod(4, 0o600); // copies up
+        c.fd_stat(4);
+        c.fd_read(4);
+        c.open_keep(5, "f_both", true);
+        c.fd_truncate(5, 40000);
+        c.fd_fsync(5);
+        c.fd_stat(4);
+        c.read("f_both");
+        c.lstat("f_low");
+    });
+    let lists: Vec<_> = log.iter().filter(|(s, _)| s.contains("getdents")).collect();
+    assert_eq!(lists[1].0, "fd#1 getdents -> [b:f,new:f,sub:d]", "{lists:?}");
+    assert_eq!(lists[3].0, "fd#2 getdents -> [y:f,z:f]", "{lists:?}");
+    assert_eq!(lists[4].0, "fd#3 getdents -> [new1:f,new2:f]", "{lists:?}");
+    assert_eq!(lists[5].1, libc::ENOENT, "{lists:?}");
+    assert_eq!(lists[7].0, "fd#6 getdents -> [f:f,g:l]", "{lists:?}");
+}
+
 #[test]
 fn unlinked_while_open() {
     need_mounts!();

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -444,6 +445,48 @@ fn short(data: &[u8]) -> String {
     }
 }
 
+/// The entries of directory descriptor `fd` from its start, as `name:type` (the `d_type`
+/// letter), sorted, without `.` and `..`.
+fn list_fd(fd: i32) -> std::io::Result<Vec<String>> {
+    if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 << 10];
+    let mut out = Vec::new();
+    loop {
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let ty = buf[off + 18];
+            let name = &buf[off + 19..off + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                let t = match ty {
+                    libc::DT_REG => 'f',
+                    libc::DT_DIR => 'd',
+                    libc::DT_LNK => 'l',
+                    libc::DT_CHR => 'c',
+                    libc::DT_FIFO => 'p',
+                    libc::DT_UNKNOWN => '?',
+                    _ => 'o',
+                };
+                out.push(format!("{}:{t}", String::from_utf8_lossy(name)));
+            }
+            off += reclen;
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 impl<'a> Ctx<'a> {
     pub fn new(side: &'a mut Side) -> Self {
         Ctx { side, log: Vec::new(), fds: BTreeMap::new() }
@@ -549,10 +592,7 @@ impl<'a> Ctx<'a> {
     pub fn fallocate(&mut self, rel: &str, mode: i32, off: i64, len: i64) -> i32 {
         let r = fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(self.p(rel));
         let e = match r {
-            Ok(f) => {
-                use std::os::fd::AsRawFd;
-                rc(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) })
-            }
+            Ok(f) => rc(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) }),
             Err(e) => e.raw_os_error().unwrap_or(-1),
         };
         self.rec(format!("fallocate {rel} mode={mode:#x} {off}+{len}"), e)
@@ -650,6 +690,45 @@ impl<'a> Ctx<'a> {
             Err(_) => String::new(),
         };
         self.rec(format!("fd#{h} fstat -> {s}"), errno(&r))
+    }
+
+    /// Lists a held directory from its start (`lseek` to 0, the rewinddir that POSIX says
+    /// shows the directory as it is now, then `getdents64` to the end): the names other than
+    /// `.` and `..` with their `d_type`, sorted.
+    pub fn fd_list(&mut self, h: u32) -> i32 {
+        let r = match self.fds.get(&h) {
+            Some(f) => list_fd(f.as_raw_fd()),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        let s = match &r {
+            Ok(v) => v.join(","),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("fd#{h} getdents -> [{s}]"), errno(&r))
+    }
+
+    pub fn fd_truncate(&mut self, h: u32, len: u64) -> i32 {
+        let r = match self.fds.get(&h) {
+            Some(f) => f.set_len(len),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        self.rec(format!("fd#{h} ftruncate {len}"), errno(&r))
+    }
+
+    pub fn fd_chmod(&mut self, h: u32, mode: u32) -> i32 {
+        let e = match self.fds.get(&h) {
+            Some(f) => rc(unsafe { libc::fchmod(f.as_raw_fd(), mode) }),
+            None => libc::EBADF,
+        };
+        self.rec(format!("fd#{h} fchmod {mode:o}"), e)
+    }
+
+    pub fn fd_fsync(&mut self, h: u32) -> i32 {
+        let r = match self.fds.get(&h) {
+            Some(f) => f.sync_all(),
+            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        self.rec(format!("fd#{h} fsync"), errno(&r))
     }
 
     /// Closes slot `h` if it holds a descriptor, recording nothing.
@@ -1379,6 +1458,12 @@ pub enum Op {
     Chown(&'static str, u32),
     /// Reads the whole file through a new descriptor.
     Read(&'static str),
+    /// Through a held descriptor: list the directory from its start (rewind, then
+    /// `getdents64`), `ftruncate`, `fchmod` and `fsync`.
+    HeldList(u8),
+    HeldTruncate(u8, u16),
+    HeldChmod(u8, u16),
+    HeldSync(u8),
     /// fallocate(PUNCH_HOLE|KEEP_SIZE) of its first 8 KiB.
     Punch(&'static str),
 }
@@ -1525,6 +1610,18 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         }
         Op::Punch(n) => {
             c.fallocate(n, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, 8192);
+        }
+        Op::HeldList(h) => {
+            c.fd_list(h as u32);
+        }
+        Op::HeldTruncate(h, l) => {
+            c.fd_truncate(h as u32, l as u64);
+        }
+        Op::HeldChmod(h, m) => {
+            c.fd_chmod(h as u32, m as u32);
+        }
+        Op::HeldSync(h) => {
+            c.fd_fsync(h as u32);
         }
     }
 }

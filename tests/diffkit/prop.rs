@@ -44,6 +44,10 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (name(), prop::sample::select(&[0u32, 1000, 65534][..])).prop_map(|(n, id)| Op::Chown(n, id)),
         1 => name().prop_map(Op::Read),
         1 => name().prop_map(Op::Punch),
+        1 => (0u8..3).prop_map(Op::HeldList),
+        1 => (0u8..3, prop::sample::select(&[0u16, 5, 40000][..])).prop_map(|(h, l)| Op::HeldTruncate(h, l)),
+        1 => (0u8..3, prop::sample::select(&[0o600u16, 0o755, 0o444][..])).prop_map(|(h, m)| Op::HeldChmod(h, m)),
+        1 => (0u8..3).prop_map(Op::HeldSync),
     ]
 }
 
