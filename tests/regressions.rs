@@ -117,3 +117,18 @@ fn regression_failed_rename_over_a_dir_keeps_the_source_opaque() {
     check_ops_on(&prop_stack_many(), &ops);
     check_ops(&[Mkdir("e/y"), Rename("e/y", "d")]);
 }
+
+/// Found by prop_write once held descriptors could `fchmod`: a lower file held open, then
+/// removed with its directory (`rm -rf d`), and changed through the descriptor (its copy-up)
+/// gave EEXIST, where the kernel gives ENOENT, as for a create in a removed directory, also
+/// when the directory had an upper copy and when a new directory has its name. Removed alone,
+/// the file's copy-up gives EEXIST on both.
+#[test]
+fn regression_copy_up_of_a_held_file_whose_directory_was_removed() {
+    need_mounts!();
+    check_ops(&[Hold(0, "d/big", false), RmRf("d"), HeldChmod(0, 0o600)]);
+    check_ops(&[Hold(0, "d/x", false), RmRf("d"), Mkdir("d"), Write("d/x", 1), HeldChmod(0, 0o600)]);
+    check_ops(&[Write("d/y", 1), Hold(0, "d/x", false), RmRf("d"), HeldChmod(0, 0o600)]);
+    check_ops(&[Hold(0, "d/x", false), Unlink("d/x"), HeldChmod(0, 0o600)]);
+    check_ops_with(&prop_stack(), &[Hold(0, "e/h", false), RmRf("e"), HeldChmod(0, 0o600)], "passthrough=0");
+}

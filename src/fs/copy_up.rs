@@ -347,8 +347,15 @@ impl OverlayFs {
         if unlinked {
             // A removed lower object (still open): its name is a whiteout's, or another
             // object's, now. The kernel's copy-up fails there with EEXIST; with a `.wh.`
-            // whiteout, which leaves the name free, the copy came back under it.
-            return Err(Error::new(libc::EEXIST, "copy-up of a removed object"));
+            // whiteout, which leaves the name free, the copy came back under it. Where its
+            // directory was removed too (`rm -rf`), the kernel answers ENOENT, as for a
+            // create in a removed directory, even once a new one has the directory's name.
+            let gone = parent.as_ref().is_some_and(|p| p.state.lock().unlinked);
+            return Err(if gone {
+                Error::new(libc::ENOENT, "copy-up of an object whose directory was removed")
+            } else {
+                Error::new(libc::EEXIST, "copy-up of a removed object")
+            });
         }
         let parent = parent.ok_or(Error::new(libc::EIO, "copy-up of a node without parent"))?;
         let (src, src_layer) = src.ok_or(Error::new(libc::ESTALE, "copy-up source"))?;
