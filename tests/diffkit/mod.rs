@@ -1398,7 +1398,7 @@ pub fn available() -> bool {
 // ---- operation model for the property test and its pinned regressions ------------------------
 
 /// The small name space the property test works in.
-pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "d/x/q", "e", "e/f", "d/big"];
+pub const NAMES: &[&str] = &["a", "b", "c", "d", "d/x", "d/y", "d/x/q", "e", "e/f", "d/big", "e/h"];
 
 /// The content of the property fixture's `d/big`: 1 MiB and 3 bytes of numbered lines, more
 /// than the 64 KiB a read-only open stores into the page cache at once, so its reads go
@@ -1468,7 +1468,9 @@ pub enum Op {
     Punch(&'static str),
 }
 
-/// The fixed two-lower fixture of the property test.
+/// The fixed two-lower fixture of the property test. `e/h` is a hard link to `d/x` in the
+/// bottom layer: a copy-up of one name leaves the other on the lower file, whose count still
+/// says 2.
 pub fn prop_stack() -> Stack {
     let bottom = Layer::new()
         .file("a", "a-bottom\n")
@@ -1478,6 +1480,7 @@ pub fn prop_stack() -> Stack {
         .file("d/y", "y-bottom\n")
         .file("d/big", &big_content())
         .dir("e")
+        .hardlink("e/h", "d/x")
         .file("c", "c-bottom\n");
     let top = Layer::new()
         .file("a", "a-top\n")
