@@ -589,8 +589,9 @@ fn old_fd_sees_copy_up() {
 /// A directory held open and listed again from its start after changes through other names
 /// (the rewinddir that must show the directory as it is now): a lower directory copied up by a
 /// create in it, a whiteout made by an unlink, an opaque directory, an upper one renamed, and
-/// one removed (ENOENT from `getdents64` on both). Then `ftruncate`, `fchmod` and `fsync`
-/// through held descriptors of lower files.
+/// one removed (ENOENT from `getdents64` on both), and names made and removed relative to
+/// them (`openat`, `unlinkat`). Then `ftruncate`, `fchmod` and `fsync` through held
+/// descriptors of lower files.
 #[test]
 fn held_descriptors_see_later_changes() {
     need_mounts!();
@@ -616,7 +617,14 @@ fn held_descriptors_see_later_changes() {
         c.open_keep(6, "nd", false);
         c.rename("nd", "nd2");
         c.symlink("f", "nd2/g");
+        c.fd_create_at(6, "h", "h\n");
+        c.fd_unlink_at(6, "f");
         c.fd_list(6);
+        c.read("nd2/h");
+        c.fd_create_at(2, "q", "q\n"); // in the removed d_both: ENOENT
+        c.fd_create_at(1, "b", "b2\n"); // over the lower d_low/b: copy-up of nothing, a new file
+        c.fd_unlink_at(1, "sub"); // a directory: EISDIR
+        c.fd_list(1);
         c.open_keep(4, "f_low", false);
         c.fd_truncate(4, 2); // read-only: EINVAL
         c.fd_chmod(4, 0o600); // copies up
@@ -634,7 +642,8 @@ fn held_descriptors_see_later_changes() {
     assert_eq!(lists[3].0, "fd#2 getdents -> [y:f,z:f]", "{lists:?}");
     assert_eq!(lists[4].0, "fd#3 getdents -> [new1:f,new2:f]", "{lists:?}");
     assert_eq!(lists[5].1, libc::ENOENT, "{lists:?}");
-    assert_eq!(lists[7].0, "fd#6 getdents -> [f:f,g:l]", "{lists:?}");
+    assert_eq!(lists[7].0, "fd#6 getdents -> [g:l,h:f]", "{lists:?}");
+    assert!(log.contains(&("fd#2 openat q create \"q\\n\"".to_string(), libc::ENOENT)), "{log:?}");
 }
 
 #[test]

@@ -707,6 +707,42 @@ impl<'a> Ctx<'a> {
         self.rec(format!("fd#{h} getdents -> [{s}]"), errno(&r))
     }
 
+    /// `openat(O_WRONLY|O_CREAT|O_TRUNC)` of `leaf` relative to a held directory descriptor,
+    /// and a write: the directory as it is now, wherever a rename moved it.
+    pub fn fd_create_at(&mut self, h: u32, leaf: &str, data: &str) -> i32 {
+        let name = CString::new(leaf).unwrap();
+        let e = match self.fds.get(&h) {
+            Some(d) => {
+                let fd = unsafe {
+                    libc::openat(
+                        d.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NONBLOCK,
+                        0o644,
+                    )
+                };
+                if fd < 0 {
+                    last_errno()
+                } else {
+                    let f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    errno(&std::io::Write::write_all(&mut &f, data.as_bytes()))
+                }
+            }
+            None => libc::EBADF,
+        };
+        self.rec(format!("fd#{h} openat {leaf} create {data:?}"), e)
+    }
+
+    /// `unlinkat` of `leaf` relative to a held directory descriptor.
+    pub fn fd_unlink_at(&mut self, h: u32, leaf: &str) -> i32 {
+        let name = CString::new(leaf).unwrap();
+        let e = match self.fds.get(&h) {
+            Some(d) => rc(unsafe { libc::unlinkat(d.as_raw_fd(), name.as_ptr(), 0) }),
+            None => libc::EBADF,
+        };
+        self.rec(format!("fd#{h} unlinkat {leaf}"), e)
+    }
+
     pub fn fd_truncate(&mut self, h: u32, len: u64) -> i32 {
         let r = match self.fds.get(&h) {
             Some(f) => f.set_len(len),
@@ -1464,6 +1500,9 @@ pub enum Op {
     HeldTruncate(u8, u16),
     HeldChmod(u8, u16),
     HeldSync(u8),
+    /// Relative to a held directory: create (and write) a name, remove one.
+    HeldCreate(u8, &'static str, u8),
+    HeldUnlink(u8, &'static str),
     /// fallocate(PUNCH_HOLE|KEEP_SIZE) of its first 8 KiB.
     Punch(&'static str),
 }
@@ -1625,6 +1664,12 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         }
         Op::HeldSync(h) => {
             c.fd_fsync(h as u32);
+        }
+        Op::HeldCreate(h, leaf, v) => {
+            c.fd_create_at(h as u32, leaf, &format!("{leaf}@{h}-{v}\n"));
+        }
+        Op::HeldUnlink(h, leaf) => {
+            c.fd_unlink_at(h as u32, leaf);
         }
     }
 }

@@ -13,6 +13,11 @@ fn name() -> impl Strategy<Value = &'static str> {
     prop::sample::select(NAMES)
 }
 
+/// A name relative to a held directory: `d/x` and `e/f` when it holds `d` or `e`.
+fn leaf() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(&["x", "f", "h", "n"][..])
+}
+
 /// One random operation over [`NAMES`].
 pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -48,6 +53,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, prop::sample::select(&[0u16, 5, 40000][..])).prop_map(|(h, l)| Op::HeldTruncate(h, l)),
         1 => (0u8..3, prop::sample::select(&[0o600u16, 0o755, 0o444][..])).prop_map(|(h, m)| Op::HeldChmod(h, m)),
         1 => (0u8..3).prop_map(Op::HeldSync),
+        1 => (0u8..3, leaf(), 0u8..4).prop_map(|(h, n, v)| Op::HeldCreate(h, n, v)),
+        1 => (0u8..3, leaf()).prop_map(|(h, n)| Op::HeldUnlink(h, n)),
     ]
 }
 
