@@ -590,8 +590,8 @@ fn old_fd_sees_copy_up() {
 /// (the rewinddir that must show the directory as it is now): a lower directory copied up by a
 /// create in it, a whiteout made by an unlink, an opaque directory, an upper one renamed, and
 /// one removed (ENOENT from `getdents64` on both), and names made and removed relative to
-/// them (`openat`, `unlinkat`). Then `ftruncate`, `fchmod` and `fsync` through held
-/// descriptors of lower files.
+/// them (`openat`, `unlinkat`, `renameat` between two of them). Then `linkat` of a held
+/// lower file, and `ftruncate`, `fchmod` and `fsync` through held descriptors of lower files.
 #[test]
 fn held_descriptors_see_later_changes() {
     need_mounts!();
@@ -625,6 +625,14 @@ fn held_descriptors_see_later_changes() {
         c.fd_create_at(1, "b", "b2\n"); // over the lower d_low/b: copy-up of nothing, a new file
         c.fd_unlink_at(1, "sub"); // a directory: EISDIR
         c.fd_list(1);
+        c.fd_rename_at(1, "b", 6, "b"); // from the copied-up d_low into the renamed nd2
+        c.fd_rename_at(3, "new1", 1, "n1"); // from the opaque directory
+        c.open_keep(7, "f_top", false);
+        c.fd_link(7, "f_top_link"); // a lower file through its descriptor: copy-up, then link
+        c.lstat("f_top");
+        c.lstat("f_top_link");
+        c.fd_list(1);
+        c.fd_list(6);
         c.open_keep(4, "f_low", false);
         c.fd_truncate(4, 2); // read-only: EINVAL
         c.fd_chmod(4, 0o600); // copies up
@@ -644,6 +652,11 @@ fn held_descriptors_see_later_changes() {
     assert_eq!(lists[5].1, libc::ENOENT, "{lists:?}");
     assert_eq!(lists[7].0, "fd#6 getdents -> [g:l,h:f]", "{lists:?}");
     assert!(log.contains(&("fd#2 openat q create \"q\\n\"".to_string(), libc::ENOENT)), "{log:?}");
+    for step in ["renameat fd#1/b fd#6/b", "renameat fd#3/new1 fd#1/n1", "fd#7 linkat f_top_link"] {
+        assert!(log.contains(&(step.to_string(), 0)), "{step}: {log:?}");
+    }
+    assert_eq!(lists[9].0, "fd#1 getdents -> [n1:f,new:f,sub:d]", "{lists:?}");
+    assert_eq!(lists[10].0, "fd#6 getdents -> [b:f,g:l,h:f]", "{lists:?}");
 }
 
 #[test]

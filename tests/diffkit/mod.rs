@@ -743,6 +743,37 @@ impl<'a> Ctx<'a> {
         self.rec(format!("fd#{h} unlinkat {leaf}"), e)
     }
 
+    /// `renameat` from `la` in held directory `a` to `lb` in held directory `b`.
+    pub fn fd_rename_at(&mut self, a: u32, la: &str, b: u32, lb: &str) -> i32 {
+        let (na, nb) = (CString::new(la).unwrap(), CString::new(lb).unwrap());
+        let e = match (self.fds.get(&a), self.fds.get(&b)) {
+            (Some(da), Some(db)) => {
+                rc(unsafe { libc::renameat(da.as_raw_fd(), na.as_ptr(), db.as_raw_fd(), nb.as_ptr()) })
+            }
+            _ => libc::EBADF,
+        };
+        self.rec(format!("renameat fd#{a}/{la} fd#{b}/{lb}"), e)
+    }
+
+    /// `linkat(fd, "", AT_FDCWD, rel, AT_EMPTY_PATH)`: a new name for what a held descriptor
+    /// has open.
+    pub fn fd_link(&mut self, h: u32, rel: &str) -> i32 {
+        let empty = CString::new("").unwrap();
+        let e = match self.fds.get(&h) {
+            Some(f) => rc(unsafe {
+                libc::linkat(
+                    f.as_raw_fd(),
+                    empty.as_ptr(),
+                    libc::AT_FDCWD,
+                    self.c(rel).as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            }),
+            None => libc::EBADF,
+        };
+        self.rec(format!("fd#{h} linkat {rel}"), e)
+    }
+
     pub fn fd_truncate(&mut self, h: u32, len: u64) -> i32 {
         let r = match self.fds.get(&h) {
             Some(f) => f.set_len(len),
@@ -1503,6 +1534,10 @@ pub enum Op {
     /// Relative to a held directory: create (and write) a name, remove one.
     HeldCreate(u8, &'static str, u8),
     HeldUnlink(u8, &'static str),
+    /// `renameat` between (names relative to) two held directories.
+    HeldRename(u8, &'static str, u8, &'static str),
+    /// `linkat` with `AT_EMPTY_PATH`: a new name for a held descriptor's file.
+    HeldLink(u8, &'static str),
     /// fallocate(PUNCH_HOLE|KEEP_SIZE) of its first 8 KiB.
     Punch(&'static str),
 }
@@ -1670,6 +1705,12 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         }
         Op::HeldUnlink(h, leaf) => {
             c.fd_unlink_at(h as u32, leaf);
+        }
+        Op::HeldRename(a, la, b, lb) => {
+            c.fd_rename_at(a as u32, la, b as u32, lb);
+        }
+        Op::HeldLink(h, n) => {
+            c.fd_link(h as u32, n);
         }
     }
 }
