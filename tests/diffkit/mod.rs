@@ -1525,6 +1525,8 @@ pub enum Op {
     Chown(&'static str, u32),
     /// Reads the whole file through a new descriptor.
     Read(&'static str),
+    /// fallocate(PUNCH_HOLE|KEEP_SIZE) of its first 8 KiB.
+    Punch(&'static str),
     /// Through a held descriptor: list the directory from its start (rewind, then
     /// `getdents64`), `ftruncate`, `fchmod` and `fsync`.
     HeldList(u8),
@@ -1538,8 +1540,6 @@ pub enum Op {
     HeldRename(u8, &'static str, u8, &'static str),
     /// `linkat` with `AT_EMPTY_PATH`: a new name for a held descriptor's file.
     HeldLink(u8, &'static str),
-    /// fallocate(PUNCH_HOLE|KEEP_SIZE) of its first 8 KiB.
-    Punch(&'static str),
 }
 
 /// The fixed two-lower fixture of the property test. `e/h` is a hard link to `d/x` in the

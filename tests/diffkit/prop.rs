@@ -13,7 +13,8 @@ fn name() -> impl Strategy<Value = &'static str> {
     prop::sample::select(NAMES)
 }
 
-/// A name relative to a held directory: `d/x` and `e/f` when it holds `d` or `e`.
+/// A name relative to a held directory: `d/x`, `e/f` or `e/h` where it holds `d` or `e`, and
+/// `n`, which no fixture has.
 fn leaf() -> impl Strategy<Value = &'static str> {
     prop::sample::select(&["x", "f", "h", "n"][..])
 }
