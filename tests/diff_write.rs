@@ -591,7 +591,8 @@ fn old_fd_sees_copy_up() {
 /// create in it, a whiteout made by an unlink, an opaque directory, an upper one renamed, and
 /// one removed (ENOENT from `getdents64` on both), and names made and removed relative to
 /// them (`openat`, `unlinkat`, `renameat` between two of them). Then `linkat` of a held
-/// lower file, and `ftruncate`, `fchmod` and `fsync` through held descriptors of lower files.
+/// lower file, and `ftruncate`, `fchmod`, `fsync` and `fsetxattr` through held descriptors of
+/// lower files (ENOENT where the file's directory was removed).
 #[test]
 fn held_descriptors_see_later_changes() {
     need_mounts!();
@@ -633,6 +634,13 @@ fn held_descriptors_see_later_changes() {
         c.lstat("f_top_link");
         c.fd_list(1);
         c.fd_list(6);
+        c.open_keep(8, "etc/keep/a", false);
+        c.open_keep(9, "f_exec", false);
+        c.rm_rf("etc/keep");
+        c.fd_setxattr(8, "user.p", "v"); // its directory removed: ENOENT
+        c.fd_xattrs(8, "user.p");
+        c.fd_setxattr(9, "user.p", "w"); // copy-up, then the xattr
+        c.fd_xattrs(9, "user.p");
         c.open_keep(4, "f_low", false);
         c.fd_truncate(4, 2); // read-only: EINVAL
         c.fd_chmod(4, 0o600); // copies up
@@ -652,9 +660,16 @@ fn held_descriptors_see_later_changes() {
     assert_eq!(lists[5].1, libc::ENOENT, "{lists:?}");
     assert_eq!(lists[7].0, "fd#6 getdents -> [g:l,h:f]", "{lists:?}");
     assert!(log.contains(&("fd#2 openat q create \"q\\n\"".to_string(), libc::ENOENT)), "{log:?}");
-    for step in ["renameat fd#1/b fd#6/b", "renameat fd#3/new1 fd#1/n1", "fd#7 linkat f_top_link"] {
+    for step in [
+        "renameat fd#1/b fd#6/b",
+        "renameat fd#3/new1 fd#1/n1",
+        "fd#7 linkat f_top_link",
+        "fd#9 fsetxattr user.p=\"w\"",
+        "fd#9 fgetxattr user.p -> \"w\" [user.p]",
+    ] {
         assert!(log.contains(&(step.to_string(), 0)), "{step}: {log:?}");
     }
+    assert!(log.contains(&("fd#8 fsetxattr user.p=\"v\"".to_string(), libc::ENOENT)), "{log:?}");
     assert_eq!(lists[9].0, "fd#1 getdents -> [n1:f,new:f,sub:d]", "{lists:?}");
     assert_eq!(lists[10].0, "fd#6 getdents -> [b:f,g:l,h:f]", "{lists:?}");
 }

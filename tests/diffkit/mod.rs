@@ -774,6 +774,48 @@ impl<'a> Ctx<'a> {
         self.rec(format!("fd#{h} linkat {rel}"), e)
     }
 
+    /// `fsetxattr` through a held descriptor (a copy-up where the file is lower).
+    pub fn fd_setxattr(&mut self, h: u32, name: &str, val: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        let e = match self.fds.get(&h) {
+            Some(f) => {
+                rc(unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) })
+            }
+            None => libc::EBADF,
+        };
+        self.rec(format!("fd#{h} fsetxattr {name}={val:?}"), e)
+    }
+
+    /// `fgetxattr` of `name` and `flistxattr` (without `security.*` and `system.*`) through a
+    /// held descriptor.
+    pub fn fd_xattrs(&mut self, h: u32, name: &str) -> i32 {
+        let n = CString::new(name).unwrap();
+        let (e, s) = match self.fds.get(&h) {
+            Some(f) => {
+                let fd = f.as_raw_fd();
+                let mut v = vec![0u8; 4096];
+                let r = unsafe { libc::fgetxattr(fd, n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+                let got = if r < 0 { ename(last_errno()) } else { short(&v[..r as usize]) };
+                let mut buf = vec![0u8; 8192];
+                let r = unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if r < 0 {
+                    (last_errno(), got)
+                } else {
+                    let mut names: Vec<String> = buf[..r as usize]
+                        .split(|&b| b == 0)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| String::from_utf8_lossy(n).to_string())
+                        .filter(|n| !n.starts_with("security.") && !n.starts_with("system."))
+                        .collect();
+                    names.sort();
+                    (0, format!("{got} [{}]", names.join(",")))
+                }
+            }
+            None => (libc::EBADF, String::new()),
+        };
+        self.rec(format!("fd#{h} fgetxattr {name} -> {s}"), e)
+    }
+
     pub fn fd_truncate(&mut self, h: u32, len: u64) -> i32 {
         let r = match self.fds.get(&h) {
             Some(f) => f.set_len(len),
@@ -1540,6 +1582,10 @@ pub enum Op {
     HeldRename(u8, &'static str, u8, &'static str),
     /// `linkat` with `AT_EMPTY_PATH`: a new name for a held descriptor's file.
     HeldLink(u8, &'static str),
+    /// `fsetxattr` of `user.p`, and `fgetxattr` of `user.k` with `flistxattr`, through a
+    /// held descriptor.
+    HeldSetXattr(u8, u8),
+    HeldXattrs(u8),
 }
 
 /// The fixed two-lower fixture of the property test. `e/h` is a hard link to `d/x` in the
@@ -1711,6 +1757,12 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         }
         Op::HeldLink(h, n) => {
             c.fd_link(h as u32, n);
+        }
+        Op::HeldSetXattr(h, v) => {
+            c.fd_setxattr(h as u32, "user.p", &format!("f{v}"));
+        }
+        Op::HeldXattrs(h) => {
+            c.fd_xattrs(h as u32, "user.k");
         }
     }
 }

@@ -58,6 +58,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, leaf()).prop_map(|(h, n)| Op::HeldUnlink(h, n)),
         1 => (0u8..3, leaf(), 0u8..3, leaf()).prop_map(|(a, la, b, lb)| Op::HeldRename(a, la, b, lb)),
         1 => (0u8..3, name()).prop_map(|(h, n)| Op::HeldLink(h, n)),
+        1 => (0u8..3, 0u8..3).prop_map(|(h, v)| Op::HeldSetXattr(h, v)),
+        1 => (0u8..3).prop_map(Op::HeldXattrs),
     ]
 }
 
