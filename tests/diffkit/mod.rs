@@ -487,6 +487,19 @@ fn list_fd(fd: i32) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The names of a `listxattr` answer other than `security.*` and `system.*`, sorted and
+/// joined with commas.
+fn xattr_names(list: &[u8]) -> String {
+    let mut names: Vec<String> = list
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).to_string())
+        .filter(|n| !n.starts_with("security.") && !n.starts_with("system."))
+        .collect();
+    names.sort();
+    names.join(",")
+}
+
 impl<'a> Ctx<'a> {
     pub fn new(side: &'a mut Side) -> Self {
         Ctx { side, log: Vec::new(), fds: BTreeMap::new() }
@@ -801,14 +814,7 @@ impl<'a> Ctx<'a> {
                 if r < 0 {
                     (last_errno(), got)
                 } else {
-                    let mut names: Vec<String> = buf[..r as usize]
-                        .split(|&b| b == 0)
-                        .filter(|n| !n.is_empty())
-                        .map(|n| String::from_utf8_lossy(n).to_string())
-                        .filter(|n| !n.starts_with("security.") && !n.starts_with("system."))
-                        .collect();
-                    names.sort();
-                    (0, format!("{got} [{}]", names.join(",")))
+                    (0, format!("{got} [{}]", xattr_names(&buf[..r as usize])))
                 }
             }
             None => (libc::EBADF, String::new()),
@@ -966,18 +972,7 @@ impl<'a> Ctx<'a> {
     pub fn listxattr(&mut self, rel: &str) -> i32 {
         let mut buf = vec![0u8; 8192];
         let r = unsafe { libc::llistxattr(self.c(rel).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        let (e, s) = if r < 0 {
-            (last_errno(), String::new())
-        } else {
-            let mut names: Vec<String> = buf[..r as usize]
-                .split(|&b| b == 0)
-                .filter(|n| !n.is_empty())
-                .map(|n| String::from_utf8_lossy(n).to_string())
-                .filter(|n| !n.starts_with("security.") && !n.starts_with("system."))
-                .collect();
-            names.sort();
-            (0, names.join(","))
-        };
+        let (e, s) = if r < 0 { (last_errno(), String::new()) } else { (0, xattr_names(&buf[..r as usize])) };
         self.rec(format!("listxattr {rel} -> [{s}]"), e)
     }
 
