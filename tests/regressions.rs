@@ -40,9 +40,10 @@ fn regression_quick_remount_keeps_new_mount() {
 }
 
 /// Found by prop_write with `writeback=1`: a lower file held open read-only and then unlinked
-/// (or replaced by a rename) showed 0 links to `fstat` (the kernel drops the count itself on unlink and, under the
-/// writeback cache, kept its other cached attributes), where kernel overlayfs shows the lower
-/// file's own count. The server now has the attributes asked for again.
+/// (or replaced by a rename) showed 0 links to `fstat` (the kernel drops the count itself on
+/// unlink and, under the writeback cache, kept its other cached attributes), where kernel
+/// overlayfs shows the lower file's own count. The server now has the attributes asked for
+/// again.
 #[test]
 fn regression_writeback_fstat_of_an_unlinked_lower_file() {
     need_mounts!();

@@ -435,6 +435,11 @@ fn rc(r: libc::c_int) -> i32 {
     if r < 0 { last_errno() } else { 0 }
 }
 
+/// A raw call's result (negative: `errno`) as an `io::Result`.
+fn io_rc(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 fn short(data: &[u8]) -> String {
     if data.len() <= 64 {
         format!("{:?}", String::from_utf8_lossy(data))
@@ -660,12 +665,14 @@ impl<'a> Ctx<'a> {
         self.rec(format!("open#{h} {rel} write={write}"), e)
     }
 
+    /// The descriptor held in slot `h`; EBADF for an empty slot.
+    fn held(&self, h: u32) -> std::io::Result<&fs::File> {
+        self.fds.get(&h).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+
     pub fn fd_write_at(&mut self, h: u32, off: u64, data: &str) -> i32 {
         use std::os::unix::fs::FileExt;
-        let r = match self.fds.get(&h) {
-            Some(f) => f.write_all_at(data.as_bytes(), off),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        };
+        let r = self.held(h).and_then(|f| f.write_all_at(data.as_bytes(), off));
         self.rec(format!("fd#{h} pwrite @{off} {data:?}"), errno(&r))
     }
 
@@ -673,19 +680,16 @@ impl<'a> Ctx<'a> {
     pub fn fd_read(&mut self, h: u32) -> i32 {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; 256 << 10];
-        let r = match self.fds.get(&h) {
-            Some(f) => (|| {
-                let mut n = 0;
-                while n < buf.len() {
-                    match f.read_at(&mut buf[n..], n as u64)? {
-                        0 => break,
-                        k => n += k,
-                    }
+        let r = self.held(h).and_then(|f| {
+            let mut n = 0;
+            while n < buf.len() {
+                match f.read_at(&mut buf[n..], n as u64)? {
+                    0 => break,
+                    k => n += k,
                 }
-                Ok(n)
-            })(),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        };
+            }
+            Ok(n)
+        });
         let s = match &r {
             Ok(n) => short(&buf[..*n]),
             Err(_) => String::new(),
@@ -694,10 +698,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn fd_stat(&mut self, h: u32) -> i32 {
-        let r = match self.fds.get(&h) {
-            Some(f) => f.metadata(),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        };
+        let r = self.held(h).and_then(|f| f.metadata());
         let s = match &r {
             Ok(m) => format!("size={} nlink={} mode={:o}", m.size(), m.nlink(), m.mode()),
             Err(_) => String::new(),
@@ -709,10 +710,7 @@ impl<'a> Ctx<'a> {
     /// shows the directory as it is now, then `getdents64` to the end): the names other than
     /// `.` and `..` with their `d_type`, sorted.
     pub fn fd_list(&mut self, h: u32) -> i32 {
-        let r = match self.fds.get(&h) {
-            Some(f) => list_fd(f.as_raw_fd()),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        };
+        let r = self.held(h).and_then(|f| list_fd(f.as_raw_fd()));
         let s = match &r {
             Ok(v) => v.join(","),
             Err(_) => String::new(),
@@ -724,87 +722,59 @@ impl<'a> Ctx<'a> {
     /// and a write: the directory as it is now, wherever a rename moved it.
     pub fn fd_create_at(&mut self, h: u32, leaf: &str, data: &str) -> i32 {
         let name = CString::new(leaf).unwrap();
-        let e = match self.fds.get(&h) {
-            Some(d) => {
-                let fd = unsafe {
-                    libc::openat(
-                        d.as_raw_fd(),
-                        name.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NONBLOCK,
-                        0o644,
-                    )
-                };
-                if fd < 0 {
-                    last_errno()
-                } else {
-                    let f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    errno(&std::io::Write::write_all(&mut &f, data.as_bytes()))
-                }
-            }
-            None => libc::EBADF,
-        };
-        self.rec(format!("fd#{h} openat {leaf} create {data:?}"), e)
+        let r = self.held(h).and_then(|d| {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NONBLOCK;
+            let fd = unsafe { libc::openat(d.as_raw_fd(), name.as_ptr(), flags, 0o644) };
+            io_rc(fd)?;
+            let f = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            std::io::Write::write_all(&mut &f, data.as_bytes())
+        });
+        self.rec(format!("fd#{h} openat {leaf} create {data:?}"), errno(&r))
     }
 
     /// `unlinkat` of `leaf` relative to a held directory descriptor.
     pub fn fd_unlink_at(&mut self, h: u32, leaf: &str) -> i32 {
         let name = CString::new(leaf).unwrap();
-        let e = match self.fds.get(&h) {
-            Some(d) => rc(unsafe { libc::unlinkat(d.as_raw_fd(), name.as_ptr(), 0) }),
-            None => libc::EBADF,
-        };
-        self.rec(format!("fd#{h} unlinkat {leaf}"), e)
+        let r = self.held(h).and_then(|d| io_rc(unsafe { libc::unlinkat(d.as_raw_fd(), name.as_ptr(), 0) }));
+        self.rec(format!("fd#{h} unlinkat {leaf}"), errno(&r))
     }
 
     /// `renameat` from `la` in held directory `a` to `lb` in held directory `b`.
     pub fn fd_rename_at(&mut self, a: u32, la: &str, b: u32, lb: &str) -> i32 {
         let (na, nb) = (CString::new(la).unwrap(), CString::new(lb).unwrap());
-        let e = match (self.fds.get(&a), self.fds.get(&b)) {
-            (Some(da), Some(db)) => {
-                rc(unsafe { libc::renameat(da.as_raw_fd(), na.as_ptr(), db.as_raw_fd(), nb.as_ptr()) })
-            }
-            _ => libc::EBADF,
-        };
-        self.rec(format!("renameat fd#{a}/{la} fd#{b}/{lb}"), e)
+        let r = self.held(a).and_then(|da| {
+            let db = self.held(b)?;
+            io_rc(unsafe { libc::renameat(da.as_raw_fd(), na.as_ptr(), db.as_raw_fd(), nb.as_ptr()) })
+        });
+        self.rec(format!("renameat fd#{a}/{la} fd#{b}/{lb}"), errno(&r))
     }
 
     /// `linkat(fd, "", AT_FDCWD, rel, AT_EMPTY_PATH)`: a new name for what a held descriptor
     /// has open.
     pub fn fd_link(&mut self, h: u32, rel: &str) -> i32 {
-        let empty = CString::new("").unwrap();
-        let e = match self.fds.get(&h) {
-            Some(f) => rc(unsafe {
-                libc::linkat(
-                    f.as_raw_fd(),
-                    empty.as_ptr(),
-                    libc::AT_FDCWD,
-                    self.c(rel).as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            }),
-            None => libc::EBADF,
-        };
-        self.rec(format!("fd#{h} linkat {rel}"), e)
+        let (empty, to) = (CString::new("").unwrap(), self.c(rel));
+        let r = self.held(h).and_then(|f| {
+            let (fd, how) = (f.as_raw_fd(), libc::AT_EMPTY_PATH);
+            io_rc(unsafe { libc::linkat(fd, empty.as_ptr(), libc::AT_FDCWD, to.as_ptr(), how) })
+        });
+        self.rec(format!("fd#{h} linkat {rel}"), errno(&r))
     }
 
     /// `fsetxattr` through a held descriptor (a copy-up where the file is lower).
     pub fn fd_setxattr(&mut self, h: u32, name: &str, val: &str) -> i32 {
         let n = CString::new(name).unwrap();
-        let e = match self.fds.get(&h) {
-            Some(f) => {
-                rc(unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) })
-            }
-            None => libc::EBADF,
-        };
-        self.rec(format!("fd#{h} fsetxattr {name}={val:?}"), e)
+        let r = self.held(h).and_then(|f| {
+            io_rc(unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), val.as_ptr().cast(), val.len(), 0) })
+        });
+        self.rec(format!("fd#{h} fsetxattr {name}={val:?}"), errno(&r))
     }
 
     /// `fgetxattr` of `name` and `flistxattr` (without `security.*` and `system.*`) through a
     /// held descriptor.
     pub fn fd_xattrs(&mut self, h: u32, name: &str) -> i32 {
         let n = CString::new(name).unwrap();
-        let (e, s) = match self.fds.get(&h) {
-            Some(f) => {
+        let (e, s) = match self.held(h) {
+            Ok(f) => {
                 let fd = f.as_raw_fd();
                 let mut v = vec![0u8; 4096];
                 let r = unsafe { libc::fgetxattr(fd, n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
@@ -817,32 +787,23 @@ impl<'a> Ctx<'a> {
                     (0, format!("{got} [{}]", xattr_names(&buf[..r as usize])))
                 }
             }
-            None => (libc::EBADF, String::new()),
+            Err(e) => (e.raw_os_error().unwrap_or(-1), String::new()),
         };
         self.rec(format!("fd#{h} fgetxattr {name} -> {s}"), e)
     }
 
     pub fn fd_truncate(&mut self, h: u32, len: u64) -> i32 {
-        let r = match self.fds.get(&h) {
-            Some(f) => f.set_len(len),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        };
+        let r = self.held(h).and_then(|f| f.set_len(len));
         self.rec(format!("fd#{h} ftruncate {len}"), errno(&r))
     }
 
     pub fn fd_chmod(&mut self, h: u32, mode: u32) -> i32 {
-        let e = match self.fds.get(&h) {
-            Some(f) => rc(unsafe { libc::fchmod(f.as_raw_fd(), mode) }),
-            None => libc::EBADF,
-        };
-        self.rec(format!("fd#{h} fchmod {mode:o}"), e)
+        let r = self.held(h).and_then(|f| io_rc(unsafe { libc::fchmod(f.as_raw_fd(), mode) }));
+        self.rec(format!("fd#{h} fchmod {mode:o}"), errno(&r))
     }
 
     pub fn fd_fsync(&mut self, h: u32) -> i32 {
-        let r = match self.fds.get(&h) {
-            Some(f) => f.sync_all(),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        };
+        let r = self.held(h).and_then(|f| f.sync_all());
         self.rec(format!("fd#{h} fsync"), errno(&r))
     }
 
