@@ -592,7 +592,8 @@ fn old_fd_sees_copy_up() {
 /// one removed (ENOENT from `getdents64` on both), and names made and removed relative to
 /// them (`openat`, `unlinkat`, `renameat` between two of them). Then `linkat` of a held
 /// lower file, and `ftruncate`, `fchmod`, `fsync` and `fsetxattr` through held descriptors of
-/// lower files (ENOENT where the file's directory was removed).
+/// lower files (ENOENT where the file's directory was removed), and `fchown` and `futimens`
+/// the same way.
 #[test]
 fn held_descriptors_see_later_changes() {
     need_mounts!();
@@ -641,6 +642,14 @@ fn held_descriptors_see_later_changes() {
         c.fd_xattrs(8, "user.p");
         c.fd_setxattr(9, "user.p", "w"); // copy-up, then the xattr
         c.fd_xattrs(9, "user.p");
+        c.fd_chown(8, 0, 0); // its directory removed: ENOENT
+        c.fd_utimes(8, (1_450_000_000, 0), (1_600_000_000, 0)); // ENOENT
+        c.open_keep(10, "f_own", false);
+        c.fd_chown(10, 0, 0); // copy-up, then the owner
+        c.open_keep(11, "f_ro", false);
+        c.fd_utimes(11, (1_450_000_000, 0), (1_600_000_000, 5)); // copy-up, then the times
+        c.lstat("f_own");
+        c.stat_times("f_ro");
         c.open_keep(4, "f_low", false);
         c.fd_truncate(4, 2); // read-only: EINVAL
         c.fd_chmod(4, 0o600); // copies up
@@ -670,6 +679,17 @@ fn held_descriptors_see_later_changes() {
         assert!(log.contains(&(step.to_string(), 0)), "{step}: {log:?}");
     }
     assert!(log.contains(&("fd#8 fsetxattr user.p=\"v\"".to_string(), libc::ENOENT)), "{log:?}");
+    for (step, e) in [
+        ("fd#8 fchown 0:0", libc::ENOENT),
+        ("fd#8 futimens", libc::ENOENT),
+        ("fd#10 fchown 0:0 -> 0:0 100644", 0),
+        (
+            "fd#11 futimens a=(1450000000, 0) m=(1600000000, 5) -> a=1450000000.000000000 m=1600000000.000000005",
+            0,
+        ),
+    ] {
+        assert!(log.iter().any(|(s, got)| s.starts_with(step) && *got == e), "{step}: {log:?}");
+    }
     assert_eq!(lists[9].0, "fd#1 getdents -> [n1:f,new:f,sub:d]", "{lists:?}");
     assert_eq!(lists[10].0, "fd#6 getdents -> [b:f,g:l,h:f]", "{lists:?}");
 }

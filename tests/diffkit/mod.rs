@@ -802,6 +802,39 @@ impl<'a> Ctx<'a> {
         self.rec(format!("fd#{h} fchmod {mode:o}"), errno(&r))
     }
 
+    /// `fchown` through a held descriptor (a copy-up where the file is lower), then its
+    /// `fstat`'s owner and mode (a chown of a file drops its setuid and setgid bits).
+    pub fn fd_chown(&mut self, h: u32, uid: u32, gid: u32) -> i32 {
+        let r = self.held(h).and_then(|f| {
+            io_rc(unsafe { libc::fchown(f.as_raw_fd(), uid, gid) })?;
+            f.metadata()
+        });
+        let s = match &r {
+            Ok(m) => format!(" -> {}:{} {:o}", m.uid(), m.gid(), m.mode()),
+            Err(_) => String::new(),
+        };
+        self.rec(format!("fd#{h} fchown {uid}:{gid}{s}"), errno(&r))
+    }
+
+    /// `futimens` with explicit times through a held descriptor, then its `fstat`'s times.
+    pub fn fd_utimes(&mut self, h: u32, atime: (i64, i64), mtime: (i64, i64)) -> i32 {
+        let ts = [
+            libc::timespec { tv_sec: atime.0, tv_nsec: atime.1 },
+            libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 },
+        ];
+        let r = self.held(h).and_then(|f| {
+            io_rc(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })?;
+            f.metadata()
+        });
+        let s = match &r {
+            Ok(m) => {
+                format!(" -> a={}.{:09} m={}.{:09}", m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
+            }
+            Err(_) => String::new(),
+        };
+        self.rec(format!("fd#{h} futimens a={atime:?} m={mtime:?}{s}"), errno(&r))
+    }
+
     pub fn fd_fsync(&mut self, h: u32) -> i32 {
         let r = self.held(h).and_then(|f| f.sync_all());
         self.rec(format!("fd#{h} fsync"), errno(&r))
@@ -1542,6 +1575,10 @@ pub enum Op {
     /// held descriptor.
     HeldSetXattr(u8, u8),
     HeldXattrs(u8),
+    /// `fchown` to the uid and gid, and `futimens` with fixed times (mtime = 1_600_000_000 +
+    /// n), through a held descriptor.
+    HeldChown(u8, u32),
+    HeldUtimes(u8, u8),
 }
 
 /// The fixed two-lower fixture of the property test. `e/h` is a hard link to `d/x` in the
@@ -1719,6 +1756,12 @@ pub fn apply_with(c: &mut Ctx, op: &Op, avoid: bool) {
         }
         Op::HeldXattrs(h) => {
             c.fd_xattrs(h as u32, "user.k");
+        }
+        Op::HeldChown(h, id) => {
+            c.fd_chown(h as u32, id, id);
+        }
+        Op::HeldUtimes(h, v) => {
+            c.fd_utimes(h as u32, (1_450_000_000, 0), (1_600_000_000 + v as i64, 0));
         }
     }
 }

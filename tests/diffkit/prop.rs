@@ -60,6 +60,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, name()).prop_map(|(h, n)| Op::HeldLink(h, n)),
         1 => (0u8..3, 0u8..3).prop_map(|(h, v)| Op::HeldSetXattr(h, v)),
         1 => (0u8..3).prop_map(Op::HeldXattrs),
+        1 => (0u8..3, prop::sample::select(&[0u32, 1000, 65534][..])).prop_map(|(h, id)| Op::HeldChown(h, id)),
+        1 => (0u8..3, 0u8..3).prop_map(|(h, v)| Op::HeldUtimes(h, v)),
     ]
 }
 
