@@ -35,6 +35,34 @@ fn two_lowers_and_upper(s: &Scratch, read_ahead: bool) -> OverlayFs {
     OverlayFs::new(o).unwrap()
 }
 
+/// A copy-up removed while open, whose FORGET is served before its RELEASE (two server
+/// threads, the RELEASE still on its way): the maps that kept its number go with the handle.
+/// They stayed for the rest of the mount, and a new upper object given the freed inode number
+/// showed the removed file's number.
+#[test]
+fn a_removed_copy_forgotten_while_open_drops_its_maps_at_release() {
+    let (_s, fs) = fixture();
+    let d = fs.lookup(1, OsStr::new("d")).unwrap();
+    let a = fs.lookup(d.ino.0, OsStr::new("a")).unwrap();
+    let sub = fs.lookup(d.ino.0, OsStr::new("sub")).unwrap();
+    let x = fs.lookup(sub.ino.0, OsStr::new("x")).unwrap();
+    let ox = fs.open(x.ino.0, libc::O_RDWR).unwrap(); // copies up d, d/sub and d/sub/x
+    let base = fs.kept_numbers();
+    let o = fs.open(a.ino.0, libc::O_RDWR).unwrap(); // copies up d/a
+    assert!(fs.kept_numbers() > base, "the copy keeps the lower file's number");
+    fs.remove(d.ino.0, OsStr::new("a"), false).unwrap();
+    fs.forget(a.ino.0, 1);
+    assert!(fs.kept_numbers() > base, "kept while the handle holds the file");
+    fs.release(o.fh);
+    assert_eq!(fs.kept_numbers(), base, "{}", fs.stats_line());
+    // Released before its FORGET, as usual: the maps go at the FORGET.
+    fs.remove(sub.ino.0, OsStr::new("x"), false).unwrap();
+    fs.release(ox.fh);
+    assert_eq!(fs.kept_numbers(), base, "kept while the kernel holds the file");
+    fs.forget(x.ino.0, 1);
+    assert!(fs.kept_numbers() < base, "{}", fs.stats_line());
+}
+
 #[test]
 fn forget_frees_nodes_the_kernel_dropped() {
     let (_s, fs) = fixture();

@@ -620,7 +620,10 @@ impl OverlayFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.write().remove(&fh);
+        let h = self.files.write().remove(&fh);
+        // The handle may have held the last reference to a removed copy forgotten before.
+        drop(h);
+        self.unmap_released();
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {

@@ -555,6 +555,10 @@ pub struct OverlayFs {
     /// it keeps for the mount ([`OverlayFs::shown_ino`]), or that its `overlay.origin` gives
     /// it ([`OverlayFs::upper_leaf_id`]).
     pub(crate) kept_ino: Mutex<HashMap<u64, Kept>>,
+    /// Removed copies the kernel forgot while an open handle still held their node (its
+    /// RELEASE still on its way): the node, its id and the copy's real inode number. Their
+    /// maps go once nothing holds the node ([`OverlayFs::unmap_released`]).
+    pub(crate) dying: Mutex<Vec<(std::sync::Weak<Node>, u64, u64)>>,
     /// The key of [`lower_leaf_id`] for this stack.
     pub(crate) leaf_key: (u64, u64),
     /// Told the node id of each directory copied up, and of each file whose link count the
@@ -1001,6 +1005,7 @@ impl OverlayFs {
             read_asked: AtomicU64::new(0),
             upper_ids: Mutex::new(HashMap::new()),
             kept_ino: Mutex::new(HashMap::new()),
+            dying: Mutex::new(Vec::new()),
             leaf_key,
             attrs_stale: OnceLock::new(),
             listing_stale: OnceLock::new(),
@@ -1103,14 +1108,16 @@ impl OverlayFs {
     }
 
     /// One line of statistics (SIGUSR1, as fuse-overlayfs answers it): nodes the kernel holds
-    /// (how many of them lite entries), open file and directory handles.
+    /// (how many of them lite entries), open file and directory handles, and the maps that
+    /// keep copied-up objects' numbers ([`Self::kept_numbers`]).
     pub fn stats_line(&self) -> String {
         format!(
-            "{} nodes ({} lite), {} open files, {} open directories",
+            "{} nodes ({} lite), {} open files, {} open directories, {} kept numbers",
             self.node_count(),
             self.lite_count(),
             self.files.read().len(),
-            self.dirs.read().len()
+            self.dirs.read().len(),
+            self.kept_numbers()
         )
     }
 
@@ -1974,13 +1981,17 @@ impl OverlayFs {
             // inode number for the whole mount, also in listings the kernel may still have
             // cached. Once it is removed and nothing holds it (no open handle; the node's own
             // pinned descriptor goes now), its number may go to a new object, which is not
-            // this node.
+            // this node. Where a handle still holds it, that is once the handle is released.
             // (Only a lower non-directory or a directory copied up has one: an upper-only
             // file's id is its upper number, and costs no stat here.)
             let may_be_mapped = dir || ino >> 62 == LEAF_PREFIX >> 62;
-            if unlinked && may_be_mapped && Arc::strong_count(node) == 1 {
+            if unlinked && may_be_mapped {
                 if let Some(st) = upper.as_ref().and_then(|u| u.stat().ok()).filter(|st| st.st_nlink == 0) {
-                    self.unmap_copy(ino, st.st_ino);
+                    if Arc::strong_count(node) == 1 {
+                        self.unmap_copy(ino, st.st_ino);
+                    } else {
+                        self.dying.lock().push((Arc::downgrade(node), ino, st.st_ino));
+                    }
                 }
             }
             drop(upper);
@@ -1990,6 +2001,35 @@ impl OverlayFs {
             self.nodes.shrink();
             sys::release_free_memory();
         }
+    }
+
+    /// Drops the maps of removed copies forgotten while a handle held them ([`Self::dying`])
+    /// that nothing holds any more.
+    pub(crate) fn unmap_released(&self) {
+        let gone: Vec<(u64, u64)> = {
+            let mut dying = self.dying.lock();
+            if dying.is_empty() {
+                return;
+            }
+            let mut gone = Vec::new();
+            dying.retain(|(node, id, ino)| {
+                let held = node.strong_count() > 0;
+                if !held {
+                    gone.push((*id, *ino));
+                }
+                held
+            });
+            gone
+        };
+        for (id, ino) in gone {
+            self.unmap_copy(id, ino);
+        }
+    }
+
+    /// Copied-up objects whose inode numbers the mount keeps (maps from an upper number to a
+    /// node id, and from a node id to the number it showed before), for statistics and tests.
+    pub fn kept_numbers(&self) -> usize {
+        self.upper_ids.lock().len() + self.kept_ino.lock().len()
     }
 
     /// Drops the maps of node `id` when its number came from its origin.
