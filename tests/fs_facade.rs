@@ -37,8 +37,8 @@ fn two_lowers_and_upper(s: &Scratch, read_ahead: bool) -> OverlayFs {
 
 /// A copy-up removed while open, whose FORGET is served before its RELEASE (two server
 /// threads, the RELEASE still on its way): the maps that kept its number go with the handle.
-/// They stayed for the rest of the mount, and a new upper object given the freed inode number
-/// showed the removed file's number.
+/// They stayed for the rest of the mount, where they would give a new upper object that got
+/// the freed inode number the removed file's number.
 #[test]
 fn a_removed_copy_forgotten_while_open_drops_its_maps_at_release() {
     let (_s, fs) = fixture();
