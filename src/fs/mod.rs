@@ -559,6 +559,9 @@ pub struct OverlayFs {
     /// RELEASE still on its way): the node, its id and the copy's real inode number. Their
     /// maps go once nothing holds the node ([`OverlayFs::unmap_released`]).
     pub(crate) dying: Mutex<Vec<(std::sync::Weak<Node>, u64, u64)>>,
+    /// `dying` has entries: read without its lock by every RELEASE, which sweeps the list only
+    /// then (set under the lock when an entry is added, cleared when the last goes).
+    pub(crate) has_dying: AtomicBool,
     /// The key of [`lower_leaf_id`] for this stack.
     pub(crate) leaf_key: (u64, u64),
     /// Told the node id of each directory copied up, and of each file whose link count the
@@ -1006,6 +1009,7 @@ impl OverlayFs {
             upper_ids: Mutex::new(HashMap::new()),
             kept_ino: Mutex::new(HashMap::new()),
             dying: Mutex::new(Vec::new()),
+            has_dying: AtomicBool::new(false),
             leaf_key,
             attrs_stale: OnceLock::new(),
             listing_stale: OnceLock::new(),
@@ -1990,7 +1994,9 @@ impl OverlayFs {
                     if Arc::strong_count(node) == 1 {
                         self.unmap_copy(ino, st.st_ino);
                     } else {
-                        self.dying.lock().push((Arc::downgrade(node), ino, st.st_ino));
+                        let mut dying = self.dying.lock();
+                        dying.push((Arc::downgrade(node), ino, st.st_ino));
+                        self.has_dying.store(true, Ordering::Release);
                     }
                 }
             }
@@ -2006,11 +2012,11 @@ impl OverlayFs {
     /// Drops the maps of removed copies forgotten while a handle held them ([`Self::dying`])
     /// that nothing holds any more.
     pub(crate) fn unmap_released(&self) {
+        if !self.has_dying.load(Ordering::Acquire) {
+            return;
+        }
         let gone: Vec<(u64, u64)> = {
             let mut dying = self.dying.lock();
-            if dying.is_empty() {
-                return;
-            }
             let mut gone = Vec::new();
             dying.retain(|(node, id, ino)| {
                 let held = node.strong_count() > 0;
@@ -2019,6 +2025,7 @@ impl OverlayFs {
                 }
                 held
             });
+            self.has_dying.store(!dying.is_empty(), Ordering::Release);
             gone
         };
         for (id, ino) in gone {
