@@ -802,17 +802,23 @@ impl<'a> Ctx<'a> {
         self.rec(format!("fd#{h} fchmod {mode:o}"), errno(&r))
     }
 
+    /// A raw call on the descriptor held in slot `h`, then its `fstat`.
+    fn held_call_then_stat(
+        &self,
+        h: u32,
+        call: impl FnOnce(i32) -> libc::c_int,
+    ) -> std::io::Result<fs::Metadata> {
+        self.held(h).and_then(|f| {
+            io_rc(call(f.as_raw_fd()))?;
+            f.metadata()
+        })
+    }
+
     /// `fchown` through a held descriptor (a copy-up where the file is lower), then its
     /// `fstat`'s owner and mode (a chown of a file drops its setuid and setgid bits).
     pub fn fd_chown(&mut self, h: u32, uid: u32, gid: u32) -> i32 {
-        let r = self.held(h).and_then(|f| {
-            io_rc(unsafe { libc::fchown(f.as_raw_fd(), uid, gid) })?;
-            f.metadata()
-        });
-        let s = match &r {
-            Ok(m) => format!(" -> {}:{} {:o}", m.uid(), m.gid(), m.mode()),
-            Err(_) => String::new(),
-        };
+        let r = self.held_call_then_stat(h, |fd| unsafe { libc::fchown(fd, uid, gid) });
+        let s = r.as_ref().map_or(String::new(), |m| format!(" -> {}:{} {:o}", m.uid(), m.gid(), m.mode()));
         self.rec(format!("fd#{h} fchown {uid}:{gid}{s}"), errno(&r))
     }
 
@@ -822,16 +828,10 @@ impl<'a> Ctx<'a> {
             libc::timespec { tv_sec: atime.0, tv_nsec: atime.1 },
             libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 },
         ];
-        let r = self.held(h).and_then(|f| {
-            io_rc(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })?;
-            f.metadata()
+        let r = self.held_call_then_stat(h, |fd| unsafe { libc::futimens(fd, ts.as_ptr()) });
+        let s = r.as_ref().map_or(String::new(), |m| {
+            format!(" -> a={}.{:09} m={}.{:09}", m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
         });
-        let s = match &r {
-            Ok(m) => {
-                format!(" -> a={}.{:09} m={}.{:09}", m.atime(), m.atime_nsec(), m.mtime(), m.mtime_nsec())
-            }
-            Err(_) => String::new(),
-        };
         self.rec(format!("fd#{h} futimens a={atime:?} m={mtime:?}{s}"), errno(&r))
     }
 
